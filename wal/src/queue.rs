@@ -1,0 +1,281 @@
+//! The bounded submission queue between appenders and the writer thread.
+//!
+//! It is a channel built on a mutex and two condition variables rather than `std::sync::mpsc`
+//! because three things must happen atomically: assigning the next sequence number, enqueueing
+//! in that order, and (on a failure) failing everything queued while rewinding the sequence.
+//! The writer drains up to a whole batch under one lock acquisition.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::durable::{durable_pair, Completer, Durable};
+use crate::error::{Error, Result};
+
+/// A unit of work for the writer thread.
+pub(crate) enum Item {
+    Append {
+        seq: u64,
+        record_type: u8,
+        payload: Vec<u8>,
+        completer: Completer,
+    },
+    Truncate {
+        through: u64,
+        completer: Completer,
+    },
+    Sync {
+        completer: Completer,
+    },
+}
+
+struct State {
+    items: VecDeque<Item>,
+    /// Number of `Append` items in `items` (control items do not count against capacity).
+    appends: usize,
+    queued_bytes: usize,
+    next_seq: u64,
+    closed: bool,
+    poisoned: Option<Error>,
+    writer_idle: bool,
+    blocked_appenders: usize,
+}
+
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    /// The writer waits here for work.
+    work: Condvar,
+    /// Appenders wait here for space.
+    space: Condvar,
+    capacity: usize,
+    capacity_bytes: usize,
+}
+
+/// What [`Queue::take`] found.
+pub(crate) enum Take {
+    Items,
+    Timeout,
+    Closed,
+}
+
+impl Queue {
+    pub(crate) fn new(next_seq: u64, capacity: usize, capacity_bytes: usize) -> Queue {
+        Queue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                appends: 0,
+                queued_bytes: 0,
+                next_seq,
+                closed: false,
+                poisoned: None,
+                writer_idle: false,
+                blocked_appenders: 0,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            capacity,
+            capacity_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding this lock; recover the guard rather than cascade.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(state: &State) -> Result<()> {
+        if let Some(err) = &state.poisoned {
+            return Err(err.clone());
+        }
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn wake_writer(&self, state: &mut State) {
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.work.notify_one();
+        }
+    }
+
+    /// Assigns the next sequence number and enqueues the record. Blocks for space if `block`,
+    /// otherwise fails with [`Error::Full`].
+    pub(crate) fn push_append(
+        &self,
+        record_type: u8,
+        payload: Vec<u8>,
+        block: bool,
+    ) -> Result<(u64, Durable)> {
+        let mut state = self.lock();
+        loop {
+            Self::usable(&state)?;
+            let fits = state.appends < self.capacity
+                && (state.queued_bytes + payload.len() <= self.capacity_bytes
+                    || state.appends == 0);
+            if fits {
+                break;
+            }
+            if !block {
+                return Err(Error::Full);
+            }
+            state.blocked_appenders += 1;
+            state = self.space.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.blocked_appenders -= 1;
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let (durable, completer) = durable_pair();
+        state.queued_bytes += payload.len();
+        state.appends += 1;
+        state.items.push_back(Item::Append {
+            seq,
+            record_type,
+            payload,
+            completer,
+        });
+        self.wake_writer(&mut state);
+        Ok((seq, durable))
+    }
+
+    /// Enqueues a control item built from a fresh completer. Control items never wait for
+    /// capacity: they are rare and a truncation is how a full disk gets space back.
+    pub(crate) fn push_control(&self, make: impl FnOnce(Completer) -> Item) -> Result<Durable> {
+        let mut state = self.lock();
+        Self::usable(&state)?;
+        let (durable, completer) = durable_pair();
+        state.items.push_back(make(completer));
+        self.wake_writer(&mut state);
+        Ok(durable)
+    }
+
+    /// The last sequence number handed out (0 if none).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// Writer side: moves up to one batch into `out`, waiting for work until `deadline`.
+    pub(crate) fn take(
+        &self,
+        out: &mut Vec<Item>,
+        max_records: usize,
+        max_bytes: usize,
+        deadline: Option<Instant>,
+    ) -> Take {
+        let mut state = self.lock();
+        loop {
+            if !state.items.is_empty() {
+                let mut bytes = 0usize;
+                let mut records = 0usize;
+                while let Some(item) = state.items.front() {
+                    if let Item::Append { payload, .. } = item {
+                        let over = records >= max_records || bytes + payload.len() > max_bytes;
+                        if over && records > 0 {
+                            break;
+                        }
+                        records += 1;
+                        bytes += payload.len();
+                    }
+                    if let Some(item) = state.items.pop_front() {
+                        out.push(item);
+                    }
+                }
+                state.appends -= records;
+                state.queued_bytes -= bytes;
+                if state.blocked_appenders > 0 {
+                    self.space.notify_all();
+                }
+                return Take::Items;
+            }
+            if state.closed {
+                return Take::Closed;
+            }
+            state.writer_idle = true;
+            match deadline {
+                None => state = self.work.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        state.writer_idle = false;
+                        return Take::Timeout;
+                    }
+                    state = self
+                        .work
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            state.writer_idle = false;
+        }
+    }
+
+    /// Writer side, after a rolled-back batch: removes every queued append (their sequence
+    /// numbers follow the failed ones) and rewinds the sequence so the log stays gap-free.
+    /// Returns the removed appends' completers for the caller to fail outside the lock.
+    pub(crate) fn rewind(&self, next_seq: u64) -> Vec<Completer> {
+        let mut state = self.lock();
+        let mut failed = Vec::new();
+        let mut kept = VecDeque::new();
+        for item in state.items.drain(..) {
+            match item {
+                Item::Append { completer, .. } => failed.push(completer),
+                control => kept.push_back(control),
+            }
+        }
+        state.items = kept;
+        state.appends = 0;
+        state.queued_bytes = 0;
+        state.next_seq = next_seq;
+        if state.blocked_appenders > 0 {
+            self.space.notify_all();
+        }
+        failed
+    }
+
+    /// Writer side: refuses everything from now on with `err` and returns what was queued.
+    pub(crate) fn poison(&self, err: Error) -> Vec<Completer> {
+        let mut state = self.lock();
+        if state.poisoned.is_none() {
+            state.poisoned = Some(err);
+        }
+        self.drain_all(state)
+    }
+
+    /// Writer side, when it exits: anything still queued fails with [`Error::Closed`].
+    pub(crate) fn writer_exited(&self) -> Vec<Completer> {
+        let mut state = self.lock();
+        state.closed = true;
+        self.drain_all(state)
+    }
+
+    fn drain_all(&self, mut state: MutexGuard<'_, State>) -> Vec<Completer> {
+        let failed = state
+            .items
+            .drain(..)
+            .map(|item| match item {
+                Item::Append { completer, .. }
+                | Item::Truncate { completer, .. }
+                | Item::Sync { completer } => completer,
+            })
+            .collect();
+        state.appends = 0;
+        state.queued_bytes = 0;
+        self.space.notify_all();
+        failed
+    }
+
+    /// Appender side: no more appends; the writer drains what is queued, then exits.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.work.notify_all();
+        self.space.notify_all();
+    }
+
+    /// The poison error, if any.
+    pub(crate) fn poisoned(&self) -> Option<Error> {
+        self.lock().poisoned.clone()
+    }
+}

@@ -1,0 +1,51 @@
+//! Segment file naming and the in-memory description of a segment.
+
+use std::path::{Path, PathBuf};
+
+use crate::format::SEGMENT_EXTENSION;
+
+/// What the log knows about one segment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    pub segment_seq: u64,
+    pub first_seq: u64,
+    pub path: PathBuf,
+}
+
+/// `dir/<segment_seq as 16 hex digits>.wal`.
+pub(crate) fn segment_path(dir: &Path, segment_seq: u64) -> PathBuf {
+    dir.join(format!("{segment_seq:016x}.{SEGMENT_EXTENSION}"))
+}
+
+/// The segment sequence number encoded in a segment file's name, or `None` for any other file.
+pub(crate) fn parse_segment_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(SEGMENT_EXTENSION)?.strip_suffix('.')?;
+    if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_strangers_are_ignored() {
+        let dir = Path::new("/x");
+        let p = segment_path(dir, 0x2a);
+        assert_eq!(p, Path::new("/x/000000000000002a.wal"));
+        assert_eq!(parse_segment_name(&p), Some(0x2a));
+        assert_eq!(parse_segment_name(Path::new("/x/2a.wal")), None);
+        assert_eq!(
+            parse_segment_name(Path::new("/x/000000000000002a.wal.tmp")),
+            None
+        );
+        assert_eq!(
+            parse_segment_name(Path::new("/x/00000000000000zz.wal")),
+            None
+        );
+        assert_eq!(parse_segment_name(Path::new("/x/LOCK")), None);
+    }
+}

@@ -1,0 +1,265 @@
+//! The public handle.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::durable::Durable;
+use crate::error::{Error, Result};
+use crate::fs::{Fs, StdFs};
+use crate::options::WalOptions;
+use crate::queue::{Item, Queue};
+use crate::reader::WalReader;
+use crate::recovery::{recover, Recovery};
+use crate::writer::{Counters, Shared, Writer};
+
+/// An append that has been queued: its sequence number, and the handle that completes when it
+/// is durable.
+#[derive(Debug)]
+#[must_use = "an append is not durable until its `durable` handle completes"]
+pub struct Appended {
+    /// The record's sequence number (what a checkpoint refers to).
+    pub seq: u64,
+    /// Completes with `Ok(seq)` once the record is durable (see [`crate::SyncPolicy`]).
+    pub durable: Durable,
+}
+
+/// Counters for monitoring and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// fdatasync calls on segments (including the two of each rotation).
+    pub fsyncs: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+    /// Bytes written (frames, headers included).
+    pub bytes: u64,
+    /// Segment rotations.
+    pub rotations: u64,
+}
+
+/// A write-ahead log open for appending. `Send + Sync`: share it behind an `Arc`.
+///
+/// Dropping it is a clean shutdown (everything queued is written and synced); use
+/// [`Wal::close`] to see the outcome.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .field("last_seq", &self.last_seq())
+            .field("durable_seq", &self.durable_seq())
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real file system, recovering it
+    /// according to `options.recovery_mode`.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovery)> {
+        Wal::open_with_fs(Arc::new(StdFs), dir, options)
+    }
+
+    /// [`Wal::open`] on any [`Fs`], e.g. [`crate::fs::MemFs`] in tests.
+    pub fn open_with_fs(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovery)> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let (log, recovery) = recover(&fs, &dir, options.recovery_mode)?;
+        let last_seq = log.next_seq - 1;
+        let shared = Arc::new(Shared {
+            queue: Queue::new(
+                log.next_seq,
+                options.channel_capacity,
+                options.channel_capacity_bytes,
+            ),
+            durable_seq: last_seq.into(),
+            written_seq: last_seq.into(),
+            segments: Mutex::new(log.segments.clone()),
+            counters: Counters::default(),
+            fs,
+            dir,
+            options,
+        });
+        let writer = Writer::new(
+            Arc::clone(&shared),
+            log.segments,
+            log.active_file,
+            log.active_len,
+            last_seq,
+        )
+        .ok_or(Error::Closed)?;
+        let exit = ExitGuard(Arc::clone(&shared));
+        let handle = std::thread::Builder::new()
+            .name("keelmq-wal-writer".to_string())
+            .spawn(move || {
+                let _exit = exit;
+                writer.run();
+            })
+            .map_err(|e| Error::io("spawn writer thread", &shared.dir, e))?;
+        Ok((
+            Wal {
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends a record. The sequence number is assigned here, in call order; the returned
+    /// [`Durable`] completes once the record is durable. Blocks while the submission queue is
+    /// full (back-pressure from the disk). Fails at once if the log is poisoned or closed.
+    pub fn append(&self, record_type: u8, payload: impl Into<Vec<u8>>) -> Result<Appended> {
+        self.append_inner(record_type, payload.into(), true)
+    }
+
+    /// Like [`Wal::append`] but fails with [`Error::Full`] instead of blocking, for callers on
+    /// an async runtime that must not block a worker thread.
+    pub fn try_append(&self, record_type: u8, payload: impl Into<Vec<u8>>) -> Result<Appended> {
+        self.append_inner(record_type, payload.into(), false)
+    }
+
+    fn append_inner(&self, record_type: u8, payload: Vec<u8>, block: bool) -> Result<Appended> {
+        let max = self.shared.options.max_record_bytes;
+        if payload.len() > max {
+            return Err(Error::RecordTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let (seq, durable) = self.shared.queue.push_append(record_type, payload, block)?;
+        Ok(Appended { seq, durable })
+    }
+
+    /// Deletes every segment whose records all have sequence numbers `<= seq` (never the
+    /// segment being appended to), then fsyncs the directory. Call it only once everything up
+    /// to `seq` is durable elsewhere (the LSM store's persisted `applied_seq`). Returns the
+    /// number of segments deleted. Waits for the writer thread, so records appended before the
+    /// call are written first.
+    pub fn truncate_through(&self, seq: u64) -> Result<u64> {
+        self.shared
+            .queue
+            .push_control(|completer| Item::Truncate {
+                through: seq,
+                completer,
+            })?
+            .wait()
+    }
+
+    /// Writes and fdatasyncs everything appended so far, whatever the sync policy, and returns
+    /// the durable sequence number.
+    pub fn sync(&self) -> Result<u64> {
+        self.shared
+            .queue
+            .push_control(|completer| Item::Sync { completer })?
+            .wait()
+    }
+
+    /// Reads records with sequence numbers `>= from_seq` that were completely written when this
+    /// is called. Fails with [`Error::Truncated`] if a checkpoint already deleted some of them.
+    pub fn read_from(&self, from_seq: u64) -> Result<WalReader> {
+        let end_seq = self.shared.written_seq.load(Ordering::Acquire);
+        WalReader::new(
+            Arc::clone(&self.shared.fs),
+            self.shared.options.recovery_mode,
+            self.shared.segments(),
+            from_seq,
+            end_seq,
+        )
+    }
+
+    /// The last sequence number assigned (0 before the first record). It can move back after
+    /// an [`Error::NoSpace`] rollback, which releases the failed records' numbers.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.queue.last_seq()
+    }
+
+    /// The highest sequence number covered by a completed fdatasync.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// The oldest sequence number still in the log (after truncation).
+    pub fn first_seq(&self) -> u64 {
+        self.shared
+            .segments()
+            .first()
+            .map_or(self.last_seq() + 1, |s| s.first_seq)
+    }
+
+    /// The error that poisoned the log, if it is poisoned.
+    pub fn poisoned(&self) -> Option<Error> {
+        self.shared.queue.poisoned()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Paths of the segment files in use, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.shared.segments().into_iter().map(|s| s.path).collect()
+    }
+
+    /// Monitoring counters.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        WalStats {
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            rotations: c.rotations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Clean shutdown: refuses new appends, writes and syncs everything queued, stops the
+    /// writer thread. Returns the poison error if the log was poisoned.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        self.shared.queue.close();
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                return Err(Error::Closed);
+            }
+        }
+        match self.shared.queue.poisoned() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown() {
+            tracing::warn!(dir = %self.shared.dir.display(), "WAL closed with an error: {err}");
+        }
+    }
+}
+
+/// Runs when the writer thread ends, however it ends (a panic included): everything still
+/// queued fails with [`Error::Closed`] so no appender waits forever.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        for completer in self.0.queue.writer_exited() {
+            completer.complete(Err(Error::Closed));
+        }
+    }
+}

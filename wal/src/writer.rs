@@ -1,0 +1,505 @@
+//! The group-commit writer thread.
+//!
+//! One thread owns the active segment. Its loop:
+//! 1. take every waiting item from the submission queue (bounded by record count and bytes);
+//! 2. encode the records back to back into one buffer (rotating first if the segment is full);
+//! 3. write the buffer with one positional write, call fdatasync once;
+//! 4. complete every record of the batch.
+//!
+//! While it syncs, new appends pile up in the queue and form the next batch, so the number of
+//! records per fdatasync grows with the number of concurrent appenders.
+//!
+//! Failure policy:
+//! - fsync/fdatasync failure, or a write failure other than ENOSPC, or failing to undo a
+//!   partial write: the log is *poisoned*. Every pending and later append fails; nothing is
+//!   retried, because after a failed fsync Linux may have dropped the dirty pages while
+//!   marking them clean.
+//! - ENOSPC: the partial write is cut off again (`set_len` back to the last frame boundary, then
+//!   fdatasync), the batch and everything queued behind it fail with [`Error::NoSpace`], and the
+//!   sequence number is rewound so the log stays gap-free. Acknowledged records are untouched.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::durable::Completer;
+use crate::error::{is_no_space, Error};
+use crate::format::{self, FrameMeta, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::fs::{write_all_at, Fs, FsFile};
+use crate::options::{SyncPolicy, WalOptions};
+use crate::queue::{Item, Queue, Take};
+use crate::segment::{segment_path, SegmentInfo};
+
+/// Counters exposed through [`crate::Wal::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub fsyncs: AtomicU64,
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub rotations: AtomicU64,
+}
+
+/// State shared by the [`crate::Wal`] handle and the writer thread.
+pub(crate) struct Shared {
+    pub queue: Queue,
+    /// Highest sequence number covered by a completed fdatasync.
+    pub durable_seq: AtomicU64,
+    /// Highest sequence number whose frame is completely in the file (readers stop there).
+    pub written_seq: AtomicU64,
+    /// The segments in use, oldest first; the writer updates it on rotation and truncation.
+    pub segments: Mutex<Vec<SegmentInfo>>,
+    pub counters: Counters,
+    pub fs: Arc<dyn Fs>,
+    pub dir: PathBuf,
+    pub options: WalOptions,
+}
+
+impl Shared {
+    pub(crate) fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+struct Active {
+    info: SegmentInfo,
+    file: Box<dyn FsFile>,
+    /// Length of the valid part of the file: where the next frame goes.
+    len: u64,
+}
+
+enum Failure {
+    /// The disk is full; the batch was rolled back and the log is still usable.
+    NoSpace(Error),
+    /// The log can no longer be trusted.
+    Poison(Error),
+    /// This one operation failed (deleting a checkpointed segment); the log is fine.
+    Failed(Error),
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    active: Active,
+    segments: Vec<SegmentInfo>,
+    durable_seq: u64,
+    written_seq: u64,
+    /// Under `IntervalMs`, when the written-but-unsynced records must be synced.
+    sync_deadline: Option<Instant>,
+    buf: Vec<u8>,
+    /// Records encoded in `buf`, waiting to be written and completed.
+    pending: Vec<(u64, Completer)>,
+}
+
+/// Creates a segment file with its header, syncs it, and syncs the directory so the file
+/// cannot vanish in a crash. On failure the half-made file is removed again (best effort; a
+/// leftover is recognised by recovery as a torn creation). Errors carry the failed operation.
+pub(crate) fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    path: &Path,
+    segment_seq: u64,
+    first_seq: u64,
+) -> Result<Box<dyn FsFile>, (&'static str, std::io::Error)> {
+    let mut file = fs.create_new(path).map_err(|e| ("create", e))?;
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    format::encode_segment_header(
+        SegmentHeader {
+            segment_seq,
+            first_seq,
+        },
+        &mut header,
+    );
+    let result = write_all_at(file.as_mut(), &header, 0)
+        .map_err(|e| ("write", e))
+        .and_then(|()| file.sync_data().map_err(|e| ("fdatasync", e)))
+        .and_then(|()| fs.sync_dir(dir).map_err(|e| ("fsync directory", e)));
+    match result {
+        Ok(()) => Ok(file),
+        Err(err) => {
+            drop(file);
+            let _ = fs.remove_file(path);
+            Err(err)
+        }
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        segments: Vec<SegmentInfo>,
+        file: Box<dyn FsFile>,
+        len: u64,
+        last_seq: u64,
+    ) -> Option<Writer> {
+        let info = segments.last()?.clone();
+        Some(Writer {
+            shared,
+            active: Active { info, file, len },
+            segments,
+            durable_seq: last_seq,
+            written_seq: last_seq,
+            sync_deadline: None,
+            buf: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn options(&self) -> &WalOptions {
+        &self.shared.options
+    }
+
+    /// The thread body. Returns when the log is closed or poisoned.
+    pub(crate) fn run(mut self) {
+        let mut items = Vec::new();
+        loop {
+            let max_records = self.options().max_batch_records;
+            let max_bytes = self.options().max_batch_bytes;
+            match self
+                .shared
+                .queue
+                .take(&mut items, max_records, max_bytes, self.sync_deadline)
+            {
+                Take::Items => {
+                    if let Err(err) = self.process(&mut items) {
+                        self.poison(err, &mut items);
+                        return;
+                    }
+                }
+                Take::Timeout => {
+                    if let Err(
+                        Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
+                    ) = self.sync()
+                    {
+                        self.poison(err, &mut items);
+                        return;
+                    }
+                }
+                Take::Closed => {
+                    // Clean shutdown: make everything written durable, whatever the policy.
+                    if self.durable_seq < self.written_seq {
+                        if let Err(
+                            Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
+                        ) = self.sync()
+                        {
+                            self.poison(err, &mut items);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Processes one batch. `Err` means the log is poisoned; the unprocessed rest of the
+    /// batch is then left in `items`.
+    fn process(&mut self, items: &mut Vec<Item>) -> Result<(), Error> {
+        // Set after a NoSpace rollback: later appends of this batch fail without being tried,
+        // because their sequence numbers were rewound.
+        let mut no_space: Option<Error> = None;
+        let mut batch = std::mem::take(items).into_iter();
+        while let Some(item) = batch.next() {
+            if let Err(err) = self.process_item(item, &mut no_space) {
+                items.extend(batch);
+                return Err(err);
+            }
+        }
+        if let Err(failure) = self.commit(false) {
+            self.handle_failure(failure)?;
+        }
+        Ok(())
+    }
+
+    fn process_item(&mut self, item: Item, no_space: &mut Option<Error>) -> Result<(), Error> {
+        {
+            match item {
+                Item::Append {
+                    seq,
+                    record_type,
+                    payload,
+                    completer,
+                } => {
+                    if let Some(err) = no_space {
+                        completer.complete(Err(err.clone()));
+                        return Ok(());
+                    }
+                    if let Err(failure) = self.add(seq, record_type, &payload, completer) {
+                        *no_space = Some(self.handle_failure(failure)?);
+                    }
+                }
+                Item::Truncate { through, completer } => {
+                    let result = match self.commit(false) {
+                        Err(failure) => self.handle_failure(failure).map(|err| {
+                            *no_space = Some(err);
+                        }),
+                        Ok(()) => Ok(()),
+                    }
+                    .and_then(|()| match self.truncate_through(through) {
+                        Ok(removed) => Ok(Ok(removed)),
+                        Err(Failure::NoSpace(err) | Failure::Failed(err)) => Ok(Err(err)),
+                        Err(Failure::Poison(err)) => Err(err),
+                    });
+                    match result {
+                        Ok(outcome) => completer.complete(outcome),
+                        Err(err) => {
+                            completer.complete(Err(err.clone()));
+                            return Err(err);
+                        }
+                    }
+                }
+                Item::Sync { completer } => {
+                    let result = match self.commit(true) {
+                        Err(failure) => self.handle_failure(failure).map(|err| {
+                            *no_space = Some(err);
+                        }),
+                        Ok(()) => Ok(()),
+                    };
+                    match result {
+                        Ok(()) => completer.complete(Ok(self.durable_seq)),
+                        Err(err) => {
+                            completer.complete(Err(err.clone()));
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a NoSpace failure into a rewind (returning the error to fail the rest of the
+    /// batch with) and passes a poison on.
+    fn handle_failure(&mut self, failure: Failure) -> Result<Error, Error> {
+        match failure {
+            Failure::Poison(err) => Err(err),
+            Failure::NoSpace(err) | Failure::Failed(err) => {
+                let rewind_to = self.pending.first().map_or(self.written_seq + 1, |p| p.0);
+                tracing::warn!(rewind_to, "WAL append batch rolled back: {err}");
+                for (_, completer) in self.pending.drain(..) {
+                    completer.complete(Err(err.clone()));
+                }
+                self.buf.clear();
+                for completer in self.shared.queue.rewind(rewind_to) {
+                    completer.complete(Err(err.clone()));
+                }
+                Ok(err)
+            }
+        }
+    }
+
+    /// Fails everything in hand and queued, forever.
+    fn poison(&mut self, err: Error, items: &mut Vec<Item>) {
+        tracing::error!("WAL poisoned, refusing all further appends: {err}");
+        for (_, completer) in self.pending.drain(..) {
+            completer.complete(Err(err.clone()));
+        }
+        for item in items.drain(..) {
+            let completer = match item {
+                Item::Append { completer, .. }
+                | Item::Truncate { completer, .. }
+                | Item::Sync { completer } => completer,
+            };
+            completer.complete(Err(err.clone()));
+        }
+        for completer in self.shared.queue.poison(err.clone()) {
+            completer.complete(Err(err.clone()));
+        }
+    }
+
+    /// Encodes one record into the batch buffer, rotating first if it would overflow the
+    /// segment. On failure the record is in `pending`, to be failed with the rest.
+    fn add(
+        &mut self,
+        seq: u64,
+        record_type: u8,
+        payload: &[u8],
+        completer: Completer,
+    ) -> Result<(), Failure> {
+        let frame_len = format::frame_len(payload.len()) as u64;
+        let used = self.active.len + self.buf.len() as u64;
+        let holds_records = used > SEGMENT_HEADER_LEN as u64;
+        if holds_records && used + frame_len > self.options().segment_size_bytes {
+            if let Err(failure) = self.commit(true).and_then(|()| self.rotate(seq)) {
+                self.pending.push((seq, completer));
+                return Err(failure);
+            }
+        }
+        let meta = FrameMeta {
+            seq,
+            durable_seq: self.durable_seq,
+            record_type,
+        };
+        format::encode_record(self.active.info.segment_seq, meta, payload, &mut self.buf);
+        self.pending.push((seq, completer));
+        Ok(())
+    }
+
+    /// Writes the buffer, syncs if the policy (or `force_sync`) says so, and completes the
+    /// pending records.
+    fn commit(&mut self, force_sync: bool) -> Result<(), Failure> {
+        if self.buf.is_empty() {
+            if force_sync && self.durable_seq < self.written_seq {
+                self.sync()?;
+            }
+            return Ok(());
+        }
+        let start = self.active.len;
+        if let Err(err) = write_all_at(self.active.file.as_mut(), &self.buf, start) {
+            if !is_no_space(&err) {
+                return Err(Failure::Poison(Error::poisoned(
+                    "write",
+                    &self.active.info.path,
+                    err,
+                )));
+            }
+            // Cut the partial frames off and make that durable, so no half-written record can
+            // ever be read back; only then report the failure.
+            let undo = self
+                .active
+                .file
+                .set_len(start)
+                .map_err(|e| ("truncate", e))
+                .and_then(|()| self.active.file.sync_data().map_err(|e| ("fdatasync", e)));
+            if let Err((op, e)) = undo {
+                return Err(Failure::Poison(Error::poisoned(
+                    op,
+                    &self.active.info.path,
+                    e,
+                )));
+            }
+            self.note_synced(self.written_seq);
+            return Err(Failure::NoSpace(Error::NoSpace {
+                path: self.active.info.path.clone(),
+            }));
+        }
+        let counters = &self.shared.counters;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .records
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.active.len += self.buf.len() as u64;
+        self.buf.clear();
+        if let Some((last, _)) = self.pending.last() {
+            self.written_seq = *last;
+            self.shared.written_seq.store(*last, Ordering::Release);
+        }
+        match self.options().sync_policy {
+            _ if force_sync => self.sync()?,
+            SyncPolicy::Always => self.sync()?,
+            SyncPolicy::IntervalMs(ms) => {
+                if self.sync_deadline.is_none() {
+                    self.sync_deadline = Some(Instant::now() + Duration::from_millis(ms));
+                }
+            }
+            SyncPolicy::Never => {}
+        }
+        for (seq, completer) in self.pending.drain(..) {
+            completer.complete(Ok(seq));
+        }
+        Ok(())
+    }
+
+    /// fdatasync of the active segment. Only ever fails with `Poison`.
+    fn sync(&mut self) -> Result<(), Failure> {
+        self.sync_deadline = None;
+        if let Err(e) = self.active.file.sync_data() {
+            return Err(Failure::Poison(Error::poisoned(
+                "fdatasync",
+                &self.active.info.path,
+                e,
+            )));
+        }
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.note_synced(self.written_seq);
+        Ok(())
+    }
+
+    fn note_synced(&mut self, seq: u64) {
+        self.durable_seq = seq;
+        self.shared.durable_seq.store(seq, Ordering::Release);
+    }
+
+    /// Starts a new segment whose first record will be `first_seq`. The caller has synced the
+    /// old one (sealing it: recovery treats any damage in a non-newest segment as corruption).
+    fn rotate(&mut self, first_seq: u64) -> Result<(), Failure> {
+        let segment_seq = self.active.info.segment_seq + 1;
+        let path = segment_path(&self.shared.dir, segment_seq);
+        let fs = self.shared.fs.as_ref();
+        let file = create_segment(fs, &self.shared.dir, &path, segment_seq, first_seq).map_err(
+            |(op, e)| {
+                if is_no_space(&e) && op != "fdatasync" && op != "fsync directory" {
+                    Failure::NoSpace(Error::NoSpace { path: path.clone() })
+                } else {
+                    Failure::Poison(Error::poisoned(op, &path, e))
+                }
+            },
+        )?;
+        let info = SegmentInfo {
+            segment_seq,
+            first_seq,
+            path,
+        };
+        self.active = Active {
+            info: info.clone(),
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+        };
+        self.segments.push(info);
+        self.publish_segments();
+        self.shared
+            .counters
+            .rotations
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes the segments whose records are all `<= through`, never the active one, oldest
+    /// first (so a crash part-way leaves a contiguous log), then fsyncs the directory.
+    fn truncate_through(&mut self, through: u64) -> Result<u64, Failure> {
+        let mut removable = 0;
+        while removable + 1 < self.segments.len()
+            && self.segments[removable + 1].first_seq <= through + 1
+        {
+            removable += 1;
+        }
+        let mut removed = 0;
+        let mut unlink_error = None;
+        for info in &self.segments[..removable] {
+            if let Err(e) = self.shared.fs.remove_file(&info.path) {
+                unlink_error = Some(Error::io("remove", &info.path, e));
+                break;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            self.segments.drain(..removed);
+            self.publish_segments();
+            if let Err(e) = self.shared.fs.sync_dir(&self.shared.dir) {
+                return Err(Failure::Poison(Error::poisoned(
+                    "fsync directory",
+                    &self.shared.dir,
+                    e,
+                )));
+            }
+        }
+        match unlink_error {
+            Some(err) => Err(Failure::Failed(err)),
+            None => Ok(removed as u64),
+        }
+    }
+
+    fn publish_segments(&self) {
+        *self
+            .shared
+            .segments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.segments.clone();
+    }
+}
