@@ -278,11 +278,14 @@ impl Writer {
             Failure::NoSpace(err) | Failure::Failed(err) => {
                 let rewind_to = self.pending.first().map_or(self.written_seq + 1, |p| p.0);
                 tracing::warn!(rewind_to, "WAL append batch rolled back: {err}");
+                // Rewind before anyone hears of the failure, so a caller that reacts to it
+                // already sees the released sequence numbers.
+                let queued = self.shared.queue.rewind(rewind_to);
+                self.buf.clear();
                 for (_, completer) in self.pending.drain(..) {
                     completer.complete(Err(err.clone()));
                 }
-                self.buf.clear();
-                for completer in self.shared.queue.rewind(rewind_to) {
+                for completer in queued {
                     completer.complete(Err(err.clone()));
                 }
                 Ok(err)

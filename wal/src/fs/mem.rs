@@ -355,7 +355,13 @@ impl MemFs {
     /// and fuzzing that start from prepared disk contents.
     pub fn write_file_durable(&self, path: &Path, bytes: &[u8]) {
         let mut state = self.lock();
-        state.dirs.insert(parent(path));
+        for ancestor in path
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+        {
+            state.dirs.insert(ancestor.to_path_buf());
+        }
         let ino = state.next_inode;
         state.next_inode += 1;
         state.inodes.insert(
@@ -424,7 +430,11 @@ impl MemFs {
 impl Fs for MemFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
-        if state.dirs.insert(dir.to_path_buf()) {
+        let mut created = false;
+        for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            created |= state.dirs.insert(ancestor.to_path_buf());
+        }
+        if created {
             state.record(TraceOp::CreateDir(dir.to_path_buf()));
         }
         Ok(())

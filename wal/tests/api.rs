@@ -1,0 +1,323 @@
+//! The API's behaviour, each scenario run on the real file system and on MemFs (as okaywal's
+//! tests do), so the in-memory fs used by the crash tests is held to the real one's results.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::{check_payload, payload_for, read_all, TempDir};
+use keelmq_wal::fs::{Fs, MemFs, StdFs};
+use keelmq_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
+
+/// Runs `scenario` once on a real temp dir and once on a MemFs.
+fn on_both(name: &str, scenario: impl Fn(Arc<dyn Fs>, PathBuf)) {
+    let tmp = TempDir::new(name);
+    scenario(Arc::new(StdFs), tmp.path().to_path_buf());
+    scenario(Arc::new(MemFs::new()), PathBuf::from("/wal"));
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 1024,
+        ..WalOptions::default()
+    }
+}
+
+#[test]
+fn append_wait_reopen_read_back() {
+    on_both("basic", |fs, dir| {
+        let (wal, recovery) = Wal::open_with_fs(fs.clone(), &dir, WalOptions::default()).unwrap();
+        assert_eq!((recovery.first_seq, recovery.last_seq), (1, 0));
+        assert_eq!(wal.last_seq(), 0);
+        for id in 1..=50u64 {
+            let appended = wal.append((id % 7) as u8, payload_for(id)).unwrap();
+            assert_eq!(appended.seq, id);
+            assert_eq!(appended.durable.wait().unwrap(), id);
+            assert_eq!(wal.durable_seq(), id);
+        }
+        wal.close().unwrap();
+
+        let (wal, recovery) = Wal::open_with_fs(fs, &dir, WalOptions::default()).unwrap();
+        assert_eq!((recovery.first_seq, recovery.last_seq), (1, 50));
+        assert_eq!(recovery.torn_tail, None);
+        let records = read_all(&wal, 1);
+        assert_eq!(records.len(), 50);
+        for (i, r) in records.iter().enumerate() {
+            let id = i as u64 + 1;
+            assert_eq!((r.seq, r.record_type), (id, (id % 7) as u8));
+            assert_eq!(check_payload(&r.payload), Some(id));
+        }
+        assert_eq!(read_all(&wal, 40).first().map(|r| r.seq), Some(40));
+        assert!(read_all(&wal, 51).is_empty());
+        let next = wal.append(0, b"after reopen".as_slice()).unwrap();
+        assert_eq!(next.seq, 51);
+        next.durable.wait().unwrap();
+    });
+}
+
+#[test]
+fn rotation_and_truncation_keep_the_log_contiguous() {
+    on_both("rotate", |fs, dir| {
+        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, small_segments()).unwrap();
+        let handles: Vec<_> = (1..=200u64)
+            .map(|id| wal.append(1, payload_for(id)).unwrap())
+            .collect();
+        for h in handles {
+            h.durable.wait().unwrap();
+        }
+        let segments = wal.segment_paths();
+        assert!(
+            segments.len() > 10,
+            "small segments must rotate, got {}",
+            segments.len()
+        );
+        assert!(wal.stats().rotations as usize >= segments.len() - 1);
+
+        assert_eq!(wal.truncate_through(0).unwrap(), 0);
+        let removed = wal.truncate_through(100).unwrap();
+        assert!(removed > 0);
+        let first = wal.first_seq();
+        assert!(first > 1 && first <= 101, "first_seq {first}");
+        assert!(matches!(
+            wal.read_from(1),
+            Err(Error::Truncated { requested: 1, .. })
+        ));
+        let records = read_all(&wal, 101);
+        assert_eq!(records.first().map(|r| r.seq), Some(101));
+        assert_eq!(records.len(), 100);
+        // Truncating past the end never deletes the segment being appended to.
+        wal.truncate_through(10_000).unwrap();
+        assert_eq!(wal.segment_paths().len(), 1);
+        wal.close().unwrap();
+
+        let on_disk = fs.list_files(&dir).unwrap();
+        assert_eq!(on_disk.len(), 1);
+        let (wal, recovery) = Wal::open_with_fs(fs, &dir, small_segments()).unwrap();
+        assert_eq!(recovery.last_seq, 200);
+        assert!(recovery.first_seq <= 201);
+        let h = wal.append(1, payload_for(201)).unwrap();
+        assert_eq!(h.seq, 201);
+        h.durable.wait().unwrap();
+        let tail = read_all(&wal, recovery.first_seq);
+        assert_eq!(tail.last().map(|r| r.seq), Some(201));
+    });
+}
+
+#[test]
+fn concurrent_appenders_get_one_gap_free_order() {
+    on_both("concurrent", |fs, dir| {
+        let (wal, _) = Wal::open_with_fs(fs, &dir, small_segments()).unwrap();
+        let wal = Arc::new(wal);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                std::thread::spawn(move || {
+                    let mut seqs = Vec::new();
+                    for i in 0..100u64 {
+                        let a = wal.append(0, payload_for(t * 1000 + i)).unwrap();
+                        assert_eq!(a.durable.wait().unwrap(), a.seq);
+                        seqs.push(a.seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=800).collect::<Vec<_>>());
+        let records = read_all(&wal, 1);
+        assert_eq!(records.len(), 800);
+        assert!(records.iter().all(|r| check_payload(&r.payload).is_some()));
+        let stats = wal.stats();
+        assert_eq!(stats.records, 800);
+        assert!(stats.batches <= 800);
+    });
+}
+
+#[test]
+fn completion_by_callback_poll_and_timeout() {
+    on_both("callbacks", |fs, dir| {
+        let (wal, _) = Wal::open_with_fs(fs, &dir, WalOptions::default()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for id in 1..=20u64 {
+            let tx = tx.clone();
+            wal.append(0, payload_for(id))
+                .unwrap()
+                .durable
+                .on_complete(move |r| tx.send(r).unwrap());
+        }
+        let mut got: Vec<u64> = (0..20).map(|_| rx.recv().unwrap().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, (1..=20).collect::<Vec<_>>());
+
+        let a = wal.append(0, b"poll".as_slice()).unwrap();
+        let outcome = a.durable.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(outcome.unwrap(), 21);
+        assert_eq!(a.durable.try_get().unwrap().unwrap(), 21);
+        assert!(a.durable.is_complete());
+    });
+}
+
+#[test]
+fn limits_and_closed_errors() {
+    let fs = Arc::new(MemFs::new());
+    let options = WalOptions {
+        max_record_bytes: 100,
+        channel_capacity: 4,
+        channel_capacity_bytes: 1000,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open_with_fs(fs.clone(), "/w", options).unwrap();
+    assert!(matches!(
+        wal.append(0, vec![0; 101]),
+        Err(Error::RecordTooLarge { len: 101, max: 100 })
+    ));
+    wal.append(0, vec![0; 100]).unwrap().durable.wait().unwrap();
+    wal.try_append(0, vec![1; 10])
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    wal.close().unwrap();
+
+    let bad = WalOptions {
+        segment_size_bytes: 10,
+        ..WalOptions::default()
+    };
+    assert!(matches!(
+        Wal::open_with_fs(fs.clone(), "/w", bad),
+        Err(Error::InvalidOptions { .. })
+    ));
+    let bad = WalOptions {
+        sync_policy: SyncPolicy::IntervalMs(0),
+        ..WalOptions::default()
+    };
+    assert!(matches!(
+        Wal::open_with_fs(fs, "/w", bad),
+        Err(Error::InvalidOptions { .. })
+    ));
+}
+
+#[test]
+fn interval_and_never_policies_complete_before_sync_and_sync_on_demand() {
+    for policy in [SyncPolicy::IntervalMs(20), SyncPolicy::Never] {
+        let fs = MemFs::new();
+        let options = WalOptions {
+            sync_policy: policy,
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
+        for id in 1..=10u64 {
+            wal.append(0, payload_for(id))
+                .unwrap()
+                .durable
+                .wait()
+                .unwrap();
+        }
+        match policy {
+            SyncPolicy::IntervalMs(_) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while wal.durable_seq() < 10 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "interval sync never happened"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            _ => {
+                assert_eq!(wal.durable_seq(), 0, "Never does not sync records");
+                assert_eq!(wal.sync().unwrap(), 10);
+                assert_eq!(wal.durable_seq(), 10);
+            }
+        }
+        // Whatever was synced survives a crash that drops everything unsynced.
+        fs.crash(keelmq_wal::fs::CrashMode::DropUnsynced, 1);
+        drop(wal);
+        let (wal, recovery) = Wal::open_with_fs(Arc::new(fs), "/w", options).unwrap();
+        assert_eq!(recovery.last_seq, 10);
+        assert_eq!(read_all(&wal, 1).len(), 10);
+    }
+}
+
+#[test]
+fn strict_mode_refuses_a_torn_tail_that_the_default_mode_repairs() {
+    let fs = MemFs::new();
+    let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", WalOptions::default()).unwrap();
+    for id in 1..=5u64 {
+        wal.append(0, payload_for(id))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let seg = wal.segment_paths()[0].clone();
+    wal.close().unwrap();
+    let mut bytes = fs.read_file(&seg).unwrap();
+    let full_len = bytes.len();
+    bytes.truncate(full_len - 3);
+    fs.write_file_durable(&seg, &bytes);
+
+    let strict = WalOptions {
+        recovery_mode: RecoveryMode::Strict,
+        ..WalOptions::default()
+    };
+    match Wal::open_with_fs(Arc::new(fs.clone()), "/w", strict) {
+        Err(Error::Corruption { segment, .. }) => assert_eq!(segment, seg),
+        other => panic!("strict mode accepted a torn tail: {other:?}"),
+    }
+    assert_eq!(
+        fs.read_file(&seg).unwrap().len(),
+        full_len - 3,
+        "strict mode changes nothing"
+    );
+
+    let (wal, recovery) =
+        Wal::open_with_fs(Arc::new(fs.clone()), "/w", WalOptions::default()).unwrap();
+    let torn = recovery.torn_tail.expect("torn tail reported");
+    assert_eq!(torn.segment, seg);
+    assert_eq!(torn.offset + torn.bytes_dropped, (full_len - 3) as u64);
+    assert_eq!(recovery.last_seq, 4);
+    assert_eq!(read_all(&wal, 1).len(), 4);
+    assert_eq!(fs.read_file(&seg).unwrap().len() as u64, torn.offset);
+}
+
+#[test]
+fn skip_corrupt_mode_returns_what_verifies_around_damage() {
+    let fs = MemFs::new();
+    let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", small_segments()).unwrap();
+    for id in 1..=60u64 {
+        wal.append(0, payload_for(id))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let segs = wal.segment_paths();
+    wal.close().unwrap();
+    // Damage one record in the middle of the first segment.
+    fs.flip_bit(&segs[0], 32 + 30, 3).unwrap();
+
+    assert!(matches!(
+        Wal::open_with_fs(Arc::new(fs.clone()), "/w", small_segments()),
+        Err(Error::Corruption { .. })
+    ));
+    let skip = WalOptions {
+        recovery_mode: RecoveryMode::SkipCorrupt,
+        ..small_segments()
+    };
+    let (wal, recovery) = Wal::open_with_fs(Arc::new(fs), "/w", skip).unwrap();
+    assert_eq!(recovery.skipped.len(), 1);
+    assert_eq!(recovery.skipped[0].segment, segs[0]);
+    let records = read_all(&wal, 1);
+    assert_eq!(records.len(), 59);
+    assert!(records
+        .iter()
+        .all(|r| check_payload(&r.payload) == Some(r.seq)));
+    assert!(records.iter().all(|r| r.seq != 1));
+}
