@@ -296,6 +296,8 @@ impl Writer {
     /// Fails everything in hand and queued, forever.
     fn poison(&mut self, err: Error, items: &mut Vec<Item>) {
         tracing::error!("WAL poisoned, refusing all further appends: {err}");
+        // Poison the queue first, so whoever hears of the failure sees a poisoned log.
+        let queued = self.shared.queue.poison(err.clone());
         for (_, completer) in self.pending.drain(..) {
             completer.complete(Err(err.clone()));
         }
@@ -307,7 +309,7 @@ impl Writer {
             };
             completer.complete(Err(err.clone()));
         }
-        for completer in self.shared.queue.poison(err.clone()) {
+        for completer in queued {
             completer.complete(Err(err.clone()));
         }
     }
