@@ -81,6 +81,11 @@ pub(crate) fn recover(
 ) -> Result<(RecoveredLog, Recovery)> {
     let mut report = Recovery::default();
     let mut names = list_segments(fs, dir)?;
+    // A previous process may have created or removed segments without syncing the directory
+    // (it died, or was poisoned, before it could). Make the namespace we are about to build on
+    // durable first, so a later crash cannot resurrect a segment we are now ignoring.
+    fs.sync_dir(dir)
+        .map_err(|e| Error::poisoned("fsync directory", dir, e))?;
     names.sort_unstable();
     let max_segment_seq = names.last().map_or(0, |(seq, _)| *seq);
 

@@ -95,8 +95,11 @@ pub(crate) struct Writer {
 }
 
 /// Creates a segment file with its header, syncs it, and syncs the directory so the file
-/// cannot vanish in a crash. On failure the half-made file is removed again (best effort; a
-/// leftover is recognised by recovery as a torn creation). Errors carry the failed operation.
+/// cannot vanish in a crash. On failure the half-made file is removed again and the removal
+/// synced, so that a crash cannot bring back a segment whose sequence numbers are later
+/// reused in the previous segment. Errors carry the failed operation; if the cleanup itself
+/// fails, the operation is reported as `"remove"`/`"fsync directory"` and the caller must
+/// poison the log.
 pub(crate) fn create_segment(
     fs: &dyn Fs,
     dir: &Path,
@@ -121,7 +124,8 @@ pub(crate) fn create_segment(
         Ok(()) => Ok(file),
         Err(err) => {
             drop(file);
-            let _ = fs.remove_file(path);
+            fs.remove_file(path).map_err(|e| ("remove", e))?;
+            fs.sync_dir(dir).map_err(|e| ("fsync directory", e))?;
             Err(err)
         }
     }
@@ -438,7 +442,7 @@ impl Writer {
         let fs = self.shared.fs.as_ref();
         let file = create_segment(fs, &self.shared.dir, &path, segment_seq, first_seq).map_err(
             |(op, e)| {
-                if is_no_space(&e) && op != "fdatasync" && op != "fsync directory" {
+                if is_no_space(&e) && (op == "create" || op == "write") {
                     Failure::NoSpace(Error::NoSpace { path: path.clone() })
                 } else {
                     Failure::Poison(Error::poisoned(op, &path, e))

@@ -406,24 +406,29 @@ impl MemFs {
     pub fn replay(ops: &[TraceOp]) -> io::Result<MemFs> {
         let fs = MemFs::new();
         for op in ops {
-            match op {
-                TraceOp::CreateDir(dir) => fs.create_dir_all(dir)?,
-                TraceOp::Create(path) => drop(fs.create_new(path)?),
-                TraceOp::Write {
-                    path,
-                    offset,
-                    bytes,
-                } => {
-                    let mut file = fs.open(path)?;
-                    super::write_all_at(file.as_mut(), bytes, *offset)?;
-                }
-                TraceOp::SetLen { path, len } => fs.open(path)?.set_len(*len)?,
-                TraceOp::SyncFile(path) => fs.open(path)?.sync_data()?,
-                TraceOp::SyncDir(dir) => fs.sync_dir(dir)?,
-                TraceOp::Remove(path) => fs.remove_file(path)?,
-            }
+            fs.apply(op)?;
         }
         Ok(fs)
+    }
+
+    /// Performs one recorded operation (see [`MemFs::replay`]).
+    pub fn apply(&self, op: &TraceOp) -> io::Result<()> {
+        match op {
+            TraceOp::CreateDir(dir) => self.create_dir_all(dir),
+            TraceOp::Create(path) => self.create_new(path).map(drop),
+            TraceOp::Write {
+                path,
+                offset,
+                bytes,
+            } => {
+                let mut file = self.open(path)?;
+                super::write_all_at(file.as_mut(), bytes, *offset)
+            }
+            TraceOp::SetLen { path, len } => self.open(path)?.set_len(*len),
+            TraceOp::SyncFile(path) => self.open(path)?.sync_data(),
+            TraceOp::SyncDir(dir) => self.sync_dir(dir),
+            TraceOp::Remove(path) => self.remove_file(path),
+        }
     }
 }
 
