@@ -13,3 +13,6 @@
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
 pub mod codec;
+pub mod config;
+pub mod router;
+pub mod session;

@@ -1,0 +1,282 @@
+//! Broker configuration: a TOML file in which every field has a default, so an empty file (or
+//! none at all) is a working configuration. `keelmq.example.toml` at the repository root lists
+//! every field with its default and meaning; keep the two in step.
+//!
+//! Unknown fields are refused (a misspelt limit must not silently fall back to its default), and
+//! [`Config::validate`] names the field and the problem for every value out of range.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    /// Directory for the write-ahead log and the state store.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub limits: LimitsConfig,
+    pub sys: SysConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listener: ListenerConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            mqtt: MqttConfig::default(),
+            limits: LimitsConfig::default(),
+            sys: SysConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address of the plain MQTT-over-TCP listener. Loopback only by default.
+    pub bind: SocketAddr,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 1883)) }
+    }
+}
+
+/// Protocol behaviour and what CONNACK advertises.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Largest packet accepted from or sent to a client, in bytes (advertised to v5 clients as
+    /// Maximum Packet Size). A larger inbound packet closes the connection with 0x95.
+    pub max_packet_size: u32,
+    /// How many unacknowledged inbound QoS 1/2 PUBLISH a client may have (v5 Receive Maximum).
+    /// A v5 client that exceeds it is disconnected with 0x93.
+    pub receive_maximum: u16,
+    /// Outbound in-flight window for 3.x clients, which cannot state their own.
+    pub max_inflight: u16,
+    /// Topic Alias Maximum offered to v5 clients for their PUBLISH packets (0 disables).
+    pub topic_alias_maximum: u16,
+    /// Upper bound on a client's keep-alive, in seconds; a v5 client asking for more (or for 0)
+    /// is told this value as Server Keep Alive. 0 means no upper bound.
+    pub max_keep_alive_secs: u16,
+    /// Seconds a new connection has to send CONNECT before it is closed.
+    pub connect_timeout_secs: u64,
+    /// Highest QoS accepted on PUBLISH (advertised as Maximum QoS).
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscription_available: bool,
+    pub subscription_identifiers_available: bool,
+    pub shared_subscription_available: bool,
+    /// Upper bound on a v5 client's Session Expiry Interval, in seconds.
+    pub max_session_expiry_secs: u32,
+    /// Session expiry applied to 3.x clients that connect with Clean Session = 0 (they cannot
+    /// state one). `4294967295` means never.
+    pub v3_session_expiry_secs: u32,
+    /// Longest client identifier accepted, in bytes.
+    pub max_client_id_len: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 128,
+            max_inflight: 32,
+            topic_alias_maximum: 64,
+            max_keep_alive_secs: 0,
+            connect_timeout_secs: 10,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            max_session_expiry_secs: u32::MAX,
+            v3_session_expiry_secs: 7 * 24 * 3600,
+            max_client_id_len: 65535,
+        }
+    }
+}
+
+/// Resource limits (DESIGN.md §4). Each states its overflow policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections beyond this are refused: v5 CONNACK 0x97 Quota Exceeded, v3 CONNACK 3
+    /// (Server unavailable), then the socket is closed.
+    pub max_connections: usize,
+    /// Messages waiting in one session's queue (not yet in flight). When full, a QoS 0 message
+    /// for it is dropped and counted; a QoS 1/2 message is refused to its publisher (v5 PUBACK
+    /// or PUBREC 0x97) or the 3.x publisher is paused until there is room. A QoS 1/2 message is
+    /// never dropped after it was acknowledged.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting in one session's queue; same policy as `max_queued_messages`.
+    pub max_queued_bytes: usize,
+    /// Payload bytes queued across all sessions; same policy, applied broker-wide.
+    pub max_queued_bytes_total: usize,
+    /// Retained messages kept. A new retained topic beyond this is refused (v5 PUBACK 0x97; a
+    /// 3.x publisher's retained update is not stored and is counted) while replacing or
+    /// deleting an existing one always works.
+    pub max_retained_messages: usize,
+    /// Levels in a topic name or filter; more is refused (0x90 / 0x8F, or a disconnect for 3.x).
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (3.x: 0x80).
+    pub max_subscriptions_per_client: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
+            max_retained_messages: 1_000_000,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+        }
+    }
+}
+
+/// `$SYS/broker/...` statistics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SysConfig {
+    /// Seconds between publications of the `$SYS` topics; 0 disables them.
+    pub interval_secs: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
+    }
+}
+
+/// A configuration problem, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Config::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value's range; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { field, problem: problem.into() })
+        }
+        let m = &self.mqtt;
+        if m.max_packet_size < 64 {
+            return bad("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if m.max_packet_size > crate::codec::MAX_PACKET_SIZE_PROTOCOL {
+            return bad("mqtt.max_packet_size", "exceeds the protocol maximum of 268435460");
+        }
+        if m.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum", "must be at least 1");
+        }
+        if m.max_inflight == 0 {
+            return bad("mqtt.max_inflight", "must be at least 1");
+        }
+        if m.max_qos > 2 {
+            return bad("mqtt.max_qos", format!("{} is not a QoS (0, 1 or 2)", m.max_qos));
+        }
+        if m.connect_timeout_secs == 0 {
+            return bad("mqtt.connect_timeout_secs", "must be at least 1");
+        }
+        if m.max_client_id_len == 0 || m.max_client_id_len > 65535 {
+            return bad("mqtt.max_client_id_len", "must be between 1 and 65535");
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_queued_messages == 0 {
+            return bad("limits.max_queued_messages", "must be at least 1");
+        }
+        if l.max_queued_bytes == 0 {
+            return bad("limits.max_queued_bytes", "must be at least 1");
+        }
+        if l.max_queued_bytes_total < l.max_queued_bytes {
+            return bad(
+                "limits.max_queued_bytes_total",
+                "must be at least limits.max_queued_bytes",
+            );
+        }
+        if l.max_topic_levels == 0 {
+            return bad("limits.max_topic_levels", "must be at least 1");
+        }
+        if l.max_subscriptions_per_client == 0 {
+            return bad("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn example_config_is_the_default() {
+        let text = include_str!("../keelmq.example.toml");
+        let parsed = Config::parse(text).unwrap();
+        assert_eq!(parsed, Config::default(), "keelmq.example.toml must state the defaults");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = Config::parse("[limits]\nmax_queued_mesages = 5\n").unwrap_err();
+        assert!(e.contains("max_queued_mesages"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = Config::parse("[mqtt]\nmax_qos = \"two\"\n").unwrap_err();
+        assert!(e.contains("max_qos"), "{e}");
+        let e = Config::parse("[listener]\nbind = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("bind"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let c = Config::parse("[mqtt]\nmax_qos = 3\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mqtt.max_qos"), "{e}");
+        let c = Config::parse("[limits]\nmax_queued_messages = 0\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_queued_messages"), "{e}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Retained messages, stored in a trie of topic levels so that a wildcard subscription finds
+//! its retained messages without scanning all of them.
+
+use std::collections::HashMap;
+
+/// Retained messages keyed by topic.
+#[derive(Debug)]
+pub struct RetainedStore<V> {
+    root: Node<V>,
+    count: usize,
+}
+
+#[derive(Debug)]
+struct Node<V> {
+    children: HashMap<Box<str>, Node<V>>,
+    value: Option<V>,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node { children: HashMap::new(), value: None }
+    }
+}
+
+impl<V> Default for RetainedStore<V> {
+    fn default() -> Self {
+        RetainedStore { root: Node::default(), count: 0 }
+    }
+}
+
+impl<V> RetainedStore<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        node.value.is_some()
+    }
+
+    /// Stores `value` for `topic`, returning the value it replaced.
+    pub fn insert(&mut self, topic: &str, value: V) -> Option<V> {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let old = node.value.replace(value);
+        if old.is_none() {
+            self.count += 1;
+        }
+        old
+    }
+
+    /// Removes the retained message of `topic`.
+    pub fn remove(&mut self, topic: &str) -> Option<V> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let old = Self::remove_at(&mut self.root, &levels);
+        if old.is_some() {
+            self.count -= 1;
+        }
+        old
+    }
+
+    fn remove_at(node: &mut Node<V>, levels: &[&str]) -> Option<V> {
+        let Some((first, rest)) = levels.split_first() else {
+            return node.value.take();
+        };
+        let child = node.children.get_mut(*first)?;
+        let old = Self::remove_at(child, rest);
+        if child.value.is_none() && child.children.is_empty() {
+            node.children.remove(*first);
+        }
+        old
+    }
+
+    /// Calls `visit` with every retained message whose topic matches `filter` (a filter without
+    /// a share prefix). Wildcards at the first level do not match `$` topics [MQTT-4.7.2-1].
+    pub fn matching<'a>(&'a self, filter: &str, mut visit: impl FnMut(&'a V)) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        Self::walk(&self.root, &levels, 0, &mut visit);
+    }
+
+    fn walk<'a>(node: &'a Node<V>, levels: &[&str], depth: usize, visit: &mut impl FnMut(&'a V)) {
+        let Some((level, rest)) = levels.split_first() else {
+            if let Some(v) = &node.value {
+                visit(v);
+            }
+            return;
+        };
+        match *level {
+            "#" => {
+                // `#` matches the parent level too ("a/#" matches "a").
+                if depth > 0 {
+                    if let Some(v) = &node.value {
+                        visit(v);
+                    }
+                }
+                for (name, child) in &node.children {
+                    if depth == 0 && name.starts_with('$') {
+                        continue;
+                    }
+                    Self::visit_all(child, visit);
+                }
+            }
+            "+" => {
+                for (name, child) in &node.children {
+                    if depth == 0 && name.starts_with('$') {
+                        continue;
+                    }
+                    Self::walk(child, rest, depth + 1, visit);
+                }
+            }
+            literal => {
+                if let Some(child) = node.children.get(literal) {
+                    Self::walk(child, rest, depth + 1, visit);
+                }
+            }
+        }
+    }
+
+    fn visit_all<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V)) {
+        if let Some(v) = &node.value {
+            visit(v);
+        }
+        for child in node.children.values() {
+            Self::visit_all(child, visit);
+        }
+    }
+
+    /// Every retained message, for persistence and inspection.
+    pub fn for_each<'a>(&'a self, mut visit: impl FnMut(&'a V)) {
+        Self::visit_all(&self.root, &mut visit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::topic::matches;
+
+    #[test]
+    fn agrees_with_the_reference_matcher() {
+        let topics = ["a", "a/b", "a/b/c", "a//c", "/a", "$SYS/x", "$SYS", "b/b", "a/c"];
+        let filters = ["#", "+", "a/#", "a/+", "+/b", "a/+/c", "$SYS/#", "+/+", "/+", "a/b", "$SYS"];
+        let mut store = RetainedStore::new();
+        for t in topics {
+            store.insert(t, t.to_string());
+        }
+        assert_eq!(store.len(), topics.len());
+        for f in filters {
+            let mut got = Vec::new();
+            store.matching(f, |v| got.push(v.clone()));
+            got.sort();
+            let mut want: Vec<String> =
+                topics.iter().filter(|t| matches(f, t)).map(|t| t.to_string()).collect();
+            want.sort();
+            assert_eq!(got, want, "filter {f}");
+        }
+    }
+
+    #[test]
+    fn insert_replace_remove() {
+        let mut s = RetainedStore::new();
+        assert_eq!(s.insert("a/b", 1), None);
+        assert_eq!(s.insert("a/b", 2), Some(1));
+        assert!(s.contains("a/b"));
+        assert!(!s.contains("a"));
+        assert_eq!(s.remove("a"), None);
+        assert_eq!(s.remove("a/b"), Some(2));
+        assert!(s.is_empty());
+        assert!(s.root.children.is_empty(), "pruned");
+    }
+}

@@ -1,0 +1,419 @@
+//! The MQTT session state machine, free of I/O so that it can be tested deterministically.
+//!
+//! A session outlives its network connections (unless its expiry is 0) and holds:
+//! - the offline/pending queue of deliveries, bounded by message count and payload bytes;
+//! - the outbound in-flight window: deliveries sent with a packet identifier and not yet
+//!   completed, bounded by the client's Receive Maximum (v5) or the configured window (3.x);
+//! - the inbound QoS 2 packet identifiers that were PUBRECed and await PUBREL, so that a
+//!   re-sent PUBLISH with such an identifier is never routed twice;
+//! - the subscriptions, so that they can be restored and removed with the session.
+//!
+//! Methods take the current time as an argument and return what the connection must send; they
+//! never send anything themselves. The broker decides *when* an effect may leave (after the
+//! state it acknowledges is durable).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::codec::{ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
+use crate::router::ClientId;
+
+/// An application message as the broker holds it: shared by every delivery (`Arc`), payload
+/// zero-copy from the publisher's packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Publish properties to forward (no Topic Alias, no Subscription Identifiers: those are
+    /// per-connection and per-subscription).
+    pub properties: PublishProperties,
+    /// When the Message Expiry Interval runs out, if the publisher set one.
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for No Local; `None` for wills and `$SYS` messages.
+    pub publisher: Option<ClientId>,
+}
+
+impl Message {
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds of expiry left, rounded up, for the Message Expiry Interval sent on.
+    pub fn remaining_expiry_secs(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            secs.clamp(1, u64::from(u32::MAX)) as u32
+        })
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// The QoS of this delivery: the publish QoS capped by the granted QoS.
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on subscribe, and for
+    /// subscriptions with Retain As Published.
+    pub retain: bool,
+    /// Subscription Identifiers of every matching subscription of this session.
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription group this delivery came through, if any.
+    pub shared_group: Option<Arc<str>>,
+}
+
+impl Delivery {
+    pub fn payload_len(&self) -> usize {
+        self.message.payload.len()
+    }
+}
+
+/// State of an outbound delivery in flight (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: OutboundState,
+}
+
+/// What the connection sends for an outbound delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A PUBLISH (`packet_id` 0 for QoS 0).
+    Publish { packet_id: u16, delivery: Delivery, dup: bool },
+    /// A PUBREL for a delivery the client has PUBRECed.
+    PubRel { packet_id: u16 },
+}
+
+/// Outcome of [`Session::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// A QoS 0 delivery found the queue full and was dropped.
+    DroppedQos0,
+    /// A QoS 1/2 delivery found the queue full; it was not queued and the publisher must be
+    /// told (v5 0x97) or held back.
+    Full,
+}
+
+/// Outcome of a PUBREC from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// Send PUBREL; the delivery now awaits PUBCOMP.
+    Release,
+    /// The client refused the message (reason ≥ 0x80): the flow ends, nothing to send.
+    Refused,
+    /// No QoS 2 delivery with this packet identifier awaits PUBREC: send PUBREL 0x92.
+    Unknown,
+}
+
+/// A client acknowledged a packet identifier that is not in flight in the right state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("packet identifier {0} is not in flight in a state that accepts this acknowledgement")]
+pub struct UnknownPacketId(pub u16);
+
+/// Per-session limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// The session state machine.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ClientId,
+    pub protocol: ProtocolVersion,
+    /// Session Expiry Interval in seconds; 0 ends the session with its connection,
+    /// `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    /// Filter (as subscribed, share prefix included) → options.
+    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    window: u16,
+    next_packet_id: u16,
+    inbound_awaiting_rel: HashSet<u16>,
+    limits: SessionLimits,
+    /// QoS 0 deliveries dropped because the queue was full.
+    pub dropped_qos0: u64,
+    /// Deliveries dropped because their message expired before they could be sent.
+    pub expired: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ClientId, protocol: ProtocolVersion, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            protocol,
+            expiry_interval: 0,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            window: 1,
+            next_packet_id: 1,
+            inbound_awaiting_rel: HashSet::new(),
+            limits,
+            dropped_qos0: 0,
+            expired: 0,
+        }
+    }
+
+    /// Sets the outbound in-flight window (the client's Receive Maximum) for this connection.
+    pub fn set_window(&mut self, window: u16) {
+        self.window = window.max(1);
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
+    /// Whether a delivery of `bytes` payload bytes would fit the queue limits.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.queue.len() < self.limits.max_queued_messages
+            && self.queued_bytes + bytes <= self.limits.max_queued_bytes
+    }
+
+    /// Queues a delivery. `global_room` is whether the broker-wide byte cap has room for it.
+    pub fn enqueue(&mut self, delivery: Delivery, global_room: bool) -> Enqueued {
+        let bytes = delivery.payload_len();
+        if !global_room || !self.has_room(bytes) {
+            if delivery.qos == QoS::AtMostOnce {
+                self.dropped_qos0 += 1;
+                return Enqueued::DroppedQos0;
+            }
+            return Enqueued::Full;
+        }
+        self.queued_bytes += bytes;
+        self.queue.push_back(delivery);
+        Enqueued::Queued
+    }
+
+    /// Whether [`Self::next_publish`] would return something (ignoring expiry).
+    pub fn has_sendable(&self) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(d) => d.qos == QoS::AtMostOnce || self.inflight.len() < self.window as usize,
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// The next delivery to send, if the window allows: QoS 0 deliveries always leave, QoS 1/2
+    /// ones get a packet identifier and enter the in-flight window. Deliveries whose message
+    /// expired while queued are dropped on the way [MQTT-3.3.2-5].
+    pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
+        loop {
+            let front = self.queue.front()?;
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window as usize {
+                return None;
+            }
+            let delivery = self.queue.pop_front()?;
+            self.queued_bytes -= delivery.payload_len();
+            if delivery.message.is_expired(now) {
+                self.expired += 1;
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                return Some(Outgoing::Publish { packet_id: 0, delivery, dup: false });
+            }
+            let packet_id = self.allocate_packet_id();
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                OutboundState::AwaitingPubAck
+            } else {
+                OutboundState::AwaitingPubRec
+            };
+            self.inflight.push_back(Inflight { packet_id, delivery: delivery.clone(), state });
+            return Some(Outgoing::Publish { packet_id, delivery, dup: false });
+        }
+    }
+
+    /// Drops queued deliveries whose message expired, so that they do not hold queue room.
+    pub fn purge_expired(&mut self, now: Instant) {
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if d.message.is_expired(now) {
+                self.queued_bytes -= d.payload_len();
+                self.expired += 1;
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+    }
+
+    fn take_inflight(&mut self, packet_id: u16, state: OutboundState) -> Option<Inflight> {
+        let pos =
+            self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)?;
+        self.inflight.remove(pos)
+    }
+
+    /// PUBACK from the client: the QoS 1 delivery is complete.
+    pub fn on_puback(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
+        self.take_inflight(packet_id, OutboundState::AwaitingPubAck)
+            .map(|i| i.delivery)
+            .ok_or(UnknownPacketId(packet_id))
+    }
+
+    /// PUBREC from the client, with its reason code.
+    pub fn on_pubrec(&mut self, packet_id: u16, refused: bool) -> PubRecOutcome {
+        let Some(entry) = self
+            .inflight
+            .iter_mut()
+            .find(|i| i.packet_id == packet_id && i.state != OutboundState::AwaitingPubAck)
+        else {
+            return PubRecOutcome::Unknown;
+        };
+        if refused {
+            if entry.state == OutboundState::AwaitingPubRec {
+                self.take_inflight(packet_id, OutboundState::AwaitingPubRec);
+            }
+            return PubRecOutcome::Refused;
+        }
+        // A repeated PUBREC (the client resent it) is answered with PUBREL again.
+        entry.state = OutboundState::AwaitingPubComp;
+        PubRecOutcome::Release
+    }
+
+    /// PUBCOMP from the client: the QoS 2 delivery is complete.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
+        self.take_inflight(packet_id, OutboundState::AwaitingPubComp)
+            .map(|i| i.delivery)
+            .ok_or(UnknownPacketId(packet_id))
+    }
+
+    /// Drops an in-flight delivery as if it completed: used when a PUBLISH exceeds the client's
+    /// Maximum Packet Size, which the spec says to treat as sent and acknowledged.
+    pub fn discard_inflight(&mut self, packet_id: u16) {
+        if let Some(pos) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
+            self.inflight.remove(pos);
+        }
+    }
+
+    /// What to re-send when a connection resumes this session: every PUBLISH not yet
+    /// acknowledged, with DUP, and a PUBREL for every delivery already PUBRECed (§4.4).
+    pub fn resume(&self) -> Vec<Outgoing> {
+        self.inflight
+            .iter()
+            .map(|i| match i.state {
+                OutboundState::AwaitingPubComp => Outgoing::PubRel { packet_id: i.packet_id },
+                _ => Outgoing::Publish {
+                    packet_id: i.packet_id,
+                    delivery: i.delivery.clone(),
+                    dup: true,
+                },
+            })
+            .collect()
+    }
+
+    /// Takes out the deliveries of shared subscriptions that another group member may receive
+    /// instead: every queued one, and in-flight QoS 1 ones. In-flight QoS 2 deliveries stay,
+    /// since the client may already hold them [MQTT-4.8.2-4].
+    pub fn take_shared_for_redispatch(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let mut freed = 0;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if d.shared_group.is_some() {
+                freed += d.payload_len();
+                out.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        self.queued_bytes -= freed;
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for i in self.inflight.drain(..) {
+            if i.delivery.shared_group.is_some() && i.state == OutboundState::AwaitingPubAck {
+                out.push(i.delivery);
+            } else {
+                kept.push_back(i);
+            }
+        }
+        self.inflight = kept;
+        out
+    }
+
+    /// Empties the queue and the in-flight window (the session ends).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.inflight.clear();
+        self.inbound_awaiting_rel.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// An inbound QoS 2 PUBLISH with `packet_id`: returns `true` if it is new and must be routed,
+    /// `false` if it is a re-send of one already received (answer PUBREC, do not route again).
+    pub fn inbound_qos2_is_new(&self, packet_id: u16) -> bool {
+        !self.inbound_awaiting_rel.contains(&packet_id)
+    }
+
+    /// Records that the inbound QoS 2 PUBLISH `packet_id` was accepted and PUBREC is due.
+    pub fn inbound_qos2_received(&mut self, packet_id: u16) {
+        self.inbound_awaiting_rel.insert(packet_id);
+    }
+
+    /// PUBREL from the client: returns whether `packet_id` was awaiting it (PUBCOMP 0x00), or
+    /// not (PUBCOMP 0x92 Packet Identifier not found).
+    pub fn inbound_pubrel(&mut self, packet_id: u16) -> bool {
+        self.inbound_awaiting_rel.remove(&packet_id)
+    }
+
+    /// Inbound QoS 2 identifiers awaiting PUBREL: they count against the Receive Maximum.
+    pub fn inbound_awaiting_rel(&self) -> usize {
+        self.inbound_awaiting_rel.len()
+    }
+}

@@ -1,0 +1,261 @@
+//! Deterministic tests of the session state machine: QoS 2 in both directions with a
+//! disconnect (and resume) at every step, windows, limits and expiry.
+
+use super::*;
+use std::time::Duration;
+
+const LIMITS: SessionLimits = SessionLimits { max_queued_messages: 4, max_queued_bytes: 100 };
+
+fn session() -> Session {
+    let mut s = Session::new("c".into(), ProtocolVersion::V5, LIMITS);
+    s.set_window(2);
+    s
+}
+
+fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: "t".into(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        expires_at: None,
+        publisher: None,
+    })
+}
+
+fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+    Delivery {
+        message: message(qos, payload),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+        shared_group: None,
+    }
+}
+
+/// Steps of an outbound QoS 2 flow, as the client drives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OutStep {
+    Send,
+    PubRec,
+    PubComp,
+}
+
+#[test]
+fn outbound_qos2_survives_a_disconnect_at_every_step() {
+    let steps = [OutStep::Send, OutStep::PubRec, OutStep::PubComp];
+    for disconnect_after in 0..=steps.len() {
+        let now = Instant::now();
+        let mut s = session();
+        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true), Enqueued::Queued);
+        let mut packet_id = 0;
+        let mut completed = 0;
+        let mut run = |s: &mut Session, step: OutStep, packet_id: &mut u16| match step {
+            OutStep::Send => {
+                let Some(Outgoing::Publish { packet_id: id, dup, .. }) = s.next_publish(now)
+                else {
+                    panic!("nothing to send")
+                };
+                assert!(!dup);
+                *packet_id = id;
+            }
+            OutStep::PubRec => assert_eq!(s.on_pubrec(*packet_id, false), PubRecOutcome::Release),
+            OutStep::PubComp => {
+                s.on_pubcomp(*packet_id).unwrap();
+                completed += 1;
+            }
+        };
+        for step in &steps[..disconnect_after] {
+            run(&mut s, *step, &mut packet_id);
+        }
+        // The connection drops here; a new one resumes the session.
+        let resend = s.resume();
+        match disconnect_after {
+            0 | 3 => assert!(resend.is_empty(), "{disconnect_after}: {resend:?}"),
+            1 => assert!(
+                matches!(resend[..], [Outgoing::Publish { dup: true, packet_id: p, .. }] if p == packet_id),
+                "PUBLISH is re-sent with DUP: {resend:?}"
+            ),
+            2 => assert_eq!(
+                resend,
+                vec![Outgoing::PubRel { packet_id }],
+                "after PUBREC the PUBREL is re-sent, never the PUBLISH"
+            ),
+            _ => unreachable!(),
+        }
+        // The client finishes the flow from where it stood.
+        for step in &steps[disconnect_after..] {
+            if *step == OutStep::Send && disconnect_after == 0 {
+                run(&mut s, *step, &mut packet_id);
+            } else if *step != OutStep::Send {
+                run(&mut s, *step, &mut packet_id);
+            }
+        }
+        assert_eq!(completed, 1, "exactly one completion (disconnect after {disconnect_after})");
+        assert_eq!(s.inflight_len(), 0);
+        assert!(s.resume().is_empty());
+        assert!(s.next_publish(now).is_none());
+    }
+}
+
+/// Steps of an inbound QoS 2 flow; the client re-sends after every disconnect what it has not
+/// seen acknowledged.
+#[test]
+fn inbound_qos2_routes_exactly_once_whatever_the_disconnects() {
+    // Each scenario lists the points at which the connection drops: 0 = after PUBLISH arrived
+    // (PUBREC lost), 1 = after PUBREL arrived (PUBCOMP lost).
+    for drops in [vec![], vec![0], vec![1], vec![0, 1], vec![0, 0, 1, 1]] {
+        let mut s = session();
+        let mut routed = 0;
+        let packet_id = 7;
+        let mut pending_drops = drops.clone();
+        // Client side: send PUBLISH until PUBREC is seen.
+        loop {
+            if s.inbound_qos2_is_new(packet_id) {
+                routed += 1;
+                s.inbound_qos2_received(packet_id);
+            }
+            if pending_drops.first() == Some(&0) {
+                pending_drops.remove(0);
+                continue; // PUBREC lost; the client re-sends PUBLISH with DUP
+            }
+            break;
+        }
+        // Client side: send PUBREL until PUBCOMP is seen.
+        let mut first = true;
+        loop {
+            let found = s.inbound_pubrel(packet_id);
+            assert_eq!(found, first, "PUBCOMP 0x00 first, 0x92 for a re-sent PUBREL");
+            first = false;
+            if pending_drops.first() == Some(&1) {
+                pending_drops.remove(0);
+                continue;
+            }
+            break;
+        }
+        assert_eq!(routed, 1, "drops {drops:?}");
+        assert_eq!(s.inbound_awaiting_rel(), 0);
+        // The same packet identifier may then be used for a new message.
+        assert!(s.inbound_qos2_is_new(packet_id));
+    }
+}
+
+#[test]
+fn window_limits_inflight_and_qos0_bypasses_it() {
+    let now = Instant::now();
+    let mut s = session();
+    for _ in 0..3 {
+        s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true);
+    }
+    let a = s.next_publish(now).unwrap();
+    let b = s.next_publish(now).unwrap();
+    assert!(s.next_publish(now).is_none(), "window of 2 is full");
+    assert!(!s.has_sendable());
+    let (Outgoing::Publish { packet_id: pa, .. }, Outgoing::Publish { packet_id: pb, .. }) = (a, b)
+    else {
+        panic!()
+    };
+    assert_ne!(pa, pb);
+    assert_eq!(s.on_puback(pa).unwrap().qos, QoS::AtLeastOnce);
+    assert_eq!(s.on_puback(pa), Err(UnknownPacketId(pa)), "a second PUBACK is unknown");
+    assert!(s.next_publish(now).is_some());
+    // QoS 0 is not limited by the window.
+    s.enqueue(delivery(QoS::AtMostOnce, b"z"), true);
+    assert!(matches!(s.next_publish(now), Some(Outgoing::Publish { packet_id: 0, .. })));
+}
+
+#[test]
+fn queue_limits_drop_qos0_and_refuse_qos1() {
+    let mut s = session();
+    for _ in 0..4 {
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789"), true), Enqueued::Queued);
+    }
+    assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, b"x"), true), Enqueued::DroppedQos0);
+    assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true), Enqueued::Full);
+    assert_eq!(s.dropped_qos0, 1);
+    assert_eq!(s.queued_len(), 4);
+    assert_eq!(s.queued_bytes(), 40);
+    // Bytes limit.
+    let mut s = session();
+    static BIG: [u8; 90] = [0; 90];
+    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, &BIG), true), Enqueued::Queued);
+    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789abc"), true), Enqueued::Full);
+    // The broker-wide cap.
+    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"a"), false), Enqueued::Full);
+}
+
+#[test]
+fn expired_messages_are_never_sent() {
+    let now = Instant::now();
+    let mut s = session();
+    let mut m = (*message(QoS::AtLeastOnce, b"old")).clone();
+    m.expires_at = Some(now + Duration::from_secs(5));
+    let d = Delivery { message: Arc::new(m), ..delivery(QoS::AtLeastOnce, b"") };
+    s.enqueue(d.clone(), true);
+    s.enqueue(delivery(QoS::AtLeastOnce, b"new"), true);
+    let later = now + Duration::from_secs(6);
+    let Some(Outgoing::Publish { delivery, .. }) = s.next_publish(later) else { panic!() };
+    assert_eq!(&delivery.message.payload[..], b"new");
+    assert_eq!(s.expired, 1);
+    assert_eq!(s.queued_bytes(), 0);
+    // Remaining expiry is rounded up.
+    assert_eq!(d.message.remaining_expiry_secs(now + Duration::from_millis(2500)), Some(3));
+    s.enqueue(d, true);
+    s.purge_expired(later);
+    assert_eq!(s.queued_len(), 0);
+}
+
+#[test]
+fn refused_pubrec_ends_the_flow_and_unknown_ids_are_reported() {
+    let now = Instant::now();
+    let mut s = session();
+    assert_eq!(s.on_pubrec(9, false), PubRecOutcome::Unknown);
+    s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true);
+    let Some(Outgoing::Publish { packet_id, .. }) = s.next_publish(now) else { panic!() };
+    assert_eq!(s.on_puback(packet_id), Err(UnknownPacketId(packet_id)), "PUBACK for QoS 2");
+    assert_eq!(s.on_pubrec(packet_id, true), PubRecOutcome::Refused);
+    assert_eq!(s.inflight_len(), 0);
+    assert_eq!(s.on_pubcomp(packet_id), Err(UnknownPacketId(packet_id)));
+}
+
+#[test]
+fn packet_ids_skip_those_in_flight_and_wrap() {
+    let now = Instant::now();
+    let mut s = session();
+    s.set_window(u16::MAX);
+    s.next_packet_id = u16::MAX;
+    for _ in 0..3 {
+        s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true);
+    }
+    let ids: Vec<u16> = (0..3)
+        .map(|_| match s.next_publish(now) {
+            Some(Outgoing::Publish { packet_id, .. }) => packet_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [u16::MAX, 1, 2]);
+    s.next_packet_id = 1;
+    s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true);
+    assert!(matches!(s.next_publish(now), Some(Outgoing::Publish { packet_id: 3, .. })));
+}
+
+#[test]
+fn shared_deliveries_are_handed_back_except_qos2_in_flight() {
+    let now = Instant::now();
+    let mut s = session();
+    let shared = |qos| Delivery { shared_group: Some("g".into()), ..delivery(qos, b"s") };
+    s.enqueue(shared(QoS::AtLeastOnce), true);
+    s.enqueue(shared(QoS::ExactlyOnce), true);
+    s.enqueue(shared(QoS::AtLeastOnce), true);
+    s.enqueue(delivery(QoS::AtLeastOnce, b"own"), true);
+    s.next_publish(now).unwrap();
+    s.next_publish(now).unwrap();
+    let back = s.take_shared_for_redispatch();
+    // In flight: QoS 1 (handed back) and QoS 2 (kept). Queued: one shared QoS 1 (handed back)
+    // and one delivery of the session's own subscription (kept).
+    assert_eq!(back.len(), 2);
+    assert_eq!(s.inflight_len(), 1);
+    assert_eq!(s.queued_len(), 1);
+    assert_eq!(s.queued_bytes(), 3);
+}
