@@ -79,7 +79,13 @@ fn record_trace(seed: u64, operations: usize) -> Recorded {
 }
 
 fn check_recovery(fs: MemFs, rec: &Recorded, k: usize, what: &str) {
-    let acked = rec.acks.iter().filter(|(_, at)| *at <= k).map(|(s, _)| *s).max().unwrap_or(0);
+    let acked = rec
+        .acks
+        .iter()
+        .filter(|(_, at)| *at <= k)
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap_or(0);
     let truncated = rec
         .truncations
         .iter()
@@ -89,17 +95,36 @@ fn check_recovery(fs: MemFs, rec: &Recorded, k: usize, what: &str) {
         .unwrap_or(0);
     let (wal, recovery) = Wal::open_with_fs(Arc::new(fs), DIR, options())
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
-    assert!(recovery.last_seq >= acked, "{what}: lost acked records: last {} < acked {acked}", recovery.last_seq);
-    assert!(recovery.last_seq <= rec.appended, "{what}: records never appended");
-    assert!(recovery.first_seq <= truncated + 1, "{what}: truncated past a checkpoint");
+    assert!(
+        recovery.last_seq >= acked,
+        "{what}: lost acked records: last {} < acked {acked}",
+        recovery.last_seq
+    );
+    assert!(
+        recovery.last_seq <= rec.appended,
+        "{what}: records never appended"
+    );
+    assert!(
+        recovery.first_seq <= truncated + 1,
+        "{what}: truncated past a checkpoint"
+    );
     let mut expected = recovery.first_seq;
     for r in wal.read_from(recovery.first_seq).unwrap() {
         let r = r.unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
         assert_eq!(r.seq, expected, "{what}: gap");
-        assert_eq!(check_payload(&r.payload), Some(r.seq), "{what}: wrong payload at {}", r.seq);
+        assert_eq!(
+            check_payload(&r.payload),
+            Some(r.seq),
+            "{what}: wrong payload at {}",
+            r.seq
+        );
         expected += 1;
     }
-    assert_eq!(expected, recovery.last_seq + 1, "{what}: read_from ended early");
+    assert_eq!(
+        expected,
+        recovery.last_seq + 1,
+        "{what}: read_from ended early"
+    );
     // The recovered log accepts appends that continue the sequence.
     let next = wal.append(2, payload_for(recovery.last_seq + 1)).unwrap();
     assert_eq!(next.seq, recovery.last_seq + 1);
@@ -113,8 +138,15 @@ fn crash_at_every_write_and_fsync_boundary() {
     let seeds_per_mode = if soak() { 8 } else { 2 };
     let seed = common::seed("crash_at_every_write_and_fsync_boundary");
     let rec = record_trace(seed, operations);
-    assert!(rec.acks.len() > 100 && rec.trace.len() > 200, "trace too small to mean much");
-    eprintln!("trace of {} operations, {} fs ops", operations, rec.trace.len());
+    assert!(
+        rec.acks.len() > 100 && rec.trace.len() > 200,
+        "trace too small to mean much"
+    );
+    eprintln!(
+        "trace of {} operations, {} fs ops",
+        operations,
+        rec.trace.len()
+    );
 
     let base = MemFs::new();
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
@@ -133,7 +165,12 @@ fn crash_at_every_write_and_fsync_boundary() {
                 let crash_seed = rng.next_u64();
                 let crashed = base.deep_copy();
                 crashed.crash(mode, crash_seed);
-                check_recovery(crashed, &rec, k, &format!("op {k} {mode:?} crash seed {crash_seed}"));
+                check_recovery(
+                    crashed,
+                    &rec,
+                    k,
+                    &format!("op {k} {mode:?} crash seed {crash_seed}"),
+                );
             }
         }
     }

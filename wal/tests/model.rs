@@ -62,7 +62,11 @@ impl Harness {
         let payload = self.rng.bytes(len);
         match self.wal().append(record_type, payload.clone()) {
             Ok(appended) => {
-                assert_eq!(appended.seq as usize, self.model.log.len() + 1, "sequence is dense");
+                assert_eq!(
+                    appended.seq as usize,
+                    self.model.log.len() + 1,
+                    "sequence is dense"
+                );
                 self.model.log.push(Entry {
                     record_type,
                     payload,
@@ -128,7 +132,10 @@ impl Harness {
             let seq = from + i as u64;
             assert_eq!(r.seq, seq);
             let want = &self.model.log[seq as usize - 1];
-            assert_eq!((r.record_type, &r.payload), (want.record_type, &want.payload));
+            assert_eq!(
+                (r.record_type, &r.payload),
+                (want.record_type, &want.payload)
+            );
         }
     }
 
@@ -161,7 +168,11 @@ impl Harness {
                     }
                 }
                 Err(Error::NoSpace { .. }) => {
-                    assert_eq!(self.wal().last_seq() as usize, self.model.log.len(), "rewound");
+                    assert_eq!(
+                        self.wal().last_seq() as usize,
+                        self.model.log.len(),
+                        "rewound"
+                    );
                     assert!(self.wal().poisoned().is_none());
                 }
                 Err(other) => panic!("unexpected error under ENOSPC: {other}"),
@@ -206,16 +217,23 @@ impl Harness {
             }
         }
         self.fs.fail_sync_after(u64::MAX);
-        let (wal, recovery) = Wal::open_with_fs(Arc::new(self.fs.clone()), "/wal", self.options.clone())
-            .unwrap_or_else(|e| panic!("reopen failed: {e}"));
+        let (wal, recovery) =
+            Wal::open_with_fs(Arc::new(self.fs.clone()), "/wal", self.options.clone())
+                .unwrap_or_else(|e| panic!("reopen failed: {e}"));
         let last = recovery.last_seq;
         assert!(
             last >= self.model.acked,
             "lost acknowledged records: recovered through {last}, acked through {}",
             self.model.acked
         );
-        assert!(last as usize <= self.model.log.len(), "recovered records never appended");
-        assert!(recovery.first_seq <= self.model.checkpoint + 1, "truncated past the checkpoint");
+        assert!(
+            last as usize <= self.model.log.len(),
+            "recovered records never appended"
+        );
+        assert!(
+            recovery.first_seq <= self.model.checkpoint + 1,
+            "truncated past the checkpoint"
+        );
         assert!(recovery.skipped.is_empty());
         let records: Vec<_> = wal
             .read_from(recovery.first_seq)
@@ -226,7 +244,12 @@ impl Harness {
         for (i, r) in records.iter().enumerate() {
             assert_eq!(r.seq, recovery.first_seq + i as u64, "gap or reorder");
             let want = &self.model.log[r.seq as usize - 1];
-            assert_eq!((r.record_type, &r.payload), (want.record_type, &want.payload), "seq {}", r.seq);
+            assert_eq!(
+                (r.record_type, &r.payload),
+                (want.record_type, &want.payload),
+                "seq {}",
+                r.seq
+            );
         }
         self.model.log.truncate(last as usize);
         // Opening syncs what it recovered, so all of it is durable from here on.
@@ -239,7 +262,11 @@ fn run_case(seed: u64) {
     let mut rng = Rng::new(seed);
     let options = WalOptions {
         segment_size_bytes: 256 + rng.below(4096),
-        sync_policy: if rng.chance(80) { SyncPolicy::Always } else { SyncPolicy::Never },
+        sync_policy: if rng.chance(80) {
+            SyncPolicy::Always
+        } else {
+            SyncPolicy::Never
+        },
         max_batch_records: 1 + rng.below(16) as usize,
         ..WalOptions::default()
     };
