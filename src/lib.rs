@@ -16,3 +16,6 @@ pub mod codec;
 pub mod config;
 pub mod router;
 pub mod session;
+pub mod broker;
+pub mod server;
+pub mod transport;

@@ -1,1 +1,102 @@
-fn main() {}
+//! The `keelmq` command: `serve` (the default), `check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use keelmq::config::Config;
+use keelmq::server::Server;
+
+#[derive(Parser)]
+#[command(name = "keelmq", version, about = "An MQTT broker that acknowledges only what is on disk")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default when no command is given).
+    Serve(ServeArgs),
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML configuration file; every field has a default (see keelmq.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address for MQTT over TCP, overriding `listener.bind`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory, overriding `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keelmq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!("{}: OK\n{config:#?}", file.display());
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listener.bind = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        server.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,848 @@
+//! One task per network connection: reads and decodes packets, drives the session, writes
+//! what the broker lets it write. Generic over the byte stream, so TCP, TLS and WebSocket
+//! connections share it.
+//!
+//! The task's loop waits on, in priority order: a takeover by another connection, broker
+//! shutdown, bytes from the client, room in the socket for buffered bytes, a wake-up from the
+//! router (a delivery was queued), the keep-alive deadline, and — while a 3.x publisher is held
+//! back by a full queue — room in the queues.
+//!
+//! # Buffers and their bounds
+//! - The read buffer holds at most one packet beyond `mqtt.max_packet_size` worth of bytes:
+//!   the decoder refuses a larger packet from its fixed header, and reading stops while a
+//!   packet is held back.
+//! - The write buffer is filled with deliveries only while it is below [`WRITE_BUFFER_HIGH`];
+//!   beyond that the task stops taking deliveries from the session (they stay queued, counted
+//!   against the session's limits) and stops reading the client, so a client that does not
+//!   read cannot grow the broker's memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{max_qos, Broker, ConnId, ConnectRefusal, Metrics, SessionSlot};
+use crate::codec::*;
+use crate::router::ClientId;
+use crate::session::{Delivery, Message, Outgoing, PubRecOutcome};
+
+/// Bytes buffered for the socket above which the task takes no more deliveries and reads no
+/// more requests until the client has read some. 256 KiB is a few milliseconds of a fast link
+/// and bounds the memory a stalled client can pin.
+pub const WRITE_BUFFER_HIGH: usize = 256 * 1024;
+
+/// Initial read buffer; grows up to one maximum-size packet.
+const READ_BUFFER_INITIAL: usize = 4 * 1024;
+
+/// How long a 3.x publisher held back by a full queue waits between retries when no room
+/// notification arrives.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(50);
+
+/// How long the task tries to deliver a final DISCONNECT before closing anyway.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a connection ends.
+#[derive(Debug, Clone)]
+enum Close {
+    /// The client sent DISCONNECT with this reason (0x04 asks for the will).
+    Client { reason: ReasonCode, expiry: Option<u32> },
+    /// The socket closed or failed.
+    Network,
+    /// The broker closes the connection with this reason (a DISCONNECT for v5 clients).
+    Server { reason: ReasonCode, why: &'static str },
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Close {
+    fn protocol(why: &'static str) -> Close {
+        Close::Server { reason: ReasonCode::PROTOCOL_ERROR, why }
+    }
+}
+
+/// Decrements the connection gauge however the task ends.
+struct ConnectionGuard<'a>(&'a Metrics);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client until its connection ends.
+pub async fn serve<S>(broker: Broker, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = &broker.shared.metrics;
+    metrics.connections_current.fetch_add(1, Ordering::Relaxed);
+    Metrics::add(&metrics.connections_total, 1);
+    let _guard = ConnectionGuard(metrics);
+    let (reader, writer) = tokio::io::split(stream);
+    let max = broker.config().mqtt.max_packet_size;
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(READ_BUFFER_INITIAL),
+        wbuf: BytesMut::new(),
+        decoder: Decoder::new(max),
+    };
+    let connect = match read_connect(&broker, &mut io).await {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
+            let _ = io.flush_and_close().await;
+            return;
+        }
+    };
+    let Some(mut conn) = accept(&broker, &mut io, *connect, peer).await else {
+        let _ = io.flush_and_close().await;
+        return;
+    };
+    let close = conn.run(&mut io).await;
+    conn.finish(&mut io, close).await;
+}
+
+/// The socket halves and their buffers.
+struct Io<S> {
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn flush_and_close(&mut self) -> std::io::Result<()> {
+        let flush = async {
+            while !self.wbuf.is_empty() {
+                self.writer.write_buf(&mut self.wbuf).await?;
+            }
+            self.writer.shutdown().await
+        };
+        tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// Reads the protocol level out of a buffered CONNECT, to answer a malformed one in the
+/// client's own version.
+fn sniff_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]) as usize;
+    buf.get(i + 3 + name_len).copied()
+}
+
+/// A CONNACK refusing the connection, in the client's version.
+fn refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
+    let (code, properties) = if v.is_v5() {
+        let props =
+            ConnAckProperties { reason_string: Some(why.to_string()), ..Default::default() };
+        (code, props)
+    } else {
+        (ReasonCode(code.to_v3_connack()), ConnAckProperties::default())
+    };
+    Packet::ConnAck(ConnAck { session_present: false, code, properties })
+}
+
+/// Waits for the first packet, which must be CONNECT, within the connect timeout.
+async fn read_connect<S>(broker: &Broker, io: &mut Io<S>) -> Result<Box<Connect>, &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeout = Duration::from_secs(broker.config().mqtt.connect_timeout_secs);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let level = sniff_level(&io.rbuf);
+        match io.decoder.decode(&mut io.rbuf) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => return Err("first packet is not CONNECT [MQTT-3.1.0-1]"),
+            Ok(None) => {}
+            Err(e) => {
+                Metrics::add(&broker.shared.metrics.protocol_errors, 1);
+                tracing::debug!(error = %e, "CONNECT rejected");
+                match e {
+                    // [MQTT-3.1.2-2]: answer an unknown level with return code 1, in 3.1.1
+                    // form since that is what every version understands.
+                    DecodeError::UnsupportedProtocol { .. } => {
+                        let p = refusal(
+                            ProtocolVersion::V3_1_1,
+                            ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                            "",
+                        );
+                        let _ = encode(&p, ProtocolVersion::V3_1_1, &mut io.wbuf);
+                    }
+                    _ if level == Some(5) => {
+                        let p = refusal(ProtocolVersion::V5, e.reason_code(), e.clause());
+                        let _ = encode(&p, ProtocolVersion::V5, &mut io.wbuf);
+                    }
+                    _ => {}
+                }
+                return Err("malformed CONNECT");
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, io.reader.read_buf(&mut io.rbuf));
+        match read.await {
+            Err(_) => return Err("connect timeout"),
+            Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
+            Ok(Ok(n)) => Metrics::add(&broker.shared.metrics.bytes_received, n as u64),
+        }
+    }
+}
+
+/// Validates a CONNECT, attaches the session and writes CONNACK. `None` if refused (the
+/// refusal is in the write buffer).
+async fn accept<S>(
+    broker: &Broker,
+    io: &mut Io<S>,
+    connect: Connect,
+    peer: SocketAddr,
+) -> Option<Connection>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = broker.config().clone();
+    let v = connect.protocol;
+    let props = &connect.properties;
+    let mut refuse = |code: ReasonCode, why: &str| {
+        Metrics::add(&broker.shared.metrics.connections_refused, 1);
+        tracing::info!(%peer, client_id = %connect.client_id, %code, why, "connection refused");
+        let _ = encode(&refusal(v, code, why), v, &mut io.wbuf);
+        None
+    };
+    if connect.client_id.len() > cfg.mqtt.max_client_id_len {
+        return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client identifier too long");
+    }
+    let mut assigned = None;
+    let client_id: ClientId = if connect.client_id.is_empty() {
+        let allowed = match v {
+            ProtocolVersion::V3_1 => false,
+            ProtocolVersion::V3_1_1 => connect.clean_start, // [MQTT-3.1.3-8]
+            ProtocolVersion::V5 => true,
+        };
+        if !allowed {
+            return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier");
+        }
+        let id = broker.assign_client_id();
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+    if props.authentication_method.is_some() {
+        return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
+    }
+    if let Some(w) = &connect.will {
+        if w.qos > max_qos(&cfg) {
+            return refuse(ReasonCode::QOS_NOT_SUPPORTED, "will QoS above the maximum QoS");
+        }
+        if w.retain && !cfg.mqtt.retain_available {
+            return refuse(ReasonCode::RETAIN_NOT_SUPPORTED, "retained wills are not supported");
+        }
+        if w.topic.split('/').count() > cfg.limits.max_topic_levels {
+            return refuse(ReasonCode::TOPIC_NAME_INVALID, "will topic has too many levels");
+        }
+    }
+    let requested_expiry = if v.is_v5() {
+        props.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        cfg.mqtt.v3_session_expiry_secs
+    };
+    let expiry = requested_expiry.min(cfg.mqtt.max_session_expiry_secs);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if v.is_v5()
+        && cfg.mqtt.max_keep_alive_secs > 0
+        && (keep_alive == 0 || keep_alive > cfg.mqtt.max_keep_alive_secs)
+    {
+        keep_alive = cfg.mqtt.max_keep_alive_secs;
+        server_keep_alive = Some(keep_alive);
+    }
+    let conn_id = broker.next_conn_id();
+    let attached = match broker.connect(conn_id, client_id.clone(), &connect, expiry).await {
+        Ok(a) => a,
+        Err(ConnectRefusal::ServerBusy) => {
+            return refuse(ReasonCode::SERVER_BUSY, "too many connections");
+        }
+    };
+    let window = if v.is_v5() {
+        props.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        cfg.mqtt.max_inflight
+    };
+    broker.session_op(&attached.slot, conn_id, |s| s.set_window(window));
+    let mut ack = ConnAck {
+        session_present: attached.session_present,
+        code: ReasonCode::SUCCESS,
+        properties: ConnAckProperties::default(),
+    };
+    if v.is_v5() {
+        let p = &mut ack.properties;
+        p.assigned_client_identifier = assigned;
+        p.receive_maximum = Some(cfg.mqtt.receive_maximum);
+        p.maximum_packet_size = Some(cfg.mqtt.max_packet_size);
+        p.topic_alias_maximum = Some(cfg.mqtt.topic_alias_maximum);
+        if cfg.mqtt.max_qos < 2 {
+            p.maximum_qos = Some(cfg.mqtt.max_qos);
+        }
+        p.retain_available = Some(cfg.mqtt.retain_available as u8);
+        p.wildcard_subscription_available = Some(cfg.mqtt.wildcard_subscription_available as u8);
+        p.subscription_identifiers_available =
+            Some(cfg.mqtt.subscription_identifiers_available as u8);
+        p.shared_subscription_available = Some(cfg.mqtt.shared_subscription_available as u8);
+        p.server_keep_alive = server_keep_alive;
+        if expiry != requested_expiry {
+            p.session_expiry_interval = Some(expiry);
+        }
+        if props.request_response_information == Some(1) {
+            p.response_information = Some(format!("keelmq/response/{client_id}"));
+        }
+    }
+    let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
+    tracing::debug!(%peer, %client_id, ?v, session_present = attached.session_present, "connected");
+    let max_out = if v.is_v5() {
+        props.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE_PROTOCOL)
+    } else {
+        MAX_PACKET_SIZE_PROTOCOL
+    };
+    let mut conn = Connection {
+        broker: broker.clone(),
+        id: conn_id,
+        version: v,
+        client_id,
+        slot: attached.slot,
+        kicked: attached.kicked,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        last_received: Instant::now(),
+        max_packet_out: max_out,
+        alias_max_out: if v.is_v5() { props.topic_alias_maximum.unwrap_or(0) } else { 0 },
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        connect_expiry: expiry,
+        held: None,
+        deferred: VecDeque::new(),
+    };
+    // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
+    let resend = broker.session_op(&conn.slot, conn.id, |s| s.resume()).unwrap_or_default();
+    let now = Instant::now();
+    for out in resend {
+        conn.encode_outgoing(&mut io.wbuf, out, now);
+    }
+    Some(conn)
+}
+
+/// An inbound QoS 1/2 PUBLISH whose acknowledgement waits for queue room (3.x publishers).
+struct HeldBack {
+    packet_id: u16,
+    qos: QoS,
+    full: Vec<(Arc<SessionSlot>, Delivery)>,
+}
+
+/// Per-connection state (the session itself lives in the broker).
+struct Connection {
+    broker: Broker,
+    id: ConnId,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    slot: Arc<SessionSlot>,
+    kicked: oneshot::Receiver<()>,
+    keep_alive: Duration,
+    last_received: Instant,
+    /// The client's Maximum Packet Size: larger packets are never sent to it.
+    max_packet_out: u32,
+    /// The client's Topic Alias Maximum for the PUBLISH packets the broker sends.
+    alias_max_out: u16,
+    aliases_in: HashMap<u16, ByteStr>,
+    aliases_out: HashMap<ByteStr, u16>,
+    connect_expiry: u32,
+    /// A 3.x publisher's message waiting for queue room; reading is limited meanwhile.
+    held: Option<HeldBack>,
+    /// A packet read while a message was held back, processed once it is placed.
+    deferred: VecDeque<Packet>,
+}
+
+impl Connection {
+    async fn run<S>(&mut self, io: &mut Io<S>) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.broker.shutdown_signal();
+        if *shutdown.borrow() {
+            return Close::Shutdown;
+        }
+        self.fill_outgoing(&mut io.wbuf);
+        loop {
+            let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
+            let keep_alive = !self.keep_alive.is_zero();
+            // [MQTT-3.1.2-22]: one and a half times the keep-alive without a packet.
+            let deadline = self.last_received + self.keep_alive.mul_f32(1.5);
+            let step = tokio::select! {
+                biased;
+                _ = &mut self.kicked => Err(Close::TakenOver),
+                _ = shutdown.changed() => Err(Close::Shutdown),
+                r = io.reader.read_buf(&mut io.rbuf), if reading => match r {
+                    Ok(0) | Err(_) => Err(Close::Network),
+                    Ok(n) => {
+                        Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
+                        self.last_received = Instant::now();
+                        self.process_input(io).await
+                    }
+                },
+                r = io.writer.write_buf(&mut io.wbuf), if !io.wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => Err(Close::Network),
+                    Ok(n) => {
+                        Metrics::add(&self.broker.shared.metrics.bytes_sent, n as u64);
+                        Ok(())
+                    }
+                },
+                _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
+                _ = tokio::time::sleep_until(deadline), if keep_alive => {
+                    Err(Close::Server { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" })
+                }
+                _ = self.broker.wait_for_room(HELD_BACK_RETRY), if self.held.is_some() => {
+                    self.retry_held(io).await
+                }
+            };
+            if let Err(close) = step {
+                return close;
+            }
+            self.fill_outgoing(&mut io.wbuf);
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer (stopping while a message is
+    /// held back and a non-acknowledgement packet arrives).
+    async fn process_input<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while self.deferred.is_empty() {
+            let packet = match io.decoder.decode(&mut io.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    Metrics::add(&self.broker.shared.metrics.protocol_errors, 1);
+                    tracing::info!(client_id = %self.client_id, error = %e, "bad packet");
+                    return Err(Close::Server { reason: e.reason_code(), why: e.clause() });
+                }
+            };
+            let held_back_ok = matches!(
+                packet,
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
+            );
+            if self.held.is_some() && !held_back_ok {
+                self.deferred.push_back(packet);
+                break;
+            }
+            self.handle(packet, &mut io.wbuf).await?;
+        }
+        Ok(())
+    }
+
+    async fn retry_held<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(mut held) = self.held.take() else { return Ok(()) };
+        held.full = self.broker.retry_full(held.full);
+        if !held.full.is_empty() {
+            self.held = Some(held);
+            return Ok(());
+        }
+        self.ack_inbound(&mut io.wbuf, held.packet_id, held.qos, ReasonCode::SUCCESS);
+        while let Some(p) = self.deferred.pop_front() {
+            self.handle(p, &mut io.wbuf).await?;
+            if self.held.is_some() {
+                return Ok(());
+            }
+        }
+        self.process_input(io).await
+    }
+
+    fn send(&self, wbuf: &mut BytesMut, packet: &Packet) {
+        match encoded_len(packet, self.version) {
+            Ok(n) if n <= self.max_packet_out as usize => {
+                let _ = encode(packet, self.version, wbuf);
+            }
+            Ok(n) => tracing::debug!(size = n, "not sending a packet above the client's maximum"),
+            Err(e) => tracing::error!(error = %e, "cannot encode {}", packet.name()),
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, wbuf).await,
+            Packet::PubAck(a) => {
+                if self.broker.session_op(&self.slot, self.id, |s| s.on_puback(a.packet_id)).is_none() {
+                    return Err(Close::TakenOver);
+                }
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let refused = a.reason.is_error();
+                let outcome = self
+                    .broker
+                    .session_op(&self.slot, self.id, |s| s.on_pubrec(a.packet_id, refused))
+                    .ok_or(Close::TakenOver)?;
+                match outcome {
+                    PubRecOutcome::Release => {
+                        self.send(wbuf, &Packet::PubRel(PubAck::new(a.packet_id)))
+                    }
+                    PubRecOutcome::Unknown => {
+                        let mut rel = PubAck::new(a.packet_id);
+                        rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                        self.send(wbuf, &Packet::PubRel(rel));
+                    }
+                    PubRecOutcome::Refused => {}
+                }
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let found = self
+                    .broker
+                    .session_op(&self.slot, self.id, |s| s.inbound_pubrel(a.packet_id))
+                    .ok_or(Close::TakenOver)?;
+                let mut comp = PubAck::new(a.packet_id);
+                if !found {
+                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(wbuf, &Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.broker
+                    .session_op(&self.slot, self.id, |s| s.on_pubcomp(a.packet_id))
+                    .ok_or(Close::TakenOver)?
+                    .ok();
+                Ok(())
+            }
+            Packet::Subscribe(s) => {
+                if s.properties.subscription_identifier.is_some()
+                    && !self.broker.config().mqtt.subscription_identifiers_available
+                {
+                    return Err(Close::Server {
+                        reason: ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                        why: "subscription identifiers are not supported",
+                    });
+                }
+                let mut codes = self.broker.subscribe(&self.slot, &s).await;
+                if !self.version.is_v5() {
+                    for c in &mut codes {
+                        if c.is_error() {
+                            *c = ReasonCode(0x80);
+                        }
+                    }
+                }
+                let ack = SubAck {
+                    packet_id: s.packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes: codes,
+                };
+                self.send(wbuf, &Packet::SubAck(ack));
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                let codes = self.broker.unsubscribe(&self.slot, &u.filters).await;
+                let ack = UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes: if self.version.is_v5() { codes } else { Vec::new() },
+                };
+                self.send(wbuf, &Packet::UnsubAck(ack));
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(wbuf, &Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                let expiry = d.properties.session_expiry_interval;
+                if self.connect_expiry == 0 && expiry.is_some_and(|e| e > 0) {
+                    // [MQTT-3.14.2-2]
+                    return Err(Close::protocol("session expiry set on DISCONNECT after 0 on CONNECT"));
+                }
+                Err(Close::Client { reason: d.reason, expiry })
+            }
+            Packet::Connect(_) => Err(Close::protocol("second CONNECT [MQTT-3.1.0-2]")),
+            Packet::Auth(_) => Err(Close::protocol("AUTH without an authentication method")),
+            Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(Close::protocol("packet only a server may send")),
+        }
+    }
+
+    /// Sends PUBACK or PUBREC for an inbound message, recording a QoS 2 identifier as awaiting
+    /// PUBREL when the message was accepted.
+    fn ack_inbound(&mut self, wbuf: &mut BytesMut, packet_id: u16, qos: QoS, reason: ReasonCode) {
+        let mut ack = PubAck::new(packet_id);
+        if self.version.is_v5() {
+            ack.reason = reason;
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(wbuf, &Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    self.broker.session_op(&self.slot, self.id, |s| s.inbound_qos2_received(packet_id));
+                }
+                self.send(wbuf, &Packet::PubRec(ack));
+            }
+        }
+    }
+
+    /// Refuses an inbound message: an error reason code on its acknowledgement (v5, QoS > 0),
+    /// a disconnect otherwise.
+    fn refuse_inbound(
+        &mut self,
+        wbuf: &mut BytesMut,
+        p: &Publish,
+        reason: ReasonCode,
+        why: &'static str,
+    ) -> Result<(), Close> {
+        if self.version.is_v5() && p.qos != QoS::AtMostOnce {
+            self.ack_inbound(wbuf, p.packet_id, p.qos, reason);
+            Ok(())
+        } else {
+            Err(Close::Server { reason, why })
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish, wbuf: &mut BytesMut) -> Result<(), Close> {
+        let cfg = self.broker.config();
+        Metrics::add(&self.broker.shared.metrics.messages_received, 1);
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::protocol("subscription identifier from a client [MQTT-3.3.4-6]"));
+        }
+        if p.qos > max_qos(cfg) {
+            return Err(Close::Server {
+                reason: ReasonCode::QOS_NOT_SUPPORTED,
+                why: "QoS above the maximum QoS [MQTT-3.2.2-11]",
+            });
+        }
+        if p.retain && !cfg.mqtt.retain_available {
+            return Err(Close::Server {
+                reason: ReasonCode::RETAIN_NOT_SUPPORTED,
+                why: "retain is not supported [MQTT-3.2.2-14]",
+            });
+        }
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias > cfg.mqtt.topic_alias_maximum {
+                return Err(Close::Server {
+                    reason: ReasonCode::TOPIC_ALIAS_INVALID,
+                    why: "topic alias above the topic alias maximum [MQTT-3.3.2-9]",
+                });
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(Close::protocol("unknown topic alias")),
+                }
+            } else {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {
+            (s.inbound_awaiting_rel(), p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id))
+        });
+        let Some((inflight_in, duplicate)) = inflight_in else {
+            return Err(Close::TakenOver);
+        };
+        if duplicate {
+            // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
+            self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
+            return Ok(());
+        }
+        if p.qos != QoS::AtMostOnce
+            && inflight_in + usize::from(self.held.is_some()) >= usize::from(cfg.mqtt.receive_maximum)
+        {
+            return Err(Close::Server {
+                reason: ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                why: "more unacknowledged QoS 1/2 PUBLISH than the Receive Maximum",
+            });
+        }
+        if p.topic.split('/').count() > cfg.limits.max_topic_levels {
+            return self.refuse_inbound(wbuf, &p, ReasonCode::TOPIC_NAME_INVALID, "too many topic levels");
+        }
+        if p.topic.starts_with('$') {
+            // Clients may not publish to `$` topics ($SYS is the broker's).
+            if self.version.is_v5() {
+                return self.refuse_inbound(wbuf, &p, ReasonCode::NOT_AUTHORIZED, "$ topics are reserved");
+            }
+            self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
+            return Ok(());
+        }
+        if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            return self.refuse_inbound(
+                wbuf,
+                &p,
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "payload is not UTF-8 as its format indicator says",
+            );
+        }
+        let now = Instant::now();
+        let message = Message {
+            expires_at: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            publisher: Some(self.client_id.clone()),
+        };
+        let outcome = self.broker.publish(Arc::new(message)).await;
+        if p.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        if !outcome.full.is_empty() {
+            Metrics::add(&self.broker.shared.metrics.queue_full_refusals, 1);
+            if self.version.is_v5() {
+                self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::QUOTA_EXCEEDED);
+            } else {
+                // 3.x cannot be told: hold the acknowledgement (and the client) back until the
+                // queues have room. The message is never dropped after an acknowledgement.
+                self.held = Some(HeldBack { packet_id: p.packet_id, qos: p.qos, full: outcome.full });
+            }
+            return Ok(());
+        }
+        let reason = if outcome.retained_refused {
+            ReasonCode::QUOTA_EXCEEDED
+        } else if outcome.delivered == 0 {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        self.ack_inbound(wbuf, p.packet_id, p.qos, reason);
+        Ok(())
+    }
+
+    /// Moves deliveries from the session into the write buffer while it has room.
+    fn fill_outgoing(&mut self, wbuf: &mut BytesMut) {
+        let now = Instant::now();
+        while wbuf.len() < WRITE_BUFFER_HIGH {
+            let next = self.broker.session_op(&self.slot, self.id, |s| {
+                let expired = s.expired;
+                let next = s.next_publish(now);
+                (next, s.expired - expired)
+            });
+            let Some((next, expired)) = next else { return };
+            if expired > 0 {
+                Metrics::add(&self.broker.shared.metrics.expired, expired);
+            }
+            match next {
+                Some(out) => self.encode_outgoing(wbuf, out, now),
+                None => return,
+            }
+        }
+        // More may be sendable once the socket drains: look again then.
+        self.slot.wake.notify_one();
+    }
+
+    fn encode_outgoing(&mut self, wbuf: &mut BytesMut, out: Outgoing, now: Instant) {
+        let (packet_id, delivery, dup) = match out {
+            Outgoing::PubRel { packet_id } => {
+                self.send(wbuf, &Packet::PubRel(PubAck::new(packet_id)));
+                return;
+            }
+            Outgoing::Publish { packet_id, delivery, dup } => (packet_id, delivery, dup),
+        };
+        let m = &delivery.message;
+        let mut publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties: PublishProperties::default(),
+            payload: m.payload.clone(),
+        };
+        let mut new_alias = None;
+        if self.version.is_v5() {
+            publish.properties = m.properties.clone();
+            publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
+            publish.properties.message_expiry_interval = m.remaining_expiry_secs(now);
+            if self.alias_max_out > 0 {
+                if let Some(&alias) = self.aliases_out.get(&m.topic) {
+                    publish.topic = ByteStr::default();
+                    publish.properties.topic_alias = Some(alias);
+                } else if self.aliases_out.len() < usize::from(self.alias_max_out) {
+                    let alias = self.aliases_out.len() as u16 + 1;
+                    publish.properties.topic_alias = Some(alias);
+                    new_alias = Some(alias);
+                }
+            }
+        }
+        let packet = Packet::Publish(publish);
+        match encoded_len(&packet, self.version) {
+            Ok(n) if n <= self.max_packet_out as usize => {
+                let _ = encode(&packet, self.version, wbuf);
+                if let Some(alias) = new_alias {
+                    self.aliases_out.insert(m.topic.clone(), alias);
+                }
+                Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
+            }
+            _ => {
+                // [MQTT-3.1.2-25]: discard as if sent and acknowledged.
+                Metrics::add(&self.broker.shared.metrics.dropped_too_large, 1);
+                if packet_id != 0 {
+                    self.broker.session_op(&self.slot, self.id, |s| s.discard_inflight(packet_id));
+                }
+            }
+        }
+    }
+
+    /// Sends the final DISCONNECT where one is due, closes the socket and detaches the session.
+    async fn finish<S>(&mut self, io: &mut Io<S>, close: Close)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let server_reason = match &close {
+            Close::Server { reason, why } => Some((*reason, Some(*why))),
+            Close::TakenOver => Some((ReasonCode::SESSION_TAKEN_OVER, None)),
+            Close::Shutdown => Some((ReasonCode::SERVER_SHUTTING_DOWN, None)),
+            Close::Client { .. } | Close::Network => None,
+        };
+        if let (true, Some((reason, why))) = (self.version.is_v5(), server_reason) {
+            let mut d = Disconnect::new(reason);
+            d.properties.reason_string = why.map(str::to_string);
+            if encoded_len(&Packet::Disconnect(d.clone()), self.version)
+                .map_or(true, |n| n > self.max_packet_out as usize)
+            {
+                d.properties.reason_string = None;
+            }
+            self.send(&mut io.wbuf, &Packet::Disconnect(d));
+        }
+        if !matches!(close, Close::Network) {
+            let _ = io.flush_and_close().await;
+        }
+        tracing::debug!(client_id = %self.client_id, ?close, "connection closed");
+        let (publish_will, expiry) = match close {
+            Close::Client { reason, expiry } => {
+                (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)
+            }
+            Close::Shutdown => (false, None),
+            Close::Network | Close::Server { .. } | Close::TakenOver => (true, None),
+        };
+        self.broker.disconnect(self.id, &self.slot, publish_will, expiry).await;
+    }
+}
