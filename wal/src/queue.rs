@@ -6,8 +6,16 @@
 //! The writer drains up to a whole batch under one lock acquisition.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long the idle writer polls for new work before sleeping on the condition variable.
+/// With few appenders the next append typically arrives a few tens of microseconds after the
+/// previous completion; catching it while spinning saves a futex wake-up (itself tens of
+/// microseconds on a busy machine) on every fdatasync cycle. Bounded so an idle log costs
+/// nothing measurable.
+const WRITER_SPIN: Duration = Duration::from_micros(100);
 
 use crate::durable::{durable_pair, Completer, Durable};
 use crate::error::{Error, Result};
@@ -43,6 +51,8 @@ struct State {
 
 pub(crate) struct Queue {
     state: Mutex<State>,
+    /// Mirrors `!state.items.is_empty()`, so the spinning writer can poll without the lock.
+    has_items: AtomicBool,
     /// The writer waits here for work.
     work: Condvar,
     /// Appenders wait here for space.
@@ -71,6 +81,7 @@ impl Queue {
                 writer_idle: false,
                 blocked_appenders: 0,
             }),
+            has_items: AtomicBool::new(false),
             work: Condvar::new(),
             space: Condvar::new(),
             capacity,
@@ -135,6 +146,7 @@ impl Queue {
             payload,
             completer,
         });
+        self.has_items.store(true, Ordering::Release);
         self.wake_writer(&mut state);
         Ok((seq, durable))
     }
@@ -146,6 +158,7 @@ impl Queue {
         Self::usable(&state)?;
         let (durable, completer) = durable_pair();
         state.items.push_back(make(completer));
+        self.has_items.store(true, Ordering::Release);
         self.wake_writer(&mut state);
         Ok(durable)
     }
@@ -163,6 +176,7 @@ impl Queue {
         max_bytes: usize,
         deadline: Option<Instant>,
     ) -> Take {
+        let mut spun = false;
         let mut state = self.lock();
         loop {
             if !state.items.is_empty() {
@@ -183,6 +197,8 @@ impl Queue {
                 }
                 state.appends -= records;
                 state.queued_bytes -= bytes;
+                self.has_items
+                    .store(!state.items.is_empty(), Ordering::Release);
                 if state.blocked_appenders > 0 {
                     self.space.notify_all();
                 }
@@ -190,6 +206,17 @@ impl Queue {
             }
             if state.closed {
                 return Take::Closed;
+            }
+            if !spun {
+                spun = true;
+                drop(state);
+                let until = Instant::now() + WRITER_SPIN;
+                let until = deadline.map_or(until, |d| d.min(until));
+                while !self.has_items.load(Ordering::Acquire) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                state = self.lock();
+                continue;
             }
             state.writer_idle = true;
             match deadline {
@@ -224,6 +251,7 @@ impl Queue {
                 control => kept.push_back(control),
             }
         }
+        self.has_items.store(!kept.is_empty(), Ordering::Release);
         state.items = kept;
         state.appends = 0;
         state.queued_bytes = 0;
@@ -262,6 +290,7 @@ impl Queue {
             .collect();
         state.appends = 0;
         state.queued_bytes = 0;
+        self.has_items.store(false, Ordering::Release);
         self.space.notify_all();
         failed
     }

@@ -1,7 +1,7 @@
 //! The public handle.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,7 +12,7 @@ use crate::options::WalOptions;
 use crate::queue::{Item, Queue};
 use crate::reader::WalReader;
 use crate::recovery::{recover, Recovery};
-use crate::writer::{Counters, Shared, Writer};
+use crate::writer::{run_completions, Counters, Shared, Writer, COMPLETION_CHANNEL_BATCHES};
 
 /// An append that has been queued: its sequence number, and the handle that completes when it
 /// is durable.
@@ -46,7 +46,8 @@ pub struct WalStats {
 /// [`Wal::close`] to see the outcome.
 pub struct Wal {
     shared: Arc<Shared>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, then the completion thread; joined in that order on shutdown.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -90,16 +91,25 @@ impl Wal {
             dir,
             options,
         });
+        let (completions, completion_rx) =
+            std::sync::mpsc::sync_channel(COMPLETION_CHANNEL_BATCHES);
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let writer = Writer::new(
             Arc::clone(&shared),
             log.segments,
             log.active_file,
             log.active_len,
             last_seq,
+            completions,
+            Arc::clone(&in_flight),
         )
         .ok_or(Error::Closed)?;
+        let completer = std::thread::Builder::new()
+            .name("keelmq-wal-complete".to_string())
+            .spawn(move || run_completions(completion_rx, in_flight))
+            .map_err(|e| Error::io("spawn completion thread", &shared.dir, e))?;
         let exit = ExitGuard(Arc::clone(&shared));
-        let handle = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("keelmq-wal-writer".to_string())
             .spawn(move || {
                 let _exit = exit;
@@ -109,7 +119,7 @@ impl Wal {
         Ok((
             Wal {
                 shared,
-                writer: Mutex::new(Some(handle)),
+                threads: Mutex::new(vec![writer, completer]),
             },
             recovery,
         ))
@@ -231,11 +241,13 @@ impl Wal {
 
     fn shutdown(&self) -> Result<()> {
         self.shared.queue.close();
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                return Err(Error::Closed);
-            }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut panicked = false;
+        for handle in threads {
+            panicked |= handle.join().is_err();
+        }
+        if panicked {
+            return Err(Error::Closed);
         }
         match self.shared.queue.poisoned() {
             Some(err) => Err(err),

@@ -19,7 +19,8 @@
 //!   sequence number is rewound so the log stays gap-free. Acknowledged records are untouched.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,31 @@ use crate::fs::{write_all_at, Fs, FsFile};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::queue::{Item, Queue, Take};
 use crate::segment::{segment_path, SegmentInfo};
+
+/// Capacity, in batches, of the channel from the writer to the completion thread. Two or three
+/// batches in flight are enough to overlap completing one batch with syncing the next; a
+/// bound keeps slow callbacks from growing memory and pushes back on the writer instead.
+pub(crate) const COMPLETION_CHANNEL_BATCHES: usize = 4;
+
+/// Batches this small are completed on the writer thread itself when nothing is queued for
+/// the completion thread: with one or two appenders the extra thread hand-off would cost more
+/// latency than completing inline.
+const INLINE_COMPLETION_MAX: usize = 4;
+
+/// A batch of durable records to complete, in sequence order.
+pub(crate) type CompletionBatch = Vec<(u64, Completer)>;
+
+/// The completion thread's body: completes batches in order. Completing runs callbacks and
+/// wakes waiting threads, which is slow enough per record (a futex wake each) that doing it on
+/// the writer thread would delay the next batch's write and fdatasync.
+pub(crate) fn run_completions(batches: Receiver<CompletionBatch>, in_flight: Arc<AtomicUsize>) {
+    for batch in batches {
+        for (seq, completer) in batch {
+            completer.complete(Ok(seq));
+        }
+        in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
 
 /// Counters exposed through [`crate::Wal::stats`].
 #[derive(Debug, Default)]
@@ -91,7 +117,10 @@ pub(crate) struct Writer {
     sync_deadline: Option<Instant>,
     buf: Vec<u8>,
     /// Records encoded in `buf`, waiting to be written and completed.
-    pending: Vec<(u64, Completer)>,
+    pending: CompletionBatch,
+    /// Hand-off to the completion thread, and the number of batches it has not finished.
+    completions: SyncSender<CompletionBatch>,
+    completions_in_flight: Arc<AtomicUsize>,
 }
 
 /// Creates a segment file with its header, syncs it, and syncs the directory so the file
@@ -138,6 +167,8 @@ impl Writer {
         file: Box<dyn FsFile>,
         len: u64,
         last_seq: u64,
+        completions: SyncSender<CompletionBatch>,
+        completions_in_flight: Arc<AtomicUsize>,
     ) -> Option<Writer> {
         let info = segments.last()?.clone();
         Some(Writer {
@@ -149,6 +180,8 @@ impl Writer {
             sync_deadline: None,
             buf: Vec::new(),
             pending: Vec::new(),
+            completions,
+            completions_in_flight,
         })
     }
 
@@ -408,10 +441,30 @@ impl Writer {
             }
             SyncPolicy::Never => {}
         }
-        for (seq, completer) in self.pending.drain(..) {
-            completer.complete(Ok(seq));
-        }
+        self.deliver();
         Ok(())
+    }
+
+    /// Completes the pending (now written, and synced if the policy says so) records, in
+    /// order: inline if the batch is small and nothing is queued ahead of it, otherwise on the
+    /// completion thread.
+    fn deliver(&mut self) {
+        let in_flight = self.completions_in_flight.load(Ordering::Acquire);
+        if self.pending.len() <= INLINE_COMPLETION_MAX && in_flight == 0 {
+            for (seq, completer) in self.pending.drain(..) {
+                completer.complete(Ok(seq));
+            }
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.completions_in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Err(std::sync::mpsc::SendError(batch)) = self.completions.send(batch) {
+            // The completion thread is gone (a callback panicked): complete here instead.
+            self.completions_in_flight.fetch_sub(1, Ordering::AcqRel);
+            for (seq, completer) in batch {
+                completer.complete(Ok(seq));
+            }
+        }
     }
 
     /// fdatasync of the active segment. Only ever fails with `Poison`.

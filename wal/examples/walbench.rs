@@ -1,0 +1,330 @@
+//! walbench: WAL group-commit throughput against the disk's own limit.
+//!
+//! For each number of concurrent appenders (1, 8, 64, 256 by default) it runs:
+//! 1. the WAL under `SyncPolicy::Always`: every appender keeps exactly one 128-byte append
+//!    outstanding and issues the next as soon as the previous one is durable (closed loop);
+//! 2. the physical limit on the same disk, in the same run: a plain loop of one `pwrite` of
+//!    N frame-sized records + one `fdatasync`, with N = the records per fdatasync the WAL
+//!    achieved.
+//!
+//! Appenders are driven the way the broker drives the WAL: `--mode callback` (the default)
+//! registers `Durable::on_complete` callbacks that hand the appender back to a small pool of
+//! driver threads (as a completion wakes an async task); `--mode threads` runs one OS thread
+//! per appender blocked in `Durable::wait`.
+//!
+//! Each configuration runs `--rounds` (3) alternating rounds of `--secs` (2) seconds per
+//! side; rates are averaged over the rounds, latency percentiles are the median round's.
+//!
+//! Usage: `cargo run --release -p keelmq-wal --example walbench -- [--json] [--secs S]
+//! [--rounds N] [--dir DIR] [--appenders 1,8,64,256] [--mode callback|threads]`. The directory defaults to
+//! `./target-walbench-tmp` (on the same disk as the working tree) and is removed afterwards.
+//! The last line of output is one JSON object.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use keelmq_wal::format::frame_len;
+use keelmq_wal::{SyncPolicy, Wal, WalOptions};
+
+const RECORD_BYTES: usize = 128;
+/// Driver threads in callback mode: the machine has few cores, and a driver only does
+/// non-blocking appends.
+const DRIVER_THREADS: usize = 2;
+
+struct Config {
+    json: bool,
+    secs: f64,
+    rounds: usize,
+    dir: PathBuf,
+    appenders: Vec<usize>,
+    threads_mode: bool,
+}
+
+fn parse_args() -> Config {
+    let mut config = Config {
+        json: false,
+        secs: 2.0,
+        rounds: 3,
+        dir: PathBuf::from("target-walbench-tmp"),
+        appenders: vec![1, 8, 64, 256],
+        threads_mode: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| panic!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--json" => config.json = true,
+            "--secs" => config.secs = value("--secs").parse().expect("--secs S"),
+            "--rounds" => config.rounds = value("--rounds").parse().expect("--rounds N"),
+            "--dir" => config.dir = PathBuf::from(value("--dir")),
+            "--appenders" => {
+                config.appenders = value("--appenders")
+                    .split(',')
+                    .map(|n| n.parse().expect("--appenders 1,8,64"))
+                    .collect()
+            }
+            "--mode" => config.threads_mode = value("--mode") == "threads",
+            "--bench" => {} // passed by `cargo bench`-style runners
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    config
+}
+
+struct WalResult {
+    records_per_s: f64,
+    fsyncs_per_s: f64,
+    records_per_fsync: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    u64::from(sorted[i])
+}
+
+fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalResult {
+    let _ = std::fs::remove_dir_all(dir);
+    let options = WalOptions {
+        sync_policy: SyncPolicy::Always,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(dir, options).expect("open wal");
+    let wal = Arc::new(wal);
+    let payload = vec![0x5Au8; RECORD_BYTES];
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<u32>::with_capacity(1 << 20)));
+    let before = wal.stats();
+    let start = Instant::now();
+
+    if threads_mode {
+        let handles: Vec<_> = (0..appenders)
+            .map(|_| {
+                let (wal, stop, completed, payload) = (
+                    Arc::clone(&wal),
+                    Arc::clone(&stop),
+                    Arc::clone(&completed),
+                    payload.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        wal.append(0, payload.as_slice())
+                            .unwrap()
+                            .durable
+                            .wait()
+                            .unwrap();
+                        mine.push(t.elapsed().as_micros() as u32);
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        let elapsed_records = completed.load(Ordering::Relaxed);
+        let after = wal.stats();
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut all = latencies.lock().unwrap();
+        for h in handles {
+            all.extend(h.join().unwrap());
+        }
+        return summarize(elapsed_records, after, before, elapsed, &mut all);
+    }
+
+    // Callback mode: a ready queue of appender ids, served by a few driver threads.
+    let ready = Arc::new((
+        Mutex::new((0..appenders).collect::<VecDeque<usize>>()),
+        Condvar::new(),
+    ));
+    let drivers: Vec<_> = (0..DRIVER_THREADS.min(appenders))
+        .map(|_| {
+            let (wal, stop, ready, completed, latencies, payload) = (
+                Arc::clone(&wal),
+                Arc::clone(&stop),
+                Arc::clone(&ready),
+                Arc::clone(&completed),
+                Arc::clone(&latencies),
+                payload.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut batch = Vec::new();
+                loop {
+                    {
+                        let (queue, cond) = &*ready;
+                        let mut q = queue.lock().unwrap();
+                        while q.is_empty() && !stop.load(Ordering::Relaxed) {
+                            q = cond.wait_timeout(q, Duration::from_millis(50)).unwrap().0;
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        batch.extend(q.drain(..));
+                    }
+                    for id in batch.drain(..) {
+                        let t = Instant::now();
+                        let appended = wal.append(0, payload.as_slice()).unwrap();
+                        let (ready, completed, latencies) = (
+                            Arc::clone(&ready),
+                            Arc::clone(&completed),
+                            Arc::clone(&latencies),
+                        );
+                        appended.durable.on_complete(move |r| {
+                            r.unwrap();
+                            latencies
+                                .lock()
+                                .unwrap()
+                                .push(t.elapsed().as_micros() as u32);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                            // Wake a driver only if the queue was empty, as a runtime
+                            // wakes a parked worker only when it has nothing to do.
+                            let (queue, cond) = &*ready;
+                            let mut q = queue.lock().unwrap();
+                            q.push_back(id);
+                            if q.len() == 1 {
+                                cond.notify_one();
+                            }
+                        });
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let elapsed_records = completed.load(Ordering::Relaxed);
+    let after = wal.stats();
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    ready.1.notify_all();
+    for d in drivers {
+        d.join().unwrap();
+    }
+    let mut all = latencies.lock().unwrap();
+    summarize(elapsed_records, after, before, elapsed, &mut all)
+}
+
+fn summarize(
+    records: u64,
+    after: keelmq_wal::WalStats,
+    before: keelmq_wal::WalStats,
+    elapsed: f64,
+    latencies: &mut [u32],
+) -> WalResult {
+    latencies.sort_unstable();
+    let fsyncs = (after.fsyncs - before.fsyncs) as f64;
+    let batches = (after.batches - before.batches).max(1) as f64;
+    WalResult {
+        records_per_s: records as f64 / elapsed,
+        fsyncs_per_s: fsyncs / elapsed,
+        records_per_fsync: (after.records - before.records) as f64 / batches,
+        p50_us: percentile(latencies, 0.50),
+        p99_us: percentile(latencies, 0.99),
+    }
+}
+
+/// The physical limit: one pwrite of `records` frame-sized records, one fdatasync, repeat.
+fn run_raw(dir: &Path, records: usize, secs: f64) -> (f64, f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("raw.bin");
+    let _ = std::fs::remove_file(&path);
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let buf = vec![0xA5u8; records * frame_len(RECORD_BYTES)];
+    let mut offset = 0u64;
+    let mut syncs = 0u64;
+    let start = Instant::now();
+    let deadline = Duration::from_secs_f64(secs);
+    while start.elapsed() < deadline {
+        file.write_all_at(&buf, offset).unwrap();
+        file.sync_data().unwrap();
+        offset += buf.len() as u64;
+        syncs += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    (
+        syncs as f64 * records as f64 / elapsed,
+        syncs as f64 / elapsed,
+    )
+}
+
+fn main() {
+    let config = parse_args();
+    let root = config.dir.clone();
+    let mut rows = Vec::new();
+    for &n in &config.appenders {
+        // Alternate WAL and raw rounds so that load from elsewhere on the machine hits both
+        // sides alike; each raw round uses the batch size its WAL round just achieved.
+        let mut wal_rounds = Vec::new();
+        let (mut raw_records, mut raw_syncs) = (0.0, 0.0);
+        for round in 0..config.rounds.max(1) {
+            let dir = root.join(format!("wal-{n}-{round}"));
+            let wal = run_wal(&dir, n, config.secs, config.threads_mode);
+            let _ = std::fs::remove_dir_all(&dir);
+            let rpf = wal.records_per_fsync.round().max(1.0) as usize;
+            let (records, syncs) = run_raw(&root, rpf, config.secs);
+            raw_records += records;
+            raw_syncs += syncs;
+            wal_rounds.push(wal);
+        }
+        let rounds = wal_rounds.len() as f64;
+        let (raw_records_per_s, raw_fsyncs_per_s) = (raw_records / rounds, raw_syncs / rounds);
+        let mean = |f: fn(&WalResult) -> f64| wal_rounds.iter().map(f).sum::<f64>() / rounds;
+        let mut p50s: Vec<u64> = wal_rounds.iter().map(|w| w.p50_us).collect();
+        let mut p99s: Vec<u64> = wal_rounds.iter().map(|w| w.p99_us).collect();
+        p50s.sort_unstable();
+        p99s.sort_unstable();
+        let wal = WalResult {
+            records_per_s: mean(|w| w.records_per_s),
+            fsyncs_per_s: mean(|w| w.fsyncs_per_s),
+            records_per_fsync: mean(|w| w.records_per_fsync),
+            p50_us: p50s[p50s.len() / 2],
+            p99_us: p99s[p99s.len() / 2],
+        };
+        let ratio = wal.records_per_s / raw_records_per_s;
+        if !config.json {
+            println!(
+                "appenders {n:>4}: wal {:>10.0} rec/s {:>8.0} fsync/s  p50 {:>6} us  p99 {:>6} us  {:>7.1} rec/fsync | raw {:>10.0} rec/s {:>8.0} fsync/s | ratio {:.2}",
+                wal.records_per_s, wal.fsyncs_per_s, wal.p50_us, wal.p99_us, wal.records_per_fsync,
+                raw_records_per_s, raw_fsyncs_per_s, ratio
+            );
+        } else {
+            eprintln!("appenders {n}: ratio {ratio:.2}");
+        }
+        rows.push(format!(
+            "{{\"appenders\": {n}, \"wal_records_per_s\": {:.0}, \"wal_fsyncs_per_s\": {:.0}, \"p50_us\": {}, \"p99_us\": {}, \"raw_records_per_s\": {:.0}, \"records_per_fsync\": {:.2}, \"raw_fsyncs_per_s\": {:.0}, \"wal_to_raw_ratio\": {:.3}}}",
+            wal.records_per_s, wal.fsyncs_per_s, wal.p50_us, wal.p99_us, raw_records_per_s,
+            wal.records_per_fsync, raw_fsyncs_per_s, ratio
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    println!(
+        "{{\"results\": [{}], \"mode\": \"{}\", \"record_bytes\": {RECORD_BYTES}}}",
+        rows.join(", "),
+        if config.threads_mode {
+            "threads"
+        } else {
+            "callback"
+        },
+    );
+}
