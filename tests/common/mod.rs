@@ -1,0 +1,110 @@
+//! Shared harness for the integration tests: real brokers on ephemeral loopback ports, either
+//! in-process ([`start`]) or as the `keelmq` binary in a child process ([`BrokerProcess`]).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keelmq::config::Config;
+use keelmq::server::Server;
+
+/// A configuration for tests: an ephemeral loopback port, `$SYS` every second.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.listener.bind = "127.0.0.1:0".parse().unwrap();
+    c.sys.interval_secs = 1;
+    c
+}
+
+/// Starts an in-process broker.
+pub async fn start(config: Config) -> Server {
+    Server::start(config).await.expect("broker starts")
+}
+
+/// Whether the interop peers must be present (set by scripts/test.sh, so CI never skips).
+pub fn interop_required() -> bool {
+    std::env::var_os("KEELMQ_REQUIRE_INTEROP").is_some()
+}
+
+/// Finds an external tool, or returns `None` (after failing the test if interop is required).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(!interop_required(), "{name} is required (KEELMQ_REQUIRE_INTEROP) but missing");
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
+/// The `keelmq` binary running in a child process, killed (SIGKILL) when dropped.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts `keelmq serve --listen 127.0.0.1:0` with extra arguments and waits until it
+    /// reports its address.
+    pub fn start(extra_args: &[&str]) -> BrokerProcess {
+        Self::start_with(Path::new(env!("CARGO_BIN_EXE_keelmq")), extra_args)
+    }
+
+    pub fn start_with(binary: &Path, extra_args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keelmq starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("local_addr=").nth(1) {
+                    if let (Some(tx), Ok(a)) = (tx.take(), addr.trim().parse::<SocketAddr>()) {
+                        let _ = tx.send(a);
+                    }
+                }
+                if std::env::var_os("KEELMQ_TEST_BROKER_LOG").is_some() {
+                    eprintln!("[keelmq] {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("keelmq reports its listening address");
+        BrokerProcess { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
