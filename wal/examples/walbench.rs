@@ -244,6 +244,7 @@ fn run_raw(dir: &Path, records: usize, secs: f64) -> (f64, f64) {
     let _ = std::fs::remove_file(&path);
     let file = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)

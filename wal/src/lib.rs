@@ -55,5 +55,7 @@ pub use options::{
     DEFAULT_SEGMENT_SIZE_BYTES,
 };
 pub use reader::{Record, WalReader};
-pub use recovery::{Recovery, SkippedRange, TornTail};
+pub use recovery::{
+    scan_segment, RecordRef, Recovery, ScanOutcome, SegmentScan, SkippedRange, TornTail,
+};
 pub use wal::{Appended, Wal, WalStats};

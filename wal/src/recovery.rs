@@ -94,7 +94,7 @@ pub(crate) fn recover(
         let newest = i + 1 == names.len();
         let prev_next = scanned.last().map(|s| s.next_seq);
         let bytes = read_segment(fs, path)?;
-        if let Some(s) = scan_segment(
+        if let Some(s) = recover_segment(
             fs,
             path,
             *segment_seq,
@@ -188,18 +188,84 @@ fn durable_evidence_after(segment_seq: u64, bytes: &[u8], from: usize, expected_
     false
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scan_segment(
-    fs: &Arc<dyn Fs>,
-    path: &Path,
+/// A verified record found by [`scan_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef {
+    /// Sequence number.
+    pub seq: u64,
+    /// Record type.
+    pub record_type: u8,
+    /// Offset of the frame in the segment.
+    pub offset: u64,
+    /// Length of the whole frame.
+    pub len: u64,
+}
+
+/// How a segment's scan ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// Every byte verified.
+    Clean,
+    /// The newest segment ends in a torn write from `offset` on: truncate it there.
+    TornTail {
+        /// Where the valid data ends.
+        offset: u64,
+        /// Why the first bad frame failed.
+        reason: String,
+    },
+    /// The newest segment's header never made it to disk and it holds no verifiable frame:
+    /// a rotation interrupted by the crash. Remove the file.
+    TornCreation {
+        /// Why the header failed.
+        reason: String,
+    },
+    /// Damage that a torn write cannot explain (or any damage, in strict mode).
+    Corrupt {
+        /// Where the bad data starts.
+        offset: u64,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The result of verifying one segment's bytes, without touching any file. Recovery acts on
+/// it; an inspection tool can print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The header, if it verified.
+    pub header: Option<format::SegmentHeader>,
+    /// The records that verified, in order (under skip-corrupt: those outside skipped ranges).
+    pub records: Vec<RecordRef>,
+    /// Ranges skipped under [`RecoveryMode::SkipCorrupt`]: (offset, length, reason).
+    pub skipped: Vec<(u64, u64, String)>,
+    /// How the scan ended.
+    pub outcome: ScanOutcome,
+    /// The sequence number the next record after this segment must carry.
+    pub next_seq: u64,
+    /// Length of the valid prefix of the segment (where appends resume).
+    pub valid_end: u64,
+}
+
+/// Verifies one segment file's bytes. `segment_seq` is the number from the file name;
+/// `newest` says whether it is the last segment (the only one that may end in a torn write);
+/// `expected_first_seq` is where the previous segment ended, if there is one. Never panics,
+/// whatever the bytes.
+pub fn scan_segment(
     segment_seq: u64,
     bytes: &[u8],
     newest: bool,
-    prev_next: Option<u64>,
+    expected_first_seq: Option<u64>,
     mode: RecoveryMode,
-    report: &mut Recovery,
-) -> Result<Option<Scanned>> {
+) -> SegmentScan {
     let len = bytes.len() as u64;
+    let mut scan = SegmentScan {
+        header: None,
+        records: Vec::new(),
+        skipped: Vec::new(),
+        outcome: ScanOutcome::Clean,
+        next_seq: expected_first_seq.unwrap_or(1),
+        valid_end: len,
+    };
     let header = format::decode_segment_header(bytes).and_then(|h| {
         if h.segment_seq == segment_seq {
             Ok(h)
@@ -214,63 +280,44 @@ fn scan_segment(
         Ok(h) => h,
         Err(reason) => {
             let any_frame = format::find_next_frame(segment_seq, bytes, 0, 0).is_some();
-            if newest
-                && mode != RecoveryMode::Strict
-                && !any_frame
-                && (prev_next.is_some() || segment_seq == 1)
-            {
-                // A rotation interrupted before its header and directory entry were synced.
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = 0u64,
-                    bytes_dropped = len,
-                    "removing WAL segment whose creation was torn by a crash: {reason}"
-                );
-                fs.remove_file(path)
-                    .map_err(|e| Error::io("remove", path, e))?;
-                if let Some(dir) = path.parent() {
-                    fs.sync_dir(dir)
-                        .map_err(|e| Error::poisoned("fsync directory", dir, e))?;
-                }
-                report.torn_tail = Some(TornTail {
-                    segment: path.to_path_buf(),
-                    offset: 0,
-                    bytes_dropped: len,
-                });
-                return Ok(None);
+            let may_be_torn = expected_first_seq.is_some() || segment_seq == 1;
+            if newest && mode != RecoveryMode::Strict && !any_frame && may_be_torn {
+                scan.outcome = ScanOutcome::TornCreation { reason };
+                scan.valid_end = 0;
+            } else if mode == RecoveryMode::SkipCorrupt {
+                scan.skipped.push((0, len, reason));
+            } else {
+                scan.outcome = ScanOutcome::Corrupt { offset: 0, reason };
             }
-            if mode == RecoveryMode::SkipCorrupt {
-                report.skipped.push(SkippedRange {
-                    segment: path.to_path_buf(),
-                    offset: 0,
-                    len,
-                    reason,
-                });
-                return Ok(None);
-            }
-            return Err(Error::corruption(path, 0, reason));
+            return scan;
         }
     };
-    if let Some(prev_next) = prev_next {
+    scan.header = Some(header);
+    if let Some(prev_next) = expected_first_seq {
         let gap_ok = mode == RecoveryMode::SkipCorrupt && header.first_seq > prev_next;
         if header.first_seq != prev_next && !gap_ok {
-            return Err(Error::corruption(
-                path,
-                0,
-                format!(
+            scan.outcome = ScanOutcome::Corrupt {
+                offset: 0,
+                reason: format!(
                     "segment starts at sequence {} but the previous one ends before {prev_next}",
                     header.first_seq
                 ),
-            ));
+            };
+            return scan;
         }
     }
 
-    let mut offset = SEGMENT_HEADER_LEN;
+    let mut offset = SEGMENT_HEADER_LEN.min(bytes.len());
     let mut expected = header.first_seq;
-    let mut end = len;
     while offset < bytes.len() {
         let failure = match format::decode_frame(segment_seq, bytes, offset) {
             Ok(frame) if frame.meta.seq == expected => {
+                scan.records.push(RecordRef {
+                    seq: frame.meta.seq,
+                    record_type: frame.meta.record_type,
+                    offset: frame.offset,
+                    len: frame.len() as u64,
+                });
                 offset += frame.len();
                 expected += 1;
                 continue;
@@ -280,57 +327,116 @@ fn scan_segment(
         };
         let tail_rules = newest && mode != RecoveryMode::Strict;
         if tail_rules && !durable_evidence_after(segment_seq, bytes, offset + 1, expected.max(1)) {
-            let dropped = len - offset as u64;
-            tracing::warn!(
-                segment = %path.display(),
-                offset = offset as u64,
-                bytes_dropped = dropped,
-                "truncating torn WAL tail: {failure}"
-            );
-            truncate_file(fs, path, offset as u64)?;
-            report.torn_tail = Some(TornTail {
-                segment: path.to_path_buf(),
+            scan.outcome = ScanOutcome::TornTail {
                 offset: offset as u64,
-                bytes_dropped: dropped,
-            });
-            end = offset as u64;
+                reason: failure,
+            };
+            scan.valid_end = offset as u64;
             break;
         }
         if mode != RecoveryMode::SkipCorrupt {
-            return Err(Error::corruption(path, offset as u64, failure));
+            scan.outcome = ScanOutcome::Corrupt {
+                offset: offset as u64,
+                reason: failure,
+            };
+            scan.valid_end = offset as u64;
+            break;
         }
-        match format::find_next_frame(segment_seq, bytes, offset + 1, expected.saturating_sub(1)) {
-            Some(Frame {
-                offset: next, meta, ..
-            }) => {
-                report.skipped.push(SkippedRange {
-                    segment: path.to_path_buf(),
-                    offset: offset as u64,
-                    len: next - offset as u64,
-                    reason: failure,
-                });
-                offset = next as usize;
+        let resume =
+            format::find_next_frame(segment_seq, bytes, offset + 1, expected.saturating_sub(1));
+        let skip_to = resume.map_or(len, |f| f.offset);
+        scan.skipped
+            .push((offset as u64, skip_to - offset as u64, failure));
+        match resume {
+            Some(Frame { meta, .. }) => {
+                offset = skip_to as usize;
                 expected = meta.seq;
             }
-            None => {
-                report.skipped.push(SkippedRange {
-                    segment: path.to_path_buf(),
-                    offset: offset as u64,
-                    len: len - offset as u64,
-                    reason: failure,
-                });
-                break;
-            }
+            None => break,
         }
     }
+    scan.next_seq = expected;
+    scan
+}
+
+/// Scans one segment file and carries out what the scan decided (truncate a torn tail,
+/// remove a torn creation, or fail on corruption).
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+fn recover_segment(
+    fs: &Arc<dyn Fs>,
+    path: &Path,
+    segment_seq: u64,
+    bytes: &[u8],
+    newest: bool,
+    prev_next: Option<u64>,
+    mode: RecoveryMode,
+    report: &mut Recovery,
+) -> Result<Option<Scanned>> {
+    let len = bytes.len() as u64;
+    let scan = scan_segment(segment_seq, bytes, newest, prev_next, mode);
+    report.skipped.extend(
+        scan.skipped
+            .iter()
+            .map(|(offset, skipped, reason)| SkippedRange {
+                segment: path.to_path_buf(),
+                offset: *offset,
+                len: *skipped,
+                reason: reason.clone(),
+            }),
+    );
+    match scan.outcome {
+        ScanOutcome::Clean => {}
+        ScanOutcome::Corrupt { offset, reason } => {
+            return Err(Error::corruption(path, offset, reason))
+        }
+        ScanOutcome::TornTail { offset, reason } => {
+            let dropped = len - offset;
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                bytes_dropped = dropped,
+                "truncating torn WAL tail: {reason}"
+            );
+            truncate_file(fs, path, offset)?;
+            report.torn_tail = Some(TornTail {
+                segment: path.to_path_buf(),
+                offset,
+                bytes_dropped: dropped,
+            });
+        }
+        ScanOutcome::TornCreation { reason } => {
+            tracing::warn!(
+                segment = %path.display(),
+                offset = 0u64,
+                bytes_dropped = len,
+                "removing WAL segment whose creation was torn by a crash: {reason}"
+            );
+            fs.remove_file(path)
+                .map_err(|e| Error::io("remove", path, e))?;
+            if let Some(dir) = path.parent() {
+                fs.sync_dir(dir)
+                    .map_err(|e| Error::poisoned("fsync directory", dir, e))?;
+            }
+            report.torn_tail = Some(TornTail {
+                segment: path.to_path_buf(),
+                offset: 0,
+                bytes_dropped: len,
+            });
+            return Ok(None);
+        }
+    }
+    let Some(header) = scan.header else {
+        // Skip-corrupt mode skipped the whole segment.
+        return Ok(None);
+    };
     Ok(Some(Scanned {
         info: SegmentInfo {
             segment_seq,
             first_seq: header.first_seq,
             path: path.to_path_buf(),
         },
-        next_seq: expected,
-        len: end,
+        next_seq: scan.next_seq,
+        len: scan.valid_end,
     }))
 }
 
