@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use keelmq::config::Config;
 use keelmq::server::Server;
 
+pub mod raw;
+
 /// A configuration for tests: an ephemeral loopback port, `$SYS` every second.
 pub fn test_config() -> Config {
     let mut c = Config::default();
@@ -32,10 +34,15 @@ pub fn interop_required() -> bool {
 /// Finds an external tool, or returns `None` (after failing the test if interop is required).
 pub fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(!interop_required(), "{name} is required (KEELMQ_REQUIRE_INTEROP) but missing");
+        assert!(
+            !interop_required(),
+            "{name} is required (KEELMQ_REQUIRE_INTEROP) but missing"
+        );
         eprintln!("skipping: {name} not installed");
     }
     found

@@ -1,0 +1,203 @@
+//! A raw MQTT client over our own codec, for tests that must send exact packets (malformed
+//! input, flow-control violations, topic aliases) and see exactly what the broker answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use keelmq::codec::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct RawClient {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: BytesMut,
+    pub version: ProtocolVersion,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// What a receive saw.
+#[derive(Debug, PartialEq)]
+pub enum Recv {
+    Packet(Packet),
+    Closed,
+    Timeout,
+}
+
+impl RawClient {
+    pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        RawClient {
+            stream,
+            decoder: Decoder::with_version(version, MAX_PACKET_SIZE_PROTOCOL),
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    /// Connects and completes CONNECT/CONNACK; panics unless the CONNACK is a success.
+    pub async fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+        clean_start: bool,
+        tweak: impl FnOnce(&mut Connect),
+    ) -> (RawClient, ConnAck) {
+        let mut c = RawClient::tcp(addr, version).await;
+        let ack = c.handshake(client_id, clean_start, tweak).await;
+        assert_eq!(ack.code, ReasonCode::SUCCESS, "CONNACK {ack:?}");
+        (c, ack)
+    }
+
+    /// Sends CONNECT and returns the CONNACK, whatever its code.
+    pub async fn handshake(
+        &mut self,
+        client_id: &str,
+        clean_start: bool,
+        tweak: impl FnOnce(&mut Connect),
+    ) -> ConnAck {
+        let mut connect = Connect {
+            protocol: self.version,
+            clean_start,
+            keep_alive: 60,
+            properties: Default::default(),
+            client_id: client_id.to_string(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        tweak(&mut connect);
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Recv::Packet(Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        encode(p, self.version, &mut out).expect("test packet encodes");
+        self.send_bytes(&out).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // A write may fail if the broker already closed; the test then sees Closed on recv.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn recv_within(&mut self, wait: Duration) -> Recv {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Recv::Packet(p),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent an undecodable packet: {e}"),
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Recv::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return Recv::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Recv {
+        self.recv_within(WAIT).await
+    }
+
+    /// The next packet, which must arrive.
+    pub async fn next(&mut self) -> Packet {
+        match self.recv().await {
+            Recv::Packet(p) => p,
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+
+    /// The next PUBLISH, acknowledging nothing.
+    pub async fn next_publish(&mut self) -> Publish {
+        match self.next().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    pub async fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> SubAck {
+        self.subscribe_with(packet_id, filter, options, None).await
+    }
+
+    pub async fn subscribe_with(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> SubAck {
+        let mut s = Subscribe {
+            packet_id,
+            properties: Default::default(),
+            filters: vec![(filter.to_string(), options)],
+        };
+        s.properties.subscription_identifier = identifier;
+        self.send(&Packet::Subscribe(s)).await;
+        match self.next().await {
+            Packet::SubAck(a) => a,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &'static [u8],
+        qos: QoS,
+        packet_id: u16,
+        retain: bool,
+    ) {
+        self.send(&publish_packet(topic, payload, qos, packet_id, retain))
+            .await;
+    }
+
+    /// Expects that nothing arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.recv_within(wait).await {
+            Recv::Timeout => {}
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+
+    /// Expects a DISCONNECT with `reason` (v5) and then the socket closing.
+    pub async fn expect_disconnect(&mut self, reason: ReasonCode) {
+        if self.version.is_v5() {
+            match self.recv().await {
+                Recv::Packet(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "{d:?}"),
+                other => panic!("expected DISCONNECT {reason}, got {other:?}"),
+            }
+        }
+        assert_eq!(self.recv().await, Recv::Closed);
+    }
+}
+
+pub fn publish_packet(
+    topic: &str,
+    payload: &'static [u8],
+    qos: QoS,
+    packet_id: u16,
+    retain: bool,
+) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id,
+        properties: Default::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
