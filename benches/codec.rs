@@ -9,7 +9,9 @@ fn publish(v: ProtocolVersion, payload_len: usize) -> Packet {
     let mut properties = PublishProperties::default();
     if v.is_v5() {
         properties.message_expiry_interval = Some(60);
-        properties.user_properties.push(("trace".into(), "abc123".into()));
+        properties
+            .user_properties
+            .push(("trace".into(), "abc123".into()));
     }
     Packet::Publish(Publish {
         dup: false,
@@ -56,9 +58,18 @@ fn subscribe(v: ProtocolVersion) -> Packet {
         packet_id: 9,
         properties,
         filters: vec![
-            ("vehicles/4711/commands/#".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
-            ("fleet/+/broadcast".into(), SubscriptionOptions::qos(QoS::ExactlyOnce)),
-            ("$share/workers/jobs/+".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+            (
+                "vehicles/4711/commands/#".into(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            ),
+            (
+                "fleet/+/broadcast".into(),
+                SubscriptionOptions::qos(QoS::ExactlyOnce),
+            ),
+            (
+                "$share/workers/jobs/+".into(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            ),
         ],
     })
 }

@@ -43,7 +43,9 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        ListenerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 1883)) }
+        ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+        }
     }
 }
 
@@ -160,20 +162,30 @@ impl Default for SysConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config field `{field}`: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config = Config::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -186,14 +198,20 @@ impl Config {
     /// Checks every value's range; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid { field, problem: problem.into() })
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            })
         }
         let m = &self.mqtt;
         if m.max_packet_size < 64 {
             return bad("mqtt.max_packet_size", "must be at least 64 bytes");
         }
         if m.max_packet_size > crate::codec::MAX_PACKET_SIZE_PROTOCOL {
-            return bad("mqtt.max_packet_size", "exceeds the protocol maximum of 268435460");
+            return bad(
+                "mqtt.max_packet_size",
+                "exceeds the protocol maximum of 268435460",
+            );
         }
         if m.receive_maximum == 0 {
             return bad("mqtt.receive_maximum", "must be at least 1");
@@ -202,7 +220,10 @@ impl Config {
             return bad("mqtt.max_inflight", "must be at least 1");
         }
         if m.max_qos > 2 {
-            return bad("mqtt.max_qos", format!("{} is not a QoS (0, 1 or 2)", m.max_qos));
+            return bad(
+                "mqtt.max_qos",
+                format!("{} is not a QoS (0, 1 or 2)", m.max_qos),
+            );
         }
         if m.connect_timeout_secs == 0 {
             return bad("mqtt.connect_timeout_secs", "must be at least 1");
@@ -253,7 +274,11 @@ mod tests {
     fn example_config_is_the_default() {
         let text = include_str!("../keelmq.example.toml");
         let parsed = Config::parse(text).unwrap();
-        assert_eq!(parsed, Config::default(), "keelmq.example.toml must state the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "keelmq.example.toml must state the defaults"
+        );
     }
 
     #[test]

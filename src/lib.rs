@@ -12,10 +12,10 @@
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
+pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod router;
-pub mod session;
-pub mod broker;
 pub mod server;
+pub mod session;
 pub mod transport;

@@ -10,7 +10,11 @@ use keelmq::config::Config;
 use keelmq::server::Server;
 
 #[derive(Parser)]
-#[command(name = "keelmq", version, about = "An MQTT broker that acknowledges only what is on disk")]
+#[command(
+    name = "keelmq",
+    version,
+    about = "An MQTT broker that acknowledges only what is on disk"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -81,7 +85,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let server = Server::start(config).await?;
         wait_for_signal().await?;

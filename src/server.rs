@@ -28,7 +28,11 @@ impl Server {
         broker.spawn_background();
         let listener = tokio::spawn(transport::serve_tcp(listener, broker.clone()));
         tracing::info!(%local_addr, "KeelMQ listening (MQTT over TCP)");
-        Ok(Server { broker, local_addr, listener })
+        Ok(Server {
+            broker,
+            local_addr,
+            listener,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -45,7 +49,12 @@ impl Server {
         self.broker.begin_shutdown();
         let _ = self.listener.await;
         let deadline = tokio::time::Instant::now() + grace;
-        while self.broker.metrics().connections_current.load(std::sync::atomic::Ordering::Relaxed) > 0
+        while self
+            .broker
+            .metrics()
+            .connections_current
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;

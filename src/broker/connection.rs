@@ -51,11 +51,17 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 enum Close {
     /// The client sent DISCONNECT with this reason (0x04 asks for the will).
-    Client { reason: ReasonCode, expiry: Option<u32> },
+    Client {
+        reason: ReasonCode,
+        expiry: Option<u32>,
+    },
     /// The socket closed or failed.
     Network,
     /// The broker closes the connection with this reason (a DISCONNECT for v5 clients).
-    Server { reason: ReasonCode, why: &'static str },
+    Server {
+        reason: ReasonCode,
+        why: &'static str,
+    },
     /// Another connection took the session over.
     TakenOver,
     /// The broker is shutting down.
@@ -64,7 +70,10 @@ enum Close {
 
 impl Close {
     fn protocol(why: &'static str) -> Close {
-        Close::Server { reason: ReasonCode::PROTOCOL_ERROR, why }
+        Close::Server {
+            reason: ReasonCode::PROTOCOL_ERROR,
+            why,
+        }
     }
 }
 
@@ -151,13 +160,22 @@ fn sniff_level(buf: &[u8]) -> Option<u8> {
 /// A CONNACK refusing the connection, in the client's version.
 fn refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
     let (code, properties) = if v.is_v5() {
-        let props =
-            ConnAckProperties { reason_string: Some(why.to_string()), ..Default::default() };
+        let props = ConnAckProperties {
+            reason_string: Some(why.to_string()),
+            ..Default::default()
+        };
         (code, props)
     } else {
-        (ReasonCode(code.to_v3_connack()), ConnAckProperties::default())
+        (
+            ReasonCode(code.to_v3_connack()),
+            ConnAckProperties::default(),
+        )
     };
-    Packet::ConnAck(ConnAck { session_present: false, code, properties })
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties,
+    })
 }
 
 /// Waits for the first packet, which must be CONNECT, within the connect timeout.
@@ -226,7 +244,10 @@ where
         None
     };
     if connect.client_id.len() > cfg.mqtt.max_client_id_len {
-        return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client identifier too long");
+        return refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier too long",
+        );
     }
     let mut assigned = None;
     let client_id: ClientId = if connect.client_id.is_empty() {
@@ -236,7 +257,10 @@ where
             ProtocolVersion::V5 => true,
         };
         if !allowed {
-            return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier");
+            return refuse(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client identifier",
+            );
         }
         let id = broker.assign_client_id();
         assigned = Some(id.clone());
@@ -245,17 +269,29 @@ where
         connect.client_id.as_str().into()
     };
     if props.authentication_method.is_some() {
-        return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
+        return refuse(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported",
+        );
     }
     if let Some(w) = &connect.will {
         if w.qos > max_qos(&cfg) {
-            return refuse(ReasonCode::QOS_NOT_SUPPORTED, "will QoS above the maximum QoS");
+            return refuse(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "will QoS above the maximum QoS",
+            );
         }
         if w.retain && !cfg.mqtt.retain_available {
-            return refuse(ReasonCode::RETAIN_NOT_SUPPORTED, "retained wills are not supported");
+            return refuse(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retained wills are not supported",
+            );
         }
         if w.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return refuse(ReasonCode::TOPIC_NAME_INVALID, "will topic has too many levels");
+            return refuse(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "will topic has too many levels",
+            );
         }
     }
     let requested_expiry = if v.is_v5() {
@@ -276,7 +312,10 @@ where
         server_keep_alive = Some(keep_alive);
     }
     let conn_id = broker.next_conn_id();
-    let attached = match broker.connect(conn_id, client_id.clone(), &connect, expiry).await {
+    let attached = match broker
+        .connect(conn_id, client_id.clone(), &connect, expiry)
+        .await
+    {
         Ok(a) => a,
         Err(ConnectRefusal::ServerBusy) => {
             return refuse(ReasonCode::SERVER_BUSY, "too many connections");
@@ -318,7 +357,9 @@ where
     let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
     tracing::debug!(%peer, %client_id, ?v, session_present = attached.session_present, "connected");
     let max_out = if v.is_v5() {
-        props.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE_PROTOCOL)
+        props
+            .maximum_packet_size
+            .unwrap_or(MAX_PACKET_SIZE_PROTOCOL)
     } else {
         MAX_PACKET_SIZE_PROTOCOL
     };
@@ -332,7 +373,11 @@ where
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_received: Instant::now(),
         max_packet_out: max_out,
-        alias_max_out: if v.is_v5() { props.topic_alias_maximum.unwrap_or(0) } else { 0 },
+        alias_max_out: if v.is_v5() {
+            props.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
         connect_expiry: expiry,
@@ -340,7 +385,9 @@ where
         deferred: VecDeque::new(),
     };
     // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
-    let resend = broker.session_op(&conn.slot, conn.id, |s| s.resume()).unwrap_or_default();
+    let resend = broker
+        .session_op(&conn.slot, conn.id, |s| s.resume())
+        .unwrap_or_default();
     let now = Instant::now();
     for out in resend {
         conn.encode_outgoing(&mut io.wbuf, out, now);
@@ -440,7 +487,10 @@ impl Connection {
                 Err(e) => {
                     Metrics::add(&self.broker.shared.metrics.protocol_errors, 1);
                     tracing::info!(client_id = %self.client_id, error = %e, "bad packet");
-                    return Err(Close::Server { reason: e.reason_code(), why: e.clause() });
+                    return Err(Close::Server {
+                        reason: e.reason_code(),
+                        why: e.clause(),
+                    });
                 }
             };
             let held_back_ok = matches!(
@@ -460,7 +510,9 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(mut held) = self.held.take() else { return Ok(()) };
+        let Some(mut held) = self.held.take() else {
+            return Ok(());
+        };
         held.full = self.broker.retry_full(held.full);
         if !held.full.is_empty() {
             self.held = Some(held);
@@ -490,7 +542,11 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.on_publish(p, wbuf).await,
             Packet::PubAck(a) => {
-                if self.broker.session_op(&self.slot, self.id, |s| s.on_puback(a.packet_id)).is_none() {
+                if self
+                    .broker
+                    .session_op(&self.slot, self.id, |s| s.on_puback(a.packet_id))
+                    .is_none()
+                {
                     return Err(Close::TakenOver);
                 }
                 Ok(())
@@ -563,7 +619,11 @@ impl Connection {
                 let ack = UnsubAck {
                     packet_id: u.packet_id,
                     properties: AckProperties::default(),
-                    reason_codes: if self.version.is_v5() { codes } else { Vec::new() },
+                    reason_codes: if self.version.is_v5() {
+                        codes
+                    } else {
+                        Vec::new()
+                    },
                 };
                 self.send(wbuf, &Packet::UnsubAck(ack));
                 Ok(())
@@ -576,16 +636,20 @@ impl Connection {
                 let expiry = d.properties.session_expiry_interval;
                 if self.connect_expiry == 0 && expiry.is_some_and(|e| e > 0) {
                     // [MQTT-3.14.2-2]
-                    return Err(Close::protocol("session expiry set on DISCONNECT after 0 on CONNECT"));
+                    return Err(Close::protocol(
+                        "session expiry set on DISCONNECT after 0 on CONNECT",
+                    ));
                 }
-                Err(Close::Client { reason: d.reason, expiry })
+                Err(Close::Client {
+                    reason: d.reason,
+                    expiry,
+                })
             }
             Packet::Connect(_) => Err(Close::protocol("second CONNECT [MQTT-3.1.0-2]")),
             Packet::Auth(_) => Err(Close::protocol("AUTH without an authentication method")),
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => Err(Close::protocol("packet only a server may send")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::protocol("packet only a server may send"))
+            }
         }
     }
 
@@ -601,7 +665,8 @@ impl Connection {
             QoS::AtLeastOnce => self.send(wbuf, &Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
-                    self.broker.session_op(&self.slot, self.id, |s| s.inbound_qos2_received(packet_id));
+                    self.broker
+                        .session_op(&self.slot, self.id, |s| s.inbound_qos2_received(packet_id));
                 }
                 self.send(wbuf, &Packet::PubRec(ack));
             }
@@ -629,7 +694,9 @@ impl Connection {
         let cfg = self.broker.config();
         Metrics::add(&self.broker.shared.metrics.messages_received, 1);
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(Close::protocol("subscription identifier from a client [MQTT-3.3.4-6]"));
+            return Err(Close::protocol(
+                "subscription identifier from a client [MQTT-3.3.4-6]",
+            ));
         }
         if p.qos > max_qos(cfg) {
             return Err(Close::Server {
@@ -660,7 +727,10 @@ impl Connection {
             }
         }
         let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {
-            (s.inbound_awaiting_rel(), p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id))
+            (
+                s.inbound_awaiting_rel(),
+                p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id),
+            )
         });
         let Some((inflight_in, duplicate)) = inflight_in else {
             return Err(Close::TakenOver);
@@ -671,7 +741,8 @@ impl Connection {
             return Ok(());
         }
         if p.qos != QoS::AtMostOnce
-            && inflight_in + usize::from(self.held.is_some()) >= usize::from(cfg.mqtt.receive_maximum)
+            && inflight_in + usize::from(self.held.is_some())
+                >= usize::from(cfg.mqtt.receive_maximum)
         {
             return Err(Close::Server {
                 reason: ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -679,17 +750,29 @@ impl Connection {
             });
         }
         if p.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return self.refuse_inbound(wbuf, &p, ReasonCode::TOPIC_NAME_INVALID, "too many topic levels");
+            return self.refuse_inbound(
+                wbuf,
+                &p,
+                ReasonCode::TOPIC_NAME_INVALID,
+                "too many topic levels",
+            );
         }
         if p.topic.starts_with('$') {
             // Clients may not publish to `$` topics ($SYS is the broker's).
             if self.version.is_v5() {
-                return self.refuse_inbound(wbuf, &p, ReasonCode::NOT_AUTHORIZED, "$ topics are reserved");
+                return self.refuse_inbound(
+                    wbuf,
+                    &p,
+                    ReasonCode::NOT_AUTHORIZED,
+                    "$ topics are reserved",
+                );
             }
             self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
             return Ok(());
         }
-        if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
             return self.refuse_inbound(
                 wbuf,
                 &p,
@@ -721,7 +804,11 @@ impl Connection {
             } else {
                 // 3.x cannot be told: hold the acknowledgement (and the client) back until the
                 // queues have room. The message is never dropped after an acknowledgement.
-                self.held = Some(HeldBack { packet_id: p.packet_id, qos: p.qos, full: outcome.full });
+                self.held = Some(HeldBack {
+                    packet_id: p.packet_id,
+                    qos: p.qos,
+                    full: outcome.full,
+                });
             }
             return Ok(());
         }
@@ -764,7 +851,11 @@ impl Connection {
                 self.send(wbuf, &Packet::PubRel(PubAck::new(packet_id)));
                 return;
             }
-            Outgoing::Publish { packet_id, delivery, dup } => (packet_id, delivery, dup),
+            Outgoing::Publish {
+                packet_id,
+                delivery,
+                dup,
+            } => (packet_id, delivery, dup),
         };
         let m = &delivery.message;
         let mut publish = Publish {
@@ -805,7 +896,8 @@ impl Connection {
                 // [MQTT-3.1.2-25]: discard as if sent and acknowledged.
                 Metrics::add(&self.broker.shared.metrics.dropped_too_large, 1);
                 if packet_id != 0 {
-                    self.broker.session_op(&self.slot, self.id, |s| s.discard_inflight(packet_id));
+                    self.broker
+                        .session_op(&self.slot, self.id, |s| s.discard_inflight(packet_id));
                 }
             }
         }
@@ -843,6 +935,8 @@ impl Connection {
             Close::Shutdown => (false, None),
             Close::Network | Close::Server { .. } | Close::TakenOver => (true, None),
         };
-        self.broker.disconnect(self.id, &self.slot, publish_will, expiry).await;
+        self.broker
+            .disconnect(self.id, &self.slot, publish_will, expiry)
+            .await;
     }
 }

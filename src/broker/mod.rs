@@ -28,8 +28,8 @@ use tokio::time::Instant;
 
 use crate::codec::topic::parse_shared;
 use crate::codec::{
-    Connect, LastWill, PublishProperties, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscriptionOptions,
+    Connect, LastWill, PublishProperties, QoS, ReasonCode, RetainHandling, Subscribe,
+    SubscriptionOptions,
 };
 use crate::config::Config;
 use crate::router::retained::RetainedStore;
@@ -214,9 +214,13 @@ impl Broker {
         let after = st.session.queued_bytes();
         drop(st);
         if after > before {
-            self.shared.queued_bytes_total.fetch_add(after - before, Ordering::Relaxed);
+            self.shared
+                .queued_bytes_total
+                .fetch_add(after - before, Ordering::Relaxed);
         } else if before > after {
-            self.shared.queued_bytes_total.fetch_sub(before - after, Ordering::Relaxed);
+            self.shared
+                .queued_bytes_total
+                .fetch_sub(before - after, Ordering::Relaxed);
             self.shared.room.notify_waiters();
         }
         r
@@ -239,7 +243,11 @@ impl Broker {
         expiry_interval: u32,
     ) -> Result<Attached, ConnectRefusal> {
         let cfg = &self.shared.config;
-        if self.shared.metrics.connections_current.load(Ordering::Relaxed)
+        if self
+            .shared
+            .metrics
+            .connections_current
+            .load(Ordering::Relaxed)
             > cfg.limits.max_connections as u64
         {
             return Err(ConnectRefusal::ServerBusy);
@@ -319,7 +327,11 @@ impl Broker {
         for (client, will) in wills_to_publish {
             self.publish_will(client, will).await;
         }
-        Ok(Attached { slot, session_present, kicked })
+        Ok(Attached {
+            slot,
+            session_present,
+            kicked,
+        })
     }
 
     /// Detaches connection `conn` from its session after the network connection closed.
@@ -405,7 +417,10 @@ impl Broker {
                 Some((subs, st.pending_will.take().map(|(_, w)| w)))
             });
             let Some(ended) = ended else { return };
-            if sessions.get(&slot.client_id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            if sessions
+                .get(&slot.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, slot))
+            {
                 sessions.remove(&slot.client_id);
             }
             ended
@@ -612,7 +627,9 @@ impl Broker {
     /// Gives a shared-subscription delivery of a departed member to another member of its
     /// group that is connected, if any; otherwise it goes back to the departed member.
     fn redispatch(&self, delivery: Delivery, from: &ClientId) {
-        let Some(group) = delivery.shared_group.clone() else { return };
+        let Some(group) = delivery.shared_group.clone() else {
+            return;
+        };
         let mut target = None;
         {
             let router = self.shared.router.read();
@@ -630,7 +647,9 @@ impl Broker {
         let (slot, granted) = match target {
             Some(t) => t,
             None => {
-                let Some(slot) = self.shared.sessions.lock().get(from).cloned() else { return };
+                let Some(slot) = self.shared.sessions.lock().get(from).cloned() else {
+                    return;
+                };
                 (slot, delivery.qos)
             }
         };
@@ -662,7 +681,10 @@ impl Broker {
                 ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
             } else {
                 let granted = options.qos.min(max_qos(cfg));
-                let opts = SubscriptionOptions { qos: granted, ..*options };
+                let opts = SubscriptionOptions {
+                    qos: granted,
+                    ..*options
+                };
                 let over_limit = {
                     let st = slot.state.lock();
                     !st.session.subscriptions.contains_key(filter)
@@ -681,9 +703,13 @@ impl Broker {
                         },
                     );
                     self.with_slot(slot, |st| {
-                        st.session
-                            .subscriptions
-                            .insert(filter.clone(), SubscriptionRecord { options: opts, identifier })
+                        st.session.subscriptions.insert(
+                            filter.clone(),
+                            SubscriptionRecord {
+                                options: opts,
+                                identifier,
+                            },
+                        )
                     });
                     let send_retained = shared.group.is_none()
                         && match opts.retain_handling {
@@ -726,7 +752,11 @@ impl Broker {
     }
 
     /// Applies an UNSUBSCRIBE; one reason code per filter (0x11 if there was none).
-    pub async fn unsubscribe(&self, slot: &Arc<SessionSlot>, filters: &[String]) -> Vec<ReasonCode> {
+    pub async fn unsubscribe(
+        &self,
+        slot: &Arc<SessionSlot>,
+        filters: &[String],
+    ) -> Vec<ReasonCode> {
         filters
             .iter()
             .map(|f| {
@@ -779,19 +809,40 @@ impl Broker {
         let stats: [(&str, String); 15] = [
             ("version", format!("keelmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", self.uptime().as_secs())),
-            ("clients/connected", Metrics::get(&m.connections_current).to_string()),
+            (
+                "clients/connected",
+                Metrics::get(&m.connections_current).to_string(),
+            ),
             ("clients/total", self.session_count().to_string()),
-            ("clients/maximum", self.shared.config.limits.max_connections.to_string()),
-            ("connections/total", Metrics::get(&m.connections_total).to_string()),
-            ("messages/received", Metrics::get(&m.messages_received).to_string()),
+            (
+                "clients/maximum",
+                self.shared.config.limits.max_connections.to_string(),
+            ),
+            (
+                "connections/total",
+                Metrics::get(&m.connections_total).to_string(),
+            ),
+            (
+                "messages/received",
+                Metrics::get(&m.messages_received).to_string(),
+            ),
             ("messages/sent", Metrics::get(&m.messages_sent).to_string()),
-            ("bytes/received", Metrics::get(&m.bytes_received).to_string()),
+            (
+                "bytes/received",
+                Metrics::get(&m.bytes_received).to_string(),
+            ),
             ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
             ("subscriptions/count", self.subscription_count().to_string()),
             ("retained messages/count", self.retained_count().to_string()),
-            ("publish/messages/dropped", Metrics::get(&m.dropped_qos0).to_string()),
+            (
+                "publish/messages/dropped",
+                Metrics::get(&m.dropped_qos0).to_string(),
+            ),
             ("messages/expired", Metrics::get(&m.expired).to_string()),
-            ("store/messages/bytes", self.queued_bytes_total().to_string()),
+            (
+                "store/messages/bytes",
+                self.queued_bytes_total().to_string(),
+            ),
         ];
         for (name, value) in stats {
             let message = Message {
@@ -816,7 +867,9 @@ impl Broker {
         conn: ConnId,
         f: impl FnOnce(&mut Session) -> R,
     ) -> Option<R> {
-        self.with_slot(slot, |st| (st.owner == Some(conn)).then(|| f(&mut st.session)))
+        self.with_slot(slot, |st| {
+            (st.owner == Some(conn)).then(|| f(&mut st.session))
+        })
     }
 }
 

@@ -46,7 +46,11 @@ impl<T> SharedGroup<T> {
     /// first that is connected, or the first at all when none is.
     pub fn rotation(&self) -> impl Iterator<Item = &Subscription<T>> {
         let n = self.members.len();
-        let start = if n == 0 { 0 } else { self.cursor.fetch_add(1, Ordering::Relaxed) % n };
+        let start = if n == 0 {
+            0
+        } else {
+            self.cursor.fetch_add(1, Ordering::Relaxed) % n
+        };
         (0..n).map(move |i| &self.members[(start + i) % n])
     }
 }
@@ -60,7 +64,11 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { children: HashMap::new(), direct: HashMap::new(), shared: Vec::new() }
+        Node {
+            children: HashMap::new(),
+            direct: HashMap::new(),
+            shared: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +93,10 @@ pub struct Router<T> {
 
 impl<T> Default for Router<T> {
     fn default() -> Self {
-        Router { root: Node::default(), count: 0 }
+        Router {
+            root: Node::default(),
+            count: 0,
+        }
     }
 }
 
@@ -261,7 +272,10 @@ mod tests {
         r.subscribe("#", sub("all"));
         r.subscribe("+/b", sub("plusb"));
         r.subscribe("$SYS/#", sub("sys"));
-        assert_eq!(matched(&r, "a/b"), ["all", "exact", "hash", "plus", "plusb"]);
+        assert_eq!(
+            matched(&r, "a/b"),
+            ["all", "exact", "hash", "plus", "plusb"]
+        );
         assert_eq!(matched(&r, "a"), ["all", "hash"]);
         assert_eq!(matched(&r, "a/b/c"), ["all", "hash"]);
         assert_eq!(matched(&r, "$SYS/uptime"), ["sys"]);

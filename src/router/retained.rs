@@ -18,13 +18,19 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), value: None }
+        Node {
+            children: HashMap::new(),
+            value: None,
+        }
     }
 }
 
 impl<V> Default for RetainedStore<V> {
     fn default() -> Self {
-        RetainedStore { root: Node::default(), count: 0 }
+        RetainedStore {
+            root: Node::default(),
+            count: 0,
+        }
     }
 }
 
@@ -154,8 +160,12 @@ mod tests {
 
     #[test]
     fn agrees_with_the_reference_matcher() {
-        let topics = ["a", "a/b", "a/b/c", "a//c", "/a", "$SYS/x", "$SYS", "b/b", "a/c"];
-        let filters = ["#", "+", "a/#", "a/+", "+/b", "a/+/c", "$SYS/#", "+/+", "/+", "a/b", "$SYS"];
+        let topics = [
+            "a", "a/b", "a/b/c", "a//c", "/a", "$SYS/x", "$SYS", "b/b", "a/c",
+        ];
+        let filters = [
+            "#", "+", "a/#", "a/+", "+/b", "a/+/c", "$SYS/#", "+/+", "/+", "a/b", "$SYS",
+        ];
         let mut store = RetainedStore::new();
         for t in topics {
             store.insert(t, t.to_string());
@@ -165,8 +175,11 @@ mod tests {
             let mut got = Vec::new();
             store.matching(f, |v| got.push(v.clone()));
             got.sort();
-            let mut want: Vec<String> =
-                topics.iter().filter(|t| matches(f, t)).map(|t| t.to_string()).collect();
+            let mut want: Vec<String> = topics
+                .iter()
+                .filter(|t| matches(f, t))
+                .map(|t| t.to_string())
+                .collect();
             want.sort();
             assert_eq!(got, want, "filter {f}");
         }

@@ -99,7 +99,11 @@ pub struct Inflight {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     /// A PUBLISH (`packet_id` 0 for QoS 0).
-    Publish { packet_id: u16, delivery: Delivery, dup: bool },
+    Publish {
+        packet_id: u16,
+        delivery: Delivery,
+        dup: bool,
+    },
     /// A PUBREL for a delivery the client has PUBRECed.
     PubRel { packet_id: u16 },
 }
@@ -267,7 +271,11 @@ impl Session {
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                return Some(Outgoing::Publish { packet_id: 0, delivery, dup: false });
+                return Some(Outgoing::Publish {
+                    packet_id: 0,
+                    delivery,
+                    dup: false,
+                });
             }
             let packet_id = self.allocate_packet_id();
             let state = if delivery.qos == QoS::AtLeastOnce {
@@ -275,8 +283,16 @@ impl Session {
             } else {
                 OutboundState::AwaitingPubRec
             };
-            self.inflight.push_back(Inflight { packet_id, delivery: delivery.clone(), state });
-            return Some(Outgoing::Publish { packet_id, delivery, dup: false });
+            self.inflight.push_back(Inflight {
+                packet_id,
+                delivery: delivery.clone(),
+                state,
+            });
+            return Some(Outgoing::Publish {
+                packet_id,
+                delivery,
+                dup: false,
+            });
         }
     }
 
@@ -295,8 +311,10 @@ impl Session {
     }
 
     fn take_inflight(&mut self, packet_id: u16, state: OutboundState) -> Option<Inflight> {
-        let pos =
-            self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)?;
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == state)?;
         self.inflight.remove(pos)
     }
 
@@ -348,7 +366,9 @@ impl Session {
         self.inflight
             .iter()
             .map(|i| match i.state {
-                OutboundState::AwaitingPubComp => Outgoing::PubRel { packet_id: i.packet_id },
+                OutboundState::AwaitingPubComp => Outgoing::PubRel {
+                    packet_id: i.packet_id,
+                },
                 _ => Outgoing::Publish {
                     packet_id: i.packet_id,
                     delivery: i.delivery.clone(),

@@ -4,7 +4,10 @@
 use super::*;
 use std::time::Duration;
 
-const LIMITS: SessionLimits = SessionLimits { max_queued_messages: 4, max_queued_bytes: 100 };
+const LIMITS: SessionLimits = SessionLimits {
+    max_queued_messages: 4,
+    max_queued_bytes: 100,
+};
 
 fn session() -> Session {
     let mut s = Session::new("c".into(), ProtocolVersion::V5, LIMITS);
@@ -48,12 +51,17 @@ fn outbound_qos2_survives_a_disconnect_at_every_step() {
     for disconnect_after in 0..=steps.len() {
         let now = Instant::now();
         let mut s = session();
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true),
+            Enqueued::Queued
+        );
         let mut packet_id = 0;
         let mut completed = 0;
         let mut run = |s: &mut Session, step: OutStep, packet_id: &mut u16| match step {
             OutStep::Send => {
-                let Some(Outgoing::Publish { packet_id: id, dup, .. }) = s.next_publish(now)
+                let Some(Outgoing::Publish {
+                    packet_id: id, dup, ..
+                }) = s.next_publish(now)
                 else {
                     panic!("nothing to send")
                 };
@@ -92,7 +100,10 @@ fn outbound_qos2_survives_a_disconnect_at_every_step() {
                 run(&mut s, *step, &mut packet_id);
             }
         }
-        assert_eq!(completed, 1, "exactly one completion (disconnect after {disconnect_after})");
+        assert_eq!(
+            completed, 1,
+            "exactly one completion (disconnect after {disconnect_after})"
+        );
         assert_eq!(s.inflight_len(), 0);
         assert!(s.resume().is_empty());
         assert!(s.next_publish(now).is_none());
@@ -126,7 +137,10 @@ fn inbound_qos2_routes_exactly_once_whatever_the_disconnects() {
         let mut first = true;
         loop {
             let found = s.inbound_pubrel(packet_id);
-            assert_eq!(found, first, "PUBCOMP 0x00 first, 0x92 for a re-sent PUBREL");
+            assert_eq!(
+                found, first,
+                "PUBCOMP 0x00 first, 0x92 for a re-sent PUBREL"
+            );
             first = false;
             if pending_drops.first() == Some(&1) {
                 pending_drops.remove(0);
@@ -158,31 +172,56 @@ fn window_limits_inflight_and_qos0_bypasses_it() {
     };
     assert_ne!(pa, pb);
     assert_eq!(s.on_puback(pa).unwrap().qos, QoS::AtLeastOnce);
-    assert_eq!(s.on_puback(pa), Err(UnknownPacketId(pa)), "a second PUBACK is unknown");
+    assert_eq!(
+        s.on_puback(pa),
+        Err(UnknownPacketId(pa)),
+        "a second PUBACK is unknown"
+    );
     assert!(s.next_publish(now).is_some());
     // QoS 0 is not limited by the window.
     s.enqueue(delivery(QoS::AtMostOnce, b"z"), true);
-    assert!(matches!(s.next_publish(now), Some(Outgoing::Publish { packet_id: 0, .. })));
+    assert!(matches!(
+        s.next_publish(now),
+        Some(Outgoing::Publish { packet_id: 0, .. })
+    ));
 }
 
 #[test]
 fn queue_limits_drop_qos0_and_refuse_qos1() {
     let mut s = session();
     for _ in 0..4 {
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789"), true), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789"), true),
+            Enqueued::Queued
+        );
     }
-    assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, b"x"), true), Enqueued::DroppedQos0);
-    assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true), Enqueued::Full);
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtMostOnce, b"x"), true),
+        Enqueued::DroppedQos0
+    );
+    assert_eq!(
+        s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true),
+        Enqueued::Full
+    );
     assert_eq!(s.dropped_qos0, 1);
     assert_eq!(s.queued_len(), 4);
     assert_eq!(s.queued_bytes(), 40);
     // Bytes limit.
     let mut s = session();
     static BIG: [u8; 90] = [0; 90];
-    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, &BIG), true), Enqueued::Queued);
-    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789abc"), true), Enqueued::Full);
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtLeastOnce, &BIG), true),
+        Enqueued::Queued
+    );
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789abc"), true),
+        Enqueued::Full
+    );
     // The broker-wide cap.
-    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"a"), false), Enqueued::Full);
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtLeastOnce, b"a"), false),
+        Enqueued::Full
+    );
 }
 
 #[test]
@@ -191,16 +230,25 @@ fn expired_messages_are_never_sent() {
     let mut s = session();
     let mut m = (*message(QoS::AtLeastOnce, b"old")).clone();
     m.expires_at = Some(now + Duration::from_secs(5));
-    let d = Delivery { message: Arc::new(m), ..delivery(QoS::AtLeastOnce, b"") };
+    let d = Delivery {
+        message: Arc::new(m),
+        ..delivery(QoS::AtLeastOnce, b"")
+    };
     s.enqueue(d.clone(), true);
     s.enqueue(delivery(QoS::AtLeastOnce, b"new"), true);
     let later = now + Duration::from_secs(6);
-    let Some(Outgoing::Publish { delivery, .. }) = s.next_publish(later) else { panic!() };
+    let Some(Outgoing::Publish { delivery, .. }) = s.next_publish(later) else {
+        panic!()
+    };
     assert_eq!(&delivery.message.payload[..], b"new");
     assert_eq!(s.expired, 1);
     assert_eq!(s.queued_bytes(), 0);
     // Remaining expiry is rounded up.
-    assert_eq!(d.message.remaining_expiry_secs(now + Duration::from_millis(2500)), Some(3));
+    assert_eq!(
+        d.message
+            .remaining_expiry_secs(now + Duration::from_millis(2500)),
+        Some(3)
+    );
     s.enqueue(d, true);
     s.purge_expired(later);
     assert_eq!(s.queued_len(), 0);
@@ -212,8 +260,14 @@ fn refused_pubrec_ends_the_flow_and_unknown_ids_are_reported() {
     let mut s = session();
     assert_eq!(s.on_pubrec(9, false), PubRecOutcome::Unknown);
     s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true);
-    let Some(Outgoing::Publish { packet_id, .. }) = s.next_publish(now) else { panic!() };
-    assert_eq!(s.on_puback(packet_id), Err(UnknownPacketId(packet_id)), "PUBACK for QoS 2");
+    let Some(Outgoing::Publish { packet_id, .. }) = s.next_publish(now) else {
+        panic!()
+    };
+    assert_eq!(
+        s.on_puback(packet_id),
+        Err(UnknownPacketId(packet_id)),
+        "PUBACK for QoS 2"
+    );
     assert_eq!(s.on_pubrec(packet_id, true), PubRecOutcome::Refused);
     assert_eq!(s.inflight_len(), 0);
     assert_eq!(s.on_pubcomp(packet_id), Err(UnknownPacketId(packet_id)));
@@ -237,14 +291,20 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
     assert_eq!(ids, [u16::MAX, 1, 2]);
     s.next_packet_id = 1;
     s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true);
-    assert!(matches!(s.next_publish(now), Some(Outgoing::Publish { packet_id: 3, .. })));
+    assert!(matches!(
+        s.next_publish(now),
+        Some(Outgoing::Publish { packet_id: 3, .. })
+    ));
 }
 
 #[test]
 fn shared_deliveries_are_handed_back_except_qos2_in_flight() {
     let now = Instant::now();
     let mut s = session();
-    let shared = |qos| Delivery { shared_group: Some("g".into()), ..delivery(qos, b"s") };
+    let shared = |qos| Delivery {
+        shared_group: Some("g".into()),
+        ..delivery(qos, b"s")
+    };
     s.enqueue(shared(QoS::AtLeastOnce), true);
     s.enqueue(shared(QoS::ExactlyOnce), true);
     s.enqueue(shared(QoS::AtLeastOnce), true);
