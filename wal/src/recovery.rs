@@ -66,6 +66,9 @@ pub(crate) struct RecoveredLog {
     pub active_file: Box<dyn FsFile>,
     pub active_len: u64,
     pub next_seq: u64,
+    /// Above every segment number seen in the directory, including files recovery removed
+    /// or skipped, so a rotation never collides with a leftover name.
+    pub next_segment_seq: u64,
 }
 
 struct Scanned {
@@ -135,6 +138,7 @@ pub(crate) fn recover(
             (vec![info], file, SEGMENT_HEADER_LEN as u64, 1)
         }
     };
+    let next_segment_seq = segments_max(&segments).max(max_segment_seq) + 1;
     report.first_seq = segments.first().map_or(next_seq, |s| s.first_seq);
     report.last_seq = next_seq - 1;
     report.segments = segments.len();
@@ -144,9 +148,14 @@ pub(crate) fn recover(
             active_file,
             active_len,
             next_seq,
+            next_segment_seq,
         },
         report,
     ))
+}
+
+fn segments_max(segments: &[SegmentInfo]) -> u64 {
+    segments.iter().map(|s| s.segment_seq).max().unwrap_or(0)
 }
 
 fn list_segments(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {

@@ -96,10 +96,7 @@ impl Wal {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let writer = Writer::new(
             Arc::clone(&shared),
-            log.segments,
-            log.active_file,
-            log.active_len,
-            last_seq,
+            log,
             completions,
             Arc::clone(&in_flight),
         )
@@ -177,6 +174,8 @@ impl Wal {
     /// Reads records with sequence numbers `>= from_seq` that were completely written when this
     /// is called. Fails with [`Error::Truncated`] if a checkpoint already deleted some of them.
     pub fn read_from(&self, from_seq: u64) -> Result<WalReader> {
+        // Sequence numbers start at 1; 0 means "from the beginning".
+        let from_seq = from_seq.max(1);
         let end_seq = self.shared.written_seq.load(Ordering::Acquire);
         WalReader::new(
             Arc::clone(&self.shared.fs),

@@ -30,6 +30,7 @@ use crate::format::{self, FrameMeta, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{write_all_at, Fs, FsFile};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::queue::{Item, Queue, Take};
+use crate::recovery::RecoveredLog;
 use crate::segment::{segment_path, SegmentInfo};
 
 /// Capacity, in batches, of the channel from the writer to the completion thread. Two or three
@@ -111,6 +112,8 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Active,
     segments: Vec<SegmentInfo>,
+    /// Number for the next segment file.
+    next_segment_seq: u64,
     durable_seq: u64,
     written_seq: u64,
     /// Under `IntervalMs`, when the written-but-unsynced records must be synced.
@@ -161,20 +164,25 @@ pub(crate) fn create_segment(
 }
 
 impl Writer {
+    /// A writer continuing the log recovery found. `None` only if recovery produced no
+    /// segment, which it never does.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        segments: Vec<SegmentInfo>,
-        file: Box<dyn FsFile>,
-        len: u64,
-        last_seq: u64,
+        log: RecoveredLog,
         completions: SyncSender<CompletionBatch>,
         completions_in_flight: Arc<AtomicUsize>,
     ) -> Option<Writer> {
-        let info = segments.last()?.clone();
+        let info = log.segments.last()?.clone();
+        let last_seq = log.next_seq - 1;
         Some(Writer {
             shared,
-            active: Active { info, file, len },
-            segments,
+            active: Active {
+                info,
+                file: log.active_file,
+                len: log.active_len,
+            },
+            segments: log.segments,
+            next_segment_seq: log.next_segment_seq,
             durable_seq: last_seq,
             written_seq: last_seq,
             sync_deadline: None,
@@ -490,7 +498,7 @@ impl Writer {
     /// Starts a new segment whose first record will be `first_seq`. The caller has synced the
     /// old one (sealing it: recovery treats any damage in a non-newest segment as corruption).
     fn rotate(&mut self, first_seq: u64) -> Result<(), Failure> {
-        let segment_seq = self.active.info.segment_seq + 1;
+        let segment_seq = self.next_segment_seq.max(self.active.info.segment_seq + 1);
         let path = segment_path(&self.shared.dir, segment_seq);
         let fs = self.shared.fs.as_ref();
         let file = create_segment(fs, &self.shared.dir, &path, segment_seq, first_seq).map_err(
@@ -512,6 +520,7 @@ impl Writer {
             file,
             len: SEGMENT_HEADER_LEN as u64,
         };
+        self.next_segment_seq = segment_seq + 1;
         self.segments.push(info);
         self.publish_segments();
         self.shared

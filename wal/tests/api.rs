@@ -321,3 +321,42 @@ fn skip_corrupt_mode_returns_what_verifies_around_damage() {
         .all(|r| check_payload(&r.payload) == Some(r.seq)));
     assert!(records.iter().all(|r| r.seq != 1));
 }
+
+#[test]
+fn a_torn_segment_creation_is_removed_and_its_number_never_reused() {
+    let fs = MemFs::new();
+    let options = small_segments();
+    let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
+    for id in 1..=3u64 {
+        wal.append(0, payload_for(id))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    wal.close().unwrap();
+    // What a crash in the middle of creating segment 5 can leave: half a header.
+    let torn = PathBuf::from("/w/0000000000000005.wal");
+    fs.write_file_durable(&torn, b"KEELMQ");
+    let (wal, recovery) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options).unwrap();
+    assert_eq!(recovery.last_seq, 3);
+    assert_eq!(
+        recovery.torn_tail.as_ref().map(|t| t.segment.clone()),
+        Some(torn.clone())
+    );
+    assert!(fs.read_file(&torn).is_err(), "the torn file is removed");
+    for id in 4..=40u64 {
+        wal.append(0, payload_for(id))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let paths = wal.segment_paths();
+    assert!(paths.len() > 2);
+    assert!(
+        !paths.contains(&torn),
+        "segment number 5 must not be reused"
+    );
+    assert_eq!(read_all(&wal, 1).len(), 40);
+}
