@@ -19,6 +19,34 @@
 //! - `reader`: [`WalReader`], the iterator behind [`Wal::read_from`].
 //! - `durable`: [`Durable`], the one-shot completion handle.
 //!
+//! # Example
+//!
+//! ```
+//! use keelmq_wal::{Wal, WalOptions};
+//!
+//! # fn main() -> keelmq_wal::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("keelmq-wal-doc-{}", std::process::id()));
+//! let (wal, recovery) = Wal::open(&dir, WalOptions::default())?;
+//! // Replay what a checkpoint has not covered yet (here: everything).
+//! for record in wal.read_from(recovery.first_seq)? {
+//!     let record = record?;
+//!     println!("replaying {} (type {})", record.seq, record.record_type);
+//! }
+//! let appended = wal.append(1, b"session created".as_slice())?;
+//! let seq = appended.durable.wait()?; // on disk now: safe to acknowledge
+//! assert_eq!(seq, appended.seq);
+//! // After a checkpoint has persisted everything through `seq` elsewhere:
+//! wal.truncate_through(seq)?;
+//! wal.close()?;
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! From async code, use [`Durable::on_complete`] to complete a oneshot channel instead of
+//! blocking in [`Durable::wait`], and [`Wal::try_append`] (or a blocking-pool thread) so a
+//! full queue never blocks a runtime worker.
+//!
 //! # Guarantees
 //!
 //! - Under [`SyncPolicy::Always`] a [`Durable`] completes with `Ok` only after an fdatasync
