@@ -603,7 +603,14 @@ fn publish_acks_all_versions() {
         let code = if t <= 5 { 0x10 } else { 0x92 };
         let mut a = PubAck::new(1);
         a.reason = ReasonCode(code);
-        round_trip(V5, &[first, 0x03, 0x00, 0x01, code], make(t, a.clone()));
+        // The short form without property length decodes; we always write the length.
+        let short = decode_frame(&[first, 0x03, 0x00, 0x01, code], Some(V5), MAX).unwrap();
+        assert_eq!(short, Some(make(t, a.clone())));
+        round_trip(
+            V5,
+            &[first, 0x04, 0x00, 0x01, code, 0x00],
+            make(t, a.clone()),
+        );
         a.properties.reason_string = Some(s("why"));
         a.properties.user_properties.push((s("a"), s("b")));
         #[rustfmt::skip]
@@ -869,7 +876,9 @@ fn ping_disconnect_auth() {
     assert_eq!(reject(Some(V311), &[0xE0, 0x01, 0x04]).clause(), "§2.1.4");
     // v5 DISCONNECT with a reason code, then with properties.
     let d = Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE);
-    round_trip(V5, &[0xE0, 0x01, 0x04], Packet::Disconnect(d));
+    let short = decode_frame(&[0xE0, 0x01, 0x04], Some(V5), MAX).unwrap();
+    assert_eq!(short, Some(Packet::Disconnect(d.clone())));
+    round_trip(V5, &[0xE0, 0x02, 0x04, 0x00], Packet::Disconnect(d));
     let mut d = Disconnect::new(ReasonCode::SERVER_MOVED);
     d.properties.server_reference = Some(s("h"));
     d.properties.session_expiry_interval = Some(0);

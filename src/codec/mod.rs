@@ -12,7 +12,8 @@
 //! # Encoding
 //! [`encode`] writes a packet for a given protocol version; [`encoded_len`] computes its size
 //! without writing, so the broker can honour a client's Maximum Packet Size. Optional v5 fields
-//! are written in their shortest form (e.g. a successful PUBACK without properties is 4 bytes).
+//! are left out where the spec allows (a successful PUBACK without properties is 4 bytes), but a
+//! reason code is always followed by its property length, which some clients require.
 
 mod error;
 mod packet;

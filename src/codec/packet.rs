@@ -789,12 +789,12 @@ impl Publish {
 }
 
 impl PubAck {
+    // A reason code is always followed by its property length, even when it is 0: the spec
+    // lets a receiver accept the shorter form (and our decoder does), but some clients
+    // (rumqttc 0.24's DISCONNECT) wait forever for the missing byte.
     pub(crate) fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
         if !v.is_v5() || (self.reason == ReasonCode::SUCCESS && self.properties.is_empty()) {
             return Ok(2);
-        }
-        if self.properties.is_empty() {
-            return Ok(3);
         }
         Ok(3 + self.properties.encoded_len()?)
     }
@@ -805,9 +805,7 @@ impl PubAck {
             return;
         }
         dst.put_u8(self.reason.0);
-        if !self.properties.is_empty() {
-            put_props(v, &self.properties, dst);
-        }
+        put_props(v, &self.properties, dst);
     }
 }
 
@@ -896,9 +894,6 @@ impl Disconnect {
         if !v.is_v5() || (self.reason == ReasonCode::SUCCESS && self.properties.is_empty()) {
             return Ok(0);
         }
-        if self.properties.is_empty() {
-            return Ok(1);
-        }
         Ok(1 + self.properties.encoded_len()?)
     }
 
@@ -907,9 +902,7 @@ impl Disconnect {
             return;
         }
         dst.put_u8(self.reason.0);
-        if !self.properties.is_empty() {
-            put_props(v, &self.properties, dst);
-        }
+        put_props(v, &self.properties, dst);
     }
 }
 
