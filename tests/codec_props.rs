@@ -19,7 +19,11 @@ fn version() -> impl Strategy<Value = ProtocolVersion> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 /// Any string MQTT allows: valid UTF-8 without U+0000.
@@ -75,17 +79,19 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
         option::of(text()),
         option::of(bin()),
     )
-        .prop_map(|(se, rm, mps, tam, rri, rpi, up, am, ad)| ConnectProperties {
-            session_expiry_interval: se,
-            receive_maximum: rm,
-            maximum_packet_size: mps,
-            topic_alias_maximum: tam,
-            request_response_information: rri,
-            request_problem_information: rpi,
-            user_properties: up,
-            authentication_method: am,
-            authentication_data: ad,
-        })
+        .prop_map(
+            |(se, rm, mps, tam, rri, rpi, up, am, ad)| ConnectProperties {
+                session_expiry_interval: se,
+                receive_maximum: rm,
+                maximum_packet_size: mps,
+                topic_alias_maximum: tam,
+                request_response_information: rri,
+                request_problem_information: rpi,
+                user_properties: up,
+                authentication_method: am,
+                authentication_data: ad,
+            },
+        )
 }
 
 fn will_properties() -> impl Strategy<Value = WillProperties> {
@@ -120,61 +126,92 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         option::of(text()),
         option::of(bin()),
     )
-        .prop_map(move |(clean_start, keep_alive, props, client_id, will, username, password)| {
-            // 3.x allows a password only together with a user name [MQTT-3.1.2-22].
-            let password = if v5 || username.is_some() { password } else { None };
-            Packet::Connect(Box::new(Connect {
-                protocol: v,
-                clean_start,
-                keep_alive,
-                properties: if v5 { props } else { Default::default() },
-                client_id,
-                will: will.map(|(topic, payload, qos, retain, wp)| LastWill {
-                    topic: topic.into(),
-                    payload,
-                    qos,
-                    retain,
-                    properties: if v5 { wp } else { Default::default() },
-                }),
-                username,
-                password,
-            }))
-        })
+        .prop_map(
+            move |(clean_start, keep_alive, props, client_id, will, username, password)| {
+                // 3.x allows a password only together with a user name [MQTT-3.1.2-22].
+                let password = if v5 || username.is_some() {
+                    password
+                } else {
+                    None
+                };
+                Packet::Connect(Box::new(Connect {
+                    protocol: v,
+                    clean_start,
+                    keep_alive,
+                    properties: if v5 { props } else { Default::default() },
+                    client_id,
+                    will: will.map(|(topic, payload, qos, retain, wp)| LastWill {
+                        topic: topic.into(),
+                        payload,
+                        qos,
+                        retain,
+                        properties: if v5 { wp } else { Default::default() },
+                    }),
+                    username,
+                    password,
+                }))
+            },
+        )
 }
 
 fn connack(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let codes: Vec<u8> = if v.is_v5() {
-        vec![0x00, 0x80, 0x81, 0x82, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x9B, 0x9F]
+        vec![
+            0x00, 0x80, 0x81, 0x82, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x9B, 0x9F,
+        ]
     } else {
         vec![0, 1, 2, 3, 4, 5]
     };
     let props = (
-        (option::of(any::<u32>()), option::of(1u16..), option::of(0u8..=1), flag()),
-        (option::of(1u32..), option::of(text()), option::of(any::<u16>()), option::of(text())),
-        (user_props(), flag(), flag(), flag(), option::of(any::<u16>())),
-        (option::of(text()), option::of(text()), option::of(text()), option::of(bin())),
+        (
+            option::of(any::<u32>()),
+            option::of(1u16..),
+            option::of(0u8..=1),
+            flag(),
+        ),
+        (
+            option::of(1u32..),
+            option::of(text()),
+            option::of(any::<u16>()),
+            option::of(text()),
+        ),
+        (
+            user_props(),
+            flag(),
+            flag(),
+            flag(),
+            option::of(any::<u16>()),
+        ),
+        (
+            option::of(text()),
+            option::of(text()),
+            option::of(text()),
+            option::of(bin()),
+        ),
     )
-        .prop_map(|((se, rm, mq, ra), (mps, aci, tam, rs), (up, w, si, sh, ska), (ri, sr, am, ad))| {
-            ConnAckProperties {
-                session_expiry_interval: se,
-                receive_maximum: rm,
-                maximum_qos: mq,
-                retain_available: ra,
-                maximum_packet_size: mps,
-                assigned_client_identifier: aci,
-                topic_alias_maximum: tam,
-                reason_string: rs,
-                user_properties: up,
-                wildcard_subscription_available: w,
-                subscription_identifiers_available: si,
-                shared_subscription_available: sh,
-                server_keep_alive: ska,
-                response_information: ri,
-                server_reference: sr,
-                authentication_method: am,
-                authentication_data: ad,
-            }
-        });
+        .prop_map(
+            |((se, rm, mq, ra), (mps, aci, tam, rs), (up, w, si, sh, ska), (ri, sr, am, ad))| {
+                ConnAckProperties {
+                    session_expiry_interval: se,
+                    receive_maximum: rm,
+                    maximum_qos: mq,
+                    retain_available: ra,
+                    maximum_packet_size: mps,
+                    assigned_client_identifier: aci,
+                    topic_alias_maximum: tam,
+                    reason_string: rs,
+                    user_properties: up,
+                    wildcard_subscription_available: w,
+                    subscription_identifiers_available: si,
+                    shared_subscription_available: sh,
+                    server_keep_alive: ska,
+                    response_information: ri,
+                    server_reference: sr,
+                    authentication_method: am,
+                    authentication_data: ad,
+                }
+            },
+        );
     (proptest::sample::select(codes), any::<bool>(), props).prop_map(move |(code, sp, props)| {
         Packet::ConnAck(ConnAck {
             session_present: sp && code == 0,
@@ -205,7 +242,15 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
             subscription_identifiers: si,
             content_type: ct,
         });
-    (any::<bool>(), qos(), any::<bool>(), topic_name(), 1u16.., props, vec(any::<u8>(), 0..64))
+    (
+        any::<bool>(),
+        qos(),
+        any::<bool>(),
+        topic_name(),
+        1u16..,
+        props,
+        vec(any::<u8>(), 0..64),
+    )
         .prop_map(move |(dup, qos, retain, topic, pid, props, payload)| {
             let qos0 = qos == QoS::AtMostOnce;
             Packet::Publish(Publish {
@@ -221,13 +266,20 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
 }
 
 fn ack_properties() -> impl Strategy<Value = AckProperties> {
-    (option::of(text()), user_props())
-        .prop_map(|(rs, up)| AckProperties { reason_string: rs, user_properties: up })
+    (option::of(text()), user_props()).prop_map(|(rs, up)| AckProperties {
+        reason_string: rs,
+        user_properties: up,
+    })
 }
 
 fn pub_ack(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (0u8..4, 1u16.., any::<prop::sample::Index>(), ack_properties()).prop_map(
-        move |(kind, packet_id, idx, props)| {
+    (
+        0u8..4,
+        1u16..,
+        any::<prop::sample::Index>(),
+        ack_properties(),
+    )
+        .prop_map(move |(kind, packet_id, idx, props)| {
             let codes: &[u8] = if kind < 2 {
                 &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]
             } else {
@@ -244,8 +296,7 @@ fn pub_ack(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 2 => Packet::PubRel(a),
                 _ => Packet::PubComp(a),
             }
-        },
-    )
+        })
 }
 
 fn subscription_options(v: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions> {
@@ -281,46 +332,68 @@ fn subscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 }
             }
             let properties = if v.is_v5() {
-                SubscribeProperties { subscription_identifier: sid, user_properties: up }
+                SubscribeProperties {
+                    subscription_identifier: sid,
+                    user_properties: up,
+                }
             } else {
                 Default::default()
             };
-            Packet::Subscribe(Subscribe { packet_id, properties, filters })
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                properties,
+                filters,
+            })
         })
 }
 
 fn suback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let codes: Vec<u8> = if v.is_v5() {
-        vec![0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2]
+        vec![
+            0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+        ]
     } else {
         vec![0x00, 0x01, 0x02, 0x80]
     };
-    (1u16.., ack_properties(), vec(proptest::sample::select(codes), 1..6)).prop_map(
-        move |(packet_id, props, codes)| {
+    (
+        1u16..,
+        ack_properties(),
+        vec(proptest::sample::select(codes), 1..6),
+    )
+        .prop_map(move |(packet_id, props, codes)| {
             Packet::SubAck(SubAck {
                 packet_id,
                 properties: if v.is_v5() { props } else { Default::default() },
                 reason_codes: codes.into_iter().map(ReasonCode).collect(),
             })
-        },
-    )
+        })
 }
 
 fn unsubscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (1u16.., user_props(), vec(topic_filter(), 1..5)).prop_map(move |(packet_id, up, filters)| {
         let properties = if v.is_v5() {
-            UnsubscribeProperties { user_properties: up }
+            UnsubscribeProperties {
+                user_properties: up,
+            }
         } else {
             Default::default()
         };
-        Packet::Unsubscribe(Unsubscribe { packet_id, properties, filters })
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties,
+            filters,
+        })
     })
 }
 
 fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let codes = vec![0x00u8, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
-    (1u16.., ack_properties(), vec(proptest::sample::select(codes), 1..6)).prop_map(
-        move |(packet_id, props, codes)| {
+    (
+        1u16..,
+        ack_properties(),
+        vec(proptest::sample::select(codes), 1..6),
+    )
+        .prop_map(move |(packet_id, props, codes)| {
             Packet::UnsubAck(if v.is_v5() {
                 UnsubAck {
                     packet_id,
@@ -328,14 +401,19 @@ fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     reason_codes: codes.into_iter().map(ReasonCode).collect(),
                 }
             } else {
-                UnsubAck { packet_id, properties: Default::default(), reason_codes: vec![] }
+                UnsubAck {
+                    packet_id,
+                    properties: Default::default(),
+                    reason_codes: vec![],
+                }
             })
-        },
-    )
+        })
 }
 
 fn disconnect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let codes = vec![0x00u8, 0x04, 0x80, 0x81, 0x82, 0x8B, 0x8E, 0x93, 0x95, 0x97, 0x9C, 0xA2];
+    let codes = vec![
+        0x00u8, 0x04, 0x80, 0x81, 0x82, 0x8B, 0x8E, 0x93, 0x95, 0x97, 0x9C, 0xA2,
+    ];
     (
         proptest::sample::select(codes),
         option::of(any::<u32>()),
