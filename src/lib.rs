@@ -6,9 +6,15 @@
 //!
 //! - [`codec`]: pure, synchronous encode/decode of every MQTT packet of every version, with
 //!   v5 properties and reason codes. Decoding never panics and names the spec clause it rejects.
-//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit.
-//! - `keelmq-storage` (crate in `storage/`): the LSM state store (RocksDB), filled in by the
-//!   durability work.
+//! - [`session`]: the I/O-free session state machine (queue, in-flight window, QoS 2 states).
+//! - [`router`]: the subscription trie with shared groups, and the retained-message trie.
+//! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
+//!   per-connection task ([`broker::connection`]) and the background tasks (expiry, wills, `$SYS`).
+//! - [`transport`]: listeners producing byte streams (TCP now).
+//! - [`server`]: starting and stopping a whole broker.
+//! - [`config`]: the TOML configuration with its defaults and validation.
+//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit (not yet wired in).
+//! - `keelmq-storage` (crate in `storage/`): the LSM state store, filled in by the durability work.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
