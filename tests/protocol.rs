@@ -717,3 +717,131 @@ async fn server_shutdown_sends_0x8b() {
     server.shutdown(Duration::from_secs(2)).await;
     c.expect_disconnect(ReasonCode::SERVER_SHUTTING_DOWN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_connect_timeout() {
+    let mut config = common::test_config();
+    config.limits.max_connections = 1;
+    config.mqtt.connect_timeout_secs = 1;
+    let server = common::start(config).await;
+    let addr = server.local_addr();
+    let (_first, _) = RawClient::connect(addr, V5, "only", true, |_| {}).await;
+    let mut second = RawClient::tcp(addr, V5).await;
+    assert_eq!(
+        second.handshake("second", true, |_| {}).await.code,
+        ReasonCode::SERVER_BUSY
+    );
+    let mut second = RawClient::tcp(addr, V311).await;
+    assert_eq!(
+        second.handshake("second", true, |_| {}).await.code,
+        ReasonCode(3)
+    );
+    // A connection that never sends CONNECT is closed after the connect timeout.
+    let mut idle = RawClient::tcp(addr, V311).await;
+    let started = std::time::Instant::now();
+    assert_eq!(idle.recv_within(Duration::from_secs(3)).await, Recv::Closed);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_stalls_nobody() {
+    let server = common::start(common::test_config()).await;
+    let addr = server.local_addr();
+    // `stuck` subscribes and then never reads its socket.
+    let (mut stuck, _) = RawClient::connect(addr, V311, "stuck", true, |_| {}).await;
+    stuck.subscribe(1, "flood", opts(QoS::AtMostOnce)).await;
+    let (mut fast, _) = RawClient::connect(addr, V311, "fast", true, |_| {}).await;
+    fast.subscribe(1, "flood", opts(QoS::AtMostOnce)).await;
+    let (mut publ, _) = RawClient::connect(addr, V311, "flooder", true, |_| {}).await;
+    static PAYLOAD: [u8; 4096] = [0x5A; 4096];
+    let total = 3000; // 12 MB: far beyond the socket buffers and the write-buffer bound
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < total {
+            match fast.recv_within(Duration::from_secs(10)).await {
+                Recv::Packet(Packet::Publish(_)) => got += 1,
+                other => panic!("fast subscriber after {got}: {other:?}"),
+            }
+        }
+        got
+    });
+    for _ in 0..total {
+        publ.publish("flood", &PAYLOAD, QoS::AtMostOnce, 0, false)
+            .await;
+    }
+    // A QoS 0 stream: `fast` may lose messages only if its own queue overflowed, which it does
+    // not while it keeps reading. The publisher is never blocked by `stuck`.
+    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("no stall")
+        .unwrap();
+    assert_eq!(got, total);
+    let dropped = server
+        .broker()
+        .metrics()
+        .dropped_qos0
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 0,
+        "the stuck subscriber's overflow is dropped and counted"
+    );
+    drop(stuck);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_publishes_the_old_will_unless_delayed_and_resumed() {
+    let server = common::start(common::test_config()).await;
+    let addr = server.local_addr();
+    let (mut watch, _) = RawClient::connect(addr, V5, "tw-watch", true, |_| {}).await;
+    watch.subscribe(1, "tw/#", opts(QoS::AtMostOnce)).await;
+    let will = |delay: Option<u32>| {
+        move |c: &mut Connect| {
+            c.properties.session_expiry_interval = Some(60);
+            c.will = Some(LastWill {
+                topic: "tw/will".into(),
+                payload: Bytes::from_static(b"w"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: WillProperties {
+                    will_delay_interval: delay,
+                    ..Default::default()
+                },
+            });
+        }
+    };
+    // No delay: the old connection's will is published at takeover.
+    let (_a, _) = RawClient::connect(addr, V5, "tw", true, will(None)).await;
+    let (_b, _) = RawClient::connect(addr, V5, "tw", false, will(Some(30))).await;
+    assert_eq!(&*watch.next_publish().await.topic, "tw/will");
+    // With a delay and a resuming connection: not published [MQTT-3.1.3-9].
+    let (_c, _) = RawClient::connect(addr, V5, "tw", false, |c| {
+        c.properties.session_expiry_interval = Some(60);
+    })
+    .await;
+    watch.expect_silence(Duration::from_millis(500)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_depth_limit() {
+    let mut config = common::test_config();
+    config.limits.max_topic_levels = 3;
+    let server = common::start(config).await;
+    let (mut c, _) = RawClient::connect(server.local_addr(), V5, "deep", true, |_| {}).await;
+    let ack = c.subscribe(1, "a/b/c/d", opts(QoS::AtMostOnce)).await;
+    assert_eq!(ack.reason_codes, [ReasonCode::TOPIC_FILTER_INVALID]);
+    c.publish("a/b/c/d", b"x", QoS::AtLeastOnce, 1, false).await;
+    assert!(
+        matches!(c.next().await, Packet::PubAck(a) if a.reason == ReasonCode::TOPIC_NAME_INVALID)
+    );
+    let (mut c3, _) = RawClient::connect(server.local_addr(), V311, "deep3", true, |_| {}).await;
+    let ack = c3.subscribe(1, "a/b/c/d", opts(QoS::AtMostOnce)).await;
+    assert_eq!(ack.reason_codes, [ReasonCode(0x80)]);
+    server.shutdown(Duration::from_secs(1)).await;
+}

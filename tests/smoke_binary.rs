@@ -51,3 +51,19 @@ fn binary_serves_and_check_config_reports_fields() {
     assert!(!out.status.success() && err.contains("max_qos"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let mut broker = common::BrokerProcess::start(&[]);
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = common::wait_until(std::time::Duration::from_secs(10), || {
+        matches!(broker.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "keelmq exits after SIGTERM");
+    let status = broker.child.wait().unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+}
