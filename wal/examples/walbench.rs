@@ -18,7 +18,8 @@
 //! Usage: `cargo run --release -p keelmq-wal --example walbench -- [--json] [--secs S]
 //! [--rounds N] [--dir DIR] [--appenders 1,8,64,256] [--mode callback|threads]`. The directory defaults to
 //! `./target-walbench-tmp` (on the same disk as the working tree) and is removed afterwards.
-//! The last line of output is one JSON object.
+//! The last line of output is one JSON object. `WALBENCH_DEBUG=1` also prints how the writer
+//! thread's time splits between fdatasync, write and everything else.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -227,6 +228,14 @@ fn summarize(
 ) -> WalResult {
     latencies.sort_unstable();
     let fsyncs = (after.fsyncs - before.fsyncs) as f64;
+    if std::env::var("WALBENCH_DEBUG").is_ok() {
+        eprintln!(
+            "  writer time: fdatasync {:.0}% write {:.0}% of {elapsed:.2}s, {:.0} us per fdatasync",
+            (after.sync_micros - before.sync_micros) as f64 / elapsed / 1e4,
+            (after.write_micros - before.write_micros) as f64 / elapsed / 1e4,
+            (after.sync_micros - before.sync_micros) as f64 / fsyncs.max(1.0),
+        );
+    }
     let batches = (after.batches - before.batches).max(1) as f64;
     WalResult {
         records_per_s: records as f64 / elapsed,

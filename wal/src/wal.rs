@@ -38,6 +38,10 @@ pub struct WalStats {
     pub bytes: u64,
     /// Segment rotations.
     pub rotations: u64,
+    /// Total time spent in segment fdatasync calls, in microseconds.
+    pub sync_micros: u64,
+    /// Total time spent writing batches, in microseconds.
+    pub write_micros: u64,
 }
 
 /// A write-ahead log open for appending. `Send + Sync`: share it behind an `Arc`.
@@ -229,6 +233,8 @@ impl Wal {
             records: c.records.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             rotations: c.rotations.load(Ordering::Relaxed),
+            sync_micros: c.sync_micros.load(Ordering::Relaxed),
+            write_micros: c.write_micros.load(Ordering::Relaxed),
         }
     }
 

@@ -66,6 +66,8 @@ pub(crate) struct Counters {
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub rotations: AtomicU64,
+    pub sync_micros: AtomicU64,
+    pub write_micros: AtomicU64,
 }
 
 /// State shared by the [`crate::Wal`] handle and the writer thread.
@@ -397,7 +399,14 @@ impl Writer {
             return Ok(());
         }
         let start = self.active.len;
-        if let Err(err) = write_all_at(self.active.file.as_mut(), &self.buf, start) {
+        let started = Instant::now();
+        let written = write_all_at(self.active.file.as_mut(), &self.buf, start);
+        let micros = started.elapsed().as_micros() as u64;
+        self.shared
+            .counters
+            .write_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        if let Err(err) = written {
             if !is_no_space(&err) {
                 return Err(Failure::Poison(Error::poisoned(
                     "write",
@@ -478,7 +487,14 @@ impl Writer {
     /// fdatasync of the active segment. Only ever fails with `Poison`.
     fn sync(&mut self) -> Result<(), Failure> {
         self.sync_deadline = None;
-        if let Err(e) = self.active.file.sync_data() {
+        let started = Instant::now();
+        let result = self.active.file.sync_data();
+        let micros = started.elapsed().as_micros() as u64;
+        self.shared
+            .counters
+            .sync_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        if let Err(e) = result {
             return Err(Failure::Poison(Error::poisoned(
                 "fdatasync",
                 &self.active.info.path,
