@@ -262,10 +262,10 @@ fn run_case(seed: u64) {
     let mut rng = Rng::new(seed);
     let options = WalOptions {
         segment_size_bytes: 256 + rng.below(4096),
-        sync_policy: if rng.chance(80) {
-            SyncPolicy::Always
-        } else {
-            SyncPolicy::Never
+        sync_policy: match rng.below(20) {
+            0..=13 => SyncPolicy::Always,
+            14..=16 => SyncPolicy::Never,
+            _ => SyncPolicy::IntervalMs(1 + rng.below(5)),
         },
         max_batch_records: 1 + rng.below(16) as usize,
         ..WalOptions::default()
