@@ -153,7 +153,11 @@ fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalRe
         Mutex::new((0..appenders).collect::<VecDeque<usize>>()),
         Condvar::new(),
     ));
-    let drivers: Vec<_> = (0..DRIVER_THREADS.min(appenders))
+    let driver_threads = std::env::var("WALBENCH_DRIVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DRIVER_THREADS);
+    let drivers: Vec<_> = (0..driver_threads.min(appenders))
         .map(|_| {
             let (wal, stop, ready, completed, latencies, payload) = (
                 Arc::clone(&wal),

@@ -119,6 +119,8 @@ impl Queue {
         payload: Vec<u8>,
         block: bool,
     ) -> Result<(u64, Durable)> {
+        // Allocate before taking the lock: the writer competes for it.
+        let (durable, completer) = durable_pair();
         let mut state = self.lock();
         loop {
             Self::usable(&state)?;
@@ -137,7 +139,6 @@ impl Queue {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        let (durable, completer) = durable_pair();
         state.queued_bytes += payload.len();
         state.appends += 1;
         state.items.push_back(Item::Append {
@@ -171,7 +172,7 @@ impl Queue {
     /// Writer side: moves up to one batch into `out`, waiting for work until `deadline`.
     pub(crate) fn take(
         &self,
-        out: &mut Vec<Item>,
+        out: &mut VecDeque<Item>,
         max_records: usize,
         max_bytes: usize,
         deadline: Option<Instant>,
@@ -179,6 +180,22 @@ impl Queue {
         let mut spun = false;
         let mut state = self.lock();
         loop {
+            if !state.items.is_empty()
+                && out.is_empty()
+                && state.appends <= max_records
+                && state.queued_bytes <= max_bytes
+            {
+                // The common case: everything queued fits in one batch. Swap the buffers
+                // rather than moving items one by one, to keep appenders off the lock.
+                std::mem::swap(&mut state.items, out);
+                state.appends = 0;
+                state.queued_bytes = 0;
+                self.has_items.store(false, Ordering::Release);
+                if state.blocked_appenders > 0 {
+                    self.space.notify_all();
+                }
+                return Take::Items;
+            }
             if !state.items.is_empty() {
                 let mut bytes = 0usize;
                 let mut records = 0usize;
@@ -192,7 +209,7 @@ impl Queue {
                         bytes += payload.len();
                     }
                     if let Some(item) = state.items.pop_front() {
-                        out.push(item);
+                        out.push_back(item);
                     }
                 }
                 state.appends -= records;

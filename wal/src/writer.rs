@@ -18,6 +18,7 @@
 //!   fdatasync), the batch and everything queued behind it fail with [`Error::NoSpace`], and the
 //!   sequence number is rewound so the log stays gap-free. Acknowledged records are untouched.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -201,7 +202,7 @@ impl Writer {
 
     /// The thread body. Returns when the log is closed or poisoned.
     pub(crate) fn run(mut self) {
-        let mut items = Vec::new();
+        let mut items = VecDeque::new();
         loop {
             let max_records = self.options().max_batch_records;
             let max_bytes = self.options().max_batch_bytes;
@@ -243,16 +244,12 @@ impl Writer {
 
     /// Processes one batch. `Err` means the log is poisoned; the unprocessed rest of the
     /// batch is then left in `items`.
-    fn process(&mut self, items: &mut Vec<Item>) -> Result<(), Error> {
+    fn process(&mut self, items: &mut VecDeque<Item>) -> Result<(), Error> {
         // Set after a NoSpace rollback: later appends of this batch fail without being tried,
         // because their sequence numbers were rewound.
         let mut no_space: Option<Error> = None;
-        let mut batch = std::mem::take(items).into_iter();
-        while let Some(item) = batch.next() {
-            if let Err(err) = self.process_item(item, &mut no_space) {
-                items.extend(batch);
-                return Err(err);
-            }
+        while let Some(item) = items.pop_front() {
+            self.process_item(item, &mut no_space)?;
         }
         if let Err(failure) = self.commit(false) {
             self.handle_failure(failure)?;
@@ -341,7 +338,7 @@ impl Writer {
     }
 
     /// Fails everything in hand and queued, forever.
-    fn poison(&mut self, err: Error, items: &mut Vec<Item>) {
+    fn poison(&mut self, err: Error, items: &mut VecDeque<Item>) {
         tracing::error!("WAL poisoned, refusing all further appends: {err}");
         // Poison the queue first, so whoever hears of the failure sees a poisoned log.
         let queued = self.shared.queue.poison(err.clone());
