@@ -108,14 +108,27 @@ pub enum Outgoing {
     PubRel { packet_id: u16 },
 }
 
-/// Outcome of [`Session::enqueue`].
+/// A delivery waiting in the session queue. QoS 1/2 deliveries get their packet identifier
+/// when they are queued, not when they are sent, so that the identifier can be written to the
+/// log with the delivery: after a crash a QoS 2 message goes out again under the same
+/// identifier and the receiver's own de-duplication applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    /// The delivery may already have been sent (it was recovered from disk): send with DUP.
+    pub resend: bool,
+}
+
+/// Outcome of [`Session::reserve`] and [`Session::enqueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    Queued,
+    /// Room was reserved or the delivery queued, under this packet identifier (0 for QoS 0).
+    Queued(u16),
     /// A QoS 0 delivery found the queue full and was dropped.
     DroppedQos0,
-    /// A QoS 1/2 delivery found the queue full; it was not queued and the publisher must be
-    /// told (v5 0x97) or held back.
+    /// A QoS 1/2 delivery found the queue full (or all 65,535 packet identifiers in use); it
+    /// was not queued and the publisher must be told (v5 0x97) or held back.
     Full,
 }
 
@@ -159,11 +172,21 @@ pub struct Session {
     pub expiry_interval: u32,
     /// Filter (as subscribed, share prefix included) → options.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// Reservations made by [`Self::reserve`] and not yet committed or cancelled: they count
+    /// against the limits so that a reservation never overfills the queue.
+    reserved_messages: usize,
+    reserved_bytes: usize,
     inflight: VecDeque<Inflight>,
     window: u16,
     next_packet_id: u16,
+    /// Packet identifiers of queued QoS 1/2 deliveries, in-flight deliveries and reservations.
+    used_packet_ids: HashSet<u16>,
+    /// Packet identifiers of outbound deliveries removed without an acknowledgement (expired,
+    /// too large for the client, handed to another shared-subscription member), for the
+    /// persistence layer to log. Drained by [`Self::take_removed`].
+    removed: Vec<u16>,
     inbound_awaiting_rel: HashSet<u16>,
     limits: SessionLimits,
     /// QoS 0 deliveries dropped because the queue was full.
@@ -181,9 +204,13 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            reserved_messages: 0,
+            reserved_bytes: 0,
             inflight: VecDeque::new(),
             window: 1,
             next_packet_id: 1,
+            used_packet_ids: HashSet::new(),
+            removed: Vec::new(),
             inbound_awaiting_rel: HashSet::new(),
             limits,
             dropped_qos0: 0,
@@ -200,8 +227,9 @@ impl Session {
         self.queue.len()
     }
 
+    /// Payload bytes queued or reserved.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.queued_bytes + self.reserved_bytes
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -212,102 +240,169 @@ impl Session {
         self.inflight.iter()
     }
 
-    pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
         self.queue.iter()
     }
 
     /// Whether a delivery of `bytes` payload bytes would fit the queue limits.
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.queue.len() < self.limits.max_queued_messages
-            && self.queued_bytes + bytes <= self.limits.max_queued_bytes
+        self.queue.len() + self.reserved_messages < self.limits.max_queued_messages
+            && self.queued_bytes() + bytes <= self.limits.max_queued_bytes
     }
 
-    /// Queues a delivery. `global_room` is whether the broker-wide byte cap has room for it.
-    pub fn enqueue(&mut self, delivery: Delivery, global_room: bool) -> Enqueued {
-        let bytes = delivery.payload_len();
+    /// Reserves room (and for QoS 1/2 a packet identifier) for a delivery that will be queued
+    /// by [`Self::commit`] once it is durable, or released by [`Self::cancel`].
+    /// `global_room` is whether the broker-wide byte cap has room for it.
+    pub fn reserve(&mut self, qos: QoS, bytes: usize, global_room: bool) -> Enqueued {
         if !global_room || !self.has_room(bytes) {
-            if delivery.qos == QoS::AtMostOnce {
+            if qos == QoS::AtMostOnce {
                 self.dropped_qos0 += 1;
                 return Enqueued::DroppedQos0;
             }
             return Enqueued::Full;
         }
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            match self.allocate_packet_id() {
+                Some(id) => id,
+                None => return Enqueued::Full,
+            }
+        };
+        self.reserved_messages += 1;
+        self.reserved_bytes += bytes;
+        Enqueued::Queued(packet_id)
+    }
+
+    /// Queues a delivery whose room was reserved under `packet_id`.
+    pub fn commit(&mut self, packet_id: u16, delivery: Delivery) {
+        let bytes = delivery.payload_len();
+        self.reserved_messages = self.reserved_messages.saturating_sub(1);
+        self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
         self.queued_bytes += bytes;
-        self.queue.push_back(delivery);
-        Enqueued::Queued
+        self.queue.push_back(Queued { packet_id, delivery, resend: false });
+    }
+
+    /// Releases a reservation that will not be committed.
+    pub fn cancel(&mut self, packet_id: u16, bytes: usize) {
+        self.reserved_messages = self.reserved_messages.saturating_sub(1);
+        self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
+        if packet_id != 0 {
+            self.used_packet_ids.remove(&packet_id);
+        }
+    }
+
+    /// Reserves and commits at once (deliveries that need no durable record).
+    pub fn enqueue(&mut self, delivery: Delivery, global_room: bool) -> Enqueued {
+        let result = self.reserve(delivery.qos, delivery.payload_len(), global_room);
+        if let Enqueued::Queued(packet_id) = result {
+            self.commit(packet_id, delivery);
+        }
+        result
+    }
+
+    /// Puts back a delivery recovered from disk: one that awaited PUBCOMP goes straight into
+    /// the in-flight window (PUBREL is re-sent on resume), any other is queued to be sent again
+    /// with DUP, in the order given.
+    pub fn restore(&mut self, packet_id: u16, delivery: Delivery, awaiting_pubcomp: bool) {
+        if packet_id != 0 {
+            self.used_packet_ids.insert(packet_id);
+        }
+        if awaiting_pubcomp {
+            let state = OutboundState::AwaitingPubComp;
+            self.inflight.push_back(Inflight { packet_id, delivery, state });
+        } else {
+            self.queued_bytes += delivery.payload_len();
+            self.queue.push_back(Queued { packet_id, delivery, resend: true });
+        }
+    }
+
+    /// Packet identifiers of deliveries removed without acknowledgement since the last call.
+    pub fn take_removed(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.removed)
     }
 
     /// Whether [`Self::next_publish`] would return something (ignoring expiry).
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some(d) => d.qos == QoS::AtMostOnce || self.inflight.len() < self.window as usize,
+            Some(q) => {
+                q.delivery.qos == QoS::AtMostOnce || self.inflight.len() < self.window as usize
+            }
         }
     }
 
-    fn allocate_packet_id(&mut self) -> u16 {
+    /// A free packet identifier, or `None` when all 65,535 are in use.
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        if self.used_packet_ids.len() >= usize::from(u16::MAX) {
+            return None;
+        }
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
-                return id;
+            if self.used_packet_ids.insert(id) {
+                return Some(id);
+            }
+        }
+    }
+
+    fn release(&mut self, packet_id: u16, logged: bool) {
+        if packet_id != 0 {
+            self.used_packet_ids.remove(&packet_id);
+            if logged {
+                self.removed.push(packet_id);
             }
         }
     }
 
     /// The next delivery to send, if the window allows: QoS 0 deliveries always leave, QoS 1/2
-    /// ones get a packet identifier and enter the in-flight window. Deliveries whose message
-    /// expired while queued are dropped on the way [MQTT-3.3.2-5].
+    /// ones enter the in-flight window under the packet identifier they were queued with.
+    /// Deliveries whose message expired while queued are dropped on the way [MQTT-3.3.2-5].
     pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
         loop {
             let front = self.queue.front()?;
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window as usize {
+            if front.delivery.qos != QoS::AtMostOnce
+                && self.inflight.len() >= self.window as usize
+            {
                 return None;
             }
-            let delivery = self.queue.pop_front()?;
+            let Queued { packet_id, delivery, resend } = self.queue.pop_front()?;
             self.queued_bytes -= delivery.payload_len();
             if delivery.message.is_expired(now) {
                 self.expired += 1;
+                self.release(packet_id, true);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                return Some(Outgoing::Publish {
-                    packet_id: 0,
-                    delivery,
-                    dup: false,
-                });
+                return Some(Outgoing::Publish { packet_id: 0, delivery, dup: false });
             }
-            let packet_id = self.allocate_packet_id();
             let state = if delivery.qos == QoS::AtLeastOnce {
                 OutboundState::AwaitingPubAck
             } else {
                 OutboundState::AwaitingPubRec
             };
-            self.inflight.push_back(Inflight {
-                packet_id,
-                delivery: delivery.clone(),
-                state,
-            });
-            return Some(Outgoing::Publish {
-                packet_id,
-                delivery,
-                dup: false,
-            });
+            self.inflight.push_back(Inflight { packet_id, delivery: delivery.clone(), state });
+            return Some(Outgoing::Publish { packet_id, delivery, dup: resend });
         }
     }
 
     /// Drops queued deliveries whose message expired, so that they do not hold queue room.
     pub fn purge_expired(&mut self, now: Instant) {
         let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
-            if d.message.is_expired(now) {
-                self.queued_bytes -= d.payload_len();
+        let mut gone = Vec::new();
+        for q in self.queue.drain(..) {
+            if q.delivery.message.is_expired(now) {
+                self.queued_bytes -= q.delivery.payload_len();
                 self.expired += 1;
+                gone.push(q.packet_id);
             } else {
-                kept.push_back(d);
+                kept.push_back(q);
             }
         }
         self.queue = kept;
+        for id in gone {
+            self.release(id, true);
+        }
     }
 
     fn take_inflight(&mut self, packet_id: u16, state: OutboundState) -> Option<Inflight> {
@@ -357,6 +452,7 @@ impl Session {
     pub fn discard_inflight(&mut self, packet_id: u16) {
         if let Some(pos) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
             self.inflight.remove(pos);
+            self.release(packet_id, true);
         }
     }
 
@@ -383,27 +479,31 @@ impl Session {
     /// since the client may already hold them [MQTT-4.8.2-4].
     pub fn take_shared_for_redispatch(&mut self) -> Vec<Delivery> {
         let mut out = Vec::new();
-        let mut freed = 0;
+        let mut gone = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
-            if d.shared_group.is_some() {
-                freed += d.payload_len();
-                out.push(d);
+        for q in self.queue.drain(..) {
+            if q.delivery.shared_group.is_some() {
+                self.queued_bytes -= q.delivery.payload_len();
+                gone.push(q.packet_id);
+                out.push(q.delivery);
             } else {
-                kept.push_back(d);
+                kept.push_back(q);
             }
         }
         self.queue = kept;
-        self.queued_bytes -= freed;
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for i in self.inflight.drain(..) {
             if i.delivery.shared_group.is_some() && i.state == OutboundState::AwaitingPubAck {
+                gone.push(i.packet_id);
                 out.push(i.delivery);
             } else {
                 kept.push_back(i);
             }
         }
         self.inflight = kept;
+        for id in gone {
+            self.release(id, true);
+        }
         out
     }
 
@@ -412,7 +512,11 @@ impl Session {
         self.queue.clear();
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();
+        self.used_packet_ids.clear();
+        self.removed.clear();
         self.queued_bytes = 0;
+        self.reserved_messages = 0;
+        self.reserved_bytes = 0;
     }
 
     /// An inbound QoS 2 PUBLISH with `packet_id`: returns `true` if it is new and must be routed,
