@@ -19,7 +19,8 @@
 //! [--rounds N] [--dir DIR] [--appenders 1,8,64,256] [--mode callback|threads]`. The directory defaults to
 //! `./target-walbench-tmp` (on the same disk as the working tree) and is removed afterwards.
 //! The last line of output is one JSON object. `WALBENCH_DEBUG=1` also prints how the writer
-//! thread's time splits between fdatasync, write and everything else.
+//! thread's time splits between fdatasync, write and everything else; `WALBENCH_DRIVERS=n`
+//! changes the number of driver threads in callback mode (2).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
