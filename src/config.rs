@@ -20,6 +20,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub limits: LimitsConfig,
     pub sys: SysConfig,
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -30,6 +31,53 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+/// When an acknowledgement may be sent, relative to the disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Acknowledge only after fdatasync (the default, and KeelMQ's promise).
+    Always,
+    /// Acknowledge after the write; fdatasync at most `sync_interval_ms` later. A power loss can
+    /// lose that window of acknowledged messages (a process crash cannot).
+    Interval,
+    /// Never fdatasync: for tests and benchmarks only.
+    Never,
+}
+
+/// The write-ahead log and the state store (`data_dir/wal`, `data_dir/store`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub sync: SyncMode,
+    /// With `sync = "interval"`: the longest time between a write and its fdatasync.
+    pub sync_interval_ms: u64,
+    /// WAL segment size; a segment is deleted once a checkpoint covers it.
+    pub wal_segment_bytes: u64,
+    /// Checkpoint at least this often when anything changed...
+    pub checkpoint_interval_ms: u64,
+    /// ...or when the WAL grew by this much since the last checkpoint.
+    pub checkpoint_wal_bytes: u64,
+    /// RocksDB block cache for reads.
+    pub block_cache_bytes: usize,
+    /// RocksDB memtable per column family (at most 2 each).
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sync: SyncMode::Always,
+            sync_interval_ms: 10,
+            wal_segment_bytes: 64 * 1024 * 1024,
+            checkpoint_interval_ms: 30_000,
+            checkpoint_wal_bytes: 256 * 1024 * 1024,
+            block_cache_bytes: 64 * 1024 * 1024,
+            write_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -112,17 +160,17 @@ pub struct LimitsConfig {
     /// (Server unavailable), then the socket is closed.
     pub max_connections: usize,
     /// Messages waiting in one session's queue (not yet in flight). When full, a QoS 0 message
-    /// for it is dropped and counted; a QoS 1/2 message is refused to its publisher (v5 PUBACK
-    /// or PUBREC 0x97) or the 3.x publisher is paused until there is room. A QoS 1/2 message is
-    /// never dropped after it was acknowledged.
+    /// for it is dropped and counted; a QoS 1/2 message is refused whole, to every subscriber
+    /// (v5 PUBACK or PUBREC 0x97), or its 3.x publisher is paused until there is room. A QoS 1/2
+    /// message is never dropped after it was acknowledged.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's queue; same policy as `max_queued_messages`.
     pub max_queued_bytes: usize,
     /// Payload bytes queued across all sessions; same policy, applied broker-wide.
     pub max_queued_bytes_total: usize,
-    /// Retained messages kept. A new retained topic beyond this is refused (v5 PUBACK 0x97; a
-    /// 3.x publisher's retained update is not stored and is counted) while replacing or
-    /// deleting an existing one always works.
+    /// Retained messages kept. Beyond it, the retained copy of a message on a new topic is not
+    /// stored (counted in metrics); the message itself is still delivered and acknowledged.
+    /// Replacing or deleting an existing retained message always works.
     pub max_retained_messages: usize,
     /// Levels in a topic name or filter; more is refused (0x90 / 0x8F, or a disconnect for 3.x).
     pub max_topic_levels: usize,
@@ -256,6 +304,25 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
+        let st = &self.storage;
+        if st.sync == SyncMode::Interval && st.sync_interval_ms == 0 {
+            return bad(
+                "storage.sync_interval_ms",
+                "must be at least 1 with sync = \"interval\"",
+            );
+        }
+        if st.wal_segment_bytes < 64 * 1024 {
+            return bad("storage.wal_segment_bytes", "must be at least 65536");
+        }
+        if st.checkpoint_interval_ms == 0 {
+            return bad("storage.checkpoint_interval_ms", "must be at least 1");
+        }
+        if st.block_cache_bytes == 0 || st.write_buffer_bytes < 64 * 1024 {
+            return bad(
+                "storage.write_buffer_bytes",
+                "must be at least 65536 (and the block cache non-zero)",
+            );
+        }
         Ok(())
     }
 }
@@ -279,6 +346,15 @@ mod tests {
             Config::default(),
             "keelmq.example.toml must state the defaults"
         );
+    }
+
+    #[test]
+    fn storage_section() {
+        let c = Config::parse("[storage]\nsync = \"interval\"\nsync_interval_ms = 5\n").unwrap();
+        assert_eq!(c.storage.sync, SyncMode::Interval);
+        c.validate().unwrap();
+        let e = Config::parse("[storage]\nsync = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("sync"), "{e}");
     }
 
     #[test]

@@ -13,15 +13,25 @@
 //! - [`transport`]: listeners producing byte streams (TCP now).
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`]: the TOML configuration with its defaults and validation.
-//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit (not yet wired in).
-//! - `keelmq-storage` (crate in `storage/`): the LSM state store, filled in by the durability work.
+//! - [`persistence`]: the only code that talks to the WAL and the store: records, the durable
+//!   image, commits that acknowledgements wait for, checkpoints, recovery.
+//! - [`inspect`]: `keelmq inspect`, a read-only verifier of a data directory.
+//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit.
+//! - `keelmq-storage` (crate in `storage/`): the LSM state store (RocksDB) behind a `Store` trait.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "broker")]
+pub mod inspect;
+#[cfg(feature = "broker")]
+pub mod persistence;
 pub mod router;
+#[cfg(feature = "broker")]
 pub mod server;
 pub mod session;
+#[cfg(feature = "broker")]
 pub mod transport;

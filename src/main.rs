@@ -29,6 +29,15 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Verify a data directory (WAL and state store) without changing it, and print its
+    /// contents. Exits non-zero on corruption.
+    Inspect {
+        /// The data directory (`data_dir` of the configuration).
+        data_dir: PathBuf,
+        /// Print every WAL record.
+        #[arg(long)]
+        dump: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Inspect { data_dir, dump } => inspect(&data_dir, dump),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +75,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn inspect(dir: &std::path::Path, dump: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let report = keelmq::inspect::inspect(dir, dump, &mut out)?;
+    if !report.problems.is_empty() {
+        anyhow::bail!(
+            "{} problem(s) found in {}",
+            report.problems.len(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
@@ -90,9 +113,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let server = Server::start(config).await?;
-        wait_for_signal().await?;
+        let mut stopped = server.broker().shutdown_signal();
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            // The broker stops itself when persistence fails.
+            _ = stopped.changed() => {}
+        }
         tracing::info!("shutting down");
-        server.shutdown(Duration::from_secs(5)).await;
+        if server.shutdown(Duration::from_secs(5)).await {
+            anyhow::bail!("persistence failed; acknowledged data up to the failure is on disk");
+        }
         Ok(())
     })
 }

@@ -1,14 +1,16 @@
-//! Starting and stopping a whole broker: listeners, background tasks, graceful shutdown. Used
-//! by the `keelmq serve` command and by the integration tests, which run real brokers on
-//! ephemeral loopback ports.
+//! Starting and stopping a whole broker: persistence and recovery, listeners, background tasks,
+//! graceful shutdown. Used by the `keelmq serve` command and by the integration tests, which
+//! run real brokers on ephemeral loopback ports.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, SyncMode};
+use crate::persistence::{Persistence, PersistenceOptions};
 use crate::transport;
 
 /// A running broker.
@@ -16,22 +18,65 @@ pub struct Server {
     broker: Broker,
     local_addr: SocketAddr,
     listener: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
+}
+
+/// The persistence options a configuration asks for.
+pub fn persistence_options(config: &Config) -> PersistenceOptions {
+    let s = &config.storage;
+    PersistenceOptions {
+        sync: match s.sync {
+            SyncMode::Always => keelmq_wal::SyncPolicy::Always,
+            SyncMode::Interval => keelmq_wal::SyncPolicy::IntervalMs(s.sync_interval_ms),
+            SyncMode::Never => keelmq_wal::SyncPolicy::Never,
+        },
+        segment_bytes: s.wal_segment_bytes,
+        checkpoint_interval: Duration::from_millis(s.checkpoint_interval_ms),
+        checkpoint_wal_bytes: s.checkpoint_wal_bytes,
+        store: keelmq_storage::StoreOptions {
+            block_cache_bytes: s.block_cache_bytes,
+            write_buffer_bytes: s.write_buffer_bytes,
+        },
+    }
 }
 
 impl Server {
-    /// Validates the configuration, binds the listener and starts serving.
+    /// Validates the configuration, recovers the data directory, binds the listener and starts
+    /// serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         let listener = transport::bind_tcp(config.listener.bind).await?;
         let local_addr = listener.local_addr()?;
-        let broker = Broker::new(config);
+        let dir = config.data_dir.clone();
+        let options = persistence_options(&config);
+        let (persistence, report) =
+            tokio::task::spawn_blocking(move || Persistence::open(&dir, options)).await??;
+        let persistence = Arc::new(persistence);
+        let broker = Broker::with_persistence(config, persistence.clone());
+        let [sessions, subscriptions, deliveries, inbound, _, retained] =
+            persistence.with_image(|i| i.counts());
+        tracing::info!(
+            sessions,
+            subscriptions,
+            queued = deliveries,
+            inbound_qos2 = inbound,
+            retained,
+            checkpoint_seq = report.checkpoint_seq,
+            replayed = report.replayed_records,
+            torn_tail = report.torn_tail.as_deref().unwrap_or("none"),
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "recovered state from {}",
+            broker.config().data_dir.display()
+        );
         broker.spawn_background();
+        let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
         let listener = tokio::spawn(transport::serve_tcp(listener, broker.clone()));
         tracing::info!(%local_addr, "KeelMQ listening (MQTT over TCP)");
         Ok(Server {
             broker,
             local_addr,
             listener,
+            checkpointer,
         })
     }
 
@@ -43,9 +88,10 @@ impl Server {
         &self.broker
     }
 
-    /// Stops accepting, tells every connection to close (v5 clients get DISCONNECT 0x8B) and
-    /// waits up to `grace` for them to go.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stops accepting, tells every connection to close (v5 clients get DISCONNECT 0x8B), waits
+    /// up to `grace` for them to go, and writes a final checkpoint. Returns whether persistence
+    /// failed during the run.
+    pub async fn shutdown(self, grace: Duration) -> bool {
         self.broker.begin_shutdown();
         let _ = self.listener.await;
         let deadline = tokio::time::Instant::now() + grace;
@@ -59,6 +105,37 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let _ = self.checkpointer.await;
+        let failed = self.broker.has_failed();
+        if let Some(p) = self.broker.persistence().cloned() {
+            if !failed {
+                let result = tokio::task::spawn_blocking(move || p.checkpoint()).await;
+                if let Ok(Err(e)) = result {
+                    tracing::warn!(error = %e, "final checkpoint failed; the WAL holds everything");
+                }
+            }
+        }
         tracing::info!("KeelMQ stopped");
+        failed
+    }
+}
+
+/// Writes a checkpoint when one is due, on a blocking thread, until shutdown.
+async fn run_checkpoints(broker: Broker, persistence: Arc<Persistence>) {
+    let mut shutdown = broker.shutdown_signal();
+    let mut last = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if persistence.has_failed() || !persistence.checkpoint_due(last.elapsed()) {
+            continue;
+        }
+        let p = persistence.clone();
+        if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || p.checkpoint()).await {
+            last = Instant::now();
+        }
     }
 }

@@ -268,12 +268,18 @@ async fn retained_set_replace_delete() {
         (&got[0].payload[..], &got[1].payload[..]),
         (&b"two"[..], &b"bee"[..])
     );
-    // Delete with an empty payload: a later subscriber gets only ret/b.
+    // Delete with an empty payload: a later subscriber gets only ret/b. The publisher's next
+    // message is routed only after the delete completed, so its arrival at `sub` means the
+    // retained store has been updated.
     publ.client
         .publish("ret/a", QoS::AtLeastOnce, true, "")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    publ.client
+        .publish("ret/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    while v311::next(&mut sub).await.topic != "ret/marker" {}
     let mut late = v311::connect(port, "ret-late", true, None).await;
     v311::subscribe(&late, "ret/#", QoS::AtMostOnce).await;
     assert_eq!(v311::next(&mut late).await.topic, "ret/b");
@@ -353,6 +359,9 @@ async fn v5_session_resume_and_takeover() {
         .await
         .unwrap();
     assert_eq!(&v5::next(&mut second).await.payload[..], b"unlock");
+    // Let the QoS 2 flow finish (PUBREL leaves only once "PUBREC received" is durable): a new
+    // rumqttc instance resuming the session would not know the packet id of a PUBREL still owed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // Offline, then resume: the queued QoS 2 command arrives exactly once.
     second.client.disconnect().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

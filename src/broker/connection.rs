@@ -27,10 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{max_qos, Broker, ConnId, ConnectRefusal, Metrics, SessionSlot};
+use super::{max_qos, Broker, ConnId, ConnectRefusal, Metrics, PendingPublish, SessionSlot};
 use crate::codec::*;
 use crate::router::ClientId;
-use crate::session::{Delivery, Message, Outgoing, PubRecOutcome};
+use crate::session::{Message, Outgoing, PubRecOutcome};
 
 /// Bytes buffered for the socket above which the task takes no more deliveries and reads no
 /// more requests until the client has read some. 256 KiB is a few milliseconds of a fast link
@@ -73,6 +73,16 @@ impl Close {
         Close::Server {
             reason: ReasonCode::PROTOCOL_ERROR,
             why,
+        }
+    }
+}
+
+impl From<super::NotDurable> for Close {
+    /// Persistence failed: acknowledge nothing more; the broker is stopping.
+    fn from(_: super::NotDurable) -> Close {
+        Close::Server {
+            reason: ReasonCode::SERVER_SHUTTING_DOWN,
+            why: "persistence failed",
         }
     }
 }
@@ -320,6 +330,12 @@ where
         Err(ConnectRefusal::ServerBusy) => {
             return refuse(ReasonCode::SERVER_BUSY, "too many connections");
         }
+        Err(ConnectRefusal::NotDurable) => {
+            return refuse(
+                ReasonCode::SERVER_UNAVAILABLE,
+                "the session could not be stored",
+            );
+        }
     };
     let window = if v.is_v5() {
         props.receive_maximum.unwrap_or(u16::MAX)
@@ -399,7 +415,7 @@ where
 struct HeldBack {
     packet_id: u16,
     qos: QoS,
-    full: Vec<(Arc<SessionSlot>, Delivery)>,
+    publish: PendingPublish,
 }
 
 /// Per-connection state (the session itself lives in the broker).
@@ -510,12 +526,12 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(mut held) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return Ok(());
         };
-        held.full = self.broker.retry_full(held.full);
-        if !held.full.is_empty() {
-            self.held = Some(held);
+        let outcome = self.broker.retry_publish(held.publish).await?;
+        if let Some(publish) = outcome.held {
+            self.held = Some(HeldBack { publish, ..held });
             return Ok(());
         }
         self.ack_inbound(&mut io.wbuf, held.packet_id, held.qos, ReasonCode::SUCCESS);
@@ -541,21 +557,16 @@ impl Connection {
     async fn handle(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.on_publish(p, wbuf).await,
-            Packet::PubAck(a) => {
-                if self
-                    .broker
-                    .session_op(&self.slot, self.id, |s| s.on_puback(a.packet_id))
-                    .is_none()
-                {
-                    return Err(Close::TakenOver);
-                }
-                Ok(())
-            }
+            Packet::PubAck(a) => self
+                .broker
+                .outbound_complete(&self.slot, self.id, a.packet_id, false)
+                .ok_or(Close::TakenOver),
             Packet::PubRec(a) => {
                 let refused = a.reason.is_error();
                 let outcome = self
                     .broker
-                    .session_op(&self.slot, self.id, |s| s.on_pubrec(a.packet_id, refused))
+                    .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)
+                    .await?
                     .ok_or(Close::TakenOver)?;
                 match outcome {
                     PubRecOutcome::Release => {
@@ -573,7 +584,8 @@ impl Connection {
             Packet::PubRel(a) => {
                 let found = self
                     .broker
-                    .session_op(&self.slot, self.id, |s| s.inbound_pubrel(a.packet_id))
+                    .inbound_pubrel(&self.slot, self.id, a.packet_id)
+                    .await?
                     .ok_or(Close::TakenOver)?;
                 let mut comp = PubAck::new(a.packet_id);
                 if !found {
@@ -582,13 +594,10 @@ impl Connection {
                 self.send(wbuf, &Packet::PubComp(comp));
                 Ok(())
             }
-            Packet::PubComp(a) => {
-                self.broker
-                    .session_op(&self.slot, self.id, |s| s.on_pubcomp(a.packet_id))
-                    .ok_or(Close::TakenOver)?
-                    .ok();
-                Ok(())
-            }
+            Packet::PubComp(a) => self
+                .broker
+                .outbound_complete(&self.slot, self.id, a.packet_id, true)
+                .ok_or(Close::TakenOver),
             Packet::Subscribe(s) => {
                 if s.properties.subscription_identifier.is_some()
                     && !self.broker.config().mqtt.subscription_identifiers_available
@@ -598,7 +607,7 @@ impl Connection {
                         why: "subscription identifiers are not supported",
                     });
                 }
-                let mut codes = self.broker.subscribe(&self.slot, &s).await;
+                let mut codes = self.broker.subscribe(&self.slot, &s).await?;
                 if !self.version.is_v5() {
                     for c in &mut codes {
                         if c.is_error() {
@@ -615,7 +624,7 @@ impl Connection {
                 Ok(())
             }
             Packet::Unsubscribe(u) => {
-                let codes = self.broker.unsubscribe(&self.slot, &u.filters).await;
+                let codes = self.broker.unsubscribe(&self.slot, &u.filters).await?;
                 let ack = UnsubAck {
                     packet_id: u.packet_id,
                     properties: AckProperties::default(),
@@ -653,8 +662,7 @@ impl Connection {
         }
     }
 
-    /// Sends PUBACK or PUBREC for an inbound message, recording a QoS 2 identifier as awaiting
-    /// PUBREL when the message was accepted.
+    /// Sends PUBACK or PUBREC for an inbound message.
     fn ack_inbound(&mut self, wbuf: &mut BytesMut, packet_id: u16, qos: QoS, reason: ReasonCode) {
         let mut ack = PubAck::new(packet_id);
         if self.version.is_v5() {
@@ -663,13 +671,8 @@ impl Connection {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(wbuf, &Packet::PubAck(ack)),
-            QoS::ExactlyOnce => {
-                if !reason.is_error() {
-                    self.broker
-                        .session_op(&self.slot, self.id, |s| s.inbound_qos2_received(packet_id));
-                }
-                self.send(wbuf, &Packet::PubRec(ack));
-            }
+            // The id awaiting PUBREL was recorded by `Broker::publish` with the message.
+            QoS::ExactlyOnce => self.send(wbuf, &Packet::PubRec(ack)),
         }
     }
 
@@ -782,6 +785,7 @@ impl Connection {
         }
         let now = Instant::now();
         let message = Message {
+            id: self.broker.next_message_id(),
             expires_at: p
                 .properties
                 .message_expiry_interval
@@ -793,13 +797,15 @@ impl Connection {
             properties: p.properties,
             publisher: Some(self.client_id.clone()),
         };
-        let outcome = self.broker.publish(Arc::new(message)).await;
+        let inbound = (p.qos == QoS::ExactlyOnce).then_some((&self.slot, p.packet_id));
+        let outcome = self.broker.publish(Arc::new(message), inbound).await?;
         if p.qos == QoS::AtMostOnce {
             return Ok(());
         }
-        if !outcome.full.is_empty() {
+        if let Some(publish) = outcome.held {
             Metrics::add(&self.broker.shared.metrics.queue_full_refusals, 1);
             if self.version.is_v5() {
+                // Nothing was placed or logged: the message is refused whole.
                 self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::QUOTA_EXCEEDED);
             } else {
                 // 3.x cannot be told: hold the acknowledgement (and the client) back until the
@@ -807,14 +813,14 @@ impl Connection {
                 self.held = Some(HeldBack {
                     packet_id: p.packet_id,
                     qos: p.qos,
-                    full: outcome.full,
+                    publish,
                 });
             }
             return Ok(());
         }
-        let reason = if outcome.retained_refused {
-            ReasonCode::QUOTA_EXCEEDED
-        } else if outcome.delivered == 0 {
+        // A retained copy refused by `max_retained_messages` is counted, not reported: the
+        // message itself was delivered, and a QoS 2 error code would end the flow.
+        let reason = if outcome.delivered == 0 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS

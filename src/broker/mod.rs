@@ -7,12 +7,13 @@
 //! read lock, releases it, and only then locks each target session; whether a session is
 //! connected is an atomic so that shared-subscription choice needs no session lock.
 //!
-//! # Where durability plugs in
+//! # Durability
 //! Every acknowledgement a connection sends is the result of an `async` broker method —
-//! [`Broker::connect`], [`Broker::publish`], [`Broker::subscribe`], [`Broker::unsubscribe`] —
-//! that returns only once the state it acknowledges may be acknowledged. Routing is split into
-//! a plan (targets decided) and a delivery (queues updated), so that the write-ahead log can be
-//! synced between the two and no subscriber ever sees a message that is not yet durable.
+//! [`Broker::connect`], [`Broker::publish`], [`Broker::subscribe`], [`Broker::unsubscribe`],
+//! [`Broker::outbound_pubrec`], [`Broker::inbound_pubrel`] — that returns only once the records
+//! of what it acknowledges are durable (see `crate::persistence`). Routing reserves queue room
+//! and packet identifiers, commits the records, and only then delivers, so no subscriber ever
+//! sees a message that is not yet durable. Sessions with expiry 0 write nothing.
 
 pub mod connection;
 pub mod metrics;
@@ -32,9 +33,14 @@ use crate::codec::{
     SubscriptionOptions,
 };
 use crate::config::Config;
+use crate::persistence::convert::{now_ms, restore_message, store_message, store_subscription};
+use crate::persistence::records::{Record, SessionRecord};
+use crate::persistence::{self, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
-use crate::session::{Delivery, Enqueued, Message, Session, SessionLimits, SubscriptionRecord};
+use crate::session::{
+    Delivery, Enqueued, Message, PubRecOutcome, Session, SessionLimits, SubscriptionRecord,
+};
 
 pub use metrics::Metrics;
 
@@ -69,6 +75,8 @@ struct SlotState {
     disconnected_at: Option<Instant>,
     /// The session was removed from the registry; late deliveries are discarded.
     ended: bool,
+    /// The session is in the durable image (it is persistent): its changes are logged.
+    in_store: bool,
 }
 
 impl SessionSlot {
@@ -82,11 +90,23 @@ impl SessionSlot {
 pub struct PublishOutcome {
     /// Sessions the message was queued for.
     pub delivered: usize,
-    /// QoS 1/2 deliveries that found a full queue: the publisher must be told (v5 0x97) or held
-    /// back until [`Broker::retry_full`] places them.
-    pub full: Vec<(Arc<SessionSlot>, Delivery)>,
-    /// The retained store was full and the new retained topic was not stored.
+    /// Some QoS 1/2 target's queue was full, so nothing was placed or logged (a publish is all
+    /// or nothing): the publisher must be refused (v5 0x97) or held back until
+    /// [`Broker::retry_publish`] places the whole message.
+    pub held: Option<PendingPublish>,
+    /// The retained store was full: the message was delivered but not retained (counted).
     pub retained_refused: bool,
+}
+
+/// A publish waiting for queue room, with everything needed to place it whole later.
+#[derive(Debug)]
+pub struct PendingPublish {
+    message: Arc<Message>,
+    targets: Vec<(Arc<SessionSlot>, Delivery)>,
+    records: Vec<Record>,
+    retain_update: bool,
+    /// The publisher's QoS 2 packet id, to remember as awaiting PUBREL once placed.
+    inbound_qos2: Option<(Arc<SessionSlot>, u16)>,
 }
 
 /// Result of attaching a connection to a session.
@@ -101,6 +121,8 @@ pub struct Attached {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectRefusal {
     ServerBusy,
+    /// The session record could not be made durable.
+    NotDurable,
 }
 
 pub(crate) struct Shared {
@@ -117,7 +139,17 @@ pub(crate) struct Shared {
     next_assigned_id: AtomicU64,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// `None` only for brokers built without a data directory (unit tests of routing).
+    persistence: Option<Arc<Persistence>>,
+    next_message_id: AtomicU64,
+    /// Persistence failed: nothing more is acknowledged and the broker stops.
+    failed: AtomicBool,
 }
+
+/// Persistence failed; the operation must not be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("persistence failed: not acknowledged")]
+pub struct NotDurable;
 
 /// A cheap, cloneable handle on the broker.
 #[derive(Clone)]
@@ -126,8 +158,22 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker that keeps its state in memory only (for tests of routing and protocol
+    /// behaviour that do not need a data directory).
     pub fn new(config: Config) -> Broker {
+        Self::build(config, None)
+    }
+
+    /// A broker over recovered persistent state.
+    pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
+        let broker = Self::build(config, Some(persistence.clone()));
+        persistence.with_image(|image| broker.restore(image));
+        broker
+    }
+
+    fn build(config: Config, persistence: Option<Arc<Persistence>>) -> Broker {
         let (shutdown, _) = watch::channel(false);
+        let first_id = persistence.as_ref().map_or(1, |p| p.next_message_id());
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -141,8 +187,169 @@ impl Broker {
                 next_assigned_id: AtomicU64::new(1),
                 started: Instant::now(),
                 shutdown,
+                persistence,
+                next_message_id: AtomicU64::new(first_id),
+                failed: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Rebuilds sessions, subscriptions, queues and retained messages from the durable image.
+    fn restore(&self, image: &persistence::Image) {
+        let now = Instant::now();
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        for (client, si) in &image.sessions {
+            let Some(record) = &si.record else { continue };
+            let client_id: ClientId = client.as_str().into();
+            let protocol = match record.protocol {
+                3 => crate::codec::ProtocolVersion::V3_1,
+                4 => crate::codec::ProtocolVersion::V3_1_1,
+                _ => crate::codec::ProtocolVersion::V5,
+            };
+            let mut session = Session::new(client_id.clone(), protocol, self.limits());
+            session.expiry_interval = record.expiry_interval;
+            let disconnected_at = record
+                .disconnected_at_ms
+                .map(crate::persistence::convert::ms_to_instant)
+                .unwrap_or(now);
+            let mut deliveries: Vec<_> = si.deliveries.iter().collect();
+            deliveries.sort_by_key(|(_, d)| d.order);
+            for (pid, d) in deliveries {
+                let Some(stored) = image.message(d.message_id) else {
+                    continue;
+                };
+                let message = messages
+                    .entry(d.message_id)
+                    .or_insert_with(|| restore_message(stored.clone()))
+                    .clone();
+                let delivery = Delivery {
+                    message,
+                    qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+                    retain: d.retain,
+                    subscription_ids: d.subscription_ids.clone(),
+                    shared_group: d.shared_group.as_deref().map(Arc::from),
+                };
+                session.restore(*pid, delivery, d.awaiting_pubcomp);
+            }
+            for pid in &si.inbound {
+                session.inbound_qos2_received(*pid);
+            }
+            let queued = session.queued_bytes();
+            let slot = Arc::new(SessionSlot {
+                client_id: client_id.clone(),
+                state: Mutex::new(SlotState {
+                    session,
+                    owner: None,
+                    kick: None,
+                    will: None,
+                    pending_will: None,
+                    will_token: 0,
+                    disconnected_at: Some(disconnected_at),
+                    ended: false,
+                    in_store: true,
+                }),
+                wake: Notify::new(),
+                connected: AtomicBool::new(false),
+            });
+            {
+                let mut router = self.shared.router.write();
+                let mut st = slot.state.lock();
+                for (filter, sub) in &si.subscriptions {
+                    let options = crate::persistence::convert::restore_subscription(sub);
+                    router.subscribe(
+                        filter,
+                        Subscription {
+                            client: client_id.clone(),
+                            options,
+                            identifier: sub.identifier,
+                            target: slot.clone(),
+                        },
+                    );
+                    st.session.subscriptions.insert(
+                        filter.clone(),
+                        SubscriptionRecord {
+                            options,
+                            identifier: sub.identifier,
+                        },
+                    );
+                }
+            }
+            self.shared
+                .queued_bytes_total
+                .fetch_add(queued, Ordering::Relaxed);
+            self.shared.sessions.lock().insert(client_id, slot);
+        }
+        let mut retained = self.shared.retained.write();
+        for m in image.retained.values() {
+            retained.insert(&m.topic, restore_message(m.clone()));
+        }
+    }
+
+    /// A new message id, unique across restarts.
+    pub fn next_message_id(&self) -> u64 {
+        match &self.shared.persistence {
+            Some(p) => p.next_message_id(),
+            None => self.shared.next_message_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    pub fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.shared.persistence.as_ref()
+    }
+
+    /// Whether persistence failed (the broker then stops; the process exits non-zero).
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Logs `records` and waits until they are durable. On failure the broker stops.
+    pub(crate) async fn commit(&self, records: Vec<Record>) -> Result<(), NotDurable> {
+        let Some(p) = &self.shared.persistence else {
+            return Ok(());
+        };
+        if records.is_empty() {
+            return if p.has_failed() {
+                Err(NotDurable)
+            } else {
+                Ok(())
+            };
+        }
+        match p.commit(records).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.fatal(&e);
+                Err(NotDurable)
+            }
+        }
+    }
+
+    /// Logs `records` without waiting (their loss costs only a re-delivery or a later expiry).
+    pub(crate) fn log(&self, records: Vec<Record>) {
+        let Some(p) = &self.shared.persistence else {
+            return;
+        };
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = p.log(records) {
+            self.fatal(&e);
+        }
+    }
+
+    fn fatal(&self, e: &persistence::Error) {
+        if !self.shared.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "persistence failed; stopping the broker");
+            self.begin_shutdown();
+        }
+    }
+
+    fn session_record(client: &ClientId, st: &SlotState) -> Record {
+        Record::Session(SessionRecord {
+            client: client.to_string(),
+            protocol: st.session.protocol.level(),
+            expiry_interval: st.session.expiry_interval,
+            disconnected_at_ms: st.disconnected_at.map(|_| now_ms()),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -253,6 +460,8 @@ impl Broker {
             return Err(ConnectRefusal::ServerBusy);
         }
         let (kick_tx, kicked) = oneshot::channel();
+        let mut was_persistent = false;
+        let mut session_record = None;
         let mut wills_to_publish = Vec::new();
         let mut ended_subscriptions = Vec::new();
         let (slot, session_present) = {
@@ -275,6 +484,7 @@ impl Broker {
                             will_token: 0,
                             disconnected_at: None,
                             ended: false,
+                            in_store: false,
                         }),
                         wake: Notify::new(),
                         connected: AtomicBool::new(false),
@@ -282,6 +492,7 @@ impl Broker {
                 })
                 .clone();
             let present = self.with_slot(&slot, |st| {
+                was_persistent = st.in_store && !st.ended;
                 let existed = st.owner.is_some()
                     || st.disconnected_at.is_some()
                     || !st.session.subscriptions.is_empty()
@@ -314,6 +525,10 @@ impl Broker {
                 st.disconnected_at = None;
                 st.ended = false;
                 slot.connected.store(true, Ordering::Release);
+                st.in_store = expiry_interval > 0;
+                if st.in_store {
+                    session_record = Some(Self::session_record(&client_id, st));
+                }
                 existed && !connect.clean_start
             });
             (slot, present)
@@ -324,9 +539,20 @@ impl Broker {
                 router.unsubscribe(filter, &client_id);
             }
         }
+        // CONNACK of a persistent session only after its record is durable; a persistent
+        // session discarded by Clean Start, or resumed with expiry 0, leaves the store.
+        let mut records = Vec::new();
+        if was_persistent && (connect.clean_start || expiry_interval == 0) {
+            records.push(Record::SessionRemove {
+                client: client_id.to_string(),
+            });
+        }
+        records.extend(session_record);
+        let durable = self.commit(records).await;
         for (client, will) in wills_to_publish {
             self.publish_will(client, will).await;
         }
+        durable.map_err(|_| ConnectRefusal::NotDurable)?;
         Ok(Attached {
             slot,
             session_present,
@@ -347,10 +573,12 @@ impl Broker {
         let mut redispatch = Vec::new();
         let mut will_now = None;
         let mut delayed = None;
+        let mut records = Vec::new();
         let end_now = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return false; // taken over: the new connection owns the session and its will
             }
+            let was_persistent = st.in_store;
             st.owner = None;
             st.kick = None;
             slot.connected.store(false, Ordering::Release);
@@ -361,6 +589,10 @@ impl Broker {
             let will = st.will.take();
             redispatch = st.session.take_shared_for_redispatch();
             let end = st.session.expiry_interval == 0;
+            if was_persistent && !end {
+                // The disconnect time lets expiry count across a restart.
+                records.push(Self::session_record(&slot.client_id, st));
+            }
             if let (true, Some(w)) = (publish_will, will) {
                 let delay = w.properties.will_delay_interval.unwrap_or(0);
                 let delay = delay.min(st.session.expiry_interval);
@@ -374,9 +606,8 @@ impl Broker {
             }
             end
         });
-        for d in redispatch {
-            self.redispatch(d, &slot.client_id);
-        }
+        self.log(records);
+        self.redispatch(redispatch, slot).await;
         if let Some(w) = will_now {
             self.publish_will(slot.client_id.clone(), w).await;
         }
@@ -412,11 +643,20 @@ impl Broker {
                     return None; // a connection resumed it meanwhile
                 }
                 st.ended = true;
+                let in_store = std::mem::take(&mut st.in_store);
                 let subs: Vec<String> = st.session.subscriptions.keys().cloned().collect();
                 st.session.clear();
-                Some((subs, st.pending_will.take().map(|(_, w)| w)))
+                Some((subs, st.pending_will.take().map(|(_, w)| w), in_store))
             });
-            let Some(ended) = ended else { return };
+            let Some((subs, will, in_store)) = ended else {
+                return;
+            };
+            let ended = (subs, will);
+            if in_store {
+                self.log(vec![Record::SessionRemove {
+                    client: slot.client_id.to_string(),
+                }]);
+            }
             if sessions
                 .get(&slot.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, slot))
@@ -461,6 +701,7 @@ impl Broker {
         let now = Instant::now();
         let p = will.properties;
         let message = Message {
+            id: self.next_message_id(),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
@@ -479,43 +720,109 @@ impl Broker {
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(client),
         };
-        let outcome = self.publish(Arc::new(message)).await;
-        if !outcome.full.is_empty() {
+        let Ok(outcome) = self.publish(Arc::new(message), None).await else {
+            return;
+        };
+        if outcome.held.is_some() {
             // Nobody waits for a will's acknowledgement; a full queue refuses it like any
             // QoS 1/2 message, and this is counted.
-            tracing::warn!(refused = outcome.full.len(), "will not queued: queue full");
+            Metrics::add(&self.shared.metrics.queue_full_refusals, 1);
+            tracing::warn!("will not published: a subscriber's queue is full");
         }
     }
 
     // ------------------------------------------------------------------------------ routing
 
-    /// Routes a message: updates the retained store if RETAIN is set, and queues a delivery for
-    /// every matching session.
-    pub async fn publish(&self, message: Arc<Message>) -> PublishOutcome {
-        let mut outcome = PublishOutcome::default();
-        if message.retain && !self.update_retained(&message) {
-            outcome.retained_refused = true;
-            Metrics::add(&self.shared.metrics.retained_refused, 1);
+    /// Routes a message: queues a delivery for every matching session and updates the retained
+    /// store if RETAIN is set, after the records of all of it (and of `inbound_qos2`, the
+    /// publisher's packet id to remember until PUBREL) are durable. All or nothing: if a QoS 1/2
+    /// target's queue is full, nothing is placed or logged and the outcome holds the message.
+    /// `Err` means persistence failed: the publisher must get no acknowledgement.
+    pub async fn publish(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+    ) -> Result<PublishOutcome, NotDurable> {
+        let mut records = Vec::new();
+        let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
+        let mut retain_update = false;
+        let mut retained_refused = false;
+        if message.retain {
+            if self.retained_has_room(&message) {
+                retain_update = true;
+                if persisted {
+                    records.push(if message.payload.is_empty() {
+                        Record::RetainDelete {
+                            topic: message.topic.to_string(),
+                        }
+                    } else {
+                        Record::RetainSet(store_message(&message))
+                    });
+                }
+            } else {
+                retained_refused = true;
+                Metrics::add(&self.shared.metrics.retained_refused, 1);
+            }
         }
-        let plan = self.plan(&message);
-        self.deliver(plan, &mut outcome);
-        outcome
+        if let Some((slot, packet_id)) = inbound_qos2 {
+            if slot.state.lock().in_store {
+                let client = slot.client_id.to_string();
+                records.push(Record::InboundQos2 { client, packet_id });
+            }
+        }
+        let targets = self.plan(&message);
+        let inbound_qos2 = inbound_qos2.map(|(slot, pid)| (slot.clone(), pid));
+        let pending = PendingPublish {
+            message,
+            targets,
+            records,
+            retain_update,
+            inbound_qos2,
+        };
+        let mut outcome = self.retry_publish(pending).await?;
+        outcome.retained_refused = retained_refused;
+        Ok(outcome)
     }
 
-    /// Stores or deletes the retained message of a topic; false if the store is full.
-    fn update_retained(&self, message: &Arc<Message>) -> bool {
-        let mut retained = self.shared.retained.write();
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
-            return true;
+    /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
+    pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
+        let (delivered, full) = self
+            .place(p.targets.clone(), p.records.clone(), true)
+            .await?;
+        if !full.is_empty() {
+            return Ok(PublishOutcome {
+                delivered: 0,
+                held: Some(p),
+                retained_refused: false,
+            });
         }
-        if retained.len() >= self.shared.config.limits.max_retained_messages
-            && !retained.contains(&message.topic)
-        {
-            return false;
+        if let Some((slot, packet_id)) = &p.inbound_qos2 {
+            // Session state, recorded whoever holds the connection now: it must match the log,
+            // or a re-sent PUBLISH would be routed twice, or a new one taken for a re-send.
+            self.with_slot(slot, |st| st.session.inbound_qos2_received(*packet_id));
         }
-        retained.insert(&message.topic, message.clone());
-        true
+        if p.retain_update {
+            let mut retained = self.shared.retained.write();
+            if p.message.payload.is_empty() {
+                retained.remove(&p.message.topic);
+            } else {
+                retained.insert(&p.message.topic, p.message.clone());
+            }
+        }
+        Ok(PublishOutcome {
+            delivered,
+            held: None,
+            retained_refused: false,
+        })
+    }
+
+    /// Whether a retained update for this topic fits `max_retained_messages` (replacing and
+    /// deleting always do).
+    fn retained_has_room(&self, message: &Message) -> bool {
+        let retained = self.shared.retained.read();
+        message.payload.is_empty()
+            || retained.len() < self.shared.config.limits.max_retained_messages
+            || retained.contains(&message.topic)
     }
 
     /// Decides who receives a message: one delivery per session for its ordinary
@@ -582,93 +889,160 @@ impl Broker {
         out
     }
 
-    fn deliver(&self, plan: Vec<(Arc<SessionSlot>, Delivery)>, outcome: &mut PublishOutcome) {
-        for (slot, delivery) in plan {
-            match self.enqueue(&slot, delivery.clone()) {
-                Some(Enqueued::Queued) => outcome.delivered += 1,
-                Some(Enqueued::Full) => outcome.full.push((slot, delivery)),
-                Some(Enqueued::DroppedQos0) => {
+    /// Places deliveries in their sessions' queues: reserves room and packet ids, logs an
+    /// `Enqueue` (with the message body) for every persistent session among them together with
+    /// `records`, waits until all of it is durable, and only then makes the deliveries visible
+    /// and wakes their connections. Returns how many were placed and those that found a full
+    /// queue.
+    ///
+    /// With `all_or_nothing`, a single full QoS 1/2 target cancels every reservation and
+    /// nothing is logged: `(0, full)`.
+    async fn place(
+        &self,
+        targets: Vec<(Arc<SessionSlot>, Delivery)>,
+        mut records: Vec<Record>,
+        all_or_nothing: bool,
+    ) -> Result<(usize, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
+        let max_total = self.shared.config.limits.max_queued_bytes_total;
+        let persistence = self.shared.persistence.is_some();
+        let mut reserved = Vec::with_capacity(targets.len());
+        let mut full = Vec::new();
+        let mut bodies_logged: Vec<u64> = Vec::new();
+        for (slot, delivery) in targets {
+            let bytes = delivery.payload_len();
+            let global_room =
+                self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
+            let result = self.with_slot(&slot, |st| {
+                (!st.ended).then(|| {
+                    (
+                        st.session.reserve(delivery.qos, bytes, global_room),
+                        st.in_store,
+                    )
+                })
+            });
+            match result {
+                None => {}
+                Some((Enqueued::Queued(packet_id), in_store)) => {
+                    if persistence && in_store && packet_id != 0 {
+                        let m = &delivery.message;
+                        if !bodies_logged.contains(&m.id) {
+                            bodies_logged.push(m.id);
+                            records.push(Record::Message(store_message(m)));
+                        }
+                        records.push(Record::Enqueue {
+                            client: slot.client_id.to_string(),
+                            packet_id,
+                            message_id: m.id,
+                            qos: delivery.qos as u8,
+                            retain: delivery.retain,
+                            subscription_ids: delivery.subscription_ids.clone(),
+                            shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
+                        });
+                    }
+                    reserved.push((slot, packet_id, delivery));
+                }
+                Some((Enqueued::Full, _)) => full.push((slot, delivery)),
+                Some((Enqueued::DroppedQos0, _)) => {
                     Metrics::add(&self.shared.metrics.dropped_qos0, 1);
                 }
-                None => {}
             }
         }
-    }
-
-    /// Queues one delivery for one session and wakes its connection. `None` if the session
-    /// has ended.
-    fn enqueue(&self, slot: &Arc<SessionSlot>, delivery: Delivery) -> Option<Enqueued> {
-        let max_total = self.shared.config.limits.max_queued_bytes_total;
-        let global_room = self.shared.queued_bytes_total.load(Ordering::Relaxed)
-            + delivery.payload_len()
-            <= max_total;
-        let result = self.with_slot(slot, |st| {
-            if st.ended {
-                return None;
-            }
-            Some(st.session.enqueue(delivery, global_room))
-        });
-        if result == Some(Enqueued::Queued) {
-            slot.wake.notify_one();
-        }
-        result
-    }
-
-    /// Tries again to queue deliveries that found a full queue; returns those still refused.
-    pub fn retry_full(
-        &self,
-        full: Vec<(Arc<SessionSlot>, Delivery)>,
-    ) -> Vec<(Arc<SessionSlot>, Delivery)> {
-        full.into_iter()
-            .filter(|(slot, d)| self.enqueue(slot, d.clone()) == Some(Enqueued::Full))
-            .collect()
-    }
-
-    /// Gives a shared-subscription delivery of a departed member to another member of its
-    /// group that is connected, if any; otherwise it goes back to the departed member.
-    fn redispatch(&self, delivery: Delivery, from: &ClientId) {
-        let Some(group) = delivery.shared_group.clone() else {
-            return;
+        let refused = all_or_nothing && !full.is_empty();
+        let committed = if refused {
+            Ok(())
+        } else {
+            self.commit(records).await
         };
-        let mut target = None;
-        {
-            let router = self.shared.router.read();
-            router.matches(&delivery.message.topic, |m| {
-                if let Match::Shared(g) = m {
-                    if *g.name == *group && target.is_none() {
-                        target = g
-                            .rotation()
-                            .find(|s| s.client != *from && s.target.is_connected())
-                            .map(|s| (s.target.clone(), s.options.qos));
-                    }
+        if refused || committed.is_err() {
+            for (slot, packet_id, d) in reserved {
+                self.with_slot(&slot, |st| st.session.cancel(packet_id, d.payload_len()));
+            }
+            committed?;
+            return Ok((0, full));
+        }
+        let placed = reserved.len();
+        for (slot, packet_id, d) in reserved {
+            let bytes = d.payload_len();
+            let visible = self.with_slot(&slot, |st| {
+                if st.ended {
+                    st.session.cancel(packet_id, bytes);
+                    false
+                } else {
+                    st.session.commit(packet_id, d);
+                    true
                 }
             });
-        }
-        let (slot, granted) = match target {
-            Some(t) => t,
-            None => {
-                let Some(slot) = self.shared.sessions.lock().get(from).cloned() else {
-                    return;
-                };
-                (slot, delivery.qos)
+            if visible {
+                slot.wake.notify_one();
             }
-        };
-        let mut d = delivery;
-        d.qos = d.message.qos.min(granted);
-        if self.enqueue(&slot, d) == Some(Enqueued::Full) {
-            Metrics::add(&self.shared.metrics.queue_full_refusals, 1);
-            tracing::warn!(client = %slot.client_id, "shared redispatch refused: queue full");
+        }
+        Ok((placed, full))
+    }
+
+    /// Gives shared-subscription deliveries of a departed member to connected members of their
+    /// groups, or back to the departed member when none is connected, logging the move (the
+    /// `Dequeue`s of the old packet ids are in `records`) before any member can see it.
+    async fn redispatch(&self, deliveries: Vec<Delivery>, from: &Arc<SessionSlot>) {
+        let mut records = Vec::new();
+        let (removed, in_store) =
+            self.with_slot(from, |st| (st.session.take_removed(), st.in_store));
+        if in_store {
+            for packet_id in removed {
+                let client = from.client_id.to_string();
+                records.push(Record::Dequeue { client, packet_id });
+            }
+        }
+        let mut targets = Vec::with_capacity(deliveries.len());
+        {
+            let router = self.shared.router.read();
+            for delivery in deliveries {
+                let Some(group) = delivery.shared_group.clone() else {
+                    continue;
+                };
+                let mut target = None;
+                router.matches(&delivery.message.topic, |m| {
+                    if let Match::Shared(g) = m {
+                        if *g.name == *group && target.is_none() {
+                            target = g
+                                .rotation()
+                                .find(|s| s.client != from.client_id && s.target.is_connected())
+                                .map(|s| (s.target.clone(), s.options.qos));
+                        }
+                    }
+                });
+                let (slot, granted) = target.unwrap_or_else(|| (from.clone(), delivery.qos));
+                let mut d = delivery;
+                d.qos = d.message.qos.min(granted);
+                targets.push((slot, d));
+            }
+        }
+        match self.place(targets, records, false).await {
+            Ok((_, full)) if !full.is_empty() => {
+                Metrics::add(&self.shared.metrics.queue_full_refusals, full.len() as u64);
+                tracing::warn!(
+                    refused = full.len(),
+                    "shared redispatch refused: queue full"
+                );
+            }
+            _ => {}
         }
     }
 
     // ------------------------------------------------------------------------ subscriptions
 
-    /// Applies a SUBSCRIBE for a session and returns one reason code per filter. Retained
-    /// messages for the new subscriptions are queued to the session behind the SUBACK.
-    pub async fn subscribe(&self, slot: &Arc<SessionSlot>, sub: &Subscribe) -> Vec<ReasonCode> {
+    /// Applies a SUBSCRIBE for a session and returns one reason code per filter, once the
+    /// subscriptions (and the retained deliveries they queue, behind the SUBACK) are durable.
+    pub async fn subscribe(
+        &self,
+        slot: &Arc<SessionSlot>,
+        sub: &Subscribe,
+    ) -> Result<Vec<ReasonCode>, NotDurable> {
         let cfg = &self.shared.config;
         let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut records = Vec::new();
+        let mut retained = Vec::new();
         let identifier = sub.properties.subscription_identifier;
+        let in_store = slot.state.lock().in_store;
         for (filter, options) in &sub.filters {
             let shared = parse_shared(filter);
             let levels = shared.filter.split('/').count();
@@ -711,6 +1085,13 @@ impl Broker {
                             },
                         )
                     });
+                    if in_store {
+                        records.push(Record::Subscribe {
+                            client: slot.client_id.to_string(),
+                            filter: filter.clone(),
+                            subscription: store_subscription(&opts, identifier),
+                        });
+                    }
                     let send_retained = shared.group.is_none()
                         && match opts.retain_handling {
                             RetainHandling::OnSubscribe => true,
@@ -718,57 +1099,168 @@ impl Broker {
                             RetainHandling::Never => false,
                         };
                     if send_retained {
-                        self.queue_retained(slot, shared.filter, opts.qos, identifier);
+                        self.retained_deliveries(
+                            shared.filter,
+                            opts.qos,
+                            identifier,
+                            &mut retained,
+                        );
                     }
                     ReasonCode(granted as u8)
                 }
             };
             codes.push(code);
         }
-        codes
+        let targets = retained.into_iter().map(|d| (slot.clone(), d)).collect();
+        let (_, full) = self.place(targets, records, false).await?;
+        if !full.is_empty() {
+            // Retained copies for a subscriber whose queue is full are not owed to anyone.
+            Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
+        }
+        Ok(codes)
     }
 
-    fn queue_retained(&self, slot: &Arc<SessionSlot>, filter: &str, qos: QoS, id: Option<u32>) {
+    fn retained_deliveries(
+        &self,
+        filter: &str,
+        qos: QoS,
+        id: Option<u32>,
+        out: &mut Vec<Delivery>,
+    ) {
         let now = Instant::now();
-        let mut found = Vec::new();
         self.shared.retained.read().matching(filter, |m| {
             if !m.is_expired(now) {
-                found.push(m.clone());
+                out.push(Delivery {
+                    qos: m.qos.min(qos),
+                    message: m.clone(),
+                    retain: true,
+                    subscription_ids: id.into_iter().collect(),
+                    shared_group: None,
+                });
             }
         });
-        for message in found {
-            let d = Delivery {
-                qos: message.qos.min(qos),
-                message,
-                retain: true,
-                subscription_ids: id.into_iter().collect(),
-                shared_group: None,
-            };
-            match self.enqueue(slot, d) {
-                Some(Enqueued::Queued) | None => {}
-                Some(_) => Metrics::add(&self.shared.metrics.dropped_qos0, 1),
-            }
-        }
     }
 
-    /// Applies an UNSUBSCRIBE; one reason code per filter (0x11 if there was none).
+    /// Applies an UNSUBSCRIBE; one reason code per filter (0x11 if there was none), once the
+    /// removals are durable.
     pub async fn unsubscribe(
         &self,
         slot: &Arc<SessionSlot>,
         filters: &[String],
-    ) -> Vec<ReasonCode> {
-        filters
+    ) -> Result<Vec<ReasonCode>, NotDurable> {
+        let in_store = slot.state.lock().in_store;
+        let mut records = Vec::new();
+        let codes = filters
             .iter()
             .map(|f| {
                 let removed = self.shared.router.write().unsubscribe(f, &slot.client_id);
                 self.with_slot(slot, |st| st.session.subscriptions.remove(f));
+                if in_store && removed {
+                    records.push(Record::Unsubscribe {
+                        client: slot.client_id.to_string(),
+                        filter: f.clone(),
+                    });
+                }
                 if removed {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
                 }
             })
-            .collect()
+            .collect();
+        self.commit(records).await?;
+        Ok(codes)
+    }
+
+    // --------------------------------------------------------------- acknowledgement flows
+
+    /// A PUBACK (QoS 1) or PUBCOMP (QoS 2) from the subscriber: the delivery is complete. Its
+    /// `Dequeue` is logged without waiting. `None` if `conn` no longer owns the session.
+    pub(crate) fn outbound_complete(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+        pubcomp: bool,
+    ) -> Option<()> {
+        let record = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let done = if pubcomp {
+                st.session.on_pubcomp(packet_id)
+            } else {
+                st.session.on_puback(packet_id)
+            };
+            let client = slot.client_id.to_string();
+            Some((done.is_ok() && st.in_store).then_some(Record::Dequeue { client, packet_id }))
+        })?;
+        self.log(record.into_iter().collect());
+        Some(())
+    }
+
+    /// A PUBREC from the subscriber. When it releases the message, "PUBREC received" is made
+    /// durable before the caller sends PUBREL, so that a restart re-sends PUBREL, never the
+    /// PUBLISH. `Ok(None)` if `conn` no longer owns the session.
+    pub(crate) async fn outbound_pubrec(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+        refused: bool,
+    ) -> Result<Option<PubRecOutcome>, NotDurable> {
+        let result = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let outcome = st.session.on_pubrec(packet_id, refused);
+            let client = slot.client_id.to_string();
+            let record = match outcome {
+                PubRecOutcome::Release if st.in_store => Some(Record::PubRec { client, packet_id }),
+                PubRecOutcome::Refused if st.in_store => {
+                    Some(Record::Dequeue { client, packet_id })
+                }
+                _ => None,
+            };
+            Some((outcome, record))
+        });
+        let Some((outcome, record)) = result else {
+            return Ok(None);
+        };
+        match outcome {
+            PubRecOutcome::Release => self.commit(record.into_iter().collect()).await?,
+            _ => self.log(record.into_iter().collect()),
+        }
+        Ok(Some(outcome))
+    }
+
+    /// A PUBREL from the publisher: whether the packet id was awaiting it. Its removal is durable
+    /// before the caller sends PUBCOMP. `Ok(None)` if `conn` no longer owns the session.
+    pub(crate) async fn inbound_pubrel(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+    ) -> Result<Option<bool>, NotDurable> {
+        let result = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let found = st.session.inbound_pubrel(packet_id);
+            let client = slot.client_id.to_string();
+            // Logged even when memory did not hold the id, so the log can never keep one the
+            // client has finished with.
+            Some((
+                found,
+                st.in_store
+                    .then_some(Record::InboundRelease { client, packet_id }),
+            ))
+        });
+        let Some((found, record)) = result else {
+            return Ok(None);
+        };
+        self.commit(record.into_iter().collect()).await?;
+        Ok(Some(found))
     }
 
     // ------------------------------------------------------------------- background tasks
@@ -846,6 +1338,7 @@ impl Broker {
         ];
         for (name, value) in stats {
             let message = Message {
+                id: 0, // `$` topics are never persisted
                 topic: format!("$SYS/broker/{name}").into(),
                 payload: value.into_bytes().into(),
                 qos: QoS::AtMostOnce,
@@ -854,7 +1347,7 @@ impl Broker {
                 expires_at: None,
                 publisher: None,
             };
-            self.publish(Arc::new(message)).await;
+            let _ = self.publish(Arc::new(message), None).await;
         }
     }
 
@@ -867,9 +1360,22 @@ impl Broker {
         conn: ConnId,
         f: impl FnOnce(&mut Session) -> R,
     ) -> Option<R> {
-        self.with_slot(slot, |st| {
-            (st.owner == Some(conn)).then(|| f(&mut st.session))
-        })
+        let (result, records) = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return (None, Vec::new());
+            }
+            let result = f(&mut st.session);
+            let mut records = Vec::new();
+            for packet_id in st.session.take_removed() {
+                if st.in_store {
+                    let client = slot.client_id.to_string();
+                    records.push(Record::Dequeue { client, packet_id });
+                }
+            }
+            (Some(result), records)
+        });
+        self.log(records);
+        result
     }
 }
 

@@ -28,6 +28,8 @@ use crate::router::ClientId;
 /// zero-copy from the publisher's packet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// Unique across restarts; names the message body in the log and the store.
+    pub id: u64,
     pub topic: ByteStr,
     pub payload: Bytes,
     pub qos: QoS,
@@ -280,7 +282,11 @@ impl Session {
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
         self.queued_bytes += bytes;
-        self.queue.push_back(Queued { packet_id, delivery, resend: false });
+        self.queue.push_back(Queued {
+            packet_id,
+            delivery,
+            resend: false,
+        });
     }
 
     /// Releases a reservation that will not be committed.
@@ -310,10 +316,18 @@ impl Session {
         }
         if awaiting_pubcomp {
             let state = OutboundState::AwaitingPubComp;
-            self.inflight.push_back(Inflight { packet_id, delivery, state });
+            self.inflight.push_back(Inflight {
+                packet_id,
+                delivery,
+                state,
+            });
         } else {
             self.queued_bytes += delivery.payload_len();
-            self.queue.push_back(Queued { packet_id, delivery, resend: true });
+            self.queue.push_back(Queued {
+                packet_id,
+                delivery,
+                resend: true,
+            });
         }
     }
 
@@ -361,12 +375,15 @@ impl Session {
     pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
         loop {
             let front = self.queue.front()?;
-            if front.delivery.qos != QoS::AtMostOnce
-                && self.inflight.len() >= self.window as usize
+            if front.delivery.qos != QoS::AtMostOnce && self.inflight.len() >= self.window as usize
             {
                 return None;
             }
-            let Queued { packet_id, delivery, resend } = self.queue.pop_front()?;
+            let Queued {
+                packet_id,
+                delivery,
+                resend,
+            } = self.queue.pop_front()?;
             self.queued_bytes -= delivery.payload_len();
             if delivery.message.is_expired(now) {
                 self.expired += 1;
@@ -374,15 +391,27 @@ impl Session {
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                return Some(Outgoing::Publish { packet_id: 0, delivery, dup: false });
+                return Some(Outgoing::Publish {
+                    packet_id: 0,
+                    delivery,
+                    dup: false,
+                });
             }
             let state = if delivery.qos == QoS::AtLeastOnce {
                 OutboundState::AwaitingPubAck
             } else {
                 OutboundState::AwaitingPubRec
             };
-            self.inflight.push_back(Inflight { packet_id, delivery: delivery.clone(), state });
-            return Some(Outgoing::Publish { packet_id, delivery, dup: resend });
+            self.inflight.push_back(Inflight {
+                packet_id,
+                delivery: delivery.clone(),
+                state,
+            });
+            return Some(Outgoing::Publish {
+                packet_id,
+                delivery,
+                dup: resend,
+            });
         }
     }
 

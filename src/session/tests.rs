@@ -17,6 +17,7 @@ fn session() -> Session {
 
 fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
     Arc::new(Message {
+        id: 1,
         topic: "t".into(),
         payload: Bytes::from_static(payload),
         qos,
@@ -51,7 +52,10 @@ fn outbound_qos2_survives_a_disconnect_at_every_step() {
     for disconnect_after in 0..=steps.len() {
         let now = Instant::now();
         let mut s = session();
-        assert!(matches!(s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true), Enqueued::Queued(_)));
+        assert!(matches!(
+            s.enqueue(delivery(QoS::ExactlyOnce, b"x"), true),
+            Enqueued::Queued(_)
+        ));
         let mut packet_id = 0;
         let mut completed = 0;
         let mut run = |s: &mut Session, step: OutStep, packet_id: &mut u16| match step {
@@ -187,7 +191,10 @@ fn window_limits_inflight_and_qos0_bypasses_it() {
 fn queue_limits_drop_qos0_and_refuse_qos1() {
     let mut s = session();
     for _ in 0..4 {
-        assert!(matches!(s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789"), true), Enqueued::Queued(_)));
+        assert!(matches!(
+            s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789"), true),
+            Enqueued::Queued(_)
+        ));
     }
     assert_eq!(
         s.enqueue(delivery(QoS::AtMostOnce, b"x"), true),
@@ -203,7 +210,10 @@ fn queue_limits_drop_qos0_and_refuse_qos1() {
     // Bytes limit.
     let mut s = session();
     static BIG: [u8; 90] = [0; 90];
-    assert!(matches!(s.enqueue(delivery(QoS::AtLeastOnce, &BIG), true), Enqueued::Queued(_)));
+    assert!(matches!(
+        s.enqueue(delivery(QoS::AtLeastOnce, &BIG), true),
+        Enqueued::Queued(_)
+    ));
     assert_eq!(
         s.enqueue(delivery(QoS::AtLeastOnce, b"0123456789abc"), true),
         Enqueued::Full
@@ -270,33 +280,61 @@ fn packet_ids_are_assigned_at_enqueue_skip_those_in_use_and_wrap() {
     let mut s = session();
     s.set_window(u16::MAX);
     s.next_packet_id = u16::MAX;
-    let ids: Vec<Enqueued> = (0..3).map(|_| s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true)).collect();
-    assert_eq!(ids, [Enqueued::Queued(u16::MAX), Enqueued::Queued(1), Enqueued::Queued(2)]);
+    let ids: Vec<Enqueued> = (0..3)
+        .map(|_| s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Enqueued::Queued(u16::MAX),
+            Enqueued::Queued(1),
+            Enqueued::Queued(2)
+        ]
+    );
     let sent: Vec<u16> = (0..3)
         .map(|_| match s.next_publish(now) {
             Some(Outgoing::Publish { packet_id, .. }) => packet_id,
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(sent, [u16::MAX, 1, 2], "sent under the identifiers they were queued with");
+    assert_eq!(
+        sent,
+        [u16::MAX, 1, 2],
+        "sent under the identifiers they were queued with"
+    );
     s.next_packet_id = 1;
-    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true), Enqueued::Queued(3));
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true),
+        Enqueued::Queued(3)
+    );
     // QoS 0 takes no identifier.
-    assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, b"a"), true), Enqueued::Queued(0));
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtMostOnce, b"a"), true),
+        Enqueued::Queued(0)
+    );
 }
 
 #[test]
 fn reservations_count_against_limits_and_can_be_cancelled() {
     let mut s = session();
-    let Enqueued::Queued(a) = s.reserve(QoS::ExactlyOnce, 10, true) else { panic!() };
-    let Enqueued::Queued(b) = s.reserve(QoS::AtLeastOnce, 10, true) else { panic!() };
+    let Enqueued::Queued(a) = s.reserve(QoS::ExactlyOnce, 10, true) else {
+        panic!()
+    };
+    let Enqueued::Queued(b) = s.reserve(QoS::AtLeastOnce, 10, true) else {
+        panic!()
+    };
     assert_ne!(a, b);
     assert_eq!(s.queued_bytes(), 20);
-    assert!(s.next_publish(Instant::now()).is_none(), "reserved is not yet sendable");
+    assert!(
+        s.next_publish(Instant::now()).is_none(),
+        "reserved is not yet sendable"
+    );
     s.cancel(a, 10);
     s.commit(b, delivery(QoS::AtLeastOnce, b"0123456789"));
     assert_eq!(s.queued_bytes(), 10);
-    assert!(matches!(s.next_publish(Instant::now()), Some(Outgoing::Publish { packet_id, .. }) if packet_id == b));
+    assert!(
+        matches!(s.next_publish(Instant::now()), Some(Outgoing::Publish { packet_id, .. }) if packet_id == b)
+    );
     // The cancelled identifier is free again.
     s.next_packet_id = a;
     assert_eq!(s.reserve(QoS::AtLeastOnce, 1, true), Enqueued::Queued(a));
@@ -310,12 +348,19 @@ fn restored_deliveries_are_resent_with_dup_and_pubrel() {
     s.restore(8, delivery(QoS::AtLeastOnce, b"y"), false);
     assert_eq!(s.resume(), vec![Outgoing::PubRel { packet_id: 7 }]);
     match s.next_publish(now) {
-        Some(Outgoing::Publish { packet_id: 8, dup: true, .. }) => {}
+        Some(Outgoing::Publish {
+            packet_id: 8,
+            dup: true,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     // Identifiers in use are not handed out again.
     s.next_packet_id = 7;
-    assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, b"z"), true), Enqueued::Queued(9));
+    assert_eq!(
+        s.enqueue(delivery(QoS::AtLeastOnce, b"z"), true),
+        Enqueued::Queued(9)
+    );
 }
 
 #[test]
@@ -324,9 +369,16 @@ fn removals_without_acknowledgement_are_reported() {
     let mut s = session();
     let mut m = (*message(QoS::AtLeastOnce, b"old")).clone();
     m.expires_at = Some(now);
-    let d = Delivery { message: Arc::new(m), ..delivery(QoS::AtLeastOnce, b"") };
-    let Enqueued::Queued(expired) = s.enqueue(d, true) else { panic!() };
-    let Enqueued::Queued(kept) = s.enqueue(delivery(QoS::AtLeastOnce, b"k"), true) else { panic!() };
+    let d = Delivery {
+        message: Arc::new(m),
+        ..delivery(QoS::AtLeastOnce, b"")
+    };
+    let Enqueued::Queued(expired) = s.enqueue(d, true) else {
+        panic!()
+    };
+    let Enqueued::Queued(kept) = s.enqueue(delivery(QoS::AtLeastOnce, b"k"), true) else {
+        panic!()
+    };
     assert!(s.next_publish(now + Duration::from_secs(1)).is_some());
     s.discard_inflight(kept);
     assert_eq!(s.take_removed(), vec![expired, kept]);

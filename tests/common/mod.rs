@@ -13,12 +13,26 @@ use keelmq::server::Server;
 
 pub mod raw;
 
-/// A configuration for tests: an ephemeral loopback port, `$SYS` every second.
+/// A configuration for tests: an ephemeral loopback port, `$SYS` every second, and a fresh
+/// data directory of its own.
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.listener.bind = "127.0.0.1:0".parse().unwrap();
     c.sys.interval_secs = 1;
+    c.data_dir = temp_dir("broker");
+    // Small WAL segments: a test writes little, and each broker has its own directory.
+    c.storage.wal_segment_bytes = 1 << 20;
     c
+}
+
+/// A fresh directory under the system temp directory, unique to this process and call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("keelmq-test-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// Starts an in-process broker.
@@ -58,7 +72,11 @@ impl BrokerProcess {
     /// Starts `keelmq serve --listen 127.0.0.1:0` with extra arguments and waits until it
     /// reports its address.
     pub fn start(extra_args: &[&str]) -> BrokerProcess {
-        Self::start_with(Path::new(env!("CARGO_BIN_EXE_keelmq")), extra_args)
+        let dir = temp_dir("process");
+        let dir = dir.to_str().expect("utf-8 temp dir").to_string();
+        let mut args = vec!["--data-dir", dir.as_str()];
+        args.extend_from_slice(extra_args);
+        Self::start_with(Path::new(env!("CARGO_BIN_EXE_keelmq")), &args)
     }
 
     pub fn start_with(binary: &Path, extra_args: &[&str]) -> BrokerProcess {

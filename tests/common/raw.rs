@@ -28,13 +28,17 @@ pub enum Recv {
 
 impl RawClient {
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        RawClient {
+        Self::try_tcp(addr, version).await.expect("connects")
+    }
+
+    pub async fn try_tcp(addr: SocketAddr, version: ProtocolVersion) -> Option<RawClient> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        Some(RawClient {
             stream,
             decoder: Decoder::with_version(version, MAX_PACKET_SIZE_PROTOCOL),
             buf: BytesMut::new(),
             version,
-        }
+        })
     }
 
     /// Connects and completes CONNECT/CONNACK; panics unless the CONNACK is a success.
@@ -73,6 +77,32 @@ impl RawClient {
         match self.recv().await {
             Recv::Packet(Packet::ConnAck(ack)) => ack,
             other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Like [`Self::handshake`], but `None` when the broker answers anything but CONNACK or
+    /// goes away (crash tests kill it at any moment).
+    pub async fn try_handshake(
+        &mut self,
+        client_id: &str,
+        clean_start: bool,
+        tweak: impl FnOnce(&mut Connect),
+    ) -> Option<ConnAck> {
+        let mut connect = Connect {
+            protocol: self.version,
+            clean_start,
+            keep_alive: 60,
+            properties: Default::default(),
+            client_id: client_id.to_string(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        tweak(&mut connect);
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Recv::Packet(Packet::ConnAck(ack)) => Some(ack),
+            _ => None,
         }
     }
 

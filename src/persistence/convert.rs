@@ -1,0 +1,105 @@
+//! Conversions between the broker's in-memory values and their stored forms. Expiry instants
+//! become wall-clock times on the way out and instants again on the way in, so that a message
+//! expiry and a session expiry keep counting across a restart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::records::{StoredMessage, StoredSubscription};
+use crate::codec::{PublishProperties, QoS, RetainHandling, SubscriptionOptions};
+use crate::session::Message;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The wall-clock time (ms) of a monotonic instant.
+pub fn instant_to_ms(at: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = now_ms();
+    if at >= now {
+        wall + at.duration_since(now).as_millis() as u64
+    } else {
+        wall.saturating_sub(now.duration_since(at).as_millis() as u64)
+    }
+}
+
+/// The monotonic instant of a wall-clock time (ms), clamped to what `Instant` can express.
+pub fn ms_to_instant(ms: u64) -> Instant {
+    let now = Instant::now();
+    let wall = now_ms();
+    if ms >= wall {
+        now + Duration::from_millis(ms - wall)
+    } else {
+        now.checked_sub(Duration::from_millis(wall - ms))
+            .unwrap_or(now)
+    }
+}
+
+pub fn store_message(m: &Message) -> StoredMessage {
+    let p = &m.properties;
+    StoredMessage {
+        id: m.id,
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: p.user_properties.clone(),
+        expires_at_ms: m.expires_at.map(instant_to_ms),
+        publisher: m.publisher.as_ref().map(|c| c.to_string()),
+    }
+}
+
+pub fn restore_message(s: StoredMessage) -> Arc<Message> {
+    Arc::new(Message {
+        id: s.id,
+        topic: s.topic.into(),
+        payload: Bytes::from(s.payload),
+        qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
+        retain: s.retain,
+        properties: PublishProperties {
+            payload_format_indicator: s.payload_format_indicator,
+            content_type: s.content_type,
+            response_topic: s.response_topic,
+            correlation_data: s.correlation_data.map(Bytes::from),
+            user_properties: s.user_properties,
+            ..Default::default()
+        },
+        expires_at: s.expires_at_ms.map(ms_to_instant),
+        publisher: s.publisher.map(|p| p.as_str().into()),
+    })
+}
+
+pub fn store_subscription(o: &SubscriptionOptions, identifier: Option<u32>) -> StoredSubscription {
+    let options = o.qos as u8
+        | (o.no_local as u8) << 2
+        | (o.retain_as_published as u8) << 3
+        | (o.retain_handling as u8) << 4;
+    StoredSubscription {
+        options,
+        identifier,
+    }
+}
+
+pub fn restore_subscription(s: &StoredSubscription) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(s.options & 3).unwrap_or(QoS::AtMostOnce),
+        no_local: s.options & 0x04 != 0,
+        retain_as_published: s.options & 0x08 != 0,
+        retain_handling: match (s.options >> 4) & 3 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscribe,
+            _ => RetainHandling::Never,
+        },
+    }
+}

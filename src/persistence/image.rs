@@ -1,0 +1,479 @@
+//! The image: the durable state as the log and the store describe it, kept in memory by the
+//! persistence layer and changed only by [`Image::apply`] — the same function recovery uses to
+//! replay the log over the last checkpoint. Applying records in log order from a checkpoint
+//! taken after record S reproduces exactly the image after the last record.
+//!
+//! The image remembers which keys changed since the last checkpoint ([`Image::take_changes`]),
+//! so a checkpoint writes only what changed, and only its current value: a message queued and
+//! acknowledged between two checkpoints never reaches the store.
+//!
+//! # Store keys (all tables of `keelmq-storage`)
+//! | table | key | value |
+//! |---|---|---|
+//! | sessions | client id (UTF-8) | `SessionRecord` |
+//! | subscriptions | u16 BE client-id length, client id, filter | `StoredSubscription` |
+//! | messages | u64 BE message id | `StoredMessage` |
+//! | queues | u16 BE client-id length, client id, u16 BE packet id | `StoredDelivery` |
+//! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty |
+//! | retained | topic (UTF-8) | `StoredMessage` |
+//!
+//! Values are a version byte and postcard (see `records.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use keelmq_storage::{Change, Store, Table};
+
+use super::records::*;
+
+/// A persistent session in the image.
+#[derive(Debug, Clone, Default)]
+pub struct SessionImage {
+    pub record: Option<SessionRecord>,
+    pub subscriptions: BTreeMap<String, StoredSubscription>,
+    /// Outbound deliveries by packet id.
+    pub deliveries: HashMap<u16, StoredDelivery>,
+    pub inbound: BTreeSet<u16>,
+    next_order: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Body {
+    message: StoredMessage,
+    refs: u32,
+}
+
+/// A key that changed since the last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Session(String),
+    Subscription(String, String),
+    Message(u64),
+    Delivery(String, u16),
+    Inbound(String, u16),
+    Retained(String),
+}
+
+/// The durable state.
+#[derive(Debug, Default)]
+pub struct Image {
+    pub sessions: HashMap<String, SessionImage>,
+    bodies: HashMap<u64, Body>,
+    pub retained: HashMap<String, StoredMessage>,
+    dirty: HashSet<Key>,
+    /// Records that referred to state the image does not have (a delivery for an unknown
+    /// message). They mean a bug or damaged data; they are counted and reported.
+    pub inconsistencies: u64,
+}
+
+fn client_key(client: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + client.len() + rest.len());
+    k.extend_from_slice(&(client.len() as u16).to_be_bytes());
+    k.extend_from_slice(client.as_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+fn split_client_key(key: &[u8]) -> Option<(String, &[u8])> {
+    let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+    let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?.to_string();
+    Some((client, key.get(2 + len..)?))
+}
+
+impl Image {
+    pub fn message(&self, id: u64) -> Option<&StoredMessage> {
+        self.bodies.get(&id).map(|b| &b.message)
+    }
+
+    pub fn has_message(&self, id: u64) -> bool {
+        self.bodies.contains_key(&id)
+    }
+
+    /// Counts for inspection: sessions, subscriptions, deliveries, inbound ids, bodies, retained.
+    pub fn counts(&self) -> [usize; 6] {
+        let subs = self.sessions.values().map(|s| s.subscriptions.len()).sum();
+        let deliveries = self.sessions.values().map(|s| s.deliveries.len()).sum();
+        let inbound = self.sessions.values().map(|s| s.inbound.len()).sum();
+        [
+            self.sessions.len(),
+            subs,
+            deliveries,
+            inbound,
+            self.bodies.len(),
+            self.retained.len(),
+        ]
+    }
+
+    /// The largest message id in the image, so that new ids never collide after a restart.
+    pub fn max_message_id(&self) -> u64 {
+        let b = self.bodies.keys().copied().max().unwrap_or(0);
+        let r = self.retained.values().map(|m| m.id).max().unwrap_or(0);
+        b.max(r)
+    }
+
+    fn unref(&mut self, message_id: u64) {
+        if let Some(body) = self.bodies.get_mut(&message_id) {
+            body.refs = body.refs.saturating_sub(1);
+            if body.refs == 0 {
+                self.bodies.remove(&message_id);
+                self.dirty.insert(Key::Message(message_id));
+            }
+        }
+    }
+
+    fn remove_session(&mut self, client: &str) {
+        let Some(s) = self.sessions.remove(client) else {
+            return;
+        };
+        self.dirty.insert(Key::Session(client.to_string()));
+        for filter in s.subscriptions.keys() {
+            self.dirty
+                .insert(Key::Subscription(client.to_string(), filter.clone()));
+        }
+        for (pid, d) in &s.deliveries {
+            self.dirty.insert(Key::Delivery(client.to_string(), *pid));
+            self.unref(d.message_id);
+        }
+        for pid in &s.inbound {
+            self.dirty.insert(Key::Inbound(client.to_string(), *pid));
+        }
+    }
+
+    /// Applies one record. Records about a session the image does not hold are ignored (the
+    /// session ended); a delivery of an unknown message is counted as an inconsistency.
+    pub fn apply(&mut self, record: Record) {
+        match record {
+            Record::Session(r) => {
+                let client = r.client.clone();
+                self.dirty.insert(Key::Session(client.clone()));
+                self.sessions.entry(client).or_default().record = Some(r);
+            }
+            Record::SessionRemove { client } => self.remove_session(&client),
+            Record::Subscribe {
+                client,
+                filter,
+                subscription,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.subscriptions.insert(filter.clone(), subscription);
+                    self.dirty.insert(Key::Subscription(client, filter));
+                }
+            }
+            Record::Unsubscribe { client, filter } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    if s.subscriptions.remove(&filter).is_some() {
+                        self.dirty.insert(Key::Subscription(client, filter));
+                    }
+                }
+            }
+            Record::Message(m) => {
+                self.dirty.insert(Key::Message(m.id));
+                self.bodies.entry(m.id).or_insert(Body {
+                    message: m,
+                    refs: 0,
+                });
+            }
+            Record::Enqueue {
+                client,
+                packet_id,
+                message_id,
+                qos,
+                retain,
+                subscription_ids,
+                shared_group,
+            } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                let Some(body) = self.bodies.get_mut(&message_id) else {
+                    self.inconsistencies += 1;
+                    return;
+                };
+                body.refs += 1;
+                s.next_order += 1;
+                let d = StoredDelivery {
+                    order: s.next_order,
+                    message_id,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    shared_group,
+                    awaiting_pubcomp: false,
+                };
+                let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
+                self.dirty.insert(Key::Delivery(client, packet_id));
+                if let Some(old) = replaced {
+                    self.unref(old);
+                }
+            }
+            Record::Dequeue { client, packet_id } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                if let Some(d) = s.deliveries.remove(&packet_id) {
+                    self.dirty.insert(Key::Delivery(client, packet_id));
+                    self.unref(d.message_id);
+                }
+            }
+            Record::PubRec { client, packet_id } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                if let Some(d) = s.deliveries.get_mut(&packet_id) {
+                    d.awaiting_pubcomp = true;
+                    self.dirty.insert(Key::Delivery(client, packet_id));
+                }
+            }
+            Record::InboundQos2 { client, packet_id } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.inbound.insert(packet_id);
+                    self.dirty.insert(Key::Inbound(client, packet_id));
+                }
+            }
+            Record::InboundRelease { client, packet_id } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    if s.inbound.remove(&packet_id) {
+                        self.dirty.insert(Key::Inbound(client, packet_id));
+                    }
+                }
+            }
+            Record::RetainSet(m) => {
+                self.dirty.insert(Key::Retained(m.topic.clone()));
+                self.retained.insert(m.topic.clone(), m);
+            }
+            Record::RetainDelete { topic } => {
+                if self.retained.remove(&topic).is_some() {
+                    self.dirty.insert(Key::Retained(topic));
+                }
+            }
+        }
+    }
+
+    /// A canonical listing of the whole state, for comparing two images in tests.
+    pub fn canonical(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (c, s) in &self.sessions {
+            out.push(format!("session {c} {:?}", s.record));
+            for (f, sub) in &s.subscriptions {
+                out.push(format!("sub {c} {f} {sub:?}"));
+            }
+            // Queue order by rank: the counter behind `order` restarts from the highest stored
+            // value after a checkpoint, so only the relative order is state.
+            let mut ds: Vec<_> = s.deliveries.iter().collect();
+            ds.sort_by_key(|(_, d)| d.order);
+            for (rank, (pid, d)) in ds.into_iter().enumerate() {
+                let d = StoredDelivery {
+                    order: rank as u64,
+                    ..(*d).clone()
+                };
+                out.push(format!("delivery {c} {pid} {d:?}"));
+            }
+            for pid in &s.inbound {
+                out.push(format!("inbound {c} {pid}"));
+            }
+        }
+        for (id, b) in &self.bodies {
+            out.push(format!("body {id} refs {} {:?}", b.refs, b.message));
+        }
+        for (t, m) in &self.retained {
+            out.push(format!("retained {t} {m:?}"));
+        }
+        out.sort();
+        out
+    }
+
+    /// Whether anything changed since the last [`Self::take_changes`].
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The current value (or deletion) of every key changed since the last call, for a
+    /// checkpoint. On a failed checkpoint, give the changes back with [`Self::restore_dirty`].
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let dirty: Vec<Key> = self.dirty.drain().collect();
+        dirty.into_iter().map(|k| self.change_for(k)).collect()
+    }
+
+    /// Marks every key of `changes` dirty again (their checkpoint failed).
+    pub fn restore_dirty(&mut self, changes: &[Change]) {
+        for c in changes {
+            if let Some(k) = Self::key_of(c.table, &c.key) {
+                self.dirty.insert(k);
+            }
+        }
+    }
+
+    fn key_of(table: Table, key: &[u8]) -> Option<Key> {
+        let pid = |rest: &[u8]| Some(u16::from_be_bytes(rest.try_into().ok()?));
+        Some(match table {
+            Table::Sessions => Key::Session(String::from_utf8(key.to_vec()).ok()?),
+            Table::Subscriptions => {
+                let (c, f) = split_client_key(key)?;
+                Key::Subscription(c, String::from_utf8(f.to_vec()).ok()?)
+            }
+            Table::Messages => Key::Message(u64::from_be_bytes(key.try_into().ok()?)),
+            Table::Queues => {
+                let (c, rest) = split_client_key(key)?;
+                Key::Delivery(c, pid(rest)?)
+            }
+            Table::Inbound => {
+                let (c, rest) = split_client_key(key)?;
+                Key::Inbound(c, pid(rest)?)
+            }
+            Table::Retained => Key::Retained(String::from_utf8(key.to_vec()).ok()?),
+            Table::Meta => return None,
+        })
+    }
+
+    fn change_for(&self, key: Key) -> Change {
+        match key {
+            Key::Session(c) => Change {
+                table: Table::Sessions,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .and_then(|s| s.record.as_ref())
+                    .map(encode_value),
+                key: c.into_bytes(),
+            },
+            Key::Subscription(c, f) => Change {
+                table: Table::Subscriptions,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .and_then(|s| s.subscriptions.get(&f))
+                    .map(encode_value),
+                key: client_key(&c, f.as_bytes()),
+            },
+            Key::Message(id) => Change {
+                table: Table::Messages,
+                value: self.bodies.get(&id).map(|b| encode_value(&b.message)),
+                key: id.to_be_bytes().to_vec(),
+            },
+            Key::Delivery(c, pid) => Change {
+                table: Table::Queues,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .and_then(|s| s.deliveries.get(&pid))
+                    .map(encode_value),
+                key: client_key(&c, &pid.to_be_bytes()),
+            },
+            Key::Inbound(c, pid) => Change {
+                table: Table::Inbound,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .filter(|s| s.inbound.contains(&pid))
+                    .map(|_| vec![VALUE_V1]),
+                key: client_key(&c, &pid.to_be_bytes()),
+            },
+            Key::Retained(t) => Change {
+                table: Table::Retained,
+                value: self.retained.get(&t).map(encode_value),
+                key: t.into_bytes(),
+            },
+        }
+    }
+
+    /// Loads the image from a checkpoint. Any key or value that does not decode is an error
+    /// naming the table and key: corrupt state is never skipped silently.
+    pub fn load(store: &dyn Store) -> Result<Image, LoadError> {
+        fn bad(table: Table, key: &[u8], what: impl ToString) -> keelmq_storage::Error {
+            keelmq_storage::Error::Corrupt {
+                path: std::path::PathBuf::from(table.name()),
+                what: format!(
+                    "key {:?}: {}",
+                    String::from_utf8_lossy(key),
+                    what.to_string()
+                ),
+            }
+        }
+        fn client_pid(key: &[u8]) -> Option<(String, u16)> {
+            let (c, rest) = split_client_key(key)?;
+            Some((c, u16::from_be_bytes(rest.try_into().ok()?)))
+        }
+        let mut image = Image::default();
+        let sessions = &mut image.sessions;
+        let scan =
+            |table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> keelmq_storage::Result<()>| {
+                store.scan(table, visit).map_err(|e| LoadError {
+                    table: table.name(),
+                    what: e.to_string(),
+                })
+            };
+        scan(Table::Sessions, &mut |k, v| {
+            let r = decode_value::<SessionRecord>(v).map_err(|e| bad(Table::Sessions, k, e))?;
+            let client = r.client.clone();
+            sessions.entry(client).or_default().record = Some(r);
+            Ok(())
+        })?;
+        scan(Table::Subscriptions, &mut |k, v| {
+            let sub = decode_value::<StoredSubscription>(v)
+                .map_err(|e| bad(Table::Subscriptions, k, e))?;
+            let (c, f) =
+                split_client_key(k).ok_or_else(|| bad(Table::Subscriptions, k, "bad key"))?;
+            let f = String::from_utf8(f.to_vec()).map_err(|e| bad(Table::Subscriptions, k, e))?;
+            sessions.entry(c).or_default().subscriptions.insert(f, sub);
+            Ok(())
+        })?;
+        let bodies = &mut image.bodies;
+        scan(Table::Messages, &mut |k, v| {
+            let m = decode_value::<StoredMessage>(v).map_err(|e| bad(Table::Messages, k, e))?;
+            bodies.insert(
+                m.id,
+                Body {
+                    message: m,
+                    refs: 0,
+                },
+            );
+            Ok(())
+        })?;
+        scan(Table::Queues, &mut |k, v| {
+            let d = decode_value::<StoredDelivery>(v).map_err(|e| bad(Table::Queues, k, e))?;
+            let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
+            let body = bodies.get_mut(&d.message_id).ok_or_else(|| {
+                bad(
+                    Table::Queues,
+                    k,
+                    format!("refers to missing message {}", d.message_id),
+                )
+            })?;
+            body.refs += 1;
+            let s = sessions.entry(c).or_default();
+            s.next_order = s.next_order.max(d.order);
+            s.deliveries.insert(pid, d);
+            Ok(())
+        })?;
+        scan(Table::Inbound, &mut |k, _| {
+            let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Inbound, k, "bad key"))?;
+            sessions.entry(c).or_default().inbound.insert(pid);
+            Ok(())
+        })?;
+        let retained = &mut image.retained;
+        scan(Table::Retained, &mut |k, v| {
+            let m = decode_value::<StoredMessage>(v).map_err(|e| bad(Table::Retained, k, e))?;
+            retained.insert(m.topic.clone(), m);
+            Ok(())
+        })?;
+        if let Some(c) = image
+            .sessions
+            .iter()
+            .find(|(_, s)| s.record.is_none())
+            .map(|(c, _)| c)
+        {
+            return Err(LoadError {
+                table: "sessions",
+                what: format!("state for client {c:?} without a session record"),
+            });
+        }
+        Ok(image)
+    }
+}
+
+/// A checkpoint entry that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("state store table {table}: {what}")]
+pub struct LoadError {
+    pub table: &'static str,
+    pub what: String,
+}

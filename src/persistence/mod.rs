@@ -1,0 +1,346 @@
+//! Persistence: the only code that talks to `keelmq-wal` and `keelmq-storage`.
+//!
+//! # The contract (DESIGN.md §2), as built
+//! The broker turns every change of durable state into [`Record`]s and hands them to
+//! [`Persistence::log`], which, under one lock, applies them to the [`Image`] and appends them to
+//! the WAL (so the image after record S is exactly what the log up to S describes). The WAL's
+//! writer thread batches the appends of all connections into one `fdatasync` (group commit);
+//! [`Persistence::commit`] waits for that sync without blocking the async runtime. The broker
+//! sends an acknowledgement only after the commit covering its records returned:
+//!
+//! | sent | after these records are durable |
+//! |---|---|
+//! | CONNACK (persistent session) | `Session` (and `SessionRemove` of a discarded session) |
+//! | SUBACK / UNSUBACK | `Subscribe` / `Unsubscribe`, and the retained deliveries they queue |
+//! | PUBACK / PUBREC | `Message`, every `Enqueue` for a persistent subscriber, `RetainSet`/`RetainDelete`, and for PUBREC the publisher's `InboundQos2` |
+//! | PUBCOMP | `InboundRelease` |
+//! | PUBREL (outbound) | `PubRec` |
+//!
+//! Subscribers see a message only after it is durable (the broker reserves queue room, commits,
+//! then delivers), so a crash can never let a re-sent QoS 2 message reach a subscriber twice.
+//! `Dequeue` after PUBACK/PUBCOMP and a session's disconnect time are logged without waiting:
+//! losing them only causes a DUP re-delivery or a later expiry.
+//!
+//! # Checkpoints
+//! Every `checkpoint_interval_ms` (or when the WAL grew by `checkpoint_wal_bytes`) the keys
+//! changed since the last checkpoint are written to the store with their current values, with
+//! RocksDB's WAL off, in one batch carrying `applied_seq`; the store flushes with wait; the
+//! persisted `applied_seq` is read back; only then are WAL segments up to it deleted.
+//!
+//! # Recovery
+//! Open the store, load the image from it, replay the WAL from `applied_seq + 1` through the same
+//! [`Image::apply`], and hand the image to the broker. A torn tail of the newest segment is cut
+//! (the WAL logs file, offset and bytes); any other damage stops the start with the file and
+//! offset (see `keelmq inspect`).
+
+pub mod convert;
+pub mod image;
+pub mod records;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keelmq_storage::{RocksStore, Store, StoreOptions};
+use keelmq_wal::fs::{Fs, StdFs};
+use keelmq_wal::{Durable, RecoveryMode, SyncPolicy, Wal, WalOptions};
+use parking_lot::Mutex;
+
+pub use image::Image;
+pub use records::Record;
+
+/// Persistence settings (the `[storage]` section of the configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersistenceOptions {
+    pub sync: SyncPolicy,
+    pub segment_bytes: u64,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_wal_bytes: u64,
+    pub store: StoreOptions,
+}
+
+/// Why persistence failed. Fatal for the broker: it stops acknowledging and exits.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data directory {path}: {what}")]
+    DataDir { path: PathBuf, what: String },
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] keelmq_wal::Error),
+    #[error("state store: {0}")]
+    Store(#[from] keelmq_storage::Error),
+    #[error("{0}")]
+    Load(#[from] image::LoadError),
+    #[error("WAL record {seq} does not decode ({what}); move the WAL directory aside or run `keelmq inspect`")]
+    Record { seq: u64, what: String },
+    #[error("checkpoint: persisted applied_seq {persisted} after writing {written}")]
+    CheckpointMismatch { persisted: u64, written: u64 },
+    #[error("persistence failed earlier; refusing to acknowledge")]
+    Failed,
+}
+
+/// What recovery found, for the start-up log line and `keelmq inspect`.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub checkpoint_seq: u64,
+    pub replayed_records: u64,
+    pub last_seq: u64,
+    pub torn_tail: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// The persistence layer of one broker.
+pub struct Persistence {
+    wal: Wal,
+    store: Box<dyn Store>,
+    image: Mutex<Image>,
+    next_message_id: AtomicU64,
+    failed: AtomicBool,
+    options: PersistenceOptions,
+    /// WAL sequence number of the last checkpoint.
+    checkpointed_seq: AtomicU64,
+    /// WAL bytes written when the last checkpoint started.
+    bytes_at_checkpoint: AtomicU64,
+    checkpoint_lock: Mutex<()>,
+    /// Held for the life of the process: one broker per data directory.
+    _lock: Option<File>,
+}
+
+impl Persistence {
+    /// Opens the data directory (locking it), recovers the image and replays the WAL.
+    pub fn open(
+        dir: &Path,
+        options: PersistenceOptions,
+    ) -> Result<(Persistence, RecoveryReport), Error> {
+        let data_err = |what: String| Error::DataDir {
+            path: dir.to_owned(),
+            what,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| data_err(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            data_err("is in use by another keelmq process (LOCK is held)".to_string())
+        })?;
+        let store = RocksStore::open(&dir.join("store"), options.store)?;
+        Self::open_parts(
+            Arc::new(StdFs),
+            &dir.join("wal"),
+            Box::new(store),
+            options,
+            Some(lock),
+        )
+    }
+
+    /// Opens over any file system and store: the power-loss tests use the WAL's fault-injecting
+    /// `MemFs` and an in-memory store.
+    pub fn open_parts(
+        fs: Arc<dyn Fs>,
+        wal_dir: &Path,
+        store: Box<dyn Store>,
+        options: PersistenceOptions,
+        lock: Option<File>,
+    ) -> Result<(Persistence, RecoveryReport), Error> {
+        let started = Instant::now();
+        let checkpoint_seq = store.persisted_applied_seq()?;
+        let mut image = Image::load(&*store)?;
+        let wal_options = WalOptions {
+            segment_size_bytes: options.segment_bytes,
+            sync_policy: options.sync,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            ..WalOptions::default()
+        };
+        let (wal, recovery) = Wal::open_with_fs(fs, wal_dir, wal_options)?;
+        let mut replayed = 0;
+        for record in wal.read_from(checkpoint_seq + 1)? {
+            let record = record?;
+            let decoded =
+                Record::decode_batch(record.record_type, &record.payload).map_err(|e| {
+                    Error::Record {
+                        seq: record.seq,
+                        what: e.to_string(),
+                    }
+                })?;
+            for r in decoded {
+                image.apply(r);
+            }
+            replayed += 1;
+        }
+        if image.inconsistencies > 0 {
+            tracing::warn!(
+                count = image.inconsistencies,
+                "log records referred to missing messages"
+            );
+        }
+        let next_message_id = image.max_message_id() + 1;
+        let report = RecoveryReport {
+            checkpoint_seq,
+            replayed_records: replayed,
+            last_seq: wal.last_seq(),
+            torn_tail: recovery.torn_tail.as_ref().map(|t| format!("{t:?}")),
+            elapsed: started.elapsed(),
+        };
+        let p = Persistence {
+            wal,
+            store,
+            image: Mutex::new(image),
+            next_message_id: AtomicU64::new(next_message_id),
+            failed: AtomicBool::new(false),
+            options,
+            checkpointed_seq: AtomicU64::new(checkpoint_seq),
+            bytes_at_checkpoint: AtomicU64::new(0),
+            checkpoint_lock: Mutex::new(()),
+            _lock: lock,
+        };
+        Ok((p, report))
+    }
+
+    /// A new message id (unique across restarts).
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the image (for building the broker at start and for inspection).
+    pub fn with_image<R>(&self, f: impl FnOnce(&Image) -> R) -> R {
+        f(&self.image.lock())
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, e: &Error) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "persistence failed: no further acknowledgements");
+        }
+    }
+
+    /// Applies `records` to the image and appends them to the WAL as one record, in one step
+    /// with respect to other callers. Returns its completion, which the WAL completes only after
+    /// it and every record before it are durable.
+    pub fn log(&self, records: Vec<Record>) -> Result<Option<Durable>, Error> {
+        if self.has_failed() {
+            return Err(Error::Failed);
+        }
+        if records.is_empty() {
+            return Ok(None);
+        }
+        // One commit is one WAL record: atomic by the WAL's framing.
+        let payload = Record::encode_batch(&records);
+        let mut image = self.image.lock();
+        for record in records {
+            image.apply(record);
+        }
+        let appended = match self.wal.try_append(records::RECORD_V1, payload.clone()) {
+            Ok(a) => a,
+            Err(keelmq_wal::Error::Full) => {
+                // The WAL's queue is full: the disk is behind. Wait for room here — this worker
+                // thread is handed over to the runtime meanwhile — so that log order stays image
+                // order.
+                tokio::task::block_in_place(|| self.wal.append(records::RECORD_V1, payload))
+                    .map_err(|e| self.failed_with(e.into()))?
+            }
+            Err(e) => return Err(self.failed_with(e.into())),
+        };
+        Ok(Some(appended.durable))
+    }
+
+    fn failed_with(&self, e: Error) -> Error {
+        self.fail(&e);
+        e
+    }
+
+    /// Waits for a completion returned by [`Self::log`], without blocking the runtime.
+    pub async fn wait_durable(&self, durable: Option<Durable>) -> Result<(), Error> {
+        let Some(durable) = durable else {
+            return if self.has_failed() {
+                Err(Error::Failed)
+            } else {
+                Ok(())
+            };
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        durable.on_complete(move |r| {
+            let _ = tx.send(r);
+        });
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed_with(e.into())),
+            Err(_) => Err(self.failed_with(Error::Failed)),
+        }
+    }
+
+    /// Logs `records` and waits until they are durable.
+    pub async fn commit(&self, records: Vec<Record>) -> Result<(), Error> {
+        let durable = self.log(records)?;
+        self.wait_durable(durable).await
+    }
+
+    /// Whether a checkpoint is due: time or WAL growth.
+    pub fn checkpoint_due(&self, since_last: Duration) -> bool {
+        let grown = self.wal.last_seq() > self.checkpointed_seq.load(Ordering::Relaxed);
+        let bytes = self.wal.stats().bytes - self.bytes_at_checkpoint.load(Ordering::Relaxed);
+        grown
+            && (since_last >= self.options.checkpoint_interval
+                || bytes >= self.options.checkpoint_wal_bytes)
+    }
+
+    /// Writes the changed state to the store and truncates the WAL behind it. Blocking: run on
+    /// a blocking thread.
+    pub fn checkpoint(&self) -> Result<u64, Error> {
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        let (changes, seq) = {
+            let mut image = self.image.lock();
+            (image.take_changes(), self.wal.last_seq())
+        };
+        self.bytes_at_checkpoint
+            .store(self.wal.stats().bytes, Ordering::Relaxed);
+        let result = (|| {
+            self.wal.sync()?;
+            self.store.write_checkpoint(changes.clone(), seq)?;
+            let persisted = self.store.persisted_applied_seq()?;
+            if persisted != seq {
+                return Err(Error::CheckpointMismatch {
+                    persisted,
+                    written: seq,
+                });
+            }
+            self.wal.truncate_through(seq)?;
+            Ok(seq)
+        })();
+        match &result {
+            Ok(seq) => {
+                self.checkpointed_seq.store(*seq, Ordering::Relaxed);
+                tracing::debug!(seq, changes = changes.len(), "checkpoint written");
+            }
+            Err(e) => {
+                self.image.lock().restore_dirty(&changes);
+                tracing::error!(error = %e, "checkpoint failed; the WAL keeps everything");
+            }
+        }
+        result
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Stops the WAL cleanly after a final checkpoint.
+    pub fn close(self) -> Result<(), Error> {
+        self.checkpoint()?;
+        Ok(self.wal.close()?)
+    }
+}
+
+/// Shared handle.
+pub type SharedPersistence = Arc<Persistence>;
