@@ -196,20 +196,36 @@ class Peer:
 
     def subscribe(self, topic, qos=0, properties=None, expect=None):
         """Subscribes and waits for SUBACK; checks the granted QoS / reason codes."""
-        if isinstance(topic, list):
-            rc, mid = self.c.subscribe(topic, properties=properties)
-        else:
-            rc, mid = self.c.subscribe(topic, qos, properties=properties)
-        check(rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: subscribe({topic}) failed to send: {rc}")
-        with self.cond:
-            ok = self.cond.wait_for(lambda: mid in self.subacks, timeout=TIMEOUT)
-            check(ok, f"{self.name}: no SUBACK for {topic} within {TIMEOUT}s")
-            codes = [c.value for c in self.subacks[mid]]
+        mid = self.send_subscribe(topic, qos, properties)
+        codes = self.wait_suback(mid, topic)
         if expect is None:
             expect = [q if not isinstance(q, SubscribeOptions) else q.QoS for _, q in topic] \
                 if isinstance(topic, list) else [qos.QoS if isinstance(qos, SubscribeOptions) else qos]
         check(codes == expect, f"{self.name}: SUBACK for {topic}: {codes}, expected {expect}")
         return codes
+
+    def send_subscribe(self, topic, qos=0, properties=None):
+        """Sends SUBSCRIBE without waiting; returns its mid for wait_suback()."""
+        if isinstance(topic, list):
+            rc, mid = self.c.subscribe(topic, properties=properties)
+        else:
+            rc, mid = self.c.subscribe(topic, qos, properties=properties)
+        check(rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: subscribe({topic}) failed to send: {rc}")
+        return mid
+
+    def wait_suback(self, mid, what):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: mid in self.subacks, timeout=TIMEOUT)
+            check(ok, f"{self.name}: no SUBACK for {what} within {TIMEOUT}s")
+            return [c.value for c in self.subacks[mid]]
+
+    def unsubscribe(self, topic):
+        """Unsubscribes and waits for UNSUBACK."""
+        done = threading.Event()
+        self.c.on_unsubscribe = lambda *args: done.set()
+        rc, _ = self.c.unsubscribe(topic)
+        check(rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: unsubscribe({topic}) failed to send: {rc}")
+        check(done.wait(TIMEOUT), f"{self.name}: no UNSUBACK for {topic} within {TIMEOUT}s")
 
     def publish(self, topic, payload, qos=0, retain=False, properties=None):
         info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -398,8 +414,11 @@ def scenario_retained():
             pub.publish_and_wait(topic, b"first", 1, retain=True)
             expect_retained(b"first", 1)
             log(f"ok: {VERSION_NAME[v]} retained message set")
-            # Replaced, at QoS 0 now: the retained copy carries its own QoS.
+            # Replaced, at QoS 0 now: the retained copy carries its own QoS. Nothing acknowledges a
+            # QoS 0 PUBLISH, so a QoS 1 one on the same connection, acknowledged after it was
+            # handled, tells when the retained store holds it.
             pub.publish_and_wait(topic, b"second", 0, retain=True)
+            pub.publish_and_wait(f"fence/{t}", b"fence", 1)
             expect_retained(b"second", 0)
             log(f"ok: {VERSION_NAME[v]} retained message replaced")
             # A live subscriber sees the delete as an ordinary empty message, without retain.
@@ -416,6 +435,43 @@ def scenario_retained():
             log(f"ok: {VERSION_NAME[v]} retained message deleted by an empty payload")
         finally:
             stop_all(*peers)
+
+
+def scenario_retained_race():
+    """A retained update racing new subscriptions: every subscription made while a retained QoS 1
+    PUBLISH is being handled (its SUBACK and the PUBACK both arrive) must get that message, either
+    live (subscribed first) or as the retained copy (subscribed after), never neither."""
+    topic = "race/state"
+    pub = Peer("race-pub", V311)
+    subs = [Peer(f"race-sub-{i}", V311) for i in range(12)]
+    try:
+        pub.connect()
+        for s in subs:
+            s.connect()
+        pub.publish_and_wait(topic, b"v0", 1, retain=True)
+        missed = []
+        for r in range(1, 21):
+            payload = f"v{r}".encode()
+            mid = pub.publish(topic, payload, 1, retain=True)
+            pending = []
+            for i, s in enumerate(subs):
+                pending.append(s.send_subscribe(topic, 1))
+                time.sleep(0.0005 * (i % 3))  # spread the SUBSCRIBEs over the handling of the PUBLISH
+            for s, smid in zip(subs, pending):
+                s.wait_suback(smid, topic)
+            pub.wait_published([mid])
+            pub.publish_and_wait(topic, b"marker", 1)
+            for s in subs:
+                got = [m.payload for m in s.until(b"marker")]
+                if payload not in got:
+                    missed.append((r, s.name, got))
+                s.unsubscribe(topic)
+        check(not missed, f"{len(missed)} subscriptions (of {20 * len(subs)}) made while retained {topic} was "
+              f"replaced got the new message neither live nor retained: (round, client, received before the "
+              f"next message) {missed[:8]}")
+        log(f"ok: {20 * len(subs)} racing subscriptions all saw the retained update")
+    finally:
+        stop_all(pub, *subs)
 
 
 def will_props(delay=None, extra=True):
@@ -530,10 +586,7 @@ def scenario_session():
                 first.connect(clean_start=True, expect_session=False,
                               properties=props(PacketTypes.CONNECT, SessionExpiryInterval=60))
             else:
-                # Start from no session, then keep one.
-                clean = Peer(f"ss-{t}", v, clean_session=True)
-                clean.connect(expect_session=False)
-                clean.disconnect()
+                # The broker is fresh: no session for this client id yet.
                 first = Peer(f"ss-{t}", v, clean_session=False)
                 first.connect(expect_session=False)
             peers.append(first)
@@ -600,6 +653,32 @@ def scenario_session():
             log(f"ok: {VERSION_NAME[v]} in-flight QoS 1 re-sent with DUP, QoS 2 PUBREL re-sent")
         finally:
             stop_all(*peers)
+
+
+def scenario_clean_session_takeover():
+    """3.1.1: a session made with CleanSession=1 lasts as long as its network connection and is
+    never reused [MQTT-3.1.2-6]; a CleanSession=0 connection taking over its client id starts with
+    no session: session present 0, and none of the old subscriptions."""
+    old = Peer("cst", V311, clean_session=True)
+    new = Peer("cst", V311, clean_session=False)
+    pub = Peer("cst-pub", V311)
+    try:
+        pub.connect()
+        old.connect(expect_session=False)
+        old.subscribe("cst/old", 1)
+        flags = new.connect()
+        old.wait_disconnect()
+        new.subscribe("cst/marker", 1)
+        pub.publish_and_wait("cst/old", b"for the old subscription", 1)
+        pub.publish_and_wait("cst/marker", b"marker", 1)
+        inherited = [(m.topic, m.payload) for m in new.until(b"marker")]
+        check(not flags.session_present and not inherited,
+              f"CleanSession=0 connection taking over a CleanSession=1 one: session present "
+              f"{int(flags.session_present)} (expected 0), messages of the old session's subscriptions "
+              f"{inherited} (expected none)")
+        log("ok: 3.1.1 clean session not reused by a CleanSession=0 takeover")
+    finally:
+        stop_all(old, new, pub)
 
 
 def scenario_takeover():
@@ -931,9 +1010,11 @@ def scenario_keepalive():
 SCENARIOS = {
     "qos": scenario_qos,
     "retained": scenario_retained,
+    "retained_race": scenario_retained_race,
     "will": scenario_will,
     "session": scenario_session,
     "takeover": scenario_takeover,
+    "clean_session_takeover": scenario_clean_session_takeover,
     "shared": scenario_shared,
     "topic_alias": scenario_topic_alias,
     "expiry": scenario_expiry,
