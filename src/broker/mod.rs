@@ -144,6 +144,11 @@ pub(crate) struct Shared {
     next_message_id: AtomicU64,
     /// Persistence failed: nothing more is acknowledged and the broker stops.
     failed: AtomicBool,
+    /// Orders retained publishes against SUBSCRIBEs: a retained publish holds it shared from
+    /// its routing plan until the retained store holds the message (across the WAL sync); a
+    /// SUBSCRIBE holds it exclusively. A subscriber is therefore either in the plan (it gets the
+    /// live copy) or subscribes after the store was updated (it gets the retained copy).
+    retain_gate: tokio::sync::RwLock<()>,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -190,6 +195,7 @@ impl Broker {
                 persistence,
                 next_message_id: AtomicU64::new(first_id),
                 failed: AtomicBool::new(false),
+                retain_gate: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -461,6 +467,7 @@ impl Broker {
         }
         let (kick_tx, kicked) = oneshot::channel();
         let mut was_persistent = false;
+        let mut discarded = false;
         let mut session_record = None;
         let mut wills_to_publish = Vec::new();
         let mut ended_subscriptions = Vec::new();
@@ -498,6 +505,15 @@ impl Broker {
                     || !st.session.subscriptions.is_empty()
                     || st.session.inflight_len() > 0
                     || st.session.queued_len() > 0;
+                // A session with expiry 0 lasts only as long as its connection
+                // [MQTT-3.1.2-6]: a takeover ends it, whatever the new connection asks. One
+                // whose expiry ran out is gone even if the reaper has not removed it yet.
+                let expired = st.owner.is_none()
+                    && st.session.expiry_interval != u32::MAX
+                    && st.disconnected_at.is_some_and(|at| {
+                        at.elapsed() >= Duration::from_secs(u64::from(st.session.expiry_interval))
+                    });
+                let fresh = connect.clean_start || st.session.expiry_interval == 0 || expired;
                 // Take over from a connection still attached [MQTT-3.1.4-3].
                 if let Some(kick) = st.kick.take() {
                     let _ = kick.send(());
@@ -508,11 +524,12 @@ impl Broker {
                 let old_will = st.will.take().or(st.pending_will.take().map(|(_, w)| w));
                 if let Some(w) = old_will {
                     let delay = w.properties.will_delay_interval.unwrap_or(0);
-                    if connect.clean_start || delay == 0 {
+                    if fresh || delay == 0 {
                         wills_to_publish.push((st.session.client_id.clone(), w));
                     }
                 }
-                if connect.clean_start {
+                discarded = fresh;
+                if fresh {
                     ended_subscriptions = st.session.subscriptions.keys().cloned().collect();
                     st.session.clear();
                     st.session = Session::new(client_id.clone(), connect.protocol, self.limits());
@@ -529,7 +546,7 @@ impl Broker {
                 if st.in_store {
                     session_record = Some(Self::session_record(&client_id, st));
                 }
-                existed && !connect.clean_start
+                existed && !fresh
             });
             (slot, present)
         };
@@ -542,7 +559,7 @@ impl Broker {
         // CONNACK of a persistent session only after its record is durable; a persistent
         // session discarded by Clean Start, or resumed with expiry 0, leaves the store.
         let mut records = Vec::new();
-        if was_persistent && (connect.clean_start || expiry_interval == 0) {
+        if was_persistent && (discarded || expiry_interval == 0) {
             records.push(Record::SessionRemove {
                 client: client_id.to_string(),
             });
@@ -743,6 +760,10 @@ impl Broker {
         message: Arc<Message>,
         inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
     ) -> Result<PublishOutcome, NotDurable> {
+        let _gate = match message.retain {
+            true => Some(self.shared.retain_gate.read().await),
+            false => None,
+        };
         let mut records = Vec::new();
         let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
         let mut retain_update = false;
@@ -1037,6 +1058,7 @@ impl Broker {
         slot: &Arc<SessionSlot>,
         sub: &Subscribe,
     ) -> Result<Vec<ReasonCode>, NotDurable> {
+        let _gate = self.shared.retain_gate.write().await;
         let cfg = &self.shared.config;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut records = Vec::new();

@@ -66,6 +66,8 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 pub struct BrokerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// A data directory this harness created, removed on drop.
+    owned_dir: Option<PathBuf>,
 }
 
 impl BrokerProcess {
@@ -73,10 +75,12 @@ impl BrokerProcess {
     /// reports its address.
     pub fn start(extra_args: &[&str]) -> BrokerProcess {
         let dir = temp_dir("process");
-        let dir = dir.to_str().expect("utf-8 temp dir").to_string();
-        let mut args = vec!["--data-dir", dir.as_str()];
+        let dir_arg = dir.to_str().expect("utf-8 temp dir").to_string();
+        let mut args = vec!["--data-dir", dir_arg.as_str()];
         args.extend_from_slice(extra_args);
-        Self::start_with(Path::new(env!("CARGO_BIN_EXE_keelmq")), &args)
+        let mut process = Self::start_with(Path::new(env!("CARGO_BIN_EXE_keelmq")), &args);
+        process.owned_dir = Some(dir);
+        process
     }
 
     pub fn start_with(binary: &Path, extra_args: &[&str]) -> BrokerProcess {
@@ -107,7 +111,11 @@ impl BrokerProcess {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("keelmq reports its listening address");
-        BrokerProcess { child, addr }
+        BrokerProcess {
+            child,
+            addr,
+            owned_dir: None,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -119,6 +127,9 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.owned_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

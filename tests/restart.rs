@@ -1,0 +1,136 @@
+//! Durable state across restarts of the real binary: persistent sessions, subscriptions, queued
+//! messages and retained messages survive `kill -9`; a session expires by wall-clock time even
+//! while the broker is down; a clean session leaves nothing on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::RawClient;
+use keelmq::codec::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn start(dir: &std::path::Path) -> common::BrokerProcess {
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
+    common::BrokerProcess::start_with(&binary, &["--data-dir", dir.to_str().unwrap()])
+}
+
+fn inspect(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelmq"))
+        .arg("inspect")
+        .arg(dir)
+        .output()
+        .expect("keelmq inspect runs");
+    assert!(
+        out.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_kill_9_and_sessions_expire_across_restarts() {
+    let dir = common::temp_dir("restart");
+    let broker = start(&dir);
+    let expiring = |secs| move |c: &mut Connect| c.properties.session_expiry_interval = Some(secs);
+    let (mut keep, _) = RawClient::connect(broker.addr, V5, "keeper", true, expiring(3600)).await;
+    keep.subscribe(1, "r/#", SubscriptionOptions::qos(QoS::ExactlyOnce))
+        .await;
+    let (mut short, _) = RawClient::connect(broker.addr, V5, "short", true, expiring(2)).await;
+    short
+        .subscribe(1, "r/#", SubscriptionOptions::qos(QoS::AtLeastOnce))
+        .await;
+    drop(keep);
+    drop(short);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut publ, _) = RawClient::connect(broker.addr, V5, "publisher", true, |_| {}).await;
+    publ.publish("r/1", b"queued", QoS::ExactlyOnce, 1, false)
+        .await;
+    assert!(matches!(publ.next().await, Packet::PubRec(a) if a.reason == ReasonCode::SUCCESS));
+    publ.publish("r/ret", b"kept", QoS::AtLeastOnce, 2, true)
+        .await;
+    assert!(matches!(publ.next().await, Packet::PubAck(_)));
+    drop(broker); // SIGKILL
+                  // The 2-second session expires while the broker is down.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let broker = start(&dir);
+    let (_short, ack) = RawClient::connect(broker.addr, V5, "short", false, expiring(2)).await;
+    assert!(
+        !ack.session_present,
+        "expired by wall-clock time across the restart"
+    );
+    let (mut keep, ack) =
+        RawClient::connect(broker.addr, V5, "keeper", false, expiring(3600)).await;
+    assert!(
+        ack.session_present,
+        "the persistent session survived kill -9"
+    );
+    let p = keep.next_publish().await;
+    assert_eq!(
+        (&*p.topic, &p.payload[..], p.qos),
+        ("r/1", &b"queued"[..], QoS::ExactlyOnce)
+    );
+    keep.send(&Packet::PubRec(PubAck::new(p.packet_id))).await;
+    // PUBREL leaves once "PUBREC received" is durable; the next queued message may come first.
+    let (mut rel, mut retained) = (false, false);
+    while !(rel && retained) {
+        match keep.next().await {
+            Packet::PubRel(r) => {
+                keep.send(&Packet::PubComp(PubAck::new(r.packet_id))).await;
+                rel = true;
+            }
+            Packet::Publish(m) => {
+                assert_eq!((&*m.topic, &m.payload[..]), ("r/ret", &b"kept"[..]));
+                keep.send(&Packet::PubAck(PubAck::new(m.packet_id))).await;
+                retained = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The subscription survived too: a new message arrives.
+    let (mut publ, _) = RawClient::connect(broker.addr, V5, "publisher", true, |_| {}).await;
+    publ.publish("r/2", b"live", QoS::AtMostOnce, 0, false)
+        .await;
+    let p = keep.next_publish().await;
+    assert_eq!(&p.payload[..], b"live");
+    // A new subscriber gets the retained message recovered from disk.
+    let (mut late, _) = RawClient::connect(broker.addr, V5, "late", true, |_| {}).await;
+    late.subscribe(1, "r/ret", SubscriptionOptions::qos(QoS::AtMostOnce))
+        .await;
+    assert_eq!(&late.next_publish().await.payload[..], b"kept");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_leaves_nothing_on_disk() {
+    let dir = common::temp_dir("clean");
+    let broker = start(&dir);
+    let (mut c, _) = RawClient::connect(broker.addr, V5, "ephemeral", true, |_| {}).await;
+    c.subscribe(1, "e/#", SubscriptionOptions::qos(QoS::ExactlyOnce))
+        .await;
+    let (mut p, _) = RawClient::connect(
+        broker.addr,
+        ProtocolVersion::V3_1_1,
+        "ephemeral-pub",
+        true,
+        |_| {},
+    )
+    .await;
+    p.publish("e/1", b"x", QoS::ExactlyOnce, 1, false).await;
+    assert!(matches!(p.next().await, Packet::PubRec(_)));
+    let got = c.next_publish().await;
+    assert_eq!(&got.payload[..], b"x");
+    drop(broker);
+    let report = inspect(&dir);
+    assert!(report.contains("sessions: 0"), "{report}");
+    assert!(report.contains("subscriptions: 0"), "{report}");
+    assert!(report.contains("queued messages: 0"), "{report}");
+    assert!(
+        report.contains("records -..-"),
+        "no WAL record at all: {report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
