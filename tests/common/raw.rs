@@ -62,22 +62,9 @@ impl RawClient {
         clean_start: bool,
         tweak: impl FnOnce(&mut Connect),
     ) -> ConnAck {
-        let mut connect = Connect {
-            protocol: self.version,
-            clean_start,
-            keep_alive: 60,
-            properties: Default::default(),
-            client_id: client_id.to_string(),
-            will: None,
-            username: None,
-            password: None,
-        };
-        tweak(&mut connect);
-        self.send(&Packet::Connect(Box::new(connect))).await;
-        match self.recv().await {
-            Recv::Packet(Packet::ConnAck(ack)) => ack,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        self.try_handshake(client_id, clean_start, tweak)
+            .await
+            .expect("the broker answers CONNACK")
     }
 
     /// Like [`Self::handshake`], but `None` when the broker answers anything but CONNACK or
