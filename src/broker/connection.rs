@@ -78,11 +78,12 @@ impl Close {
 }
 
 impl From<super::NotDurable> for Close {
-    /// Persistence failed: acknowledge nothing more; the broker is stopping.
+    /// What was to be acknowledged could not be made durable: close without acknowledging
+    /// (the client re-sends on its next connection). After a fatal failure the broker stops.
     fn from(_: super::NotDurable) -> Close {
         Close::Server {
-            reason: ReasonCode::SERVER_SHUTTING_DOWN,
-            why: "persistence failed",
+            reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            why: "could not be stored",
         }
     }
 }

@@ -322,6 +322,10 @@ impl Broker {
         }
         match p.commit(records).await {
             Ok(()) => Ok(()),
+            Err(e) if !e.is_fatal() => {
+                tracing::warn!(error = %e, "operation refused");
+                Err(NotDurable)
+            }
             Err(e) => {
                 self.fatal(&e);
                 Err(NotDurable)
@@ -338,7 +342,11 @@ impl Broker {
             return;
         }
         if let Err(e) = p.log(records) {
-            self.fatal(&e);
+            if e.is_fatal() {
+                self.fatal(&e);
+            } else {
+                tracing::warn!(error = %e, "record not logged");
+            }
         }
     }
 

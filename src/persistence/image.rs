@@ -289,6 +289,18 @@ impl Image {
     /// The current value (or deletion) of every key changed since the last call, for a
     /// checkpoint. On a failed checkpoint, give the changes back with [`Self::restore_dirty`].
     pub fn take_changes(&mut self) -> Vec<Change> {
+        // Bodies no delivery refers to (every target session ended) are dropped here, so they
+        // never reach the store.
+        let orphans: Vec<u64> = self
+            .bodies
+            .iter()
+            .filter(|(_, b)| b.refs == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.bodies.remove(&id);
+            self.dirty.insert(Key::Message(id));
+        }
         let dirty: Vec<Key> = self.dirty.drain().collect();
         dirty.into_iter().map(|k| self.change_for(k)).collect()
     }

@@ -51,6 +51,12 @@ use parking_lot::Mutex;
 pub use image::Image;
 pub use records::Record;
 
+/// The largest commit (one WAL record): the WAL's queue capacity in bytes, the most a record
+/// may be. A commit carries each message body once, so only a SUBSCRIBE matching an enormous
+/// retained set for a persistent session can reach it; that SUBSCRIBE is then refused, not the
+/// broker.
+pub const MAX_COMMIT_BYTES: usize = keelmq_wal::DEFAULT_CHANNEL_CAPACITY_BYTES;
+
 /// Persistence settings (the `[storage]` section of the configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersistenceOptions {
@@ -78,6 +84,16 @@ pub enum Error {
     CheckpointMismatch { persisted: u64, written: u64 },
     #[error("persistence failed earlier; refusing to acknowledge")]
     Failed,
+    /// One commit is larger than a WAL record may be. Only that operation is refused.
+    #[error("a commit of {0} bytes exceeds the WAL record limit")]
+    TooLarge(usize),
+}
+
+impl Error {
+    /// Whether the error stops the broker (everything but an oversized commit).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Error::TooLarge(_))
+    }
 }
 
 /// What recovery found, for the start-up log line and `keelmq inspect`.
@@ -154,6 +170,7 @@ impl Persistence {
             segment_size_bytes: options.segment_bytes,
             sync_policy: options.sync,
             recovery_mode: RecoveryMode::TolerateTornTail,
+            max_record_bytes: MAX_COMMIT_BYTES,
             ..WalOptions::default()
         };
         let (wal, recovery) = Wal::open_with_fs(fs, wal_dir, wal_options)?;
@@ -233,6 +250,9 @@ impl Persistence {
         }
         // One commit is one WAL record: atomic by the WAL's framing.
         let payload = Record::encode_batch(&records);
+        if payload.len() > MAX_COMMIT_BYTES {
+            return Err(Error::TooLarge(payload.len()));
+        }
         let mut image = self.image.lock();
         for record in records {
             image.apply(record);
