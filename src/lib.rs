@@ -16,6 +16,8 @@
 //! - [`persistence`]: the only code that talks to the WAL and the store: records, the durable
 //!   image, commits that acknowledgements wait for, checkpoints, recovery.
 //! - [`inspect`]: `keelmq inspect`, a read-only verifier of a data directory.
+//! - [`client`]: a minimal MQTT client over the codec; [`verify`]: `keelmq verify`, a
+//!   crash-consistency checker for any broker (SIGKILL and restart, count lost/duplicated).
 //! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit.
 //! - `keelmq-storage` (crate in `storage/`): the LSM state store (RocksDB) behind a `Store` trait.
 //!
@@ -23,6 +25,8 @@
 
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "broker")]
+pub mod client;
 pub mod codec;
 pub mod config;
 #[cfg(feature = "broker")]
@@ -35,3 +39,5 @@ pub mod server;
 pub mod session;
 #[cfg(feature = "broker")]
 pub mod transport;
+#[cfg(feature = "broker")]
+pub mod verify;
