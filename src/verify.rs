@@ -170,7 +170,7 @@ async fn subscriber(shared: Arc<Shared>) {
                 Recv::Packet(_) => {}
                 Recv::Timeout if shared.stop_all.load(Ordering::Relaxed) => return,
                 Recv::Timeout => {}
-                Recv::Closed => break,
+                Recv::Closed | Recv::Invalid(_) => break,
             }
         }
     }
@@ -293,7 +293,7 @@ async fn publisher(shared: Arc<Shared>) {
                         return;
                     }
                 }
-                Recv::Closed => break,
+                Recv::Closed | Recv::Invalid(_) => break,
             }
         }
     }

@@ -140,7 +140,7 @@ async fn subscriber(shared: Arc<Shared>) {
                         return;
                     }
                 }
-                Recv::Closed => break,
+                Recv::Closed | Recv::Invalid(_) => break,
             }
         }
     }
@@ -260,7 +260,7 @@ async fn publisher(shared: Arc<Shared>) {
                         return;
                     }
                 }
-                Recv::Closed => break,
+                Recv::Closed | Recv::Invalid(_) => break,
             }
         }
     }

@@ -1,30 +1,21 @@
-//! A raw MQTT client over our own codec, for tests that must send exact packets (malformed
-//! input, flow-control violations, topic aliases) and see exactly what the broker answers.
+//! A raw MQTT client for tests that must send exact packets (malformed input, flow-control
+//! violations, topic aliases) and see exactly what the broker answers: the library's
+//! `keelmq::client::Client` with test conveniences that panic on the unexpected.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use keelmq::client::Client;
+pub use keelmq::client::Recv;
 use keelmq::codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub struct RawClient {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
+    inner: Client,
     pub version: ProtocolVersion,
 }
 
 pub const WAIT: Duration = Duration::from_secs(5);
-
-/// What a receive saw.
-#[derive(Debug, PartialEq)]
-pub enum Recv {
-    Packet(Packet),
-    Closed,
-    Timeout,
-}
 
 impl RawClient {
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
@@ -32,13 +23,8 @@ impl RawClient {
     }
 
     pub async fn try_tcp(addr: SocketAddr, version: ProtocolVersion) -> Option<RawClient> {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        Some(RawClient {
-            stream,
-            decoder: Decoder::with_version(version, MAX_PACKET_SIZE_PROTOCOL),
-            buf: BytesMut::new(),
-            version,
-        })
+        let inner = Client::tcp(addr, version, WAIT).await?;
+        Some(RawClient { inner, version })
     }
 
     /// Connects and completes CONNECT/CONNACK; panics unless the CONNACK is a success.
@@ -75,48 +61,25 @@ impl RawClient {
         clean_start: bool,
         tweak: impl FnOnce(&mut Connect),
     ) -> Option<ConnAck> {
-        let mut connect = Connect {
-            protocol: self.version,
-            clean_start,
-            keep_alive: 60,
-            properties: Default::default(),
-            client_id: client_id.to_string(),
-            will: None,
-            username: None,
-            password: None,
-        };
+        let mut connect = self.inner.connect_packet(client_id, clean_start);
         tweak(&mut connect);
-        self.send(&Packet::Connect(Box::new(connect))).await;
-        match self.recv().await {
-            Recv::Packet(Packet::ConnAck(ack)) => Some(ack),
-            _ => None,
-        }
+        self.inner.handshake(connect, WAIT).await
     }
 
     pub async fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        encode(p, self.version, &mut out).expect("test packet encodes");
-        self.send_bytes(&out).await;
+        self.inner.send(p).await;
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        // A write may fail if the broker already closed; the test then sees Closed on recv.
-        let _ = self.stream.write_all(bytes).await;
+        self.inner.send_bytes(bytes).await;
     }
 
+    /// The next packet within `wait`; a packet the broker sent that does not decode fails
+    /// the test.
     pub async fn recv_within(&mut self, wait: Duration) -> Recv {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Recv::Packet(p),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent an undecodable packet: {e}"),
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Recv::Timeout,
-                Ok(Ok(0)) | Ok(Err(_)) => return Recv::Closed,
-                Ok(Ok(_)) => {}
-            }
+        match self.inner.recv(wait).await {
+            Recv::Invalid(e) => panic!("broker sent an undecodable packet: {e}"),
+            other => other,
         }
     }
 
