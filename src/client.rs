@@ -1,4 +1,4 @@
-//! A minimal MQTT client over KeelMQ's codec, for the `verify` tool (and load generation):
+//! A minimal MQTT client over KeelMQ's codec, for `keelmq verify` and `keelmq bench`:
 //! connect, send packets, receive packets with a timeout. It keeps no session state itself;
 //! callers implement the QoS flows they need.
 
@@ -88,6 +88,12 @@ impl Client {
         }
         let ack = c.handshake(connect, wait).await?;
         Some((c, ack))
+    }
+
+    /// Gives up the connection to a caller that runs its own read/write loop (`keelmq bench`):
+    /// the stream, the decoder, and bytes already read but not yet decoded.
+    pub fn into_parts(self) -> (TcpStream, Decoder, BytesMut) {
+        (self.stream, self.decoder, self.buf)
     }
 
     pub fn version(&self) -> ProtocolVersion {

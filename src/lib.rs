@@ -18,11 +18,15 @@
 //! - [`inspect`]: `keelmq inspect`, a read-only verifier of a data directory.
 //! - [`client`]: a minimal MQTT client over the codec; [`verify`]: `keelmq verify`, a
 //!   crash-consistency checker for any broker (SIGKILL and restart, count lost/duplicated).
+//!   [`bench`]: `keelmq bench conn|sub|pub`, a load generator for any broker (rates, latency
+//!   percentiles, lost and duplicated counts).
 //! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit.
 //! - `keelmq-storage` (crate in `storage/`): the LSM state store (RocksDB) behind a `Store` trait.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
+#[cfg(feature = "broker")]
+pub mod bench;
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "broker")]

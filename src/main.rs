@@ -1,4 +1,4 @@
-//! The `keelmq` command: `serve` (the default), `check-config`.
+//! The `keelmq` command: `serve` (the default), `check-config`, `inspect`, `verify`, `bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,10 @@ enum Command {
     /// persistent sessions, optionally SIGKILLing and restarting the broker; reports lost and
     /// duplicated messages and exits non-zero on any violation.
     Verify(VerifyArgs),
+    /// Load generator for any broker, modelled on emqtt-bench: `conn`, `sub`, `pub`. Prints a
+    /// live line per second and a summary whose last line is JSON.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Verify a data directory (WAL and state store) without changing it, and print its
     /// contents. Exits non-zero on corruption.
     Inspect {
@@ -42,6 +46,203 @@ enum Command {
         #[arg(long)]
         dump: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Open connections and keep them idle (pinging) until the duration ends.
+    Conn {
+        #[command(flatten)]
+        common: BenchCommon,
+    },
+    /// Subscribers: count, de-duplicate and time what arrives.
+    Sub {
+        #[command(flatten)]
+        common: BenchCommon,
+        /// Topic filter; `%i` is the client index.
+        #[arg(short = 't', long)]
+        topic: String,
+        #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        /// Stop once nothing has arrived for this many seconds (after the first message).
+        #[arg(long)]
+        idle_exit: Option<f64>,
+    },
+    /// Publishers of sequence-numbered, timestamped messages.
+    Pub {
+        #[command(flatten)]
+        common: BenchCommon,
+        /// Topic; `%i` is the client index, `%s` the message's sequence number.
+        #[arg(short = 't', long)]
+        topic: String,
+        #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        /// Payload size in bytes (at least 28: the bench header).
+        #[arg(short = 's', long, default_value_t = 256)]
+        size: usize,
+        /// Milliseconds between two messages of one publisher (0 = unpaced).
+        #[arg(short = 'I', long)]
+        interval_ms: Option<f64>,
+        /// Total messages per second over all publishers (overrides --interval-ms).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Messages per publisher (0 = until --duration ends).
+        #[arg(short = 'L', long, default_value_t = 0)]
+        limit: u64,
+        /// Unacknowledged QoS 1/2 messages per publisher.
+        #[arg(short = 'F', long, default_value_t = 32)]
+        inflight: usize,
+        /// Set RETAIN on every message.
+        #[arg(long)]
+        retain: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct BenchCommon {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(short = 'p', long, default_value_t = 1883)]
+    port: u16,
+    /// Number of clients.
+    #[arg(short = 'c', long, default_value_t = 1)]
+    clients: u32,
+    /// New connections per second (0 = as fast as they are accepted).
+    #[arg(short = 'R', long, default_value_t = 0)]
+    conn_rate: u32,
+    /// MQTT version.
+    #[arg(short = 'V', long, default_value = "3.1.1", value_parser = ["3.1", "3.1.1", "5"])]
+    mqtt: String,
+    /// Client ids are PREFIX-INDEX (default: kqb-MODE-PID, unique per process; give a fixed
+    /// prefix to resume persistent sessions in a later run).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Index of the first client.
+    #[arg(long, default_value_t = 0)]
+    first_index: u32,
+    /// Seconds to run (pub: of sending; then outstanding acknowledgements are awaited).
+    #[arg(short = 'd', long)]
+    duration: Option<f64>,
+    #[arg(short = 'k', long, default_value_t = 60)]
+    keep_alive: u16,
+    /// Keep the session: Clean Session 0 / Clean Start 0 (with --session-expiry in 5.0).
+    #[arg(long)]
+    persistent: bool,
+    /// Session Expiry Interval in seconds (5.0).
+    #[arg(long, default_value_t = 0)]
+    session_expiry: u32,
+    /// Worker threads of the load generator (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No live line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn seconds(name: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => anyhow::bail!("{name}: {s} is not a number of seconds"),
+    }
+}
+
+fn qos_of(q: u8) -> keelmq::codec::QoS {
+    use keelmq::codec::QoS;
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+impl BenchCommon {
+    fn build(&self, mode: &str) -> anyhow::Result<keelmq::bench::Common> {
+        use keelmq::codec::ProtocolVersion;
+        if self.clients == 0 {
+            anyhow::bail!("--clients must be at least 1");
+        }
+        Ok(keelmq::bench::Common {
+            addr: SocketAddr::new(self.host, self.port),
+            clients: self.clients,
+            conn_rate: self.conn_rate,
+            version: match self.mqtt.as_str() {
+                "3.1" => ProtocolVersion::V3_1,
+                "5" => ProtocolVersion::V5,
+                _ => ProtocolVersion::V3_1_1,
+            },
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| format!("kqb-{mode}-{}", std::process::id())),
+            first_index: self.first_index,
+            duration: seconds("--duration", self.duration)?,
+            keep_alive: self.keep_alive,
+            clean: !self.persistent,
+            session_expiry: self.session_expiry,
+            live: !self.quiet,
+        })
+    }
+}
+
+fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    let threads = match &cmd {
+        BenchCommand::Conn { common }
+        | BenchCommand::Sub { common, .. }
+        | BenchCommand::Pub { common, .. } => common.threads,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
+    let summary = match cmd {
+        BenchCommand::Conn { common } => {
+            runtime.block_on(keelmq::bench::conn(common.build("conn")?))?
+        }
+        BenchCommand::Sub {
+            common,
+            topic,
+            qos,
+            idle_exit,
+        } => {
+            let o = keelmq::bench::SubOptions {
+                common: common.build("sub")?,
+                topic,
+                qos: qos_of(qos),
+                idle_exit: seconds("--idle-exit", idle_exit)?,
+            };
+            runtime.block_on(keelmq::bench::sub(o))?
+        }
+        BenchCommand::Pub {
+            common,
+            topic,
+            qos,
+            size,
+            interval_ms,
+            rate,
+            limit,
+            inflight,
+            retain,
+        } => {
+            let o = keelmq::bench::PubOptions {
+                common: common.build("pub")?,
+                topic,
+                qos: qos_of(qos),
+                retain,
+                size,
+                interval: seconds("--interval-ms", interval_ms.map(|ms| ms / 1000.0))?,
+                rate,
+                limit,
+                inflight,
+            };
+            runtime.block_on(keelmq::bench::publish(o))?
+        }
+    };
+    // Clients still blocked in a connect attempt must not hold the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    summary.print();
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -95,6 +296,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Inspect { data_dir, dump } => inspect(&data_dir, dump),
         Command::Verify(args) => verify(args),
+        Command::Bench(cmd) => bench(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

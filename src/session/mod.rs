@@ -443,10 +443,13 @@ impl Session {
     }
 
     /// PUBACK from the client: the QoS 1 delivery is complete.
+    /// The packet identifier is free again; the caller logs the removal.
     pub fn on_puback(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
-        self.take_inflight(packet_id, OutboundState::AwaitingPubAck)
-            .map(|i| i.delivery)
-            .ok_or(UnknownPacketId(packet_id))
+        let done = self
+            .take_inflight(packet_id, OutboundState::AwaitingPubAck)
+            .ok_or(UnknownPacketId(packet_id))?;
+        self.release(packet_id, false);
+        Ok(done.delivery)
     }
 
     /// PUBREC from the client, with its reason code.
@@ -459,8 +462,12 @@ impl Session {
             return PubRecOutcome::Unknown;
         };
         if refused {
-            if entry.state == OutboundState::AwaitingPubRec {
-                self.take_inflight(packet_id, OutboundState::AwaitingPubRec);
+            if entry.state == OutboundState::AwaitingPubRec
+                && self
+                    .take_inflight(packet_id, OutboundState::AwaitingPubRec)
+                    .is_some()
+            {
+                self.release(packet_id, false);
             }
             return PubRecOutcome::Refused;
         }
@@ -470,10 +477,13 @@ impl Session {
     }
 
     /// PUBCOMP from the client: the QoS 2 delivery is complete.
+    /// The packet identifier is free again; the caller logs the removal.
     pub fn on_pubcomp(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
-        self.take_inflight(packet_id, OutboundState::AwaitingPubComp)
-            .map(|i| i.delivery)
-            .ok_or(UnknownPacketId(packet_id))
+        let done = self
+            .take_inflight(packet_id, OutboundState::AwaitingPubComp)
+            .ok_or(UnknownPacketId(packet_id))?;
+        self.release(packet_id, false);
+        Ok(done.delivery)
     }
 
     /// Drops an in-flight delivery as if it completed: used when a PUBLISH exceeds the client's

@@ -407,3 +407,45 @@ fn shared_deliveries_are_handed_back_except_qos2_in_flight() {
     assert_eq!(s.queued_len(), 1);
     assert_eq!(s.queued_bytes(), 3);
 }
+
+/// Found by `keelmq bench`: acknowledged deliveries must give their packet identifier back,
+/// or a subscriber stalls for good after 65,535 QoS 1/2 messages.
+#[test]
+fn acknowledged_deliveries_free_their_packet_ids() {
+    let now = Instant::now();
+    let mut s = session();
+    for round in 0..70_000u32 {
+        let qos = if round % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        let Enqueued::Queued(id) = s.enqueue(delivery(qos, b"a"), true) else {
+            panic!("round {round}: no packet identifier left");
+        };
+        match s.next_publish(now) {
+            Some(Outgoing::Publish { packet_id, .. }) => assert_eq!(packet_id, id),
+            other => panic!("{other:?}"),
+        }
+        if qos == QoS::AtLeastOnce {
+            assert!(s.on_puback(id).is_ok());
+        } else {
+            assert_eq!(s.on_pubrec(id, false), PubRecOutcome::Release);
+            assert!(s.on_pubcomp(id).is_ok());
+        }
+    }
+    // A refused PUBREC ends the flow and frees the identifier too.
+    for round in 0..70_000u32 {
+        let Enqueued::Queued(id) = s.enqueue(delivery(QoS::ExactlyOnce, b"a"), true) else {
+            panic!("round {round}: no packet identifier left");
+        };
+        assert!(s.next_publish(now).is_some());
+        assert_eq!(s.on_pubrec(id, true), PubRecOutcome::Refused);
+    }
+    assert_eq!(s.inflight_len(), 0);
+    assert!(s.used_packet_ids.is_empty());
+    assert!(
+        s.take_removed().is_empty(),
+        "acknowledged removals are logged by the broker"
+    );
+}
