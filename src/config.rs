@@ -159,10 +159,12 @@ pub struct LimitsConfig {
     /// Connections beyond this are refused: v5 CONNACK 0x97 Quota Exceeded, v3 CONNACK 3
     /// (Server unavailable), then the socket is closed.
     pub max_connections: usize,
-    /// Messages waiting in one session's queue (not yet in flight). When full, a QoS 0 message
-    /// for it is dropped and counted; a QoS 1/2 message is refused whole, to every subscriber
-    /// (v5 PUBACK or PUBREC 0x97), or its 3.x publisher is paused until there is room. A QoS 1/2
-    /// message is never dropped after it was acknowledged.
+    /// Messages waiting in one session's queue (not yet in flight). When full, a QoS 1/2
+    /// message is refused whole, to every subscriber (v5 PUBACK or PUBREC 0x97), or its 3.x
+    /// publisher is paused until there is room; a QoS 1/2 message is never dropped after it was
+    /// acknowledged. A QoS 0 message pauses its publisher while the full queue belongs to a
+    /// connected subscriber that is draining it (see `stalled_subscriber_ms`), and is dropped
+    /// and counted for a stalled or offline one.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's queue; same policy as `max_queued_messages`.
     pub max_queued_bytes: usize,
@@ -176,6 +178,11 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (3.x: 0x80).
     pub max_subscriptions_per_client: usize,
+    /// A connected subscriber that has taken nothing from its full queue for this many
+    /// milliseconds is stalled: QoS 0 messages for it are dropped (counted) instead of pausing
+    /// their publishers, so a client that stops reading slows nobody down for longer than
+    /// this. 0 drops QoS 0 overflow at once, for every subscriber.
+    pub stalled_subscriber_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -188,6 +195,7 @@ impl Default for LimitsConfig {
             max_retained_messages: 1_000_000,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
+            stalled_subscriber_ms: 1000,
         }
     }
 }

@@ -800,6 +800,65 @@ async fn a_subscriber_that_does_not_read_stalls_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_waits_for_a_slow_subscriber_that_reads() {
+    // A publisher much faster than its (reading) subscriber: with a tiny queue, QoS 0 messages
+    // pause the publisher instead of being dropped, so every one arrives, in order.
+    let mut config = common::test_config();
+    config.limits.max_queued_messages = 8;
+    let server = common::start(config).await;
+    let addr = server.local_addr();
+    let (mut slow, _) = RawClient::connect(addr, V311, "slow", true, |_| {}).await;
+    slow.subscribe(1, "paced", opts(QoS::AtMostOnce)).await;
+    let (mut publ, _) = RawClient::connect(addr, V5, "fast-publisher", true, |_| {}).await;
+    let total = 400u32;
+    let reader = tokio::spawn(async move {
+        let mut next = 0u32;
+        while next < total {
+            match slow.recv_within(Duration::from_secs(10)).await {
+                Recv::Packet(Packet::Publish(p)) => {
+                    assert_eq!(
+                        p.payload.as_ref(),
+                        next.to_be_bytes(),
+                        "in order, none lost"
+                    );
+                    next += 1;
+                    if next % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                other => panic!("slow subscriber after {next}: {other:?}"),
+            }
+        }
+    });
+    for i in 0..total {
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "paced".into(),
+            packet_id: 0,
+            properties: Default::default(),
+            payload: Bytes::copy_from_slice(&i.to_be_bytes()),
+        }))
+        .await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("every message arrives")
+        .unwrap();
+    let m = server.broker().metrics();
+    assert_eq!(m.dropped_qos0.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        m.qos0_paused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the publisher was paused, not the messages dropped"
+    );
+    // The publisher was slowed down, never disconnected.
+    publ.send(&Packet::PingReq).await;
+    assert_eq!(publ.next().await, Packet::PingResp);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_publishes_the_old_will_unless_delayed_and_resumed() {
     let server = common::start(common::test_config()).await;
     let addr = server.local_addr();

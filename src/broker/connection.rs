@@ -15,6 +15,10 @@
 //!   beyond that the task stops taking deliveries from the session (they stay queued, counted
 //!   against the session's limits) and stops reading the client, so a client that does not
 //!   read cannot grow the broker's memory.
+//! - Both buffers are released after [`IDLE_BUFFER_RELEASE`] without traffic (an idle
+//!   connection keeps only its task and socket), and the larger futures of the task (CONNECT
+//!   handling, packet handling, closing) are boxed while they run, so they do not enlarge every
+//!   idle task.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,8 +41,16 @@ use crate::session::{Message, Outgoing, PubRecOutcome};
 /// and bounds the memory a stalled client can pin.
 pub const WRITE_BUFFER_HIGH: usize = 256 * 1024;
 
-/// Initial read buffer; grows up to one maximum-size packet.
+/// Read buffer of a connection in use; grows up to one maximum-size packet.
 const READ_BUFFER_INITIAL: usize = 4 * 1024;
+
+/// Read buffer for the CONNECT packet (grows if the CONNECT is larger).
+const READ_BUFFER_CONNECT: usize = 256;
+
+/// A connection that has neither read nor written anything for this long gives its (empty)
+/// buffers back, so that an idle connection costs no buffer memory; the first read after that
+/// is a small one and the buffer is grown again.
+const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(2);
 
 /// How long a 3.x publisher held back by a full queue waits between retries when no room
 /// notification arrives.
@@ -111,11 +123,11 @@ where
     let mut io = Io {
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(READ_BUFFER_INITIAL),
+        rbuf: BytesMut::with_capacity(READ_BUFFER_CONNECT),
         wbuf: BytesMut::new(),
         decoder: Decoder::new(max),
     };
-    let connect = match read_connect(&broker, &mut io).await {
+    let connect = match Box::pin(read_connect(&broker, &mut io)).await {
         Ok(c) => c,
         Err(why) => {
             tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
@@ -123,12 +135,12 @@ where
             return;
         }
     };
-    let Some(mut conn) = accept(&broker, &mut io, *connect, peer).await else {
+    let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, peer)).await else {
         let _ = io.flush_and_close().await;
         return;
     };
     let close = conn.run(&mut io).await;
-    conn.finish(&mut io, close).await;
+    Box::pin(conn.finish(&mut io, close)).await;
 }
 
 /// The socket halves and their buffers.
@@ -389,6 +401,7 @@ where
         kicked: attached.kicked,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_received: Instant::now(),
+        last_io: Instant::now(),
         max_packet_out: max_out,
         alias_max_out: if v.is_v5() {
             props.topic_alias_maximum.unwrap_or(0)
@@ -429,6 +442,8 @@ struct Connection {
     kicked: oneshot::Receiver<()>,
     keep_alive: Duration,
     last_received: Instant,
+    /// Last read or write, for releasing the buffers of an idle connection.
+    last_io: Instant,
     /// The client's Maximum Packet Size: larger packets are never sent to it.
     max_packet_out: u32,
     /// The client's Topic Alias Maximum for the PUBLISH packets the broker sends.
@@ -454,9 +469,18 @@ impl Connection {
         self.fill_outgoing(&mut io.wbuf);
         loop {
             let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
-            let keep_alive = !self.keep_alive.is_zero();
             // [MQTT-3.1.2-22]: one and a half times the keep-alive without a packet.
-            let deadline = self.last_received + self.keep_alive.mul_f32(1.5);
+            let keep_alive_deadline = (!self.keep_alive.is_zero())
+                .then(|| self.last_received + self.keep_alive.mul_f32(1.5));
+            let holds_buffers = io.rbuf.is_empty()
+                && io.wbuf.is_empty()
+                && (io.rbuf.capacity() > 0 || io.wbuf.capacity() > 0);
+            let release_at = holds_buffers.then(|| self.last_io + IDLE_BUFFER_RELEASE);
+            // One timer for both deadlines.
+            let timer = match (keep_alive_deadline, release_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let step = tokio::select! {
                 biased;
                 _ = &mut self.kicked => Err(Close::TakenOver),
@@ -466,22 +490,38 @@ impl Connection {
                     Ok(n) => {
                         Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
                         self.last_received = Instant::now();
-                        self.process_input(io).await
+                        self.last_io = self.last_received;
+                        let r = Box::pin(self.process_input(io)).await;
+                        // After an idle release the first read was a small one.
+                        if io.rbuf.capacity() < READ_BUFFER_INITIAL {
+                            io.rbuf.reserve(READ_BUFFER_INITIAL);
+                        }
+                        r
                     }
                 },
                 r = io.writer.write_buf(&mut io.wbuf), if !io.wbuf.is_empty() => match r {
                     Ok(0) | Err(_) => Err(Close::Network),
                     Ok(n) => {
                         Metrics::add(&self.broker.shared.metrics.bytes_sent, n as u64);
+                        self.last_io = Instant::now();
                         Ok(())
                     }
                 },
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
-                _ = tokio::time::sleep_until(deadline), if keep_alive => {
-                    Err(Close::Server { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" })
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
+                    let now = Instant::now();
+                    if keep_alive_deadline.is_some_and(|d| now >= d) {
+                        Err(Close::Server { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" })
+                    } else {
+                        if release_at.is_some_and(|r| now >= r) {
+                            io.rbuf = BytesMut::new();
+                            io.wbuf = BytesMut::new();
+                        }
+                        Ok(())
+                    }
                 }
                 _ = self.broker.wait_for_room(HELD_BACK_RETRY), if self.held.is_some() => {
-                    self.retry_held(io).await
+                    Box::pin(self.retry_held(io)).await
                 }
             };
             if let Err(close) = step {
@@ -799,8 +839,22 @@ impl Connection {
             publisher: Some(self.client_id.clone()),
         };
         let inbound = (p.qos == QoS::ExactlyOnce).then_some((&self.slot, p.packet_id));
-        let outcome = self.broker.publish(Arc::new(message), inbound).await?;
+        let outcome = self
+            .broker
+            .publish(Arc::new(message), inbound, true)
+            .await?;
         if p.qos == QoS::AtMostOnce {
+            if let Some(publish) = outcome.held {
+                // A connected subscriber's queue is full and draining: pause this publisher
+                // (its socket is read only for acknowledgements and pings) until there is room,
+                // rather than drop the message. A stalled subscriber does not hold it.
+                Metrics::add(&self.broker.shared.metrics.qos0_paused, 1);
+                self.held = Some(HeldBack {
+                    packet_id: 0,
+                    qos: p.qos,
+                    publish,
+                });
+            }
             return Ok(());
         }
         if let Some(publish) = outcome.held {
@@ -844,7 +898,10 @@ impl Connection {
                 Metrics::add(&self.broker.shared.metrics.expired, expired);
             }
             match next {
-                Some(out) => self.encode_outgoing(wbuf, out, now),
+                Some(out) => {
+                    self.broker.drained(&self.slot);
+                    self.encode_outgoing(wbuf, out, now)
+                }
                 None => return,
             }
         }

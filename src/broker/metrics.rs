@@ -20,6 +20,9 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     /// QoS 1/2 publishes refused (v5 0x97) or held back (3.x) because a queue was full.
     pub queue_full_refusals: AtomicU64,
+    /// QoS 0 publishes that paused their publisher because a draining subscriber's queue was
+    /// full (see `limits.stalled_subscriber_ms`).
+    pub qos0_paused: AtomicU64,
     /// Retained updates refused because `max_retained_messages` was reached.
     pub retained_refused: AtomicU64,
     /// Connections closed because of a malformed packet or a protocol error.

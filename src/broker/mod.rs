@@ -57,6 +57,10 @@ pub struct SessionSlot {
     /// Whether a connection is attached; read without the lock when choosing a shared
     /// subscription member.
     connected: AtomicBool,
+    /// When the attached connection last took deliveries from the queue (ms since the broker
+    /// started): a connected subscriber whose full queue has not drained for
+    /// `limits.stalled_subscriber_ms` is stalled, and QoS 0 overflow for it is dropped.
+    last_drain_ms: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,30 @@ impl SessionSlot {
     }
 }
 
+impl Broker {
+    /// Milliseconds since the broker started (a cheap monotonic clock for slot bookkeeping).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.shared.started.elapsed().as_millis() as u64
+    }
+
+    /// The connection attached to `slot` took deliveries from its queue.
+    pub(crate) fn drained(&self, slot: &SessionSlot) {
+        slot.last_drain_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a QoS 0 message meeting `slot`'s full queue should wait for room (the
+    /// subscriber is connected and draining) rather than be dropped.
+    fn qos0_waits_for(&self, slot: &SessionSlot) -> bool {
+        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        stall > 0
+            && slot.is_connected()
+            && self
+                .now_ms()
+                .saturating_sub(slot.last_drain_ms.load(Ordering::Relaxed))
+                < stall
+    }
+}
+
 /// What [`Broker::publish`] did with a message.
 #[derive(Debug, Default)]
 pub struct PublishOutcome {
@@ -107,6 +135,9 @@ pub struct PendingPublish {
     retain_update: bool,
     /// The publisher's QoS 2 packet id, to remember as awaiting PUBREL once placed.
     inbound_qos2: Option<(Arc<SessionSlot>, u16)>,
+    /// A QoS 0 target's full queue holds the message too, while that subscriber drains it
+    /// (a client's publish can wait; a will or `$SYS` message cannot).
+    qos0_may_wait: bool,
 }
 
 /// Result of attaching a connection to a session.
@@ -256,6 +287,7 @@ impl Broker {
                 }),
                 wake: Notify::new(),
                 connected: AtomicBool::new(false),
+                last_drain_ms: AtomicU64::new(0),
             });
             {
                 let mut router = self.shared.router.write();
@@ -333,7 +365,8 @@ impl Broker {
         }
     }
 
-    /// Logs `records` without waiting (their loss costs only a re-delivery or a later expiry).
+    /// Logs `records` without waiting, and without asking for an fdatasync of their own (their
+    /// loss costs only a re-delivery or a later expiry): the next commit covers them.
     pub(crate) fn log(&self, records: Vec<Record>) {
         let Some(p) = &self.shared.persistence else {
             return;
@@ -341,7 +374,7 @@ impl Broker {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = p.log(records) {
+        if let Err(e) = p.log_lazy(records) {
             if e.is_fatal() {
                 self.fatal(&e);
             } else {
@@ -503,6 +536,7 @@ impl Broker {
                         }),
                         wake: Notify::new(),
                         connected: AtomicBool::new(false),
+                        last_drain_ms: AtomicU64::new(0),
                     })
                 })
                 .clone();
@@ -549,6 +583,7 @@ impl Broker {
                 st.will = connect.will.clone();
                 st.disconnected_at = None;
                 st.ended = false;
+                self.drained(&slot);
                 slot.connected.store(true, Ordering::Release);
                 st.in_store = expiry_interval > 0;
                 if st.in_store {
@@ -745,7 +780,7 @@ impl Broker {
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(client),
         };
-        let Ok(outcome) = self.publish(Arc::new(message), None).await else {
+        let Ok(outcome) = self.publish(Arc::new(message), None, false).await else {
             return;
         };
         if outcome.held.is_some() {
@@ -763,10 +798,13 @@ impl Broker {
     /// publisher's packet id to remember until PUBREL) are durable. All or nothing: if a QoS 1/2
     /// target's queue is full, nothing is placed or logged and the outcome holds the message.
     /// `Err` means persistence failed: the publisher must get no acknowledgement.
+    /// With `qos0_may_wait`, a QoS 0 message also waits (is held) for the full queue of a
+    /// subscriber that is connected and draining, instead of being dropped for it.
     pub async fn publish(
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        qos0_may_wait: bool,
     ) -> Result<PublishOutcome, NotDurable> {
         let _gate = match message.retain {
             true => Some(self.shared.retain_gate.read().await),
@@ -800,6 +838,7 @@ impl Broker {
             }
         }
         let targets = self.plan(&message);
+        let message_qos0 = message.qos == QoS::AtMostOnce;
         let inbound_qos2 = inbound_qos2.map(|(slot, pid)| (slot.clone(), pid));
         let pending = PendingPublish {
             message,
@@ -807,6 +846,7 @@ impl Broker {
             records,
             retain_update,
             inbound_qos2,
+            qos0_may_wait: qos0_may_wait && message_qos0,
         };
         let mut outcome = self.retry_publish(pending).await?;
         outcome.retained_refused = retained_refused;
@@ -816,7 +856,7 @@ impl Broker {
     /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
     pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
         let (delivered, full) = self
-            .place(p.targets.clone(), p.records.clone(), true)
+            .place(p.targets.clone(), p.records.clone(), true, p.qos0_may_wait)
             .await?;
         if !full.is_empty() {
             return Ok(PublishOutcome {
@@ -931,6 +971,7 @@ impl Broker {
         targets: Vec<(Arc<SessionSlot>, Delivery)>,
         mut records: Vec<Record>,
         all_or_nothing: bool,
+        qos0_may_wait: bool,
     ) -> Result<(usize, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
         let max_total = self.shared.config.limits.max_queued_bytes_total;
         let persistence = self.shared.persistence.is_some();
@@ -941,12 +982,17 @@ impl Broker {
             let bytes = delivery.payload_len();
             let global_room =
                 self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
+            let qos0_waits =
+                qos0_may_wait && delivery.qos == QoS::AtMostOnce && self.qos0_waits_for(&slot);
             let result = self.with_slot(&slot, |st| {
                 (!st.ended).then(|| {
-                    (
-                        st.session.reserve(delivery.qos, bytes, global_room),
-                        st.in_store,
-                    )
+                    let waits = qos0_waits && !(global_room && st.session.has_room(bytes));
+                    let enqueued = if waits {
+                        Enqueued::Full
+                    } else {
+                        st.session.reserve(delivery.qos, bytes, global_room)
+                    };
+                    (enqueued, st.in_store)
                 })
             });
             match result {
@@ -1045,7 +1091,7 @@ impl Broker {
                 targets.push((slot, d));
             }
         }
-        match self.place(targets, records, false).await {
+        match self.place(targets, records, false, false).await {
             Ok((_, full)) if !full.is_empty() => {
                 Metrics::add(&self.shared.metrics.queue_full_refusals, full.len() as u64);
                 tracing::warn!(
@@ -1142,7 +1188,7 @@ impl Broker {
             codes.push(code);
         }
         let targets = retained.into_iter().map(|d| (slot.clone(), d)).collect();
-        let (_, full) = self.place(targets, records, false).await?;
+        let (_, full) = self.place(targets, records, false, false).await?;
         if !full.is_empty() {
             // Retained copies for a subscriber whose queue is full are not owed to anyone.
             Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
@@ -1328,7 +1374,7 @@ impl Broker {
     /// matched by `#` or `+` at the first level, so only explicit `$SYS` subscribers see them.
     pub async fn publish_sys(&self) {
         let m = &self.shared.metrics;
-        let stats: [(&str, String); 15] = [
+        let stats: [(&str, String); 16] = [
             ("version", format!("keelmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", self.uptime().as_secs())),
             (
@@ -1362,6 +1408,10 @@ impl Broker {
             ),
             ("messages/expired", Metrics::get(&m.expired).to_string()),
             (
+                "publish/messages/paused",
+                Metrics::get(&m.qos0_paused).to_string(),
+            ),
+            (
                 "store/messages/bytes",
                 self.queued_bytes_total().to_string(),
             ),
@@ -1377,7 +1427,7 @@ impl Broker {
                 expires_at: None,
                 publisher: None,
             };
-            let _ = self.publish(Arc::new(message), None).await;
+            let _ = self.publish(Arc::new(message), None, false).await;
         }
     }
 

@@ -242,6 +242,17 @@ impl Persistence {
     /// with respect to other callers. Returns its completion, which the WAL completes only after
     /// it and every record before it are durable.
     pub fn log(&self, records: Vec<Record>) -> Result<Option<Durable>, Error> {
+        self.append(records, false)
+    }
+
+    /// [`Self::log`] for records whose loss in a crash is harmless (a delivery acknowledged by
+    /// its subscriber, a session ended): they ask for no fdatasync of their own and are made
+    /// durable by the next commit that needs one, or within `keelmq_wal::LAZY_SYNC_DELAY`.
+    pub fn log_lazy(&self, records: Vec<Record>) -> Result<Option<Durable>, Error> {
+        self.append(records, true)
+    }
+
+    fn append(&self, records: Vec<Record>, lazy: bool) -> Result<Option<Durable>, Error> {
         if self.has_failed() {
             return Err(Error::Failed);
         }
@@ -257,14 +268,26 @@ impl Persistence {
         for record in records {
             image.apply(record);
         }
-        let appended = match self.wal.try_append(records::RECORD_V1, payload.clone()) {
+        let tried = if lazy {
+            self.wal
+                .try_append_lazy(records::RECORD_V1, payload.clone())
+        } else {
+            self.wal.try_append(records::RECORD_V1, payload.clone())
+        };
+        let appended = match tried {
             Ok(a) => a,
             Err(keelmq_wal::Error::Full) => {
                 // The WAL's queue is full: the disk is behind. Wait for room here — this worker
                 // thread is handed over to the runtime meanwhile — so that log order stays image
                 // order.
-                tokio::task::block_in_place(|| self.wal.append(records::RECORD_V1, payload))
-                    .map_err(|e| self.failed_with(e.into()))?
+                tokio::task::block_in_place(|| {
+                    if lazy {
+                        self.wal.append_lazy(records::RECORD_V1, payload)
+                    } else {
+                        self.wal.append(records::RECORD_V1, payload)
+                    }
+                })
+                .map_err(|e| self.failed_with(e.into()))?
             }
             Err(e) => return Err(self.failed_with(e.into())),
         };

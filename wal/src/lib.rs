@@ -87,3 +87,4 @@ pub use recovery::{
     scan_segment, RecordRef, Recovery, ScanOutcome, SegmentScan, SkippedRange, TornTail,
 };
 pub use wal::{Appended, Wal, WalStats};
+pub use writer::LAZY_SYNC_DELAY;

@@ -27,6 +27,8 @@ pub(crate) enum Item {
         record_type: u8,
         payload: Vec<u8>,
         completer: Completer,
+        /// Asks for no fdatasync of its own (see [`crate::Wal::append_lazy`]).
+        lazy: bool,
     },
     Truncate {
         through: u64,
@@ -118,6 +120,7 @@ impl Queue {
         record_type: u8,
         payload: Vec<u8>,
         block: bool,
+        lazy: bool,
     ) -> Result<(u64, Durable)> {
         // Allocate before taking the lock: the writer competes for it.
         let (durable, completer) = durable_pair();
@@ -146,6 +149,7 @@ impl Queue {
             record_type,
             payload,
             completer,
+            lazy,
         });
         self.has_items.store(true, Ordering::Release);
         self.wake_writer(&mut state);

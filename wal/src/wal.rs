@@ -130,16 +130,42 @@ impl Wal {
     /// [`Durable`] completes once the record is durable. Blocks while the submission queue is
     /// full (back-pressure from the disk). Fails at once if the log is poisoned or closed.
     pub fn append(&self, record_type: u8, payload: impl Into<Vec<u8>>) -> Result<Appended> {
-        self.append_inner(record_type, payload.into(), true)
+        self.append_inner(record_type, payload.into(), true, false)
     }
 
     /// Like [`Wal::append`] but fails with [`Error::Full`] instead of blocking, for callers on
     /// an async runtime that must not block a worker thread.
     pub fn try_append(&self, record_type: u8, payload: impl Into<Vec<u8>>) -> Result<Appended> {
-        self.append_inner(record_type, payload.into(), false)
+        self.append_inner(record_type, payload.into(), false, false)
     }
 
-    fn append_inner(&self, record_type: u8, payload: Vec<u8>, block: bool) -> Result<Appended> {
+    /// Appends a record that asks for no fdatasync of its own, for records whose loss in a
+    /// crash is harmless (the broker's "delivery acknowledged" records). Under
+    /// [`crate::SyncPolicy::Always`] the writer keeps it in its batch buffer until a record that does
+    /// need a sync arrives (one fdatasync then covers both), a `sync`, `truncate_through`,
+    /// rotation or close, or [`crate::LAZY_SYNC_DELAY`] has passed. It keeps its place in the
+    /// sequence: a crash can lose it only together with every record after it, and its
+    /// [`crate::Durable`] completes like any other once it is durable.
+    pub fn append_lazy(&self, record_type: u8, payload: impl Into<Vec<u8>>) -> Result<Appended> {
+        self.append_inner(record_type, payload.into(), true, true)
+    }
+
+    /// [`Wal::append_lazy`] that fails with [`Error::Full`] instead of blocking.
+    pub fn try_append_lazy(
+        &self,
+        record_type: u8,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<Appended> {
+        self.append_inner(record_type, payload.into(), false, true)
+    }
+
+    fn append_inner(
+        &self,
+        record_type: u8,
+        payload: Vec<u8>,
+        block: bool,
+        lazy: bool,
+    ) -> Result<Appended> {
         let max = self.shared.options.max_record_bytes;
         if payload.len() > max {
             return Err(Error::RecordTooLarge {
@@ -147,7 +173,10 @@ impl Wal {
                 max,
             });
         }
-        let (seq, durable) = self.shared.queue.push_append(record_type, payload, block)?;
+        let (seq, durable) = self
+            .shared
+            .queue
+            .push_append(record_type, payload, block, lazy)?;
         Ok(Appended { seq, durable })
     }
 

@@ -39,6 +39,10 @@ use crate::segment::{segment_path, SegmentInfo};
 /// bound keeps slow callbacks from growing memory and pushes back on the writer instead.
 pub(crate) const COMPLETION_CHANNEL_BATCHES: usize = 4;
 
+/// The longest a lazy record (see [`crate::Wal::append_lazy`]) waits in the writer's buffer
+/// for a record that needs a sync before it is written and synced on its own.
+pub const LAZY_SYNC_DELAY: Duration = Duration::from_millis(10);
+
 /// Batches this small are completed on the writer thread itself when nothing is queued for
 /// the completion thread: with one or two appenders the extra thread hand-off would cost more
 /// latency than completing inline.
@@ -121,6 +125,8 @@ pub(crate) struct Writer {
     written_seq: u64,
     /// Under `IntervalMs`, when the written-but-unsynced records must be synced.
     sync_deadline: Option<Instant>,
+    /// Under `Always`, when the lazy records waiting in `buf` must be written and synced.
+    lazy_deadline: Option<Instant>,
     buf: Vec<u8>,
     /// Records encoded in `buf`, waiting to be written and completed.
     pending: CompletionBatch,
@@ -189,6 +195,7 @@ impl Writer {
             durable_seq: last_seq,
             written_seq: last_seq,
             sync_deadline: None,
+            lazy_deadline: None,
             buf: Vec::new(),
             pending: Vec::new(),
             completions,
@@ -206,15 +213,29 @@ impl Writer {
         loop {
             let max_records = self.options().max_batch_records;
             let max_bytes = self.options().max_batch_bytes;
+            let deadline = match (self.sync_deadline, self.lazy_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self
                 .shared
                 .queue
-                .take(&mut items, max_records, max_bytes, self.sync_deadline)
+                .take(&mut items, max_records, max_bytes, deadline)
             {
                 Take::Items => {
                     if let Err(err) = self.process(&mut items) {
                         self.poison(err, &mut items);
                         return;
+                    }
+                }
+                Take::Timeout if self.lazy_deadline.is_some() => {
+                    // Lazy records waited long enough: write and sync them on their own.
+                    self.lazy_deadline = None;
+                    if let Err(failure) = self.commit(false) {
+                        if let Err(err) = self.handle_failure(failure) {
+                            self.poison(err, &mut items);
+                            return;
+                        }
                     }
                 }
                 Take::Timeout => {
@@ -227,11 +248,12 @@ impl Writer {
                     }
                 }
                 Take::Closed => {
-                    // Clean shutdown: make everything written durable, whatever the policy.
-                    if self.durable_seq < self.written_seq {
+                    // Clean shutdown: write what is buffered and make everything durable,
+                    // whatever the policy.
+                    if !self.buf.is_empty() || self.durable_seq < self.written_seq {
                         if let Err(
                             Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
-                        ) = self.sync()
+                        ) = self.commit(true)
                         {
                             self.poison(err, &mut items);
                         }
@@ -248,9 +270,25 @@ impl Writer {
         // Set after a NoSpace rollback: later appends of this batch fail without being tried,
         // because their sequence numbers were rewound.
         let mut no_space: Option<Error> = None;
+        // Whether this batch has anything but lazy appends (control items commit themselves).
+        let mut needs_sync = false;
         while let Some(item) = items.pop_front() {
+            needs_sync |= !matches!(item, Item::Append { lazy: true, .. });
             self.process_item(item, &mut no_space)?;
         }
+        let hold_lazy = !needs_sync
+            && self.options().sync_policy == SyncPolicy::Always
+            && self.buf.len() < self.options().max_batch_bytes
+            && self.lazy_deadline.map_or(true, |d| Instant::now() < d);
+        if hold_lazy {
+            // Only lazy records: keep them buffered until a record that needs a sync comes,
+            // or the delay runs out.
+            if !self.buf.is_empty() && self.lazy_deadline.is_none() {
+                self.lazy_deadline = Some(Instant::now() + LAZY_SYNC_DELAY);
+            }
+            return Ok(());
+        }
+        self.lazy_deadline = None;
         if let Err(failure) = self.commit(false) {
             self.handle_failure(failure)?;
         }
@@ -265,6 +303,7 @@ impl Writer {
                     record_type,
                     payload,
                     completer,
+                    lazy: _,
                 } => {
                     if let Some(err) = no_space {
                         completer.complete(Err(err.clone()));

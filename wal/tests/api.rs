@@ -360,3 +360,41 @@ fn a_torn_segment_creation_is_removed_and_its_number_never_reused() {
     );
     assert_eq!(read_all(&wal, 1).len(), 40);
 }
+
+#[test]
+fn lazy_appends_ride_on_the_next_sync_or_the_delay() {
+    on_both("lazy", |fs, dir| {
+        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, WalOptions::default()).unwrap();
+        // Alone, a lazy record still becomes durable, within about LAZY_SYNC_DELAY.
+        let started = std::time::Instant::now();
+        let lazy = wal.append_lazy(3, payload_for(1)).unwrap();
+        assert_eq!(lazy.durable.wait().unwrap(), 1);
+        assert!(started.elapsed() >= keelmq_wal::LAZY_SYNC_DELAY / 2);
+        // Lazy records followed by one that needs a sync: one fdatasync covers all of them.
+        let before = wal.stats().fsyncs;
+        let lazies: Vec<_> = (2..=10)
+            .map(|id| wal.append_lazy(3, payload_for(id)).unwrap())
+            .collect();
+        let strict = wal.append(4, payload_for(11)).unwrap();
+        assert_eq!(strict.durable.wait().unwrap(), 11);
+        for (i, l) in lazies.into_iter().enumerate() {
+            assert_eq!(l.seq, i as u64 + 2);
+            assert_eq!(l.durable.try_get().map(|r| r.unwrap()), Some(l.seq));
+        }
+        let fsyncs = wal.stats().fsyncs - before;
+        assert!(fsyncs <= 2, "{fsyncs} fdatasyncs for 10 records");
+        // An explicit sync and a close write buffered lazy records too.
+        let l = wal.try_append_lazy(3, payload_for(12)).unwrap();
+        assert_eq!(wal.sync().unwrap(), 12);
+        assert_eq!(l.durable.wait().unwrap(), 12);
+        let last = wal.append_lazy(3, payload_for(13)).unwrap();
+        wal.close().unwrap();
+        assert_eq!(last.durable.wait().unwrap(), 13);
+        let (wal, recovery) = Wal::open_with_fs(fs, &dir, WalOptions::default()).unwrap();
+        assert_eq!(recovery.last_seq, 13);
+        let records = read_all(&wal, 1);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(check_payload(&r.payload), Some(i as u64 + 1));
+        }
+    });
+}

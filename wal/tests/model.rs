@@ -1,4 +1,4 @@
-//! Model-based randomized test: random appends, waits, truncations, crashes, fsync failures,
+//! Model-based randomized test: random appends (a third of them lazy), waits, truncations, crashes, fsync failures,
 //! full disks and reopens against a plain `Vec` model of the log.
 //!
 //! Invariant after every crash or reopen: the recovered records are exactly the model's
@@ -60,7 +60,14 @@ impl Harness {
         let record_type = self.rng.below(256) as u8;
         let len = self.rng.below(200) as usize;
         let payload = self.rng.bytes(len);
-        match self.wal().append(record_type, payload.clone()) {
+        // A third are lazy appends: held back for a later sync, but the same invariant holds
+        // (a crash loses them only with everything after them; a reported one is durable).
+        let appended = if self.rng.chance(33) {
+            self.wal().append_lazy(record_type, payload.clone())
+        } else {
+            self.wal().append(record_type, payload.clone())
+        };
+        match appended {
             Ok(appended) => {
                 assert_eq!(
                     appended.seq as usize,
