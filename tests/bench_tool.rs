@@ -203,6 +203,7 @@ fn works_against_mosquitto() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    std::fs::create_dir_all(&dir).expect("create the test directory");
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,

@@ -1,0 +1,149 @@
+//! Crash consistency as seen by an independent client: `tests/paho/crash.py` drives Eclipse Paho
+//! for Python (paho-mqtt 2.x) against the real `keelmq` binary, which it starts itself and
+//! SIGKILLs at random moments (`KEELMQ_PAHO_CRASH_KILLS` times, default 10), restarting it on the
+//! same data directory. Persistent MQTT 5 and 3.1.1 subscribers and publishers (paho re-sends what
+//! is unacknowledged after each reconnect) check that every message acknowledged with PUBACK or
+//! PUBCOMP was delivered, that no QoS 2 message was delivered twice and that every session
+//! survived. The script prints its seed (`KEELMQ_CRASH_SEED` replays the kill moments) and a
+//! summary; its output is shown when the test fails.
+//!
+//! The interpreter is `$KEELMQ_PYTHON`, else `python3`. Without it or without paho-mqtt 2.x the
+//! test skips, unless `KEELMQ_REQUIRE_INTEROP` is set (scripts/test.sh), where it fails.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Kills when `KEELMQ_PAHO_CRASH_KILLS` is not set.
+const KILLS_DEFAULT: u32 = 10;
+
+/// The script's own watchdog ends it after 30 s + 4 s per kill (70 s for 10; a run of 10 kills
+/// takes 10 to 25 s); this is the longest the test waits for it beyond that.
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+/// The Python interpreter with paho-mqtt 2.x, or `None` (test skipped) when there is none.
+fn python() -> Option<String> {
+    let python = std::env::var("KEELMQ_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let probe = Command::new(&python)
+        .args([
+            "-c",
+            "import paho.mqtt as m; assert int(m.__version__.split('.')[0]) >= 2, m.__version__",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let why = match probe {
+        Ok(out) if out.status.success() => return Some(python),
+        Ok(out) => format!("{python}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("{python}: {e}"),
+    };
+    assert!(
+        !common::interop_required(),
+        "python3 with paho-mqtt 2.x is required (KEELMQ_REQUIRE_INTEROP) but unusable: {why}"
+    );
+    eprintln!("skipping: python3 with paho-mqtt 2.x unusable: {why}");
+    None
+}
+
+/// A free loopback port below the kernel's ephemeral range (32768 and up by default), found by
+/// binding random candidates. The broker is restarted on it about ten times and is down in
+/// between; a port from the ephemeral range (`127.0.0.1:0`) could meanwhile be handed to another
+/// socket, or to a reconnecting client's own end (a TCP self-connect), and the restart would fail.
+fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    for attempt in 0u64..1000 {
+        hasher.write_u64(attempt);
+        let port = LOW + (hasher.finish() % u64::from(HIGH - LOW)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{HIGH}");
+}
+
+/// Reads a child's pipe to the end on a thread, so the child never blocks on a full pipe.
+fn drain(pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it is still
+/// running then. (Its broker dies with it: the script starts it with PR_SET_PDEATHSIG.)
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waits for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Acknowledged QoS 1/2 messages survive repeated SIGKILLs of the broker, QoS 2 is never
+/// duplicated, and persistent sessions (MQTT 5 and 3.1.1) stay present, with paho as the client.
+#[test]
+fn paho_acknowledged_messages_survive_broker_kills() {
+    let Some(python) = python() else { return };
+    let kills: u32 = match std::env::var("KEELMQ_PAHO_CRASH_KILLS") {
+        Ok(v) => v.parse().expect("KEELMQ_PAHO_CRASH_KILLS is a number"),
+        Err(_) => KILLS_DEFAULT,
+    };
+    let dir = common::temp_dir("paho-crash");
+    std::fs::create_dir_all(&dir).expect("creates the data directory");
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho/crash.py");
+    let timeout = Duration::from_secs(30 + 4 * u64::from(kills)) + TIMEOUT_MARGIN;
+    let started = Instant::now();
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_keelmq"))
+        .arg(&dir)
+        .args([port.to_string(), kills.to_string()])
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_timeout(&mut child, timeout);
+    let elapsed = started.elapsed();
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    let outcome = match status {
+        Some(s) if s.success() => {
+            eprintln!("paho crash test: passed in {elapsed:.1?}\n{stdout}");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        Some(s) => format!("failed ({s})"),
+        None => format!("killed after {timeout:?}"),
+    };
+    // The data directory is kept for `keelmq inspect`.
+    panic!(
+        "paho crash test {outcome} after {elapsed:.1?} on 127.0.0.1:{port} with {kills} kills; \
+         data directory kept at {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        dir.display()
+    );
+}
