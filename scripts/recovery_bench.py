@@ -106,7 +106,8 @@ def main():
             n = min(round_size, args.sessions - first)
             s = bench(args, "sub", ["-c", n, "--first-index", first, "-R", 5000, "-V", "5",
                                     "--persistent", "--session-expiry", 86400, "-t", "q/%i",
-                                    "-q", 1, "--prefix", "rs", "-d", 4 + n // 2000], 120)
+                                    "-q", 1, "--prefix", "rs", "--exit-when-subscribed",
+                                    "-d", 120], 180)
             if s["subscribed"] != n:
                 raise RuntimeError(f"only {s['subscribed']} of {n} subscribed: {s}")
         log(f"{args.sessions} persistent sessions in {time.monotonic() - t:.0f} s")

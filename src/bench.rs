@@ -98,6 +98,8 @@ pub struct SubOptions {
     pub qos: QoS,
     /// Stop once nothing has arrived for this long, after the first message.
     pub idle_exit: Option<Duration>,
+    /// Stop as soon as every subscriber has its SUBACK (to set up persistent sessions).
+    pub exit_when_subscribed: bool,
 }
 
 const MAX_CONCURRENT_CONNECTS: usize = 256;
@@ -126,6 +128,8 @@ struct Run {
     mode: &'static str,
     clients: u64,
     ready: AtomicBool,
+    /// End the run once `ready` (every client connected / subscribed, or failed).
+    stop_when_ready: AtomicBool,
     counters: Counters,
     start: Instant,
     /// Set when the run should end (duration over, idle exit).
@@ -150,6 +154,7 @@ impl Run {
             mode,
             clients: clients as u64,
             ready: AtomicBool::new(false),
+            stop_when_ready: AtomicBool::new(false),
             counters: Counters::default(),
             start: Instant::now(),
             stop: AtomicBool::new(false),
@@ -202,6 +207,9 @@ impl Run {
                     "connected"
                 }
             );
+            if self.stop_when_ready.load(Ordering::Relaxed) {
+                self.stop();
+            }
         }
     }
 
@@ -607,6 +615,8 @@ pub async fn sub(o: SubOptions) -> anyhow::Result<Summary> {
         bail!("--topic is empty");
     }
     let run = Run::new("sub", o.common.clients)?;
+    run.stop_when_ready
+        .store(o.exit_when_subscribed, Ordering::Relaxed);
     arm_duration(&run, o.common.duration);
     if let Some(idle) = o.idle_exit {
         let run = run.clone();

@@ -67,6 +67,9 @@ enum BenchCommand {
         /// Stop once nothing has arrived for this many seconds (after the first message).
         #[arg(long)]
         idle_exit: Option<f64>,
+        /// Stop as soon as every subscriber has its SUBACK (to set up persistent sessions).
+        #[arg(long)]
+        exit_when_subscribed: bool,
     },
     /// Publishers of sequence-numbered, timestamped messages.
     Pub {
@@ -205,12 +208,14 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             topic,
             qos,
             idle_exit,
+            exit_when_subscribed,
         } => {
             let o = keelmq::bench::SubOptions {
                 common: common.build("sub")?,
                 topic,
                 qos: qos_of(qos),
                 idle_exit: seconds("--idle-exit", idle_exit)?,
+                exit_when_subscribed,
             };
             runtime.block_on(keelmq::bench::sub(o))?
         }

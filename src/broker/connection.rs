@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::{max_qos, Broker, ConnId, ConnectRefusal, Metrics, PendingPublish, SessionSlot};
 use crate::codec::*;
+use crate::persistence::PendingDurable;
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
 
@@ -413,6 +414,7 @@ where
         connect_expiry: expiry,
         held: None,
         deferred: VecDeque::new(),
+        pending_acks: VecDeque::new(),
     };
     // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
     let resend = broker
@@ -455,6 +457,22 @@ struct Connection {
     held: Option<HeldBack>,
     /// A packet read while a message was held back, processed once it is placed.
     deferred: VecDeque<Packet>,
+    /// Acknowledgements (outbound PUBREL, PUBCOMP) waiting for the record they depend on to be
+    /// durable, in log order, so completions arrive front first. Meanwhile the connection goes
+    /// on with its next packets, and their records share the same fdatasync. Bounded by the
+    /// in-flight windows: one per QoS 2 delivery in flight in either direction.
+    pending_acks: VecDeque<(Packet, PendingDurable)>,
+}
+
+/// Waits until the oldest pending acknowledgement may be sent.
+async fn next_pending_ack(
+    broker: &Broker,
+    queue: &mut VecDeque<(Packet, PendingDurable)>,
+) -> Result<(), super::NotDurable> {
+    match queue.front_mut() {
+        Some((_, pending)) => broker.wait_pending(pending).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Connection {
@@ -508,6 +526,16 @@ impl Connection {
                     }
                 },
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
+                r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                    match (r, self.pending_acks.pop_front()) {
+                        (Ok(()), Some((ack, _))) => {
+                            self.send(&mut io.wbuf, &ack);
+                            Ok(())
+                        }
+                        (Ok(()), None) => Ok(()),
+                        (Err(e), _) => Err(Close::from(e)),
+                    }
+                }
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if keep_alive_deadline.is_some_and(|d| now >= d) {
@@ -604,14 +632,19 @@ impl Connection {
                 .ok_or(Close::TakenOver),
             Packet::PubRec(a) => {
                 let refused = a.reason.is_error();
-                let outcome = self
+                let (outcome, pending) = self
                     .broker
-                    .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)
-                    .await?
+                    .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)?
                     .ok_or(Close::TakenOver)?;
                 match outcome {
+                    // PUBREL leaves once the PubRec record is durable; meanwhile the next
+                    // packets are handled, so one subscriber's PUBRECs share fdatasyncs.
                     PubRecOutcome::Release => {
-                        self.send(wbuf, &Packet::PubRel(PubAck::new(a.packet_id)))
+                        let rel = Packet::PubRel(PubAck::new(a.packet_id));
+                        match pending {
+                            Some(p) => self.pending_acks.push_back((rel, p)),
+                            None => self.send(wbuf, &rel),
+                        }
                     }
                     PubRecOutcome::Unknown => {
                         let mut rel = PubAck::new(a.packet_id);
@@ -623,16 +656,17 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let found = self
+                let (found, pending) = self
                     .broker
-                    .inbound_pubrel(&self.slot, self.id, a.packet_id)
-                    .await?
+                    .inbound_pubrel(&self.slot, self.id, a.packet_id)?
                     .ok_or(Close::TakenOver)?;
                 let mut comp = PubAck::new(a.packet_id);
                 if !found {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.send(wbuf, &Packet::PubComp(comp));
+                // PUBCOMP leaves once the release is durable.
+                self.pending_acks
+                    .push_back((Packet::PubComp(comp), pending));
                 Ok(())
             }
             Packet::PubComp(a) => self

@@ -35,7 +35,7 @@ use crate::codec::{
 use crate::config::Config;
 use crate::persistence::convert::{now_ms, restore_message, store_message, store_subscription};
 use crate::persistence::records::{Record, SessionRecord};
-use crate::persistence::{self, Persistence};
+use crate::persistence::{self, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::{
@@ -341,6 +341,36 @@ impl Broker {
     }
 
     /// Logs `records` and waits until they are durable. On failure the broker stops.
+    /// Logs `records` now; the caller awaits [`Self::wait_pending`] before acknowledging.
+    pub(crate) fn log_pending(&self, records: Vec<Record>) -> Result<PendingDurable, NotDurable> {
+        let Some(p) = &self.shared.persistence else {
+            return Ok(PendingDurable::ready());
+        };
+        p.log_pending(records).map_err(|e| self.not_durable(e))
+    }
+
+    /// Waits until what [`Self::log_pending`] logged is durable.
+    pub(crate) async fn wait_pending(
+        &self,
+        pending: &mut PendingDurable,
+    ) -> Result<(), NotDurable> {
+        let Some(p) = &self.shared.persistence else {
+            return Ok(());
+        };
+        p.wait_pending(pending)
+            .await
+            .map_err(|e| self.not_durable(e))
+    }
+
+    fn not_durable(&self, e: persistence::Error) -> NotDurable {
+        if e.is_fatal() {
+            self.fatal(&e);
+        } else {
+            tracing::warn!(error = %e, "operation refused");
+        }
+        NotDurable
+    }
+
     pub(crate) async fn commit(&self, records: Vec<Record>) -> Result<(), NotDurable> {
         let Some(p) = &self.shared.persistence else {
             return Ok(());
@@ -1275,16 +1305,17 @@ impl Broker {
         Some(())
     }
 
-    /// A PUBREC from the subscriber. When it releases the message, "PUBREC received" is made
-    /// durable before the caller sends PUBREL, so that a restart re-sends PUBREL, never the
-    /// PUBLISH. `Ok(None)` if `conn` no longer owns the session.
-    pub(crate) async fn outbound_pubrec(
+    /// A PUBREC from the subscriber. When it releases the message, "PUBREC received" is logged
+    /// and the returned wait completes once it is durable: only then may the caller send PUBREL,
+    /// so that a restart re-sends PUBREL, never the PUBLISH. `Ok(None)` if `conn` no longer
+    /// owns the session.
+    pub(crate) fn outbound_pubrec(
         &self,
         slot: &SessionSlot,
         conn: ConnId,
         packet_id: u16,
         refused: bool,
-    ) -> Result<Option<PubRecOutcome>, NotDurable> {
+    ) -> Result<Option<(PubRecOutcome, Option<PendingDurable>)>, NotDurable> {
         let result = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return None;
@@ -1304,20 +1335,25 @@ impl Broker {
             return Ok(None);
         };
         match outcome {
-            PubRecOutcome::Release => self.commit(record.into_iter().collect()).await?,
-            _ => self.log(record.into_iter().collect()),
+            PubRecOutcome::Release => {
+                let pending = self.log_pending(record.into_iter().collect())?;
+                Ok(Some((outcome, Some(pending))))
+            }
+            _ => {
+                self.log(record.into_iter().collect());
+                Ok(Some((outcome, None)))
+            }
         }
-        Ok(Some(outcome))
     }
 
     /// A PUBREL from the publisher: whether the packet id was awaiting it. Its removal is durable
     /// before the caller sends PUBCOMP. `Ok(None)` if `conn` no longer owns the session.
-    pub(crate) async fn inbound_pubrel(
+    pub(crate) fn inbound_pubrel(
         &self,
         slot: &SessionSlot,
         conn: ConnId,
         packet_id: u16,
-    ) -> Result<Option<bool>, NotDurable> {
+    ) -> Result<Option<(bool, PendingDurable)>, NotDurable> {
         let result = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return None;
@@ -1335,8 +1371,8 @@ impl Broker {
         let Some((found, record)) = result else {
             return Ok(None);
         };
-        self.commit(record.into_iter().collect()).await?;
-        Ok(Some(found))
+        let pending = self.log_pending(record.into_iter().collect())?;
+        Ok(Some((found, pending)))
     }
 
     // ------------------------------------------------------------------- background tasks

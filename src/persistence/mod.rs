@@ -319,6 +319,37 @@ impl Persistence {
         }
     }
 
+    /// Logs `records` now and returns a wait for their durability to be awaited later, so that
+    /// a connection can go on with its next packets while earlier acknowledgements wait for
+    /// their fdatasync (pipelining: many of one connection's records share one fdatasync).
+    pub fn log_pending(&self, records: Vec<Record>) -> Result<PendingDurable, Error> {
+        let rx = self.log(records)?.map(|durable| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            durable.on_complete(move |r| {
+                let _ = tx.send(r);
+            });
+            rx
+        });
+        Ok(PendingDurable(rx))
+    }
+
+    /// Waits for a [`PendingDurable`]; await it to completion once (a second wait after it
+    /// completed is an error).
+    pub async fn wait_pending(&self, pending: &mut PendingDurable) -> Result<(), Error> {
+        let Some(rx) = &mut pending.0 else {
+            return if self.has_failed() {
+                Err(Error::Failed)
+            } else {
+                Ok(())
+            };
+        };
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed_with(e.into())),
+            Err(_) => Err(self.failed_with(Error::Failed)),
+        }
+    }
+
     /// Logs `records` and waits until they are durable.
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), Error> {
         let durable = self.log(records)?;
@@ -387,3 +418,14 @@ impl Persistence {
 
 /// Shared handle.
 pub type SharedPersistence = Arc<Persistence>;
+
+/// A durability wait started by [`Persistence::log_pending`] (`None`: nothing was logged).
+#[derive(Debug)]
+pub struct PendingDurable(Option<tokio::sync::oneshot::Receiver<keelmq_wal::Result<u64>>>);
+
+impl PendingDurable {
+    /// A wait with nothing to wait for.
+    pub fn ready() -> PendingDurable {
+        PendingDurable(None)
+    }
+}
