@@ -341,6 +341,33 @@ where
     handles
 }
 
+/// Starts the clients (see [`spawn_clients`]); each connects, then runs `body` with its
+/// connection.
+async fn spawn_connected<O, F, Fut>(
+    run: &Arc<Run>,
+    common: &Common,
+    opts: Arc<O>,
+    body: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    O: Send + Sync + 'static,
+    F: Fn(Arc<Run>, Arc<O>, u32, Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let connect_with = Arc::new(common.clone());
+    spawn_clients(run, common, move |run, index, permit| {
+        let (opts, body, c) = (opts.clone(), body.clone(), connect_with.clone());
+        async move {
+            let Some(client) = connect(&run, &c, index).await else {
+                return;
+            };
+            drop(permit);
+            body(run, opts, index, client).await;
+        }
+    })
+    .await
+}
+
 /// Ends the run when the duration is over.
 fn arm_duration(run: &Arc<Run>, duration: Option<Duration>) {
     if let Some(d) = duration {
@@ -559,18 +586,7 @@ pub async fn conn(c: Common) -> anyhow::Result<Summary> {
     let run = Run::new("conn", c.clients)?;
     arm_duration(&run, c.duration.or(Some(Duration::from_secs(60))));
     let live = spawn_live(&run, "conn", c.live);
-    let opts = c.clone();
-    let handles = spawn_clients(&run, &c, move |run, index, permit| {
-        let opts = opts.clone();
-        async move {
-            let Some(client) = connect(&run, &opts, index).await else {
-                return;
-            };
-            drop(permit);
-            idle(&run, &opts, client).await;
-        }
-    })
-    .await;
+    let handles = spawn_connected(&run, &c, Arc::new(c.clone()), idle).await;
     finish(&run, handles, live).await;
     Ok(Summary::collect(
         &run,
@@ -581,7 +597,7 @@ pub async fn conn(c: Common) -> anyhow::Result<Summary> {
 }
 
 /// Keeps a connection open with PINGREQs until the run stops.
-async fn idle(run: &Run, c: &Common, client: Client) {
+async fn idle(run: Arc<Run>, c: Arc<Common>, _index: u32, client: Client) {
     let (mut stream, _decoder, _buf) = client.into_parts();
     let mut sink = [0u8; 256];
     let ping_every = Duration::from_secs((c.keep_alive as u64 / 2).max(1));
@@ -636,18 +652,7 @@ pub async fn sub(o: SubOptions) -> anyhow::Result<Summary> {
         });
     }
     let live = spawn_live(&run, "sub", o.common.live);
-    let opts = Arc::new(o.clone());
-    let handles = spawn_clients(&run, &o.common, move |run, index, permit| {
-        let opts = opts.clone();
-        async move {
-            let Some(client) = connect(&run, &opts.common, index).await else {
-                return;
-            };
-            drop(permit);
-            subscriber(run, opts, index, client).await;
-        }
-    })
-    .await;
+    let handles = spawn_connected(&run, &o.common, Arc::new(o.clone()), subscriber).await;
     finish(&run, handles, live).await;
     // Receiving time: from the first message to the last one.
     let first = run.counters.first_receive_ms.load(Ordering::Relaxed);
@@ -778,18 +783,7 @@ pub async fn publish(o: PubOptions) -> anyhow::Result<Summary> {
     let run = Run::new("pub", o.common.clients)?;
     arm_duration(&run, o.common.duration);
     let live = spawn_live(&run, "pub", o.common.live);
-    let opts = Arc::new(o.clone());
-    let handles = spawn_clients(&run, &o.common, move |run, index, permit| {
-        let opts = opts.clone();
-        async move {
-            let Some(client) = connect(&run, &opts.common, index).await else {
-                return;
-            };
-            drop(permit);
-            publisher(run, opts, index, client).await;
-        }
-    })
-    .await;
+    let handles = spawn_connected(&run, &o.common, Arc::new(o.clone()), publisher).await;
     for h in handles {
         let _ = h.await;
     }

@@ -12,11 +12,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Kills when `KEELMQ_PAHO_CRASH_KILLS` is not set.
@@ -25,29 +23,6 @@ const KILLS_DEFAULT: u32 = 10;
 /// The script's own watchdog ends it after 30 s + 4 s per kill (70 s for 10; a run of 10 kills
 /// takes 10 to 25 s); this is the longest the test waits for it beyond that.
 const TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
-
-/// The Python interpreter with paho-mqtt 2.x, or `None` (test skipped) when there is none.
-fn python() -> Option<String> {
-    let python = std::env::var("KEELMQ_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let probe = Command::new(&python)
-        .args([
-            "-c",
-            "import paho.mqtt as m; assert int(m.__version__.split('.')[0]) >= 2, m.__version__",
-        ])
-        .stdin(Stdio::null())
-        .output();
-    let why = match probe {
-        Ok(out) if out.status.success() => return Some(python),
-        Ok(out) => format!("{python}: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => format!("{python}: {e}"),
-    };
-    assert!(
-        !common::interop_required(),
-        "python3 with paho-mqtt 2.x is required (KEELMQ_REQUIRE_INTEROP) but unusable: {why}"
-    );
-    eprintln!("skipping: python3 with paho-mqtt 2.x unusable: {why}");
-    None
-}
 
 /// A free loopback port below the kernel's ephemeral range (32768 and up by default), found by
 /// binding random candidates. The broker is restarted on it about ten times and is down in
@@ -69,38 +44,13 @@ fn free_port() -> u16 {
     panic!("no free loopback port in {LOW}..{HIGH}");
 }
 
-/// Reads a child's pipe to the end on a thread, so the child never blocks on a full pipe.
-fn drain(pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut pipe = pipe;
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it is still
-/// running then. (Its broker dies with it: the script starts it with PR_SET_PDEATHSIG.)
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("waits for the child") {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Acknowledged QoS 1/2 messages survive repeated SIGKILLs of the broker, QoS 2 is never
 /// duplicated, and persistent sessions (MQTT 5 and 3.1.1) stay present, with paho as the client.
 #[test]
 fn paho_acknowledged_messages_survive_broker_kills() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::paho_python() else {
+        return;
+    };
     let kills: u32 = match std::env::var("KEELMQ_PAHO_CRASH_KILLS") {
         Ok(v) => v.parse().expect("KEELMQ_PAHO_CRASH_KILLS is a number"),
         Err(_) => KILLS_DEFAULT,
@@ -123,9 +73,9 @@ fn paho_acknowledged_messages_survive_broker_kills() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python starts");
-    let stdout = drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let status = wait_timeout(&mut child, timeout);
+    let stdout = common::drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = common::drain(child.stderr.take().expect("stderr is piped"));
+    let status = common::wait_timeout(&mut child, timeout);
     let elapsed = started.elapsed();
     let (stdout, stderr) = (
         stdout.join().unwrap_or_default(),

@@ -19,9 +19,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,31 +81,6 @@ impl Drop for Broker {
     }
 }
 
-/// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it still runs.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("waits for the child") {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn drain(pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut pipe = pipe;
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
 /// Runs `mosquitto_pub` against the broker and fails the test unless it exits 0 in time (it
 /// exits after the PUBACK / PUBCOMP of a QoS 1 / 2 message).
 fn publish(tools: &Tools, broker: &Broker, args: &[&str]) {
@@ -117,9 +92,9 @@ fn publish(tools: &Tools, broker: &Broker, args: &[&str]) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub starts");
-    let stdout = drain(child.stdout.take().expect("piped"));
-    let stderr = drain(child.stderr.take().expect("piped"));
-    let status = wait_timeout(&mut child, TIMEOUT);
+    let stdout = common::drain(child.stdout.take().expect("piped"));
+    let stderr = common::drain(child.stderr.take().expect("piped"));
+    let status = common::wait_timeout(&mut child, TIMEOUT);
     let out = Output {
         status: status
             .unwrap_or_else(|| panic!("mosquitto_pub {args:?} still running after {TIMEOUT:?}")),
@@ -242,7 +217,7 @@ impl Sub {
                 }
             }
         });
-        let stderr = Some(drain(child.stderr.take().expect("piped")));
+        let stderr = Some(common::drain(child.stderr.take().expect("piped")));
         Sub {
             name: name.to_string(),
             child,
@@ -298,7 +273,7 @@ impl Sub {
 
     /// Waits for the subscriber to exit by itself (after `-C` messages) and checks it exited 0.
     fn expect_exit_ok(&mut self) {
-        match wait_timeout(&mut self.child, TIMEOUT) {
+        match common::wait_timeout(&mut self.child, TIMEOUT) {
             Some(s) if s.success() => {}
             other => panic!("exit status {other:?}, expected 0\n{}", self.report()),
         }

@@ -8,44 +8,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest one scenario may run; the script's own watchdog ends it at 50 s, the slowest scenario
 /// takes about 5 s.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The Python interpreter with paho-mqtt 2.x, or `None` (test skipped) when there is none.
-fn python() -> Option<&'static str> {
-    static PYTHON: OnceLock<Result<String, String>> = OnceLock::new();
-    let found = PYTHON.get_or_init(|| {
-        let python = std::env::var("KEELMQ_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let probe = Command::new(&python)
-            .args(["-c", "import paho.mqtt as m; assert int(m.__version__.split('.')[0]) >= 2, m.__version__"])
-            .stdin(Stdio::null())
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => Ok(python),
-            Ok(out) => Err(format!("{python}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-            Err(e) => Err(format!("{python}: {e}")),
-        }
-    });
-    match found {
-        Ok(python) => Some(python),
-        Err(why) => {
-            assert!(
-                !common::interop_required(),
-                "python3 with paho-mqtt 2.x is required (KEELMQ_REQUIRE_INTEROP) but unusable: {why}"
-            );
-            eprintln!("skipping: python3 with paho-mqtt 2.x unusable: {why}");
-            None
-        }
-    }
-}
 
 /// A directory for one test's configuration and data, removed when dropped.
 struct TempDir(PathBuf);
@@ -78,37 +47,12 @@ impl Drop for TempDir {
     }
 }
 
-/// Reads a child's pipe to the end on a thread, so the child never blocks on a full pipe.
-fn drain(pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut pipe = pipe;
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it is still
-/// running then.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("waits for the child") {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs scenario `name` of `tests/paho/interop.py` against a fresh broker configured with
 /// `extra_config`, and fails the test unless the script exits 0.
 fn scenario(name: &str, extra_config: &str) {
-    let Some(python) = python() else { return };
+    let Some(python) = common::paho_python() else {
+        return;
+    };
     let dir = TempDir::new(name);
     let config = dir.config(extra_config);
     let broker = common::BrokerProcess::start(&["--config", config.to_str().expect("UTF-8 path")]);
@@ -124,9 +68,9 @@ fn scenario(name: &str, extra_config: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python starts");
-    let stdout = drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let status = wait_timeout(&mut child, SCENARIO_TIMEOUT);
+    let stdout = common::drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = common::drain(child.stderr.take().expect("stderr is piped"));
+    let status = common::wait_timeout(&mut child, SCENARIO_TIMEOUT);
     let elapsed = started.elapsed();
     let (stdout, stderr) = (
         stdout.join().unwrap_or_default(),

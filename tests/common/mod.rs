@@ -144,3 +144,63 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// The Python interpreter with paho-mqtt 2.x (`$KEELMQ_PYTHON`, else `python3`), or `None`
+/// (test skipped) when there is none; fails instead when interop is required.
+pub fn paho_python() -> Option<String> {
+    use std::sync::OnceLock;
+    static PYTHON: OnceLock<Result<String, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let python = std::env::var("KEELMQ_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let probe = Command::new(&python)
+            .args([
+                "-c",
+                "import paho.mqtt as m; assert int(m.__version__.split('.')[0]) >= 2, m.__version__",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => Ok(python),
+            Ok(out) => Err(format!("{python}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => Err(format!("{python}: {e}")),
+        }
+    });
+    match found {
+        Ok(python) => Some(python.clone()),
+        Err(why) => {
+            assert!(
+                !interop_required(),
+                "python3 with paho-mqtt 2.x is required (KEELMQ_REQUIRE_INTEROP) but unusable: {why}"
+            );
+            eprintln!("skipping: python3 with paho-mqtt 2.x unusable: {why}");
+            None
+        }
+    }
+}
+
+/// Reads a child's pipe to the end on a thread, so the child never blocks on a full pipe.
+pub fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it is still
+/// running then.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waits for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
