@@ -909,3 +909,117 @@ async fn topic_depth_limit() {
     assert_eq!(ack.reason_codes, [ReasonCode(0x80)]);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A burst of QoS 1 and 2 messages read in one go is acknowledged pipelined (many share one
+/// fdatasync): the acknowledgements still leave in PUBLISH order, including the immediate ones
+/// (a refused `$` topic, a re-sent QoS 2 id still waiting for its log record), and each
+/// persistent subscriber gets every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_acknowledgements_keep_publish_order() {
+    let server = common::start(common::test_config()).await;
+    let addr = server.local_addr();
+    let persistent = |c: &mut Connect| c.properties.session_expiry_interval = Some(60);
+    let (mut sub, _) = RawClient::connect(addr, V5, "pipe-sub", true, persistent).await;
+    sub.subscribe(1, "pipe/#", opts(QoS::ExactlyOnce)).await;
+    let (mut publ, _) = RawClient::connect(addr, V5, "pipe-pub", true, persistent).await;
+
+    let packet = |topic: &str, seq: u32, qos: QoS, packet_id: u16, dup: bool| {
+        Packet::Publish(Publish {
+            dup,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id,
+            properties: Default::default(),
+            payload: Bytes::from(seq.to_be_bytes().to_vec()),
+        })
+    };
+    // (packet id, expected acknowledgement, expected reason)
+    let mut expected: Vec<(u16, &str, ReasonCode)> = Vec::new();
+    let mut burst = bytes::BytesMut::new();
+    let mut sent_q1 = Vec::new();
+    let mut sent_q2 = Vec::new();
+    for i in 0..60u32 {
+        let pid = i as u16 + 1;
+        let (topic, qos) = if i % 3 == 2 {
+            ("pipe/two", QoS::ExactlyOnce)
+        } else {
+            ("pipe/one", QoS::AtLeastOnce)
+        };
+        encode(&packet(topic, i, qos, pid, false), V5, &mut burst).unwrap();
+        let kind = if qos == QoS::AtLeastOnce { "puback" } else { "pubrec" };
+        expected.push((pid, kind, ReasonCode::SUCCESS));
+        if qos == QoS::AtLeastOnce {
+            sent_q1.push(i);
+        } else {
+            sent_q2.push(i);
+        }
+        match i {
+            // A re-send of a QoS 2 id whose record may not be durable yet: acknowledged again,
+            // after the first, and never routed twice.
+            20 => {
+                encode(&packet(topic, i, qos, pid, true), V5, &mut burst).unwrap();
+                expected.push((pid, "pubrec", ReasonCode::SUCCESS));
+            }
+            // Refused at once, yet acknowledged in its place.
+            30 => {
+                encode(&packet("$reserved", 0, QoS::AtLeastOnce, 1000, false), V5, &mut burst)
+                    .unwrap();
+                expected.push((1000, "puback", ReasonCode::NOT_AUTHORIZED));
+            }
+            // Nobody subscribes: nothing logged, still in order.
+            40 => {
+                encode(&packet("elsewhere", 0, QoS::AtLeastOnce, 1001, false), V5, &mut burst)
+                    .unwrap();
+                expected.push((1001, "puback", ReasonCode::NO_MATCHING_SUBSCRIBERS));
+            }
+            _ => {}
+        }
+    }
+    publ.send_bytes(&burst).await;
+    for (pid, kind, reason) in &expected {
+        match publ.next().await {
+            Packet::PubAck(a) if *kind == "puback" => {
+                assert_eq!((a.packet_id, a.reason), (*pid, *reason), "PUBACK out of order")
+            }
+            Packet::PubRec(a) if *kind == "pubrec" => {
+                assert_eq!((a.packet_id, a.reason), (*pid, *reason), "PUBREC out of order");
+            }
+            other => panic!("expected {kind} {pid}, got {other:?}"),
+        }
+    }
+    for pid in sent_q2.iter().map(|i| *i as u16 + 1) {
+        publ.send(&Packet::PubRel(PubAck::new(pid))).await;
+        assert!(matches!(publ.next().await, Packet::PubComp(a) if a.packet_id == pid));
+    }
+
+    let (mut got_q1, mut got_q2) = (Vec::new(), Vec::new());
+    let mut released = 0;
+    while got_q1.len() + got_q2.len() < 60 || released < got_q2.len() {
+        let p = match sub.next().await {
+            Packet::Publish(p) => p,
+            Packet::PubRel(r) => {
+                released += 1;
+                sub.send(&Packet::PubComp(PubAck::new(r.packet_id))).await;
+                continue;
+            }
+            other => panic!("subscriber got {other:?}"),
+        };
+        let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+        match p.qos {
+            QoS::AtLeastOnce => {
+                got_q1.push(seq);
+                sub.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+            }
+            QoS::ExactlyOnce => {
+                got_q2.push(seq);
+                sub.send(&Packet::PubRec(PubAck::new(p.packet_id))).await;
+            }
+            QoS::AtMostOnce => panic!("downgraded: {p:?}"),
+        }
+    }
+    assert_eq!(got_q1, sent_q1, "QoS 1 order");
+    assert_eq!(got_q2, sent_q2, "QoS 2 order, no duplicate");
+    sub.expect_silence(Duration::from_millis(300)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

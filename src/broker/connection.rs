@@ -31,7 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{max_qos, Broker, ConnId, ConnectRefusal, Metrics, PendingPublish, SessionSlot};
+use super::{
+    max_qos, Begun, Broker, ConnId, ConnectRefusal, Metrics, PendingPublish, Placement, SessionSlot,
+};
 use crate::codec::*;
 use crate::persistence::PendingDurable;
 use crate::router::ClientId;
@@ -142,6 +144,7 @@ where
     };
     let close = conn.run(&mut io).await;
     Box::pin(conn.finish(&mut io, close)).await;
+    drop(conn);
 }
 
 /// The socket halves and their buffers.
@@ -415,6 +418,8 @@ where
         held: None,
         deferred: VecDeque::new(),
         pending_acks: VecDeque::new(),
+        pending_inbound: 0,
+        alive: Some(attached.alive),
     };
     // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
     let resend = broker
@@ -457,20 +462,39 @@ struct Connection {
     held: Option<HeldBack>,
     /// A packet read while a message was held back, processed once it is placed.
     deferred: VecDeque<Packet>,
-    /// Acknowledgements (outbound PUBREL, PUBCOMP) waiting for the record they depend on to be
-    /// durable, in log order, so completions arrive front first. Meanwhile the connection goes
-    /// on with its next packets, and their records share the same fdatasync. Bounded by the
-    /// in-flight windows: one per QoS 2 delivery in flight in either direction.
-    pending_acks: VecDeque<(Packet, PendingDurable)>,
+    /// Acknowledgements (PUBACK, PUBREC, PUBCOMP, outbound PUBREL) and inbound messages
+    /// waiting for the records they depend on to be durable, in log order, so completions
+    /// arrive front first. Meanwhile the connection goes on with its next packets, whose
+    /// records share the same fdatasync. While it is not empty every acknowledgement of an
+    /// inbound PUBLISH joins it, so they leave in the order of their PUBLISH [MQTT-4.6.0-2,3].
+    /// Bounded by the in-flight windows: inbound QoS 1/2 PUBLISHes by the Receive Maximum
+    /// (`pending_inbound` counts towards it; a client exceeding it is disconnected), QoS 2
+    /// releases by the windows in either direction.
+    pending_acks: VecDeque<PendingAck>,
+    /// Entries of `pending_acks` acknowledging an inbound PUBLISH that the session does not
+    /// already count as awaiting PUBREL.
+    pending_inbound: usize,
+    /// Dropped when this connection has finished with the session (see `Attached::alive`).
+    alive: Option<oneshot::Sender<()>>,
+}
+
+/// An acknowledgement, and the deliveries of an inbound message, waiting for durability.
+struct PendingAck {
+    wait: PendingDurable,
+    /// Deliveries made visible once `wait` completes (an inbound message).
+    placement: Option<Placement>,
+    ack: Option<Packet>,
+    /// Counted in `Connection::pending_inbound`.
+    inbound: bool,
 }
 
 /// Waits until the oldest pending acknowledgement may be sent.
 async fn next_pending_ack(
     broker: &Broker,
-    queue: &mut VecDeque<(Packet, PendingDurable)>,
+    queue: &mut VecDeque<PendingAck>,
 ) -> Result<(), super::NotDurable> {
     match queue.front_mut() {
-        Some((_, pending)) => broker.wait_pending(pending).await,
+        Some(entry) => broker.wait_pending(&mut entry.wait).await,
         None => std::future::pending().await,
     }
 }
@@ -527,14 +551,7 @@ impl Connection {
                 },
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
                 r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
-                    match (r, self.pending_acks.pop_front()) {
-                        (Ok(()), Some((ack, _))) => {
-                            self.send(&mut io.wbuf, &ack);
-                            Ok(())
-                        }
-                        (Ok(()), None) => Ok(()),
-                        (Err(e), _) => Err(Close::from(e)),
-                    }
+                    self.complete_front(r, &mut io.wbuf)
                 }
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
@@ -598,6 +615,8 @@ impl Connection {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
+        // Earlier messages of this publisher become visible first.
+        self.drain_pending(&mut io.wbuf).await?;
         let outcome = self.broker.retry_publish(held.publish).await?;
         if let Some(publish) = outcome.held {
             self.held = Some(HeldBack { publish, ..held });
@@ -611,6 +630,66 @@ impl Connection {
             }
         }
         self.process_input(io).await
+    }
+
+    /// Completes the oldest pending entry after its wait returned `r`: makes its deliveries
+    /// visible and sends its acknowledgement, or, if durability failed, gives back every
+    /// pending placement and closes.
+    fn complete_front(
+        &mut self,
+        r: Result<(), super::NotDurable>,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), Close> {
+        if let Err(e) = r {
+            for entry in self.pending_acks.drain(..) {
+                if let Some(p) = entry.placement {
+                    self.broker.cancel(p);
+                }
+            }
+            self.pending_inbound = 0;
+            return Err(Close::from(e));
+        }
+        let Some(entry) = self.pending_acks.pop_front() else {
+            return Ok(());
+        };
+        if entry.inbound {
+            self.pending_inbound -= 1;
+        }
+        if let Some(p) = entry.placement {
+            self.broker.settle(p);
+        }
+        if let Some(ack) = entry.ack {
+            self.send(wbuf, &ack);
+        }
+        Ok(())
+    }
+
+    /// Waits for every pending entry, in order, and completes it.
+    async fn drain_pending(&mut self, wbuf: &mut BytesMut) -> Result<(), Close> {
+        while !self.pending_acks.is_empty() {
+            let r = next_pending_ack(&self.broker, &mut self.pending_acks).await;
+            self.complete_front(r, wbuf)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `ack` once `wait` completes, after every entry before it.
+    fn push_pending(
+        &mut self,
+        wait: PendingDurable,
+        placement: Option<Placement>,
+        ack: Option<Packet>,
+        inbound: bool,
+    ) {
+        if inbound {
+            self.pending_inbound += 1;
+        }
+        self.pending_acks.push_back(PendingAck {
+            wait,
+            placement,
+            ack,
+            inbound,
+        });
     }
 
     fn send(&self, wbuf: &mut BytesMut, packet: &Packet) {
@@ -642,7 +721,7 @@ impl Connection {
                     PubRecOutcome::Release => {
                         let rel = Packet::PubRel(PubAck::new(a.packet_id));
                         match pending {
-                            Some(p) => self.pending_acks.push_back((rel, p)),
+                            Some(p) => self.push_pending(p, None, Some(rel), false),
                             None => self.send(wbuf, &rel),
                         }
                     }
@@ -665,8 +744,7 @@ impl Connection {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 // PUBCOMP leaves once the release is durable.
-                self.pending_acks
-                    .push_back((Packet::PubComp(comp), pending));
+                self.push_pending(pending, None, Some(Packet::PubComp(comp)), false);
                 Ok(())
             }
             Packet::PubComp(a) => self
@@ -737,17 +815,30 @@ impl Connection {
         }
     }
 
-    /// Sends PUBACK or PUBREC for an inbound message.
-    fn ack_inbound(&mut self, wbuf: &mut BytesMut, packet_id: u16, qos: QoS, reason: ReasonCode) {
+    /// The PUBACK or PUBREC for an inbound message (`None` for QoS 0).
+    fn inbound_ack(&self, packet_id: u16, qos: QoS, reason: ReasonCode) -> Option<Packet> {
         let mut ack = PubAck::new(packet_id);
         if self.version.is_v5() {
             ack.reason = reason;
         }
         match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(wbuf, &Packet::PubAck(ack)),
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
             // The id awaiting PUBREL was recorded by `Broker::publish` with the message.
-            QoS::ExactlyOnce => self.send(wbuf, &Packet::PubRec(ack)),
+            QoS::ExactlyOnce => Some(Packet::PubRec(ack)),
+        }
+    }
+
+    /// Sends PUBACK or PUBREC for an inbound message whose records (if any) are durable: now,
+    /// or behind the acknowledgements still pending, to keep their order.
+    fn ack_inbound(&mut self, wbuf: &mut BytesMut, packet_id: u16, qos: QoS, reason: ReasonCode) {
+        let Some(ack) = self.inbound_ack(packet_id, qos, reason) else {
+            return;
+        };
+        if self.pending_acks.is_empty() {
+            self.send(wbuf, &ack);
+        } else {
+            self.push_pending(PendingDurable::ready(), None, Some(ack), true);
         }
     }
 
@@ -819,7 +910,7 @@ impl Connection {
             return Ok(());
         }
         if p.qos != QoS::AtMostOnce
-            && inflight_in + usize::from(self.held.is_some())
+            && inflight_in + usize::from(self.held.is_some()) + self.pending_inbound
                 >= usize::from(cfg.mqtt.receive_maximum)
         {
             return Err(Close::Server {
@@ -872,11 +963,47 @@ impl Connection {
             properties: p.properties,
             publisher: Some(self.client_id.clone()),
         };
-        let inbound = (p.qos == QoS::ExactlyOnce).then_some((&self.slot, p.packet_id));
-        let outcome = self
-            .broker
-            .publish(Arc::new(message), inbound, true)
-            .await?;
+        let slot = self.slot.clone();
+        let inbound = (p.qos == QoS::ExactlyOnce).then_some((&slot, p.packet_id));
+        let outcome = if p.retain {
+            // Retained updates are ordered by the retain gate, inside `publish`: the earlier
+            // messages of this publisher become visible first.
+            self.drain_pending(wbuf).await?;
+            self.broker
+                .publish(Arc::new(message), inbound, true)
+                .await?
+        } else {
+            match self
+                .broker
+                .publish_begin(Arc::new(message), inbound, true)?
+            {
+                Begun::Held(publish) => super::PublishOutcome {
+                    delivered: 0,
+                    held: Some(publish),
+                    retained_refused: false,
+                },
+                Begun::Placed(placed) => {
+                    // Visible and acknowledged once durable; meanwhile the next packets.
+                    let reason = if placed.placement.len() == 0 {
+                        ReasonCode::NO_MATCHING_SUBSCRIBERS
+                    } else {
+                        ReasonCode::SUCCESS
+                    };
+                    let ack = self.inbound_ack(p.packet_id, p.qos, reason);
+                    if self.pending_acks.is_empty() && placed.durable.is_ready() {
+                        // Nothing was logged and nothing waits before it.
+                        self.broker.settle(placed.placement);
+                        if let Some(ack) = ack {
+                            self.send(wbuf, &ack);
+                        }
+                    } else {
+                        let inbound = p.qos == QoS::AtLeastOnce;
+                        self.push_pending(placed.durable, Some(placed.placement), ack, inbound);
+                    }
+                    return Ok(());
+                }
+            }
+        };
         if p.qos == QoS::AtMostOnce {
             if let Some(publish) = outcome.held {
                 // A connected subscriber's queue is full and draining: pause this publisher
@@ -1006,6 +1133,12 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // What this connection logged becomes visible (and acknowledged, if the socket still
+        // takes it) before a connection taking the session over goes on.
+        if let Err(e) = self.drain_pending(&mut io.wbuf).await {
+            tracing::debug!(client_id = %self.client_id, ?e, "pending acknowledgements dropped");
+        }
+        drop(self.alive.take());
         let server_reason = match &close {
             Close::Server { reason, why } => Some((*reason, Some(*why))),
             Close::TakenOver => Some((ReasonCode::SESSION_TAKEN_OVER, None)),

@@ -8,12 +8,19 @@
 //! connected is an atomic so that shared-subscription choice needs no session lock.
 //!
 //! # Durability
-//! Every acknowledgement a connection sends is the result of an `async` broker method —
-//! [`Broker::connect`], [`Broker::publish`], [`Broker::subscribe`], [`Broker::unsubscribe`],
-//! [`Broker::outbound_pubrec`], [`Broker::inbound_pubrel`] — that returns only once the records
-//! of what it acknowledges are durable (see `crate::persistence`). Routing reserves queue room
-//! and packet identifiers, commits the records, and only then delivers, so no subscriber ever
-//! sees a message that is not yet durable. Sessions with expiry 0 write nothing.
+//! Every acknowledgement a connection sends waits for the records of what it acknowledges to
+//! be durable (see `crate::persistence`): either inside an `async` broker method
+//! ([`Broker::connect`], [`Broker::publish`], [`Broker::subscribe`], [`Broker::unsubscribe`])
+//! or, pipelined, through a [`PendingDurable`] the connection awaits in order before it sends
+//! the acknowledgement ([`Broker::publish_begin`] with [`Broker::settle`],
+//! [`Broker::outbound_pubrec`], [`Broker::inbound_pubrel`]). Routing reserves queue room and
+//! packet identifiers, logs the records, and only once they are durable makes the deliveries
+//! visible, so no subscriber ever sees a message that is not yet durable. Sessions with expiry
+//! 0 write nothing.
+//!
+//! A connection taking a session over waits (at most [`TAKEOVER_WAIT`]) for the connection it
+//! replaces to finish: that one's last records precede the new session record in the log, so
+//! the new CONNACK's commit covers them, and no re-sent PUBLISH or PUBREL can overtake them.
 
 pub mod connection;
 pub mod metrics;
@@ -44,6 +51,10 @@ use crate::session::{
 
 pub use metrics::Metrics;
 
+/// How long a connection taking a session over waits for the connection it replaces to
+/// finish (it waits only for fdatasyncs of records it already logged).
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
 /// Identifies one network connection for the lifetime of the process.
 pub type ConnId = u64;
 
@@ -70,6 +81,8 @@ struct SlotState {
     owner: Option<ConnId>,
     /// Tells the attached connection it has been taken over.
     kick: Option<oneshot::Sender<()>>,
+    /// Closes when the attached (or last attached) connection has finished (`Attached::alive`).
+    owner_alive: Option<oneshot::Receiver<()>>,
     /// The will of the attached connection.
     will: Option<LastWill>,
     /// A will waiting for its Will Delay Interval after the connection closed, with the token
@@ -140,12 +153,52 @@ pub struct PendingPublish {
     qos0_may_wait: bool,
 }
 
+/// What [`Broker::publish_begin`] did with a message.
+#[derive(Debug)]
+pub(crate) enum Begun {
+    /// A QoS 1/2 target's queue (or, for QoS 0, a draining subscriber's) is full: nothing was
+    /// placed or logged, as for [`PublishOutcome::held`].
+    Held(PendingPublish),
+    /// Reserved and logged; visible once durable.
+    Placed(Placed),
+}
+
+/// Deliveries reserved in their sessions (room and packet ids), invisible to their
+/// connections until [`Broker::settle`] (after the records are durable) or given back by
+/// [`Broker::cancel`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Placement {
+    reserved: Vec<(Arc<SessionSlot>, u16, Delivery)>,
+    /// A retained update to apply with the deliveries.
+    retain: Option<Arc<Message>>,
+}
+
+impl Placement {
+    /// How many sessions the message is placed for.
+    pub(crate) fn len(&self) -> usize {
+        self.reserved.len()
+    }
+}
+
+/// A [`Placement`] and the wait for its records.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub(crate) placement: Placement,
+    pub(crate) durable: PendingDurable,
+}
+
 /// Result of attaching a connection to a session.
 pub struct Attached {
     pub slot: Arc<SessionSlot>,
     pub session_present: bool,
     /// Notified when another connection takes the session over.
     pub kicked: oneshot::Receiver<()>,
+    /// Held by the connection while it may still log or change the session; dropped once it
+    /// has finished (its pending acknowledgements drained). A connection taking the session
+    /// over waits for that before its CONNACK, so everything the old one logged is covered by
+    /// the new one's commit and its session state is final.
+    pub alive: oneshot::Sender<()>,
 }
 
 /// Why a CONNECT is refused before a session is touched.
@@ -278,6 +331,7 @@ impl Broker {
                     session,
                     owner: None,
                     kick: None,
+                    owner_alive: None,
                     will: None,
                     pending_will: None,
                     will_token: 0,
@@ -537,6 +591,8 @@ impl Broker {
             return Err(ConnectRefusal::ServerBusy);
         }
         let (kick_tx, kicked) = oneshot::channel();
+        let (alive, alive_rx) = oneshot::channel();
+        let mut previous_owner = None;
         let mut was_persistent = false;
         let mut discarded = false;
         let mut session_record = None;
@@ -557,6 +613,7 @@ impl Broker {
                             ),
                             owner: None,
                             kick: None,
+                            owner_alive: None,
                             will: None,
                             pending_will: None,
                             will_token: 0,
@@ -590,6 +647,7 @@ impl Broker {
                 if let Some(kick) = st.kick.take() {
                     let _ = kick.send(());
                 }
+                previous_owner = st.owner_alive.replace(alive_rx);
                 // The previous connection's will: cancelled by a resuming connection if it has
                 // a delay [MQTT-3.1.3-9], published now if the session ends or it has none.
                 st.will_token += 1;
@@ -623,6 +681,13 @@ impl Broker {
             });
             (slot, present)
         };
+        if let Some(previous) = previous_owner {
+            // The connection taken over finishes what it logged; bounded, since it waits only
+            // for fdatasyncs, but a stuck one must not keep this client out for ever.
+            if tokio::time::timeout(TAKEOVER_WAIT, previous).await.is_err() {
+                tracing::warn!(client_id = %client_id, "the connection taken over did not finish in time");
+            }
+        }
         if !ended_subscriptions.is_empty() {
             let mut router = self.shared.router.write();
             for filter in &ended_subscriptions {
@@ -647,6 +712,7 @@ impl Broker {
             slot,
             session_present,
             kicked,
+            alive,
         })
     }
 
@@ -840,6 +906,40 @@ impl Broker {
             true => Some(self.shared.retain_gate.read().await),
             false => None,
         };
+        let (pending, retained_refused) = self.prepare(message, inbound_qos2, qos0_may_wait);
+        let mut outcome = self.retry_publish(pending).await?;
+        outcome.retained_refused = retained_refused;
+        Ok(outcome)
+    }
+
+    /// [`Self::publish`] without waiting, for a message without RETAIN: its deliveries are
+    /// reserved and its records logged now, and the returned [`Begun::Placed`] makes them
+    /// visible with [`Self::settle`] once its wait completes. Meanwhile the publisher's
+    /// connection goes on with its next packets, whose records share the same fdatasync.
+    /// The publisher's QoS 2 packet id counts as received from now on (a re-send is a
+    /// duplicate, acknowledged only after this wait).
+    pub(crate) fn publish_begin(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        qos0_may_wait: bool,
+    ) -> Result<Begun, NotDurable> {
+        debug_assert!(
+            !message.retain,
+            "retained messages go through the retain gate"
+        );
+        let (pending, _) = self.prepare(message, inbound_qos2, qos0_may_wait);
+        self.begin(pending)
+    }
+
+    /// The records and targets of a publish (nothing placed or logged yet), and whether the
+    /// retained store refused its RETAIN.
+    fn prepare(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        qos0_may_wait: bool,
+    ) -> (PendingPublish, bool) {
         let mut records = Vec::new();
         let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
         let mut retain_update = false;
@@ -878,41 +978,43 @@ impl Broker {
             inbound_qos2,
             qos0_may_wait: qos0_may_wait && message_qos0,
         };
-        let mut outcome = self.retry_publish(pending).await?;
-        outcome.retained_refused = retained_refused;
-        Ok(outcome)
+        (pending, retained_refused)
     }
 
     /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
     pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
-        let (delivered, full) = self
-            .place(p.targets.clone(), p.records.clone(), true, p.qos0_may_wait)
-            .await?;
-        if !full.is_empty() {
-            return Ok(PublishOutcome {
+        match self.begin(p)? {
+            Begun::Held(p) => Ok(PublishOutcome {
                 delivered: 0,
                 held: Some(p),
                 retained_refused: false,
-            });
+            }),
+            Begun::Placed(placed) => Ok(PublishOutcome {
+                delivered: self.complete(placed).await?,
+                held: None,
+                retained_refused: false,
+            }),
         }
+    }
+
+    /// Reserves a publish's deliveries whole and logs its records, or gives it back held if a
+    /// queue is full (nothing reserved or logged then).
+    fn begin(&self, p: PendingPublish) -> Result<Begun, NotDurable> {
+        let (placed, full) =
+            self.reserve(p.targets.clone(), p.records.clone(), true, p.qos0_may_wait)?;
+        let Some(mut placed) = placed.filter(|_| full.is_empty()) else {
+            return Ok(Begun::Held(p));
+        };
         if let Some((slot, packet_id)) = &p.inbound_qos2 {
             // Session state, recorded whoever holds the connection now: it must match the log,
             // or a re-sent PUBLISH would be routed twice, or a new one taken for a re-send.
+            // A re-send arriving before the log is durable is acknowledged only after it.
             self.with_slot(slot, |st| st.session.inbound_qos2_received(*packet_id));
         }
         if p.retain_update {
-            let mut retained = self.shared.retained.write();
-            if p.message.payload.is_empty() {
-                retained.remove(&p.message.topic);
-            } else {
-                retained.insert(&p.message.topic, p.message.clone());
-            }
+            placed.placement.retain = Some(p.message);
         }
-        Ok(PublishOutcome {
-            delivered,
-            held: None,
-            retained_refused: false,
-        })
+        Ok(Begun::Placed(placed))
     }
 
     /// Whether a retained update for this topic fits `max_retained_messages` (replacing and
@@ -999,10 +1101,27 @@ impl Broker {
     async fn place(
         &self,
         targets: Vec<(Arc<SessionSlot>, Delivery)>,
-        mut records: Vec<Record>,
+        records: Vec<Record>,
         all_or_nothing: bool,
         qos0_may_wait: bool,
     ) -> Result<(usize, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
+        let (placed, full) = self.reserve(targets, records, all_or_nothing, qos0_may_wait)?;
+        let placed = match placed {
+            Some(p) => self.complete(p).await?,
+            None => 0,
+        };
+        Ok((placed, full))
+    }
+
+    /// The first half of [`Self::place`]: reserves room and packet ids and logs the records,
+    /// without waiting. `None` (and nothing logged) when `all_or_nothing` met a full queue.
+    fn reserve(
+        &self,
+        targets: Vec<(Arc<SessionSlot>, Delivery)>,
+        mut records: Vec<Record>,
+        all_or_nothing: bool,
+        qos0_may_wait: bool,
+    ) -> Result<(Option<Placed>, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
         let max_total = self.shared.config.limits.max_queued_bytes_total;
         let persistence = self.shared.persistence.is_some();
         let mut reserved = Vec::with_capacity(targets.len());
@@ -1052,21 +1171,55 @@ impl Broker {
                 }
             }
         }
-        let refused = all_or_nothing && !full.is_empty();
-        let committed = if refused {
-            Ok(())
-        } else {
-            self.commit(records).await
+        let placement = Placement {
+            reserved,
+            retain: None,
         };
-        if refused || committed.is_err() {
-            for (slot, packet_id, d) in reserved {
-                self.with_slot(&slot, |st| st.session.cancel(packet_id, d.payload_len()));
-            }
-            committed?;
-            return Ok((0, full));
+        if all_or_nothing && !full.is_empty() {
+            self.cancel(placement);
+            return Ok((None, full));
         }
-        let placed = reserved.len();
-        for (slot, packet_id, d) in reserved {
+        match self.log_pending(records) {
+            Ok(durable) => Ok((Some(Placed { placement, durable }), full)),
+            Err(e) => {
+                self.cancel(placement);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until a placement's records are durable, then makes it visible; cancels it if
+    /// they cannot be made durable. Returns how many deliveries it placed.
+    pub(crate) async fn complete(&self, mut placed: Placed) -> Result<usize, NotDurable> {
+        match self.wait_pending(&mut placed.durable).await {
+            Ok(()) => Ok(self.settle(placed.placement)),
+            Err(e) => {
+                self.cancel(placed.placement);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back the room and packet ids of a placement that will not be made visible.
+    pub(crate) fn cancel(&self, placement: Placement) {
+        for (slot, packet_id, d) in placement.reserved {
+            self.with_slot(&slot, |st| st.session.cancel(packet_id, d.payload_len()));
+        }
+    }
+
+    /// Makes a placement whose records are durable visible: queues its deliveries, wakes their
+    /// connections and applies its retained update. Returns how many deliveries it placed.
+    pub(crate) fn settle(&self, placement: Placement) -> usize {
+        if let Some(message) = placement.retain {
+            let mut retained = self.shared.retained.write();
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(&message.topic, message.clone());
+            }
+        }
+        let placed = placement.reserved.len();
+        for (slot, packet_id, d) in placement.reserved {
             let bytes = d.payload_len();
             let visible = self.with_slot(&slot, |st| {
                 if st.ended {
@@ -1081,7 +1234,7 @@ impl Broker {
                 slot.wake.notify_one();
             }
         }
-        Ok((placed, full))
+        placed
     }
 
     /// Gives shared-subscription deliveries of a departed member to connected members of their

@@ -428,4 +428,9 @@ impl PendingDurable {
     pub fn ready() -> PendingDurable {
         PendingDurable(None)
     }
+
+    /// Whether nothing was logged (the wait only checks that persistence has not failed).
+    pub fn is_ready(&self) -> bool {
+        self.0.is_none()
+    }
 }
