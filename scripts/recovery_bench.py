@@ -85,18 +85,8 @@ def bench(args, mode, extra, timeout):
     return json.loads(lines[-1])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keelmq", required=True)
-    ap.add_argument("--sessions", type=int, default=100_000)
-    ap.add_argument("--queued-per-session", type=int, default=10)
-    ap.add_argument("--retained", type=int, default=1_000_000)
-    ap.add_argument("--keep", action="store_true", help="keep the data directory")
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="keelmq-recovery-")
-    data = os.path.join(work, "data")
-    broker_log = os.path.join(work, "broker.log")
-    result = {}
+def load(args, data, broker_log, result):
+    """Steps 1-3 and the kill: builds the durable state and leaves the killed data directory."""
     p, out = start(args, data, broker_log)
     try:
         wait_accepting(p, 60)
@@ -130,9 +120,37 @@ def main():
             result["retained_acked"] = s["acked"]
         result["rss_before_kill_mb"] = status_kb(p.pid, "VmRSS") / 1024
         result["peak_rss_before_kill_mb"] = status_kb(p.pid, "VmHWM") / 1024
+    finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
         out.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keelmq", required=True)
+    ap.add_argument("--sessions", type=int, default=100_000)
+    ap.add_argument("--queued-per-session", type=int, default=10)
+    ap.add_argument("--retained", type=int, default=1_000_000)
+    ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    ap.add_argument("--save-killed", metavar="DIR",
+                    help="also copy the data directory as the kill left it to DIR")
+    ap.add_argument("--from-killed", metavar="DIR",
+                    help="skip steps 1-3: restart from a copy of a directory saved with "
+                         "--save-killed")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="keelmq-recovery-")
+    data = os.path.join(work, "data")
+    broker_log = os.path.join(work, "broker.log")
+    result = {}
+    p, out = None, None
+    try:
+        if args.from_killed:
+            shutil.copytree(args.from_killed, data)
+        else:
+            load(args, data, broker_log, result)
+            if args.save_killed:
+                shutil.copytree(data, args.save_killed)
         du = subprocess.run(["du", "-sm", data], capture_output=True, text=True).stdout.split()[0]
         result["data_dir_mb"] = int(du)
         log(f"killed; data dir {du} MB; restarting")
@@ -150,14 +168,15 @@ def main():
                                 "rs", "--idle-exit", 2, "-d", 20], 60)
         result["sample_session_received"] = s["received"]
     finally:
-        if p.poll() is None:
+        if p is not None and p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        out.close()
+        if out is not None:
+            out.close()
         if args.keep:
             log(f"data kept in {work}")
         else:

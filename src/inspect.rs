@@ -7,10 +7,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keelmq_storage::{RocksStore, Store};
+use keelmq_storage::{MemStore, RocksStore, Store, Table};
 use keelmq_wal::{format, scan_segment, RecoveryMode, ScanOutcome};
 
-use crate::persistence::{Image, Record};
+use crate::persistence::records::decode_value;
+use crate::persistence::{Image, Record, StoredMessage};
 
 /// What `inspect` found.
 #[derive(Debug, Default)]
@@ -113,16 +114,18 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
     }
     let store_dir = dir.join("store");
     let mut image = Image::default();
+    let mut store: Box<dyn Store> = Box::new(MemStore::new());
     if store_dir.exists() {
         match RocksStore::open_read_only(&store_dir) {
-            Ok(store) => {
-                report.checkpoint_seq = store.persisted_applied_seq()?;
-                match Image::load(&store) {
+            Ok(s) => {
+                report.checkpoint_seq = s.persisted_applied_seq()?;
+                match Image::load(&s) {
                     Ok(i) => image = i,
                     Err(e) => report
                         .problems
                         .push(format!("{}: {e}", store_dir.display())),
                 }
+                store = Box::new(s);
             }
             Err(e) => report.problems.push(e.to_string()),
         }
@@ -143,7 +146,48 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             report.replayed += 1;
         }
     }
-    let [sessions, subscriptions, deliveries, inbound, bodies, retained] = image.counts();
+    let [sessions, subscriptions, deliveries, inbound, bodies] = image.counts();
+    let retained = match image.retained_count(&*store) {
+        Ok(n) => n.to_string(),
+        Err(e) => {
+            report
+                .problems
+                .push(format!("{}: {e}", store_dir.display()));
+            "?".to_string()
+        }
+    };
+    // Every queue entry's body must be in memory (the WAL tail) or in the store, and every
+    // stored body must decode.
+    let mut stored_bodies = std::collections::HashSet::new();
+    let scanned = store.scan(Table::Messages, &mut |k, v| {
+        match decode_value::<StoredMessage>(v) {
+            Ok(m) => {
+                stored_bodies.insert(m.id);
+            }
+            Err(e) => report.problems.push(format!(
+                "{}: message {k:?} does not decode: {e}",
+                store_dir.display()
+            )),
+        }
+        Ok(())
+    });
+    if let Err(e) = scanned {
+        report
+            .problems
+            .push(format!("{}: {e}", store_dir.display()));
+    }
+    for (client, s) in &image.sessions {
+        for (pid, d) in &s.deliveries {
+            if image.resident_message(d.message_id).is_none()
+                && !stored_bodies.contains(&d.message_id)
+            {
+                report.problems.push(format!(
+                    "queue entry {pid} of client {client:?} refers to message {} that is missing",
+                    d.message_id
+                ));
+            }
+        }
+    }
     let inflight = image
         .sessions
         .values()

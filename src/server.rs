@@ -52,9 +52,12 @@ impl Server {
         let (persistence, report) =
             tokio::task::spawn_blocking(move || Persistence::open(&dir, options)).await??;
         let persistence = Arc::new(persistence);
+        let restoring = std::time::Instant::now();
         let broker = Broker::with_persistence(config, persistence.clone());
-        let [sessions, subscriptions, deliveries, inbound, _, retained] =
+        let restore_ms = restoring.elapsed().as_millis() as u64;
+        let [sessions, subscriptions, deliveries, inbound, _] =
             persistence.with_image(|i| i.counts());
+        let retained = broker.retained_count();
         tracing::info!(
             sessions,
             subscriptions,
@@ -65,6 +68,7 @@ impl Server {
             replayed = report.replayed_records,
             torn_tail = report.torn_tail.as_deref().unwrap_or("none"),
             elapsed_ms = report.elapsed.as_millis() as u64,
+            restore_ms,
             "recovered state from {}",
             broker.config().data_dir.display()
         );

@@ -44,6 +44,9 @@ impl Store for RecordingStore {
     ) -> keelmq_storage::Result<()> {
         self.inner.scan(t, v)
     }
+    fn get_many(&self, t: Table, keys: &[Vec<u8>]) -> keelmq_storage::Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(t, keys)
+    }
 }
 
 fn options() -> PersistenceOptions {
@@ -150,12 +153,13 @@ fn workload() -> Vec<Vec<Record>> {
 /// record, so recovery must land exactly on a commit boundary.
 fn model_prefixes(batches: &[Vec<Record>]) -> Vec<Vec<String>> {
     let mut image = Image::default();
-    let mut out = vec![image.canonical()];
+    let empty = MemStore::new();
+    let mut out = vec![image.canonical(&empty)];
     for batch in batches {
         for r in batch {
             image.apply(r.clone());
         }
-        out.push(image.canonical());
+        out.push(image.canonical(&empty));
     }
     out
 }
@@ -225,7 +229,7 @@ async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
                 Ok(x) => x,
                 Err(e) => panic!("crash point {k} ({mode:?}): recovery failed: {e}"),
             };
-            let got = p.with_image(|i| i.canonical());
+            let got = p.canonical();
             let matching = (must_have..models.len()).find(|m| models[*m] == got);
             assert!(
                 matching.is_some(),

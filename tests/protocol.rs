@@ -947,7 +947,11 @@ async fn pipelined_acknowledgements_keep_publish_order() {
             ("pipe/one", QoS::AtLeastOnce)
         };
         encode(&packet(topic, i, qos, pid, false), V5, &mut burst).unwrap();
-        let kind = if qos == QoS::AtLeastOnce { "puback" } else { "pubrec" };
+        let kind = if qos == QoS::AtLeastOnce {
+            "puback"
+        } else {
+            "pubrec"
+        };
         expected.push((pid, kind, ReasonCode::SUCCESS));
         if qos == QoS::AtLeastOnce {
             sent_q1.push(i);
@@ -963,14 +967,22 @@ async fn pipelined_acknowledgements_keep_publish_order() {
             }
             // Refused at once, yet acknowledged in its place.
             30 => {
-                encode(&packet("$reserved", 0, QoS::AtLeastOnce, 1000, false), V5, &mut burst)
-                    .unwrap();
+                encode(
+                    &packet("$reserved", 0, QoS::AtLeastOnce, 1000, false),
+                    V5,
+                    &mut burst,
+                )
+                .unwrap();
                 expected.push((1000, "puback", ReasonCode::NOT_AUTHORIZED));
             }
             // Nobody subscribes: nothing logged, still in order.
             40 => {
-                encode(&packet("elsewhere", 0, QoS::AtLeastOnce, 1001, false), V5, &mut burst)
-                    .unwrap();
+                encode(
+                    &packet("elsewhere", 0, QoS::AtLeastOnce, 1001, false),
+                    V5,
+                    &mut burst,
+                )
+                .unwrap();
                 expected.push((1001, "puback", ReasonCode::NO_MATCHING_SUBSCRIBERS));
             }
             _ => {}
@@ -980,10 +992,18 @@ async fn pipelined_acknowledgements_keep_publish_order() {
     for (pid, kind, reason) in &expected {
         match publ.next().await {
             Packet::PubAck(a) if *kind == "puback" => {
-                assert_eq!((a.packet_id, a.reason), (*pid, *reason), "PUBACK out of order")
+                assert_eq!(
+                    (a.packet_id, a.reason),
+                    (*pid, *reason),
+                    "PUBACK out of order"
+                )
             }
             Packet::PubRec(a) if *kind == "pubrec" => {
-                assert_eq!((a.packet_id, a.reason), (*pid, *reason), "PUBREC out of order");
+                assert_eq!(
+                    (a.packet_id, a.reason),
+                    (*pid, *reason),
+                    "PUBREC out of order"
+                );
             }
             other => panic!("expected {kind} {pid}, got {other:?}"),
         }

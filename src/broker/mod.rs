@@ -46,7 +46,8 @@ use crate::persistence::{self, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::{
-    Delivery, Enqueued, Message, PubRecOutcome, Session, SessionLimits, SubscriptionRecord,
+    Delivery, Enqueued, Message, PagedDelivery, PubRecOutcome, Session, SessionLimits,
+    SubscriptionRecord,
 };
 
 pub use metrics::Metrics;
@@ -257,6 +258,16 @@ impl Broker {
     pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
         let broker = Self::build(config, Some(persistence.clone()));
         persistence.with_image(|image| broker.restore(image));
+        let mut retained = broker.shared.retained.write();
+        let visited = persistence.visit_retained(&mut |m| {
+            let topic = m.topic.clone();
+            retained.insert(&topic, restore_message(m));
+        });
+        drop(retained);
+        if let Err(e) = visited {
+            // The start-up already read every table once; a failure here is a damaged store.
+            broker.fatal(&e);
+        }
         broker
     }
 
@@ -284,10 +295,10 @@ impl Broker {
         }
     }
 
-    /// Rebuilds sessions, subscriptions, queues and retained messages from the durable image.
+    /// Rebuilds sessions, subscriptions and queues from the durable image. Queue entries come
+    /// back paged out (their bodies stay in the store until the session resumes).
     fn restore(&self, image: &persistence::Image) {
         let now = Instant::now();
-        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
         for (client, si) in &image.sessions {
             let Some(record) = &si.record else { continue };
             let client_id: ClientId = client.as_str().into();
@@ -305,21 +316,15 @@ impl Broker {
             let mut deliveries: Vec<_> = si.deliveries.iter().collect();
             deliveries.sort_by_key(|(_, d)| d.order);
             for (pid, d) in deliveries {
-                let Some(stored) = image.message(d.message_id) else {
-                    continue;
-                };
-                let message = messages
-                    .entry(d.message_id)
-                    .or_insert_with(|| restore_message(stored.clone()))
-                    .clone();
-                let delivery = Delivery {
-                    message,
+                session.restore_paged(PagedDelivery {
+                    packet_id: *pid,
+                    message_id: d.message_id,
                     qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
                     retain: d.retain,
                     subscription_ids: d.subscription_ids.clone(),
                     shared_group: d.shared_group.as_deref().map(Arc::from),
-                };
-                session.restore(*pid, delivery, d.awaiting_pubcomp);
+                    awaiting_pubcomp: d.awaiting_pubcomp,
+                });
             }
             for pid in &si.inbound {
                 session.inbound_qos2_received(*pid);
@@ -371,9 +376,85 @@ impl Broker {
                 .fetch_add(queued, Ordering::Relaxed);
             self.shared.sessions.lock().insert(client_id, slot);
         }
-        let mut retained = self.shared.retained.write();
-        for m in image.retained.values() {
-            retained.insert(&m.topic, restore_message(m.clone()));
+    }
+
+    /// Loads the bodies of a resumed session's paged-out deliveries from the store and puts
+    /// them back in front of its queue, before its connection sends anything. A body the store
+    /// does not have (damaged data) is reported and its delivery removed.
+    async fn page_in(&self, slot: &Arc<SessionSlot>) {
+        let Some(p) = self.shared.persistence.clone() else {
+            return;
+        };
+        let paged = self.with_slot(slot, |st| st.session.take_paged());
+        if paged.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = paged.iter().map(|d| d.message_id).collect();
+        let loaded = tokio::task::spawn_blocking(move || p.load_messages(&ids)).await;
+        let mut bodies = match loaded {
+            Ok(Ok(b)) => b,
+            failed => {
+                let what = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the offline queue; it stays on disk");
+                self.with_slot(slot, |st| {
+                    for d in paged {
+                        st.session.restore_paged(d);
+                    }
+                });
+                return;
+            }
+        };
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut bytes = 0;
+        let loaded: Vec<_> = paged
+            .into_iter()
+            .map(|d| {
+                let message = match messages.get(&d.message_id) {
+                    Some(m) => Some(m.clone()),
+                    None => bodies.remove(&d.message_id).map(|m| {
+                        let m = restore_message(m);
+                        messages.insert(d.message_id, m.clone());
+                        m
+                    }),
+                };
+                if message.is_none() {
+                    tracing::error!(client_id = %slot.client_id, message_id = d.message_id, packet_id = d.packet_id, "queued message missing from the store; its delivery is removed (see `keelmq inspect`)");
+                }
+                let delivery = message.map(|message| Delivery {
+                    message,
+                    qos: d.qos,
+                    retain: d.retain,
+                    subscription_ids: d.subscription_ids.clone(),
+                    shared_group: d.shared_group.clone(),
+                });
+                if let (Some(dl), false) = (&delivery, d.awaiting_pubcomp) {
+                    bytes += dl.payload_len();
+                }
+                (d, delivery)
+            })
+            .collect();
+        let (removed, in_store) = self.with_slot(slot, |st| {
+            st.session.restore_paged_in(loaded);
+            (st.session.take_removed(), st.in_store)
+        });
+        self.shared
+            .queued_bytes_total
+            .fetch_add(bytes, Ordering::Relaxed);
+        if in_store {
+            let client = slot.client_id.to_string();
+            self.log(
+                removed
+                    .into_iter()
+                    .map(|packet_id| Record::Dequeue {
+                        client: client.clone(),
+                        packet_id,
+                    })
+                    .collect(),
+            );
         }
     }
 
@@ -687,6 +768,9 @@ impl Broker {
             if tokio::time::timeout(TAKEOVER_WAIT, previous).await.is_err() {
                 tracing::warn!(client_id = %client_id, "the connection taken over did not finish in time");
             }
+        }
+        if session_present {
+            self.page_in(&slot).await;
         }
         if !ended_subscriptions.is_empty() {
             let mut router = self.shared.router.write();

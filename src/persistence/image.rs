@@ -7,6 +7,14 @@
 //! so a checkpoint writes only what changed, and only its current value: a message queued and
 //! acknowledged between two checkpoints never reaches the store.
 //!
+//! # What stays in memory
+//! Sessions, subscriptions, queue entries (their metadata) and inbound QoS 2 ids are held
+//! whole. Message bodies and retained messages are held only until a checkpoint has written
+//! them ([`Image::checkpointed`]); from then on the store is their only copy: a body keeps
+//! just its reference count here, and a retained message nothing at all. [`Image::load`]
+//! reads neither table, so recovery reads only metadata, and the bodies of offline queues are
+//! paged in from the store when their session resumes (`Persistence::load_messages`).
+//!
 //! # Store keys (all tables of `keelmq-storage`)
 //! | table | key | value |
 //! |---|---|---|
@@ -38,7 +46,8 @@ pub struct SessionImage {
 
 #[derive(Debug, Clone)]
 struct Body {
-    message: StoredMessage,
+    /// The body itself until a checkpoint wrote it; then only the store has it.
+    message: Option<StoredMessage>,
     refs: u32,
 }
 
@@ -58,7 +67,10 @@ enum Key {
 pub struct Image {
     pub sessions: HashMap<String, SessionImage>,
     bodies: HashMap<u64, Body>,
-    pub retained: HashMap<String, StoredMessage>,
+    /// Retained changes not yet checkpointed (`None`: deleted). The others live in the store.
+    retained: HashMap<String, Option<StoredMessage>>,
+    /// The largest message id seen, so that new ids never collide after a restart.
+    max_id: u64,
     dirty: HashSet<Key>,
     /// Records that referred to state the image does not have (a delivery for an unknown
     /// message). They mean a bug or damaged data; they are counted and reported.
@@ -80,16 +92,19 @@ fn split_client_key(key: &[u8]) -> Option<(String, &[u8])> {
 }
 
 impl Image {
-    pub fn message(&self, id: u64) -> Option<&StoredMessage> {
-        self.bodies.get(&id).map(|b| &b.message)
+    /// A message body still in memory (not yet checkpointed).
+    pub fn resident_message(&self, id: u64) -> Option<&StoredMessage> {
+        self.bodies.get(&id).and_then(|b| b.message.as_ref())
     }
 
+    /// Whether some queue entry refers to message `id`.
     pub fn has_message(&self, id: u64) -> bool {
         self.bodies.contains_key(&id)
     }
 
-    /// Counts for inspection: sessions, subscriptions, deliveries, inbound ids, bodies, retained.
-    pub fn counts(&self) -> [usize; 6] {
+    /// Counts for inspection: sessions, subscriptions, deliveries, inbound ids, bodies (for
+    /// retained messages see [`Self::retained_count`]).
+    pub fn counts(&self) -> [usize; 5] {
         let subs = self.sessions.values().map(|s| s.subscriptions.len()).sum();
         let deliveries = self.sessions.values().map(|s| s.deliveries.len()).sum();
         let inbound = self.sessions.values().map(|s| s.inbound.len()).sum();
@@ -99,15 +114,57 @@ impl Image {
             deliveries,
             inbound,
             self.bodies.len(),
-            self.retained.len(),
         ]
     }
 
-    /// The largest message id in the image, so that new ids never collide after a restart.
+    /// The largest message id seen (bodies, queue entries and retained messages of the log;
+    /// retained messages of the store are counted by [`Self::visit_retained`]).
     pub fn max_message_id(&self) -> u64 {
-        let b = self.bodies.keys().copied().max().unwrap_or(0);
-        let r = self.retained.values().map(|m| m.id).max().unwrap_or(0);
-        b.max(r)
+        self.max_id
+    }
+
+    /// Calls `visit` for every retained message: those of the store that no later change
+    /// replaced or deleted, then the changes not yet checkpointed. Blocking (a store scan).
+    pub fn visit_retained(
+        &self,
+        store: &dyn Store,
+        visit: &mut dyn FnMut(StoredMessage),
+    ) -> Result<(), LoadError> {
+        let err = |what: String| LoadError {
+            table: Table::Retained.name(),
+            what,
+        };
+        store
+            .scan(Table::Retained, &mut |k, v| {
+                let topic = String::from_utf8_lossy(k);
+                if self.retained.contains_key(topic.as_ref()) {
+                    return Ok(());
+                }
+                let m = decode_value::<StoredMessage>(v).map_err(|e| {
+                    keelmq_storage::Error::Corrupt {
+                        path: std::path::PathBuf::from(Table::Retained.name()),
+                        what: format!("key {topic:?}: {e}"),
+                    }
+                })?;
+                visit(m);
+                Ok(())
+            })
+            .map_err(|e| err(e.to_string()))?;
+        for m in self.retained.values().flatten() {
+            visit(m.clone());
+        }
+        Ok(())
+    }
+
+    /// How many retained messages there are (store and log together). Blocking.
+    pub fn retained_count(&self, store: &dyn Store) -> Result<usize, LoadError> {
+        let mut n = 0;
+        self.visit_retained(store, &mut |_| n += 1)?;
+        Ok(n)
+    }
+
+    fn see_id(&mut self, id: u64) {
+        self.max_id = self.max_id.max(id);
     }
 
     fn unref(&mut self, message_id: u64) {
@@ -166,11 +223,16 @@ impl Image {
                 }
             }
             Record::Message(m) => {
-                self.dirty.insert(Key::Message(m.id));
-                self.bodies.entry(m.id).or_insert(Body {
-                    message: m,
-                    refs: 0,
-                });
+                let id = m.id;
+                self.see_id(id);
+                // A body known already (in memory, or written by a checkpoint) stays as it is.
+                if let std::collections::hash_map::Entry::Vacant(v) = self.bodies.entry(id) {
+                    v.insert(Body {
+                        message: Some(m),
+                        refs: 0,
+                    });
+                    self.dirty.insert(Key::Message(id));
+                }
             }
             Record::Enqueue {
                 client,
@@ -181,6 +243,7 @@ impl Image {
                 subscription_ids,
                 shared_group,
             } => {
+                self.see_id(message_id);
                 let Some(s) = self.sessions.get_mut(&client) else {
                     return;
                 };
@@ -237,19 +300,21 @@ impl Image {
                 }
             }
             Record::RetainSet(m) => {
+                self.see_id(m.id);
                 self.dirty.insert(Key::Retained(m.topic.clone()));
-                self.retained.insert(m.topic.clone(), m);
+                self.retained.insert(m.topic.clone(), Some(m));
             }
             Record::RetainDelete { topic } => {
-                if self.retained.remove(&topic).is_some() {
-                    self.dirty.insert(Key::Retained(topic));
-                }
+                // The store may hold it: the deletion is written whatever memory holds.
+                self.dirty.insert(Key::Retained(topic.clone()));
+                self.retained.insert(topic, None);
             }
         }
     }
 
     /// A canonical listing of the whole state, for comparing two images in tests.
-    pub fn canonical(&self) -> Vec<String> {
+    /// Bodies are read from `store` where only it holds them. Blocking.
+    pub fn canonical(&self, store: &dyn Store) -> Vec<String> {
         let mut out = Vec::new();
         for (c, s) in &self.sessions {
             out.push(format!("session {c} {:?}", s.record));
@@ -272,13 +337,30 @@ impl Image {
             }
         }
         for (id, b) in &self.bodies {
-            out.push(format!("body {id} refs {} {:?}", b.refs, b.message));
+            let message = match &b.message {
+                Some(m) => Some(m.clone()),
+                None => store
+                    .get_many(Table::Messages, &[id.to_be_bytes().to_vec()])
+                    .ok()
+                    .and_then(|mut v| v.pop().flatten())
+                    .and_then(|v| decode_value::<StoredMessage>(&v).ok()),
+            };
+            out.push(format!("body {id} refs {} {message:?}", b.refs));
         }
-        for (t, m) in &self.retained {
-            out.push(format!("retained {t} {m:?}"));
+        let mut retained = Vec::new();
+        if let Err(e) = self.visit_retained(store, &mut |m| retained.push(m)) {
+            out.push(format!("retained unreadable: {e}"));
+        }
+        for m in retained {
+            out.push(format!("retained {} {m:?}", m.topic));
         }
         out.sort();
         out
+    }
+
+    /// How many keys changed since the last [`Self::take_changes`].
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
     }
 
     /// Whether anything changed since the last [`Self::take_changes`].
@@ -302,7 +384,39 @@ impl Image {
             self.dirty.insert(Key::Message(id));
         }
         let dirty: Vec<Key> = self.dirty.drain().collect();
-        dirty.into_iter().map(|k| self.change_for(k)).collect()
+        dirty
+            .into_iter()
+            .filter_map(|k| self.change_for(k))
+            .collect()
+    }
+
+    /// A checkpoint of `changes` succeeded: the bodies and retained messages it wrote leave
+    /// memory unless they changed again since (the store is their copy now).
+    pub fn checkpointed(&mut self, changes: &[Change]) {
+        for c in changes {
+            match (c.table, &c.value) {
+                (Table::Messages, Some(_)) => {
+                    let Ok(id) = <[u8; 8]>::try_from(c.key.as_slice()).map(u64::from_be_bytes)
+                    else {
+                        continue;
+                    };
+                    if !self.dirty.contains(&Key::Message(id)) {
+                        if let Some(b) = self.bodies.get_mut(&id) {
+                            b.message = None;
+                        }
+                    }
+                }
+                (Table::Retained, _) => {
+                    let Ok(topic) = std::str::from_utf8(&c.key) else {
+                        continue;
+                    };
+                    if !self.dirty.contains(&Key::Retained(topic.to_string())) {
+                        self.retained.remove(topic);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Marks every key of `changes` dirty again (their checkpoint failed).
@@ -336,8 +450,10 @@ impl Image {
         })
     }
 
-    fn change_for(&self, key: Key) -> Change {
-        match key {
+    /// The change to write for a dirty key (`None` if there is nothing to write: a body only
+    /// the store holds).
+    fn change_for(&self, key: Key) -> Option<Change> {
+        Some(match key {
             Key::Session(c) => Change {
                 table: Table::Sessions,
                 value: self
@@ -358,7 +474,10 @@ impl Image {
             },
             Key::Message(id) => Change {
                 table: Table::Messages,
-                value: self.bodies.get(&id).map(|b| encode_value(&b.message)),
+                value: match self.bodies.get(&id) {
+                    Some(b) => Some(encode_value(b.message.as_ref()?)),
+                    None => None,
+                },
                 key: id.to_be_bytes().to_vec(),
             },
             Key::Delivery(c, pid) => Change {
@@ -381,10 +500,10 @@ impl Image {
             },
             Key::Retained(t) => Change {
                 table: Table::Retained,
-                value: self.retained.get(&t).map(encode_value),
+                value: self.retained.get(&t)?.as_ref().map(encode_value),
                 key: t.into_bytes(),
             },
-        }
+        })
     }
 
     /// Loads the image from a checkpoint. Any key or value that does not decode is an error
@@ -428,29 +547,19 @@ impl Image {
             sessions.entry(c).or_default().subscriptions.insert(f, sub);
             Ok(())
         })?;
+        // Bodies stay in the store (paged in when their session resumes): only their reference
+        // counts are rebuilt, from the queue entries.
         let bodies = &mut image.bodies;
-        scan(Table::Messages, &mut |k, v| {
-            let m = decode_value::<StoredMessage>(v).map_err(|e| bad(Table::Messages, k, e))?;
-            bodies.insert(
-                m.id,
-                Body {
-                    message: m,
-                    refs: 0,
-                },
-            );
-            Ok(())
-        })?;
+        let max_id = &mut image.max_id;
         scan(Table::Queues, &mut |k, v| {
             let d = decode_value::<StoredDelivery>(v).map_err(|e| bad(Table::Queues, k, e))?;
             let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
-            let body = bodies.get_mut(&d.message_id).ok_or_else(|| {
-                bad(
-                    Table::Queues,
-                    k,
-                    format!("refers to missing message {}", d.message_id),
-                )
-            })?;
+            let body = bodies.entry(d.message_id).or_insert(Body {
+                message: None,
+                refs: 0,
+            });
             body.refs += 1;
+            *max_id = (*max_id).max(d.message_id);
             let s = sessions.entry(c).or_default();
             s.next_order = s.next_order.max(d.order);
             s.deliveries.insert(pid, d);
@@ -459,12 +568,6 @@ impl Image {
         scan(Table::Inbound, &mut |k, _| {
             let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Inbound, k, "bad key"))?;
             sessions.entry(c).or_default().inbound.insert(pid);
-            Ok(())
-        })?;
-        let retained = &mut image.retained;
-        scan(Table::Retained, &mut |k, v| {
-            let m = decode_value::<StoredMessage>(v).map_err(|e| bad(Table::Retained, k, e))?;
-            retained.insert(m.topic.clone(), m);
             Ok(())
         })?;
         if let Some(c) = image

@@ -37,6 +37,7 @@ pub mod convert;
 pub mod image;
 pub mod records;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,13 +50,18 @@ use keelmq_wal::{Durable, RecoveryMode, SyncPolicy, Wal, WalOptions};
 use parking_lot::Mutex;
 
 pub use image::Image;
-pub use records::Record;
+pub use records::{Record, StoredMessage};
 
 /// The largest commit (one WAL record): the WAL's queue capacity in bytes, the most a record
 /// may be. A commit carries each message body once, so only a SUBSCRIBE matching an enormous
 /// retained set for a persistent session can reach it; that SUBSCRIBE is then refused, not the
 /// broker.
 pub const MAX_COMMIT_BYTES: usize = keelmq_wal::DEFAULT_CHANNEL_CAPACITY_BYTES;
+
+/// While replaying the WAL at start, a checkpoint is written whenever this many keys changed,
+/// which bounds the memory a long WAL tail needs (message bodies and retained messages leave
+/// memory once written).
+pub const RECOVERY_CHECKPOINT_KEYS: usize = 200_000;
 
 /// Persistence settings (the `[storage]` section of the configuration).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +170,7 @@ impl Persistence {
         lock: Option<File>,
     ) -> Result<(Persistence, RecoveryReport), Error> {
         let started = Instant::now();
-        let checkpoint_seq = store.persisted_applied_seq()?;
+        let mut checkpoint_seq = store.persisted_applied_seq()?;
         let mut image = Image::load(&*store)?;
         let wal_options = WalOptions {
             segment_size_bytes: options.segment_bytes,
@@ -188,6 +194,14 @@ impl Persistence {
                 image.apply(r);
             }
             replayed += 1;
+            // A long tail is checkpointed as it is replayed, so that the bodies and retained
+            // messages it carries leave memory (the WAL is truncated by the next checkpoint).
+            if image.dirty_len() >= RECOVERY_CHECKPOINT_KEYS {
+                let changes = image.take_changes();
+                store.write_checkpoint(changes.clone(), record.seq)?;
+                image.checkpointed(&changes);
+                checkpoint_seq = record.seq;
+            }
         }
         if image.inconsistencies > 0 {
             tracing::warn!(
@@ -230,6 +244,64 @@ impl Persistence {
 
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Calls `visit` for every retained message (store and log), and makes sure new message
+    /// ids stay above theirs. Blocking; for building the broker at start.
+    pub fn visit_retained(&self, visit: &mut dyn FnMut(StoredMessage)) -> Result<(), Error> {
+        let image = self.image.lock();
+        let mut max = 0;
+        image.visit_retained(&*self.store, &mut |m| {
+            max = max.max(m.id);
+            visit(m);
+        })?;
+        self.next_message_id.fetch_max(max + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many retained messages there are. Blocking (a store scan).
+    pub fn retained_count(&self) -> Result<usize, Error> {
+        Ok(self.image.lock().retained_count(&*self.store)?)
+    }
+
+    /// The bodies of messages `ids` (queue entries paged out of memory): from memory where a
+    /// checkpoint has not written them yet, from the store otherwise. An id neither holds is
+    /// missing from the result. Blocking: call it on a blocking thread.
+    pub fn load_messages(&self, ids: &[u64]) -> Result<HashMap<u64, StoredMessage>, Error> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut keys = Vec::new();
+        {
+            // A body leaves memory only after the store has it, so one that is not resident
+            // here is in the store.
+            let image = self.image.lock();
+            for id in ids {
+                match image.resident_message(*id) {
+                    Some(m) => {
+                        out.insert(*id, m.clone());
+                    }
+                    None => keys.push(id.to_be_bytes().to_vec()),
+                }
+            }
+        }
+        let values = self
+            .store
+            .get_many(keelmq_storage::Table::Messages, &keys)?;
+        for (key, value) in keys.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let m = records::decode_value::<StoredMessage>(&value).map_err(|e| {
+                keelmq_storage::Error::Corrupt {
+                    path: PathBuf::from(keelmq_storage::Table::Messages.name()),
+                    what: format!("message {key:?}: {e}"),
+                }
+            })?;
+            out.insert(m.id, m);
+        }
+        Ok(out)
+    }
+
+    /// A canonical listing of the durable state (for tests comparing states). Blocking.
+    pub fn canonical(&self) -> Vec<String> {
+        self.image.lock().canonical(&*self.store)
     }
 
     fn fail(&self, e: &Error) {
@@ -390,6 +462,7 @@ impl Persistence {
         })();
         match &result {
             Ok(seq) => {
+                self.image.lock().checkpointed(&changes);
                 self.checkpointed_seq.store(*seq, Ordering::Relaxed);
                 tracing::debug!(seq, changes = changes.len(), "checkpoint written");
             }

@@ -122,6 +122,23 @@ pub struct Queued {
     pub resend: bool,
 }
 
+/// A delivery recovered from disk whose message body is still only in the store: it keeps its
+/// place (before everything queued after the restart) and its packet identifier until a
+/// connection resumes the session and the broker pages the bodies in
+/// ([`Session::take_paged`], then [`Session::restore_paged_in`]). A large offline backlog thus
+/// costs memory for its metadata only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PagedDelivery {
+    pub packet_id: u16,
+    pub message_id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub shared_group: Option<Arc<str>>,
+    /// The client had sent PUBREC: PUBREL is due, never the PUBLISH again.
+    pub awaiting_pubcomp: bool,
+}
+
 /// Outcome of [`Session::reserve`] and [`Session::enqueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -175,6 +192,9 @@ pub struct Session {
     /// Filter (as subscribed, share prefix included) → options.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
     queue: VecDeque<Queued>,
+    /// Recovered deliveries whose bodies are not in memory; they precede `queue`. Their bytes
+    /// are not known until paged in and count as 0 against `max_queued_bytes` meanwhile.
+    paged: VecDeque<PagedDelivery>,
     queued_bytes: usize,
     /// Reservations made by [`Self::reserve`] and not yet committed or cancelled: they count
     /// against the limits so that a reservation never overfills the queue.
@@ -205,6 +225,7 @@ impl Session {
             expiry_interval: 0,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
+            paged: VecDeque::new(),
             queued_bytes: 0,
             reserved_messages: 0,
             reserved_bytes: 0,
@@ -225,8 +246,9 @@ impl Session {
         self.window = window.max(1);
     }
 
+    /// Deliveries waiting to be sent, paged out ones included.
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.paged.len()
     }
 
     /// Payload bytes queued or reserved.
@@ -248,7 +270,7 @@ impl Session {
 
     /// Whether a delivery of `bytes` payload bytes would fit the queue limits.
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.queue.len() + self.reserved_messages < self.limits.max_queued_messages
+        self.queued_len() + self.reserved_messages < self.limits.max_queued_messages
             && self.queued_bytes() + bytes <= self.limits.max_queued_bytes
     }
 
@@ -305,6 +327,57 @@ impl Session {
             self.commit(packet_id, delivery);
         }
         result
+    }
+
+    /// Puts back a delivery recovered from disk without its body (see [`PagedDelivery`]).
+    pub fn restore_paged(&mut self, d: PagedDelivery) {
+        if d.packet_id != 0 {
+            self.used_packet_ids.insert(d.packet_id);
+        }
+        self.paged.push_back(d);
+    }
+
+    /// Whether some deliveries wait to be paged in.
+    pub fn has_paged(&self) -> bool {
+        !self.paged.is_empty()
+    }
+
+    /// Takes the paged-out deliveries, in queue order, to load their bodies. Their packet
+    /// identifiers stay in use until [`Self::restore_paged_in`].
+    pub fn take_paged(&mut self) -> Vec<PagedDelivery> {
+        self.paged.drain(..).collect()
+    }
+
+    /// Puts paged-in deliveries back in front of the queue, in the order given (`None`: the
+    /// body could not be loaded and the delivery is dropped, its packet id freed).
+    pub fn restore_paged_in(&mut self, loaded: Vec<(PagedDelivery, Option<Delivery>)>) {
+        let mut front = Vec::with_capacity(loaded.len());
+        for (p, delivery) in loaded {
+            let Some(delivery) = delivery else {
+                if p.packet_id != 0 {
+                    self.used_packet_ids.remove(&p.packet_id);
+                    self.removed.push(p.packet_id);
+                }
+                continue;
+            };
+            if p.awaiting_pubcomp {
+                self.inflight.push_back(Inflight {
+                    packet_id: p.packet_id,
+                    delivery,
+                    state: OutboundState::AwaitingPubComp,
+                });
+            } else {
+                self.queued_bytes += delivery.payload_len();
+                front.push(Queued {
+                    packet_id: p.packet_id,
+                    delivery,
+                    resend: true,
+                });
+            }
+        }
+        for q in front.into_iter().rev() {
+            self.queue.push_front(q);
+        }
     }
 
     /// Puts back a delivery recovered from disk: one that awaited PUBCOMP goes straight into
@@ -549,6 +622,7 @@ impl Session {
     /// Empties the queue and the in-flight window (the session ends).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.paged.clear();
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();
         self.used_packet_ids.clear();

@@ -107,6 +107,10 @@ pub trait Store: Send + Sync {
     /// Calls `visit` for every entry of `table` in key order.
     fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
 
+    /// The values of `keys` in `table` (`None` where absent), in the order of `keys`: the
+    /// read of state paged out of memory (offline queues' message bodies). Blocking.
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+
     /// Number of entries in `table` (a full scan; for inspection).
     fn count(&self, table: Table) -> Result<u64> {
         let mut n = 0;
@@ -270,6 +274,15 @@ impl Store for RocksStore {
             visit(&k, &v)?;
         }
         Ok(())
+    }
+
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(table)?;
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(self.rocks("read")))
+            .collect()
     }
 }
 
@@ -458,5 +471,13 @@ impl Store for MemStore {
             visit(&k, &v)?;
         }
         Ok(())
+    }
+
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let d = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| d.tables.get(&(table, k.clone())).cloned())
+            .collect())
     }
 }
