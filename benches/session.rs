@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use keelmq::codec::{ProtocolVersion, PublishProperties, QoS};
+use keelmq::codec::{ProtocolVersion, QoS};
 use keelmq::session::{
     Delivery, Enqueued, Message, Outgoing, PubRecOutcome, Session, SessionLimits,
 };
@@ -50,7 +50,7 @@ fn delivery(qos: QoS) -> Delivery {
         payload: Bytes::from_static(&[0xA5; 64]),
         qos,
         retain: false,
-        properties: PublishProperties::default(),
+        properties: Default::default(),
         expires_at: None,
         publisher: Some("vehicle-4711".into()),
     };

@@ -6,7 +6,8 @@
 //!
 //! - [`codec`]: pure, synchronous encode/decode of every MQTT packet of every version, with
 //!   v5 properties and reason codes. Decoding never panics and names the spec clause it rejects.
-//! - [`session`]: the I/O-free session state machine (queue, in-flight window, QoS 2 states).
+//! - [`session`]: the I/O-free session state machine (queue, in-flight window, QoS 2 states,
+//!   deliveries recovered paged out until the session resumes).
 //! - [`router`]: the subscription trie with shared groups, and the retained-message trie.
 //! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
 //!   per-connection task ([`broker::connection`]) and the background tasks (expiry, wills, `$SYS`).
@@ -14,7 +15,8 @@
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`]: the TOML configuration with its defaults and validation.
 //! - [`persistence`]: the only code that talks to the WAL and the store: records, the durable
-//!   image, commits that acknowledgements wait for, checkpoints, recovery.
+//!   image (bodies only until checkpointed), commits and pipelined waits that acknowledgements
+//!   wait for, checkpoints, recovery, paging queued bodies back in from the store.
 //! - [`inspect`]: `keelmq inspect`, a read-only verifier of a data directory.
 //! - [`client`]: a minimal MQTT client over the codec; [`verify`]: `keelmq verify`, a
 //!   crash-consistency checker for any broker (SIGKILL and restart, count lost/duplicated).

@@ -57,17 +57,17 @@ impl Server {
         let restore_ms = restoring.elapsed().as_millis() as u64;
         let [sessions, subscriptions, deliveries, inbound, _] =
             persistence.with_image(|i| i.counts());
-        let retained = broker.retained_count();
+
         tracing::info!(
             sessions,
             subscriptions,
             queued = deliveries,
             inbound_qos2 = inbound,
-            retained,
             checkpoint_seq = report.checkpoint_seq,
             replayed = report.replayed_records,
             torn_tail = report.torn_tail.as_deref().unwrap_or("none"),
             elapsed_ms = report.elapsed.as_millis() as u64,
+            load_ms = report.load.as_millis() as u64,
             restore_ms,
             "recovered state from {}",
             broker.config().data_dir.display()
@@ -97,6 +97,7 @@ impl Server {
     /// failed during the run.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.broker.begin_shutdown();
+        self.broker.retained_loaded().await;
         let _ = self.listener.await;
         let deadline = tokio::time::Instant::now() + grace;
         while self

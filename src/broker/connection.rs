@@ -960,7 +960,7 @@ impl Connection {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: p.properties,
+            properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
         };
         let slot = self.slot.clone();
@@ -1094,7 +1094,7 @@ impl Connection {
         };
         let mut new_alias = None;
         if self.version.is_v5() {
-            publish.properties = m.properties.clone();
+            publish.properties = (*m.properties).clone();
             publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
             publish.properties.message_expiry_interval = m.remaining_expiry_secs(now);
             if self.alias_max_out > 0 {

@@ -40,7 +40,9 @@ use crate::codec::{
     SubscriptionOptions,
 };
 use crate::config::Config;
-use crate::persistence::convert::{now_ms, restore_message, store_message, store_subscription};
+use crate::persistence::convert::{
+    now_ms, restore_message, restore_message_in, store_message, store_subscription,
+};
 use crate::persistence::records::{Record, SessionRecord};
 use crate::persistence::{self, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
@@ -233,7 +235,7 @@ pub(crate) struct Shared {
     /// its routing plan until the retained store holds the message (across the WAL sync); a
     /// SUBSCRIBE holds it exclusively. A subscriber is therefore either in the plan (it gets the
     /// live copy) or subscribes after the store was updated (it gets the retained copy).
-    retain_gate: tokio::sync::RwLock<()>,
+    retain_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -254,19 +256,46 @@ impl Broker {
         Self::build(config, None)
     }
 
-    /// A broker over recovered persistent state.
+    /// A broker over recovered persistent state: sessions, subscriptions and (paged-out)
+    /// queues are restored before this returns; retained messages are read from the store on
+    /// a thread of their own while the broker already serves, with the retain gate held, so
+    /// that every SUBSCRIBE and every RETAIN publish waits until the retained index is whole.
     pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
         let broker = Self::build(config, Some(persistence.clone()));
         persistence.with_image(|image| broker.restore(image));
-        let mut retained = broker.shared.retained.write();
-        let visited = persistence.visit_retained(&mut |m| {
-            let topic = m.topic.clone();
-            retained.insert(&topic, restore_message(m));
-        });
-        drop(retained);
-        if let Err(e) = visited {
-            // The start-up already read every table once; a failure here is a damaged store.
-            broker.fatal(&e);
+        let gate = broker.shared.retain_gate.clone().try_write_owned();
+        let loader = broker.clone();
+        let load = move || {
+            let started = std::time::Instant::now();
+            let mut publishers = HashMap::new();
+            let mut count = 0u64;
+            let visited = persistence.visit_retained(&mut |m| {
+                let topic = m.topic.clone();
+                let message = restore_message_in(m, &mut publishers);
+                loader.shared.retained.write().insert(&topic, message);
+                count += 1;
+            });
+            match visited {
+                Ok(()) => tracing::info!(
+                    retained = count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "retained messages loaded"
+                ),
+                // The store was readable at start; failing now means damaged data.
+                Err(e) => loader.fatal(&e),
+            }
+            // Everything that holds the data directory goes before the gate opens (shutdown
+            // waits for the gate).
+            drop(persistence);
+            drop(loader);
+            drop(gate);
+        };
+        let spawned = std::thread::Builder::new()
+            .name("keelmq-retained-load".into())
+            .spawn(load);
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the retained-message loader");
+            broker.begin_shutdown();
         }
         broker
     }
@@ -290,7 +319,7 @@ impl Broker {
                 persistence,
                 next_message_id: AtomicU64::new(first_id),
                 failed: AtomicBool::new(false),
-                retain_gate: tokio::sync::RwLock::new(()),
+                retain_gate: Arc::new(tokio::sync::RwLock::new(())),
             }),
         }
     }
@@ -315,6 +344,7 @@ impl Broker {
                 .unwrap_or(now);
             let mut deliveries: Vec<_> = si.deliveries.iter().collect();
             deliveries.sort_by_key(|(_, d)| d.order);
+            session.reserve_paged(deliveries.len());
             for (pid, d) in deliveries {
                 session.restore_paged(PagedDelivery {
                     packet_id: *pid,
@@ -582,6 +612,11 @@ impl Broker {
     }
 
     /// Tells every connection and background task to stop.
+    /// Waits until the retained index is loaded (the loader released the retain gate).
+    pub async fn retained_loaded(&self) {
+        let _ = self.shared.retain_gate.write().await;
+    }
+
     pub fn begin_shutdown(&self) {
         self.shared.shutdown.send_replace(true);
     }
@@ -946,7 +981,7 @@ impl Broker {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: PublishProperties {
+            properties: Message::properties_of(PublishProperties {
                 payload_format_indicator: p.payload_format_indicator,
                 message_expiry_interval: p.message_expiry_interval,
                 content_type: p.content_type,
@@ -954,7 +989,7 @@ impl Broker {
                 correlation_data: p.correlation_data,
                 user_properties: p.user_properties,
                 ..Default::default()
-            },
+            }),
             expires_at: p
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
@@ -1696,7 +1731,7 @@ impl Broker {
                 payload: value.into_bytes().into(),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: PublishProperties::default(),
+                properties: Message::properties_of(PublishProperties::default()),
                 expires_at: None,
                 publisher: None,
             };

@@ -61,22 +61,39 @@ pub fn store_message(m: &Message) -> StoredMessage {
 }
 
 pub fn restore_message(s: StoredMessage) -> Arc<Message> {
+    restore_message_in(s, &mut std::collections::HashMap::new())
+}
+
+/// [`restore_message`], sharing publisher ids through `publishers`: a million retained
+/// messages of ten publishers then hold ten ids.
+pub fn restore_message_in(
+    s: StoredMessage,
+    publishers: &mut std::collections::HashMap<String, crate::router::ClientId>,
+) -> Arc<Message> {
+    let publisher = s.publisher.map(|p| match publishers.get(&p) {
+        Some(id) => id.clone(),
+        None => {
+            let id: crate::router::ClientId = p.as_str().into();
+            publishers.insert(p, id.clone());
+            id
+        }
+    });
     Arc::new(Message {
         id: s.id,
         topic: s.topic.into(),
         payload: Bytes::from(s.payload),
         qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
         retain: s.retain,
-        properties: PublishProperties {
+        properties: Message::properties_of(PublishProperties {
             payload_format_indicator: s.payload_format_indicator,
             content_type: s.content_type,
             response_topic: s.response_topic,
             correlation_data: s.correlation_data.map(Bytes::from),
             user_properties: s.user_properties,
             ..Default::default()
-        },
+        }),
         expires_at: s.expires_at_ms.map(ms_to_instant),
-        publisher: s.publisher.map(|p| p.as_str().into()),
+        publisher,
     })
 }
 

@@ -24,6 +24,7 @@
 //! | queues | u16 BE client-id length, client id, u16 BE packet id | `StoredDelivery` |
 //! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty |
 //! | retained | topic (UTF-8) | `StoredMessage` |
+//! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
 //!
 //! Values are a version byte and postcard (see `records.rs`).
 
@@ -47,7 +48,8 @@ pub struct SessionImage {
 #[derive(Debug, Clone)]
 struct Body {
     /// The body itself until a checkpoint wrote it; then only the store has it.
-    message: Option<StoredMessage>,
+    /// Boxed: most bodies are not resident, and a recovered backlog has millions of them.
+    message: Option<Box<StoredMessage>>,
     refs: u32,
 }
 
@@ -94,7 +96,7 @@ fn split_client_key(key: &[u8]) -> Option<(String, &[u8])> {
 impl Image {
     /// A message body still in memory (not yet checkpointed).
     pub fn resident_message(&self, id: u64) -> Option<&StoredMessage> {
-        self.bodies.get(&id).and_then(|b| b.message.as_ref())
+        self.bodies.get(&id).and_then(|b| b.message.as_deref())
     }
 
     /// Whether some queue entry refers to message `id`.
@@ -130,30 +132,12 @@ impl Image {
         store: &dyn Store,
         visit: &mut dyn FnMut(StoredMessage),
     ) -> Result<(), LoadError> {
-        let err = |what: String| LoadError {
-            table: Table::Retained.name(),
-            what,
-        };
-        store
-            .scan(Table::Retained, &mut |k, v| {
-                let topic = String::from_utf8_lossy(k);
-                if self.retained.contains_key(topic.as_ref()) {
-                    return Ok(());
-                }
-                let m = decode_value::<StoredMessage>(v).map_err(|e| {
-                    keelmq_storage::Error::Corrupt {
-                        path: std::path::PathBuf::from(Table::Retained.name()),
-                        what: format!("key {topic:?}: {e}"),
-                    }
-                })?;
-                visit(m);
-                Ok(())
-            })
-            .map_err(|e| err(e.to_string()))?;
-        for m in self.retained.values().flatten() {
-            visit(m.clone());
-        }
-        Ok(())
+        visit_retained(store, &self.retained, visit)
+    }
+
+    /// The retained changes not yet checkpointed, for [`visit_retained`] without the image.
+    pub fn retained_overlay(&self) -> HashMap<String, Option<StoredMessage>> {
+        self.retained.clone()
     }
 
     /// How many retained messages there are (store and log together). Blocking.
@@ -228,7 +212,7 @@ impl Image {
                 // A body known already (in memory, or written by a checkpoint) stays as it is.
                 if let std::collections::hash_map::Entry::Vacant(v) = self.bodies.entry(id) {
                     v.insert(Body {
-                        message: Some(m),
+                        message: Some(Box::new(m)),
                         refs: 0,
                     });
                     self.dirty.insert(Key::Message(id));
@@ -338,7 +322,7 @@ impl Image {
         }
         for (id, b) in &self.bodies {
             let message = match &b.message {
-                Some(m) => Some(m.clone()),
+                Some(m) => Some((**m).clone()),
                 None => store
                     .get_many(Table::Messages, &[id.to_be_bytes().to_vec()])
                     .ok()
@@ -384,10 +368,18 @@ impl Image {
             self.dirty.insert(Key::Message(id));
         }
         let dirty: Vec<Key> = self.dirty.drain().collect();
-        dirty
+        let mut changes: Vec<Change> = dirty
             .into_iter()
             .filter_map(|k| self.change_for(k))
-            .collect()
+            .collect();
+        // The id high-water mark, so that a restart knows it without reading every body and
+        // retained message.
+        changes.push(Change {
+            table: Table::Meta,
+            key: MAX_MESSAGE_ID_KEY.to_vec(),
+            value: Some(self.max_id.to_le_bytes().to_vec()),
+        });
+        changes
     }
 
     /// A checkpoint of `changes` succeeded: the bodies and retained messages it wrote leave
@@ -475,7 +467,7 @@ impl Image {
             Key::Message(id) => Change {
                 table: Table::Messages,
                 value: match self.bodies.get(&id) {
-                    Some(b) => Some(encode_value(b.message.as_ref()?)),
+                    Some(b) => Some(encode_value(b.message.as_deref()?)),
                     None => None,
                 },
                 key: id.to_be_bytes().to_vec(),
@@ -519,11 +511,54 @@ impl Image {
                 ),
             }
         }
-        fn client_pid(key: &[u8]) -> Option<(String, u16)> {
-            let (c, rest) = split_client_key(key)?;
-            Some((c, u16::from_be_bytes(rest.try_into().ok()?)))
+        /// The session of a client-prefixed key, without allocating when it exists already.
+        fn session_of<'a>(
+            sessions: &'a mut HashMap<String, SessionImage>,
+            key: &[u8],
+        ) -> Option<(&'a mut SessionImage, u16)> {
+            let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+            let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
+            let pid = u16::from_be_bytes(key.get(2 + len..)?.try_into().ok()?);
+            if !sessions.contains_key(client) {
+                sessions.insert(client.to_string(), SessionImage::default());
+            }
+            Some((sessions.get_mut(client)?, pid))
         }
         let mut image = Image::default();
+        let max_id = store
+            .get_many(Table::Meta, &[MAX_MESSAGE_ID_KEY.to_vec()])
+            .map_err(|e| LoadError {
+                table: Table::Meta.name(),
+                what: e.to_string(),
+            })?
+            .pop()
+            .flatten();
+        match max_id {
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| LoadError {
+                    table: Table::Meta.name(),
+                    what: format!("max_message_id has {} bytes, expected 8", v.len()),
+                })?;
+                image.max_id = u64::from_le_bytes(bytes);
+            }
+            // Written by an older version: find it the slow way, once.
+            None => {
+                let mut max = 0;
+                visit_retained(store, &HashMap::new(), &mut |m| max = max.max(m.id))?;
+                store
+                    .scan(Table::Messages, &mut |k, _| {
+                        if let Ok(id) = <[u8; 8]>::try_from(k) {
+                            max = max.max(u64::from_be_bytes(id));
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| LoadError {
+                        table: Table::Messages.name(),
+                        what: e.to_string(),
+                    })?;
+                image.max_id = max;
+            }
+        }
         let sessions = &mut image.sessions;
         let scan =
             |table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> keelmq_storage::Result<()>| {
@@ -553,21 +588,22 @@ impl Image {
         let max_id = &mut image.max_id;
         scan(Table::Queues, &mut |k, v| {
             let d = decode_value::<StoredDelivery>(v).map_err(|e| bad(Table::Queues, k, e))?;
-            let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
+            let (s, pid) =
+                session_of(sessions, k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
             let body = bodies.entry(d.message_id).or_insert(Body {
                 message: None,
                 refs: 0,
             });
             body.refs += 1;
             *max_id = (*max_id).max(d.message_id);
-            let s = sessions.entry(c).or_default();
             s.next_order = s.next_order.max(d.order);
             s.deliveries.insert(pid, d);
             Ok(())
         })?;
         scan(Table::Inbound, &mut |k, _| {
-            let (c, pid) = client_pid(k).ok_or_else(|| bad(Table::Inbound, k, "bad key"))?;
-            sessions.entry(c).or_default().inbound.insert(pid);
+            let (s, pid) =
+                session_of(sessions, k).ok_or_else(|| bad(Table::Inbound, k, "bad key"))?;
+            s.inbound.insert(pid);
             Ok(())
         })?;
         if let Some(c) = image
@@ -584,6 +620,40 @@ impl Image {
         Ok(image)
     }
 }
+
+/// Calls `visit` for every retained message of `store` that `overlay` (changes not yet
+/// checkpointed) does not replace or delete, then for every message of `overlay`. Blocking.
+pub fn visit_retained(
+    store: &dyn Store,
+    overlay: &HashMap<String, Option<StoredMessage>>,
+    visit: &mut dyn FnMut(StoredMessage),
+) -> Result<(), LoadError> {
+    store
+        .scan(Table::Retained, &mut |k, v| {
+            let topic = String::from_utf8_lossy(k);
+            if overlay.contains_key(topic.as_ref()) {
+                return Ok(());
+            }
+            let m =
+                decode_value::<StoredMessage>(v).map_err(|e| keelmq_storage::Error::Corrupt {
+                    path: std::path::PathBuf::from(Table::Retained.name()),
+                    what: format!("key {topic:?}: {e}"),
+                })?;
+            visit(m);
+            Ok(())
+        })
+        .map_err(|e| LoadError {
+            table: Table::Retained.name(),
+            what: e.to_string(),
+        })?;
+    for m in overlay.values().flatten() {
+        visit(m.clone());
+    }
+    Ok(())
+}
+
+/// Meta key of the largest message id any checkpoint covered (u64 LE).
+pub const MAX_MESSAGE_ID_KEY: &[u8] = b"max_message_id";
 
 /// A checkpoint entry that does not decode.
 #[derive(Debug, thiserror::Error)]

@@ -58,10 +58,10 @@ pub use records::{Record, StoredMessage};
 /// broker.
 pub const MAX_COMMIT_BYTES: usize = keelmq_wal::DEFAULT_CHANNEL_CAPACITY_BYTES;
 
-/// While replaying the WAL at start, a checkpoint is written whenever this many keys changed,
-/// which bounds the memory a long WAL tail needs (message bodies and retained messages leave
-/// memory once written).
-pub const RECOVERY_CHECKPOINT_KEYS: usize = 200_000;
+/// While replaying the WAL at start, the changes are written to the store (unflushed) whenever
+/// this many keys changed, which bounds the memory a long WAL tail needs (message bodies and
+/// retained messages leave memory once written).
+pub const RECOVERY_CHECKPOINT_KEYS: usize = 50_000;
 
 /// Persistence settings (the `[storage]` section of the configuration).
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +105,8 @@ impl Error {
 /// What recovery found, for the start-up log line and `keelmq inspect`.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
+    /// Time to load the checkpoint's metadata (the rest of `elapsed` is the WAL replay).
+    pub load: Duration,
     pub checkpoint_seq: u64,
     pub replayed_records: u64,
     pub last_seq: u64,
@@ -170,8 +172,10 @@ impl Persistence {
         lock: Option<File>,
     ) -> Result<(Persistence, RecoveryReport), Error> {
         let started = Instant::now();
-        let mut checkpoint_seq = store.persisted_applied_seq()?;
+        let persisted_seq = store.persisted_applied_seq()?;
+        let mut checkpoint_seq = persisted_seq;
         let mut image = Image::load(&*store)?;
+        let loaded = started.elapsed();
         let wal_options = WalOptions {
             segment_size_bytes: options.segment_bytes,
             sync_policy: options.sync,
@@ -194,11 +198,12 @@ impl Persistence {
                 image.apply(r);
             }
             replayed += 1;
-            // A long tail is checkpointed as it is replayed, so that the bodies and retained
-            // messages it carries leave memory (the WAL is truncated by the next checkpoint).
+            // A long tail is written to the store as it is replayed, so that the bodies and
+            // retained messages it carries leave memory. Unflushed: until the next checkpoint
+            // flushes it (and only then truncates the WAL), a crash replays it again.
             if image.dirty_len() >= RECOVERY_CHECKPOINT_KEYS {
                 let changes = image.take_changes();
-                store.write_checkpoint(changes.clone(), record.seq)?;
+                store.write_unflushed(changes.clone(), record.seq)?;
                 image.checkpointed(&changes);
                 checkpoint_seq = record.seq;
             }
@@ -211,6 +216,7 @@ impl Persistence {
         }
         let next_message_id = image.max_message_id() + 1;
         let report = RecoveryReport {
+            load: loaded,
             checkpoint_seq,
             replayed_records: replayed,
             last_seq: wal.last_seq(),
@@ -224,7 +230,8 @@ impl Persistence {
             next_message_id: AtomicU64::new(next_message_id),
             failed: AtomicBool::new(false),
             options,
-            checkpointed_seq: AtomicU64::new(checkpoint_seq),
+            // What replay wrote unflushed is flushed by the first checkpoint, due at once.
+            checkpointed_seq: AtomicU64::new(persisted_seq),
             bytes_at_checkpoint: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
             _lock: lock,
@@ -248,10 +255,12 @@ impl Persistence {
 
     /// Calls `visit` for every retained message (store and log), and makes sure new message
     /// ids stay above theirs. Blocking; for building the broker at start.
+    /// The image is locked only to copy the changes not yet checkpointed, not for the scan;
+    /// the caller keeps retained updates out meanwhile (the broker's retain gate).
     pub fn visit_retained(&self, visit: &mut dyn FnMut(StoredMessage)) -> Result<(), Error> {
-        let image = self.image.lock();
+        let overlay = self.image.lock().retained_overlay();
         let mut max = 0;
-        image.visit_retained(&*self.store, &mut |m| {
+        image::visit_retained(&*self.store, &overlay, &mut |m| {
             max = max.max(m.id);
             visit(m);
         })?;

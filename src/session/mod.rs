@@ -36,7 +36,9 @@ pub struct Message {
     pub retain: bool,
     /// Publish properties to forward (no Topic Alias, no Subscription Identifiers: those are
     /// per-connection and per-subscription).
-    pub properties: PublishProperties,
+    /// Shared: most messages carry none and all of those point to one empty set
+    /// ([`Message::properties_of`]), so a million retained or queued messages pay a pointer.
+    pub properties: Arc<PublishProperties>,
     /// When the Message Expiry Interval runs out, if the publisher set one.
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for wills and `$SYS` messages.
@@ -44,6 +46,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// The properties to keep with a message: the one shared empty set when `p` is empty.
+    pub fn properties_of(p: PublishProperties) -> Arc<PublishProperties> {
+        static EMPTY: std::sync::OnceLock<Arc<PublishProperties>> = std::sync::OnceLock::new();
+        if p == PublishProperties::default() {
+            EMPTY.get_or_init(Default::default).clone()
+        } else {
+            Arc::new(p)
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
@@ -335,6 +347,11 @@ impl Session {
             self.used_packet_ids.insert(d.packet_id);
         }
         self.paged.push_back(d);
+    }
+
+    /// Makes room for `n` more paged-out deliveries at once (recovery knows how many).
+    pub fn reserve_paged(&mut self, n: usize) {
+        self.paged.reserve_exact(n);
     }
 
     /// Whether some deliveries wait to be paged in.

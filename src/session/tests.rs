@@ -22,7 +22,7 @@ fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
-        properties: PublishProperties::default(),
+        properties: Default::default(),
         expires_at: None,
         publisher: None,
     })

@@ -104,6 +104,15 @@ pub trait Store: Send + Sync {
     /// crash or power loss.
     fn write_checkpoint(&self, changes: Vec<Change>, applied_seq: u64) -> Result<()>;
 
+    /// Applies `changes` and `applied_seq` in one atomic batch like
+    /// [`Self::write_checkpoint`], but does not wait for a flush: readers see it at once, and
+    /// it survives a crash only once a later flush (atomic across tables) persisted it. A
+    /// crash before that leaves the store at an earlier checkpoint, so the caller must keep
+    /// the WAL records it covers (recovery writes its replay this way).
+    fn write_unflushed(&self, changes: Vec<Change>, applied_seq: u64) -> Result<()> {
+        self.write_checkpoint(changes, applied_seq)
+    }
+
     /// Calls `visit` for every entry of `table` in key order.
     fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
 
@@ -237,6 +246,20 @@ impl Store for RocksStore {
     }
 
     fn write_checkpoint(&self, changes: Vec<Change>, applied_seq: u64) -> Result<()> {
+        self.write_unflushed(changes, applied_seq)?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&rocksdb::ColumnFamily> = Table::ALL
+            .iter()
+            .map(|t| self.cf(*t))
+            .collect::<Result<_>>()?;
+        self.db
+            .flush_cfs_opt(&cfs, &flush)
+            .map_err(self.rocks("flush checkpoint"))?;
+        Ok(())
+    }
+
+    fn write_unflushed(&self, changes: Vec<Change>, applied_seq: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
         for change in changes {
             let cf = self.cf(change.table)?;
@@ -255,21 +278,16 @@ impl Store for RocksStore {
         self.db
             .write_opt(batch, &write)
             .map_err(self.rocks("write checkpoint"))?;
-        let mut flush = FlushOptions::default();
-        flush.set_wait(true);
-        let cfs: Vec<&rocksdb::ColumnFamily> = Table::ALL
-            .iter()
-            .map(|t| self.cf(*t))
-            .collect::<Result<_>>()?;
-        self.db
-            .flush_cfs_opt(&cfs, &flush)
-            .map_err(self.rocks("flush checkpoint"))?;
         Ok(())
     }
 
     fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         let cf = self.cf(table)?;
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        // A full scan (recovery, inspection) reads every block once: it must not evict the
+        // block cache's working set, nor grow it.
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
             let (k, v) = item.map_err(self.rocks("scan"))?;
             visit(&k, &v)?;
         }
