@@ -354,6 +354,8 @@ impl Broker {
                     subscription_ids: d.subscription_ids.clone(),
                     shared_group: d.shared_group.as_deref().map(Arc::from),
                     awaiting_pubcomp: d.awaiting_pubcomp,
+                    resend: true,
+                    bytes: 0,
                 });
             }
             for pid in &si.inbound {
@@ -439,7 +441,6 @@ impl Broker {
             }
         };
         let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
-        let mut bytes = 0;
         let loaded: Vec<_> = paged
             .into_iter()
             .map(|d| {
@@ -461,19 +462,14 @@ impl Broker {
                     subscription_ids: d.subscription_ids.clone(),
                     shared_group: d.shared_group.clone(),
                 });
-                if let (Some(dl), false) = (&delivery, d.awaiting_pubcomp) {
-                    bytes += dl.payload_len();
-                }
                 (d, delivery)
             })
             .collect();
+        // `with_slot` accounts the bytes paged in (recovered deliveries counted none).
         let (removed, in_store) = self.with_slot(slot, |st| {
             st.session.restore_paged_in(loaded);
             (st.session.take_removed(), st.in_store)
         });
-        self.shared
-            .queued_bytes_total
-            .fetch_add(bytes, Ordering::Relaxed);
         if in_store {
             let client = slot.client_id.to_string();
             self.log(
@@ -863,6 +859,10 @@ impl Broker {
             }
             let will = st.will.take();
             redispatch = st.session.take_shared_for_redispatch();
+            if was_persistent && st.session.expiry_interval != 0 {
+                // Offline, the backlog costs no body memory: the image or the store has them.
+                st.session.page_out();
+            }
             let end = st.session.expiry_interval == 0;
             if was_persistent && !end {
                 // The disconnect time lets expiry count across a restart.
@@ -1345,7 +1345,12 @@ impl Broker {
                     st.session.cancel(packet_id, bytes);
                     false
                 } else {
-                    st.session.commit(packet_id, d);
+                    if st.owner.is_none() && st.in_store && packet_id != 0 {
+                        // Offline persistent session: the body is durable, keep only metadata.
+                        st.session.commit_paged(packet_id, &d);
+                    } else {
+                        st.session.commit(packet_id, d);
+                    }
                     true
                 }
             });

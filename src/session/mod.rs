@@ -134,9 +134,10 @@ pub struct Queued {
     pub resend: bool,
 }
 
-/// A delivery recovered from disk whose message body is still only in the store: it keeps its
-/// place (before everything queued after the restart) and its packet identifier until a
-/// connection resumes the session and the broker pages the bodies in
+/// A queued delivery of a persistent session whose message body is not held in memory (it is
+/// in the durable image or the store): recovered from disk, or paged out while the session is
+/// offline ([`Session::page_out`], [`Session::commit_paged`]). It keeps its place and its
+/// packet identifier until a connection resumes the session and the broker pages the bodies in
 /// ([`Session::take_paged`], then [`Session::restore_paged_in`]). A large offline backlog thus
 /// costs memory for its metadata only.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +150,26 @@ pub struct PagedDelivery {
     pub shared_group: Option<Arc<str>>,
     /// The client had sent PUBREC: PUBREL is due, never the PUBLISH again.
     pub awaiting_pubcomp: bool,
+    /// It may have been sent before: send with DUP.
+    pub resend: bool,
+    /// Payload bytes, counted against the limits (0 when recovered: unknown until read).
+    pub bytes: usize,
+}
+
+impl PagedDelivery {
+    fn of(packet_id: u16, d: &Delivery, resend: bool) -> PagedDelivery {
+        PagedDelivery {
+            packet_id,
+            message_id: d.message.id,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            shared_group: d.shared_group.clone(),
+            awaiting_pubcomp: false,
+            resend,
+            bytes: d.payload_len(),
+        }
+    }
 }
 
 /// Outcome of [`Session::reserve`] and [`Session::enqueue`].
@@ -204,9 +225,11 @@ pub struct Session {
     /// Filter (as subscribed, share prefix included) → options.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
     queue: VecDeque<Queued>,
-    /// Recovered deliveries whose bodies are not in memory; they precede `queue`. Their bytes
-    /// are not known until paged in and count as 0 against `max_queued_bytes` meanwhile.
+    /// Deliveries whose bodies are not in memory; they precede `queue` (which then holds only
+    /// QoS 0 deliveries, or deliveries queued since a connection resumed the session).
     paged: VecDeque<PagedDelivery>,
+    /// Their payload bytes as far as known.
+    paged_bytes: usize,
     queued_bytes: usize,
     /// Reservations made by [`Self::reserve`] and not yet committed or cancelled: they count
     /// against the limits so that a reservation never overfills the queue.
@@ -238,6 +261,7 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             paged: VecDeque::new(),
+            paged_bytes: 0,
             queued_bytes: 0,
             reserved_messages: 0,
             reserved_bytes: 0,
@@ -265,7 +289,7 @@ impl Session {
 
     /// Payload bytes queued or reserved.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes + self.reserved_bytes
+        self.queued_bytes + self.reserved_bytes + self.paged_bytes
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -346,7 +370,41 @@ impl Session {
         if d.packet_id != 0 {
             self.used_packet_ids.insert(d.packet_id);
         }
+        self.paged_bytes += d.bytes;
         self.paged.push_back(d);
+    }
+
+    /// Queues a durable delivery whose room was reserved under `packet_id` (QoS 1/2) paged
+    /// out: for a persistent session with no connection, whose body the durable image or the
+    /// store holds.
+    pub fn commit_paged(&mut self, packet_id: u16, delivery: &Delivery) {
+        let bytes = delivery.payload_len();
+        self.reserved_messages = self.reserved_messages.saturating_sub(1);
+        self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
+        self.paged_bytes += bytes;
+        self.paged
+            .push_back(PagedDelivery::of(packet_id, delivery, false));
+    }
+
+    /// Pages out the queued QoS 1/2 deliveries (a persistent session whose connection went
+    /// away; every one of them is durable), keeping their order; QoS 0 ones stay queued.
+    pub fn page_out(&mut self) {
+        if self.queue.iter().all(|q| q.packet_id == 0) {
+            return;
+        }
+        let mut kept = VecDeque::new();
+        for q in self.queue.drain(..) {
+            if q.packet_id == 0 {
+                kept.push_back(q);
+                continue;
+            }
+            let bytes = q.delivery.payload_len();
+            self.queued_bytes -= bytes;
+            self.paged_bytes += bytes;
+            self.paged
+                .push_back(PagedDelivery::of(q.packet_id, &q.delivery, q.resend));
+        }
+        self.queue = kept;
     }
 
     /// Makes room for `n` more paged-out deliveries at once (recovery knows how many).
@@ -362,6 +420,7 @@ impl Session {
     /// Takes the paged-out deliveries, in queue order, to load their bodies. Their packet
     /// identifiers stay in use until [`Self::restore_paged_in`].
     pub fn take_paged(&mut self) -> Vec<PagedDelivery> {
+        self.paged_bytes = 0;
         self.paged.drain(..).collect()
     }
 
@@ -388,7 +447,7 @@ impl Session {
                 front.push(Queued {
                     packet_id: p.packet_id,
                     delivery,
-                    resend: true,
+                    resend: p.resend,
                 });
             }
         }
@@ -640,6 +699,7 @@ impl Session {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.paged.clear();
+        self.paged_bytes = 0;
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();
         self.used_packet_ids.clear();

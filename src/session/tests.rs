@@ -449,3 +449,63 @@ fn acknowledged_deliveries_free_their_packet_ids() {
         "acknowledged removals are logged by the broker"
     );
 }
+
+#[test]
+fn paged_out_deliveries_keep_their_order_bytes_and_ids() {
+    let mut s = Session::new("c".into(), ProtocolVersion::V5, LIMITS);
+    s.set_window(10);
+    let d0 = delivery(QoS::AtMostOnce, b"zero");
+    let d1 = delivery(QoS::AtLeastOnce, b"one");
+    let d2 = delivery(QoS::ExactlyOnce, b"two!");
+    assert!(matches!(s.enqueue(d0.clone(), true), Enqueued::Queued(0)));
+    let Enqueued::Queued(p1) = s.enqueue(d1.clone(), true) else {
+        panic!()
+    };
+    let before = s.queued_bytes();
+    // The connection went away: QoS 1/2 leave memory, their bytes and ids stay counted.
+    s.page_out();
+    assert_eq!(s.queued_bytes(), before);
+    assert_eq!(s.queued_len(), 2);
+    assert!(s.has_paged());
+    // Offline, a new durable delivery is paged at once, after the others.
+    let Enqueued::Queued(p2) = s.reserve(QoS::ExactlyOnce, d2.payload_len(), true) else {
+        panic!()
+    };
+    s.commit_paged(p2, &d2);
+    assert_eq!(s.queued_bytes(), before + 4);
+    assert_eq!(s.queued_len(), 3);
+    assert!(!s.has_room(90), "paged bytes count against the limits");
+    // Ids in use are never handed out again while paged.
+    for _ in 0..2 {
+        if let Enqueued::Queued(p) = s.reserve(QoS::AtLeastOnce, 1, true) {
+            assert!(p != p1 && p != p2);
+            s.cancel(p, 1);
+        }
+    }
+    // Resume: paged in, in front of the QoS 0 one, first sends without DUP.
+    let paged = s.take_paged();
+    assert_eq!(
+        paged.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
+        vec![p1, p2]
+    );
+    let loaded = paged
+        .into_iter()
+        .zip([d1.clone(), d2.clone()])
+        .map(|(p, d)| (p, Some(d)))
+        .collect();
+    s.restore_paged_in(loaded);
+    assert_eq!(s.queued_bytes(), before + 4);
+    let now = Instant::now();
+    let mut sent = Vec::new();
+    while let Some(out) = s.next_publish(now) {
+        if let Outgoing::Publish {
+            packet_id,
+            delivery,
+            dup,
+        } = out
+        {
+            sent.push((packet_id, delivery.payload_len(), dup));
+        }
+    }
+    assert_eq!(sent, vec![(p1, 3, false), (p2, 4, false), (0, 4, false)]);
+}
