@@ -1043,3 +1043,33 @@ async fn pipelined_acknowledgements_keep_publish_order() {
     sub.expect_silence(Duration::from_millis(300)).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// `limits.max_retained_messages` counts the clients' retained messages only: the broker's own
+/// `$SYS` topics take none of it. Past it a new topic is not retained (the message is still
+/// delivered); replacing one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_limit_counts_client_topics_only() {
+    let mut config = common::test_config();
+    config.limits.max_retained_messages = 3;
+    let server = common::start(config).await;
+    let addr = server.local_addr();
+    // `$SYS` is published every second: let it fill the retained store first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut publ, _) = RawClient::connect(addr, V5, "ret-pub", true, |_| {}).await;
+    for (pid, topic) in [(1, "lim/1"), (2, "lim/2"), (3, "lim/3"), (4, "lim/4"), (5, "lim/1")] {
+        publ.publish(topic, b"v", QoS::AtLeastOnce, pid, true).await;
+        assert!(matches!(publ.next().await, Packet::PubAck(a) if a.packet_id == pid));
+    }
+    let (mut sub, _) = RawClient::connect(addr, V5, "ret-sub", true, |_| {}).await;
+    sub.subscribe(1, "lim/#", opts(QoS::AtMostOnce)).await;
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        let p = sub.next_publish().await;
+        assert!(p.retain);
+        topics.push(p.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["lim/1", "lim/2", "lim/3"]);
+    sub.expect_silence(Duration::from_millis(300)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

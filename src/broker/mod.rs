@@ -1138,11 +1138,20 @@ impl Broker {
 
     /// Whether a retained update for this topic fits `max_retained_messages` (replacing and
     /// deleting always do).
+    /// The broker's own `$SYS` topics neither count nor are refused.
     fn retained_has_room(&self, message: &Message) -> bool {
         let retained = self.shared.retained.read();
-        message.payload.is_empty()
-            || retained.len() < self.shared.config.limits.max_retained_messages
+        let max = self.shared.config.limits.max_retained_messages;
+        if message.payload.is_empty()
+            || retained.len() < max
             || retained.contains(&message.topic)
+            || message.topic.starts_with('$')
+        {
+            return true;
+        }
+        let mut sys = 0;
+        retained.matching("$SYS/#", |_| sys += 1);
+        retained.len() - sys < max
     }
 
     /// Decides who receives a message: one delivery per session for its ordinary
