@@ -58,7 +58,8 @@ pub struct StorageConfig {
     pub sync_interval_ms: u64,
     /// WAL segment size; a segment is deleted once a checkpoint covers it.
     pub wal_segment_bytes: u64,
-    /// Checkpoint at least this often when anything changed...
+    /// Checkpoint at least this often when anything changed... (these two bound the WAL tail a
+    /// restart replays, hence the recovery time)
     pub checkpoint_interval_ms: u64,
     /// ...or when the WAL grew by this much since the last checkpoint.
     pub checkpoint_wal_bytes: u64,
@@ -74,8 +75,8 @@ impl Default for StorageConfig {
             sync: SyncMode::Always,
             sync_interval_ms: 10,
             wal_segment_bytes: 64 * 1024 * 1024,
-            checkpoint_interval_ms: 30_000,
-            checkpoint_wal_bytes: 256 * 1024 * 1024,
+            checkpoint_interval_ms: 10_000,
+            checkpoint_wal_bytes: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
             write_buffer_bytes: 16 * 1024 * 1024,
         }

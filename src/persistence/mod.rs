@@ -203,8 +203,10 @@ impl Persistence {
             // flushes it (and only then truncates the WAL), a crash replays it again.
             if image.dirty_len() >= RECOVERY_CHECKPOINT_KEYS {
                 let changes = image.take_changes();
-                store.write_unflushed(changes.clone(), record.seq)?;
+                // Before the write, which then takes the changes: a failed write stops the
+                // start anyway.
                 image.checkpointed(&changes);
+                store.write_unflushed(changes, record.seq)?;
                 checkpoint_seq = record.seq;
             }
         }
