@@ -1056,7 +1056,13 @@ async fn retained_limit_counts_client_topics_only() {
     // `$SYS` is published every second: let it fill the retained store first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (mut publ, _) = RawClient::connect(addr, V5, "ret-pub", true, |_| {}).await;
-    for (pid, topic) in [(1, "lim/1"), (2, "lim/2"), (3, "lim/3"), (4, "lim/4"), (5, "lim/1")] {
+    for (pid, topic) in [
+        (1, "lim/1"),
+        (2, "lim/2"),
+        (3, "lim/3"),
+        (4, "lim/4"),
+        (5, "lim/1"),
+    ] {
         publ.publish(topic, b"v", QoS::AtLeastOnce, pid, true).await;
         assert!(matches!(publ.next().await, Packet::PubAck(a) if a.packet_id == pid));
     }

@@ -3,9 +3,10 @@
 //! connections share it.
 //!
 //! The task's loop waits on, in priority order: a takeover by another connection, broker
-//! shutdown, bytes from the client, room in the socket for buffered bytes, a wake-up from the
-//! router (a delivery was queued), the keep-alive deadline, and — while a 3.x publisher is held
-//! back by a full queue — room in the queues.
+//! shutdown, the fdatasync of the oldest pending acknowledgement, bytes from the client, room
+//! in the socket for buffered bytes, a wake-up from the router (a delivery was queued), the
+//! keep-alive deadline, and — while a 3.x publisher is held back by a full queue — room in the
+//! queues.
 //!
 //! # Buffers and their bounds
 //! - The read buffer holds at most one packet beyond `mqtt.max_packet_size` worth of bytes:
@@ -469,7 +470,7 @@ struct Connection {
     /// inbound PUBLISH joins it, so they leave in the order of their PUBLISH [MQTT-4.6.0-2,3].
     /// Bounded by the in-flight windows: inbound QoS 1/2 PUBLISHes by the Receive Maximum
     /// (`pending_inbound` counts towards it; a client exceeding it is disconnected), QoS 2
-    /// releases by the windows in either direction.
+    /// releases by the windows in either direction. QoS 0 messages never enter it.
     pending_acks: VecDeque<PendingAck>,
     /// Entries of `pending_acks` acknowledging an inbound PUBLISH that the session does not
     /// already count as awaiting PUBREL.
@@ -527,6 +528,11 @@ impl Connection {
                 biased;
                 _ = &mut self.kicked => Err(Close::TakenOver),
                 _ = shutdown.changed() => Err(Close::Shutdown),
+                // Before reading more: completed acknowledgements go out first, so a client
+                // that keeps the socket busy cannot starve them.
+                r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                    self.complete_front(r, &mut io.wbuf)
+                }
                 r = io.reader.read_buf(&mut io.rbuf), if reading => match r {
                     Ok(0) | Err(_) => Err(Close::Network),
                     Ok(n) => {
@@ -550,9 +556,6 @@ impl Connection {
                     }
                 },
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
-                r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
-                    self.complete_front(r, &mut io.wbuf)
-                }
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if keep_alive_deadline.is_some_and(|d| now >= d) {
@@ -906,7 +909,14 @@ impl Connection {
         };
         if duplicate {
             // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
-            self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
+            // Its id already counts against the Receive Maximum as awaiting PUBREL.
+            if let Some(ack) = self.inbound_ack(p.packet_id, p.qos, ReasonCode::SUCCESS) {
+                if self.pending_acks.is_empty() {
+                    self.send(wbuf, &ack);
+                } else {
+                    self.push_pending(PendingDurable::ready(), None, Some(ack), false);
+                }
+            }
             return Ok(());
         }
         if p.qos != QoS::AtMostOnce
@@ -990,8 +1000,11 @@ impl Connection {
                         ReasonCode::SUCCESS
                     };
                     let ack = self.inbound_ack(p.packet_id, p.qos, reason);
-                    if self.pending_acks.is_empty() && placed.durable.is_ready() {
-                        // Nothing was logged and nothing waits before it.
+                    // Nothing was logged, and nothing waits before it (a QoS 0 message needs
+                    // no order with the acknowledged ones, so it never enters the FIFO).
+                    if placed.durable.is_ready()
+                        && (self.pending_acks.is_empty() || p.qos == QoS::AtMostOnce)
+                    {
                         self.broker.settle(placed.placement);
                         if let Some(ack) = ack {
                             self.send(wbuf, &ack);

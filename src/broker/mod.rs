@@ -97,6 +97,9 @@ struct SlotState {
     ended: bool,
     /// The session is in the durable image (it is persistent): its changes are logged.
     in_store: bool,
+    /// Bumped whenever the session is replaced (Clean Start) or cleared (ended): a reservation
+    /// or a page-in begun for an earlier generation is dropped, never applied to the new one.
+    generation: u64,
 }
 
 impl SessionSlot {
@@ -172,7 +175,8 @@ pub(crate) enum Begun {
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Placement {
-    reserved: Vec<(Arc<SessionSlot>, u16, Delivery)>,
+    /// Target, packet id, delivery, and the session generation the reservation was made in.
+    reserved: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
     /// A retained update to apply with the deliveries.
     retain: Option<Arc<Message>>,
 }
@@ -375,6 +379,7 @@ impl Broker {
                     disconnected_at: Some(disconnected_at),
                     ended: false,
                     in_store: true,
+                    generation: 0,
                 }),
                 wake: Notify::new(),
                 connected: AtomicBool::new(false),
@@ -417,7 +422,8 @@ impl Broker {
         let Some(p) = self.shared.persistence.clone() else {
             return;
         };
-        let paged = self.with_slot(slot, |st| st.session.take_paged());
+        let (paged, generation) =
+            self.with_slot(slot, |st| (st.session.take_paged(), st.generation));
         if paged.is_empty() {
             return;
         }
@@ -433,8 +439,10 @@ impl Broker {
                 };
                 tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the offline queue; it stays on disk");
                 self.with_slot(slot, |st| {
-                    for d in paged {
-                        st.session.restore_paged(d);
+                    if st.generation == generation {
+                        for d in paged {
+                            st.session.restore_paged(d);
+                        }
                     }
                 });
                 return;
@@ -467,6 +475,9 @@ impl Broker {
             .collect();
         // `with_slot` accounts the bytes paged in (recovered deliveries counted none).
         let (removed, in_store) = self.with_slot(slot, |st| {
+            if st.generation != generation {
+                return (Vec::new(), false); // replaced by a Clean Start meanwhile
+            }
             st.session.restore_paged_in(loaded);
             (st.session.take_removed(), st.in_store)
         });
@@ -732,6 +743,7 @@ impl Broker {
                             disconnected_at: None,
                             ended: false,
                             in_store: false,
+                            generation: 0,
                         }),
                         wake: Notify::new(),
                         connected: AtomicBool::new(false),
@@ -772,6 +784,7 @@ impl Broker {
                 }
                 discarded = fresh;
                 if fresh {
+                    st.generation += 1;
                     ended_subscriptions = st.session.subscriptions.keys().cloned().collect();
                     st.session.clear();
                     st.session = Session::new(client_id.clone(), connect.protocol, self.limits());
@@ -918,6 +931,7 @@ impl Broker {
                     return None; // a connection resumed it meanwhile
                 }
                 st.ended = true;
+                st.generation += 1;
                 let in_store = std::mem::take(&mut st.in_store);
                 let subs: Vec<String> = st.session.subscriptions.keys().cloned().collect();
                 st.session.clear();
@@ -1269,12 +1283,12 @@ impl Broker {
                     } else {
                         st.session.reserve(delivery.qos, bytes, global_room)
                     };
-                    (enqueued, st.in_store)
+                    (enqueued, st.in_store, st.generation)
                 })
             });
             match result {
                 None => {}
-                Some((Enqueued::Queued(packet_id), in_store)) => {
+                Some((Enqueued::Queued(packet_id), in_store, generation)) => {
                     if persistence && in_store && packet_id != 0 {
                         let m = &delivery.message;
                         if !bodies_logged.contains(&m.id) {
@@ -1291,10 +1305,10 @@ impl Broker {
                             shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
                         });
                     }
-                    reserved.push((slot, packet_id, delivery));
+                    reserved.push((slot, packet_id, delivery, generation));
                 }
-                Some((Enqueued::Full, _)) => full.push((slot, delivery)),
-                Some((Enqueued::DroppedQos0, _)) => {
+                Some((Enqueued::Full, _, _)) => full.push((slot, delivery)),
+                Some((Enqueued::DroppedQos0, _, _)) => {
                     Metrics::add(&self.shared.metrics.dropped_qos0, 1);
                 }
             }
@@ -1330,8 +1344,12 @@ impl Broker {
 
     /// Gives back the room and packet ids of a placement that will not be made visible.
     pub(crate) fn cancel(&self, placement: Placement) {
-        for (slot, packet_id, d) in placement.reserved {
-            self.with_slot(&slot, |st| st.session.cancel(packet_id, d.payload_len()));
+        for (slot, packet_id, d, generation) in placement.reserved {
+            self.with_slot(&slot, |st| {
+                if st.generation == generation {
+                    st.session.cancel(packet_id, d.payload_len());
+                }
+            });
         }
     }
 
@@ -1347,10 +1365,14 @@ impl Broker {
             }
         }
         let placed = placement.reserved.len();
-        for (slot, packet_id, d) in placement.reserved {
+        for (slot, packet_id, d, generation) in placement.reserved {
             let bytes = d.payload_len();
             let visible = self.with_slot(&slot, |st| {
-                if st.ended {
+                if st.generation != generation {
+                    // The session was replaced or cleared meanwhile: this reservation was
+                    // reset with it.
+                    false
+                } else if st.ended {
                     st.session.cancel(packet_id, bytes);
                     false
                 } else {
