@@ -29,27 +29,12 @@ import sys
 import tempfile
 import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from procstat import cpu_seconds, status_kb
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def log(msg):
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[11], fields[12] are utime and stime (fields 14 and 15 of stat(5)).
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def wait_port(port, proc, timeout=30.0):

@@ -30,19 +30,13 @@ import tempfile
 import time
 import shutil
 
+from procstat import status_kb
+
 PORT = 22883
 
 
 def log(msg):
     print(f"[recovery {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def status_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def probe_connack(timeout=0.5):
