@@ -835,13 +835,19 @@ impl Connection {
     /// Sends PUBACK or PUBREC for an inbound message whose records (if any) are durable: now,
     /// or behind the acknowledgements still pending, to keep their order.
     fn ack_inbound(&mut self, wbuf: &mut BytesMut, packet_id: u16, qos: QoS, reason: ReasonCode) {
-        let Some(ack) = self.inbound_ack(packet_id, qos, reason) else {
-            return;
-        };
+        if let Some(ack) = self.inbound_ack(packet_id, qos, reason) {
+            self.send_in_order(wbuf, ack, true);
+        }
+    }
+
+    /// Sends an acknowledgement that waits for nothing: now, or behind those still pending.
+    /// `counts`: it acknowledges a PUBLISH the session does not count as awaiting PUBREL, so
+    /// it counts against the Receive Maximum while it waits.
+    fn send_in_order(&mut self, wbuf: &mut BytesMut, ack: Packet, counts: bool) {
         if self.pending_acks.is_empty() {
             self.send(wbuf, &ack);
         } else {
-            self.push_pending(PendingDurable::ready(), None, Some(ack), true);
+            self.push_pending(PendingDurable::ready(), None, Some(ack), counts);
         }
     }
 
@@ -911,11 +917,7 @@ impl Connection {
             // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
             // Its id already counts against the Receive Maximum as awaiting PUBREL.
             if let Some(ack) = self.inbound_ack(p.packet_id, p.qos, ReasonCode::SUCCESS) {
-                if self.pending_acks.is_empty() {
-                    self.send(wbuf, &ack);
-                } else {
-                    self.push_pending(PendingDurable::ready(), None, Some(ack), false);
-                }
+                self.send_in_order(wbuf, ack, false);
             }
             return Ok(());
         }
@@ -973,8 +975,9 @@ impl Connection {
             properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
         };
-        let slot = self.slot.clone();
-        let inbound = (p.qos == QoS::ExactlyOnce).then_some((&slot, p.packet_id));
+        // A clone only for QoS 2, to lend the slot while `self` is borrowed mutably.
+        let slot = (p.qos == QoS::ExactlyOnce).then(|| self.slot.clone());
+        let inbound = slot.as_ref().map(|s| (s, p.packet_id));
         let outcome = if p.retain {
             // Retained updates are ordered by the retain gate, inside `publish`: the earlier
             // messages of this publisher become visible first.
