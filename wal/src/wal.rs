@@ -12,7 +12,9 @@ use crate::options::WalOptions;
 use crate::queue::{Item, Queue};
 use crate::reader::WalReader;
 use crate::recovery::{recover, Recovery};
-use crate::writer::{run_completions, Counters, Shared, Writer, COMPLETION_CHANNEL_BATCHES};
+use crate::writer::{
+    run_completions, Counters, Shared, Writer, COMPLETION_CHANNEL_BATCHES, NICE_UNCHANGED,
+};
 
 /// An append that has been queued: its sequence number, and the handle that completes when it
 /// is durable.
@@ -42,6 +44,10 @@ pub struct WalStats {
     pub sync_micros: u64,
     /// Total time spent writing batches, in microseconds.
     pub write_micros: u64,
+    /// The niceness the writer thread runs at, if it changed it ([`WalOptions::writer_nice`]);
+    /// `None` if it kept the priority it inherited (not asked, not permitted, or not started
+    /// yet).
+    pub writer_nice: Option<i32>,
 }
 
 /// A write-ahead log open for appending. `Send + Sync`: share it behind an `Arc`.
@@ -264,6 +270,8 @@ impl Wal {
             rotations: c.rotations.load(Ordering::Relaxed),
             sync_micros: c.sync_micros.load(Ordering::Relaxed),
             write_micros: c.write_micros.load(Ordering::Relaxed),
+            writer_nice: Some(c.writer_nice.load(Ordering::Relaxed))
+                .filter(|&n| n != NICE_UNCHANGED),
         }
     }
 

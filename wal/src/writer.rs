@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ pub(crate) fn run_completions(batches: Receiver<CompletionBatch>, in_flight: Arc
 }
 
 /// Counters exposed through [`crate::Wal::stats`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub fsyncs: AtomicU64,
     pub batches: AtomicU64,
@@ -73,6 +73,26 @@ pub(crate) struct Counters {
     pub rotations: AtomicU64,
     pub sync_micros: AtomicU64,
     pub write_micros: AtomicU64,
+    /// The niceness the writer thread set for itself, or [`NICE_UNCHANGED`].
+    pub writer_nice: AtomicI32,
+}
+
+/// [`Counters::writer_nice`] when the writer kept its inherited priority.
+pub(crate) const NICE_UNCHANGED: i32 = i32::MIN;
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            fsyncs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+            sync_micros: AtomicU64::new(0),
+            write_micros: AtomicU64::new(0),
+            writer_nice: AtomicI32::new(NICE_UNCHANGED),
+        }
+    }
 }
 
 /// State shared by the [`crate::Wal`] handle and the writer thread.
@@ -207,8 +227,30 @@ impl Writer {
         &self.shared.options
     }
 
+    /// Sets this thread's niceness (see [`WalOptions::writer_nice`]). A refusal is not an
+    /// error: the log works the same, only acknowledgements wait longer on a busy machine.
+    fn set_priority(&self, nice: i32) {
+        let thread = rustix::thread::gettid();
+        match rustix::process::setpriority_process(Some(thread), nice) {
+            Ok(()) => self
+                .shared
+                .counters
+                .writer_nice
+                .store(nice, Ordering::Relaxed),
+            Err(e) => tracing::info!(
+                dir = %self.shared.dir.display(),
+                "WAL writer thread keeps its default priority: setting niceness {nice} \
+                 failed ({e}); grant CAP_SYS_NICE or raise RLIMIT_NICE for steadier \
+                 acknowledgement latency under CPU load"
+            ),
+        }
+    }
+
     /// The thread body. Returns when the log is closed or poisoned.
     pub(crate) fn run(mut self) {
+        if let Some(nice) = self.options().writer_nice {
+            self.set_priority(nice);
+        }
         let mut items = VecDeque::new();
         loop {
             let max_records = self.options().max_batch_records;

@@ -198,9 +198,73 @@ fn limits_and_closed_errors() {
         ..WalOptions::default()
     };
     assert!(matches!(
-        Wal::open_with_fs(fs, "/w", bad),
+        Wal::open_with_fs(fs.clone(), "/w", bad),
         Err(Error::InvalidOptions { .. })
     ));
+    for nice in [-21, 20] {
+        let bad = WalOptions {
+            writer_nice: Some(nice),
+            ..WalOptions::default()
+        };
+        assert!(matches!(
+            Wal::open_with_fs(fs.clone(), "/w", bad),
+            Err(Error::InvalidOptions { .. })
+        ));
+    }
+}
+
+/// The niceness of every thread named `name` in this process, from /proc (field 19 of stat).
+fn thread_nices(name: &str) -> Vec<i32> {
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue; // the thread exited
+        };
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        if comm.trim() == name {
+            // The command name is in parentheses and may hold spaces; count fields after it.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            nices.push(after.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nices
+}
+
+#[test]
+fn the_writer_thread_takes_the_niceness_it_is_given() {
+    // Lowering priority (a higher niceness) is always permitted, so this runs anywhere.
+    // The thread name is truncated to 15 bytes by the kernel. Other tests' writers run at
+    // the same time, at other nicenesses; only this one asks for 7.
+    let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
+    let options = WalOptions {
+        writer_nice: Some(7),
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open_with_fs(fs.clone(), "/w", options).unwrap();
+    wal.append(0, b"x".to_vec())
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    assert_eq!(wal.stats().writer_nice, Some(7));
+    assert!(thread_nices("keelmq-wal-writ").contains(&7));
+    wal.close().unwrap();
+
+    let options = WalOptions {
+        writer_nice: None,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open_with_fs(fs, "/w", options).unwrap();
+    wal.append(0, b"y".to_vec())
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    assert_eq!(wal.stats().writer_nice, None);
+    wal.close().unwrap();
 }
 
 #[test]
