@@ -180,8 +180,9 @@ impl Queue {
         max_records: usize,
         max_bytes: usize,
         deadline: Option<Instant>,
+        poll: bool,
     ) -> Take {
-        let mut spun = false;
+        let mut spun = !poll;
         let mut state = self.lock();
         loop {
             if !state.items.is_empty()

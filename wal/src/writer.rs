@@ -150,6 +150,8 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// Records encoded in `buf`, waiting to be written and completed.
     pending: CompletionBatch,
+    /// Records in the last batch written.
+    last_batch_len: usize,
     /// Hand-off to the completion thread, and the number of batches it has not finished.
     completions: SyncSender<CompletionBatch>,
     completions_in_flight: Arc<AtomicUsize>,
@@ -218,6 +220,7 @@ impl Writer {
             lazy_deadline: None,
             buf: Vec::new(),
             pending: Vec::new(),
+            last_batch_len: 0,
             completions,
             completions_in_flight,
         })
@@ -259,10 +262,15 @@ impl Writer {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // Poll before sleeping only while batches are small: then the next append follows
+            // the last completion closely and a sleep would add a wake-up to every cycle.
+            // Under load the queue is rarely empty, and polling at the writer's raised
+            // priority would take the CPU from the threads producing the appends.
+            let poll = self.last_batch_len <= INLINE_COMPLETION_MAX;
             match self
                 .shared
                 .queue
-                .take(&mut items, max_records, max_bytes, deadline)
+                .take(&mut items, max_records, max_bytes, deadline, poll)
             {
                 Take::Items => {
                     if let Err(err) = self.process(&mut items) {
@@ -544,6 +552,7 @@ impl Writer {
     /// order: inline if the batch is small and nothing is queued ahead of it, otherwise on the
     /// completion thread.
     fn deliver(&mut self) {
+        self.last_batch_len = self.pending.len();
         let in_flight = self.completions_in_flight.load(Ordering::Acquire);
         if self.pending.len() <= INLINE_COMPLETION_MAX && in_flight == 0 {
             for (seq, completer) in self.pending.drain(..) {
