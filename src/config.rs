@@ -58,6 +58,10 @@ pub struct StorageConfig {
     pub sync_interval_ms: u64,
     /// WAL segment size; a segment is deleted once a checkpoint covers it.
     pub wal_segment_bytes: u64,
+    /// Niceness (-20..=19) the WAL writer thread asks for; every acknowledgement waits for it.
+    /// Raising priority needs CAP_SYS_NICE or RLIMIT_NICE; without them it keeps its priority
+    /// and logs why once. 0 keeps the default priority.
+    pub wal_writer_nice: i32,
     /// Checkpoint at least this often when anything changed... (these two bound the WAL tail a
     /// restart replays, hence the recovery time)
     pub checkpoint_interval_ms: u64,
@@ -75,6 +79,7 @@ impl Default for StorageConfig {
             sync: SyncMode::Always,
             sync_interval_ms: 10,
             wal_segment_bytes: 64 * 1024 * 1024,
+            wal_writer_nice: keelmq_wal::DEFAULT_WRITER_NICE,
             checkpoint_interval_ms: 10_000,
             checkpoint_wal_bytes: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
@@ -323,6 +328,9 @@ impl Config {
         if st.wal_segment_bytes < 64 * 1024 {
             return bad("storage.wal_segment_bytes", "must be at least 65536");
         }
+        if !(-20..=19).contains(&st.wal_writer_nice) {
+            return bad("storage.wal_writer_nice", "must be between -20 and 19");
+        }
         if st.checkpoint_interval_ms == 0 {
             return bad("storage.checkpoint_interval_ms", "must be at least 1");
         }
@@ -364,6 +372,9 @@ mod tests {
         c.validate().unwrap();
         let e = Config::parse("[storage]\nsync = \"sometimes\"\n").unwrap_err();
         assert!(e.contains("sync"), "{e}");
+        let c = Config::parse("[storage]\nwal_writer_nice = -25\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.wal_writer_nice"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn persistence_options(config: &Config) -> PersistenceOptions {
             SyncMode::Never => keelmq_wal::SyncPolicy::Never,
         },
         segment_bytes: s.wal_segment_bytes,
+        wal_writer_nice: Some(s.wal_writer_nice),
         checkpoint_interval: Duration::from_millis(s.checkpoint_interval_ms),
         checkpoint_wal_bytes: s.checkpoint_wal_bytes,
         store: keelmq_storage::StoreOptions {

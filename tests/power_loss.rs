@@ -53,6 +53,7 @@ fn options() -> PersistenceOptions {
     PersistenceOptions {
         sync: SyncPolicy::Always,
         segment_bytes: 64 * 1024,
+        wal_writer_nice: None,
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_wal_bytes: u64::MAX,
         store: StoreOptions::default(),

@@ -68,6 +68,8 @@ pub const RECOVERY_CHECKPOINT_KEYS: usize = 50_000;
 pub struct PersistenceOptions {
     pub sync: SyncPolicy,
     pub segment_bytes: u64,
+    /// Niceness for the WAL writer thread (`WalOptions::writer_nice`).
+    pub wal_writer_nice: Option<i32>,
     pub checkpoint_interval: Duration,
     pub checkpoint_wal_bytes: u64,
     pub store: StoreOptions,
@@ -181,6 +183,7 @@ impl Persistence {
             sync_policy: options.sync,
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_record_bytes: MAX_COMMIT_BYTES,
+            writer_nice: options.wal_writer_nice,
             ..WalOptions::default()
         };
         let (wal, recovery) = Wal::open_with_fs(fs, wal_dir, wal_options)?;

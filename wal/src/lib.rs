@@ -80,7 +80,7 @@ pub use error::{Error, Result};
 pub use options::{
     RecoveryMode, SyncPolicy, WalOptions, DEFAULT_CHANNEL_CAPACITY, DEFAULT_CHANNEL_CAPACITY_BYTES,
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_RECORDS, DEFAULT_MAX_RECORD_BYTES,
-    DEFAULT_SEGMENT_SIZE_BYTES,
+    DEFAULT_SEGMENT_SIZE_BYTES, DEFAULT_WRITER_NICE,
 };
 pub use reader::{Record, WalReader};
 pub use recovery::{
