@@ -26,13 +26,47 @@ pub fn test_config() -> Config {
 }
 
 /// A fresh directory under the system temp directory, unique to this process and call.
+///
+/// In-process brokers do not own their data directory, so nothing removes it when a test
+/// ends; instead, the first call in each test process removes the directories left by test
+/// processes that no longer run. A failed run's directories stay for diagnosis until the next
+/// run.
 pub fn temp_dir(name: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_dirs_of_finished_runs);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("keelmq-test-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// Removes `keelmq-test-<name>-<pid>-<n>` directories whose process is gone.
+fn remove_dirs_of_finished_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix("keelmq-test-"))
+        else {
+            continue;
+        };
+        // <name>-<pid>-<n>: the pid is the second number from the end.
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Starts an in-process broker.
