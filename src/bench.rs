@@ -929,10 +929,11 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
                                 c.ack_errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Packet::PubComp(a) if o.qos == QoS::ExactlyOnce => {
-                            if inflight.remove(&a.packet_id).is_some() {
-                                c.inflight.fetch_sub(1, Ordering::Relaxed);
-                            }
+                        Packet::PubComp(a)
+                            if o.qos == QoS::ExactlyOnce
+                                && inflight.remove(&a.packet_id).is_some() =>
+                        {
+                            c.inflight.fetch_sub(1, Ordering::Relaxed);
                         }
                         Packet::Disconnect(_) => { closed = true; break; }
                         _ => {}

@@ -133,7 +133,9 @@ async fn subscriber(shared: Arc<Shared>) {
             shared.ledger.lock().sessions_lost += 1;
         }
         rounds += 1;
-        let offline_at = (rounds % 3 == 0).then(|| Instant::now() + Duration::from_millis(150));
+        let offline_at = rounds
+            .is_multiple_of(3)
+            .then(|| Instant::now() + Duration::from_millis(150));
         loop {
             if offline_at.is_some_and(|t| Instant::now() >= t) {
                 c.send(&Packet::Disconnect(Disconnect::new(ReasonCode::SUCCESS)))
@@ -176,11 +178,15 @@ async fn subscriber(shared: Arc<Shared>) {
     }
 }
 
+/// The acknowledgement a publish in flight waits for.
 #[derive(Clone, Copy, PartialEq)]
-enum Stage {
-    AwaitAck,
-    AwaitRec,
-    AwaitComp,
+enum Awaiting {
+    /// PUBACK (QoS 1).
+    Ack,
+    /// PUBREC (QoS 2, first half).
+    Rec,
+    /// PUBCOMP (QoS 2, after our PUBREL).
+    Comp,
 }
 
 fn publish_packet(seq: u64, qos: QoS, retain: bool, packet_id: u16, dup: bool) -> Packet {
@@ -197,7 +203,7 @@ fn publish_packet(seq: u64, qos: QoS, retain: bool, packet_id: u16, dup: bool) -
 
 async fn publisher(shared: Arc<Shared>) {
     let qos = shared.opts.qos;
-    let mut inflight: BTreeMap<u16, (u64, bool, Stage)> = BTreeMap::new();
+    let mut inflight: BTreeMap<u16, (u64, bool, Awaiting)> = BTreeMap::new();
     let (mut next_seq, mut next_pid, mut first) = (1u64, 1u16, true);
     while !shared.subscribed.load(Ordering::Relaxed) {
         if shared.stop_all.load(Ordering::Relaxed) {
@@ -217,7 +223,7 @@ async fn publisher(shared: Arc<Shared>) {
         first = false;
         for (&pid, &(seq, retain, stage)) in &inflight {
             let p = match stage {
-                Stage::AwaitComp => Packet::PubRel(PubAck::new(pid)),
+                Awaiting::Comp => Packet::PubRel(PubAck::new(pid)),
                 _ => publish_packet(seq, qos, retain, pid, true),
             };
             c.send(&p).await;
@@ -231,9 +237,9 @@ async fn publisher(shared: Arc<Shared>) {
                     next_pid = next_pid.checked_add(1).unwrap_or(1);
                 }
                 let stage = if qos == QoS::ExactlyOnce {
-                    Stage::AwaitRec
+                    Awaiting::Rec
                 } else {
-                    Stage::AwaitAck
+                    Awaiting::Ack
                 };
                 inflight.insert(next_pid, (next_seq, retain, stage));
                 c.send(&publish_packet(next_seq, qos, retain, next_pid, false))
@@ -257,8 +263,7 @@ async fn publisher(shared: Arc<Shared>) {
             };
             match c.recv(Duration::from_millis(200)).await {
                 Recv::Packet(Packet::PubAck(a)) => {
-                    if let Some((seq, retain, Stage::AwaitAck)) =
-                        inflight.get(&a.packet_id).copied()
+                    if let Some((seq, retain, Awaiting::Ack)) = inflight.get(&a.packet_id).copied()
                     {
                         inflight.remove(&a.packet_id);
                         acked(&shared, seq, retain, a.reason);
@@ -266,13 +271,13 @@ async fn publisher(shared: Arc<Shared>) {
                 }
                 Recv::Packet(Packet::PubRec(a)) => {
                     if let Some(entry) = inflight.get_mut(&a.packet_id) {
-                        if entry.2 == Stage::AwaitRec {
+                        if entry.2 == Awaiting::Rec {
                             acked(&shared, entry.0, entry.1, a.reason);
                             if a.reason.is_error() {
                                 inflight.remove(&a.packet_id);
                                 continue;
                             }
-                            entry.2 = Stage::AwaitComp;
+                            entry.2 = Awaiting::Comp;
                         }
                     }
                     c.send(&Packet::PubRel(PubAck::new(a.packet_id))).await;
@@ -280,7 +285,7 @@ async fn publisher(shared: Arc<Shared>) {
                 Recv::Packet(Packet::PubComp(a)) => {
                     if inflight
                         .get(&a.packet_id)
-                        .is_some_and(|e| e.2 == Stage::AwaitComp)
+                        .is_some_and(|e| e.2 == Awaiting::Comp)
                     {
                         inflight.remove(&a.packet_id);
                     }

@@ -37,11 +37,7 @@ impl Store for RecordingStore {
             .push((self.fs.trace_len(), self.inner.deep_copy()));
         Ok(())
     }
-    fn scan(
-        &self,
-        t: Table,
-        v: &mut dyn FnMut(&[u8], &[u8]) -> keelmq_storage::Result<()>,
-    ) -> keelmq_storage::Result<()> {
+    fn scan(&self, t: Table, v: &mut keelmq_storage::Visitor<'_>) -> keelmq_storage::Result<()> {
         self.inner.scan(t, v)
     }
     fn get_many(&self, t: Table, keys: &[Vec<u8>]) -> keelmq_storage::Result<Vec<Option<Vec<u8>>>> {

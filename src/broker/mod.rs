@@ -188,6 +188,10 @@ impl Placement {
     }
 }
 
+/// What [`Broker::reserve`] returns: the placement made (`None` when all-or-nothing met a
+/// full queue), and the targets whose queue was full.
+type Reserved = (Option<Placed>, Vec<(Arc<SessionSlot>, Delivery)>);
+
 /// A [`Placement`] and the wait for its records.
 #[derive(Debug)]
 pub(crate) struct Placed {
@@ -1263,7 +1267,7 @@ impl Broker {
         mut records: Vec<Record>,
         all_or_nothing: bool,
         qos0_may_wait: bool,
-    ) -> Result<(Option<Placed>, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
+    ) -> Result<Reserved, NotDurable> {
         let max_total = self.shared.config.limits.max_queued_bytes_total;
         let persistence = self.shared.persistence.is_some();
         let mut reserved = Vec::with_capacity(targets.len());

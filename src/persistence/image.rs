@@ -560,13 +560,12 @@ impl Image {
             }
         }
         let sessions = &mut image.sessions;
-        let scan =
-            |table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> keelmq_storage::Result<()>| {
-                store.scan(table, visit).map_err(|e| LoadError {
-                    table: table.name(),
-                    what: e.to_string(),
-                })
-            };
+        let scan = |table: Table, visit: &mut keelmq_storage::Visitor<'_>| {
+            store.scan(table, visit).map_err(|e| LoadError {
+                table: table.name(),
+                what: e.to_string(),
+            })
+        };
         scan(Table::Sessions, &mut |k, v| {
             let r = decode_value::<SessionRecord>(v).map_err(|e| bad(Table::Sessions, k, e))?;
             let client = r.client.clone();

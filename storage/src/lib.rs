@@ -94,6 +94,9 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What [`Store::scan`] calls for each entry: key, value; an error stops the scan.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// The state store interface the broker's persistence layer uses.
 pub trait Store: Send + Sync {
     /// The `applied_seq` of the last completed checkpoint, read from persisted data; 0 if none.
@@ -114,7 +117,7 @@ pub trait Store: Send + Sync {
     }
 
     /// Calls `visit` for every entry of `table` in key order.
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    fn scan(&self, table: Table, visit: &mut Visitor<'_>) -> Result<()>;
 
     /// The values of `keys` in `table` (`None` where absent), in the order of `keys`: the
     /// read of state paged out of memory (offline queues' message bodies). Blocking.
@@ -281,7 +284,7 @@ impl Store for RocksStore {
         Ok(())
     }
 
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn scan(&self, table: Table, visit: &mut Visitor<'_>) -> Result<()> {
         let cf = self.cf(table)?;
         // A full scan (recovery, inspection) reads every block once: it must not evict the
         // block cache's working set, nor grow it.
@@ -477,7 +480,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn scan(&self, table: Table, visit: &mut Visitor<'_>) -> Result<()> {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = self
             .lock()
             .tables

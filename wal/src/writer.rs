@@ -329,7 +329,7 @@ impl Writer {
         let hold_lazy = !needs_sync
             && self.options().sync_policy == SyncPolicy::Always
             && self.buf.len() < self.options().max_batch_bytes
-            && self.lazy_deadline.map_or(true, |d| Instant::now() < d);
+            && self.lazy_deadline.is_none_or(|d| Instant::now() < d);
         if hold_lazy {
             // Only lazy records: keep them buffered until a record that needs a sync comes,
             // or the delay runs out.
