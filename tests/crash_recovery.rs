@@ -99,7 +99,8 @@ async fn subscriber(shared: Arc<Shared>) {
         }
         online_rounds += 1;
         // Every third connection goes offline for a while, so messages queue up.
-        let offline_after = (online_rounds % 3 == 0)
+        let offline_after = online_rounds
+            .is_multiple_of(3)
             .then(|| tokio::time::Instant::now() + Duration::from_millis(150));
         loop {
             if offline_after.is_some_and(|t| tokio::time::Instant::now() >= t) {
@@ -147,15 +148,15 @@ async fn subscriber(shared: Arc<Shared>) {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Stage {
-    AwaitAck,
-    AwaitRec,
-    AwaitComp,
+enum Awaiting {
+    Ack,
+    Rec,
+    Comp,
 }
 
 /// A persistent publisher with a correct sender state machine, 8 messages outstanding.
 async fn publisher(shared: Arc<Shared>) {
-    let mut inflight: BTreeMap<u16, (u64, QoS, bool, Stage)> = BTreeMap::new();
+    let mut inflight: BTreeMap<u16, (u64, QoS, bool, Awaiting)> = BTreeMap::new();
     let mut next_seq = 1u64;
     let mut next_pid = 1u16;
     let mut first = true;
@@ -176,26 +177,26 @@ async fn publisher(shared: Arc<Shared>) {
         first = false;
         for (&pid, &(seq, qos, retain, stage)) in &inflight {
             let packet = match stage {
-                Stage::AwaitComp => Packet::PubRel(PubAck::new(pid)),
+                Awaiting::Comp => Packet::PubRel(PubAck::new(pid)),
                 _ => publish(seq, qos, retain, pid, true),
             };
             c.send(&packet).await;
         }
         loop {
             while inflight.len() < 8 && !shared.stop_publishing.load(Ordering::Relaxed) {
-                let qos = if next_seq % 2 == 0 {
+                let qos = if next_seq.is_multiple_of(2) {
                     QoS::ExactlyOnce
                 } else {
                     QoS::AtLeastOnce
                 };
-                let retain = next_seq % 10 == 0;
+                let retain = next_seq.is_multiple_of(10);
                 while inflight.contains_key(&next_pid) {
                     next_pid = next_pid.checked_add(1).unwrap_or(1);
                 }
                 let stage = if qos == QoS::ExactlyOnce {
-                    Stage::AwaitRec
+                    Awaiting::Rec
                 } else {
-                    Stage::AwaitAck
+                    Awaiting::Ack
                 };
                 inflight.insert(next_pid, (next_seq, qos, retain, stage));
                 c.send(&publish(next_seq, qos, retain, next_pid, false))
@@ -205,7 +206,7 @@ async fn publisher(shared: Arc<Shared>) {
             }
             match c.recv_within(Duration::from_millis(200)).await {
                 Recv::Packet(Packet::PubAck(a)) => {
-                    if let Some((seq, _, retain, Stage::AwaitAck)) =
+                    if let Some((seq, _, retain, Awaiting::Ack)) =
                         inflight.get(&a.packet_id).copied()
                     {
                         inflight.remove(&a.packet_id);
@@ -228,8 +229,8 @@ async fn publisher(shared: Arc<Shared>) {
                 }
                 Recv::Packet(Packet::PubRec(a)) => {
                     if let Some(entry) = inflight.get_mut(&a.packet_id) {
-                        if entry.3 == Stage::AwaitRec {
-                            entry.3 = Stage::AwaitComp;
+                        if entry.3 == Awaiting::Rec {
+                            entry.3 = Awaiting::Comp;
                             let mut l = shared.ledger.lock();
                             if a.reason != ReasonCode::SUCCESS {
                                 l.violations
@@ -246,7 +247,7 @@ async fn publisher(shared: Arc<Shared>) {
                 Recv::Packet(Packet::PubComp(a)) => {
                     if inflight
                         .get(&a.packet_id)
-                        .is_some_and(|e| e.3 == Stage::AwaitComp)
+                        .is_some_and(|e| e.3 == Awaiting::Comp)
                     {
                         inflight.remove(&a.packet_id);
                     }

@@ -261,7 +261,7 @@ async fn retained_set_replace_delete() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut sub = v311::connect(port, "ret-sub", true, None).await;
     v311::subscribe(&sub, "ret/+", QoS::AtLeastOnce).await;
-    let mut got = vec![v311::next(&mut sub).await, v311::next(&mut sub).await];
+    let mut got = [v311::next(&mut sub).await, v311::next(&mut sub).await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert!(got.iter().all(|p| p.retain));
     assert_eq!(

@@ -211,8 +211,7 @@ async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
             crashed.crash(mode, seed);
             let store = snapshots
                 .iter()
-                .filter(|(t, _)| *t <= k)
-                .last()
+                .rfind(|(t, _)| *t <= k)
                 .map(|(_, s)| s.deep_copy())
                 .unwrap_or_default();
             let opened = Persistence::open_parts(

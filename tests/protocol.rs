@@ -822,7 +822,7 @@ async fn qos0_waits_for_a_slow_subscriber_that_reads() {
                         "in order, none lost"
                     );
                     next += 1;
-                    if next % 50 == 0 {
+                    if next.is_multiple_of(50) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
