@@ -1044,7 +1044,7 @@ impl Broker {
             false => None,
         };
         let (pending, retained_refused) = self.prepare(message, inbound_qos2, qos0_may_wait);
-        let mut outcome = self.retry_publish(pending).await?;
+        let mut outcome = self.place_pending(pending).await?;
         outcome.retained_refused = retained_refused;
         Ok(outcome)
     }
@@ -1119,7 +1119,19 @@ impl Broker {
     }
 
     /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
+    /// A retained message goes through the retain gate, as in [`Self::publish`], so its
+    /// retained update is ordered against the others and waits for the retained index to load.
     pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
+        let _gate = match p.message.retain {
+            true => Some(self.shared.retain_gate.read().await),
+            false => None,
+        };
+        self.place_pending(p).await
+    }
+
+    /// [`Self::retry_publish`] for a caller that already holds the retain gate if it needs it
+    /// (the gate is not reentrant: a waiting writer blocks a second read).
+    async fn place_pending(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
         match self.begin(p)? {
             Begun::Held(p) => Ok(PublishOutcome {
                 delivered: 0,
@@ -1810,4 +1822,43 @@ impl Broker {
 /// The highest QoS the broker grants.
 pub(crate) fn max_qos(cfg: &Config) -> QoS {
     QoS::from_u8(cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_retained_publish_is_retried_through_the_retain_gate() {
+        let broker = Broker::new(Config::default());
+        // As while the retained index loads at start.
+        let gate = broker.shared.retain_gate.clone().write_owned().await;
+        let message = Arc::new(Message {
+            id: broker.next_message_id(),
+            topic: "r/1".into(),
+            payload: bytes::Bytes::from_static(b"r"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Message::properties_of(PublishProperties::default()),
+            expires_at: None,
+            publisher: None,
+        });
+        let (pending, refused) = broker.prepare(message, None, false);
+        assert!(!refused);
+        let retry = tokio::spawn({
+            let broker = broker.clone();
+            async move {
+                broker
+                    .retry_publish(pending)
+                    .await
+                    .map(|o| o.held.is_none())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!retry.is_finished(), "the retry waits for the gate");
+        assert_eq!(broker.retained_count(), 0);
+        drop(gate);
+        assert!(matches!(retry.await, Ok(Ok(true))));
+        assert_eq!(broker.retained_count(), 1);
+    }
 }
