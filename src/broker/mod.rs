@@ -1039,10 +1039,7 @@ impl Broker {
         inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
         qos0_may_wait: bool,
     ) -> Result<PublishOutcome, NotDurable> {
-        let _gate = match message.retain {
-            true => Some(self.shared.retain_gate.read().await),
-            false => None,
-        };
+        let _gate = self.retain_gate_for(message.retain).await;
         let (pending, retained_refused) = self.prepare(message, inbound_qos2, qos0_may_wait);
         let mut outcome = self.place_pending(pending).await?;
         outcome.retained_refused = retained_refused;
@@ -1122,11 +1119,16 @@ impl Broker {
     /// A retained message goes through the retain gate, as in [`Self::publish`], so its
     /// retained update is ordered against the others and waits for the retained index to load.
     pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
-        let _gate = match p.message.retain {
+        let _gate = self.retain_gate_for(p.message.retain).await;
+        self.place_pending(p).await
+    }
+
+    /// The retain gate, read-locked, for a message with RETAIN; `None` for one without.
+    async fn retain_gate_for(&self, retain: bool) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        match retain {
             true => Some(self.shared.retain_gate.read().await),
             false => None,
-        };
-        self.place_pending(p).await
+        }
     }
 
     /// [`Self::retry_publish`] for a caller that already holds the retain gate if it needs it
