@@ -2,7 +2,20 @@
 //!
 //! A log is a directory of segment files named `<segment_seq as 16 lower-case hex digits>.wal`,
 //! e.g. `000000000000002a.wal`. Segment sequence numbers only grow; a name is never reused.
-//! Files with other names are ignored. All integers are little-endian.
+//! Files with other names are ignored, except spares (below). All integers are little-endian.
+//!
+//! # Spare files and recycled segments
+//!
+//! A segment that a checkpoint made obsolete may be renamed to `<its segment_seq>.spare`
+//! instead of being deleted, and a later rotation renames a spare to the new segment's name
+//! after overwriting its header. Overwriting blocks a file already owns makes `fdatasync`
+//! much cheaper than extending a file, which must also commit the file system's metadata.
+//! A recycled segment therefore holds the old segment's bytes after its newest record. They
+//! can never be mistaken for records: every frame's crc mixes in the segment sequence
+//! number, and the old frames were written under another one. A sealed (non-newest) segment
+//! is cut to the end of its last record before the next segment is created, so every byte of
+//! it still verifies; only the newest segment can have such a tail, and recovery cuts it off
+//! like a torn write. Recovery ignores spare files.
 //!
 //! # Segment header (32 bytes, at offset 0)
 //!
@@ -45,6 +58,9 @@ use crc32fast::Hasher;
 
 /// File-name extension of segment files.
 pub const SEGMENT_EXTENSION: &str = "wal";
+/// File-name extension of spare files: checkpointed segments kept to be reused as new
+/// segments (see the module documentation).
+pub const SPARE_EXTENSION: &str = "spare";
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELMQWL";
 /// The only format version this code writes and reads.
@@ -266,6 +282,19 @@ pub fn find_next_frame(
     from: usize,
     min_seq_exclusive: u64,
 ) -> Option<Frame<'_>> {
+    find_next_frame_below(segment_seq, bytes, from, min_seq_exclusive, MAX_SEQ)
+}
+
+/// [`find_next_frame`] that also skips frames whose sequence number is above
+/// `max_seq_inclusive`.
+pub fn find_next_frame_below(
+    segment_seq: u64,
+    bytes: &[u8],
+    from: usize,
+    min_seq_exclusive: u64,
+    max_seq_inclusive: u64,
+) -> Option<Frame<'_>> {
+    let max_seq = max_seq_inclusive.min(MAX_SEQ);
     let last_start = bytes.len().checked_sub(RECORD_HEADER_LEN)?;
     let mut offset = from;
     while offset <= last_start {
@@ -275,7 +304,7 @@ pub fn find_next_frame(
             && header[26] == 0
             && header[27] == 0
             && read_u64(header, 8) > min_seq_exclusive
-            && read_u64(header, 8) <= MAX_SEQ
+            && read_u64(header, 8) <= max_seq
             && read_u64(header, 16) < read_u64(header, 8)
             && payload_len <= bytes.len() - offset - RECORD_HEADER_LEN;
         if plausible {

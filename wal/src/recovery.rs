@@ -10,6 +10,9 @@
 //! - A newest segment whose header does not verify and that holds no verifiable frame is a
 //!   rotation the crash interrupted: it is removed.
 //! - Sequence numbers run without gaps across segments.
+//! - Spare files (`*.spare`, checkpointed segments kept for reuse) are not part of the log; at
+//!   most [`crate::WalOptions::spare_segments`] are kept and handed to the writer, the rest
+//!   are removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Frame, SEGMENT_HEADER_LEN};
 use crate::fs::{read_all, Fs, FsFile};
 use crate::options::RecoveryMode;
-use crate::segment::{parse_segment_name, segment_path, SegmentInfo};
+use crate::segment::{parse_segment_name, parse_spare_name, segment_path, SegmentInfo};
 use crate::writer::create_segment;
 
 /// What recovery found and did. Records themselves are read with [`crate::Wal::read_from`].
@@ -69,6 +72,8 @@ pub(crate) struct RecoveredLog {
     /// Above every segment number seen in the directory, including files recovery removed
     /// or skipped, so a rotation never collides with a leftover name.
     pub next_segment_seq: u64,
+    /// Spare files the writer may reuse as new segments.
+    pub spares: Vec<PathBuf>,
 }
 
 struct Scanned {
@@ -81,9 +86,10 @@ pub(crate) fn recover(
     fs: &Arc<dyn Fs>,
     dir: &Path,
     mode: RecoveryMode,
+    spare_segments: usize,
 ) -> Result<(RecoveredLog, Recovery)> {
     let mut report = Recovery::default();
-    let mut names = list_segments(fs, dir)?;
+    let (mut names, spares) = list_files(fs, dir)?;
     // A previous process may have created or removed segments without syncing the directory
     // (it died, or was poisoned, before it could). Make the namespace we are about to build on
     // durable first, so a later crash cannot resurrect a segment we are now ignoring.
@@ -139,6 +145,7 @@ pub(crate) fn recover(
         }
     };
     let next_segment_seq = segments_max(&segments).max(max_segment_seq) + 1;
+    let spares = keep_spares(fs, dir, spares, spare_segments)?;
     report.first_seq = segments.first().map_or(next_seq, |s| s.first_seq);
     report.last_seq = next_seq - 1;
     report.segments = segments.len();
@@ -149,6 +156,7 @@ pub(crate) fn recover(
             active_len,
             next_seq,
             next_segment_seq,
+            spares,
         },
         report,
     ))
@@ -158,7 +166,10 @@ fn segments_max(segments: &[SegmentInfo]) -> u64 {
     segments.iter().map(|s| s.segment_seq).max().unwrap_or(0)
 }
 
-fn list_segments(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// The segment files (with their numbers) and the spare files in `dir`.
+type Listing = (Vec<(u64, PathBuf)>, Vec<PathBuf>);
+
+fn list_files(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Listing> {
     let files = match fs.list_files(dir) {
         Ok(files) => files,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -173,10 +184,37 @@ fn list_segments(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         }
         Err(e) => return Err(Error::io("list directory", dir, e)),
     };
-    Ok(files
+    let mut spares: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| parse_spare_name(p).is_some())
+        .cloned()
+        .collect();
+    spares.sort_unstable();
+    let segments = files
         .into_iter()
         .filter_map(|p| parse_segment_name(&p).map(|seq| (seq, p)))
-        .collect())
+        .collect();
+    Ok((segments, spares))
+}
+
+/// Keeps the first `keep` spares and removes the rest (durably), e.g. after
+/// [`crate::WalOptions::spare_segments`] was lowered.
+fn keep_spares(
+    fs: &Arc<dyn Fs>,
+    dir: &Path,
+    mut spares: Vec<PathBuf>,
+    keep: usize,
+) -> Result<Vec<PathBuf>> {
+    if spares.len() <= keep {
+        return Ok(spares);
+    }
+    for path in spares.drain(keep..) {
+        fs.remove_file(&path)
+            .map_err(|e| Error::io("remove", &path, e))?;
+    }
+    fs.sync_dir(dir)
+        .map_err(|e| Error::poisoned("fsync directory", dir, e))?;
+    Ok(spares)
 }
 
 fn read_segment(fs: &Arc<dyn Fs>, path: &Path) -> Result<Vec<u8>> {
@@ -188,7 +226,13 @@ fn read_segment(fs: &Arc<dyn Fs>, path: &Path) -> Result<Vec<u8>> {
 /// already been synced when it was written.
 fn durable_evidence_after(segment_seq: u64, bytes: &[u8], from: usize, expected_seq: u64) -> bool {
     let mut pos = from;
-    while let Some(frame) = format::find_next_frame(segment_seq, bytes, pos, expected_seq - 1) {
+    // No frame of this segment after `from` can carry a sequence number beyond the number of
+    // frames that fit: the bound keeps the scan of a long tail (the rest of a recycled
+    // segment, say) from checksumming every stale byte that looks a little like a header.
+    let max_seq = expected_seq.saturating_add((bytes.len() / format::RECORD_HEADER_LEN) as u64);
+    while let Some(frame) =
+        format::find_next_frame_below(segment_seq, bytes, pos, expected_seq - 1, max_seq)
+    {
         if frame.meta.durable_seq >= expected_seq {
             return true;
         }
@@ -404,7 +448,8 @@ fn recover_segment(
                 segment = %path.display(),
                 offset,
                 bytes_dropped = dropped,
-                "truncating torn WAL tail: {reason}"
+                "truncating the newest WAL segment after its last valid record (a write the \
+                 crash tore, or the unused rest of a recycled segment): {reason}"
             );
             truncate_file(fs, path, offset)?;
             report.torn_tail = Some(TornTail {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::format::SEGMENT_EXTENSION;
+use crate::format::{SEGMENT_EXTENSION, SPARE_EXTENSION};
 
 /// What the log knows about one segment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +17,25 @@ pub(crate) fn segment_path(dir: &Path, segment_seq: u64) -> PathBuf {
     dir.join(format!("{segment_seq:016x}.{SEGMENT_EXTENSION}"))
 }
 
+/// `dir/<segment_seq as 16 hex digits>.spare`: a checkpointed segment kept for reuse, named
+/// after the segment it was.
+pub(crate) fn spare_path(dir: &Path, segment_seq: u64) -> PathBuf {
+    dir.join(format!("{segment_seq:016x}.{SPARE_EXTENSION}"))
+}
+
 /// The segment sequence number encoded in a segment file's name, or `None` for any other file.
 pub(crate) fn parse_segment_name(path: &Path) -> Option<u64> {
+    parse_name(path, SEGMENT_EXTENSION)
+}
+
+/// The number in a spare file's name, or `None` for any other file.
+pub(crate) fn parse_spare_name(path: &Path) -> Option<u64> {
+    parse_name(path, SPARE_EXTENSION)
+}
+
+fn parse_name(path: &Path, extension: &str) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    let stem = name.strip_suffix(SEGMENT_EXTENSION)?.strip_suffix('.')?;
+    let stem = name.strip_suffix(extension)?.strip_suffix('.')?;
     if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -47,5 +62,10 @@ mod tests {
             None
         );
         assert_eq!(parse_segment_name(Path::new("/x/LOCK")), None);
+        let spare = spare_path(dir, 0x2a);
+        assert_eq!(spare, Path::new("/x/000000000000002a.spare"));
+        assert_eq!(parse_spare_name(&spare), Some(0x2a));
+        assert_eq!(parse_segment_name(&spare), None);
+        assert_eq!(parse_spare_name(&p), None);
     }
 }

@@ -40,6 +40,9 @@ pub struct WalStats {
     pub bytes: u64,
     /// Segment rotations.
     pub rotations: u64,
+    /// Rotations that reused a spare segment instead of creating a file
+    /// ([`WalOptions::spare_segments`]).
+    pub recycled: u64,
     /// Total time spent in segment fdatasync calls, in microseconds.
     pub sync_micros: u64,
     /// Total time spent writing batches, in microseconds.
@@ -85,7 +88,7 @@ impl Wal {
     ) -> Result<(Wal, Recovery)> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let (log, recovery) = recover(&fs, &dir, options.recovery_mode)?;
+        let (log, recovery) = recover(&fs, &dir, options.recovery_mode, options.spare_segments)?;
         let last_seq = log.next_seq - 1;
         let shared = Arc::new(Shared {
             queue: Queue::new(
@@ -268,6 +271,7 @@ impl Wal {
             records: c.records.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             rotations: c.rotations.load(Ordering::Relaxed),
+            recycled: c.recycled.load(Ordering::Relaxed),
             sync_micros: c.sync_micros.load(Ordering::Relaxed),
             write_micros: c.write_micros.load(Ordering::Relaxed),
             writer_nice: Some(c.writer_nice.load(Ordering::Relaxed))

@@ -9,6 +9,13 @@
 //! While it syncs, new appends pile up in the queue and form the next batch, so the number of
 //! records per fdatasync grows with the number of concurrent appenders.
 //!
+//! Segments: a rotation cuts the old segment to the end of its last record (it may be a
+//! recycled file with older bytes after that), syncs it, then starts the new segment in a
+//! spare file if there is one (header overwritten and synced, then renamed into place and the
+//! directory synced) or in a new file. `truncate_through` renames obsolete segments to spares
+//! while fewer than `spare_segments` exist and deletes the rest. A clean shutdown cuts the
+//! active segment to its last record too.
+//!
 //! Failure policy:
 //! - fsync/fdatasync failure, or a write failure other than ENOSPC, or failing to undo a
 //!   partial write: the log is *poisoned*. Every pending and later append fails; nothing is
@@ -32,7 +39,7 @@ use crate::fs::{write_all_at, Fs, FsFile};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::queue::{Item, Queue, Take};
 use crate::recovery::RecoveredLog;
-use crate::segment::{segment_path, SegmentInfo};
+use crate::segment::{segment_path, spare_path, SegmentInfo};
 
 /// Capacity, in batches, of the channel from the writer to the completion thread. Two or three
 /// batches in flight are enough to overlap completing one batch with syncing the next; a
@@ -71,6 +78,7 @@ pub(crate) struct Counters {
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub rotations: AtomicU64,
+    pub recycled: AtomicU64,
     pub sync_micros: AtomicU64,
     pub write_micros: AtomicU64,
     /// The niceness the writer thread set for itself, or [`NICE_UNCHANGED`].
@@ -88,6 +96,7 @@ impl Default for Counters {
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
+            recycled: AtomicU64::new(0),
             sync_micros: AtomicU64::new(0),
             write_micros: AtomicU64::new(0),
             writer_nice: AtomicI32::new(NICE_UNCHANGED),
@@ -141,6 +150,8 @@ pub(crate) struct Writer {
     segments: Vec<SegmentInfo>,
     /// Number for the next segment file.
     next_segment_seq: u64,
+    /// Spare files to start new segments in (see [`WalOptions::spare_segments`]).
+    spares: Vec<PathBuf>,
     durable_seq: u64,
     written_seq: u64,
     /// Under `IntervalMs`, when the written-but-unsynced records must be synced.
@@ -194,6 +205,35 @@ pub(crate) fn create_segment(
     }
 }
 
+/// Starts segment `segment_seq` in the spare file `spare`: overwrites its first bytes with
+/// the header and syncs them while it is still named a spare (so a crash before the rename
+/// leaves an unused spare, never a segment with a stale header), then renames it into place
+/// and syncs the directory. The bytes after the header are the old segment's, which can never
+/// verify as records of this one. Errors carry the failed operation.
+fn reuse_spare(
+    fs: &dyn Fs,
+    dir: &Path,
+    spare: &Path,
+    path: &Path,
+    segment_seq: u64,
+    first_seq: u64,
+) -> Result<Box<dyn FsFile>, (&'static str, std::io::Error)> {
+    let mut file = fs.open(spare).map_err(|e| ("open spare", e))?;
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    format::encode_segment_header(
+        SegmentHeader {
+            segment_seq,
+            first_seq,
+        },
+        &mut header,
+    );
+    write_all_at(file.as_mut(), &header, 0).map_err(|e| ("write", e))?;
+    file.sync_data().map_err(|e| ("fdatasync", e))?;
+    fs.rename(spare, path).map_err(|e| ("rename", e))?;
+    fs.sync_dir(dir).map_err(|e| ("fsync directory", e))?;
+    Ok(file)
+}
+
 impl Writer {
     /// A writer continuing the log recovery found. `None` only if recovery produced no
     /// segment, which it never does.
@@ -214,6 +254,7 @@ impl Writer {
             },
             segments: log.segments,
             next_segment_seq: log.next_segment_seq,
+            spares: log.spares,
             durable_seq: last_seq,
             written_seq: last_seq,
             sync_deadline: None,
@@ -255,6 +296,16 @@ impl Writer {
             self.set_priority(nice);
         }
         let mut items = VecDeque::new();
+        // A restart leaves the active segment cut to its last record, so it grows by
+        // extending; move to a spare at once if there is one. Recovery synced the old one.
+        if !self.spares.is_empty() {
+            if let Err(Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err)) =
+                self.rotate(self.written_seq + 1)
+            {
+                self.poison(err, &mut items);
+                return;
+            }
+        }
         loop {
             let max_records = self.options().max_batch_records;
             let max_bytes = self.options().max_batch_bytes;
@@ -300,13 +351,16 @@ impl Writer {
                 Take::Closed => {
                     // Clean shutdown: write what is buffered and make everything durable,
                     // whatever the policy.
-                    if !self.buf.is_empty() || self.durable_seq < self.written_seq {
-                        if let Err(
-                            Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
-                        ) = self.commit(true)
-                        {
-                            self.poison(err, &mut items);
-                        }
+                    let result = if !self.buf.is_empty() || self.durable_seq < self.written_seq {
+                        self.commit(true)
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(
+                        Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
+                    ) = result.and_then(|()| self.cut_active())
+                    {
+                        self.poison(err, &mut items);
                     }
                     return;
                 }
@@ -598,21 +652,58 @@ impl Writer {
         self.shared.durable_seq.store(seq, Ordering::Release);
     }
 
+    /// Cuts the active segment's file to the end of its last record, durably, if it is longer
+    /// (a recycled segment holds older bytes after it). Sealed segments and a cleanly closed
+    /// log end exactly at their last record.
+    fn cut_active(&mut self) -> Result<(), Failure> {
+        let path = &self.active.info.path;
+        let file_len = self
+            .active
+            .file
+            .len()
+            .map_err(|e| Failure::Poison(Error::poisoned("stat", path, e)))?;
+        if file_len <= self.active.len {
+            return Ok(());
+        }
+        self.active
+            .file
+            .set_len(self.active.len)
+            .map_err(|e| ("truncate", e))
+            .and_then(|()| self.active.file.sync_data().map_err(|e| ("fdatasync", e)))
+            .map_err(|(op, e)| Failure::Poison(Error::poisoned(op, path, e)))?;
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Starts a new segment whose first record will be `first_seq`. The caller has synced the
-    /// old one (sealing it: recovery treats any damage in a non-newest segment as corruption).
+    /// old one (sealing it: recovery treats any damage in a non-newest segment as corruption);
+    /// this cuts it to its last record first.
     fn rotate(&mut self, first_seq: u64) -> Result<(), Failure> {
+        self.cut_active()?;
         let segment_seq = self.next_segment_seq.max(self.active.info.segment_seq + 1);
         let path = segment_path(&self.shared.dir, segment_seq);
         let fs = self.shared.fs.as_ref();
-        let file = create_segment(fs, &self.shared.dir, &path, segment_seq, first_seq).map_err(
-            |(op, e)| {
-                if is_no_space(&e) && (op == "create" || op == "write") {
-                    Failure::NoSpace(Error::NoSpace { path: path.clone() })
-                } else {
-                    Failure::Poison(Error::poisoned(op, &path, e))
+        let dir = &self.shared.dir;
+        let created = match self.spares.pop() {
+            Some(spare) => {
+                let reused = reuse_spare(fs, dir, &spare, &path, segment_seq, first_seq);
+                if reused.is_ok() {
+                    self.shared
+                        .counters
+                        .recycled
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-            },
-        )?;
+                reused
+            }
+            None => create_segment(fs, dir, &path, segment_seq, first_seq),
+        };
+        let file = created.map_err(|(op, e)| {
+            if is_no_space(&e) && (op == "create" || op == "write") {
+                Failure::NoSpace(Error::NoSpace { path: path.clone() })
+            } else {
+                Failure::Poison(Error::poisoned(op, &path, e))
+            }
+        })?;
         let info = SegmentInfo {
             segment_seq,
             first_seq,
@@ -635,7 +726,8 @@ impl Writer {
     }
 
     /// Deletes the segments whose records are all `<= through`, never the active one, oldest
-    /// first (so a crash part-way leaves a contiguous log), then fsyncs the directory.
+    /// first (so a crash part-way leaves a contiguous log), then fsyncs the directory. While
+    /// fewer than `spare_segments` spares exist, a segment is renamed to a spare instead.
     fn truncate_through(&mut self, through: u64) -> Result<u64, Failure> {
         let mut removable = 0;
         while removable + 1 < self.segments.len()
@@ -646,8 +738,21 @@ impl Writer {
         let mut removed = 0;
         let mut unlink_error = None;
         for info in &self.segments[..removable] {
-            if let Err(e) = self.shared.fs.remove_file(&info.path) {
-                unlink_error = Some(Error::io("remove", &info.path, e));
+            let result = if self.spares.len() < self.shared.options.spare_segments {
+                let spare = spare_path(&self.shared.dir, info.segment_seq);
+                self.shared
+                    .fs
+                    .rename(&info.path, &spare)
+                    .map(|()| self.spares.push(spare))
+                    .map_err(|e| Error::io("rename", &info.path, e))
+            } else {
+                self.shared
+                    .fs
+                    .remove_file(&info.path)
+                    .map_err(|e| Error::io("remove", &info.path, e))
+            };
+            if let Err(err) = result {
+                unlink_error = Some(err);
                 break;
             }
             removed += 1;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -92,17 +92,129 @@ fn rotation_and_truncation_keep_the_log_contiguous() {
         assert_eq!(wal.segment_paths().len(), 1);
         wal.close().unwrap();
 
-        let on_disk = fs.list_files(&dir).unwrap();
-        assert_eq!(on_disk.len(), 1);
+        let (segments, spares) = files_by_kind(&fs, &dir);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(spares.len(), small_segments().spare_segments);
         let (wal, recovery) = Wal::open_with_fs(fs, &dir, small_segments()).unwrap();
         assert_eq!(recovery.last_seq, 200);
         assert!(recovery.first_seq <= 201);
         let h = wal.append(1, payload_for(201)).unwrap();
         assert_eq!(h.seq, 201);
         h.durable.wait().unwrap();
+        // The restart moved on to a spare before its first append.
+        assert_eq!(wal.stats().recycled, 1);
         let tail = read_all(&wal, recovery.first_seq);
         assert_eq!(tail.last().map(|r| r.seq), Some(201));
     });
+}
+
+/// Segment files (`*.wal`) and spare files (`*.spare`) in `dir`, each sorted.
+fn files_by_kind(fs: &Arc<dyn Fs>, dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut files = fs.list_files(dir).unwrap();
+    files.sort();
+    let (segments, rest): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|p| p.extension() == Some("wal".as_ref()));
+    let spares: Vec<_> = rest
+        .into_iter()
+        .filter(|p| p.extension() == Some("spare".as_ref()))
+        .collect();
+    (segments, spares)
+}
+
+#[test]
+fn checkpointed_segments_are_recycled_and_their_old_bytes_never_read() {
+    on_both("recycle", |fs, dir| {
+        let options = small_segments();
+        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, options.clone()).unwrap();
+        let mut next = 1u64;
+        for _ in 0..20 {
+            for _ in 0..30 {
+                let appended = wal.append((next % 5) as u8, payload_for(next)).unwrap();
+                assert_eq!(appended.seq, next);
+                appended.durable.wait().unwrap();
+                next += 1;
+            }
+            // A checkpoint that keeps the last 10 records in the log.
+            wal.truncate_through(next - 11).unwrap();
+            let (_, spares) = files_by_kind(&fs, &dir);
+            assert!(spares.len() <= options.spare_segments, "{spares:?}");
+        }
+        let stats = wal.stats();
+        assert!(
+            stats.recycled > 5 && stats.recycled < stats.rotations,
+            "{stats:?}"
+        );
+        let first = wal.first_seq();
+        let records = read_all(&wal, first);
+        assert_eq!(records.len() as u64, next - first);
+        for (r, seq) in records.iter().zip(first..) {
+            assert_eq!(r.seq, seq);
+            assert_eq!(check_payload(&r.payload), Some(seq));
+        }
+        wal.close().unwrap();
+
+        // A clean close cut the active segment to its last record: nothing to repair, and
+        // strict mode (which refuses any bad byte) accepts it.
+        let strict = WalOptions {
+            recovery_mode: RecoveryMode::Strict,
+            ..options.clone()
+        };
+        let (wal, recovery) = Wal::open_with_fs(fs.clone(), &dir, strict).unwrap();
+        assert_eq!(recovery.torn_tail, None);
+        assert_eq!((recovery.first_seq, recovery.last_seq), (first, next - 1));
+        let reread = read_all(&wal, first);
+        assert_eq!(reread.len(), records.len());
+        wal.close().unwrap();
+
+        // Fewer spares wanted: the surplus is deleted on open.
+        let fewer = WalOptions {
+            spare_segments: 0,
+            ..options
+        };
+        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, fewer).unwrap();
+        assert!(files_by_kind(&fs, &dir).1.is_empty());
+        wal.close().unwrap();
+    });
+}
+
+#[test]
+fn a_crash_in_a_recycled_segment_cuts_off_its_old_bytes() {
+    let fs = MemFs::new();
+    let options = small_segments();
+    let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
+    let mut next = 1u64;
+    while wal.stats().recycled == 0 {
+        wal.append(0, payload_for(next))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+        wal.truncate_through(next.saturating_sub(5)).unwrap();
+        next += 1;
+    }
+    // One more record, in the recycled segment, then a power loss.
+    wal.append(0, payload_for(next))
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+    let active = wal.segment_paths().last().cloned().unwrap();
+    fs.crash(keelmq_wal::fs::CrashMode::DropUnsynced, 7);
+    drop(wal);
+    let stale_len = fs.read_file(&active).unwrap().len() as u64;
+
+    let (wal, recovery) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options).unwrap();
+    assert_eq!(recovery.last_seq, next);
+    let torn = recovery.torn_tail.expect("the old bytes are reported");
+    assert_eq!(torn.segment, active);
+    assert_eq!(torn.offset + torn.bytes_dropped, stale_len);
+    let records = read_all(&wal, recovery.first_seq);
+    assert_eq!(records.last().map(|r| r.seq), Some(next));
+    assert!(records
+        .iter()
+        .all(|r| check_payload(&r.payload) == Some(r.seq)));
+    wal.close().unwrap();
 }
 
 #[test]

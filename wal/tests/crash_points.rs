@@ -142,6 +142,18 @@ fn crash_at_every_write_and_fsync_boundary() {
         rec.acks.len() > 100 && rec.trace.len() > 200,
         "trace too small to mean much"
     );
+    // The trace must cover recycling: a checkpointed segment renamed to a spare, and a
+    // rotation that renames a spare into place.
+    let renames_to = |ext: &str| {
+        rec.trace.iter().any(|op| {
+            matches!(op, keelmq_wal::fs::TraceOp::Rename { to, .. }
+                if to.extension() == Some(ext.as_ref()))
+        })
+    };
+    assert!(
+        renames_to("spare") && renames_to("wal"),
+        "the trace never recycles a segment"
+    );
     eprintln!(
         "trace of {} operations, {} fs ops",
         operations,

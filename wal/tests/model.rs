@@ -275,6 +275,7 @@ fn run_case(seed: u64) {
             _ => SyncPolicy::IntervalMs(1 + rng.below(5)),
         },
         max_batch_records: 1 + rng.below(16) as usize,
+        spare_segments: rng.below(4) as usize,
         ..WalOptions::default()
     };
     let fs = MemFs::new();

@@ -3,7 +3,8 @@
 //! It models what a power loss can do to a POSIX file system, per file and per directory:
 //! - every file keeps the contents it had at its last `sync_data` (the *durable* image) plus
 //!   the ordered list of writes and `set_len`s made since (the *pending* operations);
-//! - creations and removals are durable only after `sync_dir` on their directory;
+//! - creations, removals and renames are durable only after `sync_dir` on their directory
+//!   (a crash keeps each rename whole: the file has its old name or its new one);
 //! - [`MemFs::crash`] throws away what was not durable according to a [`CrashMode`], and makes
 //!   every open handle fail from then on (the process that held it is gone).
 //!
@@ -72,6 +73,13 @@ pub enum TraceOp {
     SyncDir(PathBuf),
     /// A file was removed.
     Remove(PathBuf),
+    /// A file was renamed.
+    Rename {
+        /// Old name.
+        from: PathBuf,
+        /// New name.
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +99,31 @@ struct Inode {
 enum DirOp {
     Create(PathBuf, u64),
     Remove(PathBuf),
+    Rename(PathBuf, PathBuf, u64),
+}
+
+impl DirOp {
+    /// The directory whose sync makes this operation durable.
+    fn dir(&self) -> PathBuf {
+        match self {
+            DirOp::Create(p, _) | DirOp::Remove(p) | DirOp::Rename(_, p, _) => parent(p),
+        }
+    }
+
+    fn apply(&self, entries: &mut BTreeMap<PathBuf, u64>) {
+        match self {
+            DirOp::Create(path, ino) => {
+                entries.insert(path.clone(), *ino);
+            }
+            DirOp::Remove(path) => {
+                entries.remove(path);
+            }
+            DirOp::Rename(from, to, ino) => {
+                entries.remove(from);
+                entries.insert(to.clone(), *ino);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,6 +197,18 @@ fn apply_write(data: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
 }
 
 impl State {
+    /// The file's current name (it may have been renamed since the handle was opened), for
+    /// the trace; `opened_as` if it has none left.
+    fn name_of(&self, ino: u64, opened_as: &Path) -> PathBuf {
+        if self.entries.get(opened_as) == Some(&ino) {
+            return opened_as.to_path_buf();
+        }
+        self.entries
+            .iter()
+            .find(|(_, i)| **i == ino)
+            .map_or_else(|| opened_as.to_path_buf(), |(p, _)| p.clone())
+    }
+
     fn record(&mut self, op: TraceOp) {
         if let Some(trace) = &mut self.trace {
             trace.push(op);
@@ -195,14 +240,7 @@ impl State {
         if mode == CrashMode::KeepRandomPart {
             let keep = rng.below(self.pending_dir_ops.len() as u64 + 1) as usize;
             for op in &self.pending_dir_ops[..keep] {
-                match op {
-                    DirOp::Create(path, ino) => {
-                        entries.insert(path.clone(), *ino);
-                    }
-                    DirOp::Remove(path) => {
-                        entries.remove(path);
-                    }
-                }
+                op.apply(&mut entries);
             }
         }
         for inode in self.inodes.values_mut() {
@@ -428,6 +466,7 @@ impl MemFs {
             TraceOp::SyncFile(path) => self.open(path)?.sync_data(),
             TraceOp::SyncDir(dir) => self.sync_dir(dir),
             TraceOp::Remove(path) => self.remove_file(path),
+            TraceOp::Rename { from, to } => self.rename(from, to),
         }
     }
 }
@@ -506,6 +545,32 @@ impl Fs for MemFs {
         Ok(())
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if parent(from) != parent(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "MemFs: rename across directories",
+            ));
+        }
+        if state.entries.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "MemFs: rename target exists",
+            ));
+        }
+        let ino = state.entries.remove(from).ok_or_else(|| not_found(from))?;
+        state.entries.insert(to.to_path_buf(), ino);
+        state
+            .pending_dir_ops
+            .push(DirOp::Rename(from.to_path_buf(), to.to_path_buf(), ino));
+        state.record(TraceOp::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
+        Ok(())
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
         if !state.dirs.contains(dir) {
@@ -515,21 +580,11 @@ impl Fs for MemFs {
         let ops = std::mem::take(&mut state.pending_dir_ops);
         let mut rest = Vec::new();
         for op in ops {
-            let path = match &op {
-                DirOp::Create(p, _) | DirOp::Remove(p) => p.clone(),
-            };
-            if path.parent() != Some(dir) {
+            if op.dir() != dir {
                 rest.push(op);
                 continue;
             }
-            match op {
-                DirOp::Create(p, ino) => {
-                    state.durable_entries.insert(p, ino);
-                }
-                DirOp::Remove(p) => {
-                    state.durable_entries.remove(&p);
-                }
-            }
+            op.apply(&mut state.durable_entries);
         }
         state.pending_dir_ops = rest;
         state.record(TraceOp::SyncDir(dir.to_path_buf()));
@@ -594,8 +649,9 @@ impl FsFile for MemFile {
             offset,
             bytes: bytes.clone(),
         });
+        let path = state.name_of(self.ino, &self.path);
         state.record(TraceOp::Write {
-            path: self.path.clone(),
+            path,
             offset,
             bytes,
         });
@@ -615,8 +671,9 @@ impl FsFile for MemFile {
         let inode = state.inodes.entry(self.ino).or_default();
         inode.data.resize(len as usize, 0);
         inode.pending.push(PendingOp::SetLen(len));
+        let path = state.name_of(self.ino, &self.path);
         state.record(TraceOp::SetLen {
-            path: self.path.clone(),
+            path,
             len,
         });
         Ok(())
@@ -628,7 +685,8 @@ impl FsFile for MemFile {
         let inode = state.inodes.entry(self.ino).or_default();
         inode.durable = inode.data.clone();
         inode.pending.clear();
-        state.record(TraceOp::SyncFile(self.path.clone()));
+        let path = state.name_of(self.ino, &self.path);
+        state.record(TraceOp::SyncFile(path));
         Ok(())
     }
 }
@@ -675,6 +733,41 @@ mod tests {
         fs.sync_dir(&dir()).unwrap();
         fs.crash(CrashMode::DropUnsynced, 3);
         assert!(fs.read_file(&a).is_err());
+    }
+
+    #[test]
+    fn a_rename_is_atomic_and_durable_only_after_a_directory_sync() {
+        let (a, b) = (dir().join("a"), dir().join("b"));
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepRandomPart,
+            CrashMode::TearLastWrite,
+        ] {
+            for seed in 0..20 {
+                let fs = MemFs::new();
+                fs.write_file_durable(&a, b"data");
+                fs.rename(&a, &b).unwrap();
+                assert!(fs.read_file(&a).is_err());
+                assert!(fs.rename(&b, &b).is_err(), "the target exists");
+                fs.crash(mode, seed);
+                let names: Vec<_> = [&a, &b]
+                    .into_iter()
+                    .filter(|p| fs.read_file(p).is_ok())
+                    .collect();
+                assert_eq!(names.len(), 1, "{mode:?}/{seed}: one name, not {names:?}");
+                assert_eq!(fs.read_file(names[0]).unwrap(), b"data");
+                if mode != CrashMode::KeepRandomPart {
+                    assert_eq!(names[0], &a, "{mode:?}: unsynced rename survived");
+                }
+            }
+        }
+        let fs = MemFs::new();
+        fs.write_file_durable(&a, b"data");
+        fs.rename(&a, &b).unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(fs.read_file(&a).is_err());
+        assert_eq!(fs.read_file(&b).unwrap(), b"data");
     }
 
     #[test]

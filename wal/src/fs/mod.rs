@@ -3,8 +3,8 @@
 //! Everything the log does to the disk goes through [`Fs`] and [`FsFile`], so tests can swap
 //! the real file system ([`StdFs`]) for [`MemFs`], which remembers what has been synced and can
 //! simulate a crash, fsync failures, a full disk and bit flips. The interface is the minimum the
-//! log needs: positional reads and writes, `set_len`, `fdatasync`, create/list/remove and a
-//! directory fsync.
+//! log needs: positional reads and writes, `set_len`, `fdatasync`, create/list/remove/rename and
+//! a directory fsync.
 
 mod mem;
 mod std_fs;
@@ -27,6 +27,10 @@ pub trait Fs: Send + Sync + 'static {
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Removes a file. The removal is durable only after [`Fs::sync_dir`] on its directory.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` (both in the same directory; `to` must not exist), atomically:
+    /// after a crash the file has one name or the other, never both or neither. The new
+    /// name is durable only after [`Fs::sync_dir`] on the directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (files created or removed in it) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
