@@ -5,7 +5,17 @@
 //!    outstanding and issues the next as soon as the previous one is durable (closed loop);
 //! 2. the physical limit on the same disk, in the same run: a plain loop of one `pwrite` of
 //!    N frame-sized records + one `fdatasync`, with N = the records per fdatasync the WAL
-//!    achieved.
+//!    achieved, appending to a new file (`raw_records_per_s`, `wal_to_raw_ratio`);
+//! 3. the same loop writing over a file that already has its blocks, as the WAL does in a
+//!    recycled segment (`raw_overwrite_records_per_s`, `wal_to_overwrite_ratio`): the
+//!    like-for-like limit.
+//!
+//! The WAL is measured in the state a running broker's log is in: one log per configuration,
+//! kept open across its rounds, warmed up until a rotation has reused a checkpointed segment
+//! (`WalOptions::spare_segments`), with a checkpointer thread that calls `truncate_through`
+//! once a rotation has happened, as the broker's size-triggered checkpoint does. A fresh
+//! log's first segments are new files that grow by extending, which costs each fdatasync a
+//! metadata commit; that is what loop 2 measures and loop 3 does not.
 //!
 //! Appenders are driven the way the broker drives the WAL: `--mode callback` (the default)
 //! registers `Durable::on_complete` callbacks that hand the appender back to a small pool of
@@ -14,9 +24,9 @@
 //!
 //! Each configuration runs `--rounds` (5) alternating rounds of `--secs` (2) seconds per
 //! side; rates are averaged over the rounds, latency percentiles are the median round's.
-//! `wal_to_raw_ratio` is the median of the per-round ratios (each WAL round against the raw
-//! round right after it), which a burst of load from elsewhere on a shared machine moves
-//! less than a ratio of averages; `round_ratios` lists them all.
+//! Each ratio is the median of the per-round ratios (each WAL round against the raw rounds
+//! right after it), which a burst of load from elsewhere on a shared machine moves less than
+//! a ratio of averages; `round_ratios` and `overwrite_round_ratios` list them all.
 //!
 //! The raw loop runs on a thread with the niceness the WAL's writer thread got
 //! (`writer_nice`, see `WalOptions::writer_nice`), so both sides run at the same priority.
@@ -89,6 +99,8 @@ fn parse_args() -> Config {
 
 struct WalResult {
     writer_nice: Option<i32>,
+    rotations: u64,
+    recycled: u64,
     records_per_s: f64,
     fsyncs_per_s: f64,
     records_per_fsync: f64,
@@ -104,16 +116,47 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
     u64::from(sorted[i])
 }
 
-fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalResult {
+/// Opens a fresh log in `dir` (default options, `SyncPolicy::Always`) and warms it up: bursts
+/// of appends, each followed by a checkpoint of everything durable, until a rotation has
+/// reused a spare, so that the active segment is a recycled one and every later rotation
+/// finds a spare.
+fn open_warm(dir: &Path) -> Arc<Wal> {
     let _ = std::fs::remove_dir_all(dir);
     let options = WalOptions {
         sync_policy: SyncPolicy::Always,
         ..WalOptions::default()
     };
     let (wal, _) = Wal::open(dir, options).expect("open wal");
-    let wal = Arc::new(wal);
+    let payload = vec![0x5Au8; RECORD_BYTES];
+    while wal.stats().recycled == 0 {
+        let burst: Vec<_> = (0..4096)
+            .map(|_| wal.append(0, payload.as_slice()).unwrap())
+            .collect();
+        for appended in burst {
+            appended.durable.wait().unwrap();
+        }
+        wal.truncate_through(wal.durable_seq()).unwrap();
+    }
+    Arc::new(wal)
+}
+
+/// While the log has more than one segment, checkpoints everything durable, so obsolete
+/// segments become spares; polls every 20 ms until `stop`.
+fn spawn_checkpointer(wal: Arc<Wal>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if wal.segment_paths().len() > 1 {
+                wal.truncate_through(wal.durable_seq()).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+fn run_wal(wal: &Arc<Wal>, appenders: usize, secs: f64, threads_mode: bool) -> WalResult {
     let payload = vec![0x5Au8; RECORD_BYTES];
     let stop = Arc::new(AtomicBool::new(false));
+    let checkpointer = spawn_checkpointer(Arc::clone(wal), Arc::clone(&stop));
     let completed = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::with_capacity(1 << 20)));
     let before = wal.stats();
@@ -123,7 +166,7 @@ fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalRe
         let handles: Vec<_> = (0..appenders)
             .map(|_| {
                 let (wal, stop, completed, payload) = (
-                    Arc::clone(&wal),
+                    Arc::clone(wal),
                     Arc::clone(&stop),
                     Arc::clone(&completed),
                     payload.clone(),
@@ -153,6 +196,7 @@ fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalRe
         for h in handles {
             all.extend(h.join().unwrap());
         }
+        checkpointer.join().unwrap();
         return summarize(elapsed_records, after, before, elapsed, &mut all);
     }
 
@@ -168,7 +212,7 @@ fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalRe
     let drivers: Vec<_> = (0..driver_threads.min(appenders))
         .map(|_| {
             let (wal, stop, ready, completed, latencies, payload) = (
-                Arc::clone(&wal),
+                Arc::clone(wal),
                 Arc::clone(&stop),
                 Arc::clone(&ready),
                 Arc::clone(&completed),
@@ -227,6 +271,9 @@ fn run_wal(dir: &Path, appenders: usize, secs: f64, threads_mode: bool) -> WalRe
     for d in drivers {
         d.join().unwrap();
     }
+    checkpointer.join().unwrap();
+    // Let the last callbacks finish before the next round starts from the same log.
+    wal.sync().unwrap();
     let mut all = latencies.lock().unwrap();
     summarize(elapsed_records, after, before, elapsed, &mut all)
 }
@@ -251,6 +298,8 @@ fn summarize(
     let batches = (after.batches - before.batches).max(1) as f64;
     WalResult {
         writer_nice: after.writer_nice,
+        rotations: after.rotations - before.rotations,
+        recycled: after.recycled - before.recycled,
         records_per_s: records as f64 / elapsed,
         fsyncs_per_s: fsyncs / elapsed,
         records_per_fsync: (after.records - before.records) as f64 / batches,
@@ -259,38 +308,79 @@ fn summarize(
     }
 }
 
+/// Where the raw loop writes.
+#[derive(Clone)]
+enum RawTarget {
+    /// A new file in this directory, grown by every write (then removed).
+    Append(PathBuf),
+    /// This existing, fully written file, from its start; back to the start at its end.
+    Overwrite(PathBuf),
+}
+
 /// The physical limit: one pwrite of `records` frame-sized records, one fdatasync, repeat;
 /// on its own thread at niceness `nice` (the WAL writer's).
-fn run_raw(dir: &Path, records: usize, secs: f64, nice: Option<i32>) -> (f64, f64) {
-    let dir = dir.to_path_buf();
+fn run_raw(target: &RawTarget, records: usize, secs: f64, nice: Option<i32>) -> (f64, f64) {
+    let target = target.clone();
     std::thread::spawn(move || {
         if let Some(nice) = nice {
             rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
                 .expect("the WAL writer got this priority, so the raw loop can too");
         }
-        raw_loop(&dir, records, secs)
+        raw_loop(&target, records, secs)
     })
     .join()
     .unwrap()
 }
 
-fn raw_loop(dir: &Path, records: usize, secs: f64) -> (f64, f64) {
+/// A file of `len` bytes whose blocks are all written and synced, for the overwrite loop.
+fn prepare_overwrite_file(dir: &Path, len: u64) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("raw.bin");
-    let _ = std::fs::remove_file(&path);
+    let path = dir.join("raw-overwrite.bin");
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
-        .read(true)
         .write(true)
         .open(&path)
         .unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < len {
+        file.write_all_at(&chunk, offset).unwrap();
+        offset += chunk.len() as u64;
+    }
+    file.sync_all().unwrap();
+    path
+}
+
+fn raw_loop(target: &RawTarget, records: usize, secs: f64) -> (f64, f64) {
+    let (file, path, wrap_at) = match target {
+        RawTarget::Append(dir) => {
+            std::fs::create_dir_all(dir).unwrap();
+            let path = dir.join("raw.bin");
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            (file, Some(path), u64::MAX)
+        }
+        RawTarget::Overwrite(path) => {
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            let len = file.metadata().unwrap().len();
+            (file, None, len)
+        }
+    };
     let buf = vec![0xA5u8; records * frame_len(RECORD_BYTES)];
     let mut offset = 0u64;
     let mut syncs = 0u64;
     let start = Instant::now();
     let deadline = Duration::from_secs_f64(secs);
     while start.elapsed() < deadline {
+        if offset + buf.len() as u64 > wrap_at {
+            offset = 0;
+        }
         file.write_all_at(&buf, offset).unwrap();
         file.sync_data().unwrap();
         offset += buf.len() as u64;
@@ -298,36 +388,64 @@ fn raw_loop(dir: &Path, records: usize, secs: f64) -> (f64, f64) {
     }
     let elapsed = start.elapsed().as_secs_f64();
     drop(file);
-    let _ = std::fs::remove_file(&path);
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(&path);
+    }
     (
         syncs as f64 * records as f64 / elapsed,
         syncs as f64 / elapsed,
     )
 }
 
+/// The median of `values` (which must not be empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn format_ratios(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn main() {
     let config = parse_args();
     let root = config.dir.clone();
+    let overwrite = RawTarget::Overwrite(prepare_overwrite_file(
+        &root,
+        keelmq_wal::DEFAULT_SEGMENT_SIZE_BYTES,
+    ));
     let mut rows = Vec::new();
     for &n in &config.appenders {
         // Alternate WAL and raw rounds so that load from elsewhere on the machine hits both
         // sides alike; each raw round uses the batch size its WAL round just achieved.
+        let wal_dir = root.join(format!("wal-{n}"));
+        let wal = open_warm(&wal_dir);
         let mut wal_rounds = Vec::new();
-        let mut round_ratios = Vec::new();
-        let (mut raw_records, mut raw_syncs) = (0.0, 0.0);
-        for round in 0..config.rounds.max(1) {
-            let dir = root.join(format!("wal-{n}-{round}"));
-            let wal = run_wal(&dir, n, config.secs, config.threads_mode);
-            let _ = std::fs::remove_dir_all(&dir);
-            let rpf = wal.records_per_fsync.round().max(1.0) as usize;
-            let (records, syncs) = run_raw(&root, rpf, config.secs, wal.writer_nice);
-            round_ratios.push(wal.records_per_s / records);
+        let (mut round_ratios, mut overwrite_ratios) = (Vec::new(), Vec::new());
+        let (mut raw_records, mut raw_syncs, mut overwrite_records) = (0.0, 0.0, 0.0);
+        for _ in 0..config.rounds.max(1) {
+            let result = run_wal(&wal, n, config.secs, config.threads_mode);
+            let rpf = result.records_per_fsync.round().max(1.0) as usize;
+            let append = RawTarget::Append(root.clone());
+            let (records, syncs) = run_raw(&append, rpf, config.secs, result.writer_nice);
+            let (over, _) = run_raw(&overwrite, rpf, config.secs, result.writer_nice);
+            round_ratios.push(result.records_per_s / records);
+            overwrite_ratios.push(result.records_per_s / over);
             raw_records += records;
             raw_syncs += syncs;
-            wal_rounds.push(wal);
+            overwrite_records += over;
+            wal_rounds.push(result);
         }
+        drop(wal);
+        let _ = std::fs::remove_dir_all(&wal_dir);
         let rounds = wal_rounds.len() as f64;
         let (raw_records_per_s, raw_fsyncs_per_s) = (raw_records / rounds, raw_syncs / rounds);
+        let raw_overwrite_records_per_s = overwrite_records / rounds;
         let mean = |f: fn(&WalResult) -> f64| wal_rounds.iter().map(f).sum::<f64>() / rounds;
         let mut p50s: Vec<u64> = wal_rounds.iter().map(|w| w.p50_us).collect();
         let mut p99s: Vec<u64> = wal_rounds.iter().map(|w| w.p99_us).collect();
@@ -335,33 +453,35 @@ fn main() {
         p99s.sort_unstable();
         let wal = WalResult {
             writer_nice: wal_rounds[0].writer_nice,
+            rotations: wal_rounds.iter().map(|w| w.rotations).sum(),
+            recycled: wal_rounds.iter().map(|w| w.recycled).sum(),
             records_per_s: mean(|w| w.records_per_s),
             fsyncs_per_s: mean(|w| w.fsyncs_per_s),
             records_per_fsync: mean(|w| w.records_per_fsync),
             p50_us: p50s[p50s.len() / 2],
             p99_us: p99s[p99s.len() / 2],
         };
-        let mut sorted = round_ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        let ratio = sorted[sorted.len() / 2];
-        let round_ratios = round_ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (ratio, overwrite_ratio) = (median(&round_ratios), median(&overwrite_ratios));
+        let (round_ratios, overwrite_ratios) =
+            (format_ratios(&round_ratios), format_ratios(&overwrite_ratios));
         if !config.json {
             println!(
-                "appenders {n:>4}: wal {:>10.0} rec/s {:>8.0} fsync/s  p50 {:>6} us  p99 {:>6} us  {:>7.1} rec/fsync | raw {:>10.0} rec/s {:>8.0} fsync/s | ratio {:.2}",
+                "appenders {n:>4}: wal {:>10.0} rec/s {:>8.0} fsync/s  p50 {:>6} us  p99 {:>6} us  {:>7.1} rec/fsync | raw {:>10.0} rec/s {:>8.0} fsync/s, overwriting {:>10.0} rec/s | ratio {:.2}, to overwriting {:.2}",
                 wal.records_per_s, wal.fsyncs_per_s, wal.p50_us, wal.p99_us, wal.records_per_fsync,
-                raw_records_per_s, raw_fsyncs_per_s, ratio
+                raw_records_per_s, raw_fsyncs_per_s, raw_overwrite_records_per_s, ratio,
+                overwrite_ratio
             );
         } else {
-            eprintln!("appenders {n}: ratio {ratio:.2} (rounds {round_ratios})");
+            eprintln!(
+                "appenders {n}: ratio {ratio:.2} (rounds {round_ratios}), to overwriting \
+                 {overwrite_ratio:.2} (rounds {overwrite_ratios})"
+            );
         }
         rows.push(format!(
-            "{{\"appenders\": {n}, \"wal_records_per_s\": {:.0}, \"wal_fsyncs_per_s\": {:.0}, \"p50_us\": {}, \"p99_us\": {}, \"raw_records_per_s\": {:.0}, \"records_per_fsync\": {:.2}, \"raw_fsyncs_per_s\": {:.0}, \"wal_to_raw_ratio\": {:.3}, \"round_ratios\": [{round_ratios}], \"writer_nice\": {}}}",
+            "{{\"appenders\": {n}, \"wal_records_per_s\": {:.0}, \"wal_fsyncs_per_s\": {:.0}, \"p50_us\": {}, \"p99_us\": {}, \"raw_records_per_s\": {:.0}, \"records_per_fsync\": {:.2}, \"raw_fsyncs_per_s\": {:.0}, \"wal_to_raw_ratio\": {:.3}, \"round_ratios\": [{round_ratios}], \"raw_overwrite_records_per_s\": {:.0}, \"wal_to_overwrite_ratio\": {:.3}, \"overwrite_round_ratios\": [{overwrite_ratios}], \"rotations\": {}, \"recycled_rotations\": {}, \"writer_nice\": {}}}",
             wal.records_per_s, wal.fsyncs_per_s, wal.p50_us, wal.p99_us, raw_records_per_s,
-            wal.records_per_fsync, raw_fsyncs_per_s, ratio,
+            wal.records_per_fsync, raw_fsyncs_per_s, ratio, raw_overwrite_records_per_s,
+            overwrite_ratio, wal.rotations, wal.recycled,
             wal.writer_nice.map_or("null".to_string(), |n| n.to_string())
         ));
     }
