@@ -62,6 +62,8 @@ class Broker:
         if self.kind == "keelmq":
             cmd = [self.args.keelmq, "serve", "--listen", f"127.0.0.1:{self.port}",
                    "--data-dir", os.path.join(self.dir, "data")]
+            if self.args.keelmq_config:
+                cmd += ["--config", self.args.keelmq_config]
         else:
             conf = os.path.join(self.dir, "mosquitto.conf")
             with open(conf, "w") as f:
@@ -235,6 +237,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keelmq", required=True, help="the keelmq binary (release build)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--keelmq-config", help="a TOML config file for KeelMQ (default: none, "
+                    "its built-in defaults)")
     ap.add_argument("--duration", type=int, default=10, help="seconds of load per scenario")
     ap.add_argument("--idle", type=int, default=10000, help="idle connections (0 to skip)")
     ap.add_argument("--only", default="", help="comma-separated scenario names")

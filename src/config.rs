@@ -56,7 +56,8 @@ pub struct StorageConfig {
     pub sync: SyncMode,
     /// With `sync = "interval"`: the longest time between a write and its fdatasync.
     pub sync_interval_ms: u64,
-    /// WAL segment size; a segment is deleted once a checkpoint covers it.
+    /// WAL segment size; once a checkpoint covers a segment it is deleted or kept as a spare
+    /// for reuse (`keelmq_wal::WalOptions::spare_segments`).
     pub wal_segment_bytes: u64,
     /// Niceness (-20..=19) the WAL writer thread asks for; every acknowledgement waits for it.
     /// Raising priority needs CAP_SYS_NICE or RLIMIT_NICE; without them it keeps its priority
