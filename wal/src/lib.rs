@@ -14,7 +14,8 @@
 //!   fault-injecting in-memory one used by the crash tests (and by the broker's).
 //! - `wal`: [`Wal`], the handle: open and recover, append, truncate, read back, close.
 //! - `queue`: the bounded submission queue (sequence numbers are assigned there).
-//! - `writer`: the group-commit writer thread, rotation, truncation, failure policy.
+//! - `writer`: the group-commit writer thread, rotation, truncation, segment recycling
+//!   through spare files, failure policy.
 //! - `recovery`: verifying segments on open, torn-tail repair, [`Recovery`].
 //! - `reader`: [`WalReader`], the iterator behind [`Wal::read_from`].
 //! - `durable`: [`Durable`], the one-shot completion handle.
