@@ -763,7 +763,11 @@ impl Connection {
                         why: "subscription identifiers are not supported",
                     });
                 }
-                let mut codes = self.broker.subscribe(&self.slot, &s).await?;
+                let mut codes = self
+                    .broker
+                    .subscribe(&self.slot, self.id, &s)
+                    .await?
+                    .ok_or(Close::TakenOver)?;
                 if !self.version.is_v5() {
                     for c in &mut codes {
                         if c.is_error() {
@@ -780,7 +784,11 @@ impl Connection {
                 Ok(())
             }
             Packet::Unsubscribe(u) => {
-                let codes = self.broker.unsubscribe(&self.slot, &u.filters).await?;
+                let codes = self
+                    .broker
+                    .unsubscribe(&self.slot, self.id, &u.filters)
+                    .await?
+                    .ok_or(Close::TakenOver)?;
                 let ack = UnsubAck {
                     packet_id: u.packet_id,
                     properties: AckProperties::default(),

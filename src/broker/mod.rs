@@ -1461,14 +1461,21 @@ impl Broker {
 
     // ------------------------------------------------------------------------ subscriptions
 
-    /// Applies a SUBSCRIBE for a session and returns one reason code per filter, once the
-    /// subscriptions (and the retained deliveries they queue, behind the SUBACK) are durable.
+    /// Applies a SUBSCRIBE from connection `conn` and returns one reason code per filter, once
+    /// the subscriptions (and the retained deliveries they queue, behind the SUBACK) are
+    /// durable. `Ok(None)`, changing nothing, if `conn` no longer owns the session: the gate
+    /// can hold a SUBSCRIBE back (while the retained index loads) for longer than a takeover
+    /// waits for the old connection, and the new owner's session must not get it.
     pub async fn subscribe(
         &self,
         slot: &Arc<SessionSlot>,
+        conn: ConnId,
         sub: &Subscribe,
-    ) -> Result<Vec<ReasonCode>, NotDurable> {
+    ) -> Result<Option<Vec<ReasonCode>>, NotDurable> {
         let _gate = self.shared.retain_gate.write().await;
+        if slot.state.lock().owner != Some(conn) {
+            return Ok(None);
+        }
         let cfg = &self.shared.config;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut records = Vec::new();
@@ -1549,7 +1556,7 @@ impl Broker {
             // Retained copies for a subscriber whose queue is full are not owed to anyone.
             Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
         }
-        Ok(codes)
+        Ok(Some(codes))
     }
 
     fn retained_deliveries(
@@ -1573,14 +1580,22 @@ impl Broker {
         });
     }
 
-    /// Applies an UNSUBSCRIBE; one reason code per filter (0x11 if there was none), once the
-    /// removals are durable.
+    /// Applies an UNSUBSCRIBE from connection `conn`; one reason code per filter (0x11 if there
+    /// was none), once the removals are durable. `Ok(None)`, changing nothing, if `conn` no
+    /// longer owns the session.
     pub async fn unsubscribe(
         &self,
         slot: &Arc<SessionSlot>,
+        conn: ConnId,
         filters: &[String],
-    ) -> Result<Vec<ReasonCode>, NotDurable> {
-        let in_store = slot.state.lock().in_store;
+    ) -> Result<Option<Vec<ReasonCode>>, NotDurable> {
+        let in_store = {
+            let st = slot.state.lock();
+            if st.owner != Some(conn) {
+                return Ok(None);
+            }
+            st.in_store
+        };
         let mut records = Vec::new();
         let codes = filters
             .iter()
@@ -1601,7 +1616,7 @@ impl Broker {
             })
             .collect();
         self.commit(records).await?;
-        Ok(codes)
+        Ok(Some(codes))
     }
 
     // --------------------------------------------------------------- acknowledgement flows
@@ -1862,5 +1877,58 @@ mod tests {
         drop(gate);
         assert!(matches!(retry.await, Ok(Ok(true))));
         assert_eq!(broker.retained_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
+        let broker = Broker::new(Config::default());
+        let connect = Connect {
+            protocol: crate::codec::ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 60,
+            properties: Default::default(),
+            client_id: "c".to_string(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        let client: ClientId = "c".into();
+        let old = broker.next_conn_id();
+        let attached = broker
+            .connect(old, client.clone(), &connect, 3600)
+            .await
+            .unwrap();
+        // As while the retained index loads at start: the SUBSCRIBE waits for the gate.
+        let gate = broker.shared.retain_gate.clone().write_owned().await;
+        let sub = Subscribe {
+            packet_id: 1,
+            properties: Default::default(),
+            filters: vec![("t/#".to_string(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+        };
+        let held = tokio::spawn({
+            let (broker, slot) = (broker.clone(), attached.slot.clone());
+            async move { broker.subscribe(&slot, old, &sub).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "the SUBSCRIBE waits for the gate");
+        // A new connection takes the session over; the old one has stopped waiting for it
+        // (as after the takeover's time limit).
+        drop(attached.alive);
+        let new = broker.next_conn_id();
+        let resumed = broker.connect(new, client, &connect, 3600).await.unwrap();
+        assert!(resumed.session_present);
+        drop(gate);
+        assert!(matches!(held.await, Ok(Ok(None))), "refused to the old connection");
+        assert!(resumed.slot.state.lock().session.subscriptions.is_empty());
+        assert_eq!(broker.subscription_count(), 0);
+        // The owner's own SUBSCRIBE still works.
+        let sub = Subscribe {
+            packet_id: 2,
+            properties: Default::default(),
+            filters: vec![("t/#".to_string(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+        };
+        let codes = broker.subscribe(&resumed.slot, new, &sub).await.unwrap();
+        assert_eq!(codes.map(|c| c.len()), Some(1));
+        assert_eq!(broker.subscription_count(), 1);
     }
 }
