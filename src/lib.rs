@@ -15,14 +15,16 @@
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`]: the TOML configuration with its defaults and validation.
 //! - [`persistence`]: the only code that talks to the WAL and the store: records, the durable
-//!   image (bodies only until checkpointed), commits and pipelined waits that acknowledgements
-//!   wait for, checkpoints, recovery, paging queued bodies back in from the store.
+//!   image (bodies only until checkpointed; wills waiting for their delay), commits and
+//!   pipelined waits that acknowledgements wait for, checkpoints, recovery, paging queued
+//!   bodies back in from the store.
 //! - [`inspect`]: `keelmq inspect`, a read-only verifier of a data directory.
 //! - [`client`]: a minimal MQTT client over the codec; [`verify`]: `keelmq verify`, a
 //!   crash-consistency checker for any broker (SIGKILL and restart, count lost/duplicated).
 //!   [`bench`]: `keelmq bench conn|sub|pub`, a load generator for any broker (rates, latency
 //!   percentiles, lost and duplicated counts).
-//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit.
+//! - `keelmq-wal` (crate in `wal/`): the write-ahead log with group commit and recycled
+//!   segments.
 //! - `keelmq-storage` (crate in `storage/`): the LSM state store (RocksDB) behind a `Store` trait.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.

@@ -73,6 +73,22 @@ fn message(id: u64, topic: &str) -> StoredMessage {
     }
 }
 
+fn will(i: u64) -> StoredWill {
+    StoredWill {
+        topic: format!("gone/{i}"),
+        payload: vec![i as u8; 12],
+        qos: 1,
+        retain: i.is_multiple_of(2),
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(60),
+        content_type: None,
+        response_topic: None,
+        correlation_data: Some(vec![7]),
+        user_properties: vec![("k".into(), "v".into())],
+        due_at_ms: 1_700_000_000_000 + i,
+    }
+}
+
 /// The workload: batches of records as the broker would commit them.
 fn workload() -> Vec<Vec<Record>> {
     let session = |c: &str| {
@@ -117,6 +133,18 @@ fn workload() -> Vec<Vec<Record>> {
                 retain: true,
                 ..message(i, "t/r")
             }));
+        }
+        // Wills waiting for their delay: set, replaced, published (cleared in a publish's
+        // commit); one belongs to a session that is removed later.
+        match i % 7 {
+            0 | 5 => b.push(Record::WillSet {
+                client: if i == 19 { "sub-b" } else { "pub" }.into(),
+                will: will(i),
+            }),
+            3 => b.push(Record::WillClear {
+                client: "pub".into(),
+            }),
+            _ => {}
         }
         batches.push(b);
         // The subscriber works through its queue: PUBREC, then PUBCOMP; the publisher PUBRELs.

@@ -200,3 +200,69 @@ async fn offline_queues_are_paged_in_on_resume_in_order() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waiting_for_its_delay_survives_kill_9() {
+    let dir = common::temp_dir("will");
+    let broker = start(&dir);
+    let persistent = |c: &mut Connect| c.properties.session_expiry_interval = Some(3600);
+    let (mut watch, _) = RawClient::connect(broker.addr, V5, "watcher", true, persistent).await;
+    watch
+        .subscribe(1, "gone/#", SubscriptionOptions::qos(QoS::AtLeastOnce))
+        .await;
+    drop(watch);
+    let with_will = |topic: &'static str| {
+        move |c: &mut Connect| {
+            c.properties.session_expiry_interval = Some(3600);
+            c.will = Some(LastWill {
+                topic: topic.into(),
+                payload: bytes::Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: WillProperties {
+                    will_delay_interval: Some(3),
+                    ..Default::default()
+                },
+            });
+        }
+    };
+    // Both connections close without DISCONNECT, so both wills wait 3 s. "back" returns
+    // after the restart, which cancels its will; "car" does not.
+    let (car, _) = RawClient::connect(broker.addr, V5, "car", true, with_will("gone/car")).await;
+    let (back, _) =
+        RawClient::connect(broker.addr, V5, "back", true, with_will("gone/back")).await;
+    let closed = std::time::Instant::now();
+    drop(car);
+    drop(back);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(broker); // SIGKILL, 2.5 s before the wills are due
+
+    let broker = start(&dir);
+    let (_back, ack) = RawClient::connect(broker.addr, V5, "back", false, persistent).await;
+    assert!(ack.session_present);
+    let (mut watch, ack) = RawClient::connect(broker.addr, V5, "watcher", false, persistent).await;
+    assert!(ack.session_present);
+    let p = watch.next_publish().await;
+    assert_eq!(
+        (&*p.topic, &p.payload[..]),
+        ("gone/car", &b"offline"[..]),
+        "the waiting will survived the kill"
+    );
+    assert!(
+        closed.elapsed() >= Duration::from_millis(2900),
+        "published before its delay ran out: {:?}",
+        closed.elapsed()
+    );
+    watch.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+    // Once only, and none for "back".
+    watch.expect_silence(Duration::from_secs(4)).await;
+    drop(watch);
+    drop(broker);
+
+    // Published is gone for good: another restart publishes nothing again.
+    let broker = start(&dir);
+    let (mut watch, _) = RawClient::connect(broker.addr, V5, "watcher", false, persistent).await;
+    watch.expect_silence(Duration::from_secs(4)).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,7 +41,8 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::persistence::convert::{
-    now_ms, restore_message, restore_message_in, store_message, store_subscription,
+    now_ms, restore_message, restore_message_in, restore_will, store_message, store_subscription,
+    store_will,
 };
 use crate::persistence::records::{Record, SessionRecord};
 use crate::persistence::{self, PendingDurable, Persistence};
@@ -270,7 +271,11 @@ impl Broker {
     /// that every SUBSCRIBE and every RETAIN publish waits until the retained index is whole.
     pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
         let broker = Self::build(config, Some(persistence.clone()));
-        persistence.with_image(|image| broker.restore(image));
+        let wills = persistence.with_image(|image| broker.restore(image));
+        for (slot, token, due_at_ms) in wills {
+            let delay = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
+            broker.schedule_will(slot, token, delay);
+        }
         let gate = broker.shared.retain_gate.clone().try_write_owned();
         let loader = broker.clone();
         let load = move || {
@@ -333,9 +338,12 @@ impl Broker {
     }
 
     /// Rebuilds sessions, subscriptions and queues from the durable image. Queue entries come
-    /// back paged out (their bodies stay in the store until the session resumes).
-    fn restore(&self, image: &persistence::Image) {
+    /// back paged out (their bodies stay in the store until the session resumes). Returns the
+    /// wills that were waiting for their delay, to schedule: (session, will token, due time in
+    /// ms since the Unix epoch).
+    fn restore(&self, image: &persistence::Image) -> Vec<(Arc<SessionSlot>, u64, u64)> {
         let now = Instant::now();
+        let mut wills = Vec::new();
         for (client, si) in &image.sessions {
             let Some(record) = &si.record else { continue };
             let client_id: ClientId = client.as_str().into();
@@ -378,8 +386,8 @@ impl Broker {
                     kick: None,
                     owner_alive: None,
                     will: None,
-                    pending_will: None,
-                    will_token: 0,
+                    pending_will: si.will.as_ref().map(|w| (1, restore_will(w))),
+                    will_token: 1,
                     disconnected_at: Some(disconnected_at),
                     ended: false,
                     in_store: true,
@@ -415,8 +423,12 @@ impl Broker {
             self.shared
                 .queued_bytes_total
                 .fetch_add(queued, Ordering::Relaxed);
+            if let Some(w) = &si.will {
+                wills.push((slot.clone(), 1, w.due_at_ms));
+            }
             self.shared.sessions.lock().insert(client_id, slot);
         }
+        wills
     }
 
     /// Loads the bodies of a resumed session's paged-out deliveries from the store and puts
@@ -724,6 +736,7 @@ impl Broker {
         let mut discarded = false;
         let mut session_record = None;
         let mut wills_to_publish = Vec::new();
+        let mut cancelled_will = false;
         let mut ended_subscriptions = Vec::new();
         let (slot, session_present) = {
             let mut sessions = self.shared.sessions.lock();
@@ -778,13 +791,17 @@ impl Broker {
                 previous_owner = st.owner_alive.replace(alive_rx);
                 // The previous connection's will: cancelled by a resuming connection if it has
                 // a delay [MQTT-3.1.3-9], published now if the session ends or it has none.
+                // A will already waiting for its delay (its connection closed) is cancelled
+                // unless the session ends.
                 st.will_token += 1;
-                let old_will = st.will.take().or(st.pending_will.take().map(|(_, w)| w));
-                if let Some(w) = old_will {
+                let old_will = (st.will.take().map(|w| (w, false)))
+                    .or(st.pending_will.take().map(|(_, w)| (w, true)));
+                if let Some((w, waiting)) = old_will {
                     let delay = w.properties.will_delay_interval.unwrap_or(0);
-                    if fresh || delay == 0 {
+                    if fresh || (!waiting && delay == 0) {
                         wills_to_publish.push((st.session.client_id.clone(), w));
                     }
+                    cancelled_will |= waiting && !fresh;
                 }
                 discarded = fresh;
                 if fresh {
@@ -831,6 +848,10 @@ impl Broker {
         let mut records = Vec::new();
         if was_persistent && (discarded || expiry_interval == 0) {
             records.push(Record::SessionRemove {
+                client: client_id.to_string(),
+            });
+        } else if was_persistent && cancelled_will {
+            records.push(Record::WillClear {
                 client: client_id.to_string(),
             });
         }
@@ -892,6 +913,14 @@ impl Broker {
                     will_now = Some(w);
                 } else {
                     st.will_token += 1;
+                    if was_persistent {
+                        // In the commit of the session record: a restart still publishes it.
+                        let due = now_ms() + u64::from(delay) * 1000;
+                        records.push(Record::WillSet {
+                            client: slot.client_id.to_string(),
+                            will: store_will(&w, due),
+                        });
+                    }
                     st.pending_will = Some((st.will_token, w));
                     delayed = Some((st.will_token, delay));
                 }
@@ -904,21 +933,7 @@ impl Broker {
             self.publish_will(slot.client_id.clone(), w).await;
         }
         if let Some((token, delay)) = delayed {
-            let broker = self.clone();
-            let slot = slot.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                let will = broker.with_slot(&slot, |st| match st.pending_will.take() {
-                    Some((t, w)) if t == token && st.owner.is_none() => Some(w),
-                    other => {
-                        st.pending_will = other;
-                        None
-                    }
-                });
-                if let Some(w) = will {
-                    broker.publish_will(slot.client_id.clone(), w).await;
-                }
-            });
+            self.schedule_will(slot.clone(), token, Duration::from_secs(u64::from(delay)));
         }
         if end_now {
             self.end_session(slot).await;
@@ -990,7 +1005,49 @@ impl Broker {
         }
     }
 
+    /// Publishes the session's waiting will after `delay`, unless a connection resumed the
+    /// session meanwhile (or another will replaced it: `token` no longer matches). For a
+    /// persistent session, its `WillClear` goes into the commit of the will's deliveries, so a
+    /// crash either keeps the will waiting or has published it, never both.
+    fn schedule_will(&self, slot: Arc<SessionSlot>, token: u64, delay: Duration) {
+        let client_id = slot.client_id.clone();
+        let broker = self.clone();
+        let task = async move {
+            tokio::time::sleep(delay).await;
+            let will = broker.with_slot(&slot, |st| match st.pending_will.take() {
+                Some((t, w)) if t == token && st.owner.is_none() => Some((w, st.in_store)),
+                other => {
+                    st.pending_will = other;
+                    None
+                }
+            });
+            if let Some((w, in_store)) = will {
+                let clear = in_store.then(|| Record::WillClear {
+                    client: slot.client_id.to_string(),
+                });
+                broker
+                    .publish_will_with(slot.client_id.clone(), w, clear)
+                    .await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(task);
+            }
+            Err(_) => tracing::error!(
+                client_id = %client_id,
+                "no async runtime to wait for a will's delay on: the will is not published"
+            ),
+        }
+    }
+
     async fn publish_will(&self, client: ClientId, will: LastWill) {
+        self.publish_will_with(client, will, None).await
+    }
+
+    /// Publishes a will, logging `extra` in the same commit as its deliveries (or on its own
+    /// if the will cannot be placed).
+    async fn publish_will_with(&self, client: ClientId, will: LastWill, extra: Option<Record>) {
         let now = Instant::now();
         let p = will.properties;
         let message = Message {
@@ -1013,10 +1070,19 @@ impl Broker {
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(client),
         };
-        let Ok(outcome) = self.publish(Arc::new(message), None, false).await else {
+        let message = Arc::new(message);
+        let outcome = {
+            let _gate = self.retain_gate_for(message.retain).await;
+            let (mut pending, _) = self.prepare(message, None, false);
+            pending.records.extend(extra.clone());
+            self.place_pending(pending).await
+        };
+        let Ok(outcome) = outcome else {
             return;
         };
         if outcome.held.is_some() {
+            // Not placed, so not logged: the will is gone all the same.
+            let _ = self.commit(extra.into_iter().collect()).await;
             // Nobody waits for a will's acknowledgement; a full queue refuses it like any
             // QoS 1/2 message, and this is counted.
             Metrics::add(&self.shared.metrics.queue_full_refusals, 1);

@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::records::{StoredMessage, StoredSubscription};
-use crate::codec::{PublishProperties, QoS, RetainHandling, SubscriptionOptions};
+use super::records::{StoredMessage, StoredSubscription, StoredWill};
+use crate::codec::{
+    LastWill, PublishProperties, QoS, RetainHandling, SubscriptionOptions, WillProperties,
+};
 use crate::session::Message;
 
 pub fn now_ms() -> u64 {
@@ -39,6 +41,43 @@ pub fn ms_to_instant(ms: u64) -> Instant {
     } else {
         now.checked_sub(Duration::from_millis(wall - ms))
             .unwrap_or(now)
+    }
+}
+
+/// A will waiting for its delay, due at `due_at_ms` (ms since the Unix epoch).
+pub fn store_will(w: &LastWill, due_at_ms: u64) -> StoredWill {
+    let p = &w.properties;
+    StoredWill {
+        topic: w.topic.to_string(),
+        payload: w.payload.to_vec(),
+        qos: w.qos as u8,
+        retain: w.retain,
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: p.user_properties.clone(),
+        due_at_ms,
+    }
+}
+
+/// The will of [`store_will`] again (its delay is spent: `due_at_ms` says when it is due).
+pub fn restore_will(s: &StoredWill) -> LastWill {
+    LastWill {
+        topic: s.topic.as_str().into(),
+        payload: Bytes::from(s.payload.clone()),
+        qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtLeastOnce),
+        retain: s.retain,
+        properties: WillProperties {
+            will_delay_interval: None,
+            payload_format_indicator: s.payload_format_indicator,
+            message_expiry_interval: s.message_expiry_interval,
+            content_type: s.content_type.clone(),
+            response_topic: s.response_topic.clone(),
+            correlation_data: s.correlation_data.clone().map(Bytes::from),
+            user_properties: s.user_properties.clone(),
+        },
     }
 }
 

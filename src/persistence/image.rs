@@ -25,6 +25,7 @@
 //! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty |
 //! | retained | topic (UTF-8) | `StoredMessage` |
 //! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
+//! | meta | `will/` ([`WILL_KEY_PREFIX`]) + client id | `StoredWill`: a will waiting for its delay |
 //!
 //! Values are a version byte and postcard (see `records.rs`).
 
@@ -42,6 +43,8 @@ pub struct SessionImage {
     /// Outbound deliveries by packet id.
     pub deliveries: HashMap<u16, StoredDelivery>,
     pub inbound: BTreeSet<u16>,
+    /// The will waiting for its delay since the session's connection closed.
+    pub will: Option<StoredWill>,
     next_order: u64,
 }
 
@@ -62,6 +65,7 @@ enum Key {
     Delivery(String, u16),
     Inbound(String, u16),
     Retained(String),
+    Will(String),
 }
 
 /// The durable state.
@@ -176,6 +180,9 @@ impl Image {
         }
         for pid in &s.inbound {
             self.dirty.insert(Key::Inbound(client.to_string(), *pid));
+        }
+        if s.will.is_some() {
+            self.dirty.insert(Key::Will(client.to_string()));
         }
     }
 
@@ -293,6 +300,19 @@ impl Image {
                 self.dirty.insert(Key::Retained(topic.clone()));
                 self.retained.insert(topic, None);
             }
+            Record::WillSet { client, will } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.will = Some(will);
+                    self.dirty.insert(Key::Will(client));
+                }
+            }
+            Record::WillClear { client } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    if s.will.take().is_some() {
+                        self.dirty.insert(Key::Will(client));
+                    }
+                }
+            }
         }
     }
 
@@ -318,6 +338,9 @@ impl Image {
             }
             for pid in &s.inbound {
                 out.push(format!("inbound {c} {pid}"));
+            }
+            if let Some(w) = &s.will {
+                out.push(format!("will {c} {w:?}"));
             }
         }
         for (id, b) in &self.bodies {
@@ -438,7 +461,9 @@ impl Image {
                 Key::Inbound(c, pid(rest)?)
             }
             Table::Retained => Key::Retained(String::from_utf8(key.to_vec()).ok()?),
-            Table::Meta => return None,
+            Table::Meta => Key::Will(
+                String::from_utf8(key.strip_prefix(WILL_KEY_PREFIX)?.to_vec()).ok()?,
+            ),
         })
     }
 
@@ -494,6 +519,15 @@ impl Image {
                 table: Table::Retained,
                 value: self.retained.get(&t)?.as_ref().map(encode_value),
                 key: t.into_bytes(),
+            },
+            Key::Will(c) => Change {
+                table: Table::Meta,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .and_then(|s| s.will.as_ref())
+                    .map(encode_value),
+                key: [WILL_KEY_PREFIX, c.as_bytes()].concat(),
             },
         })
     }
@@ -605,6 +639,15 @@ impl Image {
             s.inbound.insert(pid);
             Ok(())
         })?;
+        scan(Table::Meta, &mut |k, v| {
+            let Some(client) = k.strip_prefix(WILL_KEY_PREFIX) else {
+                return Ok(()); // max_message_id, applied_seq
+            };
+            let client = std::str::from_utf8(client).map_err(|e| bad(Table::Meta, k, e))?;
+            let will = decode_value::<StoredWill>(v).map_err(|e| bad(Table::Meta, k, e))?;
+            sessions.entry(client.to_string()).or_default().will = Some(will);
+            Ok(())
+        })?;
         if let Some(c) = image
             .sessions
             .iter()
@@ -653,6 +696,8 @@ pub fn visit_retained(
 
 /// Meta key of the largest message id any checkpoint covered (u64 LE).
 pub const MAX_MESSAGE_ID_KEY: &[u8] = b"max_message_id";
+/// Prefix of the `meta` keys that hold waiting wills (the client id follows).
+pub const WILL_KEY_PREFIX: &[u8] = b"will/";
 
 /// A checkpoint entry that does not decode.
 #[derive(Debug, thiserror::Error)]

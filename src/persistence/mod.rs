@@ -347,6 +347,7 @@ impl Persistence {
         }
         // One commit is one WAL record: atomic by the WAL's framing.
         let payload = Record::encode_batch(&records);
+        let version = Record::batch_version(&records);
         if payload.len() > MAX_COMMIT_BYTES {
             return Err(Error::TooLarge(payload.len()));
         }
@@ -356,9 +357,9 @@ impl Persistence {
         }
         let tried = if lazy {
             self.wal
-                .try_append_lazy(records::RECORD_V1, payload.clone())
+                .try_append_lazy(version, payload.clone())
         } else {
-            self.wal.try_append(records::RECORD_V1, payload.clone())
+            self.wal.try_append(version, payload.clone())
         };
         let appended = match tried {
             Ok(a) => a,
@@ -368,9 +369,9 @@ impl Persistence {
                 // order.
                 tokio::task::block_in_place(|| {
                     if lazy {
-                        self.wal.append_lazy(records::RECORD_V1, payload)
+                        self.wal.append_lazy(version, payload)
                     } else {
-                        self.wal.append(records::RECORD_V1, payload)
+                        self.wal.append(version, payload)
                     }
                 })
                 .map_err(|e| self.failed_with(e.into()))?

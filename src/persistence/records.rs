@@ -2,8 +2,8 @@
 //! store.
 //!
 //! # Encoding
-//! A WAL record's type byte is [`RECORD_V1`]: the format version of its payload, which is the
-//! list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
+//! A WAL record's type byte is the format version of its payload ([`RECORD_V1`] or
+//! [`RECORD_V2`]), which is the list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
 //! serde format: varint integers, length-prefixed strings and byte strings, enum variants as
 //! varint indices). One commit is one WAL record, so it is atomic: a crash can never keep the
 //! "packet id awaiting PUBREL" of a message and lose the message's deliveries.
@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 /// WAL record type: a postcard-encoded list of [`Record`]s (one commit), format 1.
 pub const RECORD_V1: u8 = 1;
+/// Format 2: format 1 plus the variants [`Record::WillSet`] and [`Record::WillClear`]. Only a
+/// commit that holds one of them is written as format 2, so a log without pending wills stays
+/// readable by a build that knows only format 1.
+pub const RECORD_V2: u8 = 2;
 /// First byte of every state-store value: format 1.
 pub const VALUE_V1: u8 = 1;
 
@@ -37,6 +41,25 @@ pub struct StoredMessage {
     /// restarts.
     pub expires_at_ms: Option<u64>,
     pub publisher: Option<String>,
+}
+
+/// A will waiting for its Will Delay Interval after its connection closed (§3.1.3.2), kept
+/// so that a restart still publishes it when it is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWill {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload_format_indicator: Option<u8>,
+    /// Counted from publication, as in the CONNECT.
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Vec<u8>>,
+    pub user_properties: Vec<(String, String)>,
+    /// When it is due: ms since the Unix epoch (wall clock, so it holds across a restart).
+    pub due_at_ms: u64,
 }
 
 /// A persistent session's own record.
@@ -127,6 +150,16 @@ pub enum Record {
     RetainDelete {
         topic: String,
     },
+    /// (Format 2.) The session's connection closed and its will waits for its delay.
+    WillSet {
+        client: String,
+        will: StoredWill,
+    },
+    /// (Format 2.) The session's waiting will is gone: published (in the same commit as its
+    /// deliveries) or cancelled by a resuming connection.
+    WillClear {
+        client: String,
+    },
 }
 
 /// A record or value that does not decode.
@@ -147,12 +180,29 @@ impl Record {
         postcard::to_stdvec(records).unwrap_or_default()
     }
 
-    /// Decodes one WAL record: the records of one commit.
+    /// The WAL record type to write `records` under: format 2 if any of them needs it.
+    pub fn batch_version(records: &[Record]) -> u8 {
+        let v2 = records
+            .iter()
+            .any(|r| matches!(r, Record::WillSet { .. } | Record::WillClear { .. }));
+        if v2 {
+            RECORD_V2
+        } else {
+            RECORD_V1
+        }
+    }
+
+    /// Decodes one WAL record: the records of one commit. Format 1 is format 2 without its
+    /// two variants, so one decoder reads both; a format-1 record that holds them is refused.
     pub fn decode_batch(record_type: u8, payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
-        if record_type != RECORD_V1 {
+        if record_type != RECORD_V1 && record_type != RECORD_V2 {
             return Err(DecodeError::Version(record_type));
         }
-        Ok(postcard::from_bytes(payload)?)
+        let records: Vec<Record> = postcard::from_bytes(payload)?;
+        if record_type == RECORD_V1 && Self::batch_version(&records) != RECORD_V1 {
+            return Err(DecodeError::Version(record_type));
+        }
+        Ok(records)
     }
 }
 
@@ -215,14 +265,33 @@ mod tests {
                     expiry_interval: u32::MAX, disconnected_at_ms: Some(1) }),
             ] {
                 let batch = vec![r.clone(), r];
+                prop_assert_eq!(Record::batch_version(&batch), RECORD_V1);
                 prop_assert_eq!(Record::decode_batch(RECORD_V1, &Record::encode_batch(&batch)).unwrap(), batch);
             }
+            let will = StoredWill {
+                topic: m.topic.clone(), payload: m.payload.clone(), qos: m.qos, retain: m.retain,
+                payload_format_indicator: Some(1), message_expiry_interval: Some(30),
+                content_type: m.content_type.clone(), response_topic: Some("r".into()),
+                correlation_data: Some(vec![1, 2]), user_properties: m.user_properties.clone(),
+                due_at_ms: m.expires_at_ms.unwrap_or(0),
+            };
+            let batch = vec![
+                Record::WillSet { client: client.clone(), will },
+                Record::Message(m.clone()),
+                Record::WillClear { client: client.clone() },
+            ];
+            prop_assert_eq!(Record::batch_version(&batch), RECORD_V2);
+            let encoded = Record::encode_batch(&batch);
+            prop_assert_eq!(Record::decode_batch(RECORD_V2, &encoded).unwrap(), batch);
+            prop_assert!(Record::decode_batch(RECORD_V1, &encoded).is_err(), "format 1 has no wills");
             prop_assert_eq!(decode_value::<StoredMessage>(&encode_value(&m)).unwrap(), m);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Record::decode_batch(RECORD_V1, &bytes);
+            let _ = Record::decode_batch(RECORD_V2, &bytes);
+            let _ = decode_value::<StoredWill>(&bytes);
             let _ = decode_value::<StoredMessage>(&bytes);
             let _ = decode_value::<StoredDelivery>(&bytes);
             let _ = decode_value::<SessionRecord>(&bytes);
@@ -232,8 +301,8 @@ mod tests {
     #[test]
     fn versions_are_checked() {
         assert!(matches!(
-            Record::decode_batch(2, &[]),
-            Err(DecodeError::Version(2))
+            Record::decode_batch(3, &[]),
+            Err(DecodeError::Version(3))
         ));
         assert!(matches!(
             decode_value::<SessionRecord>(&[9, 0]),
