@@ -80,7 +80,7 @@ impl Default for StorageConfig {
             sync: SyncMode::Always,
             sync_interval_ms: 10,
             wal_segment_bytes: 64 * 1024 * 1024,
-            wal_writer_nice: keelmq_wal::DEFAULT_WRITER_NICE,
+            wal_writer_nice: DEFAULT_WAL_WRITER_NICE,
             checkpoint_interval_ms: 10_000,
             checkpoint_wal_bytes: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
@@ -238,6 +238,11 @@ pub enum ConfigError {
     },
 }
 
+/// `keelmq_wal::DEFAULT_WRITER_NICE`, spelled out: the configuration is built without the WAL
+/// too (the fuzz targets build the crate without its `broker` feature). A test keeps the two
+/// equal.
+const DEFAULT_WAL_WRITER_NICE: i32 = -10;
+
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -376,6 +381,12 @@ mod tests {
         let c = Config::parse("[storage]\nwal_writer_nice = -25\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("storage.wal_writer_nice"), "{e}");
+    }
+
+    #[cfg(feature = "broker")]
+    #[test]
+    fn the_wal_writer_niceness_default_is_the_wal_s() {
+        assert_eq!(DEFAULT_WAL_WRITER_NICE, keelmq_wal::DEFAULT_WRITER_NICE);
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             ScanOutcome::Clean => {}
             ScanOutcome::TornTail { offset, reason } => writeln!(
                 out,
-                "note: {} ends in a torn write at offset {offset} ({reason}); the broker cuts it at start",
+                "note: {} holds no records after offset {offset} ({reason}): a write torn by a crash, or the unused rest of a recycled segment; the broker cuts it there at start",
                 path.display()
             )?,
             ScanOutcome::TornCreation { reason } => writeln!(
