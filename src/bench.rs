@@ -20,8 +20,9 @@
 //! Each client runs one task with a read/write loop over its own socket; nothing is shared on
 //! the hot path but atomic counters. Bounds: a client's unsent output is capped at 64 KiB, a
 //! publisher has at most `--inflight` unacknowledged QoS 1/2 messages, and latency histograms
-//! have a fixed size. A live line per second goes to stderr; the final summary is printed as
-//! text, and its last line is one JSON object for scripts.
+//! have a fixed size. A live line per second goes to stderr, with that second's latency
+//! percentiles (each client merges its histogram into the run's about once a second); the
+//! final summary is printed as text, and its last line is one JSON object for scripts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -218,6 +219,15 @@ impl Run {
     }
 }
 
+/// Adds a client's latencies to the run's histogram and starts afresh, once a second.
+fn flush_latency(run: &Run, latency: &mut Histogram<u64>, flushed: &mut Instant) {
+    if flushed.elapsed() >= Duration::from_secs(1) {
+        let _ = run.latency.lock().add(&*latency);
+        latency.reset();
+        *flushed = Instant::now();
+    }
+}
+
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("latency histogram")
 }
@@ -387,6 +397,8 @@ fn spawn_live(run: &Arc<Run>, mode: &'static str, enabled: bool) -> tokio::task:
         tick.tick().await;
         let c = &run.counters;
         let (mut sent, mut acked, mut received) = (0, 0, 0);
+        // The latency histogram is cumulative; the live line shows the last second's part.
+        let mut seen = run.latency.lock().clone();
         loop {
             tick.tick().await;
             let (s, a, r) = (
@@ -395,8 +407,20 @@ fn spawn_live(run: &Arc<Run>, mode: &'static str, enabled: bool) -> tokio::task:
                 c.received.load(Ordering::Relaxed),
             );
             if enabled {
+                let now = run.latency.lock().clone();
+                let mut second = now.clone();
+                let latency = match second.subtract(&seen) {
+                    Ok(()) if !second.is_empty() => format!(
+                        " latency p50 {} p99 {} max {} µs",
+                        second.value_at_quantile(0.5),
+                        second.value_at_quantile(0.99),
+                        second.max()
+                    ),
+                    _ => String::new(),
+                };
+                seen = now;
                 eprintln!(
-                    "{:>4}s {mode} conns {} (err {}, dropped {}) sent {}/s acked {}/s recv {}/s inflight {} dup {}",
+                    "{:>4}s {mode} conns {} (err {}, dropped {}) sent {}/s acked {}/s recv {}/s inflight {} dup {}{latency}",
                     run.start.elapsed().as_secs(),
                     c.connected.load(Ordering::Relaxed),
                     c.conn_errors.load(Ordering::Relaxed),
@@ -678,6 +702,8 @@ async fn subscriber(run: Arc<Run>, o: Arc<SubOptions>, index: u32, client: Clien
         Ok(h) => h,
         Err(_) => return,
     };
+    // Merged into the run's histogram about once a second, so the live line can show it.
+    let mut flushed = Instant::now();
     let c = &run.counters;
     let keep_alive = Duration::from_secs(o.common.keep_alive as u64);
     let mut next_ping = Instant::now() + keep_alive / 2;
@@ -704,6 +730,7 @@ async fn subscriber(run: Arc<Run>, o: Arc<SubOptions>, index: u32, client: Clien
                             if let Some((nonce, idx, seq, sent_ns)) = parse_payload(&p.payload) {
                                 let us = now_ns().saturating_sub(sent_ns) / 1000;
                                 let _ = latency.record(us.clamp(1, HIST_MAX_US));
+                                flush_latency(&run, &mut latency, &mut flushed);
                                 if streams.entry((nonce, idx)).or_default().insert(seq) {
                                     c.unique.fetch_add(1, Ordering::Relaxed);
                                 } else {
@@ -817,6 +844,8 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
         Ok(h) => h,
         Err(_) => return,
     };
+    // Merged into the run's histogram about once a second, so the live line can show it.
+    let mut flushed = Instant::now();
     let rate = per_client_rate(&o);
     let window = if o.qos == QoS::AtMostOnce {
         usize::MAX
@@ -912,6 +941,7 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
                                 if !a.reason.is_error() {
                                     c.acked.fetch_add(1, Ordering::Relaxed);
                                     let _ = latency.record((t.elapsed().as_micros() as u64).clamp(1, HIST_MAX_US));
+                                    flush_latency(&run, &mut latency, &mut flushed);
                                 } else {
                                     c.ack_errors.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -922,6 +952,7 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
                             if !a.reason.is_error() {
                                 c.acked.fetch_add(1, Ordering::Relaxed);
                                 let _ = latency.record((t.elapsed().as_micros() as u64).clamp(1, HIST_MAX_US));
+                                flush_latency(&run, &mut latency, &mut flushed);
                                 let _ = encode(&Packet::PubRel(PubAck::new(a.packet_id)), version, &mut out);
                             } else {
                                 inflight.remove(&a.packet_id);
