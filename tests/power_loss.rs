@@ -86,6 +86,7 @@ fn will(i: u64) -> StoredWill {
         correlation_data: Some(vec![7]),
         user_properties: vec![("k".into(), "v".into())],
         due_at_ms: 1_700_000_000_000 + i,
+        disconnected_at_ms: 1_700_000_000_000,
     }
 }
 
@@ -137,10 +138,20 @@ fn workload() -> Vec<Vec<Record>> {
         // Wills waiting for their delay: set, replaced, published (cleared in a publish's
         // commit); one belongs to a session that is removed later.
         match i % 7 {
-            0 | 5 => b.push(Record::WillSet {
-                client: if i == 19 { "sub-b" } else { "pub" }.into(),
-                will: will(i),
-            }),
+            0 | 5 => {
+                // As the broker logs it: with the session record of the disconnect it follows.
+                let client = if i == 19 { "sub-b" } else { "pub" };
+                b.push(Record::Session(SessionRecord {
+                    client: client.into(),
+                    protocol: 5,
+                    expiry_interval: 600,
+                    disconnected_at_ms: Some(1_700_000_000_000),
+                }));
+                b.push(Record::WillSet {
+                    client: client.into(),
+                    will: will(i),
+                });
+            }
             3 => b.push(Record::WillClear {
                 client: "pub".into(),
             }),

@@ -272,11 +272,16 @@ impl Broker {
     pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
         let broker = Self::build(config, Some(persistence.clone()));
         let wills = persistence.with_image(|image| broker.restore(image));
+        // Nothing else runs yet, so the gate is free; take it before anything can publish (a
+        // restored will that is already due would read-lock it otherwise).
+        let gate = broker.shared.retain_gate.clone().try_write_owned();
+        if gate.is_err() {
+            tracing::error!("the retain gate was taken before the retained index loaded");
+        }
         for (slot, token, due_at_ms) in wills {
             let delay = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
             broker.schedule_will(slot, token, delay);
         }
-        let gate = broker.shared.retain_gate.clone().try_write_owned();
         let loader = broker.clone();
         let load = move || {
             let started = std::time::Instant::now();
@@ -915,10 +920,18 @@ impl Broker {
                     st.will_token += 1;
                     if was_persistent {
                         // In the commit of the session record: a restart still publishes it.
-                        let due = now_ms() + u64::from(delay) * 1000;
+                        let at = records
+                            .iter()
+                            .rev()
+                            .find_map(|r| match r {
+                                Record::Session(s) => s.disconnected_at_ms,
+                                _ => None,
+                            })
+                            .unwrap_or_else(now_ms);
+                        let due = at + u64::from(delay) * 1000;
                         records.push(Record::WillSet {
                             client: slot.client_id.to_string(),
-                            will: store_will(&w, due),
+                            will: store_will(&w, at, due),
                         });
                     }
                     st.pending_will = Some((st.will_token, w));
@@ -1548,6 +1561,7 @@ impl Broker {
         let mut retained = Vec::new();
         let identifier = sub.properties.subscription_identifier;
         let in_store = slot.state.lock().in_store;
+        let mut taken_over = false;
         for (filter, options) in &sub.filters {
             let shared = parse_shared(filter);
             let levels = shared.filter.split('/').count();
@@ -1572,6 +1586,27 @@ impl Broker {
                 if over_limit {
                     ReasonCode::QUOTA_EXCEEDED
                 } else {
+                    // Owner checked again with the session locked: a takeover can happen on
+                    // another thread at any moment, and must never find a SUBSCRIBE of the old
+                    // connection half applied.
+                    let owned = self.with_slot(slot, |st| {
+                        if st.owner != Some(conn) {
+                            return false;
+                        }
+                        st.session.subscriptions.insert(
+                            filter.clone(),
+                            SubscriptionRecord {
+                                options: opts,
+                                identifier,
+                            },
+                        );
+                        true
+                    });
+                    if !owned {
+                        // Log what was applied before the takeover, then refuse the rest.
+                        taken_over = true;
+                        break;
+                    }
                     let existed = self.shared.router.write().subscribe(
                         filter,
                         Subscription {
@@ -1581,15 +1616,6 @@ impl Broker {
                             target: slot.clone(),
                         },
                     );
-                    self.with_slot(slot, |st| {
-                        st.session.subscriptions.insert(
-                            filter.clone(),
-                            SubscriptionRecord {
-                                options: opts,
-                                identifier,
-                            },
-                        )
-                    });
                     if in_store {
                         records.push(Record::Subscribe {
                             client: slot.client_id.to_string(),
@@ -1622,7 +1648,7 @@ impl Broker {
             // Retained copies for a subscriber whose queue is full are not owed to anyone.
             Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
         }
-        Ok(Some(codes))
+        Ok((!taken_over).then_some(codes))
     }
 
     fn retained_deliveries(

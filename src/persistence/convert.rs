@@ -44,8 +44,9 @@ pub fn ms_to_instant(ms: u64) -> Instant {
     }
 }
 
-/// A will waiting for its delay, due at `due_at_ms` (ms since the Unix epoch).
-pub fn store_will(w: &LastWill, due_at_ms: u64) -> StoredWill {
+/// A will waiting for its delay since the disconnect at `disconnected_at_ms`, due at
+/// `due_at_ms` (both ms since the Unix epoch).
+pub fn store_will(w: &LastWill, disconnected_at_ms: u64, due_at_ms: u64) -> StoredWill {
     let p = &w.properties;
     StoredWill {
         topic: w.topic.to_string(),
@@ -59,6 +60,7 @@ pub fn store_will(w: &LastWill, due_at_ms: u64) -> StoredWill {
         correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
         user_properties: p.user_properties.clone(),
         due_at_ms,
+        disconnected_at_ms,
     }
 }
 

@@ -639,15 +639,33 @@ impl Image {
             s.inbound.insert(pid);
             Ok(())
         })?;
+        let mut stale_wills = Vec::new();
         scan(Table::Meta, &mut |k, v| {
             let Some(client) = k.strip_prefix(WILL_KEY_PREFIX) else {
                 return Ok(()); // max_message_id, applied_seq
             };
             let client = std::str::from_utf8(client).map_err(|e| bad(Table::Meta, k, e))?;
             let will = decode_value::<StoredWill>(v).map_err(|e| bad(Table::Meta, k, e))?;
-            sessions.entry(client.to_string()).or_default().will = Some(will);
+            // Only the will of the session's last disconnect is current. Another one was left
+            // by a build that did not log wills (it resumed or ended the session): dropped,
+            // and deleted by the next checkpoint.
+            match sessions.get_mut(client) {
+                Some(s)
+                    if s.record.as_ref().and_then(|r| r.disconnected_at_ms)
+                        == Some(will.disconnected_at_ms) =>
+                {
+                    s.will = Some(will);
+                }
+                _ => {
+                    tracing::warn!(client, "dropping a stored will that no longer belongs to its session");
+                    stale_wills.push(client.to_string());
+                }
+            }
             Ok(())
         })?;
+        for client in stale_wills {
+            image.dirty.insert(Key::Will(client));
+        }
         if let Some(c) = image
             .sessions
             .iter()
@@ -705,4 +723,77 @@ pub const WILL_KEY_PREFIX: &[u8] = b"will/";
 pub struct LoadError {
     pub table: &'static str,
     pub what: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keelmq_storage::MemStore;
+
+    fn will(disconnected_at_ms: u64) -> StoredWill {
+        StoredWill {
+            topic: "gone".into(),
+            payload: b"x".to_vec(),
+            qos: 1,
+            retain: false,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+            due_at_ms: disconnected_at_ms + 5000,
+            disconnected_at_ms,
+        }
+    }
+
+    fn session(client: &str, disconnected_at_ms: Option<u64>) -> Record {
+        Record::Session(SessionRecord {
+            client: client.into(),
+            protocol: 5,
+            expiry_interval: 600,
+            disconnected_at_ms,
+        })
+    }
+
+    #[test]
+    fn a_stored_will_is_loaded_only_with_the_disconnect_it_belongs_to() {
+        let store = MemStore::new();
+        let mut image = Image::default();
+        for r in [
+            session("current", Some(1000)),
+            Record::WillSet {
+                client: "current".into(),
+                will: will(1000),
+            },
+            session("resumed", Some(1000)),
+            Record::WillSet {
+                client: "resumed".into(),
+                will: will(1000),
+            },
+        ] {
+            image.apply(r);
+        }
+        store.write_checkpoint(image.take_changes(), 1).unwrap();
+        // What a build that does not log wills leaves: the session resumed and disconnected
+        // again, and the old will is still stored.
+        let mut old_build = Image::default();
+        old_build.apply(session("resumed", Some(2000)));
+        let changes: Vec<Change> = old_build
+            .take_changes()
+            .into_iter()
+            .filter(|c| c.table == Table::Sessions)
+            .collect();
+        store.write_checkpoint(changes, 2).unwrap();
+
+        let mut loaded = Image::load(&store).unwrap();
+        assert_eq!(loaded.sessions["current"].will, Some(will(1000)));
+        assert_eq!(loaded.sessions["resumed"].will, None, "stale will dropped");
+        // ...and deleted by the next checkpoint.
+        let deletion = loaded
+            .take_changes()
+            .into_iter()
+            .find(|c| c.table == Table::Meta && c.key == b"will/resumed");
+        assert_eq!(deletion.map(|c| c.value), Some(None));
+    }
 }

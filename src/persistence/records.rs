@@ -60,6 +60,10 @@ pub struct StoredWill {
     pub user_properties: Vec<(String, String)>,
     /// When it is due: ms since the Unix epoch (wall clock, so it holds across a restart).
     pub due_at_ms: u64,
+    /// The disconnect it belongs to: the `disconnected_at_ms` of the session record logged with
+    /// it. A stored will whose session record says otherwise is stale (the session was resumed
+    /// by a build that did not log wills) and is dropped.
+    pub disconnected_at_ms: u64,
 }
 
 /// A persistent session's own record.
@@ -274,6 +278,7 @@ mod tests {
                 content_type: m.content_type.clone(), response_topic: Some("r".into()),
                 correlation_data: Some(vec![1, 2]), user_properties: m.user_properties.clone(),
                 due_at_ms: m.expires_at_ms.unwrap_or(0),
+                disconnected_at_ms: m.id,
             };
             let batch = vec![
                 Record::WillSet { client: client.clone(), will },

@@ -29,7 +29,9 @@ pub enum RecoveryMode {
     #[default]
     TolerateTornTail,
     /// Any bad byte anywhere, a torn tail included, is [`Error::Corruption`]. Nothing is
-    /// modified on disk.
+    /// modified on disk. A log whose process was killed while its newest segment was a
+    /// recycled one is refused too: the old bytes after its last record count as a torn tail.
+    /// A cleanly closed log is always accepted.
     Strict,
     /// Skip every region that fails verification and return whatever still verifies, reporting
     /// each skipped range in [`crate::Recovery::skipped`]. A torn tail is still truncated. This

@@ -152,7 +152,11 @@ pub(crate) fn recover(
         }
     };
     let next_segment_seq = segments_max(&segments).max(max_segment_seq) + 1;
-    let spares = keep_spares(fs, dir, spares, spare_segments)?;
+    // Strict and skip-corrupt opens change nothing they need not: surplus spares stay.
+    let spares = match mode {
+        RecoveryMode::TolerateTornTail => keep_spares(fs, dir, spares, spare_segments)?,
+        RecoveryMode::Strict | RecoveryMode::SkipCorrupt => spares,
+    };
     report.first_seq = segments.first().map_or(next_seq, |s| s.first_seq);
     report.last_seq = next_seq - 1;
     report.segments = segments.len();

@@ -36,7 +36,7 @@ use crate::durable::Completer;
 use crate::error::{is_no_space, Error};
 use crate::format::{self, FrameMeta, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{write_all_at, Fs, FsFile};
-use crate::options::{SyncPolicy, WalOptions};
+use crate::options::{RecoveryMode, SyncPolicy, WalOptions};
 use crate::queue::{Item, Queue, Take};
 use crate::recovery::RecoveredLog;
 use crate::segment::{segment_path, spare_path, SegmentInfo};
@@ -310,7 +310,9 @@ impl Writer {
         let mut items = VecDeque::new();
         // A restart leaves the active segment cut to its last record, so it grows by
         // extending; move to a spare at once if there is one. Recovery synced the old one.
-        if !self.spares.is_empty() {
+        // (Not in the strict and skip-corrupt modes, which inspection tools use.)
+        let repairs = self.options().recovery_mode == RecoveryMode::TolerateTornTail;
+        if repairs && !self.spares.is_empty() {
             if let Err(Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err)) =
                 self.rotate(self.written_seq + 1)
             {
@@ -702,18 +704,28 @@ impl Writer {
         let path = segment_path(&self.shared.dir, segment_seq);
         let fs = self.shared.fs.as_ref();
         let dir = &self.shared.dir;
-        let file = match self.spares.pop() {
-            Some(spare) => {
-                // Only an existing file's first bytes are overwritten: no ENOSPC to roll back
-                // from, and a failed sync or rename poisons, as it does for a new file.
-                let file = reuse_spare(fs, dir, &spare, &path, segment_seq, first_seq)
-                    .map_err(|(op, at, e)| Failure::Poison(Error::poisoned(op, &at, e)))?;
-                self.shared
-                    .counters
-                    .recycled
-                    .fetch_add(1, Ordering::Relaxed);
-                file
-            }
+        let reused = match self.spares.pop() {
+            // Only an existing file's first bytes are overwritten: no ENOSPC to roll back
+            // from, and a failed sync or rename poisons, as it does for a new file. A spare
+            // that cannot be opened (removed by hand, say) changed nothing: use a new file.
+            Some(spare) => match reuse_spare(fs, dir, &spare, &path, segment_seq, first_seq) {
+                Ok(file) => {
+                    self.shared
+                        .counters
+                        .recycled
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some(file)
+                }
+                Err(("open", at, e)) => {
+                    tracing::warn!(spare = %at.display(), "WAL spare segment unusable, creating a new one: {e}");
+                    None
+                }
+                Err((op, at, e)) => return Err(Failure::Poison(Error::poisoned(op, &at, e))),
+            },
+            None => None,
+        };
+        let file = match reused {
+            Some(file) => file,
             None => create_segment(fs, dir, &path, segment_seq, first_seq).map_err(|(op, e)| {
                 if is_no_space(&e) && (op == "create" || op == "write") {
                     Failure::NoSpace(Error::NoSpace { path: path.clone() })

@@ -621,3 +621,37 @@ fn a_new_segment_never_takes_a_spare_s_number() {
     }
     wal.close().unwrap();
 }
+
+#[test]
+fn a_spare_removed_by_hand_is_replaced_by_a_new_segment() {
+    let fs = MemFs::new();
+    let options = small_segments();
+    let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options).unwrap();
+    let dyn_fs: Arc<dyn Fs> = Arc::new(fs.clone());
+    let mut next = 1u64;
+    while files_by_kind(&dyn_fs, Path::new("/w")).1.is_empty() {
+        wal.append(0, payload_for(next))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+        wal.truncate_through(next).unwrap();
+        next += 1;
+    }
+    for spare in files_by_kind(&dyn_fs, Path::new("/w")).1 {
+        fs.remove_file(&spare).unwrap();
+    }
+    let rotations = wal.stats().rotations;
+    while wal.stats().rotations < rotations + 3 {
+        wal.append(0, payload_for(next))
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+        next += 1;
+    }
+    assert!(wal.poisoned().is_none());
+    let records = read_all(&wal, wal.first_seq());
+    assert_eq!(records.last().map(|r| r.seq), Some(next - 1));
+    wal.close().unwrap();
+}
