@@ -229,8 +229,7 @@ async fn a_will_waiting_for_its_delay_survives_kill_9() {
     // Both connections close without DISCONNECT, so both wills wait 3 s. "back" returns
     // after the restart, which cancels its will; "car" does not.
     let (car, _) = RawClient::connect(broker.addr, V5, "car", true, with_will("gone/car")).await;
-    let (back, _) =
-        RawClient::connect(broker.addr, V5, "back", true, with_will("gone/back")).await;
+    let (back, _) = RawClient::connect(broker.addr, V5, "back", true, with_will("gone/back")).await;
     let closed = std::time::Instant::now();
     drop(car);
     drop(back);

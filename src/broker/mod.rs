@@ -1995,7 +1995,10 @@ mod tests {
         let sub = Subscribe {
             packet_id: 1,
             properties: Default::default(),
-            filters: vec![("t/#".to_string(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+            filters: vec![(
+                "t/#".to_string(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
         };
         let held = tokio::spawn({
             let (broker, slot) = (broker.clone(), attached.slot.clone());
@@ -2010,14 +2013,20 @@ mod tests {
         let resumed = broker.connect(new, client, &connect, 3600).await.unwrap();
         assert!(resumed.session_present);
         drop(gate);
-        assert!(matches!(held.await, Ok(Ok(None))), "refused to the old connection");
+        assert!(
+            matches!(held.await, Ok(Ok(None))),
+            "refused to the old connection"
+        );
         assert!(resumed.slot.state.lock().session.subscriptions.is_empty());
         assert_eq!(broker.subscription_count(), 0);
         // The owner's own SUBSCRIBE still works.
         let sub = Subscribe {
             packet_id: 2,
             properties: Default::default(),
-            filters: vec![("t/#".to_string(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+            filters: vec![(
+                "t/#".to_string(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
         };
         let codes = broker.subscribe(&resumed.slot, new, &sub).await.unwrap();
         assert_eq!(codes.map(|c| c.len()), Some(1));

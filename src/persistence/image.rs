@@ -461,9 +461,9 @@ impl Image {
                 Key::Inbound(c, pid(rest)?)
             }
             Table::Retained => Key::Retained(String::from_utf8(key.to_vec()).ok()?),
-            Table::Meta => Key::Will(
-                String::from_utf8(key.strip_prefix(WILL_KEY_PREFIX)?.to_vec()).ok()?,
-            ),
+            Table::Meta => {
+                Key::Will(String::from_utf8(key.strip_prefix(WILL_KEY_PREFIX)?.to_vec()).ok()?)
+            }
         })
     }
 
@@ -657,7 +657,10 @@ impl Image {
                     s.will = Some(will);
                 }
                 _ => {
-                    tracing::warn!(client, "dropping a stored will that no longer belongs to its session");
+                    tracing::warn!(
+                        client,
+                        "dropping a stored will that no longer belongs to its session"
+                    );
                     stale_wills.push(client.to_string());
                 }
             }

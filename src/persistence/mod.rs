@@ -356,8 +356,7 @@ impl Persistence {
             image.apply(record);
         }
         let tried = if lazy {
-            self.wal
-                .try_append_lazy(version, payload.clone())
+            self.wal.try_append_lazy(version, payload.clone())
         } else {
             self.wal.try_append(version, payload.clone())
         };

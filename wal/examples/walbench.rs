@@ -462,8 +462,10 @@ fn main() {
             p99_us: p99s[p99s.len() / 2],
         };
         let (ratio, overwrite_ratio) = (median(&round_ratios), median(&overwrite_ratios));
-        let (round_ratios, overwrite_ratios) =
-            (format_ratios(&round_ratios), format_ratios(&overwrite_ratios));
+        let (round_ratios, overwrite_ratios) = (
+            format_ratios(&round_ratios),
+            format_ratios(&overwrite_ratios),
+        );
         if !config.json {
             println!(
                 "appenders {n:>4}: wal {:>10.0} rec/s {:>8.0} fsync/s  p50 {:>6} us  p99 {:>6} us  {:>7.1} rec/fsync | raw {:>10.0} rec/s {:>8.0} fsync/s, overwriting {:>10.0} rec/s | ratio {:.2}, to overwriting {:.2}",

@@ -100,10 +100,13 @@ pub(crate) fn recover(
     // never be given to a new segment (which could be started in that very file). Checkpoints
     // only ever recycle segments older than the active one, so this matters only if segment
     // files went missing.
-    let max_segment_seq = names
-        .last()
-        .map_or(0, |(seq, _)| *seq)
-        .max(spares.iter().filter_map(|p| parse_spare_name(p)).max().unwrap_or(0));
+    let max_segment_seq = names.last().map_or(0, |(seq, _)| *seq).max(
+        spares
+            .iter()
+            .filter_map(|p| parse_spare_name(p))
+            .max()
+            .unwrap_or(0),
+    );
 
     let mut scanned: Vec<Scanned> = Vec::new();
     for (i, (segment_seq, path)) in names.iter().enumerate() {

@@ -672,10 +672,7 @@ impl FsFile for MemFile {
         inode.data.resize(len as usize, 0);
         inode.pending.push(PendingOp::SetLen(len));
         let path = state.name_of(self.ino, &self.path);
-        state.record(TraceOp::SetLen {
-            path,
-            len,
-        });
+        state.record(TraceOp::SetLen { path, len });
         Ok(())
     }
 
