@@ -191,17 +191,7 @@ pub(crate) fn create_segment(
     first_seq: u64,
 ) -> Result<Box<dyn FsFile>, (&'static str, std::io::Error)> {
     let mut file = fs.create_new(path).map_err(|e| ("create", e))?;
-    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    format::encode_segment_header(
-        SegmentHeader {
-            segment_seq,
-            first_seq,
-        },
-        &mut header,
-    );
-    let result = write_all_at(file.as_mut(), &header, 0)
-        .map_err(|e| ("write", e))
-        .and_then(|()| file.sync_data().map_err(|e| ("fdatasync", e)))
+    let result = write_header(file.as_mut(), segment_seq, first_seq)
         .and_then(|()| fs.sync_dir(dir).map_err(|e| ("fsync directory", e)));
     match result {
         Ok(()) => Ok(file),
@@ -212,6 +202,24 @@ pub(crate) fn create_segment(
             Err(err)
         }
     }
+}
+
+/// Writes a segment header at offset 0 of `file` and syncs it. Errors carry the operation.
+fn write_header(
+    file: &mut dyn FsFile,
+    segment_seq: u64,
+    first_seq: u64,
+) -> Result<(), (&'static str, std::io::Error)> {
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    format::encode_segment_header(
+        SegmentHeader {
+            segment_seq,
+            first_seq,
+        },
+        &mut header,
+    );
+    write_all_at(file, &header, 0).map_err(|e| ("write", e))?;
+    file.sync_data().map_err(|e| ("fdatasync", e))
 }
 
 /// Starts segment `segment_seq` in the spare file `spare`: overwrites its first bytes with
@@ -229,16 +237,8 @@ fn reuse_spare(
 ) -> Result<Box<dyn FsFile>, (&'static str, PathBuf, std::io::Error)> {
     let on_spare = |op| move |e| (op, spare.to_path_buf(), e);
     let mut file = fs.open(spare).map_err(on_spare("open"))?;
-    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    format::encode_segment_header(
-        SegmentHeader {
-            segment_seq,
-            first_seq,
-        },
-        &mut header,
-    );
-    write_all_at(file.as_mut(), &header, 0).map_err(on_spare("write"))?;
-    file.sync_data().map_err(on_spare("fdatasync"))?;
+    write_header(file.as_mut(), segment_seq, first_seq)
+        .map_err(|(op, e)| (op, spare.to_path_buf(), e))?;
     fs.rename(spare, path).map_err(on_spare("rename"))?;
     fs.sync_dir(dir)
         .map_err(|e| ("fsync directory", dir.to_path_buf(), e))?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{check_payload, payload_for, read_all, TempDir};
+use common::{append_durable, check_payload, payload_for, read_all, TempDir};
 use keelmq_wal::fs::{Fs, MemFs, StdFs};
 use keelmq_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
@@ -185,20 +185,12 @@ fn a_crash_in_a_recycled_segment_cuts_off_its_old_bytes() {
     let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
     let mut next = 1u64;
     while wal.stats().recycled == 0 {
-        wal.append(0, payload_for(next))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, next);
         wal.truncate_through(next.saturating_sub(5)).unwrap();
         next += 1;
     }
     // One more record, in the recycled segment, then a power loss.
-    wal.append(0, payload_for(next))
-        .unwrap()
-        .durable
-        .wait()
-        .unwrap();
+    append_durable(&wal, next);
     let active = wal.segment_paths().last().cloned().unwrap();
     fs.crash(keelmq_wal::fs::CrashMode::DropUnsynced, 7);
     drop(wal);
@@ -389,11 +381,7 @@ fn interval_and_never_policies_complete_before_sync_and_sync_on_demand() {
         };
         let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
         for id in 1..=10u64 {
-            wal.append(0, payload_for(id))
-                .unwrap()
-                .durable
-                .wait()
-                .unwrap();
+            append_durable(&wal, id);
         }
         match policy {
             SyncPolicy::IntervalMs(_) => {
@@ -426,11 +414,7 @@ fn strict_mode_refuses_a_torn_tail_that_the_default_mode_repairs() {
     let fs = MemFs::new();
     let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", WalOptions::default()).unwrap();
     for id in 1..=5u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     let seg = wal.segment_paths()[0].clone();
     wal.close().unwrap();
@@ -468,11 +452,7 @@ fn skip_corrupt_mode_returns_what_verifies_around_damage() {
     let fs = MemFs::new();
     let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", small_segments()).unwrap();
     for id in 1..=60u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     let segs = wal.segment_paths();
     wal.close().unwrap();
@@ -504,11 +484,7 @@ fn a_torn_segment_creation_is_removed_and_its_number_never_reused() {
     let options = small_segments();
     let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
     for id in 1..=3u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     wal.close().unwrap();
     // What a crash in the middle of creating segment 5 can leave: half a header.
@@ -522,11 +498,7 @@ fn a_torn_segment_creation_is_removed_and_its_number_never_reused() {
     );
     assert!(fs.read_file(&torn).is_err(), "the torn file is removed");
     for id in 4..=40u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     let paths = wal.segment_paths();
     assert!(paths.len() > 2);
@@ -585,11 +557,7 @@ fn a_new_segment_never_takes_a_spare_s_number() {
     let (wal, _) = Wal::open_with_fs(Arc::new(fs.clone()), "/w", options.clone()).unwrap();
     let mut next = 1u64;
     while wal.stats().rotations < 6 {
-        wal.append(0, payload_for(next))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, next);
         next += 1;
     }
     wal.truncate_through(next - 1).unwrap();
@@ -604,11 +572,7 @@ fn a_new_segment_never_takes_a_spare_s_number() {
     let (wal, recovery) = Wal::open_with_fs(dyn_fs.clone(), "/w", options).unwrap();
     assert_eq!(recovery.last_seq, 0, "the records went with their segments");
     for seq in 1..=100u64 {
-        wal.append(0, payload_for(seq))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, seq);
     }
     let records = read_all(&wal, 1);
     assert_eq!(records.len(), 100);
@@ -630,11 +594,7 @@ fn a_spare_removed_by_hand_is_replaced_by_a_new_segment() {
     let dyn_fs: Arc<dyn Fs> = Arc::new(fs.clone());
     let mut next = 1u64;
     while files_by_kind(&dyn_fs, Path::new("/w")).1.is_empty() {
-        wal.append(0, payload_for(next))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, next);
         wal.truncate_through(next).unwrap();
         next += 1;
     }
@@ -643,11 +603,7 @@ fn a_spare_removed_by_hand_is_replaced_by_a_new_segment() {
     }
     let rotations = wal.stats().rotations;
     while wal.stats().rotations < rotations + 3 {
-        wal.append(0, payload_for(next))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, next);
         next += 1;
     }
     assert!(wal.poisoned().is_none());

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{check_payload, payload_for, read_all};
+use common::{append_durable, check_payload, payload_for, read_all};
 use keelmq_wal::fs::{CrashMode, MemFs};
 use keelmq_wal::{Error, Wal, WalOptions};
 
@@ -20,11 +20,7 @@ fn failed_fdatasync_poisons_pending_and_later_appends_and_is_never_retried() {
     let fs = MemFs::new();
     let wal = open(&fs, WalOptions::default());
     for id in 1..=10u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     fs.fail_sync_after(0);
     let failed = wal.append(0, payload_for(11)).unwrap();
@@ -94,11 +90,7 @@ fn enospc_fails_the_batch_cleanly_and_the_log_continues() {
     let fs = MemFs::new();
     let wal = open(&fs, WalOptions::default());
     for id in 1..=20u64 {
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
     }
     let used = fs.used_bytes();
     let seg = wal.segment_paths()[0].clone();
@@ -155,11 +147,7 @@ fn enospc_when_creating_a_segment_leaves_no_half_made_file() {
     while wal.segment_paths().len() == 1 {
         id += 1;
         fs.set_space_limit(None);
-        wal.append(0, payload_for(id))
-            .unwrap()
-            .durable
-            .wait()
-            .unwrap();
+        append_durable(&wal, id);
         if fs.used_bytes() > 700 {
             break;
         }
@@ -210,11 +198,7 @@ fn a_failed_sync_while_reusing_a_spare_poisons_and_loses_nothing() {
         // Checkpoint after every record until a spare exists (each rotation then uses the
         // one the checkpoint before it made).
         while spares(&fs) == 0 {
-            wal.append(0, payload_for(next))
-                .unwrap()
-                .durable
-                .wait()
-                .unwrap();
+            append_durable(&wal, next);
             wal.truncate_through(next).unwrap();
             next += 1;
         }
@@ -252,11 +236,7 @@ fn a_failed_sync_while_reusing_a_spare_poisons_and_loses_nothing() {
         // The log works again after the restart, through more rotations.
         for _ in 0..30 {
             let seq = wal.last_seq() + 1;
-            wal.append(0, payload_for(seq))
-                .unwrap()
-                .durable
-                .wait()
-                .unwrap();
+            append_durable(&wal, seq);
         }
     }
     assert!(

@@ -110,6 +110,15 @@ impl Drop for TempDir {
 }
 
 /// Every record from `from`, panicking on any read error.
+/// Appends the record `payload_for(id)` (type 0) and waits until it is durable.
+pub fn append_durable(wal: &Wal, id: u64) {
+    wal.append(0, payload_for(id))
+        .unwrap()
+        .durable
+        .wait()
+        .unwrap();
+}
+
 pub fn read_all(wal: &Wal, from: u64) -> Vec<Record> {
     wal.read_from(from)
         .expect("read_from")
