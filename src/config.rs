@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is
+/// one write-ahead-log record of at most 64 MiB, and carries the payload up to twice (the
+/// message and its retained copy) plus a queue entry per persistent subscriber. 16 MiB leaves
+/// room for that, so that no acknowledged-size message can be refused by the log.
+pub const MAX_DURABLE_PACKET_SIZE: u32 = 16 * 1024 * 1024;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -129,7 +135,10 @@ pub struct MqttConfig {
     pub wildcard_subscription_available: bool,
     pub subscription_identifiers_available: bool,
     pub shared_subscription_available: bool,
-    /// Upper bound on a v5 client's Session Expiry Interval, in seconds.
+    /// Upper bound on a v5 client's Session Expiry Interval (on CONNECT and on DISCONNECT),
+    /// in seconds. The default, 7 days, keeps a client that asked for a session that never
+    /// expires (0xFFFFFFFF) and never came back from holding its queue for ever; the CONNACK
+    /// tells a v5 client the interval it got. `4294967295` lets sessions never expire.
     pub max_session_expiry_secs: u32,
     /// Session expiry applied to 3.x clients that connect with Clean Session = 0 (they cannot
     /// state one). `4294967295` means never.
@@ -152,7 +161,7 @@ impl Default for MqttConfig {
             wildcard_subscription_available: true,
             subscription_identifiers_available: true,
             shared_subscription_available: true,
-            max_session_expiry_secs: u32::MAX,
+            max_session_expiry_secs: 7 * 24 * 3600,
             v3_session_expiry_secs: 7 * 24 * 3600,
             max_client_id_len: 65535,
         }
@@ -166,12 +175,18 @@ pub struct LimitsConfig {
     /// Connections beyond this are refused: v5 CONNACK 0x97 Quota Exceeded, v3 CONNACK 3
     /// (Server unavailable), then the socket is closed.
     pub max_connections: usize,
-    /// Messages waiting in one session's queue (not yet in flight). When full, a QoS 1/2
+    /// Sessions the broker holds, connected or not. A CONNECT that would create one more is
+    /// refused (v5 CONNACK 0x97 Quota Exceeded, v3 CONNACK 3); resuming or taking over an
+    /// existing session always works. Bounds what anonymous clients that leave persistent
+    /// sessions behind can make the broker keep.
+    pub max_sessions: usize,
+    /// Messages waiting in one session's queue (not yet in flight). When the full queue
+    /// belongs to a subscriber that is draining it (see `stalled_subscriber_ms`), a QoS 1/2
     /// message is refused whole, to every subscriber (v5 PUBACK or PUBREC 0x97), or its 3.x
-    /// publisher is paused until there is room; a QoS 1/2 message is never dropped after it was
-    /// acknowledged. A QoS 0 message pauses its publisher while the full queue belongs to a
-    /// connected subscriber that is draining it (see `stalled_subscriber_ms`), and is dropped
-    /// and counted for a stalled or offline one.
+    /// publisher is paused until there is room; a QoS 0 message pauses its publisher while
+    /// that subscriber is connected. When it belongs to a stalled subscriber (connected or
+    /// offline), that subscriber's copy is dropped and counted, and the publisher and the
+    /// other subscribers go on. A message already queued is never dropped.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's queue; same policy as `max_queued_messages`.
     pub max_queued_bytes: usize,
@@ -185,10 +200,12 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (3.x: 0x80).
     pub max_subscriptions_per_client: usize,
-    /// A connected subscriber that has taken nothing from its full queue for this many
-    /// milliseconds is stalled: QoS 0 messages for it are dropped (counted) instead of pausing
-    /// their publishers, so a client that stops reading slows nobody down for longer than
-    /// this. 0 drops QoS 0 overflow at once, for every subscriber.
+    /// A subscriber that has taken nothing from its full queue for this many milliseconds —
+    /// connected, or offline since longer (the broker's start counts as its last take) — is
+    /// stalled: the QoS 1/2 copies that overflow its queue are dropped for it alone (counted),
+    /// and QoS 0 ones too, instead of refusing or pausing their publishers, so one client that
+    /// stops reading or never comes back slows nobody down for longer than this. 0: every
+    /// offline subscriber is stalled, and QoS 0 overflow is dropped at once for all.
     pub stalled_subscriber_ms: u64,
 }
 
@@ -196,6 +213,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 100_000,
+            max_sessions: 1_000_000,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             max_queued_bytes_total: 1024 * 1024 * 1024,
@@ -281,6 +299,16 @@ impl Config {
                 "exceeds the protocol maximum of 268435460",
             );
         }
+        if m.max_packet_size > MAX_DURABLE_PACKET_SIZE {
+            return bad(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} exceeds {MAX_DURABLE_PACKET_SIZE}, the largest message the write-ahead \
+                     log can commit with its retained copy and deliveries",
+                    m.max_packet_size
+                ),
+            );
+        }
         if m.receive_maximum == 0 {
             return bad("mqtt.receive_maximum", "must be at least 1");
         }
@@ -302,6 +330,9 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_sessions == 0 {
+            return bad("limits.max_sessions", "must be at least 1");
         }
         if l.max_queued_messages == 0 {
             return bad("limits.max_queued_messages", "must be at least 1");

@@ -138,6 +138,16 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             ));
         }
     }
+    if let Some(last) = report.last_seq {
+        if last < report.checkpoint_seq {
+            report.problems.push(format!(
+                "WAL ends at {last} but the checkpoint covers up to {}: the WAL's newest \
+                 segments are missing (the broker refuses to start; move the whole WAL \
+                 directory aside to start from the store)",
+                report.checkpoint_seq
+            ));
+        }
+    }
     for (seq, batch) in records {
         if seq > report.checkpoint_seq {
             for record in batch {

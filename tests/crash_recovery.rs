@@ -310,8 +310,19 @@ async fn retained_seq(addr: SocketAddr) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_acknowledged_and_duplicates_no_qos2() {
     let dir = common::temp_dir("crash");
-    crash_cycles(dir, None, 50).await;
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("keelmq.toml");
+    std::fs::write(&config, QUEUES_NEVER_OVERFLOW).unwrap();
+    crash_cycles(dir.join("data"), Some(config), 50).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Queue limits the test's offline subscriber never reaches: the invariant "every acknowledged
+/// message arrives" holds for a subscriber whose queue has room (a stalled one's overflow is
+/// dropped for it alone, by design).
+const QUEUES_NEVER_OVERFLOW: &str =
+    "[limits]\nmax_queued_messages = 10000000\nmax_queued_bytes = 4294967296\n\
+     max_queued_bytes_total = 4294967296\n";
 
 /// The same with 64 KiB WAL segments and a checkpoint every 64 KiB or 100 ms, so that
 /// checkpointed segments are recycled (`*.spare`) many times between and across the kills.
@@ -322,8 +333,10 @@ async fn sigkill_while_wal_segments_are_recycled_loses_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         &config,
-        "[storage]\nwal_segment_bytes = 65536\ncheckpoint_wal_bytes = 65536\n\
-         checkpoint_interval_ms = 100\n",
+        format!(
+            "{QUEUES_NEVER_OVERFLOW}[storage]\nwal_segment_bytes = 65536\n\
+             checkpoint_wal_bytes = 65536\ncheckpoint_interval_ms = 100\n"
+        ),
     )
     .unwrap();
     let data = dir.join("data");

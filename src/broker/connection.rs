@@ -33,7 +33,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    max_qos, Begun, Broker, ConnId, ConnectRefusal, Metrics, PendingPublish, Placement, SessionSlot,
+    max_qos, Begun, Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PendingPublish,
+    Placement, SessionSlot,
 };
 use crate::codec::*;
 use crate::persistence::PendingDurable;
@@ -62,6 +63,18 @@ const HELD_BACK_RETRY: Duration = Duration::from_millis(50);
 
 /// How long the task tries to deliver a final DISCONNECT before closing anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After the final packet, how long the task reads and discards the client's input before it
+/// closes the socket (see `Io::drain_input`).
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The most a closing connection reads and discards.
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
+
+/// Entries the acknowledgement FIFO holds at most: every packet id in both directions (QoS 2
+/// releases each way) plus the Receive Maximum's QoS 1 publishes fit well below it, so only a
+/// client streaming repeated or bogus acknowledgements reaches it; it is disconnected (0x93).
+const MAX_PENDING_ACKS: usize = 3 * 65_536;
 
 /// Why a connection ends.
 #[derive(Debug, Clone)]
@@ -135,17 +148,20 @@ where
         Ok(c) => c,
         Err(why) => {
             tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
-            let _ = io.flush_and_close().await;
+            io.close_gracefully().await;
             return;
         }
     };
     let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, peer)).await else {
-        let _ = io.flush_and_close().await;
+        io.close_gracefully().await;
         return;
     };
     let close = conn.run(&mut io).await;
-    Box::pin(conn.finish(&mut io, close)).await;
+    let drain = Box::pin(conn.finish(&mut io, close)).await;
     drop(conn);
+    if drain {
+        io.drain_input().await;
+    }
 }
 
 /// The socket halves and their buffers.
@@ -168,6 +184,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush)
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Sends what is buffered, shuts the write side down and drains the input (see
+    /// [`Self::drain_input`]), so that the client reads a refusal instead of a reset.
+    async fn close_gracefully(&mut self) {
+        if self.flush_and_close().await.is_ok() {
+            self.drain_input().await;
+        }
+    }
+
+    /// Reads and discards what the client still sends, until it closes its side or
+    /// [`CLOSE_DRAIN_TIMEOUT`] passes, at most [`CLOSE_DRAIN_BYTES`]. Closing a socket whose
+    /// receive buffer holds unread bytes makes the kernel send a reset, which can destroy the
+    /// final DISCONNECT or CONNACK before the client has read it.
+    async fn drain_input(&mut self) {
+        let mut scratch = [0u8; 1024];
+        let mut drained = 0usize;
+        let drain = async {
+            while drained < CLOSE_DRAIN_BYTES {
+                match self.reader.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, drain).await;
     }
 }
 
@@ -204,6 +246,33 @@ fn refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
         code,
         properties,
     })
+}
+
+/// The v5 CONNACK properties that state the broker's capabilities and what it assigned.
+fn connack_properties(
+    cfg: &crate::config::Config,
+    props: &ConnectProperties,
+    client_id: &ClientId,
+    assigned: Option<String>,
+) -> ConnAckProperties {
+    let mut p = ConnAckProperties {
+        assigned_client_identifier: assigned,
+        receive_maximum: Some(cfg.mqtt.receive_maximum),
+        maximum_packet_size: Some(cfg.mqtt.max_packet_size),
+        topic_alias_maximum: Some(cfg.mqtt.topic_alias_maximum),
+        retain_available: Some(cfg.mqtt.retain_available as u8),
+        wildcard_subscription_available: Some(cfg.mqtt.wildcard_subscription_available as u8),
+        subscription_identifiers_available: Some(cfg.mqtt.subscription_identifiers_available as u8),
+        shared_subscription_available: Some(cfg.mqtt.shared_subscription_available as u8),
+        ..Default::default()
+    };
+    if cfg.mqtt.max_qos < 2 {
+        p.maximum_qos = Some(cfg.mqtt.max_qos);
+    }
+    if props.request_response_information == Some(1) {
+        p.response_information = Some(format!("keelmq/response/{client_id}"));
+    }
+    p
 }
 
 /// Waits for the first packet, which must be CONNECT, within the connect timeout.
@@ -315,6 +384,14 @@ where
                 "retained wills are not supported",
             );
         }
+        if w.topic.starts_with('$') {
+            // `$` topics are the broker's: a will there could overwrite `$SYS` statistics
+            // or escape the retained-message limit.
+            return refuse(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "will topics starting with $ are reserved",
+            );
+        }
         if w.topic.split('/').count() > cfg.limits.max_topic_levels {
             return refuse(
                 ReasonCode::TOPIC_NAME_INVALID,
@@ -339,6 +416,26 @@ where
         keep_alive = cfg.mqtt.max_keep_alive_secs;
         server_keep_alive = Some(keep_alive);
     }
+    let mut ack = ConnAck {
+        session_present: false,
+        code: ReasonCode::SUCCESS,
+        properties: ConnAckProperties::default(),
+    };
+    if v.is_v5() {
+        ack.properties = connack_properties(&cfg, props, &client_id, assigned);
+        ack.properties.server_keep_alive = server_keep_alive;
+        if expiry != requested_expiry {
+            ack.properties.session_expiry_interval = Some(expiry);
+        }
+    }
+    // Checked before the session is touched: a CONNACK that cannot be sent must not leave a
+    // session attached (or created) behind it.
+    if encoded_len(&Packet::ConnAck(ack.clone()), v).is_err() {
+        return refuse(
+            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            "the CONNACK cannot be encoded",
+        );
+    }
     let conn_id = broker.next_conn_id();
     let attached = match broker
         .connect(conn_id, client_id.clone(), &connect, expiry)
@@ -347,6 +444,9 @@ where
         Ok(a) => a,
         Err(ConnectRefusal::ServerBusy) => {
             return refuse(ReasonCode::SERVER_BUSY, "too many connections");
+        }
+        Err(ConnectRefusal::TooManySessions) => {
+            return refuse(ReasonCode::QUOTA_EXCEEDED, "too many sessions");
         }
         Err(ConnectRefusal::NotDurable) => {
             return refuse(
@@ -361,33 +461,7 @@ where
         cfg.mqtt.max_inflight
     };
     broker.session_op(&attached.slot, conn_id, |s| s.set_window(window));
-    let mut ack = ConnAck {
-        session_present: attached.session_present,
-        code: ReasonCode::SUCCESS,
-        properties: ConnAckProperties::default(),
-    };
-    if v.is_v5() {
-        let p = &mut ack.properties;
-        p.assigned_client_identifier = assigned;
-        p.receive_maximum = Some(cfg.mqtt.receive_maximum);
-        p.maximum_packet_size = Some(cfg.mqtt.max_packet_size);
-        p.topic_alias_maximum = Some(cfg.mqtt.topic_alias_maximum);
-        if cfg.mqtt.max_qos < 2 {
-            p.maximum_qos = Some(cfg.mqtt.max_qos);
-        }
-        p.retain_available = Some(cfg.mqtt.retain_available as u8);
-        p.wildcard_subscription_available = Some(cfg.mqtt.wildcard_subscription_available as u8);
-        p.subscription_identifiers_available =
-            Some(cfg.mqtt.subscription_identifiers_available as u8);
-        p.shared_subscription_available = Some(cfg.mqtt.shared_subscription_available as u8);
-        p.server_keep_alive = server_keep_alive;
-        if expiry != requested_expiry {
-            p.session_expiry_interval = Some(expiry);
-        }
-        if props.request_response_information == Some(1) {
-            p.response_information = Some(format!("keelmq/response/{client_id}"));
-        }
-    }
+    ack.session_present = attached.session_present;
     let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
     tracing::debug!(%peer, %client_id, ?v, session_present = attached.session_present, "connected");
     let max_out = if v.is_v5() {
@@ -510,6 +584,11 @@ impl Connection {
             return Close::Shutdown;
         }
         self.fill_outgoing(&mut io.wbuf);
+        // Packets that arrived in the same reads as the CONNECT are handled now, not after the
+        // next read (a device that connects, publishes and waits sends them all at once).
+        if let Err(close) = self.process_buffered(io).await {
+            return close;
+        }
         loop {
             let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
             // [MQTT-3.1.2-22]: one and a half times the keep-alive without a packet.
@@ -607,8 +686,27 @@ impl Connection {
                 break;
             }
             self.handle(packet, &mut io.wbuf).await?;
+            if self.pending_acks.len() > MAX_PENDING_ACKS {
+                return Err(Close::Server {
+                    reason: ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    why: "more acknowledgements waiting than packet identifiers",
+                });
+            }
         }
         Ok(())
+    }
+
+    /// [`Self::process_input`] for bytes already buffered, without a read first.
+    async fn process_buffered<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if io.rbuf.is_empty() {
+            return Ok(());
+        }
+        let r = Box::pin(self.process_input(io)).await;
+        self.fill_outgoing(&mut io.wbuf);
+        r
     }
 
     async fn retry_held<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
@@ -728,6 +826,11 @@ impl Connection {
                             None => self.send(wbuf, &rel),
                         }
                     }
+                    // Behind whatever waits, so it never overtakes the first PUBREL's record.
+                    PubRecOutcome::ReleaseAgain => {
+                        let rel = Packet::PubRel(PubAck::new(a.packet_id));
+                        self.send_in_order(wbuf, rel, false);
+                    }
                     PubRecOutcome::Unknown => {
                         let mut rel = PubAck::new(a.packet_id);
                         rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -746,8 +849,12 @@ impl Connection {
                 if !found {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                // PUBCOMP leaves once the release is durable.
-                self.push_pending(pending, None, Some(Packet::PubComp(comp)), false);
+                // PUBCOMP leaves once the release is durable (an unknown id logged nothing).
+                if pending.is_ready() {
+                    self.send_in_order(wbuf, Packet::PubComp(comp), false);
+                } else {
+                    self.push_pending(pending, None, Some(Packet::PubComp(comp)), false);
+                }
                 Ok(())
             }
             Packet::PubComp(a) => self
@@ -806,7 +913,12 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect(d) => {
-                let expiry = d.properties.session_expiry_interval;
+                // Capped like the CONNECT's: the client cannot raise it past the broker's limit.
+                let max_expiry = self.broker.config().mqtt.max_session_expiry_secs;
+                let expiry = d
+                    .properties
+                    .session_expiry_interval
+                    .map(|e| e.min(max_expiry));
                 if self.connect_expiry == 0 && expiry.is_some_and(|e| e > 0) {
                     // [MQTT-3.14.2-2]
                     return Err(Close::protocol(
@@ -969,6 +1081,49 @@ impl Connection {
                 "payload is not UTF-8 as its format indicator says",
             );
         }
+        // Checked and marked in one step: a re-send arriving from now on is a duplicate.
+        let claim = match p.qos {
+            QoS::ExactlyOnce => {
+                match self
+                    .broker
+                    .claim_inbound_qos2(&self.slot, self.id, p.packet_id)
+                {
+                    None => return Err(Close::TakenOver),
+                    Some(Claimed::Duplicate) => {
+                        if let Some(ack) = self.inbound_ack(p.packet_id, p.qos, ReasonCode::SUCCESS)
+                        {
+                            self.send_in_order(wbuf, ack, false);
+                        }
+                        return Ok(());
+                    }
+                    Some(Claimed::New(claim)) => Some(claim),
+                }
+            }
+            _ => None,
+        };
+        let published = self.route_inbound(p, claim.clone(), wbuf).await;
+        if let Some(claim) = claim {
+            // Not placed (refused, failed, or nothing held): the client's re-send is new.
+            let placed = matches!(published, Ok(true))
+                || self
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.packet_id == claim.packet_id);
+            if !placed {
+                self.broker.release_claim(&claim);
+            }
+        }
+        published.map(|_| ())
+    }
+
+    /// Routes an inbound message that passed every check, and acknowledges it (now or once
+    /// durable). `Ok(false)` if it was refused with an error code (v5: a full queue).
+    async fn route_inbound(
+        &mut self,
+        p: Publish,
+        claim: Option<InboundClaim>,
+        wbuf: &mut BytesMut,
+    ) -> Result<bool, Close> {
         let now = Instant::now();
         let message = Message {
             id: self.broker.next_message_id(),
@@ -983,9 +1138,7 @@ impl Connection {
             properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
         };
-        // A clone only for QoS 2, to lend the slot while `self` is borrowed mutably.
-        let slot = (p.qos == QoS::ExactlyOnce).then(|| self.slot.clone());
-        let inbound = slot.as_ref().map(|s| (s, p.packet_id));
+        let inbound = claim;
         let outcome = if p.retain {
             // Retained updates are ordered by the retain gate, inside `publish`: the earlier
             // messages of this publisher become visible first.
@@ -1024,7 +1177,7 @@ impl Connection {
                         let inbound = p.qos == QoS::AtLeastOnce;
                         self.push_pending(placed.durable, Some(placed.placement), ack, inbound);
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         };
@@ -1040,13 +1193,14 @@ impl Connection {
                     publish,
                 });
             }
-            return Ok(());
+            return Ok(true);
         }
         if let Some(publish) = outcome.held {
             Metrics::add(&self.broker.shared.metrics.queue_full_refusals, 1);
             if self.version.is_v5() {
                 // Nothing was placed or logged: the message is refused whole.
                 self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::QUOTA_EXCEEDED);
+                return Ok(false);
             } else {
                 // 3.x cannot be told: hold the acknowledgement (and the client) back until the
                 // queues have room. The message is never dropped after an acknowledgement.
@@ -1056,7 +1210,7 @@ impl Connection {
                     publish,
                 });
             }
-            return Ok(());
+            return Ok(true);
         }
         // A retained copy refused by `max_retained_messages` is counted, not reported: the
         // message itself was delivered, and a QoS 2 error code would end the flow.
@@ -1066,7 +1220,7 @@ impl Connection {
             ReasonCode::SUCCESS
         };
         self.ack_inbound(wbuf, p.packet_id, p.qos, reason);
-        Ok(())
+        Ok(true)
     }
 
     /// Moves deliveries from the session into the write buffer while it has room.
@@ -1152,8 +1306,10 @@ impl Connection {
         }
     }
 
-    /// Sends the final DISCONNECT where one is due, closes the socket and detaches the session.
-    async fn finish<S>(&mut self, io: &mut Io<S>, close: Close)
+    /// Sends the final DISCONNECT where one is due, shuts the socket's write side and detaches
+    /// the session. Returns whether the input should still be drained before the socket closes
+    /// (the socket itself did not fail).
+    async fn finish<S>(&mut self, io: &mut Io<S>, close: Close) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -1161,6 +1317,13 @@ impl Connection {
         // takes it) before a connection taking the session over goes on.
         if let Err(e) = self.drain_pending(&mut io.wbuf).await {
             tracing::debug!(client_id = %self.client_id, ?e, "pending acknowledgements dropped");
+        }
+        if let Some(held) = self.held.take() {
+            // Never acknowledged, so the client re-sends it: that copy must not be taken for a
+            // duplicate.
+            if let Some(claim) = &held.publish.inbound_qos2 {
+                self.broker.release_claim(claim);
+            }
         }
         drop(self.alive.take());
         let server_reason = match &close {
@@ -1179,9 +1342,7 @@ impl Connection {
             }
             self.send(&mut io.wbuf, &Packet::Disconnect(d));
         }
-        if !matches!(close, Close::Network) {
-            let _ = io.flush_and_close().await;
-        }
+        let drain = !matches!(close, Close::Network) && io.flush_and_close().await.is_ok();
         tracing::debug!(client_id = %self.client_id, ?close, "connection closed");
         let (publish_will, expiry) = match close {
             Close::Client { reason, expiry } => {
@@ -1193,5 +1354,6 @@ impl Connection {
         self.broker
             .disconnect(self.id, &self.slot, publish_will, expiry)
             .await;
+        drain
     }
 }

@@ -18,7 +18,11 @@ pub struct Metrics {
     pub expired: AtomicU64,
     /// PUBLISH packets not sent because they exceeded the client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
-    /// QoS 1/2 publishes refused (v5 0x97) or held back (3.x) because a queue was full.
+    /// QoS 1/2 copies not queued for an offline or stalled subscriber whose queue was full
+    /// (its publisher and the other subscribers went on).
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 1/2 publishes refused (v5 0x97) or held back (3.x) because a draining subscriber's
+    /// queue was full.
     pub queue_full_refusals: AtomicU64,
     /// QoS 0 publishes that paused their publisher because a draining subscriber's queue was
     /// full (see `limits.stalled_subscriber_ms`).

@@ -153,11 +153,34 @@ pub struct PendingPublish {
     targets: Vec<(Arc<SessionSlot>, Delivery)>,
     records: Vec<Record>,
     retain_update: bool,
-    /// The publisher's QoS 2 packet id, to remember as awaiting PUBREL once placed.
-    inbound_qos2: Option<(Arc<SessionSlot>, u16)>,
+    /// The publisher's QoS 2 packet id, claimed in its session (see
+    /// [`Broker::claim_inbound_qos2`]); logged as awaiting PUBREL with the message's records.
+    inbound_qos2: Option<InboundClaim>,
     /// A QoS 0 target's full queue holds the message too, while that subscriber drains it
     /// (a client's publish can wait; a will or `$SYS` message cannot).
     qos0_may_wait: bool,
+}
+
+/// A QoS 2 packet id a connection marked as received in its session, in one step with the
+/// duplicate check ([`Broker::claim_inbound_qos2`]), before its message is routed: a re-send
+/// arriving meanwhile (on this or a taking-over connection) is a duplicate, never routed
+/// twice. `generation` is the session's at the claim: the `InboundQos2` record is logged only
+/// if the session is still that one (a Clean Start meanwhile must not inherit the id), and a
+/// claim whose message is not placed is released only in that session.
+#[derive(Debug, Clone)]
+pub(crate) struct InboundClaim {
+    pub(crate) slot: Arc<SessionSlot>,
+    pub(crate) packet_id: u16,
+    pub(crate) generation: u64,
+}
+
+/// What [`Broker::claim_inbound_qos2`] found.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// The id was new and is now marked as received.
+    New(InboundClaim),
+    /// The id was already awaiting PUBREL: a re-send.
+    Duplicate,
 }
 
 /// What [`Broker::publish_begin`] did with a message.
@@ -178,14 +201,75 @@ pub(crate) enum Begun {
 pub(crate) struct Placement {
     /// Target, packet id, delivery, and the session generation the reservation was made in.
     reserved: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
-    /// A retained update to apply with the deliveries.
-    retain: Option<Arc<Message>>,
+    /// A retained update to apply with the deliveries, with its place in log order.
+    retain: Option<(Arc<Message>, u64)>,
 }
 
 impl Placement {
     /// How many sessions the message is placed for.
     pub(crate) fn len(&self) -> usize {
         self.reserved.len()
+    }
+}
+
+/// What [`Broker::reserve_target`] did for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetReservation {
+    Queued {
+        packet_id: u16,
+        generation: u64,
+    },
+    /// The session's queue (or the broker-wide cap) has no room for a QoS 1/2 delivery, or a
+    /// QoS 0 one that waits for a draining subscriber.
+    Full,
+    DroppedQos0,
+    /// The session ended meanwhile.
+    Ended,
+}
+
+/// How [`Broker::reserve`] places deliveries.
+#[derive(Debug, Clone, Copy)]
+struct Reservation<'a> {
+    /// A single full QoS 1/2 target that is draining its queue cancels every reservation, and
+    /// nothing is logged; a full target that is not draining (offline or stalled) loses its
+    /// copy (counted). Without it, full targets are returned and the rest placed.
+    all_or_nothing: bool,
+    /// A QoS 0 delivery waits (counts as full) for a connected, draining subscriber's queue.
+    qos0_may_wait: bool,
+    /// The publisher's claimed QoS 2 id, logged with the records.
+    inbound_qos2: Option<&'a InboundClaim>,
+}
+
+/// What a SUBSCRIBE applied so far, to log, place, or undo.
+struct AppliedSubscribe {
+    in_store: bool,
+    codes: Vec<ReasonCode>,
+    records: Vec<Record>,
+    retained: Vec<Delivery>,
+    /// Room left in the session's queue for retained copies.
+    room_messages: usize,
+    room_bytes: usize,
+    /// Each filter applied, with the subscription it replaced.
+    undo: Vec<(String, Option<SubscriptionRecord>)>,
+}
+
+impl AppliedSubscribe {
+    fn for_session(slot: &SessionSlot, cfg: &Config) -> AppliedSubscribe {
+        let st = slot.state.lock();
+        let limits = &cfg.limits;
+        AppliedSubscribe {
+            in_store: st.in_store,
+            codes: Vec::new(),
+            records: Vec::new(),
+            retained: Vec::new(),
+            room_messages: limits
+                .max_queued_messages
+                .saturating_sub(st.session.queued_len()),
+            room_bytes: limits
+                .max_queued_bytes
+                .saturating_sub(st.session.queued_bytes()),
+            undo: Vec::new(),
+        }
     }
 }
 
@@ -217,6 +301,8 @@ pub struct Attached {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectRefusal {
     ServerBusy,
+    /// `limits.max_sessions` sessions exist and this CONNECT would create another.
+    TooManySessions,
     /// The session record could not be made durable.
     NotDurable,
 }
@@ -245,6 +331,46 @@ pub(crate) struct Shared {
     /// SUBSCRIBE holds it exclusively. A subscriber is therefore either in the plan (it gets the
     /// live copy) or subscribes after the store was updated (it gets the retained copy).
     retain_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Orders retained updates as the log does (see [`RetainOrder`]).
+    retain_order: Mutex<RetainOrder>,
+}
+
+/// Retained updates become visible in the order of their records in the log, not in the order
+/// their fdatasyncs are noticed: two RETAIN publishes to one topic covered by one fdatasync
+/// can wake up in either order, and the older must not win (a restart would bring the newer
+/// back). Each update takes a version while its records are appended, under this lock; the
+/// index applies an update only if no later version of its topic was applied first.
+#[derive(Debug, Default)]
+struct RetainOrder {
+    next_version: u64,
+    /// Topics with updates reserved but not yet settled or cancelled: how many, and the
+    /// latest version applied meanwhile. A topic leaves the map with its last update, so the
+    /// map holds only updates in flight.
+    in_flight: HashMap<crate::codec::ByteStr, (usize, u64)>,
+}
+
+impl RetainOrder {
+    fn reserve(&mut self, topic: &crate::codec::ByteStr) -> u64 {
+        self.next_version += 1;
+        self.in_flight.entry(topic.clone()).or_insert((0, 0)).0 += 1;
+        self.next_version
+    }
+
+    /// Ends an update in flight; whether it is to be applied (no later one was).
+    fn finish(&mut self, topic: &crate::codec::ByteStr, version: u64, applied: bool) -> bool {
+        let Some(entry) = self.in_flight.get_mut(topic) else {
+            return applied;
+        };
+        let apply = applied && version > entry.1;
+        if apply {
+            entry.1 = version;
+        }
+        entry.0 -= 1;
+        if entry.0 == 0 {
+            self.in_flight.remove(topic);
+        }
+        apply
+    }
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -338,6 +464,7 @@ impl Broker {
                 next_message_id: AtomicU64::new(first_id),
                 failed: AtomicBool::new(false),
                 retain_gate: Arc::new(tokio::sync::RwLock::new(())),
+                retain_order: Mutex::new(RetainOrder::default()),
             }),
         }
     }
@@ -597,12 +724,23 @@ impl Broker {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = p.log_lazy(records) {
-            if e.is_fatal() {
-                self.fatal(&e);
-            } else {
-                tracing::warn!(error = %e, "record not logged");
+        match p.log_lazy(records) {
+            Ok(Some(durable)) => {
+                // Nobody waits for it, but its failure must not go unseen: the image already
+                // holds what the log lost (e.g. an ENOSPC rollback), so the broker stops.
+                let broker = self.clone();
+                durable.on_complete(move |r| {
+                    // A log closed under it means the broker is stopping already.
+                    let failed = r.err().filter(|e| !matches!(e, keelmq_wal::Error::Closed));
+                    if let (Some(e), Some(p)) = (failed, &broker.shared.persistence) {
+                        let e = p.lazy_append_failed(e);
+                        broker.fatal(&e);
+                    }
+                });
             }
+            Ok(None) => {}
+            Err(e) if e.is_fatal() => self.fatal(&e),
+            Err(e) => tracing::warn!(error = %e, "record not logged"),
         }
     }
 
@@ -745,6 +883,9 @@ impl Broker {
         let mut ended_subscriptions = Vec::new();
         let (slot, session_present) = {
             let mut sessions = self.shared.sessions.lock();
+            if sessions.len() >= cfg.limits.max_sessions && !sessions.contains_key(&client_id) {
+                return Err(ConnectRefusal::TooManySessions);
+            }
             let slot = sessions
                 .entry(client_id.clone())
                 .or_insert_with(|| {
@@ -896,6 +1037,8 @@ impl Broker {
             st.owner = None;
             st.kick = None;
             slot.connected.store(false, Ordering::Release);
+            // Its grace as a draining subscriber starts now (see `is_draining`).
+            self.drained(slot);
             st.disconnected_at = Some(Instant::now());
             if let Some(e) = expiry_override {
                 st.session.expiry_interval = e;
@@ -1112,10 +1255,10 @@ impl Broker {
     /// `Err` means persistence failed: the publisher must get no acknowledgement.
     /// With `qos0_may_wait`, a QoS 0 message also waits (is held) for the full queue of a
     /// subscriber that is connected and draining, instead of being dropped for it.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         message: Arc<Message>,
-        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        inbound_qos2: Option<InboundClaim>,
         qos0_may_wait: bool,
     ) -> Result<PublishOutcome, NotDurable> {
         let _gate = self.retain_gate_for(message.retain).await;
@@ -1134,7 +1277,7 @@ impl Broker {
     pub(crate) fn publish_begin(
         &self,
         message: Arc<Message>,
-        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        inbound_qos2: Option<InboundClaim>,
         qos0_may_wait: bool,
     ) -> Result<Begun, NotDurable> {
         debug_assert!(
@@ -1150,7 +1293,7 @@ impl Broker {
     fn prepare(
         &self,
         message: Arc<Message>,
-        inbound_qos2: Option<(&Arc<SessionSlot>, u16)>,
+        inbound_qos2: Option<InboundClaim>,
         qos0_may_wait: bool,
     ) -> (PendingPublish, bool) {
         let mut records = Vec::new();
@@ -1174,15 +1317,8 @@ impl Broker {
                 Metrics::add(&self.shared.metrics.retained_refused, 1);
             }
         }
-        if let Some((slot, packet_id)) = inbound_qos2 {
-            if slot.state.lock().in_store {
-                let client = slot.client_id.to_string();
-                records.push(Record::InboundQos2 { client, packet_id });
-            }
-        }
         let targets = self.plan(&message);
         let message_qos0 = message.qos == QoS::AtMostOnce;
-        let inbound_qos2 = inbound_qos2.map(|(slot, pid)| (slot.clone(), pid));
         let pending = PendingPublish {
             message,
             targets,
@@ -1230,20 +1366,22 @@ impl Broker {
     /// Reserves a publish's deliveries whole and logs its records, or gives it back held if a
     /// queue is full (nothing reserved or logged then).
     fn begin(&self, p: PendingPublish) -> Result<Begun, NotDurable> {
-        let (placed, full) =
-            self.reserve(p.targets.clone(), p.records.clone(), true, p.qos0_may_wait)?;
+        let how = Reservation {
+            all_or_nothing: true,
+            qos0_may_wait: p.qos0_may_wait,
+            inbound_qos2: p.inbound_qos2.as_ref(),
+        };
+        // A retained update takes its version in the same step as its records' append.
+        let mut order = p.retain_update.then(|| self.shared.retain_order.lock());
+        let (placed, full) = self.reserve(p.targets.clone(), p.records.clone(), how)?;
         let Some(mut placed) = placed.filter(|_| full.is_empty()) else {
             return Ok(Begun::Held(p));
         };
-        if let Some((slot, packet_id)) = &p.inbound_qos2 {
-            // Session state, recorded whoever holds the connection now: it must match the log,
-            // or a re-sent PUBLISH would be routed twice, or a new one taken for a re-send.
-            // A re-send arriving before the log is durable is acknowledged only after it.
-            self.with_slot(slot, |st| st.session.inbound_qos2_received(*packet_id));
+        if let Some(order) = order.as_mut() {
+            let version = order.reserve(&p.message.topic);
+            placed.placement.retain = Some((p.message, version));
         }
-        if p.retain_update {
-            placed.placement.retain = Some(p.message);
-        }
+        drop(order);
         Ok(Begun::Placed(placed))
     }
 
@@ -1256,7 +1394,7 @@ impl Broker {
         if message.payload.is_empty()
             || retained.len() < max
             || retained.contains(&message.topic)
-            || message.topic.starts_with('$')
+            || is_broker_sys(message)
         {
             return true;
         }
@@ -1329,85 +1467,40 @@ impl Broker {
         out
     }
 
-    /// Places deliveries in their sessions' queues: reserves room and packet ids, logs an
-    /// `Enqueue` (with the message body) for every persistent session among them together with
-    /// `records`, waits until all of it is durable, and only then makes the deliveries visible
-    /// and wakes their connections. Returns how many were placed and those that found a full
-    /// queue.
-    ///
-    /// With `all_or_nothing`, a single full QoS 1/2 target cancels every reservation and
-    /// nothing is logged: `(0, full)`.
-    async fn place(
-        &self,
-        targets: Vec<(Arc<SessionSlot>, Delivery)>,
-        records: Vec<Record>,
-        all_or_nothing: bool,
-        qos0_may_wait: bool,
-    ) -> Result<(usize, Vec<(Arc<SessionSlot>, Delivery)>), NotDurable> {
-        let (placed, full) = self.reserve(targets, records, all_or_nothing, qos0_may_wait)?;
-        let placed = match placed {
-            Some(p) => self.complete(p).await?,
-            None => 0,
-        };
-        Ok((placed, full))
-    }
-
-    /// The first half of [`Self::place`]: reserves room and packet ids and logs the records,
-    /// without waiting. `None` (and nothing logged) when `all_or_nothing` met a full queue.
+    /// Reserves room and packet ids in the targets' queues and logs the records (an `Enqueue`
+    /// with the message body for every persistent session among them), without waiting: the
+    /// deliveries become visible with [`Self::settle`] once durable. `None` (and nothing logged) when `all_or_nothing` met a full queue.
     fn reserve(
         &self,
         targets: Vec<(Arc<SessionSlot>, Delivery)>,
         mut records: Vec<Record>,
-        all_or_nothing: bool,
-        qos0_may_wait: bool,
+        how: Reservation<'_>,
     ) -> Result<Reserved, NotDurable> {
-        let max_total = self.shared.config.limits.max_queued_bytes_total;
-        let persistence = self.shared.persistence.is_some();
+        let Reservation {
+            all_or_nothing,
+            qos0_may_wait,
+            inbound_qos2,
+        } = how;
         let mut reserved = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
         let mut bodies_logged: Vec<u64> = Vec::new();
         for (slot, delivery) in targets {
-            let bytes = delivery.payload_len();
-            let global_room =
-                self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
-            let qos0_waits =
-                qos0_may_wait && delivery.qos == QoS::AtMostOnce && self.qos0_waits_for(&slot);
-            let result = self.with_slot(&slot, |st| {
-                (!st.ended).then(|| {
-                    let waits = qos0_waits && !(global_room && st.session.has_room(bytes));
-                    let enqueued = if waits {
-                        Enqueued::Full
-                    } else {
-                        st.session.reserve(delivery.qos, bytes, global_room)
-                    };
-                    (enqueued, st.in_store, st.generation)
-                })
-            });
-            match result {
-                None => {}
-                Some((Enqueued::Queued(packet_id), in_store, generation)) => {
-                    if persistence && in_store && packet_id != 0 {
-                        let m = &delivery.message;
-                        if !bodies_logged.contains(&m.id) {
-                            bodies_logged.push(m.id);
-                            records.push(Record::Message(store_message(m)));
-                        }
-                        records.push(Record::Enqueue {
-                            client: slot.client_id.to_string(),
-                            packet_id,
-                            message_id: m.id,
-                            qos: delivery.qos as u8,
-                            retain: delivery.retain,
-                            subscription_ids: delivery.subscription_ids.clone(),
-                            shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
-                        });
-                    }
-                    reserved.push((slot, packet_id, delivery, generation));
+            let logged = (&mut bodies_logged, &mut records);
+            match self.reserve_target(&slot, &delivery, qos0_may_wait, logged) {
+                TargetReservation::Queued {
+                    packet_id,
+                    generation,
+                } => reserved.push((slot, packet_id, delivery, generation)),
+                // All or nothing holds only for subscribers that drain their queue: an offline
+                // or stalled one loses its own copy (counted), and the publisher goes on.
+                TargetReservation::Full if all_or_nothing && !self.is_draining(&slot) => {
+                    Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
                 }
-                Some((Enqueued::Full, _, _)) => full.push((slot, delivery)),
-                Some((Enqueued::DroppedQos0, _, _)) => {
+                TargetReservation::Full => full.push((slot, delivery)),
+                TargetReservation::DroppedQos0 => {
                     Metrics::add(&self.shared.metrics.dropped_qos0, 1);
                 }
+                TargetReservation::Ended => {}
             }
         }
         let placement = Placement {
@@ -1418,12 +1511,143 @@ impl Broker {
             self.cancel(placement);
             return Ok((None, full));
         }
-        match self.log_pending(records) {
+        let logged = match inbound_qos2 {
+            Some(claim) => self.log_with_claim(records, claim),
+            None => self.log_pending(records),
+        };
+        match logged {
             Ok(durable) => Ok((Some(Placed { placement, durable }), full)),
             Err(e) => {
                 self.cancel(placement);
                 Err(e)
             }
+        }
+    }
+
+    /// Reserves room and a packet id for one delivery in `slot`'s queue, adding the records it
+    /// needs for a persistent session to `logged` (the message body once per commit).
+    fn reserve_target(
+        &self,
+        slot: &Arc<SessionSlot>,
+        delivery: &Delivery,
+        qos0_may_wait: bool,
+        logged: (&mut Vec<u64>, &mut Vec<Record>),
+    ) -> TargetReservation {
+        let bytes = delivery.payload_len();
+        let max_total = self.shared.config.limits.max_queued_bytes_total;
+        let global_room =
+            self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
+        let qos0_waits =
+            qos0_may_wait && delivery.qos == QoS::AtMostOnce && self.qos0_waits_for(slot);
+        let result = self.with_slot(slot, |st| {
+            (!st.ended).then(|| {
+                let waits = qos0_waits && !(global_room && st.session.has_room(bytes));
+                let enqueued = if waits {
+                    Enqueued::Full
+                } else {
+                    st.session.reserve(delivery.qos, bytes, global_room)
+                };
+                (enqueued, st.in_store, st.generation)
+            })
+        });
+        let Some((enqueued, in_store, generation)) = result else {
+            return TargetReservation::Ended;
+        };
+        let packet_id = match enqueued {
+            Enqueued::Queued(packet_id) => packet_id,
+            Enqueued::Full => return TargetReservation::Full,
+            Enqueued::DroppedQos0 => return TargetReservation::DroppedQos0,
+        };
+        let (bodies_logged, records) = logged;
+        if self.shared.persistence.is_some() && in_store && packet_id != 0 {
+            let m = &delivery.message;
+            if !bodies_logged.contains(&m.id) {
+                bodies_logged.push(m.id);
+                records.push(Record::Message(store_message(m)));
+            }
+            records.push(Record::Enqueue {
+                client: slot.client_id.to_string(),
+                packet_id,
+                message_id: m.id,
+                qos: delivery.qos as u8,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+                shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
+            });
+        }
+        TargetReservation::Queued {
+            packet_id,
+            generation,
+        }
+    }
+
+    /// Whether `slot`'s subscriber took from its queue (or went offline, or the broker
+    /// started) within `limits.stalled_subscriber_ms`, connected or not; with 0, whether it
+    /// is connected. Only such a subscriber's full queue refuses (v5) or holds back (3.x) a
+    /// QoS 1/2 publisher: one that is offline or stalled for longer loses its own copy. The
+    /// grace after a disconnect covers a client that reconnects at once (after a network
+    /// glitch, or a broker restart) without letting one that never returns stop anybody.
+    fn is_draining(&self, slot: &SessionSlot) -> bool {
+        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        if stall == 0 {
+            return slot.is_connected();
+        }
+        let last = slot.last_drain_ms.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < stall
+    }
+
+    /// Logs a publish's `records` with the publisher's `InboundQos2`, holding the publisher's
+    /// session lock so that a Clean Start (which replaces the session under that lock and logs
+    /// its removal after) cannot come between the generation check and the append: the id is
+    /// logged for the session that claimed it, or not at all.
+    fn log_with_claim(
+        &self,
+        mut records: Vec<Record>,
+        claim: &InboundClaim,
+    ) -> Result<PendingDurable, NotDurable> {
+        let st = claim.slot.state.lock();
+        if st.in_store && st.generation == claim.generation {
+            records.push(Record::InboundQos2 {
+                client: claim.slot.client_id.to_string(),
+                packet_id: claim.packet_id,
+            });
+        }
+        let logged = self.log_pending(records);
+        drop(st);
+        logged
+    }
+
+    /// Marks an inbound QoS 2 packet id as received, if connection `conn` owns the session and
+    /// the id is not already awaiting PUBREL: the duplicate check and the mark in one step.
+    /// `None` if `conn` no longer owns the session. A claim whose message is not placed must be
+    /// given back with [`Self::release_claim`].
+    pub(crate) fn claim_inbound_qos2(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn: ConnId,
+        packet_id: u16,
+    ) -> Option<Claimed> {
+        let mut st = slot.state.lock();
+        if st.owner != Some(conn) {
+            return None;
+        }
+        if !st.session.inbound_qos2_is_new(packet_id) {
+            return Some(Claimed::Duplicate);
+        }
+        st.session.inbound_qos2_received(packet_id);
+        Some(Claimed::New(InboundClaim {
+            slot: slot.clone(),
+            packet_id,
+            generation: st.generation,
+        }))
+    }
+
+    /// Gives back a claim whose message was not placed (refused, or dropped unacknowledged
+    /// when its connection closed): the client's re-send is then routed. Nothing was logged.
+    pub(crate) fn release_claim(&self, claim: &InboundClaim) {
+        let mut st = claim.slot.state.lock();
+        if st.generation == claim.generation {
+            st.session.inbound_pubrel(claim.packet_id);
         }
     }
 
@@ -1441,6 +1665,12 @@ impl Broker {
 
     /// Gives back the room and packet ids of a placement that will not be made visible.
     pub(crate) fn cancel(&self, placement: Placement) {
+        if let Some((message, version)) = &placement.retain {
+            self.shared
+                .retain_order
+                .lock()
+                .finish(&message.topic, *version, false);
+        }
         for (slot, packet_id, d, generation) in placement.reserved {
             self.with_slot(&slot, |st| {
                 if st.generation == generation {
@@ -1453,12 +1683,15 @@ impl Broker {
     /// Makes a placement whose records are durable visible: queues its deliveries, wakes their
     /// connections and applies its retained update. Returns how many deliveries it placed.
     pub(crate) fn settle(&self, placement: Placement) -> usize {
-        if let Some(message) = placement.retain {
-            let mut retained = self.shared.retained.write();
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
-            } else {
-                retained.insert(&message.topic, message.clone());
+        if let Some((message, version)) = placement.retain {
+            let mut order = self.shared.retain_order.lock();
+            if order.finish(&message.topic, version, true) {
+                let mut retained = self.shared.retained.write();
+                if message.payload.is_empty() {
+                    retained.remove(&message.topic);
+                } else {
+                    retained.insert(&message.topic, message.clone());
+                }
             }
         }
         let placed = placement.reserved.len();
@@ -1489,53 +1722,117 @@ impl Broker {
         placed
     }
 
-    /// Gives shared-subscription deliveries of a departed member to connected members of their
-    /// groups, or back to the departed member when none is connected, logging the move (the
-    /// `Dequeue`s of the old packet ids are in `records`) before any member can see it.
-    async fn redispatch(&self, deliveries: Vec<Delivery>, from: &Arc<SessionSlot>) {
+    /// Gives the shared-subscription deliveries a departed member held to other members of
+    /// their groups: a connected member first, else an offline persistent one; each in one
+    /// commit with the `Dequeue` of its old place, so that no crash can leave it in neither
+    /// (nor, for a persistent departed member, in both). A delivery no other member can take
+    /// (none, or every queue full) stays with the departed member under its packet id.
+    async fn redispatch(&self, taken: Vec<(u16, Delivery)>, from: &Arc<SessionSlot>) {
+        if taken.is_empty() {
+            return;
+        }
+        let (from_in_store, from_generation) =
+            self.with_slot(from, |st| (st.in_store, st.generation));
         let mut records = Vec::new();
-        let (removed, in_store) =
-            self.with_slot(from, |st| (st.session.take_removed(), st.in_store));
-        if in_store {
-            for packet_id in removed {
-                let client = from.client_id.to_string();
-                records.push(Record::Dequeue { client, packet_id });
-            }
-        }
-        let mut targets = Vec::with_capacity(deliveries.len());
-        {
-            let router = self.shared.router.read();
-            for delivery in deliveries {
-                let Some(group) = delivery.shared_group.clone() else {
-                    continue;
-                };
-                let mut target = None;
-                router.matches(&delivery.message.topic, |m| {
-                    if let Match::Shared(g) = m {
-                        if *g.name == *group && target.is_none() {
-                            target = g
-                                .rotation()
-                                .find(|s| s.client != from.client_id && s.target.is_connected())
-                                .map(|s| (s.target.clone(), s.options.qos));
-                        }
-                    }
-                });
-                let (slot, granted) = target.unwrap_or_else(|| (from.clone(), delivery.qos));
-                let mut d = delivery;
+        let mut bodies_logged = Vec::new();
+        let mut reserved = Vec::new();
+        let mut moved = Vec::new();
+        let mut stays = Vec::new();
+        for (old_id, delivery) in taken {
+            let candidates = self.group_candidates(&delivery, from);
+            let placed = candidates.into_iter().find_map(|(slot, granted)| {
+                let mut d = delivery.clone();
                 d.qos = d.message.qos.min(granted);
-                targets.push((slot, d));
+                let logged = (&mut bodies_logged, &mut records);
+                match self.reserve_target(&slot, &d, false, logged) {
+                    TargetReservation::Queued {
+                        packet_id,
+                        generation,
+                    } => Some((slot, packet_id, d, generation)),
+                    _ => None,
+                }
+            });
+            match placed {
+                Some(r) => {
+                    if from_in_store && old_id != 0 {
+                        let client = from.client_id.to_string();
+                        records.push(Record::Dequeue {
+                            client,
+                            packet_id: old_id,
+                        });
+                    }
+                    reserved.push(r);
+                    moved.push((old_id, delivery));
+                }
+                None => stays.push((old_id, delivery)),
             }
         }
-        match self.place(targets, records, false, false).await {
-            Ok((_, full)) if !full.is_empty() => {
-                Metrics::add(&self.shared.metrics.queue_full_refusals, full.len() as u64);
-                tracing::warn!(
-                    refused = full.len(),
-                    "shared redispatch refused: queue full"
+        let placement = Placement {
+            reserved,
+            retain: None,
+        };
+        let outcome = match self.log_pending(records) {
+            Ok(durable) => self.complete(Placed { placement, durable }).await,
+            Err(e) => {
+                self.cancel(placement);
+                Err(e)
+            }
+        };
+        self.with_slot(from, |st| {
+            if st.generation != from_generation {
+                return; // replaced by a Clean Start: its deliveries went with it
+            }
+            let paged = st.owner.is_none() && st.in_store;
+            if outcome.is_ok() {
+                for (id, _) in moved {
+                    st.session.release_moved(id);
+                }
+            } else {
+                // Not moved: the log still has them here.
+                stays.extend(moved);
+            }
+            for (id, d) in stays {
+                st.session.give_back(id, d, paged);
+            }
+        });
+    }
+
+    /// The members of `delivery`'s shared group that may take it over from `from`, in the
+    /// order to try: connected members in round-robin order, then offline persistent ones;
+    /// each with its granted QoS.
+    fn group_candidates(
+        &self,
+        delivery: &Delivery,
+        from: &Arc<SessionSlot>,
+    ) -> Vec<(Arc<SessionSlot>, QoS)> {
+        let Some(group) = delivery.shared_group.as_deref() else {
+            return Vec::new();
+        };
+        let mut members = Vec::new();
+        self.shared
+            .router
+            .read()
+            .matches(&delivery.message.topic, |m| {
+                let Match::Shared(g) = m else { return };
+                if *g.name != *group || !members.is_empty() {
+                    return;
+                }
+                members.extend(
+                    g.rotation()
+                        .filter(|member| !Arc::ptr_eq(&member.target, from))
+                        .map(|member| (member.target.clone(), member.options.qos)),
                 );
-            }
-            _ => {}
-        }
+            });
+        // Session locks only after the router's is released (lock order).
+        let (mut connected, offline): (Vec<_>, Vec<_>) = members
+            .into_iter()
+            .partition(|(slot, _)| slot.is_connected());
+        connected.extend(
+            offline
+                .into_iter()
+                .filter(|(slot, _)| slot.state.lock().in_store),
+        );
+        connected
     }
 
     // ------------------------------------------------------------------------ subscriptions
@@ -1545,130 +1842,204 @@ impl Broker {
     /// durable. `Ok(None)`, changing nothing, if `conn` no longer owns the session: the gate
     /// can hold a SUBSCRIBE back (while the retained index loads) for longer than a takeover
     /// waits for the old connection, and the new owner's session must not get it.
+    ///
+    /// The retain gate is held only while the subscriptions are inserted and their retained
+    /// copies reserved and logged, not across the fdatasync. If the records cannot be made
+    /// durable, the subscriptions are taken out again: a SUBSCRIBE without SUBACK changes
+    /// nothing.
     pub async fn subscribe(
         &self,
         slot: &Arc<SessionSlot>,
         conn: ConnId,
         sub: &Subscribe,
     ) -> Result<Option<Vec<ReasonCode>>, NotDurable> {
-        let _gate = self.shared.retain_gate.write().await;
+        let gate = self.shared.retain_gate.write().await;
         if slot.state.lock().owner != Some(conn) {
             return Ok(None);
         }
-        let cfg = &self.shared.config;
-        let mut codes = Vec::with_capacity(sub.filters.len());
-        let mut records = Vec::new();
-        let mut retained = Vec::new();
-        let identifier = sub.properties.subscription_identifier;
-        let in_store = slot.state.lock().in_store;
-        let mut taken_over = false;
+        let mut applied = AppliedSubscribe::for_session(slot, &self.shared.config);
         for (filter, options) in &sub.filters {
-            let shared = parse_shared(filter);
-            let levels = shared.filter.split('/').count();
-            let wildcard = crate::codec::topic::has_wildcards(shared.filter);
-            let code = if levels > cfg.limits.max_topic_levels {
-                ReasonCode::TOPIC_FILTER_INVALID
-            } else if shared.group.is_some() && !cfg.mqtt.shared_subscription_available {
-                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if wildcard && !cfg.mqtt.wildcard_subscription_available {
-                ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else {
-                let granted = options.qos.min(max_qos(cfg));
-                let opts = SubscriptionOptions {
-                    qos: granted,
-                    ..*options
+            let identifier = sub.properties.subscription_identifier;
+            match self.subscribe_one(slot, conn, filter, options, identifier, &mut applied) {
+                Some(code) => applied.codes.push(code),
+                // Log what was applied before the takeover, then refuse the rest.
+                None => break,
+            }
+        }
+        let taken_over = applied.codes.len() < sub.filters.len();
+        let targets = std::mem::take(&mut applied.retained)
+            .into_iter()
+            .map(|d| (slot.clone(), d))
+            .collect();
+        let how = Reservation {
+            all_or_nothing: false,
+            qos0_may_wait: false,
+            inbound_qos2: None,
+        };
+        let records = std::mem::take(&mut applied.records);
+        let reserved = self.reserve(targets, records, how);
+        // From here on a retained publish plans this subscription in (it is in the router),
+        // and its copy queues behind the retained ones reserved above.
+        drop(gate);
+        let durable = match reserved {
+            Ok((placed, full)) => {
+                if !full.is_empty() {
+                    // Retained copies for a subscriber whose queue is full are owed to nobody.
+                    Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
+                }
+                match placed {
+                    Some(placed) => self.complete(placed).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = durable {
+            self.undo_subscribe(slot, applied.undo);
+            return Err(e);
+        }
+        Ok((!taken_over).then_some(applied.codes))
+    }
+
+    /// Applies one filter of a SUBSCRIBE: its reason code, or `None` if `conn` no longer owns
+    /// the session (nothing applied then).
+    fn subscribe_one(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn: ConnId,
+        filter: &str,
+        options: &SubscriptionOptions,
+        identifier: Option<u32>,
+        applied: &mut AppliedSubscribe,
+    ) -> Option<ReasonCode> {
+        let cfg = &self.shared.config;
+        let shared = parse_shared(filter);
+        let wildcard = crate::codec::topic::has_wildcards(shared.filter);
+        if shared.filter.split('/').count() > cfg.limits.max_topic_levels {
+            return Some(ReasonCode::TOPIC_FILTER_INVALID);
+        } else if shared.group.is_some() && !cfg.mqtt.shared_subscription_available {
+            return Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        } else if wildcard && !cfg.mqtt.wildcard_subscription_available {
+            return Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        let granted = options.qos.min(max_qos(cfg));
+        let opts = SubscriptionOptions {
+            qos: granted,
+            ..*options
+        };
+        let record = SubscriptionRecord {
+            options: opts,
+            identifier,
+        };
+        // Owner checked again with the session locked: a takeover can happen on another
+        // thread at any moment, and must never find a SUBSCRIBE of the old connection half
+        // applied.
+        let inserted = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let subs = &mut st.session.subscriptions;
+            if !subs.contains_key(filter) && subs.len() >= cfg.limits.max_subscriptions_per_client {
+                return Some(None);
+            }
+            Some(Some(subs.insert(filter.to_string(), record)))
+        })?;
+        let Some(previous) = inserted else {
+            return Some(ReasonCode::QUOTA_EXCEEDED);
+        };
+        applied.undo.push((filter.to_string(), previous));
+        let existed = self.shared.router.write().subscribe(
+            filter,
+            Subscription {
+                client: slot.client_id.clone(),
+                options: opts,
+                identifier,
+                target: slot.clone(),
+            },
+        );
+        if applied.in_store {
+            applied.records.push(Record::Subscribe {
+                client: slot.client_id.to_string(),
+                filter: filter.to_string(),
+                subscription: store_subscription(&opts, identifier),
+            });
+        }
+        let send_retained = shared.group.is_none()
+            && match opts.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+        if send_retained {
+            self.retained_deliveries(shared.filter, opts.qos, identifier, applied);
+        }
+        Some(ReasonCode(granted as u8))
+    }
+
+    /// Takes the subscriptions of a SUBSCRIBE that could not be made durable out of the
+    /// session and the router again, restoring the ones they replaced.
+    fn undo_subscribe(
+        &self,
+        slot: &Arc<SessionSlot>,
+        undo: Vec<(String, Option<SubscriptionRecord>)>,
+    ) {
+        for (filter, previous) in undo.into_iter().rev() {
+            let owned = self.with_slot(slot, |st| {
+                match &previous {
+                    Some(p) => st.session.subscriptions.insert(filter.clone(), *p),
+                    None => st.session.subscriptions.remove(&filter),
                 };
-                let over_limit = {
-                    let st = slot.state.lock();
-                    !st.session.subscriptions.contains_key(filter)
-                        && st.session.subscriptions.len() >= cfg.limits.max_subscriptions_per_client
-                };
-                if over_limit {
-                    ReasonCode::QUOTA_EXCEEDED
-                } else {
-                    // Owner checked again with the session locked: a takeover can happen on
-                    // another thread at any moment, and must never find a SUBSCRIBE of the old
-                    // connection half applied.
-                    let owned = self.with_slot(slot, |st| {
-                        if st.owner != Some(conn) {
-                            return false;
-                        }
-                        st.session.subscriptions.insert(
-                            filter.clone(),
-                            SubscriptionRecord {
-                                options: opts,
-                                identifier,
-                            },
-                        );
-                        true
-                    });
-                    if !owned {
-                        // Log what was applied before the takeover, then refuse the rest.
-                        taken_over = true;
-                        break;
-                    }
-                    let existed = self.shared.router.write().subscribe(
-                        filter,
+                !st.ended
+            });
+            let mut router = self.shared.router.write();
+            match previous {
+                Some(p) if owned => {
+                    router.subscribe(
+                        &filter,
                         Subscription {
                             client: slot.client_id.clone(),
-                            options: opts,
-                            identifier,
+                            options: p.options,
+                            identifier: p.identifier,
                             target: slot.clone(),
                         },
                     );
-                    if in_store {
-                        records.push(Record::Subscribe {
-                            client: slot.client_id.to_string(),
-                            filter: filter.clone(),
-                            subscription: store_subscription(&opts, identifier),
-                        });
-                    }
-                    let send_retained = shared.group.is_none()
-                        && match opts.retain_handling {
-                            RetainHandling::OnSubscribe => true,
-                            RetainHandling::OnNewSubscribe => !existed,
-                            RetainHandling::Never => false,
-                        };
-                    if send_retained {
-                        self.retained_deliveries(
-                            shared.filter,
-                            opts.qos,
-                            identifier,
-                            &mut retained,
-                        );
-                    }
-                    ReasonCode(granted as u8)
                 }
-            };
-            codes.push(code);
+                _ => {
+                    router.unsubscribe(&filter, &slot.client_id);
+                }
+            }
         }
-        let targets = retained.into_iter().map(|d| (slot.clone(), d)).collect();
-        let (_, full) = self.place(targets, records, false, false).await?;
-        if !full.is_empty() {
-            // Retained copies for a subscriber whose queue is full are not owed to anyone.
-            Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
-        }
-        Ok((!taken_over).then_some(codes))
     }
 
+    /// Collects the retained messages `filter` matches as deliveries, while the session's
+    /// queue has room for them (the rest would be refused anyway, and walking a huge retained
+    /// set for them would hold the retain gate for nothing).
     fn retained_deliveries(
         &self,
         filter: &str,
         qos: QoS,
         id: Option<u32>,
-        out: &mut Vec<Delivery>,
+        applied: &mut AppliedSubscribe,
     ) {
         let now = Instant::now();
-        self.shared.retained.read().matching(filter, |m| {
-            if !m.is_expired(now) {
-                out.push(Delivery {
-                    qos: m.qos.min(qos),
-                    message: m.clone(),
-                    retain: true,
-                    subscription_ids: id.into_iter().collect(),
-                    shared_group: None,
-                });
+        self.shared.retained.read().matching_while(filter, |m| {
+            if m.is_expired(now) {
+                return true;
             }
+            let bytes = m.payload.len();
+            if applied.room_messages == 0 || applied.room_bytes < bytes {
+                return false;
+            }
+            applied.room_messages -= 1;
+            applied.room_bytes -= bytes;
+            applied.retained.push(Delivery {
+                qos: m.qos.min(qos),
+                message: m.clone(),
+                retain: true,
+                subscription_ids: id.into_iter().collect(),
+                shared_group: None,
+            });
+            true
         });
     }
 
@@ -1793,12 +2164,12 @@ impl Broker {
             }
             let found = st.session.inbound_pubrel(packet_id);
             let client = slot.client_id.to_string();
-            // Logged even when memory did not hold the id, so the log can never keep one the
-            // client has finished with.
+            // Only a real release is logged: memory holds every id the log holds (restored at
+            // start, claimed before it is logged), so an unknown id has nothing to release,
+            // and a client streaming unknown PUBRELs makes no durable work.
             Some((
                 found,
-                st.in_store
-                    .then_some(Record::InboundRelease { client, packet_id }),
+                (found && st.in_store).then_some(Record::InboundRelease { client, packet_id }),
             ))
         });
         let Some((found, record)) = result else {
@@ -1926,6 +2297,12 @@ impl Broker {
         self.log(records);
         result
     }
+}
+
+/// Whether a message is one of the broker's own `$SYS` statistics (published by no client),
+/// the only messages exempt from the retained-message limit.
+fn is_broker_sys(message: &Message) -> bool {
+    message.publisher.is_none() && message.topic.starts_with("$SYS/")
 }
 
 /// The highest QoS the broker grants.

@@ -88,6 +88,21 @@ pub enum Error {
     Load(#[from] image::LoadError),
     #[error("WAL record {seq} does not decode ({what}); move the WAL directory aside or run `keelmq inspect`")]
     Record { seq: u64, what: String },
+    /// The log does not continue where the store's checkpoint ends: records are missing.
+    #[error(
+        "write-ahead log {dir} holds records {first}..={last} but the store applied records up \
+         to {applied}: {what}. Put the missing segment files back, or move the whole WAL \
+         directory aside to start from the store's state (`keelmq inspect` shows both)"
+    )]
+    WalGap {
+        dir: PathBuf,
+        first: u64,
+        last: u64,
+        applied: u64,
+        what: &'static str,
+    },
+    #[error("checkpoint: the log is durable up to {durable} only, not {seq}: records the image holds were not written")]
+    CheckpointAhead { durable: u64, seq: u64 },
     #[error("checkpoint: persisted applied_seq {persisted} after writing {written}")]
     CheckpointMismatch { persisted: u64, written: u64 },
     #[error("persistence failed earlier; refusing to acknowledge")]
@@ -184,9 +199,13 @@ impl Persistence {
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_record_bytes: MAX_COMMIT_BYTES,
             writer_nice: options.wal_writer_nice,
+            // An empty log (a new directory, or one moved aside) goes on above what the store
+            // applied: records reusing lower numbers would be skipped by the next recovery.
+            first_seq: persisted_seq + 1,
             ..WalOptions::default()
         };
         let (wal, recovery) = Wal::open_with_fs(fs, wal_dir, wal_options)?;
+        check_wal_covers(&wal, wal_dir, persisted_seq)?;
         let mut replayed = 0;
         for record in wal.read_from(checkpoint_seq + 1)? {
             let record = record?;
@@ -380,6 +399,12 @@ impl Persistence {
         Ok(Some(appended.durable))
     }
 
+    /// Marks persistence failed because an append it did not wait for failed (a lazy record):
+    /// the image already holds what the log lost, so nothing more may be acknowledged.
+    pub fn lazy_append_failed(&self, e: keelmq_wal::Error) -> Error {
+        self.failed_with(e.into())
+    }
+
     fn failed_with(&self, e: Error) -> Error {
         self.fail(&e);
         e
@@ -462,7 +487,13 @@ impl Persistence {
         self.bytes_at_checkpoint
             .store(self.wal.stats().bytes, Ordering::Relaxed);
         let result = (|| {
-            self.wal.sync()?;
+            // Everything up to `seq` must be durable before the store may claim it: after a
+            // failed append (ENOSPC) the log gives the failed records' numbers back, and a
+            // checkpoint that claimed them would make the next recovery skip their reuse.
+            let durable = self.wal.sync()?;
+            if durable < seq {
+                return Err(self.failed_with(Error::CheckpointAhead { durable, seq }));
+            }
             self.store.write_checkpoint(changes.clone(), seq)?;
             let persisted = self.store.persisted_applied_seq()?;
             if persisted != seq {
@@ -501,6 +532,28 @@ impl Persistence {
         self.checkpoint()?;
         Ok(self.wal.close()?)
     }
+}
+
+/// Refuses a log that would replay wrongly over the store: one that ends before the store's
+/// `applied_seq` (its newest segments are missing, so new records would reuse numbers the
+/// store has applied and the next recovery would skip them), or one that starts after it (the
+/// records in between are missing).
+fn check_wal_covers(wal: &Wal, dir: &Path, applied: u64) -> Result<(), Error> {
+    let (first, last) = (wal.first_seq(), wal.last_seq());
+    let what = if last < applied {
+        "its newest records are missing"
+    } else if first > applied + 1 {
+        "the records in between are missing"
+    } else {
+        return Ok(());
+    };
+    Err(Error::WalGap {
+        dir: dir.to_owned(),
+        first,
+        last,
+        applied,
+        what,
+    })
 }
 
 /// Shared handle.

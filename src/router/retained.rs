@@ -96,60 +96,66 @@ impl<V> RetainedStore<V> {
     /// Calls `visit` with every retained message whose topic matches `filter` (a filter without
     /// a share prefix). Wildcards at the first level do not match `$` topics [MQTT-4.7.2-1].
     pub fn matching<'a>(&'a self, filter: &str, mut visit: impl FnMut(&'a V)) {
+        self.matching_while(filter, |v| {
+            visit(v);
+            true
+        });
+    }
+
+    /// [`Self::matching`] that stops as soon as `visit` returns false (a subscriber's queue is
+    /// full: the rest of a large retained set is not even walked).
+    pub fn matching_while<'a>(&'a self, filter: &str, mut visit: impl FnMut(&'a V) -> bool) {
         let levels: Vec<&str> = filter.split('/').collect();
         Self::walk(&self.root, &levels, 0, &mut visit);
     }
 
-    fn walk<'a>(node: &'a Node<V>, levels: &[&str], depth: usize, visit: &mut impl FnMut(&'a V)) {
+    /// Visits what `levels` match below `node`; false once `visit` asked to stop.
+    fn walk<'a>(
+        node: &'a Node<V>,
+        levels: &[&str],
+        depth: usize,
+        visit: &mut impl FnMut(&'a V) -> bool,
+    ) -> bool {
         let Some((level, rest)) = levels.split_first() else {
-            if let Some(v) = &node.value {
-                visit(v);
-            }
-            return;
+            return node.value.as_ref().is_none_or(&mut *visit);
         };
         match *level {
             "#" => {
                 // `#` matches the parent level too ("a/#" matches "a").
-                if depth > 0 {
-                    if let Some(v) = &node.value {
-                        visit(v);
-                    }
+                if depth > 0 && !node.value.as_ref().is_none_or(&mut *visit) {
+                    return false;
                 }
-                for (name, child) in &node.children {
-                    if depth == 0 && name.starts_with('$') {
-                        continue;
-                    }
-                    Self::visit_all(child, visit);
-                }
+                node.children
+                    .iter()
+                    .filter(|(name, _)| depth > 0 || !name.starts_with('$'))
+                    .all(|(_, child)| Self::visit_all(child, visit))
             }
-            "+" => {
-                for (name, child) in &node.children {
-                    if depth == 0 && name.starts_with('$') {
-                        continue;
-                    }
-                    Self::walk(child, rest, depth + 1, visit);
-                }
-            }
-            literal => {
-                if let Some(child) = node.children.get(literal) {
-                    Self::walk(child, rest, depth + 1, visit);
-                }
-            }
+            "+" => node
+                .children
+                .iter()
+                .filter(|(name, _)| depth > 0 || !name.starts_with('$'))
+                .all(|(_, child)| Self::walk(child, rest, depth + 1, visit)),
+            literal => node
+                .children
+                .get(literal)
+                .is_none_or(|child| Self::walk(child, rest, depth + 1, visit)),
         }
     }
 
-    fn visit_all<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V)) {
-        if let Some(v) = &node.value {
-            visit(v);
-        }
-        for child in node.children.values() {
-            Self::visit_all(child, visit);
-        }
+    fn visit_all<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V) -> bool) -> bool {
+        node.value.as_ref().is_none_or(&mut *visit)
+            && node
+                .children
+                .values()
+                .all(|child| Self::visit_all(child, visit))
     }
 
     /// Every retained message, for persistence and inspection.
     pub fn for_each<'a>(&'a self, mut visit: impl FnMut(&'a V)) {
-        Self::visit_all(&self.root, &mut visit);
+        Self::visit_all(&self.root, &mut |v| {
+            visit(v);
+            true
+        });
     }
 }
 

@@ -189,6 +189,8 @@ pub enum Enqueued {
 pub enum PubRecOutcome {
     /// Send PUBREL; the delivery now awaits PUBCOMP.
     Release,
+    /// A repeated PUBREC for a delivery already awaiting PUBCOMP: send PUBREL again.
+    ReleaseAgain,
     /// The client refused the message (reason ≥ 0x80): the flow ends, nothing to send.
     Refused,
     /// No QoS 2 delivery with this packet identifier awaits PUBREC: send PUBREL 0x92.
@@ -620,7 +622,11 @@ impl Session {
             }
             return PubRecOutcome::Refused;
         }
-        // A repeated PUBREC (the client resent it) is answered with PUBREL again.
+        // A repeated PUBREC (the client resent it) is answered with PUBREL again; nothing
+        // changes, so nothing is logged.
+        if entry.state == OutboundState::AwaitingPubComp {
+            return PubRecOutcome::ReleaseAgain;
+        }
         entry.state = OutboundState::AwaitingPubComp;
         PubRecOutcome::Release
     }
@@ -663,17 +669,18 @@ impl Session {
     }
 
     /// Takes out the deliveries of shared subscriptions that another group member may receive
-    /// instead: every queued one, and in-flight QoS 1 ones. In-flight QoS 2 deliveries stay,
-    /// since the client may already hold them [MQTT-4.8.2-4].
-    pub fn take_shared_for_redispatch(&mut self) -> Vec<Delivery> {
+    /// instead, with their packet identifiers: every queued one, and in-flight QoS 1 ones.
+    /// In-flight QoS 2 deliveries stay, since the client may already hold them
+    /// [MQTT-4.8.2-4]. The identifiers stay in use until each delivery is either moved
+    /// ([`Self::release_moved`]) or given back ([`Self::give_back`]): until another session
+    /// durably has a delivery, this one's record of it stands.
+    pub fn take_shared_for_redispatch(&mut self) -> Vec<(u16, Delivery)> {
         let mut out = Vec::new();
-        let mut gone = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {
             if q.delivery.shared_group.is_some() {
                 self.queued_bytes -= q.delivery.payload_len();
-                gone.push(q.packet_id);
-                out.push(q.delivery);
+                out.push((q.packet_id, q.delivery));
             } else {
                 kept.push_back(q);
             }
@@ -682,17 +689,32 @@ impl Session {
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for i in self.inflight.drain(..) {
             if i.delivery.shared_group.is_some() && i.state == OutboundState::AwaitingPubAck {
-                gone.push(i.packet_id);
-                out.push(i.delivery);
+                out.push((i.packet_id, i.delivery));
             } else {
                 kept.push_back(i);
             }
         }
         self.inflight = kept;
-        for id in gone {
-            self.release(id, true);
-        }
         out
+    }
+
+    /// Frees the identifier of a delivery taken by [`Self::take_shared_for_redispatch`] that
+    /// another session now durably holds (the caller logged its removal in that commit).
+    pub fn release_moved(&mut self, packet_id: u16) {
+        self.release(packet_id, false);
+    }
+
+    /// Puts back a delivery taken by [`Self::take_shared_for_redispatch`] that no other member
+    /// could take, under its identifier: paged out if `paged` (an offline persistent
+    /// session), otherwise queued to be sent again.
+    pub fn give_back(&mut self, packet_id: u16, delivery: Delivery, paged: bool) {
+        if paged && packet_id != 0 {
+            self.paged_bytes += delivery.payload_len();
+            self.paged
+                .push_back(PagedDelivery::of(packet_id, &delivery, true));
+        } else {
+            self.restore(packet_id, delivery, false);
+        }
     }
 
     /// Empties the queue and the in-flight window (the session ends).

@@ -405,6 +405,13 @@ fn shared_deliveries_are_handed_back_except_qos2_in_flight() {
     assert_eq!(s.inflight_len(), 1);
     assert_eq!(s.queued_len(), 1);
     assert_eq!(s.queued_bytes(), 3);
+    // Their identifiers stay taken until each is moved or given back.
+    let (moved, _) = &back[0];
+    s.release_moved(*moved);
+    assert!(s.take_removed().is_empty(), "the mover logs the removal");
+    let (kept_id, kept) = back[1].clone();
+    s.give_back(kept_id, kept, false);
+    assert_eq!(s.queued_len(), 2);
 }
 
 /// Found by `keelmq bench`: acknowledged deliveries must give their packet identifier back,

@@ -113,6 +113,12 @@ pub struct WalOptions {
     /// machine (ext4) that was 1.3 to 1.7 times the fdatasyncs per second. Costs up to this
     /// many segments of disk space. 0 deletes every obsolete segment.
     pub spare_segments: usize,
+    /// The sequence number of the first record of a log that holds no segment yet (a new
+    /// directory, or one whose files were moved aside). A caller whose own state already
+    /// covers records up to N (a store that applied them at a checkpoint) passes N + 1, so
+    /// that new records never reuse a number it has applied and would skip at its recovery.
+    /// A log that has segments continues where they end, whatever this says.
+    pub first_seq: u64,
 }
 
 impl Default for WalOptions {
@@ -128,6 +134,7 @@ impl Default for WalOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             writer_nice: Some(DEFAULT_WRITER_NICE),
             spare_segments: DEFAULT_SPARE_SEGMENTS,
+            first_seq: 1,
         }
     }
 }
@@ -155,6 +162,9 @@ impl WalOptions {
         }
         if self.spare_segments > MAX_SPARE_SEGMENTS {
             return invalid("spare_segments must be at most 64");
+        }
+        if self.first_seq == 0 || self.first_seq > crate::format::MAX_SEQ {
+            return invalid("first_seq must be between 1 and the format's largest sequence number");
         }
         if let SyncPolicy::IntervalMs(0) = self.sync_policy {
             return invalid("SyncPolicy::IntervalMs needs a positive interval (use Always)");

@@ -87,6 +87,7 @@ pub(crate) fn recover(
     dir: &Path,
     mode: RecoveryMode,
     spare_segments: usize,
+    first_seq: u64,
 ) -> Result<(RecoveredLog, Recovery)> {
     let mut report = Recovery::default();
     let (mut names, spares) = list_files(fs, dir)?;
@@ -144,14 +145,14 @@ pub(crate) fn recover(
             // An empty directory, or one whose only segment was a torn creation.
             let segment_seq = max_segment_seq + 1;
             let path = segment_path(dir, segment_seq);
-            let file = create_segment(fs.as_ref(), dir, &path, segment_seq, 1)
+            let file = create_segment(fs.as_ref(), dir, &path, segment_seq, first_seq)
                 .map_err(|(op, e)| Error::io(op, &path, e))?;
             let info = SegmentInfo {
                 segment_seq,
-                first_seq: 1,
+                first_seq,
                 path,
             };
-            (vec![info], file, SEGMENT_HEADER_LEN as u64, 1)
+            (vec![info], file, SEGMENT_HEADER_LEN as u64, first_seq)
         }
     };
     let next_segment_seq = segments_max(&segments).max(max_segment_seq) + 1;

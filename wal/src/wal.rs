@@ -88,7 +88,13 @@ impl Wal {
     ) -> Result<(Wal, Recovery)> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let (log, recovery) = recover(&fs, &dir, options.recovery_mode, options.spare_segments)?;
+        let (log, recovery) = recover(
+            &fs,
+            &dir,
+            options.recovery_mode,
+            options.spare_segments,
+            options.first_seq,
+        )?;
         let last_seq = log.next_seq - 1;
         let shared = Arc::new(Shared {
             queue: Queue::new(
