@@ -724,21 +724,10 @@ impl Broker {
         if records.is_empty() {
             return;
         }
-        match p.log_lazy(records) {
-            Ok(Some(durable)) => {
-                // Nobody waits for it, but its failure must not go unseen: the image already
-                // holds what the log lost (e.g. an ENOSPC rollback), so the broker stops.
-                let broker = self.clone();
-                durable.on_complete(move |r| {
-                    // A log closed under it means the broker is stopping already.
-                    let failed = r.err().filter(|e| !matches!(e, keelmq_wal::Error::Closed));
-                    if let (Some(e), Some(p)) = (failed, &broker.shared.persistence) {
-                        let e = p.lazy_append_failed(e);
-                        broker.fatal(&e);
-                    }
-                });
-            }
-            Ok(None) => {}
+        let broker = self.clone();
+        let logged = p.log_lazy(records, move |e| broker.fatal(e));
+        match logged {
+            Ok(()) => {}
             Err(e) if e.is_fatal() => self.fatal(&e),
             Err(e) => tracing::warn!(error = %e, "record not logged"),
         }
@@ -2346,6 +2335,169 @@ mod tests {
         drop(gate);
         assert!(matches!(retry.await, Ok(Ok(true))));
         assert_eq!(broker.retained_count(), 1);
+    }
+
+    fn retained(broker: &Broker, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            id: broker.next_message_id(),
+            topic: "r/1".into(),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Message::properties_of(PublishProperties::default()),
+            expires_at: None,
+            publisher: None,
+        })
+    }
+
+    fn retained_payload(broker: &Broker) -> Option<bytes::Bytes> {
+        let mut got = None;
+        broker
+            .shared
+            .retained
+            .read()
+            .matching("r/1", |m| got = Some(m.payload.clone()));
+        got
+    }
+
+    /// Two RETAIN publishes to one topic covered by one fdatasync may have their waiters run
+    /// in either order: the index must end with the one logged last (a restart brings that
+    /// one back).
+    #[tokio::test]
+    async fn retained_updates_become_visible_in_log_order() {
+        let broker = Broker::new(Config::default());
+        let rounds: [(&'static [u8], &'static [u8], Option<&[u8]>); 2] =
+            [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
+        for (older, newer, expected) in rounds {
+            let (older, _) = broker.prepare(retained(&broker, older), None, false);
+            let (newer, _) = broker.prepare(retained(&broker, newer), None, false);
+            let (Ok(Begun::Placed(a)), Ok(Begun::Placed(b))) =
+                (broker.begin(older), broker.begin(newer))
+            else {
+                panic!("placed");
+            };
+            broker.settle(b.placement);
+            broker.settle(a.placement);
+            assert_eq!(retained_payload(&broker).as_deref(), expected);
+        }
+        assert!(broker.shared.retain_order.lock().in_flight.is_empty());
+        let (only, _) = broker.prepare(retained(&broker, b"again"), None, false);
+        let Ok(Begun::Placed(only)) = broker.begin(only) else {
+            panic!("placed");
+        };
+        broker.settle(only.placement);
+        assert_eq!(retained_payload(&broker).as_deref(), Some(&b"again"[..]));
+    }
+
+    fn persistent_broker() -> (Broker, Arc<Persistence>) {
+        let options = crate::persistence::PersistenceOptions {
+            sync: keelmq_wal::SyncPolicy::Always,
+            segment_bytes: 1 << 20,
+            wal_writer_nice: None,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_wal_bytes: u64::MAX,
+            store: keelmq_storage::StoreOptions::default(),
+        };
+        let (p, _) = Persistence::open_parts(
+            Arc::new(keelmq_wal::fs::MemFs::new()),
+            "/wal".as_ref(),
+            Box::new(keelmq_storage::MemStore::new()),
+            options,
+            None,
+        )
+        .expect("opens");
+        let p = Arc::new(p);
+        (Broker::with_persistence(Config::default(), p.clone()), p)
+    }
+
+    fn connect_packet(clean_start: bool) -> Connect {
+        Connect {
+            protocol: crate::codec::ProtocolVersion::V5,
+            clean_start,
+            keep_alive: 60,
+            properties: Default::default(),
+            client_id: "c".to_string(),
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    fn qos2_message(broker: &Broker) -> Arc<Message> {
+        Arc::new(Message {
+            id: broker.next_message_id(),
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"m"),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Message::properties_of(PublishProperties::default()),
+            expires_at: None,
+            publisher: Some("c".into()),
+        })
+    }
+
+    /// A QoS 2 id claimed by a connection that is then replaced by a Clean Start is neither
+    /// marked nor logged for the new session: the client's next QoS 2 PUBLISH with that id is
+    /// a new message, not a re-send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_start_does_not_inherit_a_claimed_qos2_id() {
+        let (broker, persistence) = persistent_broker();
+        broker.retained_loaded().await;
+        let client: ClientId = "c".into();
+        let old = broker.next_conn_id();
+        let a = broker
+            .connect(old, client.clone(), &connect_packet(false), 300)
+            .await
+            .unwrap();
+        let Some(Claimed::New(claim)) = broker.claim_inbound_qos2(&a.slot, old, 7) else {
+            panic!("a new id");
+        };
+        let pending = broker.prepare(qos2_message(&broker), Some(claim), true).0;
+        // The old connection is still between its check and its log when a Clean Start
+        // takes the session over.
+        drop(a.alive);
+        let new = broker.next_conn_id();
+        let b = broker
+            .connect(new, client.clone(), &connect_packet(true), 300)
+            .await
+            .unwrap();
+        let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+            panic!("placed");
+        };
+        broker.complete(placed).await.unwrap();
+        let logged = persistence.with_image(|i| i.sessions["c"].inbound.clone());
+        assert!(logged.is_empty(), "logged for the new session: {logged:?}");
+        assert!(matches!(
+            broker.claim_inbound_qos2(&b.slot, new, 7),
+            Some(Claimed::New(_))
+        ));
+    }
+
+    /// A re-send arriving on a resuming connection while the first copy is still on its way
+    /// (here: held at the retain gate) is a duplicate, not routed a second time.
+    #[tokio::test]
+    async fn a_resend_during_a_takeover_is_a_duplicate() {
+        let broker = Broker::new(Config::default());
+        let client: ClientId = "c".into();
+        let old = broker.next_conn_id();
+        let a = broker
+            .connect(old, client.clone(), &connect_packet(false), 300)
+            .await
+            .unwrap();
+        let Some(Claimed::New(_claim)) = broker.claim_inbound_qos2(&a.slot, old, 9) else {
+            panic!("a new id");
+        };
+        drop(a.alive);
+        let new = broker.next_conn_id();
+        let b = broker
+            .connect(new, client, &connect_packet(false), 300)
+            .await
+            .unwrap();
+        assert!(b.session_present);
+        assert!(matches!(
+            broker.claim_inbound_qos2(&b.slot, new, 9),
+            Some(Claimed::Duplicate)
+        ));
     }
 
     #[tokio::test]

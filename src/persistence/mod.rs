@@ -137,7 +137,8 @@ pub struct Persistence {
     store: Box<dyn Store>,
     image: Mutex<Image>,
     next_message_id: AtomicU64,
-    failed: AtomicBool,
+    /// Shared with the completion callbacks of lazy appends, which nobody waits for.
+    failed: Arc<AtomicBool>,
     options: PersistenceOptions,
     /// WAL sequence number of the last checkpoint.
     checkpointed_seq: AtomicU64,
@@ -252,7 +253,7 @@ impl Persistence {
             store,
             image: Mutex::new(image),
             next_message_id: AtomicU64::new(next_message_id),
-            failed: AtomicBool::new(false),
+            failed: Arc::new(AtomicBool::new(false)),
             options,
             // What replay wrote unflushed is flushed by the first checkpoint, due at once.
             checkpointed_seq: AtomicU64::new(persisted_seq),
@@ -353,8 +354,34 @@ impl Persistence {
     /// [`Self::log`] for records whose loss in a crash is harmless (a delivery acknowledged by
     /// its subscriber, a session ended): they ask for no fdatasync of their own and are made
     /// durable by the next commit that needs one, or within `keelmq_wal::LAZY_SYNC_DELAY`.
-    pub fn log_lazy(&self, records: Vec<Record>) -> Result<Option<Durable>, Error> {
-        self.append(records, true)
+    ///
+    /// Nobody waits for them, but their failure is not ignored: the image already holds what
+    /// the log lost (an ENOSPC rollback gives the numbers back), so persistence fails — no
+    /// more acknowledgements, no more checkpoints — and `on_fail` is called (on the WAL's
+    /// completion thread; it must not block).
+    pub fn log_lazy(
+        &self,
+        records: Vec<Record>,
+        on_fail: impl FnOnce(&Error) + Send + 'static,
+    ) -> Result<(), Error> {
+        let Some(durable) = self.append(records, true)? else {
+            return Ok(());
+        };
+        let failed = self.failed.clone();
+        durable.on_complete(move |r| {
+            // A log closed under it means the process is stopping already.
+            let Err(e) = r.map_err(Error::from) else {
+                return;
+            };
+            if matches!(e, Error::Wal(keelmq_wal::Error::Closed)) {
+                return;
+            }
+            if !failed.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %e, "a lazy append failed: no further acknowledgements");
+            }
+            on_fail(&e);
+        });
+        Ok(())
     }
 
     fn append(&self, records: Vec<Record>, lazy: bool) -> Result<Option<Durable>, Error> {
@@ -397,12 +424,6 @@ impl Persistence {
             Err(e) => return Err(self.failed_with(e.into())),
         };
         Ok(Some(appended.durable))
-    }
-
-    /// Marks persistence failed because an append it did not wait for failed (a lazy record):
-    /// the image already holds what the log lost, so nothing more may be acknowledged.
-    pub fn lazy_append_failed(&self, e: keelmq_wal::Error) -> Error {
-        self.failed_with(e.into())
     }
 
     fn failed_with(&self, e: Error) -> Error {
@@ -480,6 +501,11 @@ impl Persistence {
     /// a blocking thread.
     pub fn checkpoint(&self) -> Result<u64, Error> {
         let _one_at_a_time = self.checkpoint_lock.lock();
+        // After a failure the image may hold what the log lost: the log is the truth, and the
+        // next start recovers from it.
+        if self.has_failed() {
+            return Err(Error::Failed);
+        }
         let (changes, seq) = {
             let mut image = self.image.lock();
             (image.take_changes(), self.wal.last_seq())
