@@ -180,6 +180,10 @@ pub struct LimitsConfig {
     /// existing session always works. Bounds what anonymous clients that leave persistent
     /// sessions behind can make the broker keep.
     pub max_sessions: usize,
+    /// Sockets accepted that have not sent their CONNECT yet. Beyond it a new socket is
+    /// closed at once (counted as refused), so that connections that never speak — or speak
+    /// one byte at a time — cost nothing past this; each still has `mqtt.connect_timeout_secs`.
+    pub max_pending_connections: usize,
     /// Messages waiting in one session's queue (not yet in flight). When the full queue
     /// belongs to a subscriber that is draining it (see `stalled_subscriber_ms`), a QoS 1/2
     /// message is refused whole, to every subscriber (v5 PUBACK or PUBREC 0x97), or its 3.x
@@ -214,6 +218,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 100_000,
             max_sessions: 1_000_000,
+            max_pending_connections: 1024,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             max_queued_bytes_total: 1024 * 1024 * 1024,
@@ -330,6 +335,9 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_pending_connections == 0 {
+            return bad("limits.max_pending_connections", "must be at least 1");
         }
         if l.max_sessions == 0 {
             return bad("limits.max_sessions", "must be at least 1");

@@ -127,8 +127,14 @@ impl Drop for ConnectionGuard<'_> {
 }
 
 /// Serves one client until its connection ends.
-pub async fn serve<S>(broker: Broker, stream: S, peer: SocketAddr)
-where
+/// `permit` counts the connection among those that have not sent CONNECT yet
+/// (`limits.max_pending_connections`); it is given back once the CONNECT has arrived.
+pub async fn serve<S>(
+    broker: Broker,
+    stream: S,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = &broker.shared.metrics;
@@ -144,7 +150,9 @@ where
         wbuf: BytesMut::new(),
         decoder: Decoder::new(max),
     };
-    let connect = match Box::pin(read_connect(&broker, &mut io)).await {
+    let connect = Box::pin(read_connect(&broker, &mut io)).await;
+    drop(permit);
+    let connect = match connect {
         Ok(c) => c,
         Err(why) => {
             tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
@@ -616,8 +624,9 @@ impl Connection {
                     Ok(0) | Err(_) => Err(Close::Network),
                     Ok(n) => {
                         Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
-                        self.last_received = Instant::now();
-                        self.last_io = self.last_received;
+                        // Keep-alive is refreshed per whole packet (in `process_input`), not per
+                        // byte: a client trickling bytes cannot keep a connection alive.
+                        self.last_io = Instant::now();
                         let r = Box::pin(self.process_input(io)).await;
                         // After an idle release the first read was a small one.
                         if io.rbuf.capacity() < READ_BUFFER_INITIAL {
@@ -666,7 +675,10 @@ impl Connection {
     {
         while self.deferred.is_empty() {
             let packet = match io.decoder.decode(&mut io.rbuf) {
-                Ok(Some(p)) => p,
+                Ok(Some(p)) => {
+                    self.last_received = Instant::now();
+                    p
+                }
                 Ok(None) => break,
                 Err(e) => {
                     Metrics::add(&self.broker.shared.metrics.protocol_errors, 1);

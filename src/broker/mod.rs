@@ -333,6 +333,9 @@ pub(crate) struct Shared {
     retain_gate: Arc<tokio::sync::RwLock<()>>,
     /// Orders retained updates as the log does (see [`RetainOrder`]).
     retain_order: Mutex<RetainOrder>,
+    /// One permit per connection that has not sent its CONNECT yet
+    /// (`limits.max_pending_connections`).
+    connecting: Arc<tokio::sync::Semaphore>,
 }
 
 /// Retained updates become visible in the order of their records in the log, not in the order
@@ -447,6 +450,7 @@ impl Broker {
     fn build(config: Config, persistence: Option<Arc<Persistence>>) -> Broker {
         let (shutdown, _) = watch::channel(false);
         let first_id = persistence.as_ref().map_or(1, |p| p.next_message_id());
+        let pending_connections = config.limits.max_pending_connections;
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -465,6 +469,7 @@ impl Broker {
                 failed: AtomicBool::new(false),
                 retain_gate: Arc::new(tokio::sync::RwLock::new(())),
                 retain_order: Mutex::new(RetainOrder::default()),
+                connecting: Arc::new(tokio::sync::Semaphore::new(pending_connections)),
             }),
         }
     }
@@ -774,6 +779,16 @@ impl Broker {
 
     pub fn begin_shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+    }
+
+    /// A permit for a new socket to wait for its CONNECT, or `None` (close it, counted) when
+    /// `limits.max_pending_connections` sockets already wait.
+    pub fn connecting_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.shared.connecting.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            Metrics::add(&self.shared.metrics.connections_refused, 1);
+        }
+        permit
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {

@@ -140,6 +140,9 @@ fn check_first_byte(byte: u8, version: Option<ProtocolVersion>) -> Result<(), De
     Ok(())
 }
 
+/// The most [`Decoder::decode`] reserves ahead of the bytes that have arrived.
+pub const DECODE_RESERVE_STEP: usize = 64 * 1024;
+
 /// An incremental packet decoder for one connection.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -179,9 +182,11 @@ impl Decoder {
 
     /// Decodes one packet from the front of `buf`.
     ///
-    /// Returns `Ok(None)` when more bytes are needed, having reserved room for the rest of the
-    /// frame once its size is known. On `Err` the connection must be closed: the stream position
-    /// is lost.
+    /// Returns `Ok(None)` when more bytes are needed, having reserved room for at most
+    /// [`DECODE_RESERVE_STEP`] more bytes of the frame once its size is known: the buffer grows
+    /// with the bytes that really arrive, so a client that announces a large packet and sends
+    /// it a byte at a time pins no more than that. On `Err` the connection must be closed: the
+    /// stream position is lost.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
@@ -199,7 +204,7 @@ impl Decoder {
         }
         let total = total as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            buf.reserve((total - buf.len()).min(DECODE_RESERVE_STEP));
             return Ok(None);
         }
         let mut frame = buf.split_to(total).freeze();

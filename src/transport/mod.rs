@@ -23,9 +23,16 @@ pub async fn serve_tcp(listener: TcpListener, broker: Broker) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                // A socket that has not sent its CONNECT yet holds a permit: a flood of
+                // sockets that never speak is closed at once beyond the limit, before it
+                // costs a task (or, later, a TLS handshake).
+                let Some(permit) = broker.connecting_permit() else {
+                    tracing::debug!(%peer, "too many connections waiting for CONNECT; closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let broker = broker.clone();
-                tokio::spawn(connection::serve(broker, stream, peer));
+                tokio::spawn(connection::serve(broker, stream, peer, permit));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
