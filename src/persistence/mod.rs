@@ -392,38 +392,40 @@ impl Persistence {
             return Ok(None);
         }
         // One commit is one WAL record: atomic by the WAL's framing.
-        let payload = Record::encode_batch(&records);
         let version = Record::batch_version(&records);
-        if payload.len() > MAX_COMMIT_BYTES {
-            return Err(Error::TooLarge(payload.len()));
+        let mut payload = Record::encode_batch(&records);
+        let len = payload.len();
+        if len > MAX_COMMIT_BYTES {
+            return Err(Error::TooLarge(len));
         }
-        let mut image = self.image.lock();
-        for record in records {
-            image.apply(record);
-        }
-        let tried = if lazy {
-            self.wal.try_append_lazy(version, payload.clone())
-        } else {
-            self.wal.try_append(version, payload.clone())
-        };
-        let appended = match tried {
-            Ok(a) => a,
-            Err(keelmq_wal::Error::Full) => {
-                // The WAL's queue is full: the disk is behind. Wait for room here — this worker
-                // thread is handed over to the runtime meanwhile — so that log order stays image
-                // order.
-                tokio::task::block_in_place(|| {
-                    if lazy {
-                        self.wal.append_lazy(version, payload)
-                    } else {
-                        self.wal.append(version, payload)
+        loop {
+            {
+                // Appended and applied under one lock: the image after WAL record S is what
+                // records 1..S describe.
+                let mut image = self.image.lock();
+                let tried = if lazy {
+                    self.wal.try_append_lazy(version, payload)
+                } else {
+                    self.wal.try_append(version, payload)
+                };
+                match tried {
+                    Ok(appended) => {
+                        for record in records {
+                            image.apply(record);
+                        }
+                        return Ok(Some(appended.durable));
                     }
-                })
-                .map_err(|e| self.failed_with(e.into()))?
+                    Err(keelmq_wal::Error::Full) => {}
+                    Err(e) => return Err(self.failed_with(e.into())),
+                }
             }
-            Err(e) => return Err(self.failed_with(e.into())),
-        };
-        Ok(Some(appended.durable))
+            // The WAL's queue is full: the disk is behind. Wait for room with the image lock
+            // released (other appenders, and checkpoints, must not stall behind this one), on
+            // this worker thread handed over to the runtime, then try again.
+            tokio::task::block_in_place(|| self.wal.wait_for_room(len))
+                .map_err(|e| self.failed_with(e.into()))?;
+            payload = Record::encode_batch(&records);
+        }
     }
 
     fn failed_with(&self, e: Error) -> Error {

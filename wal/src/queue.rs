@@ -156,6 +156,24 @@ impl Queue {
         Ok((seq, durable))
     }
 
+    /// Blocks until a record of `bytes` would fit (or the log is poisoned or closed), without
+    /// appending: a caller that must not wait while it holds a lock of its own drops the lock,
+    /// waits here, and tries again.
+    pub(crate) fn wait_for_space(&self, bytes: usize) -> Result<()> {
+        let mut state = self.lock();
+        loop {
+            Self::usable(&state)?;
+            let fits = state.appends < self.capacity
+                && (state.queued_bytes + bytes <= self.capacity_bytes || state.appends == 0);
+            if fits {
+                return Ok(());
+            }
+            state.blocked_appenders += 1;
+            state = self.space.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.blocked_appenders -= 1;
+        }
+    }
+
     /// Enqueues a control item built from a fresh completer. Control items never wait for
     /// capacity: they are rare and a truncation is how a full disk gets space back.
     pub(crate) fn push_control(&self, make: impl FnOnce(Completer) -> Item) -> Result<Durable> {

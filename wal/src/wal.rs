@@ -210,6 +210,13 @@ impl Wal {
             .wait()
     }
 
+    /// Blocks until the submission queue has room for a record of `bytes` (another appender may
+    /// still take it first): for a caller of [`Wal::try_append`] that got [`Error::Full`]
+    /// while holding a lock it must release before it waits.
+    pub fn wait_for_room(&self, bytes: usize) -> Result<()> {
+        self.shared.queue.wait_for_space(bytes)
+    }
+
     /// Writes and fdatasyncs everything appended so far, whatever the sync policy, and returns
     /// the durable sequence number.
     pub fn sync(&self) -> Result<u64> {
