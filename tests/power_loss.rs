@@ -200,10 +200,42 @@ fn model_prefixes(batches: &[Vec<Record>]) -> Vec<Vec<String>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
-    let batches = workload();
-    let models = model_prefixes(&batches);
+/// How a batch of the workload is logged: committed (waited for), or lazily as the broker
+/// logs a subscriber's acknowledgement (nobody waits; a later commit's fdatasync covers it).
+fn is_lazy(batch: &[Record]) -> bool {
+    batch.iter().all(|r| matches!(r, Record::Dequeue { .. }))
+}
+
+/// The workload with each `Dequeue` in a batch of its own, to be logged lazily.
+fn workload_with_lazy_dequeues() -> Vec<Vec<Record>> {
+    let mut out = Vec::new();
+    for batch in workload() {
+        let (dequeues, rest): (Vec<Record>, Vec<Record>) = batch
+            .into_iter()
+            .partition(|r| matches!(r, Record::Dequeue { .. }));
+        if !dequeues.is_empty() {
+            out.push(dequeues);
+        }
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+    }
+    out
+}
+
+/// Runs `batches` on a fresh recording file system and store, committing (or, for lazy ones,
+/// logging lazily) each in turn, with checkpoints every 17 batches or, with
+/// `concurrent_checkpoints`, from a thread of their own all along. Returns the trace, the
+/// (trace length, batches that must survive) of every commit that returned, and the store's
+/// snapshots.
+async fn record_run(
+    batches: &[Vec<Record>],
+    concurrent_checkpoints: bool,
+) -> (
+    Vec<keelmq_wal::fs::TraceOp>,
+    Vec<(usize, usize)>,
+    Vec<(usize, MemStore)>,
+) {
     let fs = MemFs::new();
     fs.start_trace();
     let store = RecordingStore {
@@ -211,28 +243,58 @@ async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
         fs: fs.clone(),
         snapshots: Default::default(),
     };
-    let wal_dir = Path::new("/data/wal");
     let (p, _) = Persistence::open_parts(
         Arc::new(fs.clone()),
-        wal_dir,
+        Path::new("/data/wal"),
         Box::new(store.clone()),
         options(),
         None,
     )
     .expect("opens");
-    // (trace length when the commit returned, commits so far)
+    let p = Arc::new(p);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpointer = concurrent_checkpoints.then(|| {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                p.checkpoint().expect("checkpoint");
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+    });
     let mut committed: Vec<(usize, usize)> = Vec::new();
     for (i, batch) in batches.iter().enumerate() {
+        if is_lazy(batch) {
+            p.log_lazy(batch.clone(), |e| panic!("lazy append failed: {e}"))
+                .expect("lazy append");
+            continue;
+        }
         p.commit(batch.clone()).await.expect("commit");
+        // Everything logged before it (lazy batches too) is covered by its fdatasync.
         committed.push((fs.trace_len(), i + 1));
-        if i % 17 == 16 {
+        if !concurrent_checkpoints && i % 17 == 16 {
             tokio::task::block_in_place(|| p.checkpoint()).expect("checkpoint");
         }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = checkpointer {
+        t.join().expect("checkpointer");
     }
     let trace = fs.trace();
     let snapshots = store.snapshots.lock().unwrap().clone();
     assert!(snapshots.len() >= 3, "checkpoints ran");
-    drop(p);
+    (trace, committed, snapshots)
+}
+
+/// Cuts the trace at every point, in every crash mode, recovers, and checks that the state is
+/// the one after some prefix of the batches that holds every commit that had returned.
+fn check_every_crash_point(
+    batches: &[Vec<Record>],
+    trace: &[keelmq_wal::fs::TraceOp],
+    committed: &[(usize, usize)],
+    snapshots: &[(usize, MemStore)],
+) -> usize {
+    let models = model_prefixes(batches);
     let mut checked = 0;
     for k in 0..=trace.len() {
         let must_have = committed
@@ -255,7 +317,7 @@ async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
                 .unwrap_or_default();
             let opened = Persistence::open_parts(
                 Arc::new(crashed),
-                wal_dir,
+                Path::new("/data/wal"),
                 Box::new(store),
                 options(),
                 None,
@@ -275,8 +337,117 @@ async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
             drop(p);
         }
     }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_at_every_fsync_boundary_keeps_every_committed_record() {
+    let batches = workload();
+    let (trace, committed, snapshots) = record_run(&batches, false).await;
+    let checked = check_every_crash_point(&batches, &trace, &committed, &snapshots);
     eprintln!(
         "checked {checked} crash points over a trace of {} operations",
         trace.len()
+    );
+}
+
+/// The same with the subscriber's `Dequeue`s logged lazily, as the broker does, and a
+/// checkpoint running concurrently with the commits all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_appends_and_concurrent_checkpoints_keep_every_committed_record() {
+    let batches = workload_with_lazy_dequeues();
+    assert!(batches.iter().any(|b| is_lazy(b)));
+    let (trace, committed, snapshots) = record_run(&batches, true).await;
+    let checked = check_every_crash_point(&batches, &trace, &committed, &snapshots);
+    eprintln!(
+        "checked {checked} crash points over a trace of {} operations ({} checkpoints)",
+        trace.len(),
+        snapshots.len()
+    );
+}
+
+/// ENOSPC on the WAL at every write of the workload: the commit that meets it fails (and
+/// every one after it: persistence stops), a lazy append that meets it fails persistence too,
+/// and whatever happens, a recovery afterwards holds every commit that returned and no part
+/// of the one that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_at_every_write_loses_nothing_committed() {
+    let batches = workload_with_lazy_dequeues();
+    let models = model_prefixes(&batches);
+    // Space used after each write of an unconstrained run: a limit one byte below each.
+    let sizes = {
+        let fs = MemFs::new();
+        let (p, _) = Persistence::open_parts(
+            Arc::new(fs.clone()),
+            Path::new("/wal"),
+            Box::new(MemStore::new()),
+            options(),
+            None,
+        )
+        .expect("opens");
+        let mut sizes = vec![fs.used_bytes()];
+        for batch in &batches {
+            p.commit(batch.clone()).await.expect("commit");
+            sizes.push(fs.used_bytes());
+        }
+        sizes
+    };
+    let mut failures = 0;
+    for limit in sizes.windows(2).map(|w| w[1] - 1) {
+        let fs = MemFs::new();
+        let store = MemStore::new();
+        let (p, _) = Persistence::open_parts(
+            Arc::new(fs.clone()),
+            Path::new("/wal"),
+            Box::new(store.clone()),
+            options(),
+            None,
+        )
+        .expect("opens");
+        fs.set_space_limit(Some(limit));
+        let mut returned = 0;
+        for (i, batch) in batches.iter().enumerate() {
+            let ok = if is_lazy(batch) {
+                p.log_lazy(batch.clone(), |_| {}).is_ok()
+            } else {
+                p.commit(batch.clone()).await.is_ok()
+            };
+            if !ok {
+                break;
+            }
+            if !is_lazy(batch) {
+                returned = i + 1;
+            }
+        }
+        // A lazy append's failure is seen shortly after: wait for the writer to report.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if p.has_failed() {
+            failures += 1;
+            assert!(
+                p.checkpoint().is_err(),
+                "limit {limit}: a checkpoint after ENOSPC"
+            );
+        }
+        drop(p);
+        fs.set_space_limit(None);
+        let (p, _) = Persistence::open_parts(
+            Arc::new(fs.clone()),
+            Path::new("/wal"),
+            Box::new(store),
+            options(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("limit {limit}: recovery failed: {e}"));
+        let got = p.canonical();
+        assert!(
+            (returned..models.len()).any(|m| models[m] == got),
+            "limit {limit}: the recovered state is not a prefix holding the {returned} commits \
+             that returned"
+        );
+    }
+    assert!(failures > 0, "ENOSPC was met");
+    eprintln!(
+        "ENOSPC at {} write points, {failures} of them failed persistence",
+        sizes.len() - 1
     );
 }
