@@ -497,3 +497,53 @@ async fn a_refused_subscribe_changes_nothing() {
     assert_eq!(server.broker().subscription_count(), 0);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Item 7: expired messages leave an offline subscriber's queue (also those paged out and
+/// recovered after a restart), so they hold no room that live messages need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_leave_offline_queues_across_a_restart() {
+    let mut config = common::test_config();
+    config.limits.max_queued_messages = 5;
+    config.limits.stalled_subscriber_ms = 100;
+    let server = common::start(config.clone()).await;
+    let persistent = |c: &mut Connect| c.properties.session_expiry_interval = Some(300);
+    let (mut sub, _) = RawClient::connect(server.local_addr(), V5, "exp", true, persistent).await;
+    sub.subscribe(1, "e/#", opts(QoS::AtLeastOnce)).await;
+    drop(sub);
+    let (mut p, _) = RawClient::connect(server.local_addr(), V5, "p", true, |_| {}).await;
+    for id in 1..=5u16 {
+        let mut m = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "e/short".into(),
+            packet_id: id,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"short-lived"),
+        };
+        m.properties.message_expiry_interval = Some(1);
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.next().await, Packet::PubAck(a) if a.reason == ReasonCode::SUCCESS));
+    }
+    drop(p);
+    server.shutdown(Duration::from_secs(1)).await;
+    // Restarted: the queue comes back paged out, with its expiry.
+    let server = common::start(config).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (mut p, _) = RawClient::connect(server.local_addr(), V5, "p", true, |_| {}).await;
+    for id in 1..=3u16 {
+        p.publish("e/live", b"live", QoS::AtLeastOnce, id, false)
+            .await;
+        assert!(matches!(p.next().await, Packet::PubAck(a) if a.reason == ReasonCode::SUCCESS));
+    }
+    let expired = server.broker().metrics().expired.load(Ordering::Relaxed);
+    assert_eq!(expired, 5, "the expired messages were purged");
+    let (mut sub, _) = RawClient::connect(server.local_addr(), V5, "exp", false, persistent).await;
+    for _ in 0..3 {
+        let m = sub.next_publish().await;
+        assert_eq!(&m.payload[..], b"live");
+        sub.send(&Packet::PubAck(PubAck::new(m.packet_id))).await;
+    }
+    sub.expect_silence(Duration::from_millis(300)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -509,6 +509,9 @@ impl Broker {
                     awaiting_pubcomp: d.awaiting_pubcomp,
                     resend: true,
                     bytes: 0,
+                    expires_at: d
+                        .expires_at_ms
+                        .map(crate::persistence::convert::ms_to_instant),
                 });
             }
             for pid in &si.inbound {
@@ -1161,7 +1164,42 @@ impl Broker {
             };
             if due {
                 self.end_session(&slot).await;
+            } else {
+                self.purge_expired(&slot, now);
             }
+        }
+    }
+
+    /// Drops a session's queued and paged-out deliveries whose message expired, logging their
+    /// removal, so that expired messages hold no room in an offline (or slow) subscriber's
+    /// queue.
+    fn purge_expired(&self, slot: &SessionSlot, now: Instant) {
+        let purged = self.with_slot(slot, |st| {
+            if !st.session.has_backlog() {
+                return None;
+            }
+            let before = st.session.expired;
+            st.session.purge_expired(now);
+            Some((
+                st.session.expired - before,
+                st.session.take_removed(),
+                st.in_store,
+            ))
+        });
+        let Some((expired, removed, in_store)) = purged else {
+            return;
+        };
+        Metrics::add(&self.shared.metrics.expired, expired);
+        if in_store {
+            let client = slot.client_id.to_string();
+            let records = removed
+                .into_iter()
+                .map(|packet_id| Record::Dequeue {
+                    client: client.clone(),
+                    packet_id,
+                })
+                .collect();
+            self.log(records);
         }
     }
 

@@ -252,6 +252,7 @@ impl Image {
                     subscription_ids,
                     shared_group,
                     awaiting_pubcomp: false,
+                    expires_at_ms: body.message.as_ref().and_then(|m| m.expires_at_ms),
                 };
                 let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
                 self.dirty.insert(Key::Delivery(client, packet_id));
@@ -503,7 +504,7 @@ impl Image {
                     .sessions
                     .get(&c)
                     .and_then(|s| s.deliveries.get(&pid))
-                    .map(encode_value),
+                    .map(encode_delivery),
                 key: client_key(&c, &pid.to_be_bytes()),
             },
             Key::Inbound(c, pid) => Change {
@@ -620,7 +621,7 @@ impl Image {
         let bodies = &mut image.bodies;
         let max_id = &mut image.max_id;
         scan(Table::Queues, &mut |k, v| {
-            let d = decode_value::<StoredDelivery>(v).map_err(|e| bad(Table::Queues, k, e))?;
+            let d = decode_delivery(v).map_err(|e| bad(Table::Queues, k, e))?;
             let (s, pid) =
                 session_of(sessions, k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
             let body = bodies.entry(d.message_id).or_insert(Body {

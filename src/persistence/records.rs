@@ -97,6 +97,10 @@ pub struct StoredDelivery {
     pub shared_group: Option<String>,
     /// The client sent PUBREC: PUBREL is due, never the PUBLISH again.
     pub awaiting_pubcomp: bool,
+    /// When the message expires (ms since the Unix epoch), so that an offline queue can drop
+    /// it without reading its body. Stored after the other fields (see [`encode_delivery`]).
+    #[serde(skip)]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// One change to the durable state.
@@ -210,6 +214,32 @@ impl Record {
     }
 }
 
+/// Encodes a queue entry: [`encode_value`] of its fields, then — only if its message expires —
+/// the expiry as a postcard `Option<u64>`. A value without that trailer has no expiry, and a
+/// reader that predates it decodes the fields and ignores the rest.
+pub fn encode_delivery(d: &StoredDelivery) -> Vec<u8> {
+    let mut out = encode_value(d);
+    if d.expires_at_ms.is_some() {
+        out.extend(postcard::to_stdvec(&d.expires_at_ms).unwrap_or_default());
+    }
+    out
+}
+
+/// Decodes what [`encode_delivery`] wrote (or a value written before the expiry trailer).
+pub fn decode_delivery(bytes: &[u8]) -> Result<StoredDelivery, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&VALUE_V1, rest)) => {
+            let (mut d, trailer): (StoredDelivery, &[u8]) = postcard::take_from_bytes(rest)?;
+            if !trailer.is_empty() {
+                d.expires_at_ms = postcard::from_bytes(trailer)?;
+            }
+            Ok(d)
+        }
+        Some((&v, _)) => Err(DecodeError::Version(v)),
+    }
+}
+
 /// Encodes a state-store value: version byte, then postcard.
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
@@ -229,6 +259,34 @@ pub fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Dec
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// A queue entry's expiry trailer round-trips, a value written without it (by a build
+        /// that predates it) reads as "no expiry", and such a build reads a value with it.
+        #[test]
+        fn queue_entries_carry_their_expiry_compatibly(
+            order in any::<u64>(),
+            message_id in any::<u64>(),
+            ids in proptest::collection::vec(any::<u32>(), 0..4),
+            group in proptest::option::of("[a-z]{1,8}"),
+            expires in proptest::option::of(any::<u64>()),
+        ) {
+            let d = StoredDelivery {
+                order,
+                message_id,
+                qos: 2,
+                retain: false,
+                subscription_ids: ids,
+                shared_group: group,
+                awaiting_pubcomp: false,
+                expires_at_ms: expires,
+            };
+            prop_assert_eq!(decode_delivery(&encode_delivery(&d)).unwrap(), d.clone());
+            let old = StoredDelivery { expires_at_ms: None, ..d.clone() };
+            prop_assert_eq!(decode_delivery(&encode_value(&d)).unwrap(), old.clone());
+            prop_assert_eq!(decode_value::<StoredDelivery>(&encode_delivery(&d)).unwrap(), old);
+        }
+    }
 
     fn message() -> impl Strategy<Value = StoredMessage> {
         (
@@ -299,6 +357,7 @@ mod tests {
             let _ = decode_value::<StoredWill>(&bytes);
             let _ = decode_value::<StoredMessage>(&bytes);
             let _ = decode_value::<StoredDelivery>(&bytes);
+            let _ = decode_delivery(&bytes);
             let _ = decode_value::<SessionRecord>(&bytes);
         }
     }

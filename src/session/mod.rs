@@ -154,6 +154,9 @@ pub struct PagedDelivery {
     pub resend: bool,
     /// Payload bytes, counted against the limits (0 when recovered: unknown until read).
     pub bytes: usize,
+    /// When its message expires: an expired paged delivery is dropped without its body
+    /// ([`Session::purge_expired`]), so it holds no queue room.
+    pub expires_at: Option<Instant>,
 }
 
 impl PagedDelivery {
@@ -168,6 +171,7 @@ impl PagedDelivery {
             awaiting_pubcomp: false,
             resend,
             bytes: d.payload_len(),
+            expires_at: d.message.expires_at,
         }
     }
 }
@@ -566,23 +570,41 @@ impl Session {
         }
     }
 
-    /// Drops queued deliveries whose message expired, so that they do not hold queue room.
+    /// Drops queued and paged-out deliveries whose message expired, so that they do not hold
+    /// queue room [MQTT-3.3.2-5]. Their removal is to be logged (see [`Self::take_removed`]).
     pub fn purge_expired(&mut self, now: Instant) {
-        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let expired = |at: Option<Instant>| at.is_some_and(|t| now >= t);
         let mut gone = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {
-            if q.delivery.message.is_expired(now) {
+            if expired(q.delivery.message.expires_at) {
                 self.queued_bytes -= q.delivery.payload_len();
-                self.expired += 1;
                 gone.push(q.packet_id);
             } else {
                 kept.push_back(q);
             }
         }
         self.queue = kept;
+        // A paged delivery already PUBRECed is owed its PUBREL whatever the expiry.
+        let mut kept = VecDeque::with_capacity(self.paged.len());
+        for p in self.paged.drain(..) {
+            if expired(p.expires_at) && !p.awaiting_pubcomp {
+                self.paged_bytes -= p.bytes;
+                gone.push(p.packet_id);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        self.paged = kept;
+        self.expired += gone.len() as u64;
         for id in gone {
             self.release(id, true);
         }
+    }
+
+    /// Whether anything is queued or paged out (expiry purges have something to look at).
+    pub fn has_backlog(&self) -> bool {
+        !self.queue.is_empty() || !self.paged.is_empty()
     }
 
     fn take_inflight(&mut self, packet_id: u16, state: OutboundState) -> Option<Inflight> {
