@@ -110,7 +110,7 @@ impl Flow {
     /// Routing places a new delivery: reserve, then commit once it is durable.
     fn route(&mut self) -> bool {
         let d = &self.delivery;
-        match self.session.reserve(d.qos, d.payload_len(), true) {
+        match self.session.reserve(d.qos, d.accounted_bytes(), true) {
             Enqueued::Queued(packet_id) => {
                 self.session.commit(packet_id, d.clone());
                 true

@@ -192,9 +192,11 @@ pub struct LimitsConfig {
     /// offline), that subscriber's copy is dropped and counted, and the publisher and the
     /// other subscribers go on. A message already queued is never dropped.
     pub max_queued_messages: usize,
-    /// Payload bytes waiting in one session's queue; same policy as `max_queued_messages`.
+    /// Bytes waiting in one session's queue — payload, topic and properties of each message
+    /// (a large topic with an empty payload is not free); same policy as `max_queued_messages`.
     pub max_queued_bytes: usize,
-    /// Payload bytes queued across all sessions; same policy, applied broker-wide.
+    /// Bytes (as for `max_queued_bytes`) queued across all sessions; same policy, applied
+    /// broker-wide.
     pub max_queued_bytes_total: usize,
     /// Retained messages kept. Beyond it, the retained copy of a message on a new topic is not
     /// stored (counted in metrics); the message itself is still delivered and acknowledged.

@@ -547,3 +547,38 @@ async fn expired_messages_leave_offline_queues_across_a_restart() {
     sub.expect_silence(Duration::from_millis(300)).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Item 13: a queued message counts its topic and properties against the byte limits, not
+/// only its payload (a 4 KB topic with an empty payload is not free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_count_topics_and_properties() {
+    let server = common::start(common::test_config()).await;
+    let addr = server.local_addr();
+    let persistent = |c: &mut Connect| c.properties.session_expiry_interval = Some(300);
+    let (mut sub, _) = RawClient::connect(addr, V5, "acct", true, persistent).await;
+    sub.subscribe(1, "#", opts(QoS::AtLeastOnce)).await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut p, _) = RawClient::connect(addr, V5, "p", true, |_| {}).await;
+    let topic: &'static str = Box::leak(format!("t/{}", "x".repeat(4000)).into_boxed_str());
+    for id in 1..=2u16 {
+        let mut m = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: id,
+            properties: Default::default(),
+            payload: Bytes::new(),
+        };
+        m.properties.user_properties = vec![("k".repeat(500), "v".repeat(500))];
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.next().await, Packet::PubAck(a) if a.reason == ReasonCode::SUCCESS));
+    }
+    let queued = server.broker().queued_bytes_total();
+    assert!(
+        queued >= 2 * 5000,
+        "{queued} bytes accounted for two 5 KB messages"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -1033,7 +1033,9 @@ impl Connection {
                     None => return Err(Close::protocol("unknown topic alias")),
                 }
             } else {
-                self.aliases_in.insert(alias, p.topic.clone());
+                // Kept for the connection's life: a copy, not a slice of the read buffer.
+                self.aliases_in
+                    .insert(alias, ByteStr::from_str_copy(&p.topic));
             }
         }
         let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {

@@ -1575,7 +1575,7 @@ impl Broker {
         qos0_may_wait: bool,
         logged: (&mut Vec<u64>, &mut Vec<Record>),
     ) -> TargetReservation {
-        let bytes = delivery.payload_len();
+        let bytes = delivery.accounted_bytes();
         let max_total = self.shared.config.limits.max_queued_bytes_total;
         let global_room =
             self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
@@ -1716,7 +1716,7 @@ impl Broker {
         for (slot, packet_id, d, generation) in placement.reserved {
             self.with_slot(&slot, |st| {
                 if st.generation == generation {
-                    st.session.cancel(packet_id, d.payload_len());
+                    st.session.cancel(packet_id, d.accounted_bytes());
                 }
             });
         }
@@ -1728,17 +1728,18 @@ impl Broker {
         if let Some((message, version)) = placement.retain {
             let mut order = self.shared.retain_order.lock();
             if order.finish(&message.topic, version, true) {
+                // Kept long: its own copy, not a slice pinning the publisher's read buffer.
+                let kept = (!message.payload.is_empty()).then(|| Arc::new(message.detached()));
                 let mut retained = self.shared.retained.write();
-                if message.payload.is_empty() {
-                    retained.remove(&message.topic);
-                } else {
-                    retained.insert(&message.topic, message.clone());
-                }
+                match kept {
+                    None => retained.remove(&message.topic),
+                    Some(m) => retained.insert(&message.topic, m),
+                };
             }
         }
         let placed = placement.reserved.len();
         for (slot, packet_id, d, generation) in placement.reserved {
-            let bytes = d.payload_len();
+            let bytes = d.accounted_bytes();
             let visible = self.with_slot(&slot, |st| {
                 if st.generation != generation {
                     // The session was replaced or cleared meanwhile: this reservation was
@@ -2440,6 +2441,29 @@ mod tests {
         };
         broker.settle(only.placement);
         assert_eq!(retained_payload(&broker).as_deref(), Some(&b"again"[..]));
+    }
+
+    /// A retained message is kept as a copy of its own, not as a slice of the buffer the
+    /// publisher's packet was read into (which it would keep alive whole).
+    #[tokio::test]
+    async fn retained_messages_do_not_pin_read_buffers() {
+        let broker = Broker::new(Config::default());
+        let message = retained(&broker, b"payload");
+        let (pending, _) = broker.prepare(message.clone(), None, false);
+        let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+            panic!("placed");
+        };
+        broker.settle(placed.placement);
+        let mut kept = None;
+        broker
+            .shared
+            .retained
+            .read()
+            .matching("r/1", |m| kept = Some(m.clone()));
+        let kept = kept.expect("retained");
+        assert_eq!(kept.payload, message.payload);
+        assert_ne!(kept.payload.as_ptr(), message.payload.as_ptr());
+        assert_ne!(kept.topic.as_ptr(), message.topic.as_ptr());
     }
 
     fn persistent_broker() -> (Broker, Arc<Persistence>) {

@@ -56,6 +56,45 @@ impl Message {
         }
     }
 
+    /// The bytes a queued copy of the message holds: payload, topic and properties (a large
+    /// topic with an empty payload is not free).
+    pub fn accounted_bytes(&self) -> usize {
+        let p = &*self.properties;
+        let strings = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.payload.len()
+            + self.topic.len()
+            + strings(&p.response_topic)
+            + strings(&p.content_type)
+            + p.correlation_data.as_ref().map_or(0, Bytes::len)
+            + user
+    }
+
+    /// The message with its topic, payload and correlation data in allocations of their own:
+    /// for what is kept long (the retained index), so that it does not pin the whole read
+    /// buffer its bytes were sliced from (up to the maximum packet size).
+    pub fn detached(&self) -> Message {
+        let mut properties = self.properties.clone();
+        if let Some(c) = &properties.correlation_data {
+            let copied = Bytes::copy_from_slice(c);
+            Arc::make_mut(&mut properties).correlation_data = Some(copied);
+        }
+        Message {
+            id: self.id,
+            topic: ByteStr::from_str_copy(&self.topic),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties,
+            expires_at: self.expires_at,
+            publisher: self.publisher.clone(),
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
@@ -86,8 +125,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn payload_len(&self) -> usize {
-        self.message.payload.len()
+    /// What the delivery counts against the queue byte limits: its message's
+    /// [`Message::accounted_bytes`].
+    pub fn accounted_bytes(&self) -> usize {
+        self.message.accounted_bytes()
     }
 }
 
@@ -170,7 +211,7 @@ impl PagedDelivery {
             shared_group: d.shared_group.clone(),
             awaiting_pubcomp: false,
             resend,
-            bytes: d.payload_len(),
+            bytes: d.accounted_bytes(),
             expires_at: d.message.expires_at,
         }
     }
@@ -342,7 +383,7 @@ impl Session {
 
     /// Queues a delivery whose room was reserved under `packet_id`.
     pub fn commit(&mut self, packet_id: u16, delivery: Delivery) {
-        let bytes = delivery.payload_len();
+        let bytes = delivery.accounted_bytes();
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
         self.queued_bytes += bytes;
@@ -364,7 +405,7 @@ impl Session {
 
     /// Reserves and commits at once (deliveries that need no durable record).
     pub fn enqueue(&mut self, delivery: Delivery, global_room: bool) -> Enqueued {
-        let result = self.reserve(delivery.qos, delivery.payload_len(), global_room);
+        let result = self.reserve(delivery.qos, delivery.accounted_bytes(), global_room);
         if let Enqueued::Queued(packet_id) = result {
             self.commit(packet_id, delivery);
         }
@@ -384,7 +425,7 @@ impl Session {
     /// out: for a persistent session with no connection, whose body the durable image or the
     /// store holds.
     pub fn commit_paged(&mut self, packet_id: u16, delivery: &Delivery) {
-        let bytes = delivery.payload_len();
+        let bytes = delivery.accounted_bytes();
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
         self.paged_bytes += bytes;
@@ -404,7 +445,7 @@ impl Session {
                 kept.push_back(q);
                 continue;
             }
-            let bytes = q.delivery.payload_len();
+            let bytes = q.delivery.accounted_bytes();
             self.queued_bytes -= bytes;
             self.paged_bytes += bytes;
             self.paged
@@ -449,7 +490,7 @@ impl Session {
                     state: OutboundState::AwaitingPubComp,
                 });
             } else {
-                self.queued_bytes += delivery.payload_len();
+                self.queued_bytes += delivery.accounted_bytes();
                 front.push(Queued {
                     packet_id: p.packet_id,
                     delivery,
@@ -477,7 +518,7 @@ impl Session {
                 state,
             });
         } else {
-            self.queued_bytes += delivery.payload_len();
+            self.queued_bytes += delivery.accounted_bytes();
             self.queue.push_back(Queued {
                 packet_id,
                 delivery,
@@ -539,7 +580,7 @@ impl Session {
                 delivery,
                 resend,
             } = self.queue.pop_front()?;
-            self.queued_bytes -= delivery.payload_len();
+            self.queued_bytes -= delivery.accounted_bytes();
             if delivery.message.is_expired(now) {
                 self.expired += 1;
                 self.release(packet_id, true);
@@ -578,7 +619,7 @@ impl Session {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {
             if expired(q.delivery.message.expires_at) {
-                self.queued_bytes -= q.delivery.payload_len();
+                self.queued_bytes -= q.delivery.accounted_bytes();
                 gone.push(q.packet_id);
             } else {
                 kept.push_back(q);
@@ -701,7 +742,7 @@ impl Session {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {
             if q.delivery.shared_group.is_some() {
-                self.queued_bytes -= q.delivery.payload_len();
+                self.queued_bytes -= q.delivery.accounted_bytes();
                 out.push((q.packet_id, q.delivery));
             } else {
                 kept.push_back(q);
@@ -731,7 +772,7 @@ impl Session {
     /// session), otherwise queued to be sent again.
     pub fn give_back(&mut self, packet_id: u16, delivery: Delivery, paged: bool) {
         if paged && packet_id != 0 {
-            self.paged_bytes += delivery.payload_len();
+            self.paged_bytes += delivery.accounted_bytes();
             self.paged
                 .push_back(PagedDelivery::of(packet_id, &delivery, true));
         } else {

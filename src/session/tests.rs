@@ -15,10 +15,12 @@ fn session() -> Session {
     s
 }
 
+/// A message with an empty topic and no properties, so that it counts exactly its payload's
+/// bytes against the limits (see `topics_and_properties_count_against_the_byte_limit`).
 fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
     Arc::new(Message {
         id: 1,
-        topic: "t".into(),
+        topic: "".into(),
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
@@ -474,7 +476,7 @@ fn paged_out_deliveries_keep_their_order_bytes_and_ids() {
     assert_eq!(s.queued_len(), 2);
     assert!(s.has_paged());
     // Offline, a new durable delivery is paged at once, after the others.
-    let Enqueued::Queued(p2) = s.reserve(QoS::ExactlyOnce, d2.payload_len(), true) else {
+    let Enqueued::Queued(p2) = s.reserve(QoS::ExactlyOnce, d2.accounted_bytes(), true) else {
         panic!()
     };
     s.commit_paged(p2, &d2);
@@ -510,8 +512,28 @@ fn paged_out_deliveries_keep_their_order_bytes_and_ids() {
             dup,
         } = out
         {
-            sent.push((packet_id, delivery.payload_len(), dup));
+            sent.push((packet_id, delivery.accounted_bytes(), dup));
         }
     }
     assert_eq!(sent, vec![(p1, 3, false), (p2, 4, false), (0, 4, false)]);
+}
+
+#[test]
+fn topics_and_properties_count_against_the_byte_limit() {
+    let mut props = crate::codec::PublishProperties::default();
+    props.user_properties = vec![("key".into(), "value".into())];
+    props.content_type = Some("text".into());
+    let m = Message {
+        topic: "a/b".into(),
+        properties: Message::properties_of(props),
+        ..(*message(QoS::AtLeastOnce, b"12345")).clone()
+    };
+    assert_eq!(m.accounted_bytes(), 5 + 3 + 8 + 4);
+    let mut s = session();
+    let d = Delivery {
+        message: Arc::new(m),
+        ..delivery(QoS::AtLeastOnce, b"")
+    };
+    s.enqueue(d, true);
+    assert_eq!(s.queued_bytes(), 20);
 }
