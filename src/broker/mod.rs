@@ -2420,8 +2420,9 @@ mod tests {
     #[tokio::test]
     async fn retained_updates_become_visible_in_log_order() {
         let broker = Broker::new(Config::default());
-        let rounds: [(&'static [u8], &'static [u8], Option<&[u8]>); 2] =
-            [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
+        // (older value, newer value, what the index must hold after both)
+        type Round = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+        let rounds: [Round; 2] = [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
         for (older, newer, expected) in rounds {
             let (older, _) = broker.prepare(retained(&broker, older), None, false);
             let (newer, _) = broker.prepare(retained(&broker, newer), None, false);

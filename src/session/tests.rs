@@ -520,9 +520,11 @@ fn paged_out_deliveries_keep_their_order_bytes_and_ids() {
 
 #[test]
 fn topics_and_properties_count_against_the_byte_limit() {
-    let mut props = crate::codec::PublishProperties::default();
-    props.user_properties = vec![("key".into(), "value".into())];
-    props.content_type = Some("text".into());
+    let props = crate::codec::PublishProperties {
+        user_properties: vec![("key".into(), "value".into())],
+        content_type: Some("text".into()),
+        ..Default::default()
+    };
     let m = Message {
         topic: "a/b".into(),
         properties: Message::properties_of(props),
