@@ -2287,7 +2287,7 @@ impl Broker {
             ("retained messages/count", self.retained_count().to_string()),
             (
                 "publish/messages/dropped",
-                Metrics::get(&m.dropped_qos0).to_string(),
+                (Metrics::get(&m.dropped_qos0) + Metrics::get(&m.dropped_queue_full)).to_string(),
             ),
             ("messages/expired", Metrics::get(&m.expired).to_string()),
             (
