@@ -452,5 +452,17 @@ mod tests {
         let c = Config::parse("[limits]\nmax_queued_messages = 0\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("limits.max_queued_messages"), "{e}");
+        // A packet the write-ahead log could not commit with its retained copy.
+        let c = Config::parse("[mqtt]\nmax_packet_size = 20000000\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt.max_packet_size") && e.contains("16777216"),
+            "{e}"
+        );
+        for field in ["max_sessions", "max_pending_connections"] {
+            let c = Config::parse(&format!("[limits]\n{field} = 0\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("limits.{field}")), "{e}");
+        }
     }
 }

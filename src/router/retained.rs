@@ -164,6 +164,27 @@ mod tests {
     use super::*;
     use crate::codec::topic::matches;
 
+    /// A SUBSCRIBE collects retained copies only while its queue has room: the walk stops
+    /// there instead of visiting every retained message.
+    #[test]
+    fn matching_while_stops_when_told() {
+        let mut store = RetainedStore::new();
+        for i in 0..1000 {
+            store.insert(&format!("a/{i}/x"), i);
+        }
+        for filter in ["#", "a/#", "a/+/x", "+/+/+"] {
+            let mut visited = 0;
+            store.matching_while(filter, |_| {
+                visited += 1;
+                visited < 10
+            });
+            assert_eq!(visited, 10, "{filter}");
+            let mut all = 0;
+            store.matching(filter, |_| all += 1);
+            assert_eq!(all, 1000, "{filter}");
+        }
+    }
+
     #[test]
     fn agrees_with_the_reference_matcher() {
         let topics = [
