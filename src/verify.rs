@@ -304,9 +304,20 @@ async fn publisher(shared: Arc<Shared>) {
     }
 }
 
+/// What reading the retained value found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetainedRead {
+    /// The retained message carried this sequence number.
+    Seq(u64),
+    /// The SUBSCRIBE was acknowledged and no retained message followed: there is none.
+    Missing,
+    /// The broker did not answer in time (no CONNACK or SUBACK): nothing can be said.
+    NoAnswer,
+}
+
 /// Reads the retained value the broker holds now.
-async fn retained_seq(opts: &VerifyOptions) -> Option<u64> {
-    let (mut c, _) = Client::connect(
+async fn retained_seq(opts: &VerifyOptions) -> RetainedRead {
+    let connected = Client::connect(
         opts.addr,
         opts.version,
         "keelmq-verify-retained",
@@ -314,7 +325,10 @@ async fn retained_seq(opts: &VerifyOptions) -> Option<u64> {
         0,
         WAIT,
     )
-    .await?;
+    .await;
+    let Some((mut c, _)) = connected else {
+        return RetainedRead::NoAnswer;
+    };
     let filters = vec![(
         RETAINED.to_string(),
         SubscriptionOptions::qos(QoS::AtMostOnce),
@@ -325,11 +339,19 @@ async fn retained_seq(opts: &VerifyOptions) -> Option<u64> {
         filters,
     }))
     .await;
+    let mut acknowledged = false;
     loop {
-        match c.recv(Duration::from_millis(500)).await {
-            Recv::Packet(Packet::Publish(p)) => return seq_of(&p.payload),
+        // The retained copy follows the SUBACK at once; the SUBACK may wait (for the
+        // retained index to load after a restart, or for the SUBSCRIBE's fdatasync).
+        let wait = if acknowledged { Duration::from_millis(500) } else { WAIT };
+        match c.recv(wait).await {
+            Recv::Packet(Packet::Publish(p)) => {
+                return seq_of(&p.payload).map_or(RetainedRead::Missing, RetainedRead::Seq)
+            }
+            Recv::Packet(Packet::SubAck(_)) => acknowledged = true,
             Recv::Packet(_) => {}
-            _ => return None,
+            _ if acknowledged => return RetainedRead::Missing,
+            _ => return RetainedRead::NoAnswer,
         }
     }
 }
@@ -411,7 +433,15 @@ pub async fn run(opts: VerifyOptions) -> anyhow::Result<VerifyReport> {
         shared.up.store(true, Ordering::Relaxed);
         if acked_retained > 0 {
             let seen = retained_seq(&opts).await;
-            if seen.is_none_or(|s| s < acked_retained) {
+            let rolled_back = match seen {
+                RetainedRead::Seq(s) => s < acked_retained,
+                RetainedRead::Missing => true,
+                RetainedRead::NoAnswer => {
+                    eprintln!("after kill {}: the retained check got no answer", kill_no + 1);
+                    false
+                }
+            };
+            if rolled_back {
                 shared.ledger.lock().violations.push(format!(
                     "after kill {}: retained is {seen:?}, {acked_retained} was acknowledged",
                     kill_no + 1
