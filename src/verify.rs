@@ -343,7 +343,11 @@ async fn retained_seq(opts: &VerifyOptions) -> RetainedRead {
     loop {
         // The retained copy follows the SUBACK at once; the SUBACK may wait (for the
         // retained index to load after a restart, or for the SUBSCRIBE's fdatasync).
-        let wait = if acknowledged { Duration::from_millis(500) } else { WAIT };
+        let wait = if acknowledged {
+            Duration::from_millis(500)
+        } else {
+            WAIT
+        };
         match c.recv(wait).await {
             Recv::Packet(Packet::Publish(p)) => {
                 return seq_of(&p.payload).map_or(RetainedRead::Missing, RetainedRead::Seq)
@@ -437,7 +441,10 @@ pub async fn run(opts: VerifyOptions) -> anyhow::Result<VerifyReport> {
                 RetainedRead::Seq(s) => s < acked_retained,
                 RetainedRead::Missing => true,
                 RetainedRead::NoAnswer => {
-                    eprintln!("after kill {}: the retained check got no answer", kill_no + 1);
+                    eprintln!(
+                        "after kill {}: the retained check got no answer",
+                        kill_no + 1
+                    );
                     false
                 }
             };

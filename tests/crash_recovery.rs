@@ -48,19 +48,8 @@ struct Shared {
 }
 
 async fn connect(shared: &Shared, id: &str, clean: bool) -> Option<(RawClient, ConnAck)> {
-    let addr = (*shared.addr.lock())?;
-    let mut c = tokio::time::timeout(Duration::from_secs(2), RawClient::try_tcp(addr, V5))
-        .await
-        .ok()??;
-    let ack = tokio::time::timeout(
-        Duration::from_secs(3),
-        c.try_handshake(id, clean, |c| {
-            c.properties.session_expiry_interval = Some(3600)
-        }),
-    )
-    .await
-    .ok()??;
-    (ack.code == ReasonCode::SUCCESS).then_some((c, ack))
+    let addr = *shared.addr.lock();
+    common::connect_persistent(addr, V5, id, clean).await
 }
 
 fn seq_of(payload: &[u8]) -> Option<u64> {

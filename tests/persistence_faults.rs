@@ -2,25 +2,19 @@
 //! an append nobody waits for fails (issue "Close the durability holes a review found", items
 //! 4 and 5). Runs on the WAL's in-memory file system with an in-memory store.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keelmq::persistence::records::*;
 use keelmq::persistence::{Error, Persistence, PersistenceOptions};
-use keelmq_storage::{MemStore, StoreOptions};
+use keelmq_storage::MemStore;
 use keelmq_wal::fs::MemFs;
-use keelmq_wal::SyncPolicy;
 
 fn options() -> PersistenceOptions {
-    PersistenceOptions {
-        sync: SyncPolicy::Always,
-        segment_bytes: 64 * 1024,
-        wal_writer_nice: None,
-        checkpoint_interval: Duration::from_secs(3600),
-        checkpoint_wal_bytes: u64::MAX,
-        store: StoreOptions::default(),
-    }
+    common::memfs_persistence_options()
 }
 
 fn session(client: &str) -> Record {

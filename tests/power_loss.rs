@@ -5,6 +5,8 @@
 //! equal the state after some prefix of the commits that contains every commit that had
 //! returned — nothing acknowledged lost, nothing invented, no commit half-applied.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,9 +14,8 @@ use std::time::Duration;
 use keelmq::persistence::image::Image;
 use keelmq::persistence::records::*;
 use keelmq::persistence::{Persistence, PersistenceOptions};
-use keelmq_storage::{Change, MemStore, Store, StoreOptions, Table};
+use keelmq_storage::{Change, MemStore, Store, Table};
 use keelmq_wal::fs::{CrashMode, MemFs};
-use keelmq_wal::SyncPolicy;
 
 /// A store that remembers its contents after each checkpoint, with the file-system trace
 /// length at that moment, so a crash at trace point k sees the last checkpoint before k.
@@ -46,14 +47,7 @@ impl Store for RecordingStore {
 }
 
 fn options() -> PersistenceOptions {
-    PersistenceOptions {
-        sync: SyncPolicy::Always,
-        segment_bytes: 64 * 1024,
-        wal_writer_nice: None,
-        checkpoint_interval: Duration::from_secs(3600),
-        checkpoint_wal_bytes: u64::MAX,
-        store: StoreOptions::default(),
-    }
+    common::memfs_persistence_options()
 }
 
 fn message(id: u64, topic: &str) -> StoredMessage {

@@ -2501,6 +2501,14 @@ mod tests {
         }
     }
 
+    /// Attaches a new connection to client "c"'s session.
+    async fn attach(broker: &Broker, clean_start: bool) -> (ConnId, Attached) {
+        let conn = broker.next_conn_id();
+        let packet = connect_packet(clean_start);
+        let attached = broker.connect(conn, "c".into(), &packet, 300).await;
+        (conn, attached.expect("attached"))
+    }
+
     fn qos2_message(broker: &Broker) -> Arc<Message> {
         Arc::new(Message {
             id: broker.next_message_id(),
@@ -2521,12 +2529,7 @@ mod tests {
     async fn a_clean_start_does_not_inherit_a_claimed_qos2_id() {
         let (broker, persistence) = persistent_broker();
         broker.retained_loaded().await;
-        let client: ClientId = "c".into();
-        let old = broker.next_conn_id();
-        let a = broker
-            .connect(old, client.clone(), &connect_packet(false), 300)
-            .await
-            .unwrap();
+        let (old, a) = attach(&broker, false).await;
         let Some(Claimed::New(claim)) = broker.claim_inbound_qos2(&a.slot, old, 7) else {
             panic!("a new id");
         };
@@ -2534,11 +2537,7 @@ mod tests {
         // The old connection is still between its check and its log when a Clean Start
         // takes the session over.
         drop(a.alive);
-        let new = broker.next_conn_id();
-        let b = broker
-            .connect(new, client.clone(), &connect_packet(true), 300)
-            .await
-            .unwrap();
+        let (new, b) = attach(&broker, true).await;
         let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
             panic!("placed");
         };
@@ -2556,21 +2555,12 @@ mod tests {
     #[tokio::test]
     async fn a_resend_during_a_takeover_is_a_duplicate() {
         let broker = Broker::new(Config::default());
-        let client: ClientId = "c".into();
-        let old = broker.next_conn_id();
-        let a = broker
-            .connect(old, client.clone(), &connect_packet(false), 300)
-            .await
-            .unwrap();
+        let (old, a) = attach(&broker, false).await;
         let Some(Claimed::New(_claim)) = broker.claim_inbound_qos2(&a.slot, old, 9) else {
             panic!("a new id");
         };
         drop(a.alive);
-        let new = broker.next_conn_id();
-        let b = broker
-            .connect(new, client, &connect_packet(false), 300)
-            .await
-            .unwrap();
+        let (new, b) = attach(&broker, false).await;
         assert!(b.session_present);
         assert!(matches!(
             broker.claim_inbound_qos2(&b.slot, new, 9),

@@ -238,3 +238,40 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Connects `id` with a persistent session (expiry 3600 s) to the broker at `addr`, if there
+/// is one: `None` when there is no broker to reach, it answers nothing in time (crash tests
+/// kill it at any moment), or it refuses.
+pub async fn connect_persistent(
+    addr: Option<SocketAddr>,
+    version: keelmq::codec::ProtocolVersion,
+    id: &str,
+    clean: bool,
+) -> Option<(raw::RawClient, keelmq::codec::ConnAck)> {
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(2),
+        raw::RawClient::try_tcp(addr?, version),
+    )
+    .await
+    .ok()??;
+    let handshake = c.try_handshake(id, clean, |c| {
+        c.properties.session_expiry_interval = Some(3600)
+    });
+    let ack = tokio::time::timeout(Duration::from_secs(3), handshake)
+        .await
+        .ok()??;
+    (ack.code == keelmq::codec::ReasonCode::SUCCESS).then_some((c, ack))
+}
+
+/// Persistence settings for tests on the in-memory file system: 64 KiB segments, every sync
+/// `Always`, no checkpoint unless a test asks for one.
+pub fn memfs_persistence_options() -> keelmq::persistence::PersistenceOptions {
+    keelmq::persistence::PersistenceOptions {
+        sync: keelmq_wal::SyncPolicy::Always,
+        segment_bytes: 64 * 1024,
+        wal_writer_nice: None,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_wal_bytes: u64::MAX,
+        store: keelmq_storage::StoreOptions::default(),
+    }
+}
