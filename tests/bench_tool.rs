@@ -207,7 +207,12 @@ fn works_against_mosquitto() {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n"),
+        // No queue limit: Mosquitto drops QoS 1 messages beyond 1000 queued for a subscriber
+        // by default, and this test counts the tool, not Mosquitto's overflow policy.
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n\
+             max_queued_messages 0\n"
+        ),
     )
     .expect("write config");
     let mut broker = Command::new(mosquitto)

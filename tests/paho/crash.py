@@ -12,7 +12,8 @@ unacknowledged after each reconnect, which is what makes "acknowledged => delive
 - two persistent subscribers of `crash/#` at QoS 2: MQTT 5 (Clean Start only on the first
   connect, Session Expiry Interval 3600) and 3.1.1 (Clean Session 0). Each subscribes once;
   the subscription must survive every crash, since it was acknowledged;
-- two publishers with persistent sessions (5 and 3.1.1) sending sequence-numbered payloads,
+- four publishers with persistent sessions (one 5.0, three 3.1.1; up to 100 messages in flight
+  each) sending sequence-numbered payloads,
   alternately QoS 1 on `crash/q1` and QoS 2 on `crash/q2`, with a bounded in-flight window, a
   bounded number of unacknowledged messages and a bounded total. Messages published while the
   broker is down wait in paho and go out after the reconnect.
@@ -85,8 +86,8 @@ SESSION_EXPIRY_S = 3600
 
 # Paho's in-flight window per publisher, and the unacknowledged messages (in flight or queued in
 # paho) a publisher may have before it waits: bounds paho's queue while the broker is down.
-INFLIGHT_WINDOW = 16
-UNACKED_MAX = 64
+INFLIGHT_WINDOW = 100
+UNACKED_MAX = 200
 # Publishing rate and total per publisher. The total stays far below 65535 so paho never reuses a
 # mid within one run (the mid -> sequence-number map relies on that).
 PUBLISH_RATE_PER_S = 400
@@ -140,6 +141,13 @@ class Broker:
 
     def __init__(self, binary, data_dir, port):
         self.binary, self.data_dir, self.port = binary, data_dir, port
+        # Queues that never fill in this run: a full queue of a subscriber that is draining it
+        # refuses a 5.0 publisher (0x97) by design, and this script checks durability, not
+        # flow control.
+        os.makedirs(data_dir, exist_ok=True)
+        self.config = os.path.join(data_dir, "crash.toml")
+        with open(self.config, "w") as f:
+            f.write("[limits]\nmax_queued_messages = 10000000\n")
         self.proc = None
         self.incarnation = 0
         self.log_tail = collections.deque(maxlen=300)
@@ -151,7 +159,8 @@ class Broker:
         self.listening = threading.Event()
         env = dict(os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(
-            [self.binary, "serve", "--listen", f"{HOST}:{self.port}", "--data-dir", self.data_dir],
+            [self.binary, "serve", "--listen", f"{HOST}:{self.port}", "--data-dir", self.data_dir,
+             "--config", self.config],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -495,7 +504,10 @@ def run(binary, data_dir, port, kills, seed):
     rng = random.Random(seed)
     broker = Broker(binary, data_dir, port)
     BROKER.append(broker)
-    publishers = [Publisher("crash-pub-v5", V5, port), Publisher("crash-pub-v311", V311, port)]
+    # As a new user's load that once showed QoS 2 duplicates (paho's own, see `PahoClient`):
+    # several 3.1.1 publishers with up to 100 messages in flight each, and a 5.0 one.
+    publishers = [Publisher("crash-pub-v5", V5, port)] + [
+        Publisher(f"crash-pub-v311-{i}", V311, port) for i in range(3)]
     names = [p.name for p in publishers]
     subscribers = [Subscriber("crash-sub-v5", V5, port, names),
                    Subscriber("crash-sub-v311", V311, port, names)]
