@@ -1,0 +1,126 @@
+//! Acknowledgement flows of a connected session: PUBACK/PUBREC/PUBCOMP from subscribers, PUBREL
+//! from publishers, and session operations on behalf of the connection.
+
+use super::*;
+
+impl Broker {
+    /// A PUBACK (QoS 1) or PUBCOMP (QoS 2) from the subscriber: the delivery is complete. Its
+    /// `Dequeue` is logged without waiting. `None` if `conn` no longer owns the session.
+    pub(crate) fn outbound_complete(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+        pubcomp: bool,
+    ) -> Option<()> {
+        let record = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let done = if pubcomp {
+                st.session.on_pubcomp(packet_id)
+            } else {
+                st.session.on_puback(packet_id)
+            };
+            let client = slot.client_id.to_string();
+            Some((done.is_ok() && st.in_store).then_some(Record::Dequeue { client, packet_id }))
+        })?;
+        self.log(record.into_iter().collect());
+        Some(())
+    }
+
+    /// A PUBREC from the subscriber. When it releases the message, "PUBREC received" is logged
+    /// and the returned wait completes once it is durable: only then may the caller send PUBREL,
+    /// so that a restart re-sends PUBREL, never the PUBLISH. `Ok(None)` if `conn` no longer
+    /// owns the session.
+    pub(crate) fn outbound_pubrec(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+        refused: bool,
+    ) -> Result<Option<(PubRecOutcome, Option<PendingDurable>)>, NotDurable> {
+        let result = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let outcome = st.session.on_pubrec(packet_id, refused);
+            let client = slot.client_id.to_string();
+            let record = match outcome {
+                PubRecOutcome::Release if st.in_store => Some(Record::PubRec { client, packet_id }),
+                PubRecOutcome::Refused if st.in_store => {
+                    Some(Record::Dequeue { client, packet_id })
+                }
+                _ => None,
+            };
+            Some((outcome, record))
+        });
+        let Some((outcome, record)) = result else {
+            return Ok(None);
+        };
+        match outcome {
+            PubRecOutcome::Release => {
+                let pending = self.log_pending(record.into_iter().collect())?;
+                Ok(Some((outcome, Some(pending))))
+            }
+            _ => {
+                self.log(record.into_iter().collect());
+                Ok(Some((outcome, None)))
+            }
+        }
+    }
+
+    /// A PUBREL from the publisher: whether the packet id was awaiting it. Its removal is durable
+    /// before the caller sends PUBCOMP. `Ok(None)` if `conn` no longer owns the session.
+    pub(crate) fn inbound_pubrel(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+    ) -> Result<Option<(bool, PendingDurable)>, NotDurable> {
+        let result = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let found = st.session.inbound_pubrel(packet_id);
+            let client = slot.client_id.to_string();
+            // Only a real release is logged: memory holds every id the log holds (restored at
+            // start, claimed before it is logged), so an unknown id has nothing to release,
+            // and a client streaming unknown PUBRELs makes no durable work.
+            Some((
+                found,
+                (found && st.in_store).then_some(Record::InboundRelease { client, packet_id }),
+            ))
+        });
+        let Some((found, record)) = result else {
+            return Ok(None);
+        };
+        let pending = self.log_pending(record.into_iter().collect())?;
+        Ok(Some((found, pending)))
+    }
+
+    /// Runs `f` on the session if `conn` is still attached to it.
+    pub(crate) fn session_op<R>(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Option<R> {
+        let (result, records) = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return (None, Vec::new());
+            }
+            let result = f(&mut st.session);
+            let mut records = Vec::new();
+            for packet_id in st.session.take_removed() {
+                if st.in_store {
+                    let client = slot.client_id.to_string();
+                    records.push(Record::Dequeue { client, packet_id });
+                }
+            }
+            (Some(result), records)
+        });
+        self.log(records);
+        result
+    }
+}

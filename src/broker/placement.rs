@@ -1,0 +1,326 @@
+//! Placing deliveries: reserve queue room and packet ids and log the records, then — once they
+//! are durable — make the deliveries (and a retained update, in log order) visible, or give the
+//! reservation back. The overflow policy (draining vs stalled subscribers) is decided here.
+
+use super::*;
+
+/// Deliveries reserved in their sessions (room and packet ids), invisible to their
+/// connections until [`Broker::settle`] (after the records are durable) or given back by
+/// [`Broker::cancel`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Placement {
+    /// Target, packet id, delivery, and the session generation the reservation was made in.
+    pub(super) reserved: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
+    /// A retained update to apply with the deliveries, with its place in log order.
+    pub(super) retain: Option<(Arc<Message>, u64)>,
+}
+
+impl Placement {
+    /// How many sessions the message is placed for.
+    pub(crate) fn len(&self) -> usize {
+        self.reserved.len()
+    }
+}
+
+/// What [`Broker::reserve_target`] did for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TargetReservation {
+    Queued {
+        packet_id: u16,
+        generation: u64,
+    },
+    /// The session's queue (or the broker-wide cap) has no room for a QoS 1/2 delivery, or a
+    /// QoS 0 one that waits for a draining subscriber.
+    Full,
+    DroppedQos0,
+    /// The session ended meanwhile.
+    Ended,
+}
+
+/// How [`Broker::reserve`] places deliveries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reservation<'a> {
+    /// A single full QoS 1/2 target that is draining its queue cancels every reservation, and
+    /// nothing is logged; a full target that is not draining (offline or stalled) loses its
+    /// copy (counted). Without it, full targets are returned and the rest placed.
+    pub(super) all_or_nothing: bool,
+    /// A QoS 0 delivery waits (counts as full) for a connected, draining subscriber's queue.
+    pub(super) qos0_may_wait: bool,
+    /// The publisher's claimed QoS 2 id, logged with the records.
+    pub(super) inbound_qos2: Option<&'a InboundClaim>,
+}
+
+/// What [`Broker::reserve`] returns: the placement made (`None` when all-or-nothing met a
+/// full queue), and the targets whose queue was full.
+pub(super) type Reserved = (Option<Placed>, Vec<(Arc<SessionSlot>, Delivery)>);
+
+/// A [`Placement`] and the wait for its records.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub(crate) placement: Placement,
+    pub(crate) durable: PendingDurable,
+}
+
+/// Retained updates become visible in the order of their records in the log, not in the order
+/// their fdatasyncs are noticed: two RETAIN publishes to one topic covered by one fdatasync
+/// can wake up in either order, and the older must not win (a restart would bring the newer
+/// back). Each update takes a version while its records are appended, under this lock; the
+/// index applies an update only if no later version of its topic was applied first.
+#[derive(Debug, Default)]
+pub(super) struct RetainOrder {
+    pub(super) next_version: u64,
+    /// Topics with updates reserved but not yet settled or cancelled: how many, and the
+    /// latest version applied meanwhile. A topic leaves the map with its last update, so the
+    /// map holds only updates in flight.
+    pub(super) in_flight: HashMap<crate::codec::ByteStr, (usize, u64)>,
+}
+
+impl RetainOrder {
+    pub(super) fn reserve(&mut self, topic: &crate::codec::ByteStr) -> u64 {
+        self.next_version += 1;
+        self.in_flight.entry(topic.clone()).or_insert((0, 0)).0 += 1;
+        self.next_version
+    }
+
+    /// Ends an update in flight; whether it is to be applied (no later one was).
+    pub(super) fn finish(
+        &mut self,
+        topic: &crate::codec::ByteStr,
+        version: u64,
+        applied: bool,
+    ) -> bool {
+        let Some(entry) = self.in_flight.get_mut(topic) else {
+            return applied;
+        };
+        let apply = applied && version > entry.1;
+        if apply {
+            entry.1 = version;
+        }
+        entry.0 -= 1;
+        if entry.0 == 0 {
+            self.in_flight.remove(topic);
+        }
+        apply
+    }
+}
+
+impl Broker {
+    /// The connection attached to `slot` took deliveries from its queue.
+    pub(crate) fn drained(&self, slot: &SessionSlot) {
+        slot.last_drain_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a QoS 0 message meeting `slot`'s full queue should wait for room (the
+    /// subscriber is connected and draining) rather than be dropped.
+    pub(super) fn qos0_waits_for(&self, slot: &SessionSlot) -> bool {
+        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        stall > 0
+            && slot.is_connected()
+            && self
+                .now_ms()
+                .saturating_sub(slot.last_drain_ms.load(Ordering::Relaxed))
+                < stall
+    }
+
+    /// Reserves room and packet ids in the targets' queues and logs the records (an `Enqueue`
+    /// with the message body for every persistent session among them), without waiting: the
+    /// deliveries become visible with [`Self::settle`] once durable. `None` (and nothing logged) when `all_or_nothing` met a full queue.
+    pub(super) fn reserve(
+        &self,
+        targets: Vec<(Arc<SessionSlot>, Delivery)>,
+        mut records: Vec<Record>,
+        how: Reservation<'_>,
+    ) -> Result<Reserved, NotDurable> {
+        let Reservation {
+            all_or_nothing,
+            qos0_may_wait,
+            inbound_qos2,
+        } = how;
+        let mut reserved = Vec::with_capacity(targets.len());
+        let mut full = Vec::new();
+        let mut bodies_logged: Vec<u64> = Vec::new();
+        for (slot, delivery) in targets {
+            let logged = (&mut bodies_logged, &mut records);
+            match self.reserve_target(&slot, &delivery, qos0_may_wait, logged) {
+                TargetReservation::Queued {
+                    packet_id,
+                    generation,
+                } => reserved.push((slot, packet_id, delivery, generation)),
+                // All or nothing holds only for subscribers that drain their queue: an offline
+                // or stalled one loses its own copy (counted), and the publisher goes on.
+                TargetReservation::Full if all_or_nothing && !self.is_draining(&slot) => {
+                    Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
+                }
+                TargetReservation::Full => full.push((slot, delivery)),
+                TargetReservation::DroppedQos0 => {
+                    Metrics::add(&self.shared.metrics.dropped_qos0, 1);
+                }
+                TargetReservation::Ended => {}
+            }
+        }
+        let placement = Placement {
+            reserved,
+            retain: None,
+        };
+        if all_or_nothing && !full.is_empty() {
+            self.cancel(placement);
+            return Ok((None, full));
+        }
+        let logged = match inbound_qos2 {
+            Some(claim) => self.log_with_claim(records, claim),
+            None => self.log_pending(records),
+        };
+        match logged {
+            Ok(durable) => Ok((Some(Placed { placement, durable }), full)),
+            Err(e) => {
+                self.cancel(placement);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reserves room and a packet id for one delivery in `slot`'s queue, adding the records it
+    /// needs for a persistent session to `logged` (the message body once per commit).
+    pub(super) fn reserve_target(
+        &self,
+        slot: &Arc<SessionSlot>,
+        delivery: &Delivery,
+        qos0_may_wait: bool,
+        logged: (&mut Vec<u64>, &mut Vec<Record>),
+    ) -> TargetReservation {
+        let bytes = delivery.accounted_bytes();
+        let max_total = self.shared.config.limits.max_queued_bytes_total;
+        let global_room =
+            self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
+        let qos0_waits =
+            qos0_may_wait && delivery.qos == QoS::AtMostOnce && self.qos0_waits_for(slot);
+        let result = self.with_slot(slot, |st| {
+            (!st.ended).then(|| {
+                let waits = qos0_waits && !(global_room && st.session.has_room(bytes));
+                let enqueued = if waits {
+                    Enqueued::Full
+                } else {
+                    st.session.reserve(delivery.qos, bytes, global_room)
+                };
+                (enqueued, st.in_store, st.generation)
+            })
+        });
+        let Some((enqueued, in_store, generation)) = result else {
+            return TargetReservation::Ended;
+        };
+        let packet_id = match enqueued {
+            Enqueued::Queued(packet_id) => packet_id,
+            Enqueued::Full => return TargetReservation::Full,
+            Enqueued::DroppedQos0 => return TargetReservation::DroppedQos0,
+        };
+        let (bodies_logged, records) = logged;
+        if self.shared.persistence.is_some() && in_store && packet_id != 0 {
+            let m = &delivery.message;
+            if !bodies_logged.contains(&m.id) {
+                bodies_logged.push(m.id);
+                records.push(Record::Message(store_message(m)));
+            }
+            records.push(Record::Enqueue {
+                client: slot.client_id.to_string(),
+                packet_id,
+                message_id: m.id,
+                qos: delivery.qos as u8,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+                shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
+            });
+        }
+        TargetReservation::Queued {
+            packet_id,
+            generation,
+        }
+    }
+
+    /// Whether `slot`'s subscriber took from its queue (or went offline, or the broker
+    /// started) within `limits.stalled_subscriber_ms`, connected or not; with 0, whether it
+    /// is connected. Only such a subscriber's full queue refuses (v5) or holds back (3.x) a
+    /// QoS 1/2 publisher: one that is offline or stalled for longer loses its own copy. The
+    /// grace after a disconnect covers a client that reconnects at once (after a network
+    /// glitch, or a broker restart) without letting one that never returns stop anybody.
+    pub(super) fn is_draining(&self, slot: &SessionSlot) -> bool {
+        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        if stall == 0 {
+            return slot.is_connected();
+        }
+        let last = slot.last_drain_ms.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < stall
+    }
+
+    /// Waits until a placement's records are durable, then makes it visible; cancels it if
+    /// they cannot be made durable. Returns how many deliveries it placed.
+    pub(crate) async fn complete(&self, mut placed: Placed) -> Result<usize, NotDurable> {
+        match self.wait_pending(&mut placed.durable).await {
+            Ok(()) => Ok(self.settle(placed.placement)),
+            Err(e) => {
+                self.cancel(placed.placement);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back the room and packet ids of a placement that will not be made visible.
+    pub(crate) fn cancel(&self, placement: Placement) {
+        if let Some((message, version)) = &placement.retain {
+            self.shared
+                .retain_order
+                .lock()
+                .finish(&message.topic, *version, false);
+        }
+        for (slot, packet_id, d, generation) in placement.reserved {
+            self.with_slot(&slot, |st| {
+                if st.generation == generation {
+                    st.session.cancel(packet_id, d.accounted_bytes());
+                }
+            });
+        }
+    }
+
+    /// Makes a placement whose records are durable visible: queues its deliveries, wakes their
+    /// connections and applies its retained update. Returns how many deliveries it placed.
+    pub(crate) fn settle(&self, placement: Placement) -> usize {
+        if let Some((message, version)) = placement.retain {
+            let mut order = self.shared.retain_order.lock();
+            if order.finish(&message.topic, version, true) {
+                // Kept long: its own copy, not a slice pinning the publisher's read buffer.
+                let kept = (!message.payload.is_empty()).then(|| Arc::new(message.detached()));
+                let mut retained = self.shared.retained.write();
+                match kept {
+                    None => retained.remove(&message.topic),
+                    Some(m) => retained.insert(&message.topic, m),
+                };
+            }
+        }
+        let placed = placement.reserved.len();
+        for (slot, packet_id, d, generation) in placement.reserved {
+            let bytes = d.accounted_bytes();
+            let visible = self.with_slot(&slot, |st| {
+                if st.generation != generation {
+                    // The session was replaced or cleared meanwhile: this reservation was
+                    // reset with it.
+                    false
+                } else if st.ended {
+                    st.session.cancel(packet_id, bytes);
+                    false
+                } else {
+                    if st.owner.is_none() && st.in_store && packet_id != 0 {
+                        // Offline persistent session: the body is durable, keep only metadata.
+                        st.session.commit_paged(packet_id, &d);
+                    } else {
+                        st.session.commit(packet_id, d);
+                    }
+                    true
+                }
+            });
+            if visible {
+                slot.wake.notify_one();
+            }
+        }
+        placed
+    }
+}

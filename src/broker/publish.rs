@@ -1,0 +1,353 @@
+//! The publish path, from a message to its reservation: the QoS 2 claim that makes a re-send a
+//! duplicate, the routing plan, and the retained-message limit. See `placement` for what
+//! happens to a plan's deliveries.
+
+use super::*;
+
+/// What [`Broker::publish`] did with a message.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// Some QoS 1/2 target's queue was full, so nothing was placed or logged (a publish is all
+    /// or nothing): the publisher must be refused (v5 0x97) or held back until
+    /// [`Broker::retry_publish`] places the whole message.
+    pub held: Option<PendingPublish>,
+    /// The retained store was full: the message was delivered but not retained (counted).
+    pub retained_refused: bool,
+}
+
+/// A publish waiting for queue room, with everything needed to place it whole later.
+#[derive(Debug)]
+pub struct PendingPublish {
+    pub(super) message: Arc<Message>,
+    pub(super) targets: Vec<(Arc<SessionSlot>, Delivery)>,
+    pub(super) records: Vec<Record>,
+    pub(super) retain_update: bool,
+    /// The publisher's QoS 2 packet id, claimed in its session (see
+    /// [`Broker::claim_inbound_qos2`]); logged as awaiting PUBREL with the message's records.
+    pub(super) inbound_qos2: Option<InboundClaim>,
+    /// A QoS 0 target's full queue holds the message too, while that subscriber drains it
+    /// (a client's publish can wait; a will or `$SYS` message cannot).
+    pub(super) qos0_may_wait: bool,
+}
+
+/// A QoS 2 packet id a connection marked as received in its session, in one step with the
+/// duplicate check ([`Broker::claim_inbound_qos2`]), before its message is routed: a re-send
+/// arriving meanwhile (on this or a taking-over connection) is a duplicate, never routed
+/// twice. `generation` is the session's at the claim: the `InboundQos2` record is logged only
+/// if the session is still that one (a Clean Start meanwhile must not inherit the id), and a
+/// claim whose message is not placed is released only in that session.
+#[derive(Debug, Clone)]
+pub(crate) struct InboundClaim {
+    pub(crate) slot: Arc<SessionSlot>,
+    pub(crate) packet_id: u16,
+    pub(crate) generation: u64,
+}
+
+/// What [`Broker::claim_inbound_qos2`] found.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// The id was new and is now marked as received.
+    New(InboundClaim),
+    /// The id was already awaiting PUBREL: a re-send.
+    Duplicate,
+}
+
+/// What [`Broker::publish_begin`] did with a message.
+#[derive(Debug)]
+pub(crate) enum Begun {
+    /// A QoS 1/2 target's queue (or, for QoS 0, a draining subscriber's) is full: nothing was
+    /// placed or logged, as for [`PublishOutcome::held`].
+    Held(PendingPublish),
+    /// Reserved and logged; visible once durable.
+    Placed(Placed),
+}
+
+/// Whether a message is one of the broker's own `$SYS` statistics (published by no client),
+/// the only messages exempt from the retained-message limit.
+pub(super) fn is_broker_sys(message: &Message) -> bool {
+    message.publisher.is_none() && message.topic.starts_with("$SYS/")
+}
+
+impl Broker {
+    /// Routes a message: queues a delivery for every matching session and updates the retained
+    /// store if RETAIN is set, after the records of all of it (and of `inbound_qos2`, the
+    /// publisher's packet id to remember until PUBREL) are durable. All or nothing: if a QoS 1/2
+    /// target's queue is full, nothing is placed or logged and the outcome holds the message.
+    /// `Err` means persistence failed: the publisher must get no acknowledgement.
+    /// With `qos0_may_wait`, a QoS 0 message also waits (is held) for the full queue of a
+    /// subscriber that is connected and draining, instead of being dropped for it.
+    pub(crate) async fn publish(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<InboundClaim>,
+        qos0_may_wait: bool,
+    ) -> Result<PublishOutcome, NotDurable> {
+        let _gate = self.retain_gate_for(message.retain).await;
+        let (pending, retained_refused) = self.prepare(message, inbound_qos2, qos0_may_wait);
+        let mut outcome = self.place_pending(pending).await?;
+        outcome.retained_refused = retained_refused;
+        Ok(outcome)
+    }
+
+    /// [`Self::publish`] without waiting, for a message without RETAIN: its deliveries are
+    /// reserved and its records logged now, and the returned [`Begun::Placed`] makes them
+    /// visible with [`Self::settle`] once its wait completes. Meanwhile the publisher's
+    /// connection goes on with its next packets, whose records share the same fdatasync.
+    /// The publisher's QoS 2 packet id counts as received from now on (a re-send is a
+    /// duplicate, acknowledged only after this wait).
+    pub(crate) fn publish_begin(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<InboundClaim>,
+        qos0_may_wait: bool,
+    ) -> Result<Begun, NotDurable> {
+        debug_assert!(
+            !message.retain,
+            "retained messages go through the retain gate"
+        );
+        let (pending, _) = self.prepare(message, inbound_qos2, qos0_may_wait);
+        self.begin(pending)
+    }
+
+    /// The records and targets of a publish (nothing placed or logged yet), and whether the
+    /// retained store refused its RETAIN.
+    pub(super) fn prepare(
+        &self,
+        message: Arc<Message>,
+        inbound_qos2: Option<InboundClaim>,
+        qos0_may_wait: bool,
+    ) -> (PendingPublish, bool) {
+        let mut records = Vec::new();
+        let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
+        let mut retain_update = false;
+        let mut retained_refused = false;
+        if message.retain {
+            if self.retained_has_room(&message) {
+                retain_update = true;
+                if persisted {
+                    records.push(if message.payload.is_empty() {
+                        Record::RetainDelete {
+                            topic: message.topic.to_string(),
+                        }
+                    } else {
+                        Record::RetainSet(store_message(&message))
+                    });
+                }
+            } else {
+                retained_refused = true;
+                Metrics::add(&self.shared.metrics.retained_refused, 1);
+            }
+        }
+        let targets = self.plan(&message);
+        let message_qos0 = message.qos == QoS::AtMostOnce;
+        let pending = PendingPublish {
+            message,
+            targets,
+            records,
+            retain_update,
+            inbound_qos2,
+            qos0_may_wait: qos0_may_wait && message_qos0,
+        };
+        (pending, retained_refused)
+    }
+
+    /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
+    /// A retained message goes through the retain gate, as in [`Self::publish`], so its
+    /// retained update is ordered against the others and waits for the retained index to load.
+    pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
+        let _gate = self.retain_gate_for(p.message.retain).await;
+        self.place_pending(p).await
+    }
+
+    /// The retain gate, read-locked, for a message with RETAIN; `None` for one without.
+    pub(super) async fn retain_gate_for(
+        &self,
+        retain: bool,
+    ) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        match retain {
+            true => Some(self.shared.retain_gate.read().await),
+            false => None,
+        }
+    }
+
+    /// [`Self::retry_publish`] for a caller that already holds the retain gate if it needs it
+    /// (the gate is not reentrant: a waiting writer blocks a second read).
+    pub(super) async fn place_pending(
+        &self,
+        p: PendingPublish,
+    ) -> Result<PublishOutcome, NotDurable> {
+        match self.begin(p)? {
+            Begun::Held(p) => Ok(PublishOutcome {
+                delivered: 0,
+                held: Some(p),
+                retained_refused: false,
+            }),
+            Begun::Placed(placed) => Ok(PublishOutcome {
+                delivered: self.complete(placed).await?,
+                held: None,
+                retained_refused: false,
+            }),
+        }
+    }
+
+    /// Reserves a publish's deliveries whole and logs its records, or gives it back held if a
+    /// queue is full (nothing reserved or logged then).
+    pub(super) fn begin(&self, p: PendingPublish) -> Result<Begun, NotDurable> {
+        let how = Reservation {
+            all_or_nothing: true,
+            qos0_may_wait: p.qos0_may_wait,
+            inbound_qos2: p.inbound_qos2.as_ref(),
+        };
+        // A retained update takes its version in the same step as its records' append.
+        let mut order = p.retain_update.then(|| self.shared.retain_order.lock());
+        let (placed, full) = self.reserve(p.targets.clone(), p.records.clone(), how)?;
+        let Some(mut placed) = placed.filter(|_| full.is_empty()) else {
+            return Ok(Begun::Held(p));
+        };
+        if let Some(order) = order.as_mut() {
+            let version = order.reserve(&p.message.topic);
+            placed.placement.retain = Some((p.message, version));
+        }
+        drop(order);
+        Ok(Begun::Placed(placed))
+    }
+
+    /// Whether a retained update for this topic fits `max_retained_messages` (replacing and
+    /// deleting always do).
+    /// The broker's own `$SYS` topics neither count nor are refused.
+    pub(super) fn retained_has_room(&self, message: &Message) -> bool {
+        let retained = self.shared.retained.read();
+        let max = self.shared.config.limits.max_retained_messages;
+        if message.payload.is_empty()
+            || retained.len() < max
+            || retained.contains(&message.topic)
+            || is_broker_sys(message)
+        {
+            return true;
+        }
+        let mut sys = 0;
+        retained.matching("$SYS/#", |_| sys += 1);
+        retained.len() - sys < max
+    }
+
+    /// Decides who receives a message: one delivery per session for its ordinary
+    /// subscriptions (highest granted QoS, every Subscription Identifier), and one per matching
+    /// shared group, to a connected member when there is one.
+    pub(super) fn plan(&self, message: &Arc<Message>) -> Vec<(Arc<SessionSlot>, Delivery)> {
+        let mut direct: HashMap<*const SessionSlot, usize> = HashMap::new();
+        let mut out: Vec<(Arc<SessionSlot>, Delivery)> = Vec::new();
+        let router = self.shared.router.read();
+        router.matches(&message.topic, |m| match m {
+            Match::Direct(sub) => {
+                if sub.options.no_local && message.publisher.as_ref() == Some(&sub.client) {
+                    return; // [MQTT-3.8.3-3]
+                }
+                let qos = message.qos.min(sub.options.qos);
+                let retain = message.retain && sub.options.retain_as_published;
+                let key = Arc::as_ptr(&sub.target);
+                match direct.get(&key) {
+                    Some(&i) => {
+                        let d = &mut out[i].1;
+                        d.qos = d.qos.max(qos);
+                        d.retain |= retain;
+                        d.subscription_ids.extend(sub.identifier);
+                    }
+                    None => {
+                        direct.insert(key, out.len());
+                        out.push((
+                            sub.target.clone(),
+                            Delivery {
+                                message: message.clone(),
+                                qos,
+                                retain,
+                                subscription_ids: sub.identifier.into_iter().collect(),
+                                shared_group: None,
+                            },
+                        ));
+                    }
+                }
+            }
+            Match::Shared(group) => {
+                let mut first = None;
+                let mut chosen = None;
+                for member in group.rotation() {
+                    first.get_or_insert(member);
+                    if member.target.is_connected() {
+                        chosen = Some(member);
+                        break;
+                    }
+                }
+                if let Some(member) = chosen.or(first) {
+                    out.push((
+                        member.target.clone(),
+                        Delivery {
+                            message: message.clone(),
+                            qos: message.qos.min(member.options.qos),
+                            retain: message.retain && member.options.retain_as_published,
+                            subscription_ids: member.identifier.into_iter().collect(),
+                            shared_group: Some(Arc::from(&*group.name)),
+                        },
+                    ));
+                }
+            }
+        });
+        out
+    }
+
+    /// Logs a publish's `records` with the publisher's `InboundQos2`, holding the publisher's
+    /// session lock so that a Clean Start (which replaces the session under that lock and logs
+    /// its removal after) cannot come between the generation check and the append: the id is
+    /// logged for the session that claimed it, or not at all.
+    pub(super) fn log_with_claim(
+        &self,
+        mut records: Vec<Record>,
+        claim: &InboundClaim,
+    ) -> Result<PendingDurable, NotDurable> {
+        let st = claim.slot.state.lock();
+        if st.in_store && st.generation == claim.generation {
+            records.push(Record::InboundQos2 {
+                client: claim.slot.client_id.to_string(),
+                packet_id: claim.packet_id,
+            });
+        }
+        let logged = self.log_pending(records);
+        drop(st);
+        logged
+    }
+
+    /// Marks an inbound QoS 2 packet id as received, if connection `conn` owns the session and
+    /// the id is not already awaiting PUBREL: the duplicate check and the mark in one step.
+    /// `None` if `conn` no longer owns the session. A claim whose message is not placed must be
+    /// given back with [`Self::release_claim`].
+    pub(crate) fn claim_inbound_qos2(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn: ConnId,
+        packet_id: u16,
+    ) -> Option<Claimed> {
+        let mut st = slot.state.lock();
+        if st.owner != Some(conn) {
+            return None;
+        }
+        if !st.session.inbound_qos2_is_new(packet_id) {
+            return Some(Claimed::Duplicate);
+        }
+        st.session.inbound_qos2_received(packet_id);
+        Some(Claimed::New(InboundClaim {
+            slot: slot.clone(),
+            packet_id,
+            generation: st.generation,
+        }))
+    }
+
+    /// Gives back a claim whose message was not placed (refused, or dropped unacknowledged
+    /// when its connection closed): the client's re-send is then routed. Nothing was logged.
+    pub(crate) fn release_claim(&self, claim: &InboundClaim) {
+        let mut st = claim.slot.state.lock();
+        if st.generation == claim.generation {
+            st.session.inbound_pubrel(claim.packet_id);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Restore and page-in: rebuilding sessions, subscriptions and paged-out queues from the durable
+//! image at start (retained messages load on a thread of their own behind the retain gate),
+//! and loading a resumed session's paged-out bodies before its CONNACK.
+
+use super::*;
+
+impl Broker {
+    /// A broker over recovered persistent state: sessions, subscriptions and (paged-out)
+    /// queues are restored before this returns; retained messages are read from the store on
+    /// a thread of their own while the broker already serves, with the retain gate held, so
+    /// that every SUBSCRIBE and every RETAIN publish waits until the retained index is whole.
+    pub fn with_persistence(config: Config, persistence: Arc<Persistence>) -> Broker {
+        let broker = Self::build(config, Some(persistence.clone()));
+        let wills = persistence.with_image(|image| broker.restore(image));
+        // Nothing else runs yet, so the gate is free; take it before anything can publish (a
+        // restored will that is already due would read-lock it otherwise).
+        let gate = broker.shared.retain_gate.clone().try_write_owned();
+        if gate.is_err() {
+            tracing::error!("the retain gate was taken before the retained index loaded");
+        }
+        for (slot, token, due_at_ms) in wills {
+            let delay = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
+            broker.schedule_will(slot, token, delay);
+        }
+        let loader = broker.clone();
+        let load = move || {
+            let started = std::time::Instant::now();
+            let mut publishers = HashMap::new();
+            let mut count = 0u64;
+            let visited = persistence.visit_retained(&mut |m| {
+                let topic = m.topic.clone();
+                let message = restore_message_in(m, &mut publishers);
+                loader.shared.retained.write().insert(&topic, message);
+                count += 1;
+            });
+            match visited {
+                Ok(()) => tracing::info!(
+                    retained = count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "retained messages loaded"
+                ),
+                // The store was readable at start; failing now means damaged data.
+                Err(e) => loader.fatal(&e),
+            }
+            // Everything that holds the data directory goes before the gate opens (shutdown
+            // waits for the gate).
+            drop(persistence);
+            drop(loader);
+            drop(gate);
+        };
+        let spawned = std::thread::Builder::new()
+            .name("keelmq-retained-load".into())
+            .spawn(load);
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the retained-message loader");
+            broker.begin_shutdown();
+        }
+        broker
+    }
+
+    /// Rebuilds sessions, subscriptions and queues from the durable image. Queue entries come
+    /// back paged out (their bodies stay in the store until the session resumes). Returns the
+    /// wills that were waiting for their delay, to schedule: (session, will token, due time in
+    /// ms since the Unix epoch).
+    pub(super) fn restore(&self, image: &persistence::Image) -> Vec<(Arc<SessionSlot>, u64, u64)> {
+        let now = Instant::now();
+        let mut wills = Vec::new();
+        for (client, si) in &image.sessions {
+            let Some(record) = &si.record else { continue };
+            let client_id: ClientId = client.as_str().into();
+            let protocol = match record.protocol {
+                3 => crate::codec::ProtocolVersion::V3_1,
+                4 => crate::codec::ProtocolVersion::V3_1_1,
+                _ => crate::codec::ProtocolVersion::V5,
+            };
+            let mut session = Session::new(client_id.clone(), protocol, self.limits());
+            session.expiry_interval = record.expiry_interval;
+            let disconnected_at = record
+                .disconnected_at_ms
+                .map(crate::persistence::convert::ms_to_instant)
+                .unwrap_or(now);
+            let mut deliveries: Vec<_> = si.deliveries.iter().collect();
+            deliveries.sort_by_key(|(_, d)| d.order);
+            session.reserve_paged(deliveries.len());
+            for (pid, d) in deliveries {
+                session.restore_paged(PagedDelivery {
+                    packet_id: *pid,
+                    message_id: d.message_id,
+                    qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+                    retain: d.retain,
+                    subscription_ids: d.subscription_ids.clone(),
+                    shared_group: d.shared_group.as_deref().map(Arc::from),
+                    awaiting_pubcomp: d.awaiting_pubcomp,
+                    resend: true,
+                    bytes: 0,
+                    expires_at: d
+                        .expires_at_ms
+                        .map(crate::persistence::convert::ms_to_instant),
+                });
+            }
+            for pid in &si.inbound {
+                session.inbound_qos2_received(*pid);
+            }
+            let queued = session.queued_bytes();
+            let slot = Arc::new(SessionSlot {
+                client_id: client_id.clone(),
+                state: Mutex::new(SlotState {
+                    session,
+                    owner: None,
+                    kick: None,
+                    owner_alive: None,
+                    will: None,
+                    pending_will: si.will.as_ref().map(|w| (1, restore_will(w))),
+                    will_token: 1,
+                    disconnected_at: Some(disconnected_at),
+                    ended: false,
+                    in_store: true,
+                    generation: 0,
+                }),
+                wake: Notify::new(),
+                connected: AtomicBool::new(false),
+                last_drain_ms: AtomicU64::new(0),
+            });
+            {
+                let mut router = self.shared.router.write();
+                let mut st = slot.state.lock();
+                for (filter, sub) in &si.subscriptions {
+                    let options = crate::persistence::convert::restore_subscription(sub);
+                    router.subscribe(
+                        filter,
+                        Subscription {
+                            client: client_id.clone(),
+                            options,
+                            identifier: sub.identifier,
+                            target: slot.clone(),
+                        },
+                    );
+                    st.session.subscriptions.insert(
+                        filter.clone(),
+                        SubscriptionRecord {
+                            options,
+                            identifier: sub.identifier,
+                        },
+                    );
+                }
+            }
+            self.shared
+                .queued_bytes_total
+                .fetch_add(queued, Ordering::Relaxed);
+            if let Some(w) = &si.will {
+                wills.push((slot.clone(), 1, w.due_at_ms));
+            }
+            self.shared.sessions.lock().insert(client_id, slot);
+        }
+        wills
+    }
+
+    /// Loads the bodies of a resumed session's paged-out deliveries from the store and puts
+    /// them back in front of its queue, before its connection sends anything. A body the store
+    /// does not have (damaged data) is reported and its delivery removed.
+    pub(super) async fn page_in(&self, slot: &Arc<SessionSlot>) {
+        let Some(p) = self.shared.persistence.clone() else {
+            return;
+        };
+        let (paged, generation) =
+            self.with_slot(slot, |st| (st.session.take_paged(), st.generation));
+        if paged.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = paged.iter().map(|d| d.message_id).collect();
+        let loaded = tokio::task::spawn_blocking(move || p.load_messages(&ids)).await;
+        let mut bodies = match loaded {
+            Ok(Ok(b)) => b,
+            failed => {
+                let what = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the offline queue; it stays on disk");
+                self.with_slot(slot, |st| {
+                    if st.generation == generation {
+                        for d in paged {
+                            st.session.restore_paged(d);
+                        }
+                    }
+                });
+                return;
+            }
+        };
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        let loaded: Vec<_> = paged
+            .into_iter()
+            .map(|d| {
+                let message = match messages.get(&d.message_id) {
+                    Some(m) => Some(m.clone()),
+                    None => bodies.remove(&d.message_id).map(|m| {
+                        let m = restore_message(m);
+                        messages.insert(d.message_id, m.clone());
+                        m
+                    }),
+                };
+                if message.is_none() {
+                    tracing::error!(client_id = %slot.client_id, message_id = d.message_id, packet_id = d.packet_id, "queued message missing from the store; its delivery is removed (see `keelmq inspect`)");
+                }
+                let delivery = message.map(|message| Delivery {
+                    message,
+                    qos: d.qos,
+                    retain: d.retain,
+                    subscription_ids: d.subscription_ids.clone(),
+                    shared_group: d.shared_group.clone(),
+                });
+                (d, delivery)
+            })
+            .collect();
+        // `with_slot` accounts the bytes paged in (recovered deliveries counted none).
+        let (removed, in_store) = self.with_slot(slot, |st| {
+            if st.generation != generation {
+                return (Vec::new(), false); // replaced by a Clean Start meanwhile
+            }
+            st.session.restore_paged_in(loaded);
+            (st.session.take_removed(), st.in_store)
+        });
+        if in_store {
+            let client = slot.client_id.to_string();
+            self.log(
+                removed
+                    .into_iter()
+                    .map(|packet_id| Record::Dequeue {
+                        client: client.clone(),
+                        packet_id,
+                    })
+                    .collect(),
+            );
+        }
+    }
+}

@@ -1,0 +1,274 @@
+use super::*;
+
+#[tokio::test]
+async fn a_held_retained_publish_is_retried_through_the_retain_gate() {
+    let broker = Broker::new(Config::default());
+    // As while the retained index loads at start.
+    let gate = broker.shared.retain_gate.clone().write_owned().await;
+    let message = Arc::new(Message {
+        id: broker.next_message_id(),
+        topic: "r/1".into(),
+        payload: bytes::Bytes::from_static(b"r"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Message::properties_of(PublishProperties::default()),
+        expires_at: None,
+        publisher: None,
+    });
+    let (pending, refused) = broker.prepare(message, None, false);
+    assert!(!refused);
+    let retry = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .retry_publish(pending)
+                .await
+                .map(|o| o.held.is_none())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!retry.is_finished(), "the retry waits for the gate");
+    assert_eq!(broker.retained_count(), 0);
+    drop(gate);
+    assert!(matches!(retry.await, Ok(Ok(true))));
+    assert_eq!(broker.retained_count(), 1);
+}
+
+fn retained(broker: &Broker, payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message {
+        id: broker.next_message_id(),
+        topic: "r/1".into(),
+        payload: bytes::Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Message::properties_of(PublishProperties::default()),
+        expires_at: None,
+        publisher: None,
+    })
+}
+
+fn retained_payload(broker: &Broker) -> Option<bytes::Bytes> {
+    let mut got = None;
+    broker
+        .shared
+        .retained
+        .read()
+        .matching("r/1", |m| got = Some(m.payload.clone()));
+    got
+}
+
+/// Two RETAIN publishes to one topic covered by one fdatasync may have their waiters run
+/// in either order: the index must end with the one logged last (a restart brings that
+/// one back).
+#[tokio::test]
+async fn retained_updates_become_visible_in_log_order() {
+    let broker = Broker::new(Config::default());
+    // (older value, newer value, what the index must hold after both)
+    type Round = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+    let rounds: [Round; 2] = [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
+    for (older, newer, expected) in rounds {
+        let (older, _) = broker.prepare(retained(&broker, older), None, false);
+        let (newer, _) = broker.prepare(retained(&broker, newer), None, false);
+        let (Ok(Begun::Placed(a)), Ok(Begun::Placed(b))) =
+            (broker.begin(older), broker.begin(newer))
+        else {
+            panic!("placed");
+        };
+        broker.settle(b.placement);
+        broker.settle(a.placement);
+        assert_eq!(retained_payload(&broker).as_deref(), expected);
+    }
+    assert!(broker.shared.retain_order.lock().in_flight.is_empty());
+    let (only, _) = broker.prepare(retained(&broker, b"again"), None, false);
+    let Ok(Begun::Placed(only)) = broker.begin(only) else {
+        panic!("placed");
+    };
+    broker.settle(only.placement);
+    assert_eq!(retained_payload(&broker).as_deref(), Some(&b"again"[..]));
+}
+
+/// A retained message is kept as a copy of its own, not as a slice of the buffer the
+/// publisher's packet was read into (which it would keep alive whole).
+#[tokio::test]
+async fn retained_messages_do_not_pin_read_buffers() {
+    let broker = Broker::new(Config::default());
+    let message = retained(&broker, b"payload");
+    let (pending, _) = broker.prepare(message.clone(), None, false);
+    let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+        panic!("placed");
+    };
+    broker.settle(placed.placement);
+    let mut kept = None;
+    broker
+        .shared
+        .retained
+        .read()
+        .matching("r/1", |m| kept = Some(m.clone()));
+    let kept = kept.expect("retained");
+    assert_eq!(kept.payload, message.payload);
+    assert_ne!(kept.payload.as_ptr(), message.payload.as_ptr());
+    assert_ne!(kept.topic.as_ptr(), message.topic.as_ptr());
+}
+
+fn persistent_broker() -> (Broker, Arc<Persistence>) {
+    let options = crate::persistence::PersistenceOptions {
+        sync: keelmq_wal::SyncPolicy::Always,
+        segment_bytes: 1 << 20,
+        wal_writer_nice: None,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_wal_bytes: u64::MAX,
+        store: keelmq_storage::StoreOptions::default(),
+    };
+    let (p, _) = Persistence::open_parts(
+        Arc::new(keelmq_wal::fs::MemFs::new()),
+        "/wal".as_ref(),
+        Box::new(keelmq_storage::MemStore::new()),
+        options,
+        None,
+    )
+    .expect("opens");
+    let p = Arc::new(p);
+    (Broker::with_persistence(Config::default(), p.clone()), p)
+}
+
+fn connect_packet(clean_start: bool) -> Connect {
+    Connect {
+        protocol: crate::codec::ProtocolVersion::V5,
+        clean_start,
+        keep_alive: 60,
+        properties: Default::default(),
+        client_id: "c".to_string(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// Attaches a new connection to client "c"'s session.
+async fn attach(broker: &Broker, clean_start: bool) -> (ConnId, Attached) {
+    let conn = broker.next_conn_id();
+    let packet = connect_packet(clean_start);
+    let attached = broker.connect(conn, "c".into(), &packet, 300).await;
+    (conn, attached.expect("attached"))
+}
+
+fn qos2_message(broker: &Broker) -> Arc<Message> {
+    Arc::new(Message {
+        id: broker.next_message_id(),
+        topic: "t".into(),
+        payload: bytes::Bytes::from_static(b"m"),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Message::properties_of(PublishProperties::default()),
+        expires_at: None,
+        publisher: Some("c".into()),
+    })
+}
+
+/// A QoS 2 id claimed by a connection that is then replaced by a Clean Start is neither
+/// marked nor logged for the new session: the client's next QoS 2 PUBLISH with that id is
+/// a new message, not a re-send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_does_not_inherit_a_claimed_qos2_id() {
+    let (broker, persistence) = persistent_broker();
+    broker.retained_loaded().await;
+    let (old, a) = attach(&broker, false).await;
+    let Some(Claimed::New(claim)) = broker.claim_inbound_qos2(&a.slot, old, 7) else {
+        panic!("a new id");
+    };
+    let pending = broker.prepare(qos2_message(&broker), Some(claim), true).0;
+    // The old connection is still between its check and its log when a Clean Start
+    // takes the session over.
+    drop(a.alive);
+    let (new, b) = attach(&broker, true).await;
+    let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+        panic!("placed");
+    };
+    broker.complete(placed).await.unwrap();
+    let logged = persistence.with_image(|i| i.sessions["c"].inbound.clone());
+    assert!(logged.is_empty(), "logged for the new session: {logged:?}");
+    assert!(matches!(
+        broker.claim_inbound_qos2(&b.slot, new, 7),
+        Some(Claimed::New(_))
+    ));
+}
+
+/// A re-send arriving on a resuming connection while the first copy is still on its way
+/// (here: held at the retain gate) is a duplicate, not routed a second time.
+#[tokio::test]
+async fn a_resend_during_a_takeover_is_a_duplicate() {
+    let broker = Broker::new(Config::default());
+    let (old, a) = attach(&broker, false).await;
+    let Some(Claimed::New(_claim)) = broker.claim_inbound_qos2(&a.slot, old, 9) else {
+        panic!("a new id");
+    };
+    drop(a.alive);
+    let (new, b) = attach(&broker, false).await;
+    assert!(b.session_present);
+    assert!(matches!(
+        broker.claim_inbound_qos2(&b.slot, new, 9),
+        Some(Claimed::Duplicate)
+    ));
+}
+
+#[tokio::test]
+async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
+    let broker = Broker::new(Config::default());
+    let connect = Connect {
+        protocol: crate::codec::ProtocolVersion::V5,
+        clean_start: false,
+        keep_alive: 60,
+        properties: Default::default(),
+        client_id: "c".to_string(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let client: ClientId = "c".into();
+    let old = broker.next_conn_id();
+    let attached = broker
+        .connect(old, client.clone(), &connect, 3600)
+        .await
+        .unwrap();
+    // As while the retained index loads at start: the SUBSCRIBE waits for the gate.
+    let gate = broker.shared.retain_gate.clone().write_owned().await;
+    let sub = Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![(
+            "t/#".to_string(),
+            SubscriptionOptions::qos(QoS::AtLeastOnce),
+        )],
+    };
+    let held = tokio::spawn({
+        let (broker, slot) = (broker.clone(), attached.slot.clone());
+        async move { broker.subscribe(&slot, old, &sub).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!held.is_finished(), "the SUBSCRIBE waits for the gate");
+    // A new connection takes the session over; the old one has stopped waiting for it
+    // (as after the takeover's time limit).
+    drop(attached.alive);
+    let new = broker.next_conn_id();
+    let resumed = broker.connect(new, client, &connect, 3600).await.unwrap();
+    assert!(resumed.session_present);
+    drop(gate);
+    assert!(
+        matches!(held.await, Ok(Ok(None))),
+        "refused to the old connection"
+    );
+    assert!(resumed.slot.state.lock().session.subscriptions.is_empty());
+    assert_eq!(broker.subscription_count(), 0);
+    // The owner's own SUBSCRIBE still works.
+    let sub = Subscribe {
+        packet_id: 2,
+        properties: Default::default(),
+        filters: vec![(
+            "t/#".to_string(),
+            SubscriptionOptions::qos(QoS::AtLeastOnce),
+        )],
+    };
+    let codes = broker.subscribe(&resumed.slot, new, &sub).await.unwrap();
+    assert_eq!(codes.map(|c| c.len()), Some(1));
+    assert_eq!(broker.subscription_count(), 1);
+}
