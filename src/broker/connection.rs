@@ -33,8 +33,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    max_qos, Begun, Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PendingPublish,
-    Placement, SessionSlot,
+    max_qos, Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PlannedPublish,
+    ReserveOutcome, Reserved, SessionSlot,
 };
 use crate::codec::*;
 use crate::persistence::PendingDurable;
@@ -519,7 +519,7 @@ where
 struct HeldBack {
     packet_id: u16,
     qos: QoS,
-    publish: PendingPublish,
+    publish: PlannedPublish,
 }
 
 /// Per-connection state (the session itself lives in the broker).
@@ -565,7 +565,7 @@ struct Connection {
 struct PendingAck {
     wait: PendingDurable,
     /// Deliveries made visible once `wait` completes (an inbound message).
-    placement: Option<Placement>,
+    reserved: Option<Reserved>,
     ack: Option<Packet>,
     /// Counted in `Connection::pending_inbound`.
     inbound: bool,
@@ -730,7 +730,7 @@ impl Connection {
         };
         // Earlier messages of this publisher become visible first.
         self.drain_pending(&mut io.wbuf).await?;
-        let outcome = self.broker.retry_publish(held.publish).await?;
+        let outcome = self.broker.retry_planned(held.publish).await?;
         if let Some(publish) = outcome.held {
             self.held = Some(HeldBack { publish, ..held });
             return Ok(());
@@ -755,8 +755,8 @@ impl Connection {
     ) -> Result<(), Close> {
         if let Err(e) = r {
             for entry in self.pending_acks.drain(..) {
-                if let Some(p) = entry.placement {
-                    self.broker.cancel(p);
+                if let Some(p) = entry.reserved {
+                    self.broker.unreserve(p);
                 }
             }
             self.pending_inbound = 0;
@@ -768,8 +768,8 @@ impl Connection {
         if entry.inbound {
             self.pending_inbound -= 1;
         }
-        if let Some(p) = entry.placement {
-            self.broker.settle(p);
+        if let Some(p) = entry.reserved {
+            self.broker.reveal(p);
         }
         if let Some(ack) = entry.ack {
             self.send(wbuf, &ack);
@@ -790,7 +790,7 @@ impl Connection {
     fn push_pending(
         &mut self,
         wait: PendingDurable,
-        placement: Option<Placement>,
+        reserved: Option<Reserved>,
         ack: Option<Packet>,
         inbound: bool,
     ) {
@@ -799,7 +799,7 @@ impl Connection {
         }
         self.pending_acks.push_back(PendingAck {
             wait,
-            placement,
+            reserved,
             ack,
             inbound,
         });
@@ -1163,16 +1163,16 @@ impl Connection {
         } else {
             match self
                 .broker
-                .publish_begin(Arc::new(message), inbound, true)?
+                .publish_pipelined(Arc::new(message), inbound, true)?
             {
-                Begun::Held(publish) => super::PublishOutcome {
+                ReserveOutcome::Held(publish) => super::PublishOutcome {
                     delivered: 0,
                     held: Some(publish),
                     retained_refused: false,
                 },
-                Begun::Placed(placed) => {
+                ReserveOutcome::Logged(logged) => {
                     // Visible and acknowledged once durable; meanwhile the next packets.
-                    let reason = if placed.placement.len() == 0 {
+                    let reason = if logged.reserved.len() == 0 {
                         ReasonCode::NO_MATCHING_SUBSCRIBERS
                     } else {
                         ReasonCode::SUCCESS
@@ -1180,16 +1180,16 @@ impl Connection {
                     let ack = self.inbound_ack(p.packet_id, p.qos, reason);
                     // Nothing was logged, and nothing waits before it (a QoS 0 message needs
                     // no order with the acknowledged ones, so it never enters the FIFO).
-                    if placed.durable.is_ready()
+                    if logged.durable.is_ready()
                         && (self.pending_acks.is_empty() || p.qos == QoS::AtMostOnce)
                     {
-                        self.broker.settle(placed.placement);
+                        self.broker.reveal(logged.reserved);
                         if let Some(ack) = ack {
                             self.send(wbuf, &ack);
                         }
                     } else {
                         let inbound = p.qos == QoS::AtLeastOnce;
-                        self.push_pending(placed.durable, Some(placed.placement), ack, inbound);
+                        self.push_pending(logged.durable, Some(logged.reserved), ack, inbound);
                     }
                     return Ok(true);
                 }

@@ -48,14 +48,20 @@ impl Broker {
                 None => stays.push((old_id, delivery)),
             }
         }
-        let placement = Placement {
-            reserved,
+        let placement = Reserved {
+            deliveries: reserved,
             retain: None,
         };
         let outcome = match self.log_pending(records) {
-            Ok(durable) => self.complete(Placed { placement, durable }).await,
+            Ok(durable) => {
+                self.wait_and_reveal(Logged {
+                    reserved: placement,
+                    durable,
+                })
+                .await
+            }
             Err(e) => {
-                self.cancel(placement);
+                self.unreserve(placement);
                 Err(e)
             }
         };

@@ -27,7 +27,7 @@
 //! be durable (see `crate::persistence`): either inside an `async` broker method
 //! ([`Broker::connect`], [`Broker::publish`], [`Broker::subscribe`], [`Broker::unsubscribe`])
 //! or, pipelined, through a [`PendingDurable`] the connection awaits in order before it sends
-//! the acknowledgement ([`Broker::publish_begin`] with [`Broker::settle`],
+//! the acknowledgement ([`Broker::publish_pipelined`] with [`Broker::reveal`],
 //! [`Broker::outbound_pubrec`], [`Broker::inbound_pubrel`]). Routing reserves queue room and
 //! packet identifiers, logs the records, and only once they are durable makes the deliveries
 //! visible, so no subscriber ever sees a message that is not yet durable. Sessions with expiry
@@ -54,7 +54,7 @@ mod wills;
 
 use placement::*;
 use publish::*;
-pub use publish::{PendingPublish, PublishOutcome};
+pub use publish::{PlannedPublish, PublishOutcome};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -72,8 +72,8 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::persistence::convert::{
-    now_ms, restore_message, restore_message_in, restore_will, store_message, store_subscription,
-    store_will,
+    restore_message, restore_message_in, restore_will, store_message, store_subscription,
+    store_will, wall_clock_ms,
 };
 use crate::persistence::records::{Record, SessionRecord};
 use crate::persistence::{self, PendingDurable, Persistence};
@@ -142,7 +142,7 @@ impl SessionSlot {
 
 impl Broker {
     /// Milliseconds since the broker started (a cheap monotonic clock for slot bookkeeping).
-    pub(crate) fn now_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         self.shared.started.elapsed().as_millis() as u64
     }
 }

@@ -5,21 +5,21 @@
 use super::*;
 
 /// Deliveries reserved in their sessions (room and packet ids), invisible to their
-/// connections until [`Broker::settle`] (after the records are durable) or given back by
-/// [`Broker::cancel`].
+/// connections until [`Broker::reveal`] (after the records are durable) or given back by
+/// [`Broker::unreserve`].
 #[derive(Debug)]
 #[must_use]
-pub(crate) struct Placement {
+pub(crate) struct Reserved {
     /// Target, packet id, delivery, and the session generation the reservation was made in.
-    pub(super) reserved: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
+    pub(super) deliveries: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
     /// A retained update to apply with the deliveries, with its place in log order.
     pub(super) retain: Option<(Arc<Message>, u64)>,
 }
 
-impl Placement {
+impl Reserved {
     /// How many sessions the message is placed for.
     pub(crate) fn len(&self) -> usize {
-        self.reserved.len()
+        self.deliveries.len()
     }
 }
 
@@ -38,9 +38,9 @@ pub(super) enum TargetReservation {
     Ended,
 }
 
-/// How [`Broker::reserve`] places deliveries.
+/// How [`Broker::reserve_targets`] places deliveries.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Reservation<'a> {
+pub(super) struct ReserveOptions<'a> {
     /// A single full QoS 1/2 target that is draining its queue cancels every reservation, and
     /// nothing is logged; a full target that is not draining (offline or stalled) loses its
     /// copy (counted). Without it, full targets are returned and the rest placed.
@@ -51,14 +51,14 @@ pub(super) struct Reservation<'a> {
     pub(super) inbound_qos2: Option<&'a InboundClaim>,
 }
 
-/// What [`Broker::reserve`] returns: the placement made (`None` when all-or-nothing met a
+/// What [`Broker::reserve_targets`] returns: the placement made (`None` when all-or-nothing met a
 /// full queue), and the targets whose queue was full.
-pub(super) type Reserved = (Option<Placed>, Vec<(Arc<SessionSlot>, Delivery)>);
+pub(super) type ReserveResult = (Option<Logged>, Vec<(Arc<SessionSlot>, Delivery)>);
 
-/// A [`Placement`] and the wait for its records.
+/// A [`Reserved`] and the wait for its records.
 #[derive(Debug)]
-pub(crate) struct Placed {
-    pub(crate) placement: Placement,
+pub(crate) struct Logged {
+    pub(crate) reserved: Reserved,
     pub(crate) durable: PendingDurable,
 }
 
@@ -70,7 +70,7 @@ pub(crate) struct Placed {
 #[derive(Debug, Default)]
 pub(super) struct RetainOrder {
     pub(super) next_version: u64,
-    /// Topics with updates reserved but not yet settled or cancelled: how many, and the
+    /// Topics with updates reserved but not yet revealed or unreserved: how many, and the
     /// latest version applied meanwhile. A topic leaves the map with its last update, so the
     /// map holds only updates in flight.
     pub(super) in_flight: HashMap<crate::codec::ByteStr, (usize, u64)>,
@@ -108,7 +108,8 @@ impl RetainOrder {
 impl Broker {
     /// The connection attached to `slot` took deliveries from its queue.
     pub(crate) fn drained(&self, slot: &SessionSlot) {
-        slot.last_drain_ms.store(self.now_ms(), Ordering::Relaxed);
+        slot.last_drain_ms
+            .store(self.uptime_ms(), Ordering::Relaxed);
     }
 
     /// Whether a QoS 0 message meeting `slot`'s full queue should wait for room (the
@@ -118,21 +119,21 @@ impl Broker {
         stall > 0
             && slot.is_connected()
             && self
-                .now_ms()
+                .uptime_ms()
                 .saturating_sub(slot.last_drain_ms.load(Ordering::Relaxed))
                 < stall
     }
 
     /// Reserves room and packet ids in the targets' queues and logs the records (an `Enqueue`
     /// with the message body for every persistent session among them), without waiting: the
-    /// deliveries become visible with [`Self::settle`] once durable. `None` (and nothing logged) when `all_or_nothing` met a full queue.
-    pub(super) fn reserve(
+    /// deliveries become visible with [`Self::reveal`] once durable. `None` (and nothing logged) when `all_or_nothing` met a full queue.
+    pub(super) fn reserve_targets(
         &self,
         targets: Vec<(Arc<SessionSlot>, Delivery)>,
         mut records: Vec<Record>,
-        how: Reservation<'_>,
-    ) -> Result<Reserved, NotDurable> {
-        let Reservation {
+        how: ReserveOptions<'_>,
+    ) -> Result<ReserveResult, NotDurable> {
+        let ReserveOptions {
             all_or_nothing,
             qos0_may_wait,
             inbound_qos2,
@@ -159,12 +160,12 @@ impl Broker {
                 TargetReservation::Ended => {}
             }
         }
-        let placement = Placement {
-            reserved,
+        let placement = Reserved {
+            deliveries: reserved,
             retain: None,
         };
         if all_or_nothing && !full.is_empty() {
-            self.cancel(placement);
+            self.unreserve(placement);
             return Ok((None, full));
         }
         let logged = match inbound_qos2 {
@@ -172,9 +173,15 @@ impl Broker {
             None => self.log_pending(records),
         };
         match logged {
-            Ok(durable) => Ok((Some(Placed { placement, durable }), full)),
+            Ok(durable) => Ok((
+                Some(Logged {
+                    reserved: placement,
+                    durable,
+                }),
+                full,
+            )),
             Err(e) => {
-                self.cancel(placement);
+                self.unreserve(placement);
                 Err(e)
             }
         }
@@ -249,30 +256,30 @@ impl Broker {
             return slot.is_connected();
         }
         let last = slot.last_drain_ms.load(Ordering::Relaxed);
-        self.now_ms().saturating_sub(last) < stall
+        self.uptime_ms().saturating_sub(last) < stall
     }
 
     /// Waits until a placement's records are durable, then makes it visible; cancels it if
     /// they cannot be made durable. Returns how many deliveries it placed.
-    pub(crate) async fn complete(&self, mut placed: Placed) -> Result<usize, NotDurable> {
-        match self.wait_pending(&mut placed.durable).await {
-            Ok(()) => Ok(self.settle(placed.placement)),
+    pub(crate) async fn wait_and_reveal(&self, mut logged: Logged) -> Result<usize, NotDurable> {
+        match self.wait_pending(&mut logged.durable).await {
+            Ok(()) => Ok(self.reveal(logged.reserved)),
             Err(e) => {
-                self.cancel(placed.placement);
+                self.unreserve(logged.reserved);
                 Err(e)
             }
         }
     }
 
     /// Gives back the room and packet ids of a placement that will not be made visible.
-    pub(crate) fn cancel(&self, placement: Placement) {
+    pub(crate) fn unreserve(&self, placement: Reserved) {
         if let Some((message, version)) = &placement.retain {
             self.shared
                 .retain_order
                 .lock()
                 .finish(&message.topic, *version, false);
         }
-        for (slot, packet_id, d, generation) in placement.reserved {
+        for (slot, packet_id, d, generation) in placement.deliveries {
             self.with_slot(&slot, |st| {
                 if st.generation == generation {
                     st.session.cancel(packet_id, d.accounted_bytes());
@@ -283,7 +290,7 @@ impl Broker {
 
     /// Makes a placement whose records are durable visible: queues its deliveries, wakes their
     /// connections and applies its retained update. Returns how many deliveries it placed.
-    pub(crate) fn settle(&self, placement: Placement) -> usize {
+    pub(crate) fn reveal(&self, placement: Reserved) -> usize {
         if let Some((message, version)) = placement.retain {
             let mut order = self.shared.retain_order.lock();
             if order.finish(&message.topic, version, true) {
@@ -296,8 +303,8 @@ impl Broker {
                 };
             }
         }
-        let placed = placement.reserved.len();
-        for (slot, packet_id, d, generation) in placement.reserved {
+        let placed = placement.deliveries.len();
+        for (slot, packet_id, d, generation) in placement.deliveries {
             let bytes = d.accounted_bytes();
             let visible = self.with_slot(&slot, |st| {
                 if st.generation != generation {

@@ -11,15 +11,15 @@ pub struct PublishOutcome {
     pub delivered: usize,
     /// Some QoS 1/2 target's queue was full, so nothing was placed or logged (a publish is all
     /// or nothing): the publisher must be refused (v5 0x97) or held back until
-    /// [`Broker::retry_publish`] places the whole message.
-    pub held: Option<PendingPublish>,
+    /// [`Broker::retry_planned`] places the whole message.
+    pub held: Option<PlannedPublish>,
     /// The retained store was full: the message was delivered but not retained (counted).
     pub retained_refused: bool,
 }
 
 /// A publish waiting for queue room, with everything needed to place it whole later.
 #[derive(Debug)]
-pub struct PendingPublish {
+pub struct PlannedPublish {
     pub(super) message: Arc<Message>,
     pub(super) targets: Vec<(Arc<SessionSlot>, Delivery)>,
     pub(super) records: Vec<Record>,
@@ -54,14 +54,14 @@ pub(crate) enum Claimed {
     Duplicate,
 }
 
-/// What [`Broker::publish_begin`] did with a message.
+/// What [`Broker::publish_pipelined`] did with a message.
 #[derive(Debug)]
-pub(crate) enum Begun {
+pub(crate) enum ReserveOutcome {
     /// A QoS 1/2 target's queue (or, for QoS 0, a draining subscriber's) is full: nothing was
     /// placed or logged, as for [`PublishOutcome::held`].
-    Held(PendingPublish),
-    /// Reserved and logged; visible once durable.
-    Placed(Placed),
+    Held(PlannedPublish),
+    /// ReserveResult and logged; visible once durable.
+    Logged(Logged),
 }
 
 /// Whether a message is one of the broker's own `$SYS` statistics (published by no client),
@@ -85,40 +85,40 @@ impl Broker {
         qos0_may_wait: bool,
     ) -> Result<PublishOutcome, NotDurable> {
         let _gate = self.retain_gate_for(message.retain).await;
-        let (pending, retained_refused) = self.prepare(message, inbound_qos2, qos0_may_wait);
-        let mut outcome = self.place_pending(pending).await?;
+        let (pending, retained_refused) = self.plan_publish(message, inbound_qos2, qos0_may_wait);
+        let mut outcome = self.publish_planned(pending).await?;
         outcome.retained_refused = retained_refused;
         Ok(outcome)
     }
 
     /// [`Self::publish`] without waiting, for a message without RETAIN: its deliveries are
-    /// reserved and its records logged now, and the returned [`Begun::Placed`] makes them
-    /// visible with [`Self::settle`] once its wait completes. Meanwhile the publisher's
+    /// reserved and its records logged now, and the returned [`ReserveOutcome::Logged`] makes them
+    /// visible with [`Self::reveal`] once its wait completes. Meanwhile the publisher's
     /// connection goes on with its next packets, whose records share the same fdatasync.
     /// The publisher's QoS 2 packet id counts as received from now on (a re-send is a
     /// duplicate, acknowledged only after this wait).
-    pub(crate) fn publish_begin(
+    pub(crate) fn publish_pipelined(
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<InboundClaim>,
         qos0_may_wait: bool,
-    ) -> Result<Begun, NotDurable> {
+    ) -> Result<ReserveOutcome, NotDurable> {
         debug_assert!(
             !message.retain,
             "retained messages go through the retain gate"
         );
-        let (pending, _) = self.prepare(message, inbound_qos2, qos0_may_wait);
-        self.begin(pending)
+        let (pending, _) = self.plan_publish(message, inbound_qos2, qos0_may_wait);
+        self.reserve_and_log(pending)
     }
 
     /// The records and targets of a publish (nothing placed or logged yet), and whether the
     /// retained store refused its RETAIN.
-    pub(super) fn prepare(
+    pub(super) fn plan_publish(
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<InboundClaim>,
         qos0_may_wait: bool,
-    ) -> (PendingPublish, bool) {
+    ) -> (PlannedPublish, bool) {
         let mut records = Vec::new();
         let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
         let mut retain_update = false;
@@ -140,9 +140,9 @@ impl Broker {
                 Metrics::add(&self.shared.metrics.retained_refused, 1);
             }
         }
-        let targets = self.plan(&message);
+        let targets = self.route_targets(&message);
         let message_qos0 = message.qos == QoS::AtMostOnce;
-        let pending = PendingPublish {
+        let pending = PlannedPublish {
             message,
             targets,
             records,
@@ -156,9 +156,9 @@ impl Broker {
     /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
     /// A retained message goes through the retain gate, as in [`Self::publish`], so its
     /// retained update is ordered against the others and waits for the retained index to load.
-    pub async fn retry_publish(&self, p: PendingPublish) -> Result<PublishOutcome, NotDurable> {
+    pub async fn retry_planned(&self, p: PlannedPublish) -> Result<PublishOutcome, NotDurable> {
         let _gate = self.retain_gate_for(p.message.retain).await;
-        self.place_pending(p).await
+        self.publish_planned(p).await
     }
 
     /// The retain gate, read-locked, for a message with RETAIN; `None` for one without.
@@ -172,20 +172,20 @@ impl Broker {
         }
     }
 
-    /// [`Self::retry_publish`] for a caller that already holds the retain gate if it needs it
+    /// [`Self::retry_planned`] for a caller that already holds the retain gate if it needs it
     /// (the gate is not reentrant: a waiting writer blocks a second read).
-    pub(super) async fn place_pending(
+    pub(super) async fn publish_planned(
         &self,
-        p: PendingPublish,
+        p: PlannedPublish,
     ) -> Result<PublishOutcome, NotDurable> {
-        match self.begin(p)? {
-            Begun::Held(p) => Ok(PublishOutcome {
+        match self.reserve_and_log(p)? {
+            ReserveOutcome::Held(p) => Ok(PublishOutcome {
                 delivered: 0,
                 held: Some(p),
                 retained_refused: false,
             }),
-            Begun::Placed(placed) => Ok(PublishOutcome {
-                delivered: self.complete(placed).await?,
+            ReserveOutcome::Logged(logged) => Ok(PublishOutcome {
+                delivered: self.wait_and_reveal(logged).await?,
                 held: None,
                 retained_refused: false,
             }),
@@ -194,24 +194,24 @@ impl Broker {
 
     /// Reserves a publish's deliveries whole and logs its records, or gives it back held if a
     /// queue is full (nothing reserved or logged then).
-    pub(super) fn begin(&self, p: PendingPublish) -> Result<Begun, NotDurable> {
-        let how = Reservation {
+    pub(super) fn reserve_and_log(&self, p: PlannedPublish) -> Result<ReserveOutcome, NotDurable> {
+        let how = ReserveOptions {
             all_or_nothing: true,
             qos0_may_wait: p.qos0_may_wait,
             inbound_qos2: p.inbound_qos2.as_ref(),
         };
         // A retained update takes its version in the same step as its records' append.
         let mut order = p.retain_update.then(|| self.shared.retain_order.lock());
-        let (placed, full) = self.reserve(p.targets.clone(), p.records.clone(), how)?;
-        let Some(mut placed) = placed.filter(|_| full.is_empty()) else {
-            return Ok(Begun::Held(p));
+        let (logged, full) = self.reserve_targets(p.targets.clone(), p.records.clone(), how)?;
+        let Some(mut logged) = logged.filter(|_| full.is_empty()) else {
+            return Ok(ReserveOutcome::Held(p));
         };
         if let Some(order) = order.as_mut() {
             let version = order.reserve(&p.message.topic);
-            placed.placement.retain = Some((p.message, version));
+            logged.reserved.retain = Some((p.message, version));
         }
         drop(order);
-        Ok(Begun::Placed(placed))
+        Ok(ReserveOutcome::Logged(logged))
     }
 
     /// Whether a retained update for this topic fits `max_retained_messages` (replacing and
@@ -235,7 +235,10 @@ impl Broker {
     /// Decides who receives a message: one delivery per session for its ordinary
     /// subscriptions (highest granted QoS, every Subscription Identifier), and one per matching
     /// shared group, to a connected member when there is one.
-    pub(super) fn plan(&self, message: &Arc<Message>) -> Vec<(Arc<SessionSlot>, Delivery)> {
+    pub(super) fn route_targets(
+        &self,
+        message: &Arc<Message>,
+    ) -> Vec<(Arc<SessionSlot>, Delivery)> {
         let mut direct: HashMap<*const SessionSlot, usize> = HashMap::new();
         let mut out: Vec<(Arc<SessionSlot>, Delivery)> = Vec::new();
         let router = self.shared.router.read();

@@ -9,7 +9,7 @@ impl Broker {
             client: client.to_string(),
             protocol: st.session.protocol.level(),
             expiry_interval: st.session.expiry_interval,
-            disconnected_at_ms: st.disconnected_at.map(|_| now_ms()),
+            disconnected_at_ms: st.disconnected_at.map(|_| wall_clock_ms()),
         })
     }
 
@@ -240,7 +240,7 @@ impl Broker {
                                 Record::Session(s) => s.disconnected_at_ms,
                                 _ => None,
                             })
-                            .unwrap_or_else(now_ms);
+                            .unwrap_or_else(wall_clock_ms);
                         let due = at + u64::from(delay) * 1000;
                         records.push(Record::WillSet {
                             client: slot.client_id.to_string(),

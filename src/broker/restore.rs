@@ -19,7 +19,7 @@ impl Broker {
             tracing::error!("the retain gate was taken before the retained index loaded");
         }
         for (slot, token, due_at_ms) in wills {
-            let delay = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
+            let delay = Duration::from_millis(due_at_ms.saturating_sub(wall_clock_ms()));
             broker.schedule_will(slot, token, delay);
         }
         let loader = broker.clone();

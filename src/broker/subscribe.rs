@@ -71,13 +71,13 @@ impl Broker {
             .into_iter()
             .map(|d| (slot.clone(), d))
             .collect();
-        let how = Reservation {
+        let how = ReserveOptions {
             all_or_nothing: false,
             qos0_may_wait: false,
             inbound_qos2: None,
         };
         let records = std::mem::take(&mut applied.records);
-        let reserved = self.reserve(targets, records, how);
+        let reserved = self.reserve_targets(targets, records, how);
         // From here on a retained publish plans this subscription in (it is in the router),
         // and its copy queues behind the retained ones reserved above.
         drop(gate);
@@ -88,7 +88,7 @@ impl Broker {
                     Metrics::add(&self.shared.metrics.dropped_qos0, full.len() as u64);
                 }
                 match placed {
-                    Some(placed) => self.complete(placed).await.map(|_| ()),
+                    Some(placed) => self.wait_and_reveal(placed).await.map(|_| ()),
                     None => Ok(()),
                 }
             }

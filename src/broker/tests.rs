@@ -15,13 +15,13 @@ async fn a_held_retained_publish_is_retried_through_the_retain_gate() {
         expires_at: None,
         publisher: None,
     });
-    let (pending, refused) = broker.prepare(message, None, false);
+    let (pending, refused) = broker.plan_publish(message, None, false);
     assert!(!refused);
     let retry = tokio::spawn({
         let broker = broker.clone();
         async move {
             broker
-                .retry_publish(pending)
+                .retry_planned(pending)
                 .await
                 .map(|o| o.held.is_none())
         }
@@ -67,23 +67,23 @@ async fn retained_updates_become_visible_in_log_order() {
     type Round = (&'static [u8], &'static [u8], Option<&'static [u8]>);
     let rounds: [Round; 2] = [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
     for (older, newer, expected) in rounds {
-        let (older, _) = broker.prepare(retained(&broker, older), None, false);
-        let (newer, _) = broker.prepare(retained(&broker, newer), None, false);
-        let (Ok(Begun::Placed(a)), Ok(Begun::Placed(b))) =
-            (broker.begin(older), broker.begin(newer))
+        let (older, _) = broker.plan_publish(retained(&broker, older), None, false);
+        let (newer, _) = broker.plan_publish(retained(&broker, newer), None, false);
+        let (Ok(ReserveOutcome::Logged(a)), Ok(ReserveOutcome::Logged(b))) =
+            (broker.reserve_and_log(older), broker.reserve_and_log(newer))
         else {
             panic!("placed");
         };
-        broker.settle(b.placement);
-        broker.settle(a.placement);
+        broker.reveal(b.reserved);
+        broker.reveal(a.reserved);
         assert_eq!(retained_payload(&broker).as_deref(), expected);
     }
     assert!(broker.shared.retain_order.lock().in_flight.is_empty());
-    let (only, _) = broker.prepare(retained(&broker, b"again"), None, false);
-    let Ok(Begun::Placed(only)) = broker.begin(only) else {
+    let (only, _) = broker.plan_publish(retained(&broker, b"again"), None, false);
+    let Ok(ReserveOutcome::Logged(only)) = broker.reserve_and_log(only) else {
         panic!("placed");
     };
-    broker.settle(only.placement);
+    broker.reveal(only.reserved);
     assert_eq!(retained_payload(&broker).as_deref(), Some(&b"again"[..]));
 }
 
@@ -93,11 +93,11 @@ async fn retained_updates_become_visible_in_log_order() {
 async fn retained_messages_do_not_pin_read_buffers() {
     let broker = Broker::new(Config::default());
     let message = retained(&broker, b"payload");
-    let (pending, _) = broker.prepare(message.clone(), None, false);
-    let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+    let (pending, _) = broker.plan_publish(message.clone(), None, false);
+    let Ok(ReserveOutcome::Logged(logged)) = broker.reserve_and_log(pending) else {
         panic!("placed");
     };
-    broker.settle(placed.placement);
+    broker.reveal(logged.reserved);
     let mut kept = None;
     broker
         .shared
@@ -176,15 +176,17 @@ async fn a_clean_start_does_not_inherit_a_claimed_qos2_id() {
     let Some(Claimed::New(claim)) = broker.claim_inbound_qos2(&a.slot, old, 7) else {
         panic!("a new id");
     };
-    let pending = broker.prepare(qos2_message(&broker), Some(claim), true).0;
+    let pending = broker
+        .plan_publish(qos2_message(&broker), Some(claim), true)
+        .0;
     // The old connection is still between its check and its log when a Clean Start
     // takes the session over.
     drop(a.alive);
     let (new, b) = attach(&broker, true).await;
-    let Ok(Begun::Placed(placed)) = broker.begin(pending) else {
+    let Ok(ReserveOutcome::Logged(logged)) = broker.reserve_and_log(pending) else {
         panic!("placed");
     };
-    broker.complete(placed).await.unwrap();
+    broker.wait_and_reveal(logged).await.unwrap();
     let logged = persistence.with_image(|i| i.sessions["c"].inbound.clone());
     assert!(logged.is_empty(), "logged for the new session: {logged:?}");
     assert!(matches!(

@@ -133,9 +133,9 @@ impl Broker {
         let message = Arc::new(message);
         let outcome = {
             let _gate = self.retain_gate_for(message.retain).await;
-            let (mut pending, _) = self.prepare(message, None, false);
+            let (mut pending, _) = self.plan_publish(message, None, false);
             pending.records.extend(extra.clone());
-            self.place_pending(pending).await
+            self.publish_planned(pending).await
         };
         let Ok(outcome) = outcome else {
             return;

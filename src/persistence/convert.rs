@@ -14,7 +14,9 @@ use crate::codec::{
 };
 use crate::session::Message;
 
-pub fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the wall clock, for what is stored and must mean the same
+/// after a restart (disconnect times, will due times, message expiry). Not monotonic.
+pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -24,7 +26,7 @@ pub fn now_ms() -> u64 {
 /// The wall-clock time (ms) of a monotonic instant.
 pub fn instant_to_ms(at: Instant) -> u64 {
     let now = Instant::now();
-    let wall = now_ms();
+    let wall = wall_clock_ms();
     if at >= now {
         wall + at.duration_since(now).as_millis() as u64
     } else {
@@ -35,7 +37,7 @@ pub fn instant_to_ms(at: Instant) -> u64 {
 /// The monotonic instant of a wall-clock time (ms), clamped to what `Instant` can express.
 pub fn ms_to_instant(ms: u64) -> Instant {
     let now = Instant::now();
-    let wall = now_ms();
+    let wall = wall_clock_ms();
     if ms >= wall {
         now + Duration::from_millis(ms - wall)
     } else {
