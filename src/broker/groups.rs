@@ -65,12 +65,27 @@ impl Broker {
                 Err(e)
             }
         };
+        let moved_ok = outcome.is_ok();
+        self.settle_redispatch(from, from_generation, moved, stays, moved_ok);
+    }
+
+    /// Ends a redispatch in the departed member's session: the packet ids of what moved are
+    /// freed (their `Dequeue`s were in the move's commit), and what did not move — or all of
+    /// it, if the move could not be made durable — goes back under its packet id.
+    fn settle_redispatch(
+        &self,
+        from: &SessionSlot,
+        generation: u64,
+        moved: Vec<(u16, Delivery)>,
+        mut stays: Vec<(u16, Delivery)>,
+        moved_ok: bool,
+    ) {
         self.with_slot(from, |st| {
-            if st.generation != from_generation {
+            if st.generation != generation {
                 return; // replaced by a Clean Start: its deliveries went with it
             }
             let paged = st.owner.is_none() && st.in_store;
-            if outcome.is_ok() {
+            if moved_ok {
                 for (id, _) in moved {
                     st.session.release_moved(id);
                 }

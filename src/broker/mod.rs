@@ -135,6 +135,38 @@ struct SlotState {
 }
 
 impl SessionSlot {
+    /// A slot with no connection attached: `in_store` for a persistent session,
+    /// `disconnected_at` for one restored from disk, and the will it restores waiting for its
+    /// delay (will token 1).
+    fn new(
+        client_id: ClientId,
+        session: Session,
+        in_store: bool,
+        disconnected_at: Option<Instant>,
+        pending_will: Option<LastWill>,
+    ) -> SessionSlot {
+        let will_token = u64::from(pending_will.is_some());
+        SessionSlot {
+            client_id,
+            state: Mutex::new(SlotState {
+                session,
+                owner: None,
+                kick: None,
+                owner_alive: None,
+                will: None,
+                pending_will: pending_will.map(|w| (will_token, w)),
+                will_token,
+                disconnected_at,
+                ended: false,
+                in_store,
+                generation: 0,
+            }),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            last_drain_ms: AtomicU64::new(0),
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }

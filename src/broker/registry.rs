@@ -33,156 +33,170 @@ impl Broker {
         expiry_interval: u32,
     ) -> Result<Attached, ConnectRefusal> {
         let cfg = &self.shared.config;
-        if self
+        let connections = self
             .shared
             .metrics
             .connections_current
-            .load(Ordering::Relaxed)
-            > cfg.limits.max_connections as u64
-        {
+            .load(Ordering::Relaxed);
+        if connections > cfg.limits.max_connections as u64 {
             return Err(ConnectRefusal::ServerBusy);
         }
         let (kick_tx, kicked) = oneshot::channel();
         let (alive, alive_rx) = oneshot::channel();
-        let mut previous_owner = None;
-        let mut was_persistent = false;
-        let mut discarded = false;
-        let mut session_record = None;
-        let mut wills_to_publish = Vec::new();
-        let mut cancelled_will = false;
-        let mut ended_subscriptions = Vec::new();
-        let (slot, session_present) = {
-            let mut sessions = self.shared.sessions.lock();
-            if sessions.len() >= cfg.limits.max_sessions && !sessions.contains_key(&client_id) {
-                return Err(ConnectRefusal::TooManySessions);
-            }
-            let slot = sessions
-                .entry(client_id.clone())
-                .or_insert_with(|| {
-                    Arc::new(SessionSlot {
-                        client_id: client_id.clone(),
-                        state: Mutex::new(SlotState {
-                            session: Session::new(
-                                client_id.clone(),
-                                connect.protocol,
-                                self.limits(),
-                            ),
-                            owner: None,
-                            kick: None,
-                            owner_alive: None,
-                            will: None,
-                            pending_will: None,
-                            will_token: 0,
-                            disconnected_at: None,
-                            ended: false,
-                            in_store: false,
-                            generation: 0,
-                        }),
-                        wake: Notify::new(),
-                        connected: AtomicBool::new(false),
-                        last_drain_ms: AtomicU64::new(0),
-                    })
-                })
-                .clone();
-            let present = self.with_slot(&slot, |st| {
-                was_persistent = st.in_store && !st.ended;
-                let existed = st.owner.is_some()
-                    || st.disconnected_at.is_some()
-                    || !st.session.subscriptions.is_empty()
-                    || st.session.inflight_len() > 0
-                    || st.session.queued_len() > 0;
-                // A session with expiry 0 lasts only as long as its connection
-                // [MQTT-3.1.2-6]: a takeover ends it, whatever the new connection asks. One
-                // whose expiry ran out is gone even if the reaper has not removed it yet.
-                let expired = st.owner.is_none()
-                    && st.session.expiry_interval != u32::MAX
-                    && st.disconnected_at.is_some_and(|at| {
-                        at.elapsed() >= Duration::from_secs(u64::from(st.session.expiry_interval))
-                    });
-                let fresh = connect.clean_start || st.session.expiry_interval == 0 || expired;
-                // Take over from a connection still attached [MQTT-3.1.4-3].
-                if let Some(kick) = st.kick.take() {
-                    let _ = kick.send(());
-                }
-                previous_owner = st.owner_alive.replace(alive_rx);
-                // The previous connection's will: cancelled by a resuming connection if it has
-                // a delay [MQTT-3.1.3-9], published now if the session ends or it has none.
-                // A will already waiting for its delay (its connection closed) is cancelled
-                // unless the session ends.
-                st.will_token += 1;
-                let old_will = (st.will.take().map(|w| (w, false)))
-                    .or(st.pending_will.take().map(|(_, w)| (w, true)));
-                if let Some((w, waiting)) = old_will {
-                    let delay = w.properties.will_delay_interval.unwrap_or(0);
-                    if fresh || (!waiting && delay == 0) {
-                        wills_to_publish.push((st.session.client_id.clone(), w));
-                    }
-                    cancelled_will |= waiting && !fresh;
-                }
-                discarded = fresh;
-                if fresh {
-                    st.generation += 1;
-                    ended_subscriptions = st.session.subscriptions.keys().cloned().collect();
-                    st.session.clear();
-                    st.session = Session::new(client_id.clone(), connect.protocol, self.limits());
-                }
-                st.session.protocol = connect.protocol;
-                st.session.expiry_interval = expiry_interval;
-                st.owner = Some(conn);
-                st.kick = Some(kick_tx);
-                st.will = connect.will.clone();
-                st.disconnected_at = None;
-                st.ended = false;
-                self.drained(&slot);
-                slot.connected.store(true, Ordering::Release);
-                st.in_store = expiry_interval > 0;
-                if st.in_store {
-                    session_record = Some(Self::session_record(&client_id, st));
-                }
-                existed && !fresh
-            });
-            (slot, present)
+        let slot = self.slot_for(&client_id, connect)?;
+        let owner = NewOwner {
+            conn,
+            connect,
+            expiry_interval,
+            kick: kick_tx,
+            alive: alive_rx,
         };
-        if let Some(previous) = previous_owner {
+        let taken = self.with_slot(&slot, |st| self.take_ownership(&slot, st, owner));
+        if let Some(previous) = taken.previous_owner {
             // The connection taken over finishes what it logged; bounded, since it waits only
             // for fdatasyncs, but a stuck one must not keep this client out for ever.
             if tokio::time::timeout(TAKEOVER_WAIT, previous).await.is_err() {
                 tracing::warn!(client_id = %client_id, "the connection taken over did not finish in time");
             }
         }
-        if session_present {
+        if taken.session_present {
             self.page_in(&slot).await;
         }
-        if !ended_subscriptions.is_empty() {
+        if !taken.ended_subscriptions.is_empty() {
             let mut router = self.shared.router.write();
-            for filter in &ended_subscriptions {
+            for filter in &taken.ended_subscriptions {
                 router.unsubscribe(filter, &client_id);
             }
         }
         // CONNACK of a persistent session only after its record is durable; a persistent
         // session discarded by Clean Start, or resumed with expiry 0, leaves the store.
         let mut records = Vec::new();
-        if was_persistent && (discarded || expiry_interval == 0) {
+        if taken.was_persistent && (taken.discarded || expiry_interval == 0) {
             records.push(Record::SessionRemove {
                 client: client_id.to_string(),
             });
-        } else if was_persistent && cancelled_will {
+        } else if taken.was_persistent && taken.cancelled_will {
             records.push(Record::WillClear {
                 client: client_id.to_string(),
             });
         }
-        records.extend(session_record);
+        records.extend(taken.session_record);
         let durable = self.commit(records).await;
-        for (client, will) in wills_to_publish {
+        for (client, will) in taken.wills_to_publish {
             self.publish_will(client, will).await;
         }
         durable.map_err(|_| ConnectRefusal::NotDurable)?;
         Ok(Attached {
             slot,
-            session_present,
+            session_present: taken.session_present,
             kicked,
             alive,
         })
+    }
+
+    /// The slot of `client_id`'s session, created (empty, not yet attached) if there is none
+    /// and `limits.max_sessions` allows another.
+    fn slot_for(
+        &self,
+        client_id: &ClientId,
+        connect: &Connect,
+    ) -> Result<Arc<SessionSlot>, ConnectRefusal> {
+        let max = self.shared.config.limits.max_sessions;
+        let mut sessions = self.shared.sessions.lock();
+        if let Some(slot) = sessions.get(client_id) {
+            return Ok(slot.clone());
+        }
+        if sessions.len() >= max {
+            return Err(ConnectRefusal::TooManySessions);
+        }
+        let session = Session::new(client_id.clone(), connect.protocol, self.limits());
+        let slot = Arc::new(SessionSlot::new(
+            client_id.clone(),
+            session,
+            false,
+            None,
+            None,
+        ));
+        sessions.insert(client_id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Makes the new connection the session's owner, under the session lock: kicks the
+    /// previous owner, settles the previous connection's will, and starts a fresh session
+    /// where Clean Start (or an expiry of 0, or a session already expired) says so.
+    fn take_ownership(&self, slot: &SessionSlot, st: &mut SlotState, new: NewOwner) -> Taken {
+        let was_persistent = st.in_store && !st.ended;
+        let existed = st.owner.is_some()
+            || st.disconnected_at.is_some()
+            || !st.session.subscriptions.is_empty()
+            || st.session.inflight_len() > 0
+            || st.session.queued_len() > 0;
+        // A session with expiry 0 lasts only as long as its connection [MQTT-3.1.2-6]: a
+        // takeover ends it, whatever the new connection asks. One whose expiry ran out is gone
+        // even if the reaper has not removed it yet.
+        let expired = st.owner.is_none()
+            && st.session.expiry_interval != u32::MAX
+            && st.disconnected_at.is_some_and(|at| {
+                at.elapsed() >= Duration::from_secs(u64::from(st.session.expiry_interval))
+            });
+        let fresh = new.connect.clean_start || st.session.expiry_interval == 0 || expired;
+        // Take over from a connection still attached [MQTT-3.1.4-3].
+        if let Some(kick) = st.kick.take() {
+            let _ = kick.send(());
+        }
+        let previous_owner = st.owner_alive.replace(new.alive);
+        let (wills_to_publish, cancelled_will) = Self::previous_will(st, fresh);
+        let mut ended_subscriptions = Vec::new();
+        if fresh {
+            st.generation += 1;
+            ended_subscriptions = st.session.subscriptions.keys().cloned().collect();
+            st.session.clear();
+            st.session = Session::new(slot.client_id.clone(), new.connect.protocol, self.limits());
+        }
+        st.session.protocol = new.connect.protocol;
+        st.session.expiry_interval = new.expiry_interval;
+        st.owner = Some(new.conn);
+        st.kick = Some(new.kick);
+        st.will = new.connect.will.clone();
+        st.disconnected_at = None;
+        st.ended = false;
+        self.drained(slot);
+        slot.connected.store(true, Ordering::Release);
+        st.in_store = new.expiry_interval > 0;
+        let session_record = st
+            .in_store
+            .then(|| Self::session_record(&slot.client_id, st));
+        Taken {
+            previous_owner,
+            was_persistent,
+            discarded: fresh,
+            session_record,
+            wills_to_publish,
+            cancelled_will,
+            ended_subscriptions,
+            session_present: existed && !fresh,
+        }
+    }
+
+    /// The previous connection's will when a new one attaches: cancelled by a resuming
+    /// connection if it has a delay [MQTT-3.1.3-9], published now if the session ends or it has
+    /// none. A will already waiting for its delay (its connection closed) is cancelled unless
+    /// the session ends. Returns the wills to publish and whether a waiting one was cancelled.
+    fn previous_will(st: &mut SlotState, fresh: bool) -> (Vec<(ClientId, LastWill)>, bool) {
+        st.will_token += 1;
+        let old_will =
+            (st.will.take().map(|w| (w, false))).or(st.pending_will.take().map(|(_, w)| (w, true)));
+        let Some((w, waiting)) = old_will else {
+            return (Vec::new(), false);
+        };
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        let publish = fresh || (!waiting && delay == 0);
+        let wills = if publish {
+            vec![(st.session.client_id.clone(), w)]
+        } else {
+            Vec::new()
+        };
+        (wills, waiting && !fresh)
     }
 
     /// Detaches connection `conn` from its session after the network connection closed.
@@ -230,25 +244,7 @@ impl Broker {
                 if delay == 0 || end {
                     will_now = Some(w);
                 } else {
-                    st.will_token += 1;
-                    if was_persistent {
-                        // In the commit of the session record: a restart still publishes it.
-                        let at = records
-                            .iter()
-                            .rev()
-                            .find_map(|r| match r {
-                                Record::Session(s) => s.disconnected_at_ms,
-                                _ => None,
-                            })
-                            .unwrap_or_else(wall_clock_ms);
-                        let due = at + u64::from(delay) * 1000;
-                        records.push(Record::WillSet {
-                            client: slot.client_id.to_string(),
-                            will: store_will(&w, at, due),
-                        });
-                    }
-                    st.pending_will = Some((st.will_token, w));
-                    delayed = Some((st.will_token, delay));
+                    delayed = Some(Self::delay_will(slot, st, w, delay, &mut records));
                 }
             }
             end
@@ -264,6 +260,36 @@ impl Broker {
         if end_now {
             self.end_session(slot).await;
         }
+    }
+
+    /// Keeps a closed connection's will waiting for its delay; for a persistent session its
+    /// `WillSet` joins the disconnect's records (with the session record's disconnect time), so
+    /// a restart still publishes it. Returns the will token and the delay to schedule.
+    fn delay_will(
+        slot: &SessionSlot,
+        st: &mut SlotState,
+        will: LastWill,
+        delay: u32,
+        records: &mut Vec<Record>,
+    ) -> (u64, u32) {
+        st.will_token += 1;
+        if st.in_store {
+            let at = records
+                .iter()
+                .rev()
+                .find_map(|r| match r {
+                    Record::Session(s) => s.disconnected_at_ms,
+                    _ => None,
+                })
+                .unwrap_or_else(wall_clock_ms);
+            let due = at + u64::from(delay) * 1000;
+            records.push(Record::WillSet {
+                client: slot.client_id.to_string(),
+                will: store_will(&will, at, due),
+            });
+        }
+        st.pending_will = Some((st.will_token, will));
+        (st.will_token, delay)
     }
 
     /// Removes a session that ended (expiry 0 at disconnect, or expired), with its
@@ -309,4 +335,29 @@ impl Broker {
             self.publish_will(slot.client_id.clone(), w).await;
         }
     }
+}
+
+/// A connection about to own a session ([`Broker::take_ownership`]).
+struct NewOwner<'a> {
+    conn: ConnId,
+    connect: &'a Connect,
+    expiry_interval: u32,
+    kick: oneshot::Sender<()>,
+    alive: oneshot::Receiver<()>,
+}
+
+/// What taking a session's ownership found and changed, for the rest of the CONNECT.
+struct Taken {
+    /// Closes when the connection taken over has finished.
+    previous_owner: Option<oneshot::Receiver<()>>,
+    was_persistent: bool,
+    /// A fresh session replaced the one there was.
+    discarded: bool,
+    session_record: Option<Record>,
+    wills_to_publish: Vec<(ClientId, LastWill)>,
+    /// A will waiting for its delay was cancelled (its `WillSet` must be cleared).
+    cancelled_will: bool,
+    /// Subscriptions of the discarded session, to take out of the router.
+    ended_subscriptions: Vec<String>,
+    session_present: bool,
 }

@@ -3,6 +3,7 @@
 //! and loading a resumed session's paged-out bodies before its CONNACK.
 
 use super::*;
+use crate::persistence::StoredMessage;
 
 impl Broker {
     /// A broker over recovered persistent state: sessions, subscriptions and (paged-out)
@@ -63,87 +64,26 @@ impl Broker {
     /// wills that were waiting for their delay, to schedule: (session, will token, due time in
     /// ms since the Unix epoch).
     pub(super) fn restore(&self, image: &persistence::Image) -> Vec<(Arc<SessionSlot>, u64, u64)> {
-        let now = Instant::now();
         let mut wills = Vec::new();
         for (client, si) in &image.sessions {
             let Some(record) = &si.record else { continue };
             let client_id: ClientId = client.as_str().into();
-            let protocol = match record.protocol {
-                3 => crate::codec::ProtocolVersion::V3_1,
-                4 => crate::codec::ProtocolVersion::V3_1_1,
-                _ => crate::codec::ProtocolVersion::V5,
-            };
-            let mut session = Session::new(client_id.clone(), protocol, self.limits());
-            session.expiry_interval = record.expiry_interval;
+            let session = self.restored_session(&client_id, record, si);
+            let queued = session.queued_bytes();
             let disconnected_at = record
                 .disconnected_at_ms
                 .map(crate::persistence::convert::ms_to_instant)
-                .unwrap_or(now);
-            let mut deliveries: Vec<_> = si.deliveries.iter().collect();
-            deliveries.sort_by_key(|(_, d)| d.order);
-            session.reserve_paged(deliveries.len());
-            for (pid, d) in deliveries {
-                session.restore_paged(PagedDelivery {
-                    packet_id: *pid,
-                    message_id: d.message_id,
-                    qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
-                    retain: d.retain,
-                    subscription_ids: d.subscription_ids.clone(),
-                    shared_group: d.shared_group.as_deref().map(Arc::from),
-                    awaiting_pubcomp: d.awaiting_pubcomp,
-                    resend: true,
-                    bytes: 0,
-                    expires_at: d
-                        .expires_at_ms
-                        .map(crate::persistence::convert::ms_to_instant),
-                });
-            }
-            for pid in &si.inbound {
-                session.inbound_qos2_received(*pid);
-            }
-            let queued = session.queued_bytes();
-            let slot = Arc::new(SessionSlot {
-                client_id: client_id.clone(),
-                state: Mutex::new(SlotState {
-                    session,
-                    owner: None,
-                    kick: None,
-                    owner_alive: None,
-                    will: None,
-                    pending_will: si.will.as_ref().map(|w| (1, restore_will(w))),
-                    will_token: 1,
-                    disconnected_at: Some(disconnected_at),
-                    ended: false,
-                    in_store: true,
-                    generation: 0,
-                }),
-                wake: Notify::new(),
-                connected: AtomicBool::new(false),
-                last_drain_ms: AtomicU64::new(0),
-            });
-            {
-                let mut router = self.shared.router.write();
-                let mut st = slot.state.lock();
-                for (filter, sub) in &si.subscriptions {
-                    let options = crate::persistence::convert::restore_subscription(sub);
-                    router.subscribe(
-                        filter,
-                        Subscription {
-                            client: client_id.clone(),
-                            options,
-                            identifier: sub.identifier,
-                            target: slot.clone(),
-                        },
-                    );
-                    st.session.subscriptions.insert(
-                        filter.clone(),
-                        SubscriptionRecord {
-                            options,
-                            identifier: sub.identifier,
-                        },
-                    );
-                }
-            }
+                .unwrap_or_else(Instant::now);
+            let will = si.will.as_ref().map(restore_will);
+            let slot = SessionSlot::new(
+                client_id.clone(),
+                session,
+                true,
+                Some(disconnected_at),
+                will,
+            );
+            let slot = Arc::new(slot);
+            self.restore_subscriptions(&slot, si);
             self.shared
                 .queued_bytes_total
                 .fetch_add(queued, Ordering::Relaxed);
@@ -153,6 +93,75 @@ impl Broker {
             self.shared.sessions.lock().insert(client_id, slot);
         }
         wills
+    }
+
+    /// A session as the image describes it: expiry, inbound QoS 2 ids, and its queue paged
+    /// out, in queue order.
+    fn restored_session(
+        &self,
+        client_id: &ClientId,
+        record: &SessionRecord,
+        si: &persistence::image::SessionImage,
+    ) -> Session {
+        let protocol = match record.protocol {
+            3 => crate::codec::ProtocolVersion::V3_1,
+            4 => crate::codec::ProtocolVersion::V3_1_1,
+            _ => crate::codec::ProtocolVersion::V5,
+        };
+        let mut session = Session::new(client_id.clone(), protocol, self.limits());
+        session.expiry_interval = record.expiry_interval;
+        let mut deliveries: Vec<_> = si.deliveries.iter().collect();
+        deliveries.sort_by_key(|(_, d)| d.order);
+        session.reserve_paged(deliveries.len());
+        for (pid, d) in deliveries {
+            session.restore_paged(PagedDelivery {
+                packet_id: *pid,
+                message_id: d.message_id,
+                qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.clone(),
+                shared_group: d.shared_group.as_deref().map(Arc::from),
+                awaiting_pubcomp: d.awaiting_pubcomp,
+                resend: true,
+                bytes: 0,
+                expires_at: d
+                    .expires_at_ms
+                    .map(crate::persistence::convert::ms_to_instant),
+            });
+        }
+        for pid in &si.inbound {
+            session.inbound_qos2_received(*pid);
+        }
+        session
+    }
+
+    /// Puts a restored session's subscriptions back into the router and the session.
+    fn restore_subscriptions(
+        &self,
+        slot: &Arc<SessionSlot>,
+        si: &persistence::image::SessionImage,
+    ) {
+        let mut router = self.shared.router.write();
+        let mut st = slot.state.lock();
+        for (filter, sub) in &si.subscriptions {
+            let options = crate::persistence::convert::restore_subscription(sub);
+            router.subscribe(
+                filter,
+                Subscription {
+                    client: slot.client_id.clone(),
+                    options,
+                    identifier: sub.identifier,
+                    target: slot.clone(),
+                },
+            );
+            st.session.subscriptions.insert(
+                filter.clone(),
+                SubscriptionRecord {
+                    options,
+                    identifier: sub.identifier,
+                },
+            );
+        }
     }
 
     /// Loads the bodies of a resumed session's paged-out deliveries from the store and puts
@@ -169,7 +178,7 @@ impl Broker {
         }
         let ids: Vec<u64> = paged.iter().map(|d| d.message_id).collect();
         let loaded = tokio::task::spawn_blocking(move || p.load_messages(&ids)).await;
-        let mut bodies = match loaded {
+        let bodies = match loaded {
             Ok(Ok(b)) => b,
             failed => {
                 let what = match failed {
@@ -188,31 +197,7 @@ impl Broker {
                 return;
             }
         };
-        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
-        let loaded: Vec<_> = paged
-            .into_iter()
-            .map(|d| {
-                let message = match messages.get(&d.message_id) {
-                    Some(m) => Some(m.clone()),
-                    None => bodies.remove(&d.message_id).map(|m| {
-                        let m = restore_message(m);
-                        messages.insert(d.message_id, m.clone());
-                        m
-                    }),
-                };
-                if message.is_none() {
-                    tracing::error!(client_id = %slot.client_id, message_id = d.message_id, packet_id = d.packet_id, "queued message missing from the store; its delivery is removed (see `keelmq inspect`)");
-                }
-                let delivery = message.map(|message| Delivery {
-                    message,
-                    qos: d.qos,
-                    retain: d.retain,
-                    subscription_ids: d.subscription_ids.clone(),
-                    shared_group: d.shared_group.clone(),
-                });
-                (d, delivery)
-            })
-            .collect();
+        let loaded = with_bodies(&slot.client_id, paged, bodies);
         // `with_slot` accounts the bytes paged in (recovered deliveries counted none).
         let (removed, in_store) = self.with_slot(slot, |st| {
             if st.generation != generation {
@@ -234,4 +219,38 @@ impl Broker {
             );
         }
     }
+}
+
+/// Pairs paged-out deliveries with their loaded bodies (one `Message` per body, shared by its
+/// deliveries); `None` for a body the store did not have, which is reported.
+fn with_bodies(
+    client_id: &ClientId,
+    paged: Vec<PagedDelivery>,
+    mut bodies: HashMap<u64, StoredMessage>,
+) -> Vec<(PagedDelivery, Option<Delivery>)> {
+    let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+    paged
+        .into_iter()
+        .map(|d| {
+            let message = match messages.get(&d.message_id) {
+                Some(m) => Some(m.clone()),
+                None => bodies.remove(&d.message_id).map(|m| {
+                    let m = restore_message(m);
+                    messages.insert(d.message_id, m.clone());
+                    m
+                }),
+            };
+            if message.is_none() {
+                tracing::error!(%client_id, message_id = d.message_id, packet_id = d.packet_id, "queued message missing from the store; its delivery is removed (see `keelmq inspect`)");
+            }
+            let delivery = message.map(|message| Delivery {
+                message,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.clone(),
+                shared_group: d.shared_group.clone(),
+            });
+            (d, delivery)
+        })
+        .collect()
 }
