@@ -22,8 +22,8 @@ impl Broker {
             } else {
                 st.session.on_puback(packet_id)
             };
-            let client = slot.client_id.to_string();
-            Some((done.is_ok() && st.in_store).then_some(Record::Dequeue { client, packet_id }))
+            let logged = done.is_ok() && st.in_store;
+            Some(logged.then(|| journal::dequeued(&slot.client_id, packet_id)))
         })?;
         self.log(record.into_iter().collect());
         Some(())
@@ -45,12 +45,12 @@ impl Broker {
                 return None;
             }
             let outcome = st.session.on_pubrec(packet_id, refused);
-            let client = slot.client_id.to_string();
+            let client = &slot.client_id;
             let record = match outcome {
-                PubRecOutcome::Release if st.in_store => Some(Record::PubRec { client, packet_id }),
-                PubRecOutcome::Refused if st.in_store => {
-                    Some(Record::Dequeue { client, packet_id })
+                PubRecOutcome::Release if st.in_store => {
+                    Some(journal::pubrec_received(client, packet_id))
                 }
+                PubRecOutcome::Refused if st.in_store => Some(journal::dequeued(client, packet_id)),
                 _ => None,
             };
             Some((outcome, record))
@@ -89,7 +89,7 @@ impl Broker {
             // and a client streaming unknown PUBRELs makes no durable work.
             Some((
                 found,
-                (found && st.in_store).then_some(Record::InboundRelease { client, packet_id }),
+                (found && st.in_store).then(|| journal::inbound_qos2_released(&client, packet_id)),
             ))
         });
         let Some((found, record)) = result else {
@@ -111,13 +111,11 @@ impl Broker {
                 return (None, Vec::new());
             }
             let result = f(&mut st.session);
-            let mut records = Vec::new();
-            for packet_id in st.session.take_removed() {
-                if st.in_store {
-                    let client = slot.client_id.to_string();
-                    records.push(Record::Dequeue { client, packet_id });
-                }
-            }
+            let removed = st.session.take_removed();
+            let records = match st.in_store {
+                true => journal::dequeued_all(&slot.client_id, removed),
+                false => Vec::new(),
+            };
             (Some(result), records)
         });
         self.log(records);

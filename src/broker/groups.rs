@@ -36,11 +36,7 @@ impl Broker {
             match placed {
                 Some(r) => {
                     if from_in_store && old_id != 0 {
-                        let client = from.client_id.to_string();
-                        records.push(Record::Dequeue {
-                            client,
-                            packet_id: old_id,
-                        });
+                        records.push(journal::dequeued(&from.client_id, old_id));
                     }
                     reserved.push(r);
                     moved.push((old_id, delivery));

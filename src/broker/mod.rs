@@ -72,11 +72,10 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::persistence::convert::{
-    restore_message, restore_message_in, restore_will, store_message, store_subscription,
-    store_will, wall_clock_ms,
+    restore_message, restore_message_in, restore_will, wall_clock_ms,
 };
 use crate::persistence::records::{Record, SessionRecord};
-use crate::persistence::{self, PendingDurable, Persistence};
+use crate::persistence::{self, journal, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::{

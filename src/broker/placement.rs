@@ -226,17 +226,9 @@ impl Broker {
             let m = &delivery.message;
             if !bodies_logged.contains(&m.id) {
                 bodies_logged.push(m.id);
-                records.push(Record::Message(store_message(m)));
+                records.push(journal::message(m));
             }
-            records.push(Record::Enqueue {
-                client: slot.client_id.to_string(),
-                packet_id,
-                message_id: m.id,
-                qos: delivery.qos as u8,
-                retain: delivery.retain,
-                subscription_ids: delivery.subscription_ids.clone(),
-                shared_group: delivery.shared_group.as_ref().map(|g| g.to_string()),
-            });
+            records.push(journal::enqueued(&slot.client_id, packet_id, delivery));
         }
         TargetReservation::Queued {
             packet_id,

@@ -127,13 +127,7 @@ impl Broker {
             if self.retained_has_room(&message) {
                 retain_update = true;
                 if persisted {
-                    records.push(if message.payload.is_empty() {
-                        Record::RetainDelete {
-                            topic: message.topic.to_string(),
-                        }
-                    } else {
-                        Record::RetainSet(store_message(&message))
-                    });
+                    records.push(journal::retained(&message));
                 }
             } else {
                 retained_refused = true;
@@ -310,10 +304,10 @@ impl Broker {
     ) -> Result<PendingDurable, NotDurable> {
         let st = claim.slot.state.lock();
         if st.in_store && st.generation == claim.generation {
-            records.push(Record::InboundQos2 {
-                client: claim.slot.client_id.to_string(),
-                packet_id: claim.packet_id,
-            });
+            records.push(journal::inbound_qos2_received(
+                &claim.slot.client_id,
+                claim.packet_id,
+            ));
         }
         let logged = self.log_pending(records);
         drop(st);

@@ -4,13 +4,14 @@
 use super::*;
 
 impl Broker {
-    pub(super) fn session_record(client: &ClientId, st: &SlotState) -> Record {
-        Record::Session(SessionRecord {
-            client: client.to_string(),
-            protocol: st.session.protocol.level(),
-            expiry_interval: st.session.expiry_interval,
-            disconnected_at_ms: st.disconnected_at.map(|_| wall_clock_ms()),
-        })
+    /// The session's record; `disconnected_at_ms` (wall clock) when its connection closed.
+    pub(super) fn session_record(
+        client: &ClientId,
+        st: &SlotState,
+        disconnected_at_ms: Option<u64>,
+    ) -> Record {
+        let (protocol, expiry) = (st.session.protocol.level(), st.session.expiry_interval);
+        journal::session(client, protocol, expiry, disconnected_at_ms)
     }
 
     /// A client identifier for a client that sent none.
@@ -72,13 +73,9 @@ impl Broker {
         // session discarded by Clean Start, or resumed with expiry 0, leaves the store.
         let mut records = Vec::new();
         if taken.was_persistent && (taken.discarded || expiry_interval == 0) {
-            records.push(Record::SessionRemove {
-                client: client_id.to_string(),
-            });
+            records.push(journal::session_removed(&client_id));
         } else if taken.was_persistent && taken.cancelled_will {
-            records.push(Record::WillClear {
-                client: client_id.to_string(),
-            });
+            records.push(journal::will_cleared(&client_id));
         }
         records.extend(taken.session_record);
         let durable = self.commit(records).await;
@@ -165,7 +162,7 @@ impl Broker {
         st.in_store = new.expiry_interval > 0;
         let session_record = st
             .in_store
-            .then(|| Self::session_record(&slot.client_id, st));
+            .then(|| Self::session_record(&slot.client_id, st, None));
         Taken {
             previous_owner,
             was_persistent,
@@ -234,9 +231,10 @@ impl Broker {
                 st.session.page_out();
             }
             let end = st.session.expiry_interval == 0;
+            let at_ms = wall_clock_ms();
             if was_persistent && !end {
                 // The disconnect time lets expiry count across a restart.
-                records.push(Self::session_record(&slot.client_id, st));
+                records.push(Self::session_record(&slot.client_id, st, Some(at_ms)));
             }
             if let (true, Some(w)) = (publish_will, will) {
                 let delay = w.properties.will_delay_interval.unwrap_or(0);
@@ -244,7 +242,12 @@ impl Broker {
                 if delay == 0 || end {
                     will_now = Some(w);
                 } else {
-                    delayed = Some(Self::delay_will(slot, st, w, delay, &mut records));
+                    let waiting = WaitingWill {
+                        will: w,
+                        delay,
+                        at_ms,
+                    };
+                    delayed = Some(Self::delay_will(slot, st, waiting, &mut records));
                 }
             }
             end
@@ -263,30 +266,20 @@ impl Broker {
     }
 
     /// Keeps a closed connection's will waiting for its delay; for a persistent session its
-    /// `WillSet` joins the disconnect's records (with the session record's disconnect time), so
-    /// a restart still publishes it. Returns the will token and the delay to schedule.
+    /// `WillSet` (with the disconnect time of the session record in the same commit) joins the
+    /// disconnect's records, so a restart still publishes it. Returns the will token and the
+    /// delay to schedule.
     fn delay_will(
         slot: &SessionSlot,
         st: &mut SlotState,
-        will: LastWill,
-        delay: u32,
+        waiting: WaitingWill,
         records: &mut Vec<Record>,
     ) -> (u64, u32) {
         st.will_token += 1;
+        let WaitingWill { will, delay, at_ms } = waiting;
         if st.in_store {
-            let at = records
-                .iter()
-                .rev()
-                .find_map(|r| match r {
-                    Record::Session(s) => s.disconnected_at_ms,
-                    _ => None,
-                })
-                .unwrap_or_else(wall_clock_ms);
-            let due = at + u64::from(delay) * 1000;
-            records.push(Record::WillSet {
-                client: slot.client_id.to_string(),
-                will: store_will(&will, at, due),
-            });
+            let due_ms = at_ms + u64::from(delay) * 1000;
+            records.push(journal::will_waiting(&slot.client_id, &will, at_ms, due_ms));
         }
         st.pending_will = Some((st.will_token, will));
         (st.will_token, delay)
@@ -313,9 +306,7 @@ impl Broker {
             };
             let ended = (subs, will);
             if in_store {
-                self.log(vec![Record::SessionRemove {
-                    client: slot.client_id.to_string(),
-                }]);
+                self.log(vec![journal::session_removed(&slot.client_id)]);
             }
             if sessions
                 .get(&slot.client_id)
@@ -360,4 +351,11 @@ struct Taken {
     /// Subscriptions of the discarded session, to take out of the router.
     ended_subscriptions: Vec<String>,
     session_present: bool,
+}
+
+/// A will to keep waiting for its delay after its connection closed at `at_ms` (wall clock).
+struct WaitingWill {
+    will: LastWill,
+    delay: u32,
+    at_ms: u64,
 }

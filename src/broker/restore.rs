@@ -207,16 +207,7 @@ impl Broker {
             (st.session.take_removed(), st.in_store)
         });
         if in_store {
-            let client = slot.client_id.to_string();
-            self.log(
-                removed
-                    .into_iter()
-                    .map(|packet_id| Record::Dequeue {
-                        client: client.clone(),
-                        packet_id,
-                    })
-                    .collect(),
-            );
+            self.log(journal::dequeued_all(&slot.client_id, removed));
         }
     }
 }

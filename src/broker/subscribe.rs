@@ -158,11 +158,9 @@ impl Broker {
             },
         );
         if applied.in_store {
-            applied.records.push(Record::Subscribe {
-                client: slot.client_id.to_string(),
-                filter: filter.to_string(),
-                subscription: store_subscription(&opts, identifier),
-            });
+            let client = &slot.client_id;
+            let record = journal::subscribed(client, filter, &opts, identifier);
+            applied.records.push(record);
         }
         let send_retained = shared.group.is_none()
             && match opts.retain_handling {
@@ -266,10 +264,7 @@ impl Broker {
                 let removed = self.shared.router.write().unsubscribe(f, &slot.client_id);
                 self.with_slot(slot, |st| st.session.subscriptions.remove(f));
                 if in_store && removed {
-                    records.push(Record::Unsubscribe {
-                        client: slot.client_id.to_string(),
-                        filter: f.clone(),
-                    });
+                    records.push(journal::unsubscribed(&slot.client_id, f));
                 }
                 if removed {
                     ReasonCode::SUCCESS

@@ -48,15 +48,7 @@ impl Broker {
         };
         Metrics::add(&self.shared.metrics.expired, expired);
         if in_store {
-            let client = slot.client_id.to_string();
-            let records = removed
-                .into_iter()
-                .map(|packet_id| Record::Dequeue {
-                    client: client.clone(),
-                    packet_id,
-                })
-                .collect();
-            self.log(records);
+            self.log(journal::dequeued_all(&slot.client_id, removed));
         }
     }
 
@@ -77,9 +69,7 @@ impl Broker {
                 }
             });
             if let Some((w, in_store)) = will {
-                let clear = in_store.then(|| Record::WillClear {
-                    client: slot.client_id.to_string(),
-                });
+                let clear = in_store.then(|| journal::will_cleared(&slot.client_id));
                 broker
                     .publish_will_with(slot.client_id.clone(), w, clear)
                     .await;

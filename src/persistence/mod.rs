@@ -35,6 +35,7 @@
 
 pub mod convert;
 pub mod image;
+pub mod journal;
 pub mod records;
 
 use std::collections::HashMap;
