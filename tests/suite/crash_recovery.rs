@@ -11,7 +11,7 @@
 //! PUBREL across reconnects; a sender re-sends PUBLISH or PUBREL), as the spec requires, so
 //! any duplicate is the broker's. `KEELMQ_CRASH_CYCLES` sets the number of kills (default 50).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! direction, retained messages, wills, session resume with queued messages, takeover and
 //! shared subscriptions, against a real broker on a loopback port.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

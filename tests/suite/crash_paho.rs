@@ -10,7 +10,7 @@
 //! The interpreter is `$KEELMQ_PYTHON`, else `python3`. Without it or without paho-mqtt 2.x the
 //! test skips, unless `KEELMQ_REQUIRE_INTEROP` is set (scripts/test.sh), where it fails.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;

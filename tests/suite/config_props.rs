@@ -6,7 +6,7 @@
 use keelmq::config::Config;
 use proptest::prelude::*;
 
-const EXAMPLE: &str = include_str!("../keelmq.example.toml");
+const EXAMPLE: &str = include_str!("../../keelmq.example.toml");
 
 /// (line index, key) of every `key = value` line of the example config.
 fn fields() -> Vec<(usize, String)> {

@@ -1,7 +1,7 @@
 //! The `keelmq` binary starts on its defaults, serves a client, and `check-config` names bad
 //! fields.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

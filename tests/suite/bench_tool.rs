@@ -2,7 +2,7 @@
 //! and Mosquitto when installed), checking that the summaries count exactly what was sent —
 //! so that the numbers the comparison script reports can be trusted.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! an append nobody waits for fails (issue "Close the durability holes a review found", items
 //! 4 and 5). Runs on the WAL's in-memory file system with an in-memory store.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

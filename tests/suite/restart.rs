@@ -2,7 +2,7 @@
 //! messages and retained messages survive `kill -9`; a session expires by wall-clock time even
 //! while the broker is down; a clean session leaves nothing on disk.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

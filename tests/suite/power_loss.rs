@@ -5,7 +5,7 @@
 //! equal the state after some prefix of the commits that contains every commit that had
 //! returned — nothing acknowledged lost, nothing invented, no commit half-applied.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

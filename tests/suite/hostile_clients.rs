@@ -5,7 +5,7 @@
 //! honest client's QoS 1 round trip stays bounded and loses nothing. The figures are printed;
 //! only a generous bound is asserted (this machine is shared and noisy).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,12 +44,8 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16, clean: bool) -> Packet
 }
 
 /// A persistent 3.1.1 session streaming PUBRELs for ids it never used, until `stop`.
-async fn bogus_acknowledger(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> usize {
-    let s = TcpStream::connect(addr).await.unwrap();
+async fn bogus_acknowledger(s: TcpStream, stop: Arc<AtomicBool>) -> usize {
     let (mut r, mut w) = s.into_split();
-    w.write_all(&encoded(V311, &[connect(V311, "bogus", 60, false)]))
-        .await
-        .unwrap();
     let drain = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -69,6 +65,17 @@ async fn bogus_acknowledger(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -
     }
     drain.abort();
     sent
+}
+
+/// The bogus acknowledger's persistent 3.1.1 session, connected (CONNACK read).
+async fn bogus_session(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&encoded(V311, &[connect(V311, "bogus", 60, false)]))
+        .await
+        .unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.unwrap();
+    s
 }
 
 /// Sockets that send a CONNECT one byte at a time: beyond `limits.max_pending_connections`
@@ -100,9 +107,8 @@ async fn slow_connects(addr: std::net::SocketAddr, n: usize) -> usize {
     closed.load(Ordering::Relaxed)
 }
 
-/// A connected client (keep-alive 2 s) that announces a 512 KiB PUBLISH and sends it a byte
-/// every 300 ms: the bytes must not count as keep-alive. Returns how long until it was closed.
-async fn slow_publisher(addr: std::net::SocketAddr, id: usize) -> Duration {
+/// A client connected with keep-alive 2 s, for [`trickle`].
+async fn slow_publisher(addr: std::net::SocketAddr, id: usize) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&encoded(
         V311,
@@ -112,6 +118,12 @@ async fn slow_publisher(addr: std::net::SocketAddr, id: usize) -> Duration {
     .unwrap();
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.unwrap();
+    s
+}
+
+/// Announces a 512 KiB PUBLISH and sends it a byte every 300 ms: the bytes must not count as
+/// keep-alive. Returns how long until the broker closed the connection.
+async fn trickle(mut s: TcpStream) -> Duration {
     let started = Instant::now();
     // Fixed header of a QoS 0 PUBLISH with remaining length 512 KiB (within the maximum).
     s.write_all(&[0x30, 0x80, 0x80, 0x20]).await.unwrap();
@@ -156,16 +168,21 @@ async fn hostile_clients_do_not_hurt_an_honest_one() {
             .await;
         assert_ne!(ack.code, ReasonCode::SUCCESS);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let bogus = tokio::spawn(bogus_acknowledger(addr, stop.clone()));
-    let slow_connects = tokio::spawn(slow_connects(addr, 100));
-    let slow_publishers: Vec<_> = (0..10)
-        .map(|i| tokio::spawn(slow_publisher(addr, i)))
-        .collect();
+    // Everyone who is to be connected connects before the flood of sockets that never send
+    // a whole CONNECT (beyond the pending limit, new sockets are closed at once).
     let (mut sub, _) = RawClient::connect(addr, V5, "honest-sub", true, |_| {}).await;
     sub.subscribe(1, "honest/t", SubscriptionOptions::qos(QoS::AtLeastOnce))
         .await;
     let (mut publ, _) = RawClient::connect(addr, V5, "honest-pub", true, |_| {}).await;
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        slow.push(slow_publisher(addr, i).await);
+    }
+    let bogus = bogus_session(addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bogus = tokio::spawn(bogus_acknowledger(bogus, stop.clone()));
+    let slow_connects = tokio::spawn(slow_connects(addr, 100));
+    let slow_publishers: Vec<_> = slow.into_iter().map(|s| tokio::spawn(trickle(s))).collect();
     let mut rtt_us = Vec::with_capacity(HONEST_MESSAGES);
     for i in 0..HONEST_MESSAGES {
         let id = (i + 1) as u16;

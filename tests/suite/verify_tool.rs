@@ -1,7 +1,7 @@
 //! `keelmq verify` against KeelMQ itself: the broker binary is started by the tool, SIGKILLed
 //! and restarted, and the tool must report no violation (QoS 2, MQTT 5 and QoS 1, 3.1.1).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

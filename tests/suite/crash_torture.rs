@@ -20,7 +20,7 @@
 //! The clients implement their side of QoS 2 completely, so any duplicate is the broker's.
 //! `KEELMQ_CRASH_CYCLES` sets the number of kills (default 25), `KEELMQ_CRASH_SEED` replays.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! The interpreter is `$KEELMQ_PYTHON`, else `python3`. Without it or without paho-mqtt 2.x the
 //! tests skip, unless `KEELMQ_REQUIRE_INTEROP` is set (scripts/test.sh), where they fail.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -17,7 +17,7 @@
 //!
 //! Without the tools the tests skip, unless `KEELMQ_REQUIRE_INTEROP` is set, where they fail.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! "Close the durability holes a review found"): each test names the item it covers and fails
 //! on the broker as it was before the fix.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

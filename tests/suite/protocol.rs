@@ -2,7 +2,7 @@
 //! input, flow control, keep-alive, topic aliases, QoS 2 de-duplication and retransmission on
 //! resume, Maximum Packet Size, message expiry, queue limits, subscription options.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
