@@ -9,6 +9,8 @@
 //! - [`session`]: the I/O-free session state machine (queue, in-flight window, QoS 2 states,
 //!   deliveries recovered paged out until the session resumes).
 //! - [`router`]: the subscription trie with shared groups, and the retained-message trie.
+//! - [`protocol`]: protocol policy without I/O — CONNECT admission and the typed refusals
+//!   ([`protocol::Refusal`]: reason code, spec clause, metrics label) a connection answers with.
 //! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
 //!   per-connection task ([`broker::connection`]) and the background tasks (expiry, wills, `$SYS`).
 //! - [`transport`]: listeners producing byte streams (TCP now).
@@ -41,6 +43,7 @@ pub mod config;
 pub mod inspect;
 #[cfg(feature = "broker")]
 pub mod persistence;
+pub mod protocol;
 pub mod router;
 #[cfg(feature = "broker")]
 pub mod server;

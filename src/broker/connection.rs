@@ -38,6 +38,7 @@ use super::{
 };
 use crate::codec::*;
 use crate::persistence::PendingDurable;
+use crate::protocol::{admission, Refusal};
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
 
@@ -86,34 +87,19 @@ enum Close {
     },
     /// The socket closed or failed.
     Network,
-    /// The broker closes the connection with this reason (a DISCONNECT for v5 clients).
-    Server {
-        reason: ReasonCode,
-        why: &'static str,
-    },
+    /// The broker closes the connection for this reason (a DISCONNECT for v5 clients).
+    Refused(Refusal),
     /// Another connection took the session over.
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
 }
 
-impl Close {
-    fn protocol(why: &'static str) -> Close {
-        Close::Server {
-            reason: ReasonCode::PROTOCOL_ERROR,
-            why,
-        }
-    }
-}
-
 impl From<super::NotDurable> for Close {
     /// What was to be acknowledged could not be made durable: close without acknowledging
     /// (the client re-sends on its next connection). After a fatal failure the broker stops.
     fn from(_: super::NotDurable) -> Close {
-        Close::Server {
-            reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            why: "could not be stored",
-        }
+        Close::Refused(Refusal::NotStored)
     }
 }
 
@@ -236,7 +222,7 @@ fn sniff_level(buf: &[u8]) -> Option<u8> {
 }
 
 /// A CONNACK refusing the connection, in the client's version.
-fn refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
+fn connack_refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
     let (code, properties) = if v.is_v5() {
         let props = ConnAckProperties {
             reason_string: Some(why.to_string()),
@@ -303,7 +289,7 @@ where
                     // [MQTT-3.1.2-2]: answer an unknown level with return code 1, in 3.1.1
                     // form since that is what every version understands.
                     DecodeError::UnsupportedProtocol { .. } => {
-                        let p = refusal(
+                        let p = connack_refusal(
                             ProtocolVersion::V3_1_1,
                             ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                             "",
@@ -311,7 +297,7 @@ where
                         let _ = encode(&p, ProtocolVersion::V3_1_1, &mut io.wbuf);
                     }
                     _ if level == Some(5) => {
-                        let p = refusal(ProtocolVersion::V5, e.reason_code(), e.clause());
+                        let p = connack_refusal(ProtocolVersion::V5, e.reason_code(), e.clause());
                         let _ = encode(&p, ProtocolVersion::V5, &mut io.wbuf);
                     }
                     _ => {}
@@ -342,96 +328,29 @@ where
     let cfg = broker.config().clone();
     let v = connect.protocol;
     let props = &connect.properties;
-    let mut refuse = |code: ReasonCode, why: &str| {
+    let mut refuse = |refusal: Refusal| {
         Metrics::add(&broker.shared.metrics.connections_refused, 1);
-        tracing::info!(%peer, client_id = %connect.client_id, %code, why, "connection refused");
-        let _ = encode(&refusal(v, code, why), v, &mut io.wbuf);
+        let code = refusal.reason_code();
+        tracing::info!(%peer, client_id = %connect.client_id, %code, %refusal, "connection refused");
+        let why = refusal.to_string();
+        let _ = encode(&connack_refusal(v, code, &why), v, &mut io.wbuf);
         None
     };
-    if connect.client_id.len() > cfg.mqtt.max_client_id_len {
-        return refuse(
-            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            "client identifier too long",
-        );
-    }
-    let mut assigned = None;
-    let client_id: ClientId = if connect.client_id.is_empty() {
-        let allowed = match v {
-            ProtocolVersion::V3_1 => false,
-            ProtocolVersion::V3_1_1 => connect.clean_start, // [MQTT-3.1.3-8]
-            ProtocolVersion::V5 => true,
-        };
-        if !allowed {
-            return refuse(
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                "empty client identifier",
-            );
-        }
-        let id = broker.assign_client_id();
-        assigned = Some(id.clone());
-        id.into()
-    } else {
-        connect.client_id.as_str().into()
+    let admitted = match admission::admit(&cfg, &connect, || broker.assign_client_id()) {
+        Ok(a) => a,
+        Err(refusal) => return refuse(refusal),
     };
-    if props.authentication_method.is_some() {
-        return refuse(
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "enhanced authentication is not supported",
-        );
-    }
-    if let Some(w) = &connect.will {
-        if w.qos > max_qos(&cfg) {
-            return refuse(
-                ReasonCode::QOS_NOT_SUPPORTED,
-                "will QoS above the maximum QoS",
-            );
-        }
-        if w.retain && !cfg.mqtt.retain_available {
-            return refuse(
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                "retained wills are not supported",
-            );
-        }
-        if w.topic.starts_with('$') {
-            // `$` topics are the broker's: a will there could overwrite `$SYS` statistics
-            // or escape the retained-message limit.
-            return refuse(
-                ReasonCode::TOPIC_NAME_INVALID,
-                "will topics starting with $ are reserved",
-            );
-        }
-        if w.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return refuse(
-                ReasonCode::TOPIC_NAME_INVALID,
-                "will topic has too many levels",
-            );
-        }
-    }
-    let requested_expiry = if v.is_v5() {
-        props.session_expiry_interval.unwrap_or(0)
-    } else if connect.clean_start {
-        0
-    } else {
-        cfg.mqtt.v3_session_expiry_secs
-    };
-    let expiry = requested_expiry.min(cfg.mqtt.max_session_expiry_secs);
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if v.is_v5()
-        && cfg.mqtt.max_keep_alive_secs > 0
-        && (keep_alive == 0 || keep_alive > cfg.mqtt.max_keep_alive_secs)
-    {
-        keep_alive = cfg.mqtt.max_keep_alive_secs;
-        server_keep_alive = Some(keep_alive);
-    }
+    let client_id = admitted.client_id.clone();
+    let (expiry, requested_expiry) = (admitted.expiry, admitted.requested_expiry);
+    let keep_alive = admitted.keep_alive;
     let mut ack = ConnAck {
         session_present: false,
         code: ReasonCode::SUCCESS,
         properties: ConnAckProperties::default(),
     };
     if v.is_v5() {
-        ack.properties = connack_properties(&cfg, props, &client_id, assigned);
-        ack.properties.server_keep_alive = server_keep_alive;
+        ack.properties = connack_properties(&cfg, props, &client_id, admitted.assigned);
+        ack.properties.server_keep_alive = admitted.server_keep_alive;
         if expiry != requested_expiry {
             ack.properties.session_expiry_interval = Some(expiry);
         }
@@ -439,10 +358,7 @@ where
     // Checked before the session is touched: a CONNACK that cannot be sent must not leave a
     // session attached (or created) behind it.
     if encoded_len(&Packet::ConnAck(ack.clone()), v).is_err() {
-        return refuse(
-            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            "the CONNACK cannot be encoded",
-        );
+        return refuse(Refusal::ConnackUnencodable);
     }
     let conn_id = broker.next_conn_id();
     let attached = match broker
@@ -450,18 +366,9 @@ where
         .await
     {
         Ok(a) => a,
-        Err(ConnectRefusal::ServerBusy) => {
-            return refuse(ReasonCode::SERVER_BUSY, "too many connections");
-        }
-        Err(ConnectRefusal::TooManySessions) => {
-            return refuse(ReasonCode::QUOTA_EXCEEDED, "too many sessions");
-        }
-        Err(ConnectRefusal::NotDurable) => {
-            return refuse(
-                ReasonCode::SERVER_UNAVAILABLE,
-                "the session could not be stored",
-            );
-        }
+        Err(ConnectRefusal::ServerBusy) => return refuse(Refusal::TooManyConnections),
+        Err(ConnectRefusal::TooManySessions) => return refuse(Refusal::TooManySessions),
+        Err(ConnectRefusal::NotDurable) => return refuse(Refusal::SessionNotStored),
     };
     let window = if v.is_v5() {
         props.receive_maximum.unwrap_or(u16::MAX)
@@ -647,7 +554,7 @@ impl Connection {
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
                     if keep_alive_deadline.is_some_and(|d| now >= d) {
-                        Err(Close::Server { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" })
+                        Err(Close::Refused(Refusal::KeepAliveTimeout))
                     } else {
                         if release_at.is_some_and(|r| now >= r) {
                             io.rbuf = BytesMut::new();
@@ -683,10 +590,7 @@ impl Connection {
                 Err(e) => {
                     Metrics::add(&self.broker.shared.metrics.protocol_errors, 1);
                     tracing::info!(client_id = %self.client_id, error = %e, "bad packet");
-                    return Err(Close::Server {
-                        reason: e.reason_code(),
-                        why: e.clause(),
-                    });
+                    return Err(Close::Refused(Refusal::Malformed(e)));
                 }
             };
             let held_back_ok = matches!(
@@ -699,10 +603,7 @@ impl Connection {
             }
             self.handle(packet, &mut io.wbuf).await?;
             if self.pending_acks.len() > MAX_PENDING_ACKS {
-                return Err(Close::Server {
-                    reason: ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                    why: "more acknowledgements waiting than packet identifiers",
-                });
+                return Err(Close::Refused(Refusal::AckBacklog));
             }
         }
         Ok(())
@@ -877,10 +778,7 @@ impl Connection {
                 if s.properties.subscription_identifier.is_some()
                     && !self.broker.config().mqtt.subscription_identifiers_available
                 {
-                    return Err(Close::Server {
-                        reason: ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-                        why: "subscription identifiers are not supported",
-                    });
+                    return Err(Close::Refused(Refusal::SubscriptionIdsUnsupported));
                 }
                 let mut codes = self
                     .broker
@@ -933,19 +831,17 @@ impl Connection {
                     .map(|e| e.min(max_expiry));
                 if self.connect_expiry == 0 && expiry.is_some_and(|e| e > 0) {
                     // [MQTT-3.14.2-2]
-                    return Err(Close::protocol(
-                        "session expiry set on DISCONNECT after 0 on CONNECT",
-                    ));
+                    return Err(Close::Refused(Refusal::SessionExpiryAfterZero));
                 }
                 Err(Close::Client {
                     reason: d.reason,
                     expiry,
                 })
             }
-            Packet::Connect(_) => Err(Close::protocol("second CONNECT [MQTT-3.1.0-2]")),
-            Packet::Auth(_) => Err(Close::protocol("AUTH without an authentication method")),
+            Packet::Connect(_) => Err(Close::Refused(Refusal::SecondConnect)),
+            Packet::Auth(_) => Err(Close::Refused(Refusal::AuthWithoutMethod)),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Close::protocol("packet only a server may send"))
+                Err(Close::Refused(Refusal::ServerOnlyPacket))
             }
         }
     }
@@ -989,14 +885,13 @@ impl Connection {
         &mut self,
         wbuf: &mut BytesMut,
         p: &Publish,
-        reason: ReasonCode,
-        why: &'static str,
+        refusal: Refusal,
     ) -> Result<(), Close> {
         if self.version.is_v5() && p.qos != QoS::AtMostOnce {
-            self.ack_inbound(wbuf, p.packet_id, p.qos, reason);
+            self.ack_inbound(wbuf, p.packet_id, p.qos, refusal.reason_code());
             Ok(())
         } else {
-            Err(Close::Server { reason, why })
+            Err(Close::Refused(refusal))
         }
     }
 
@@ -1004,33 +899,22 @@ impl Connection {
         let cfg = self.broker.config();
         Metrics::add(&self.broker.shared.metrics.messages_received, 1);
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(Close::protocol(
-                "subscription identifier from a client [MQTT-3.3.4-6]",
-            ));
+            return Err(Close::Refused(Refusal::SubscriptionIdFromClient));
         }
         if p.qos > max_qos(cfg) {
-            return Err(Close::Server {
-                reason: ReasonCode::QOS_NOT_SUPPORTED,
-                why: "QoS above the maximum QoS [MQTT-3.2.2-11]",
-            });
+            return Err(Close::Refused(Refusal::QosAboveMaximum));
         }
         if p.retain && !cfg.mqtt.retain_available {
-            return Err(Close::Server {
-                reason: ReasonCode::RETAIN_NOT_SUPPORTED,
-                why: "retain is not supported [MQTT-3.2.2-14]",
-            });
+            return Err(Close::Refused(Refusal::RetainUnsupported));
         }
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias > cfg.mqtt.topic_alias_maximum {
-                return Err(Close::Server {
-                    reason: ReasonCode::TOPIC_ALIAS_INVALID,
-                    why: "topic alias above the topic alias maximum [MQTT-3.3.2-9]",
-                });
+                return Err(Close::Refused(Refusal::TopicAliasAboveMaximum));
             }
             if p.topic.is_empty() {
                 match self.aliases_in.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => return Err(Close::protocol("unknown topic alias")),
+                    None => return Err(Close::Refused(Refusal::UnknownTopicAlias)),
                 }
             } else {
                 // Kept for the connection's life: a copy, not a slice of the read buffer.
@@ -1059,28 +943,15 @@ impl Connection {
             && inflight_in + usize::from(self.held.is_some()) + self.pending_inbound
                 >= usize::from(cfg.mqtt.receive_maximum)
         {
-            return Err(Close::Server {
-                reason: ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                why: "more unacknowledged QoS 1/2 PUBLISH than the Receive Maximum",
-            });
+            return Err(Close::Refused(Refusal::ReceiveMaximumExceeded));
         }
         if p.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return self.refuse_inbound(
-                wbuf,
-                &p,
-                ReasonCode::TOPIC_NAME_INVALID,
-                "too many topic levels",
-            );
+            return self.refuse_inbound(wbuf, &p, Refusal::TopicTooDeep);
         }
         if p.topic.starts_with('$') {
             // Clients may not publish to `$` topics ($SYS is the broker's).
             if self.version.is_v5() {
-                return self.refuse_inbound(
-                    wbuf,
-                    &p,
-                    ReasonCode::NOT_AUTHORIZED,
-                    "$ topics are reserved",
-                );
+                return self.refuse_inbound(wbuf, &p, Refusal::TopicReserved);
             }
             self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
             return Ok(());
@@ -1088,12 +959,7 @@ impl Connection {
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            return self.refuse_inbound(
-                wbuf,
-                &p,
-                ReasonCode::PAYLOAD_FORMAT_INVALID,
-                "payload is not UTF-8 as its format indicator says",
-            );
+            return self.refuse_inbound(wbuf, &p, Refusal::PayloadNotUtf8);
         }
         // Checked and marked in one step: a re-send arriving from now on is a duplicate.
         let claim = match p.qos {
@@ -1341,14 +1207,14 @@ impl Connection {
         }
         drop(self.alive.take());
         let server_reason = match &close {
-            Close::Server { reason, why } => Some((*reason, Some(*why))),
+            Close::Refused(r) => Some((r.reason_code(), Some(r.to_string()))),
             Close::TakenOver => Some((ReasonCode::SESSION_TAKEN_OVER, None)),
             Close::Shutdown => Some((ReasonCode::SERVER_SHUTTING_DOWN, None)),
             Close::Client { .. } | Close::Network => None,
         };
         if let (true, Some((reason, why))) = (self.version.is_v5(), server_reason) {
             let mut d = Disconnect::new(reason);
-            d.properties.reason_string = why.map(str::to_string);
+            d.properties.reason_string = why;
             if encoded_len(&Packet::Disconnect(d.clone()), self.version)
                 .map_or(true, |n| n > self.max_packet_out as usize)
             {
@@ -1363,7 +1229,7 @@ impl Connection {
                 (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)
             }
             Close::Shutdown => (false, None),
-            Close::Network | Close::Server { .. } | Close::TakenOver => (true, None),
+            Close::Network | Close::Refused(_) | Close::TakenOver => (true, None),
         };
         self.broker
             .disconnect(self.id, &self.slot, publish_will, expiry)

@@ -369,7 +369,4 @@ impl Broker {
     }
 }
 
-/// The highest QoS the broker grants.
-pub(crate) fn max_qos(cfg: &Config) -> QoS {
-    QoS::from_u8(cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce)
-}
+pub(crate) use crate::protocol::max_qos;
