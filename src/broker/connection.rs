@@ -21,7 +21,7 @@
 //!   handling, packet handling, closing) are boxed while they run, so they do not enlarge every
 //!   idle task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,6 +38,7 @@ use super::{
 };
 use crate::codec::*;
 use crate::persistence::PendingDurable;
+use crate::protocol::aliases::{InboundAliases, OutboundAliases, OutboundTopic};
 use crate::protocol::{admission, Refusal};
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
@@ -397,13 +398,16 @@ where
         last_received: Instant::now(),
         last_io: Instant::now(),
         max_packet_out: max_out,
-        alias_max_out: if v.is_v5() {
+        aliases_in: InboundAliases::new(if v.is_v5() {
+            cfg.mqtt.topic_alias_maximum
+        } else {
+            0
+        }),
+        aliases_out: OutboundAliases::new(if v.is_v5() {
             props.topic_alias_maximum.unwrap_or(0)
         } else {
             0
-        },
-        aliases_in: HashMap::new(),
-        aliases_out: HashMap::new(),
+        }),
         connect_expiry: expiry,
         held: None,
         deferred: VecDeque::new(),
@@ -444,9 +448,10 @@ struct Connection {
     /// The client's Maximum Packet Size: larger packets are never sent to it.
     max_packet_out: u32,
     /// The client's Topic Alias Maximum for the PUBLISH packets the broker sends.
-    alias_max_out: u16,
-    aliases_in: HashMap<u16, ByteStr>,
-    aliases_out: HashMap<ByteStr, u16>,
+    /// Topic aliases the client set, and those the broker assigned for the PUBLISH packets it
+    /// sends (up to the client's Topic Alias Maximum).
+    aliases_in: InboundAliases,
+    aliases_out: OutboundAliases,
     connect_expiry: u32,
     /// A 3.x publisher's message waiting for queue room; reading is limited meanwhile.
     held: Option<HeldBack>,
@@ -907,21 +912,10 @@ impl Connection {
         if p.retain && !cfg.mqtt.retain_available {
             return Err(Close::Refused(Refusal::RetainUnsupported));
         }
-        if let Some(alias) = p.properties.topic_alias.take() {
-            if alias > cfg.mqtt.topic_alias_maximum {
-                return Err(Close::Refused(Refusal::TopicAliasAboveMaximum));
-            }
-            if p.topic.is_empty() {
-                match self.aliases_in.get(&alias) {
-                    Some(t) => p.topic = t.clone(),
-                    None => return Err(Close::Refused(Refusal::UnknownTopicAlias)),
-                }
-            } else {
-                // Kept for the connection's life: a copy, not a slice of the read buffer.
-                self.aliases_in
-                    .insert(alias, ByteStr::from_str_copy(&p.topic));
-            }
-        }
+        let alias = p.properties.topic_alias.take();
+        self.aliases_in
+            .resolve(&mut p.topic, alias)
+            .map_err(Close::Refused)?;
         let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {
             (
                 s.inbound_awaiting_rel(),
@@ -1150,29 +1144,26 @@ impl Connection {
             properties: PublishProperties::default(),
             payload: m.payload.clone(),
         };
-        let mut new_alias = None;
+        let mut alias = OutboundTopic::Full;
         if self.version.is_v5() {
             publish.properties = (*m.properties).clone();
             publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
             publish.properties.message_expiry_interval = m.remaining_expiry_secs(now);
-            if self.alias_max_out > 0 {
-                if let Some(&alias) = self.aliases_out.get(&m.topic) {
+            alias = self.aliases_out.choose(&m.topic);
+            match alias {
+                OutboundTopic::Alias(a) => {
                     publish.topic = ByteStr::default();
-                    publish.properties.topic_alias = Some(alias);
-                } else if self.aliases_out.len() < usize::from(self.alias_max_out) {
-                    let alias = self.aliases_out.len() as u16 + 1;
-                    publish.properties.topic_alias = Some(alias);
-                    new_alias = Some(alias);
+                    publish.properties.topic_alias = Some(a);
                 }
+                OutboundTopic::SetAlias(a) => publish.properties.topic_alias = Some(a),
+                OutboundTopic::Full => {}
             }
         }
         let packet = Packet::Publish(publish);
         match encoded_len(&packet, self.version) {
             Ok(n) if n <= self.max_packet_out as usize => {
                 let _ = encode(&packet, self.version, wbuf);
-                if let Some(alias) = new_alias {
-                    self.aliases_out.insert(m.topic.clone(), alias);
-                }
+                self.aliases_out.sent(&m.topic, alias);
                 Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
             }
             _ => {

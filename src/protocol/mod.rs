@@ -5,11 +5,13 @@
 //! - [`refusal`]: [`Refusal`], every reason the broker refuses a CONNECT, a packet or a
 //!   connection, with the reason code it sends and the spec clause behind it;
 //! - [`admission`]: CONNECT admission ([`admission::admit`]): client identifier, will,
-//!   session expiry and keep-alive, before any session is touched.
+//!   session expiry and keep-alive, before any session is touched;
+//! - [`aliases`]: a connection's topic aliases, inbound and outbound.
 //!
 //! `crate::broker::connection` keeps the socket loop and buffers and calls these.
 
 pub mod admission;
+pub mod aliases;
 pub mod refusal;
 
 pub use refusal::Refusal;
