@@ -22,7 +22,6 @@
 //!   idle task.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +41,7 @@ use crate::protocol::aliases::{InboundAliases, OutboundAliases, OutboundTopic};
 use crate::protocol::{admission, Refusal};
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
+use crate::transport::ConnInfo;
 
 /// Bytes buffered for the socket above which the task takes no more deliveries and reads no
 /// more requests until the client has read some. 256 KiB is a few milliseconds of a fast link
@@ -119,11 +119,12 @@ impl Drop for ConnectionGuard<'_> {
 pub async fn serve<S>(
     broker: Broker,
     stream: S,
-    peer: SocketAddr,
+    info: ConnInfo,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = info.peer;
     let metrics = &broker.shared.metrics;
     metrics.connections_current.fetch_add(1, Ordering::Relaxed);
     Metrics::add(&metrics.connections_total, 1);
@@ -147,7 +148,7 @@ pub async fn serve<S>(
             return;
         }
     };
-    let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, peer)).await else {
+    let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, info)).await else {
         io.close_gracefully().await;
         return;
     };
@@ -321,11 +322,12 @@ async fn accept<S>(
     broker: &Broker,
     io: &mut Io<S>,
     connect: Connect,
-    peer: SocketAddr,
+    info: ConnInfo,
 ) -> Option<Connection>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = info.peer;
     let cfg = broker.config().clone();
     let v = connect.protocol;
     let props = &connect.properties;
@@ -388,6 +390,7 @@ where
         MAX_PACKET_SIZE_PROTOCOL
     };
     let mut conn = Connection {
+        info,
         broker: broker.clone(),
         id: conn_id,
         version: v,
@@ -435,6 +438,9 @@ struct HeldBack {
 
 /// Per-connection state (the session itself lives in the broker).
 struct Connection {
+    /// Who the client is and where it came in (peer, listener, TLS certificate, WebSocket
+    /// headers).
+    info: ConnInfo,
     broker: Broker,
     id: ConnId,
     version: ProtocolVersion,
@@ -1214,7 +1220,8 @@ impl Connection {
             self.send(&mut io.wbuf, &Packet::Disconnect(d));
         }
         let drain = !matches!(close, Close::Network) && io.flush_and_close().await.is_ok();
-        tracing::debug!(client_id = %self.client_id, ?close, "connection closed");
+        let (peer, listener) = (self.info.peer, &self.info.listener);
+        tracing::debug!(client_id = %self.client_id, %peer, %listener, ?close, "connection closed");
         let (publish_will, expiry) = match close {
             Close::Client { reason, expiry } => {
                 (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)

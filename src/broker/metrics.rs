@@ -1,4 +1,6 @@
-//! Broker-wide counters, read by the `$SYS` publisher (and later the HTTP API).
+//! Broker-wide counters, and [`MetricsSnapshot`]: one consistent-enough read of them with the
+//! broker's gauges, for `$SYS`, the HTTP API and Prometheus (no lock on the hot path: the
+//! counters are relaxed atomics, read one by one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,5 +42,57 @@ impl Metrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The broker's counters and gauges at one moment (each read on its own: totals may be a few
+/// events apart). Everything an exporter needs, as plain numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub uptime_secs: u64,
+    pub connections_current: u64,
+    pub connections_total: u64,
+    pub connections_refused: u64,
+    pub connections_maximum: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub queued_bytes: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub dropped_qos0: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_too_large: u64,
+    pub expired: u64,
+    pub queue_full_refusals: u64,
+    pub qos0_paused: u64,
+    pub retained_refused: u64,
+    pub protocol_errors: u64,
+}
+
+impl Metrics {
+    /// The counters' part of a snapshot; the broker adds its gauges.
+    pub fn counters(&self) -> MetricsSnapshot {
+        let get = Metrics::get;
+        MetricsSnapshot {
+            connections_current: get(&self.connections_current),
+            connections_total: get(&self.connections_total),
+            connections_refused: get(&self.connections_refused),
+            messages_received: get(&self.messages_received),
+            messages_sent: get(&self.messages_sent),
+            bytes_received: get(&self.bytes_received),
+            bytes_sent: get(&self.bytes_sent),
+            dropped_qos0: get(&self.dropped_qos0),
+            dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_too_large: get(&self.dropped_too_large),
+            expired: get(&self.expired),
+            queue_full_refusals: get(&self.queue_full_refusals),
+            qos0_paused: get(&self.qos0_paused),
+            retained_refused: get(&self.retained_refused),
+            protocol_errors: get(&self.protocol_errors),
+            ..MetricsSnapshot::default()
+        }
     }
 }

@@ -83,7 +83,7 @@ use crate::session::{
     SubscriptionRecord,
 };
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, MetricsSnapshot};
 
 /// How long a connection taking a session over waits for the connection it replaces to
 /// finish (it waits only for fdatasyncs of records it already logged).

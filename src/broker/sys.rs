@@ -35,48 +35,27 @@ impl Broker {
     /// Publishes the `$SYS/broker/...` statistics as retained QoS 0 messages. `$` topics are not
     /// matched by `#` or `+` at the first level, so only explicit `$SYS` subscribers see them.
     pub async fn publish_sys(&self) {
-        let m = &self.shared.metrics;
+        let m = self.metrics_snapshot();
         let stats: [(&str, String); 16] = [
             ("version", format!("keelmq {}", env!("CARGO_PKG_VERSION"))),
-            ("uptime", format!("{} seconds", self.uptime().as_secs())),
-            (
-                "clients/connected",
-                Metrics::get(&m.connections_current).to_string(),
-            ),
-            ("clients/total", self.session_count().to_string()),
-            (
-                "clients/maximum",
-                self.shared.config.limits.max_connections.to_string(),
-            ),
-            (
-                "connections/total",
-                Metrics::get(&m.connections_total).to_string(),
-            ),
-            (
-                "messages/received",
-                Metrics::get(&m.messages_received).to_string(),
-            ),
-            ("messages/sent", Metrics::get(&m.messages_sent).to_string()),
-            (
-                "bytes/received",
-                Metrics::get(&m.bytes_received).to_string(),
-            ),
-            ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
-            ("subscriptions/count", self.subscription_count().to_string()),
-            ("retained messages/count", self.retained_count().to_string()),
+            ("uptime", format!("{} seconds", m.uptime_secs)),
+            ("clients/connected", m.connections_current.to_string()),
+            ("clients/total", m.sessions.to_string()),
+            ("clients/maximum", m.connections_maximum.to_string()),
+            ("connections/total", m.connections_total.to_string()),
+            ("messages/received", m.messages_received.to_string()),
+            ("messages/sent", m.messages_sent.to_string()),
+            ("bytes/received", m.bytes_received.to_string()),
+            ("bytes/sent", m.bytes_sent.to_string()),
+            ("subscriptions/count", m.subscriptions.to_string()),
+            ("retained messages/count", m.retained.to_string()),
             (
                 "publish/messages/dropped",
-                (Metrics::get(&m.dropped_qos0) + Metrics::get(&m.dropped_queue_full)).to_string(),
+                (m.dropped_qos0 + m.dropped_queue_full).to_string(),
             ),
-            ("messages/expired", Metrics::get(&m.expired).to_string()),
-            (
-                "publish/messages/paused",
-                Metrics::get(&m.qos0_paused).to_string(),
-            ),
-            (
-                "store/messages/bytes",
-                self.queued_bytes_total().to_string(),
-            ),
+            ("messages/expired", m.expired.to_string()),
+            ("publish/messages/paused", m.qos0_paused.to_string()),
+            ("store/messages/bytes", m.queued_bytes.to_string()),
         ];
         for (name, value) in stats {
             let message = Message {
@@ -90,6 +69,19 @@ impl Broker {
                 publisher: None,
             };
             let _ = self.publish(Arc::new(message), None, false).await;
+        }
+    }
+
+    /// The broker's counters and gauges now (for `$SYS`, the HTTP API, Prometheus).
+    pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
+        metrics::MetricsSnapshot {
+            uptime_secs: self.uptime().as_secs(),
+            connections_maximum: self.shared.config.limits.max_connections as u64,
+            sessions: self.session_count() as u64,
+            subscriptions: self.subscription_count() as u64,
+            retained: self.retained_count() as u64,
+            queued_bytes: self.queued_bytes_total() as u64,
+            ..self.shared.metrics.counters()
         }
     }
 }

@@ -274,3 +274,18 @@ async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
     assert_eq!(codes.map(|c| c.len()), Some(1));
     assert_eq!(broker.subscription_count(), 1);
 }
+
+/// The snapshot an exporter reads: counters and gauges in one value.
+#[tokio::test]
+async fn the_metrics_snapshot_has_counters_and_gauges() {
+    let broker = Broker::new(Config::default());
+    Metrics::add(&broker.metrics().messages_received, 3);
+    let (_, _a) = attach(&broker, false).await;
+    let m = broker.metrics_snapshot();
+    assert_eq!(m.messages_received, 3);
+    assert_eq!(m.sessions, 1);
+    assert_eq!(
+        m.connections_maximum,
+        Config::default().limits.max_connections as u64
+    );
+}

@@ -3,15 +3,58 @@
 //! listeners will wrap their streams and reuse it unchanged.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::broker::{connection, Broker};
 
+/// The kind of listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+/// What a connection's transport knows about it, handed to the connection task (and, from
+/// there, to authentication and the event sink): who it is, where it came in, and what the
+/// TLS handshake or the WebSocket upgrade established.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The listener's configured name (its kind when unnamed).
+    pub listener: Arc<str>,
+    pub kind: ListenerKind,
+    /// The client's verified certificate chain, leaf first, DER (TLS with client certificates;
+    /// empty otherwise).
+    pub peer_certificates: Arc<[Vec<u8>]>,
+    /// The WebSocket upgrade request's headers (WebSocket only).
+    pub ws_headers: Option<Arc<[(String, String)]>>,
+}
+
+impl ConnInfo {
+    /// A plain TCP connection accepted by listener `listener`.
+    pub fn tcp(peer: SocketAddr, local: SocketAddr, listener: Arc<str>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            listener,
+            kind: ListenerKind::Tcp,
+            peer_certificates: Arc::from(Vec::new()),
+            ws_headers: None,
+        }
+    }
+}
+
 /// Accepts MQTT-over-TCP connections until the broker shuts down.
 pub async fn serve_tcp(listener: TcpListener, broker: Broker) {
     let mut shutdown = broker.shutdown_signal();
+    let name: Arc<str> = Arc::from("tcp");
+    let local = listener.local_addr().ok();
     // Back-off after an accept error (e.g. EMFILE), doubling to at most one second, so that a
     // file-descriptor shortage does not spin the loop.
     let mut backoff = Duration::from_millis(5);
@@ -31,8 +74,10 @@ pub async fn serve_tcp(listener: TcpListener, broker: Broker) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                let info = ConnInfo::tcp(peer, local, name.clone());
                 let broker = broker.clone();
-                tokio::spawn(connection::serve(broker, stream, peer, permit));
+                tokio::spawn(connection::serve(broker, stream, info, permit));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
