@@ -13,7 +13,9 @@
 //!   ([`protocol::Refusal`]: reason code, spec clause, metrics label) a connection answers with.
 //! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
 //!   per-connection task ([`broker::connection`]) and the background tasks (expiry, wills, `$SYS`).
-//! - [`transport`]: listeners producing byte streams (TCP now).
+//! - [`transport`]: listeners producing byte streams (TCP now), each with its [`transport::ConnInfo`].
+//! - [`hooks`]: where features plug in — `Authenticator`, `Authorizer` (swappable at run time)
+//!   and the event sink — each with an allow-all default, each called at one place.
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`]: the TOML configuration with its defaults and validation.
 //! - [`persistence`]: the only code that talks to the WAL and the store: records, the durable
@@ -39,6 +41,8 @@ pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "broker")]
+pub mod hooks;
 #[cfg(feature = "broker")]
 pub mod inspect;
 #[cfg(feature = "broker")]

@@ -23,9 +23,19 @@ impl Broker {
                 st.session.on_puback(packet_id)
             };
             let logged = done.is_ok() && st.in_store;
-            Some(logged.then(|| journal::dequeued(&slot.client_id, packet_id)))
+            Some((
+                done.is_ok(),
+                logged.then(|| journal::dequeued(&slot.client_id, packet_id)),
+            ))
         })?;
+        let (acked, record) = record;
         self.log(record.into_iter().collect());
+        if acked {
+            self.emit(|| Event::Acked {
+                client_id: slot.client_id.clone(),
+                packet_id,
+            });
+        }
         Some(())
     }
 

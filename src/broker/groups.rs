@@ -47,6 +47,7 @@ impl Broker {
         let placement = Reserved {
             deliveries: reserved,
             retain: None,
+            published: None,
         };
         let outcome = match self.log_pending(records) {
             Ok(durable) => {

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub retained_refused: AtomicU64,
     /// Connections closed because of a malformed packet or a protocol error.
     pub protocol_errors: AtomicU64,
+    /// Events not delivered to an event channel because it was full.
+    pub events_dropped: AtomicU64,
+    /// PUBLISH and SUBSCRIBE refused by the authorizer.
+    pub not_authorized: AtomicU64,
 }
 
 impl Metrics {
@@ -70,6 +74,8 @@ pub struct MetricsSnapshot {
     pub qos0_paused: u64,
     pub retained_refused: u64,
     pub protocol_errors: u64,
+    pub events_dropped: u64,
+    pub not_authorized: u64,
 }
 
 impl Metrics {
@@ -92,6 +98,8 @@ impl Metrics {
             qos0_paused: get(&self.qos0_paused),
             retained_refused: get(&self.retained_refused),
             protocol_errors: get(&self.protocol_errors),
+            events_dropped: get(&self.events_dropped),
+            not_authorized: get(&self.not_authorized),
             ..MetricsSnapshot::default()
         }
     }

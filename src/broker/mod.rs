@@ -40,6 +40,7 @@
 mod acks;
 pub mod connection;
 mod durability;
+mod events;
 mod groups;
 pub mod metrics;
 mod placement;
@@ -71,6 +72,7 @@ use crate::codec::{
     SubscriptionOptions,
 };
 use crate::config::Config;
+use crate::hooks::Event;
 use crate::persistence::convert::{
     restore_message, restore_message_in, restore_will, wall_clock_ms,
 };
@@ -131,6 +133,8 @@ struct SlotState {
     /// Bumped whenever the session is replaced (Clean Start) or cleared (ended): a reservation
     /// or a page-in begun for an earlier generation is dropped, never applied to the new one.
     generation: u64,
+    /// Who the attached connection authenticated as (for authorization).
+    identity: Arc<crate::hooks::Identity>,
 }
 
 impl SessionSlot {
@@ -159,6 +163,7 @@ impl SessionSlot {
                 ended: false,
                 in_store,
                 generation: 0,
+                identity: Arc::default(),
             }),
             wake: Notify::new(),
             connected: AtomicBool::new(false),
@@ -230,6 +235,8 @@ pub(crate) struct Shared {
     /// One permit per connection that has not sent its CONNECT yet
     /// (`limits.max_pending_connections`).
     connecting: Arc<tokio::sync::Semaphore>,
+    /// The authenticator, the authorizer and the event channels (see `crate::hooks`).
+    hooks: events::HookSet,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -273,6 +280,7 @@ impl Broker {
                 retain_gate: Arc::new(tokio::sync::RwLock::new(())),
                 retain_order: Mutex::new(RetainOrder::default()),
                 connecting: Arc::new(tokio::sync::Semaphore::new(pending_connections)),
+                hooks: events::HookSet::default(),
             }),
         }
     }

@@ -14,6 +14,9 @@ pub(crate) struct Reserved {
     pub(super) deliveries: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
     /// A retained update to apply with the deliveries, with its place in log order.
     pub(super) retain: Option<(Arc<Message>, u64)>,
+    /// The published message, reported to the event sink once visible (`None` for copies
+    /// that are not a publish: retained-on-subscribe, redispatch).
+    pub(super) published: Option<Arc<Message>>,
 }
 
 impl Reserved {
@@ -152,6 +155,10 @@ impl Broker {
                 // or stalled one loses its own copy (counted), and the publisher goes on.
                 TargetReservation::Full if all_or_nothing && !self.is_draining(&slot) => {
                     Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
+                    self.emit(|| Event::Dropped {
+                        client_id: slot.client_id.clone(),
+                        message_id: delivery.message.id,
+                    });
                 }
                 TargetReservation::Full => full.push((slot, delivery)),
                 TargetReservation::DroppedQos0 => {
@@ -163,6 +170,7 @@ impl Broker {
         let placement = Reserved {
             deliveries: reserved,
             retain: None,
+            published: None,
         };
         if all_or_nothing && !full.is_empty() {
             self.unreserve(placement);
@@ -319,6 +327,12 @@ impl Broker {
             if visible {
                 slot.wake.notify_one();
             }
+        }
+        if let Some(message) = placement.published {
+            self.emit(|| Event::Published {
+                message,
+                deliveries: placed,
+            });
         }
         placed
     }

@@ -200,6 +200,8 @@ impl Broker {
         let Some(mut logged) = logged.filter(|_| full.is_empty()) else {
             return Ok(ReserveOutcome::Held(p));
         };
+        // The broker's own `$SYS` statistics are not client traffic: not reported.
+        logged.reserved.published = (!is_broker_sys(&p.message)).then(|| p.message.clone());
         if let Some(order) = order.as_mut() {
             let version = order.reserve(&p.message.topic);
             logged.reserved.retain = Some((p.message, version));

@@ -210,12 +210,15 @@ impl Broker {
         let mut will_now = None;
         let mut delayed = None;
         let mut records = Vec::new();
+        let mut detached = false;
         let end_now = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return false; // taken over: the new connection owns the session and its will
             }
+            detached = true;
             let was_persistent = st.in_store;
             st.owner = None;
+            st.identity = Arc::default();
             st.kick = None;
             slot.connected.store(false, Ordering::Release);
             // Its grace as a draining subscriber starts now (see `is_draining`).
@@ -252,6 +255,11 @@ impl Broker {
             }
             end
         });
+        if detached {
+            self.emit(|| Event::Disconnected {
+                client_id: slot.client_id.clone(),
+            });
+        }
         self.log(records);
         self.redispatch(redispatch, slot).await;
         if let Some(w) = will_now {

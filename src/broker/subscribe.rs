@@ -123,6 +123,9 @@ impl Broker {
             return Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
         }
         let granted = options.qos.min(max_qos(cfg));
+        if !self.may_subscribe(slot, shared.filter, granted) {
+            return Some(ReasonCode::NOT_AUTHORIZED);
+        }
         let opts = SubscriptionOptions {
             qos: granted,
             ..*options
@@ -171,7 +174,26 @@ impl Broker {
         if send_retained {
             self.retained_deliveries(shared.filter, opts.qos, identifier, applied);
         }
+        self.emit(|| Event::Subscribed {
+            client_id: slot.client_id.clone(),
+            filter: filter.to_string(),
+        });
         Some(ReasonCode(granted as u8))
+    }
+
+    /// The one place a SUBSCRIBE filter is authorized, for the identity of the connection
+    /// attached to `slot`.
+    fn may_subscribe(&self, slot: &SessionSlot, filter: &str, qos: QoS) -> bool {
+        let identity = slot.state.lock().identity.clone();
+        let client = crate::hooks::Client {
+            client_id: &slot.client_id,
+            identity: &identity,
+        };
+        let allowed = identity.superuser || self.authorizer().may_subscribe(&client, filter, qos);
+        if !allowed {
+            Metrics::add(&self.shared.metrics.not_authorized, 1);
+        }
+        allowed
     }
 
     /// Takes the subscriptions of a SUBSCRIBE that could not be made durable out of the
@@ -267,6 +289,10 @@ impl Broker {
                     records.push(journal::unsubscribed(&slot.client_id, f));
                 }
                 if removed {
+                    self.emit(|| Event::Unsubscribed {
+                        client_id: slot.client_id.clone(),
+                        filter: f.clone(),
+                    });
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED

@@ -33,6 +33,10 @@ pub enum Refusal {
     TooManySessions,
     /// The session record could not be made durable.
     SessionNotStored,
+    /// Wrong username or password, or an invalid token (an authenticator's answer).
+    BadCredentials,
+    /// Not allowed: a CONNECT an authenticator refuses, or a PUBLISH the authorizer refuses.
+    NotAuthorized,
     // ---- a connection's packets
     /// A packet that does not decode (its own reason code and clause).
     Malformed(DecodeError),
@@ -87,6 +91,8 @@ impl Refusal {
             TooManyConnections => ReasonCode::SERVER_BUSY,
             TooManySessions => ReasonCode::QUOTA_EXCEEDED,
             SessionNotStored => ReasonCode::SERVER_UNAVAILABLE,
+            BadCredentials => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            NotAuthorized => ReasonCode::NOT_AUTHORIZED,
             Malformed(e) => e.reason_code(),
             KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             AckBacklog | ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -138,6 +144,8 @@ impl Refusal {
             TooManyConnections => "too_many_connections",
             TooManySessions => "too_many_sessions",
             SessionNotStored => "session_not_stored",
+            BadCredentials => "bad_credentials",
+            NotAuthorized => "not_authorized",
             Malformed(_) => "malformed",
             KeepAliveTimeout => "keep_alive_timeout",
             AckBacklog => "ack_backlog",
@@ -173,6 +181,8 @@ impl Refusal {
             TooManyConnections => "too many connections",
             TooManySessions => "too many sessions",
             SessionNotStored => "the session could not be stored",
+            BadCredentials => "bad user name or password",
+            NotAuthorized => "not authorized",
             Malformed(_) => "malformed packet",
             KeepAliveTimeout => "keep alive timeout",
             AckBacklog => "more acknowledgements waiting than packet identifiers",

@@ -11,6 +11,7 @@ mod config_props;
 mod crash_paho;
 mod crash_recovery;
 mod crash_torture;
+mod hooks;
 mod hostile_clients;
 mod interop_mosquitto;
 mod interop_paho;

@@ -1,0 +1,90 @@
+//! The hooks as the broker holds them (see `crate::hooks`): the authenticator, the authorizer
+//! (swapped at run time), and the event channels with their counted overflow.
+
+use super::*;
+use crate::hooks::{AllowAll, Authenticator, Authorizer, Event, Identity};
+use tokio::sync::mpsc;
+
+/// The broker's hooks. Reading the authenticator or the authorizer clones an `Arc` under a
+/// read lock held for that clone only.
+pub(crate) struct HookSet {
+    authenticator: RwLock<Arc<dyn Authenticator>>,
+    authorizer: RwLock<Arc<dyn Authorizer>>,
+    listeners: RwLock<Vec<mpsc::Sender<Event>>>,
+    /// Whether any event channel exists: without one, no event is even built.
+    listening: AtomicBool,
+}
+
+impl Default for HookSet {
+    fn default() -> HookSet {
+        HookSet {
+            authenticator: RwLock::new(Arc::new(AllowAll)),
+            authorizer: RwLock::new(Arc::new(AllowAll)),
+            listeners: RwLock::new(Vec::new()),
+            listening: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Broker {
+    /// Sets the authenticator every later CONNECT goes through.
+    pub fn set_authenticator(&self, authenticator: Arc<dyn Authenticator>) {
+        *self.shared.hooks.authenticator.write() = authenticator;
+    }
+
+    /// Swaps the authorizer: every later PUBLISH and SUBSCRIBE is decided by the new one (hot
+    /// reload of rules).
+    pub fn set_authorizer(&self, authorizer: Arc<dyn Authorizer>) {
+        *self.shared.hooks.authorizer.write() = authorizer;
+    }
+
+    pub(crate) fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.shared.hooks.authenticator.read().clone()
+    }
+
+    pub(crate) fn authorizer(&self) -> Arc<dyn Authorizer> {
+        self.shared.hooks.authorizer.read().clone()
+    }
+
+    /// A new event channel holding at most `capacity` events; when it is full, further events
+    /// are dropped for it and counted (`events_dropped`). Messages are reported only once
+    /// durable and visible.
+    pub fn events(&self, capacity: usize) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.shared.hooks.listeners.write().push(tx);
+        self.shared.hooks.listening.store(true, Ordering::Release);
+        rx
+    }
+
+    /// Reports an event to every channel (built only if there is one).
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
+        if !self.shared.hooks.listening.load(Ordering::Acquire) {
+            return;
+        }
+        let event = event();
+        let mut closed = false;
+        for tx in self.shared.hooks.listeners.read().iter() {
+            match tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Metrics::add(&self.shared.metrics.events_dropped, 1);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+        if closed {
+            let mut listeners = self.shared.hooks.listeners.write();
+            listeners.retain(|tx| !tx.is_closed());
+            let any = !listeners.is_empty();
+            self.shared.hooks.listening.store(any, Ordering::Release);
+        }
+    }
+
+    /// Records who the connection attached to `slot` authenticated as.
+    pub(crate) fn set_identity(&self, slot: &SessionSlot, conn: ConnId, identity: Identity) {
+        let mut st = slot.state.lock();
+        if st.owner == Some(conn) {
+            st.identity = Arc::new(identity);
+        }
+    }
+}

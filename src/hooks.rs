@@ -1,0 +1,114 @@
+//! The hooks features plug into, each with an allow-all default and called at exactly one
+//! place:
+//!
+//! - [`Authenticator`] (async), called once per CONNECT after admission and before the session
+//!   is touched (`broker::connection::accept`): it sees the [`ConnInfo`] and the CONNECT and
+//!   returns an [`Identity`] or a [`Refusal`];
+//! - [`Authorizer`] (synchronous), called for every PUBLISH after topic-alias resolution on the
+//!   pipelined path (`Connection::on_publish`) and for every SUBSCRIBE filter
+//!   (`Broker::subscribe_one`); the broker holds it behind a lock-free-to-read `Arc` it can
+//!   swap at run time (hot reload of rules);
+//! - the event sink ([`Event`]s through bounded channels, [`crate::broker::Broker::events`]):
+//!   messages are reported only once durable and visible (`Broker::reveal`), so a listener
+//!   never sees a message a crash could take back; a full channel drops the event and counts it
+//!   (`events_dropped`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::codec::{Connect, QoS};
+use crate::protocol::Refusal;
+use crate::router::ClientId;
+use crate::session::Message;
+use crate::transport::ConnInfo;
+
+/// Who a connection is, as its authenticator established it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub username: Option<String>,
+    /// Bypasses authorization.
+    pub superuser: bool,
+}
+
+/// What an authenticator returns: boxed, so that authenticators can be trait objects.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Identity, Refusal>> + Send + 'a>>;
+
+/// Decides whether a CONNECT may attach a session.
+pub trait Authenticator: Send + Sync {
+    fn authenticate<'a>(&'a self, info: &'a ConnInfo, connect: &'a Connect) -> AuthFuture<'a>;
+}
+
+/// Decides what an authenticated client may publish and subscribe to.
+pub trait Authorizer: Send + Sync {
+    fn may_publish(&self, client: &Client<'_>, topic: &str, qos: QoS, retain: bool) -> bool;
+    fn may_subscribe(&self, client: &Client<'_>, filter: &str, qos: QoS) -> bool;
+}
+
+/// The client an authorization question is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub client_id: &'a str,
+    pub identity: &'a Identity,
+}
+
+/// Lets every client in (anonymous unless it sent a username) and everything through.
+#[derive(Debug, Default)]
+pub struct AllowAll;
+
+impl Authenticator for AllowAll {
+    fn authenticate<'a>(&'a self, _info: &'a ConnInfo, connect: &'a Connect) -> AuthFuture<'a> {
+        let identity = Identity {
+            username: connect.username.clone(),
+            superuser: false,
+        };
+        Box::pin(std::future::ready(Ok(identity)))
+    }
+}
+
+impl Authorizer for AllowAll {
+    fn may_publish(&self, _: &Client<'_>, _: &str, _: QoS, _: bool) -> bool {
+        true
+    }
+
+    fn may_subscribe(&self, _: &Client<'_>, _: &str, _: QoS) -> bool {
+        true
+    }
+}
+
+/// Something that happened, for the event sink.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A session was attached to a connection (the CONNACK is being sent).
+    Connected {
+        client_id: ClientId,
+        peer: std::net::SocketAddr,
+    },
+    /// A connection detached from its session.
+    Disconnected {
+        client_id: ClientId,
+    },
+    Subscribed {
+        client_id: ClientId,
+        filter: String,
+    },
+    Unsubscribed {
+        client_id: ClientId,
+        filter: String,
+    },
+    /// A message is durable and visible to its subscribers (`deliveries` sessions).
+    Published {
+        message: Arc<Message>,
+        deliveries: usize,
+    },
+    /// A QoS 1/2 delivery was acknowledged by its subscriber (PUBACK, or PUBCOMP).
+    Acked {
+        client_id: ClientId,
+        packet_id: u16,
+    },
+    /// A copy was not queued for a subscriber whose queue was full.
+    Dropped {
+        client_id: ClientId,
+        message_id: u64,
+    },
+}
