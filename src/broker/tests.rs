@@ -216,16 +216,7 @@ async fn a_resend_during_a_takeover_is_a_duplicate() {
 #[tokio::test]
 async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
     let broker = Broker::new(Config::default());
-    let connect = Connect {
-        protocol: crate::codec::ProtocolVersion::V5,
-        clean_start: false,
-        keep_alive: 60,
-        properties: Default::default(),
-        client_id: "c".to_string(),
-        will: None,
-        username: None,
-        password: None,
-    };
+    let connect = connect_packet(false);
     let client: ClientId = "c".into();
     let old = broker.next_conn_id();
     let attached = broker
