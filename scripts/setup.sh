@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building KeelMQ and running its whole test suite need, when it is missing, on a
+# Debian machine (as root, or with sudo): libclang and a C++ compiler for RocksDB, Debian's
+# mosquitto and mosquitto-clients, and Python's paho-mqtt 2.x (the interoperability tests'
+# independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+# RocksDB (keelmq-storage) is built from source: bindgen needs libclang, the build a C++ compiler.
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import paho.mqtt' >/dev/null 2>&1; then
+  echo "== installing paho-mqtt (pip)"
+  "$PYTHON" -m pip install --quiet 'paho-mqtt>=2,<3'
+fi
