@@ -32,13 +32,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    max_qos, Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PlannedPublish,
-    ReserveOutcome, Reserved, SessionSlot,
+    Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PlannedPublish, ReserveOutcome,
+    Reserved, SessionSlot,
 };
 use crate::codec::*;
 use crate::hooks::{self, Event, Identity};
 use crate::persistence::PendingDurable;
 use crate::protocol::aliases::{InboundAliases, OutboundAliases, OutboundTopic};
+use crate::protocol::publish::{self, Verdict};
 use crate::protocol::{admission, Refusal};
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
@@ -949,15 +950,7 @@ impl Connection {
     async fn on_publish(&mut self, mut p: Publish, wbuf: &mut BytesMut) -> Result<(), Close> {
         let cfg = self.broker.config();
         Metrics::add(&self.broker.shared.metrics.messages_received, 1);
-        if !p.properties.subscription_identifiers.is_empty() {
-            return Err(Close::Refused(Refusal::SubscriptionIdFromClient));
-        }
-        if p.qos > max_qos(cfg) {
-            return Err(Close::Refused(Refusal::QosAboveMaximum));
-        }
-        if p.retain && !cfg.mqtt.retain_available {
-            return Err(Close::Refused(Refusal::RetainUnsupported));
-        }
+        publish::check_packet(cfg, &p).map_err(Close::Refused)?;
         let alias = p.properties.topic_alias.take();
         self.aliases_in
             .resolve(&mut p.topic, alias)
@@ -988,21 +981,13 @@ impl Connection {
         {
             return Err(Close::Refused(Refusal::ReceiveMaximumExceeded));
         }
-        if p.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return self.refuse_inbound(wbuf, &p, Refusal::TopicTooDeep);
-        }
-        if p.topic.starts_with('$') {
-            // Clients may not publish to `$` topics ($SYS is the broker's).
-            if self.version.is_v5() {
-                return self.refuse_inbound(wbuf, &p, Refusal::TopicReserved);
+        match publish::check_content(cfg, self.version, &p) {
+            Verdict::Route => {}
+            Verdict::Refuse(refusal) => return self.refuse_inbound(wbuf, &p, refusal),
+            Verdict::Drop => {
+                self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
+                return Ok(());
             }
-            self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::SUCCESS);
-            return Ok(());
-        }
-        if p.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&p.payload).is_err()
-        {
-            return self.refuse_inbound(wbuf, &p, Refusal::PayloadNotUtf8);
         }
         // Checked and marked in one step: a re-send arriving from now on is a duplicate.
         let claim = match p.qos {

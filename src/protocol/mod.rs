@@ -6,12 +6,14 @@
 //!   connection, with the reason code it sends and the spec clause behind it;
 //! - [`admission`]: CONNECT admission ([`admission::admit`]): client identifier, will,
 //!   session expiry and keep-alive, before any session is touched;
-//! - [`aliases`]: a connection's topic aliases, inbound and outbound.
+//! - [`aliases`]: a connection's topic aliases, inbound and outbound;
+//! - [`publish`]: the checks of an inbound PUBLISH that need neither session nor socket.
 //!
 //! `crate::broker::connection` keeps the socket loop and buffers and calls these.
 
 pub mod admission;
 pub mod aliases;
+pub mod publish;
 pub mod refusal;
 
 pub use refusal::Refusal;
