@@ -38,9 +38,10 @@ use super::{
 use crate::codec::*;
 use crate::hooks::{self, Event, Identity};
 use crate::persistence::PendingDurable;
+use crate::protocol::admission::{self, Admission};
 use crate::protocol::aliases::{InboundAliases, OutboundAliases, OutboundTopic};
 use crate::protocol::publish::{self, Verdict};
-use crate::protocol::{admission, Refusal};
+use crate::protocol::Refusal;
 use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
 use crate::transport::ConnInfo;
@@ -246,6 +247,25 @@ fn connack_refusal(v: ProtocolVersion, code: ReasonCode, why: &str) -> Packet {
     })
 }
 
+/// The CONNACK of an admitted CONNECT (its session-present flag is set once the session is
+/// attached); in 5.0 with the broker's capabilities and what it assigned or capped.
+fn connack(cfg: &crate::config::Config, connect: &Connect, admitted: &Admission) -> ConnAck {
+    let mut ack = ConnAck {
+        session_present: false,
+        code: ReasonCode::SUCCESS,
+        properties: ConnAckProperties::default(),
+    };
+    if connect.protocol.is_v5() {
+        let (client_id, assigned) = (&admitted.client_id, admitted.assigned.clone());
+        ack.properties = connack_properties(cfg, &connect.properties, client_id, assigned);
+        ack.properties.server_keep_alive = admitted.server_keep_alive;
+        if admitted.expiry != admitted.requested_expiry {
+            ack.properties.session_expiry_interval = Some(admitted.expiry);
+        }
+    }
+    ack
+}
+
 /// The v5 CONNACK properties that state the broker's capabilities and what it assigned.
 fn connack_properties(
     cfg: &crate::config::Config,
@@ -352,20 +372,8 @@ where
         Ok(identity) => identity,
         Err(refusal) => return refuse(refusal),
     };
-    let (expiry, requested_expiry) = (admitted.expiry, admitted.requested_expiry);
-    let keep_alive = admitted.keep_alive;
-    let mut ack = ConnAck {
-        session_present: false,
-        code: ReasonCode::SUCCESS,
-        properties: ConnAckProperties::default(),
-    };
-    if v.is_v5() {
-        ack.properties = connack_properties(&cfg, props, &client_id, admitted.assigned);
-        ack.properties.server_keep_alive = admitted.server_keep_alive;
-        if expiry != requested_expiry {
-            ack.properties.session_expiry_interval = Some(expiry);
-        }
-    }
+    let (expiry, keep_alive) = (admitted.expiry, admitted.keep_alive);
+    let mut ack = connack(&cfg, &connect, &admitted);
     // Checked before the session is touched: a CONNACK that cannot be sent must not leave a
     // session attached (or created) behind it.
     if encoded_len(&Packet::ConnAck(ack.clone()), v).is_err() {
@@ -395,13 +403,6 @@ where
     });
     let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
     tracing::debug!(%peer, %client_id, ?v, session_present = attached.session_present, "connected");
-    let max_out = if v.is_v5() {
-        props
-            .maximum_packet_size
-            .unwrap_or(MAX_PACKET_SIZE_PROTOCOL)
-    } else {
-        MAX_PACKET_SIZE_PROTOCOL
-    };
     let mut conn = Connection {
         info,
         identity,
@@ -414,17 +415,9 @@ where
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_received: Instant::now(),
         last_io: Instant::now(),
-        max_packet_out: max_out,
-        aliases_in: InboundAliases::new(if v.is_v5() {
-            cfg.mqtt.topic_alias_maximum
-        } else {
-            0
-        }),
-        aliases_out: OutboundAliases::new(if v.is_v5() {
-            props.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        }),
+        max_packet_out: MAX_PACKET_SIZE_PROTOCOL,
+        aliases_in: InboundAliases::new(0),
+        aliases_out: OutboundAliases::new(0),
         connect_expiry: expiry,
         held: None,
         deferred: VecDeque::new(),
@@ -432,6 +425,14 @@ where
         pending_inbound: 0,
         alive: Some(attached.alive),
     };
+    if v.is_v5() {
+        // What a 5.0 client and the broker told each other about sizes and aliases.
+        conn.max_packet_out = props
+            .maximum_packet_size
+            .unwrap_or(MAX_PACKET_SIZE_PROTOCOL);
+        conn.aliases_in = InboundAliases::new(cfg.mqtt.topic_alias_maximum);
+        conn.aliases_out = OutboundAliases::new(props.topic_alias_maximum.unwrap_or(0));
+    }
     // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
     let resend = broker
         .session_op(&conn.slot, conn.id, |s| s.resume())
