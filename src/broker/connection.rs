@@ -1033,8 +1033,33 @@ impl Connection {
         claim: Option<InboundClaim>,
         wbuf: &mut BytesMut,
     ) -> Result<bool, Close> {
+        let (packet_id, qos, retain) = (p.packet_id, p.qos, p.retain);
+        let message = Arc::new(self.message_of(p));
+        let outcome = if retain {
+            // Retained updates are ordered by the retain gate, inside `publish`: the earlier
+            // messages of this publisher become visible first.
+            self.drain_pending(wbuf).await?;
+            self.broker.publish(message, claim, true).await?
+        } else {
+            match self.broker.publish_pipelined(message, claim, true)? {
+                ReserveOutcome::Held(publish) => super::PublishOutcome {
+                    delivered: 0,
+                    held: Some(publish),
+                    retained_refused: false,
+                },
+                ReserveOutcome::Logged(logged) => {
+                    self.acknowledge_when_durable(logged, packet_id, qos, wbuf);
+                    return Ok(true);
+                }
+            }
+        };
+        Ok(self.conclude_inbound(outcome, packet_id, qos, wbuf))
+    }
+
+    /// The message an inbound PUBLISH carries, with a new id and its expiry from now.
+    fn message_of(&self, p: Publish) -> Message {
         let now = Instant::now();
-        let message = Message {
+        Message {
             id: self.broker.next_message_id(),
             expires_at: p
                 .properties
@@ -1046,80 +1071,70 @@ impl Connection {
             retain: p.retain,
             properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
-        };
-        let inbound = claim;
-        let outcome = if p.retain {
-            // Retained updates are ordered by the retain gate, inside `publish`: the earlier
-            // messages of this publisher become visible first.
-            self.drain_pending(wbuf).await?;
-            self.broker
-                .publish(Arc::new(message), inbound, true)
-                .await?
-        } else {
-            match self
-                .broker
-                .publish_pipelined(Arc::new(message), inbound, true)?
-            {
-                ReserveOutcome::Held(publish) => super::PublishOutcome {
-                    delivered: 0,
-                    held: Some(publish),
-                    retained_refused: false,
-                },
-                ReserveOutcome::Logged(logged) => {
-                    // Visible and acknowledged once durable; meanwhile the next packets.
-                    let reason = if logged.reserved.len() == 0 {
-                        ReasonCode::NO_MATCHING_SUBSCRIBERS
-                    } else {
-                        ReasonCode::SUCCESS
-                    };
-                    let ack = self.inbound_ack(p.packet_id, p.qos, reason);
-                    // Nothing was logged, and nothing waits before it (a QoS 0 message needs
-                    // no order with the acknowledged ones, so it never enters the FIFO).
-                    if logged.durable.is_ready()
-                        && (self.pending_acks.is_empty() || p.qos == QoS::AtMostOnce)
-                    {
-                        self.broker.reveal(logged.reserved);
-                        if let Some(ack) = ack {
-                            self.send(wbuf, &ack);
-                        }
-                    } else {
-                        let inbound = p.qos == QoS::AtLeastOnce;
-                        self.push_pending(logged.durable, Some(logged.reserved), ack, inbound);
-                    }
-                    return Ok(true);
-                }
-            }
-        };
-        if p.qos == QoS::AtMostOnce {
-            if let Some(publish) = outcome.held {
-                // A connected subscriber's queue is full and draining: pause this publisher
-                // (its socket is read only for acknowledgements and pings) until there is room,
-                // rather than drop the message. A stalled subscriber does not hold it.
-                Metrics::add(&self.broker.shared.metrics.qos0_paused, 1);
-                self.held = Some(HeldBack {
-                    packet_id: 0,
-                    qos: p.qos,
-                    publish,
-                });
-            }
-            return Ok(true);
         }
+    }
+
+    /// A pipelined publish whose records are logged: visible and acknowledged once durable —
+    /// now if nothing was logged and nothing waits before it — while the connection reads on.
+    fn acknowledge_when_durable(
+        &mut self,
+        logged: super::Logged,
+        packet_id: u16,
+        qos: QoS,
+        wbuf: &mut BytesMut,
+    ) {
+        let reason = if logged.reserved.len() == 0 {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        let ack = self.inbound_ack(packet_id, qos, reason);
+        // A QoS 0 message needs no order with the acknowledged ones: it never enters the FIFO.
+        if logged.durable.is_ready() && (self.pending_acks.is_empty() || qos == QoS::AtMostOnce) {
+            self.broker.reveal(logged.reserved);
+            if let Some(ack) = ack {
+                self.send(wbuf, &ack);
+            }
+        } else {
+            let inbound = qos == QoS::AtLeastOnce;
+            self.push_pending(logged.durable, Some(logged.reserved), ack, inbound);
+        }
+    }
+
+    /// Acknowledges a publish that waited inline (RETAIN) or was held by a full queue. `false`
+    /// if it was refused with an error code (v5: a draining subscriber's full queue).
+    fn conclude_inbound(
+        &mut self,
+        outcome: super::PublishOutcome,
+        packet_id: u16,
+        qos: QoS,
+        wbuf: &mut BytesMut,
+    ) -> bool {
         if let Some(publish) = outcome.held {
-            Metrics::add(&self.broker.shared.metrics.queue_full_refusals, 1);
-            if self.version.is_v5() {
-                // Nothing was placed or logged: the message is refused whole.
-                self.ack_inbound(wbuf, p.packet_id, p.qos, ReasonCode::QUOTA_EXCEEDED);
-                return Ok(false);
+            if qos == QoS::AtMostOnce {
+                // A connected subscriber's queue is full and draining: pause this publisher
+                // (its socket is read only for acknowledgements and pings) until there is
+                // room, rather than drop the message. A stalled subscriber does not hold it.
+                Metrics::add(&self.broker.shared.metrics.qos0_paused, 1);
             } else {
+                Metrics::add(&self.broker.shared.metrics.queue_full_refusals, 1);
+                if self.version.is_v5() {
+                    // Nothing was placed or logged: the message is refused whole.
+                    self.ack_inbound(wbuf, packet_id, qos, ReasonCode::QUOTA_EXCEEDED);
+                    return false;
+                }
                 // 3.x cannot be told: hold the acknowledgement (and the client) back until the
                 // queues have room. The message is never dropped after an acknowledgement.
-                self.held = Some(HeldBack {
-                    packet_id: p.packet_id,
-                    qos: p.qos,
-                    publish,
-                });
             }
-            return Ok(true);
+            self.held = Some(HeldBack {
+                packet_id,
+                qos,
+                publish,
+            });
+            return true;
+        }
+        if qos == QoS::AtMostOnce {
+            return true;
         }
         // A retained copy refused by `max_retained_messages` is counted, not reported: the
         // message itself was delivered, and a QoS 2 error code would end the flow.
@@ -1128,8 +1143,8 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        self.ack_inbound(wbuf, p.packet_id, p.qos, reason);
-        Ok(true)
+        self.ack_inbound(wbuf, packet_id, qos, reason);
+        true
     }
 
     /// Moves deliveries from the session into the write buffer while it has room.
