@@ -290,12 +290,15 @@ impl Config {
 
     /// Checks every value's range; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
-                field,
-                problem: problem.into(),
-            })
+        self.validate_mqtt()?;
+        self.validate_limits()?;
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
         }
+        self.validate_storage()
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
         let m = &self.mqtt;
         if m.max_packet_size < 64 {
             return bad("mqtt.max_packet_size", "must be at least 64 bytes");
@@ -316,55 +319,50 @@ impl Config {
                 ),
             );
         }
-        if m.receive_maximum == 0 {
-            return bad("mqtt.receive_maximum", "must be at least 1");
-        }
-        if m.max_inflight == 0 {
-            return bad("mqtt.max_inflight", "must be at least 1");
-        }
+        at_least_one(&[
+            ("mqtt.receive_maximum", u64::from(m.receive_maximum)),
+            ("mqtt.max_inflight", u64::from(m.max_inflight)),
+            ("mqtt.connect_timeout_secs", m.connect_timeout_secs),
+        ])?;
         if m.max_qos > 2 {
             return bad(
                 "mqtt.max_qos",
                 format!("{} is not a QoS (0, 1 or 2)", m.max_qos),
             );
         }
-        if m.connect_timeout_secs == 0 {
-            return bad("mqtt.connect_timeout_secs", "must be at least 1");
-        }
         if m.max_client_id_len == 0 || m.max_client_id_len > 65535 {
             return bad("mqtt.max_client_id_len", "must be between 1 and 65535");
         }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.max_connections == 0 {
-            return bad("limits.max_connections", "must be at least 1");
-        }
-        if l.max_pending_connections == 0 {
-            return bad("limits.max_pending_connections", "must be at least 1");
-        }
-        if l.max_sessions == 0 {
-            return bad("limits.max_sessions", "must be at least 1");
-        }
-        if l.max_queued_messages == 0 {
-            return bad("limits.max_queued_messages", "must be at least 1");
-        }
-        if l.max_queued_bytes == 0 {
-            return bad("limits.max_queued_bytes", "must be at least 1");
-        }
+        at_least_one(&[
+            ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.max_pending_connections",
+                l.max_pending_connections as u64,
+            ),
+            ("limits.max_sessions", l.max_sessions as u64),
+            ("limits.max_queued_messages", l.max_queued_messages as u64),
+            ("limits.max_queued_bytes", l.max_queued_bytes as u64),
+            ("limits.max_topic_levels", l.max_topic_levels as u64),
+            (
+                "limits.max_subscriptions_per_client",
+                l.max_subscriptions_per_client as u64,
+            ),
+        ])?;
         if l.max_queued_bytes_total < l.max_queued_bytes {
             return bad(
                 "limits.max_queued_bytes_total",
                 "must be at least limits.max_queued_bytes",
             );
         }
-        if l.max_topic_levels == 0 {
-            return bad("limits.max_topic_levels", "must be at least 1");
-        }
-        if l.max_subscriptions_per_client == 0 {
-            return bad("limits.max_subscriptions_per_client", "must be at least 1");
-        }
-        if self.data_dir.as_os_str().is_empty() {
-            return bad("data_dir", "must not be empty");
-        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
         let st = &self.storage;
         if st.sync == SyncMode::Interval && st.sync_interval_ms == 0 {
             return bad(
@@ -388,6 +386,22 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// A configuration error naming `field`.
+fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    })
+}
+
+/// The first of `fields` that is 0, as an error naming it.
+fn at_least_one(fields: &[(&'static str, u64)]) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, value)| *value == 0) {
+        Some((field, _)) => bad(field, "must be at least 1"),
+        None => Ok(()),
     }
 }
 

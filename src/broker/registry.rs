@@ -217,16 +217,7 @@ impl Broker {
             }
             detached = true;
             let was_persistent = st.in_store;
-            st.owner = None;
-            st.identity = Arc::default();
-            st.kick = None;
-            slot.connected.store(false, Ordering::Release);
-            // Its grace as a draining subscriber starts now (see `is_draining`).
-            self.drained(slot);
-            st.disconnected_at = Some(Instant::now());
-            if let Some(e) = expiry_override {
-                st.session.expiry_interval = e;
-            }
+            self.detach(slot, st, expiry_override);
             let will = st.will.take();
             redispatch = st.session.take_shared_for_redispatch();
             if was_persistent && st.session.expiry_interval != 0 {
@@ -270,6 +261,20 @@ impl Broker {
         }
         if end_now {
             self.end_session(slot).await;
+        }
+    }
+
+    /// Marks the session as having no connection from now on (with the expiry the DISCONNECT
+    /// may have set); its grace as a draining subscriber starts now (see `is_draining`).
+    fn detach(&self, slot: &SessionSlot, st: &mut SlotState, expiry_override: Option<u32>) {
+        st.owner = None;
+        st.identity = Arc::default();
+        st.kick = None;
+        slot.connected.store(false, Ordering::Release);
+        self.drained(slot);
+        st.disconnected_at = Some(Instant::now());
+        if let Some(e) = expiry_override {
+            st.session.expiry_interval = e;
         }
     }
 

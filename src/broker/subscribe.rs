@@ -114,13 +114,8 @@ impl Broker {
     ) -> Option<ReasonCode> {
         let cfg = &self.shared.config;
         let shared = parse_shared(filter);
-        let wildcard = crate::codec::topic::has_wildcards(shared.filter);
-        if shared.filter.split('/').count() > cfg.limits.max_topic_levels {
-            return Some(ReasonCode::TOPIC_FILTER_INVALID);
-        } else if shared.group.is_some() && !cfg.mqtt.shared_subscription_available {
-            return Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-        } else if wildcard && !cfg.mqtt.wildcard_subscription_available {
-            return Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+        if let Some(refused) = filter_refusal(cfg, &shared) {
+            return Some(refused);
         }
         let granted = options.qos.min(max_qos(cfg));
         if !self.may_subscribe(slot, shared.filter, granted) {
@@ -301,5 +296,24 @@ impl Broker {
             .collect();
         self.commit(records).await?;
         Ok(Some(codes))
+    }
+}
+
+/// Why the broker's configuration refuses a SUBSCRIBE filter (too deep, shared or wildcard
+/// subscriptions not offered), if it does.
+fn filter_refusal(
+    cfg: &Config,
+    shared: &crate::codec::topic::SharedFilter<'_>,
+) -> Option<ReasonCode> {
+    if shared.filter.split('/').count() > cfg.limits.max_topic_levels {
+        Some(ReasonCode::TOPIC_FILTER_INVALID)
+    } else if shared.group.is_some() && !cfg.mqtt.shared_subscription_available {
+        Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+    } else if crate::codec::topic::has_wildcards(shared.filter)
+        && !cfg.mqtt.wildcard_subscription_available
+    {
+        Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
+    } else {
+        None
     }
 }
