@@ -1,6 +1,6 @@
 //! Subscription routing: `Router::matches` against 1,000,000 subscriptions, fan-out to 1, 50
 //! and 1000 subscribers of one topic, and subscribe + unsubscribe on the populated router.
-//! Run with `cargo bench --no-default-features --bench router`.
+//! Run with `cargo bench --bench router`.
 //!
 //! The 1,000,000 subscriptions mimic a vehicle fleet (see [`populate`]):
 //!

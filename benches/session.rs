@@ -2,7 +2,7 @@
 //! outbound QoS 1 flow (reserve, commit, next_publish, on_puback) and QoS 2 flow (…, on_pubrec,
 //! on_pubcomp) with a full in-flight window and a queue backlog, and of inbound QoS 2 packet
 //! identifier tracking (inbound_qos2_is_new, inbound_qos2_received, inbound_pubrel).
-//! Run with `cargo bench --no-default-features --bench session`.
+//! Run with `cargo bench --bench session`.
 //!
 //! The session is driven as the broker drives it: routing reserves room and a packet identifier
 //! and commits the delivery once it is durable; the connection takes the next PUBLISH when the

@@ -160,12 +160,12 @@ fn qos_of(q: u8) -> keelmq::codec::QoS {
 }
 
 impl BenchCommon {
-    fn build(&self, mode: &str) -> anyhow::Result<keelmq::bench::Common> {
+    fn build(&self, mode: &str) -> anyhow::Result<keelmq_tools::bench::Common> {
         use keelmq::codec::ProtocolVersion;
         if self.clients == 0 {
             anyhow::bail!("--clients must be at least 1");
         }
-        Ok(keelmq::bench::Common {
+        Ok(keelmq_tools::bench::Common {
             addr: SocketAddr::new(self.host, self.port),
             clients: self.clients,
             conn_rate: self.conn_rate,
@@ -201,7 +201,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     let runtime = builder.enable_all().build()?;
     let summary = match cmd {
         BenchCommand::Conn { common } => {
-            runtime.block_on(keelmq::bench::conn(common.build("conn")?))?
+            runtime.block_on(keelmq_tools::bench::conn(common.build("conn")?))?
         }
         BenchCommand::Sub {
             common,
@@ -210,14 +210,14 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             idle_exit,
             exit_when_subscribed,
         } => {
-            let o = keelmq::bench::SubOptions {
+            let o = keelmq_tools::bench::SubOptions {
                 common: common.build("sub")?,
                 topic,
                 qos: qos_of(qos),
                 idle_exit: seconds("--idle-exit", idle_exit)?,
                 exit_when_subscribed,
             };
-            runtime.block_on(keelmq::bench::sub(o))?
+            runtime.block_on(keelmq_tools::bench::sub(o))?
         }
         BenchCommand::Pub {
             common,
@@ -230,7 +230,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             inflight,
             retain,
         } => {
-            let o = keelmq::bench::PubOptions {
+            let o = keelmq_tools::bench::PubOptions {
                 common: common.build("pub")?,
                 topic,
                 qos: qos_of(qos),
@@ -241,7 +241,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 limit,
                 inflight,
             };
-            runtime.block_on(keelmq::bench::publish(o))?
+            runtime.block_on(keelmq_tools::bench::publish(o))?
         }
     };
     // Clients still blocked in a connect attempt must not hold the process.
@@ -317,7 +317,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if a.kills > 0 && a.start_cmd.is_none() {
         anyhow::bail!("--kills needs --start-cmd to restart the broker");
     }
-    let opts = keelmq::verify::VerifyOptions {
+    let opts = keelmq_tools::verify::VerifyOptions {
         addr: std::net::SocketAddr::new(a.host, a.port),
         qos: if a.qos == 1 {
             QoS::AtLeastOnce
@@ -337,7 +337,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = runtime.block_on(keelmq::verify::run(opts))?;
+    let r = runtime.block_on(keelmq_tools::verify::run(opts))?;
     println!("published:       {}", r.published);
     println!("acknowledged:    {}", r.acknowledged);
     println!("received:        {}", r.received);
@@ -365,7 +365,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
 
 fn inspect(dir: &std::path::Path, dump: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let report = keelmq::inspect::inspect(dir, dump, &mut out)?;
+    let report = keelmq::persistence::inspect::inspect(dir, dump, &mut out)?;
     if !report.problems.is_empty() {
         anyhow::bail!(
             "{} problem(s) found in {}",

@@ -145,3 +145,12 @@ async fn run_checkpoints(broker: Broker, persistence: Arc<Persistence>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wal_writer_niceness_default_is_the_wal_s() {
+        let configured = crate::config::Config::default().storage.wal_writer_nice;
+        assert_eq!(configured, keelmq_wal::DEFAULT_WRITER_NICE);
+    }
+}

@@ -2,7 +2,7 @@
 //! always says something (tests/config_props.rs checks that it names the field).
 #![no_main]
 
-use keelmq::config::Config;
+use keelmq_config::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

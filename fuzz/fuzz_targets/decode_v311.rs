@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use keelmq::codec::{encode, Decoder, ProtocolVersion};
+use keelmq_codec::{encode, Decoder, ProtocolVersion};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -35,6 +35,7 @@
 
 pub mod convert;
 pub mod image;
+pub mod inspect;
 pub mod journal;
 pub mod records;
 

@@ -1,14 +1,14 @@
 //! A raw MQTT client for tests that must send exact packets (malformed input, flow-control
 //! violations, topic aliases) and see exactly what the broker answers: the library's
-//! `keelmq::client::Client` with test conveniences that panic on the unexpected.
+//! `keelmq_tools::client::Client` with test conveniences that panic on the unexpected.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keelmq::client::Client;
-pub use keelmq::client::Recv;
 use keelmq::codec::*;
+use keelmq_tools::client::Client;
+pub use keelmq_tools::client::Recv;
 
 pub struct RawClient {
     inner: Client,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::client::{Client, Recv};
-use crate::codec::*;
+use keelmq_codec::*;
 
 /// What to run.
 #[derive(Debug, Clone)]

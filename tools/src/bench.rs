@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::codec::*;
+use keelmq_codec::*;
 
 /// Bytes at the start of every bench payload.
 pub const HEADER_LEN: usize = 28;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use keelmq_storage::{MemStore, RocksStore, Store, Table};
 use keelmq_wal::{format, scan_segment, RecoveryMode, ScanOutcome};
 
-use crate::persistence::records::decode_value;
-use crate::persistence::{Image, Record, StoredMessage};
+use super::records::decode_value;
+use super::{Image, Record, StoredMessage};
 
 /// What `inspect` found.
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::codec::*;
+use keelmq_codec::*;
 
 /// What a receive saw.
 #[derive(Debug, PartialEq)]
