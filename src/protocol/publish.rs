@@ -1,9 +1,11 @@
 //! The checks of an inbound PUBLISH that depend only on the configuration and the packet:
 //! those that end the connection ([`check_packet`]), and those that refuse or drop one message
-//! ([`check_content`]). The checks that need the session (duplicate QoS 2 ids, the Receive
-//! Maximum) and the authorizer stay with the connection.
+//! ([`check_content`]); the Receive Maximum over the counts the connection and session keep
+//! ([`check_receive_maximum`]); and the acknowledgement an inbound message gets
+//! ([`inbound_ack`]). The QoS 2 duplicate check is the broker's (`claim_inbound_qos2`: it
+//! checks and marks under the session's lock), the authorizer a hook.
 
-use crate::codec::{ProtocolVersion, Publish};
+use crate::codec::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
 use crate::config::Config;
 
 use super::{max_qos, Refusal};
@@ -53,10 +55,38 @@ pub fn check_content(cfg: &Config, version: ProtocolVersion, p: &Publish) -> Ver
     Verdict::Route
 }
 
+/// [MQTT-3.3.4-7]: a QoS 1/2 PUBLISH beyond the Receive Maximum ends the connection.
+/// `in_flight`: the client's QoS 1/2 messages not yet acknowledged (QoS 2 ids awaiting PUBREL,
+/// a held-back message, acknowledgements waiting for durability).
+pub fn check_receive_maximum(cfg: &Config, qos: QoS, in_flight: usize) -> Result<(), Refusal> {
+    if qos != QoS::AtMostOnce && in_flight >= usize::from(cfg.mqtt.receive_maximum) {
+        return Err(Refusal::ReceiveMaximumExceeded);
+    }
+    Ok(())
+}
+
+/// The PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound message, `None` for QoS 0; 3.x
+/// acknowledgements carry no reason code.
+pub fn inbound_ack(
+    version: ProtocolVersion,
+    packet_id: u16,
+    qos: QoS,
+    reason: ReasonCode,
+) -> Option<Packet> {
+    let mut ack = PubAck::new(packet_id);
+    if version.is_v5() {
+        ack.reason = reason;
+    }
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
+        QoS::ExactlyOnce => Some(Packet::PubRec(ack)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::QoS;
     use bytes::Bytes;
 
     fn publish(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> Publish {
@@ -122,5 +152,37 @@ mod tests {
         );
         bad.properties.payload_format_indicator = Some(0);
         assert_eq!(check_content(&cfg, v5, &bad), Verdict::Route);
+    }
+
+    #[test]
+    fn the_receive_maximum_counts_qos1_and_qos2_only() {
+        let mut cfg = Config::default();
+        cfg.mqtt.receive_maximum = 2;
+        assert_eq!(check_receive_maximum(&cfg, QoS::AtLeastOnce, 1), Ok(()));
+        let over = Err(Refusal::ReceiveMaximumExceeded);
+        assert_eq!(check_receive_maximum(&cfg, QoS::AtLeastOnce, 2), over);
+        assert_eq!(check_receive_maximum(&cfg, QoS::ExactlyOnce, 2), over);
+        assert_eq!(check_receive_maximum(&cfg, QoS::AtMostOnce, 9), Ok(()));
+    }
+
+    #[test]
+    fn acknowledgements_by_qos_and_version() {
+        let quota = ReasonCode::QUOTA_EXCEEDED;
+        let v5 = ProtocolVersion::V5;
+        assert_eq!(inbound_ack(v5, 1, QoS::AtMostOnce, quota), None);
+        let Some(Packet::PubAck(a)) = inbound_ack(v5, 7, QoS::AtLeastOnce, quota) else {
+            panic!("QoS 1 is acknowledged with PUBACK")
+        };
+        assert_eq!((a.packet_id, a.reason), (7, quota));
+        let Some(Packet::PubRec(a)) =
+            inbound_ack(ProtocolVersion::V3_1_1, 8, QoS::ExactlyOnce, quota)
+        else {
+            panic!("QoS 2 is acknowledged with PUBREC")
+        };
+        assert_eq!(
+            (a.packet_id, a.reason),
+            (8, ReasonCode::SUCCESS),
+            "3.x has no code"
+        );
     }
 }

@@ -1,0 +1,553 @@
+//! One task per network connection: reads and decodes packets, drives the session, writes
+//! what the broker lets it write. Generic over the byte stream, so TCP, TLS and WebSocket
+//! connections share it.
+//!
+//! The task's loop waits on, in priority order: a takeover by another connection, broker
+//! shutdown, the fdatasync of the oldest pending acknowledgement, bytes from the client, room
+//! in the socket for buffered bytes, a wake-up from the router (a delivery was queued), the
+//! keep-alive deadline, and — while a 3.x publisher is held back by a full queue — room in the
+//! queues.
+//!
+//! # Buffers and their bounds
+//! - The read buffer holds at most one packet beyond `mqtt.max_packet_size` worth of bytes:
+//!   the decoder refuses a larger packet from its fixed header, and reading stops while a
+//!   packet is held back.
+//! - The write buffer is filled with deliveries only while it is below [`WRITE_BUFFER_HIGH`];
+//!   beyond that the task stops taking deliveries from the session (they stay queued, counted
+//!   against the session's limits) and stops reading the client, so a client that does not
+//!   read cannot grow the broker's memory.
+//! - Both buffers are released after [`IDLE_BUFFER_RELEASE`] without traffic (an idle
+//!   connection keeps only its task and socket), and the larger futures of the task (CONNECT
+//!   handling, packet handling, closing) are boxed while they run, so they do not enlarge every
+//!   idle task.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{
+    Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PlannedPublish, ReserveOutcome,
+    Reserved, SessionSlot,
+};
+use crate::codec::*;
+use crate::hooks::{self, Event, Identity};
+use crate::persistence::PendingDurable;
+use crate::protocol::acks::AckFifo;
+use crate::protocol::admission;
+use crate::protocol::aliases::{InboundAliases, OutboundAliases, OutboundTopic};
+use crate::protocol::publish::{self, Verdict};
+use crate::protocol::Refusal;
+use crate::protocol::{connack, requests};
+use crate::router::ClientId;
+use crate::session::{Message, Outgoing, PubRecOutcome};
+use crate::transport::ConnInfo;
+
+mod connect;
+mod inbound;
+mod outbound;
+
+use connect::{accept, read_connect};
+
+/// Bytes buffered for the socket above which the task takes no more deliveries and reads no
+/// more requests until the client has read some. 256 KiB is a few milliseconds of a fast link
+/// and bounds the memory a stalled client can pin.
+pub const WRITE_BUFFER_HIGH: usize = 256 * 1024;
+
+/// Read buffer of a connection in use; grows up to one maximum-size packet.
+const READ_BUFFER_INITIAL: usize = 4 * 1024;
+
+/// Read buffer for the CONNECT packet (grows if the CONNECT is larger).
+const READ_BUFFER_CONNECT: usize = 256;
+
+/// A connection that has neither read nor written anything for this long gives its (empty)
+/// buffers back, so that an idle connection costs no buffer memory; the first read after that
+/// is a small one and the buffer is grown again.
+const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(2);
+
+/// How long a 3.x publisher held back by a full queue waits between retries when no room
+/// notification arrives.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(50);
+
+/// How long the task tries to deliver a final DISCONNECT before closing anyway.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After the final packet, how long the task reads and discards the client's input before it
+/// closes the socket (see `Io::drain_input`).
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The most a closing connection reads and discards.
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
+
+/// Why a connection ends.
+#[derive(Debug, Clone)]
+enum Close {
+    /// The client sent DISCONNECT with this reason (0x04 asks for the will).
+    Client {
+        reason: ReasonCode,
+        expiry: Option<u32>,
+    },
+    /// The socket closed or failed.
+    Network,
+    /// The broker closes the connection for this reason (a DISCONNECT for v5 clients).
+    Refused(Refusal),
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl From<super::NotDurable> for Close {
+    /// What was to be acknowledged could not be made durable: close without acknowledging
+    /// (the client re-sends on its next connection). After a fatal failure the broker stops.
+    fn from(_: super::NotDurable) -> Close {
+        Close::Refused(Refusal::NotStored)
+    }
+}
+
+/// Decrements the connection gauge however the task ends.
+struct ConnectionGuard<'a>(&'a Metrics);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client until its connection ends.
+/// `permit` counts the connection among those that have not sent CONNECT yet
+/// (`limits.max_pending_connections`); it is given back once the CONNECT has arrived.
+pub async fn serve<S>(
+    broker: Broker,
+    stream: S,
+    info: ConnInfo,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let metrics = &broker.shared.metrics;
+    metrics.connections_current.fetch_add(1, Ordering::Relaxed);
+    Metrics::add(&metrics.connections_total, 1);
+    let _guard = ConnectionGuard(metrics);
+    let (reader, writer) = tokio::io::split(stream);
+    let max = broker.config().mqtt.max_packet_size;
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(READ_BUFFER_CONNECT),
+        wbuf: BytesMut::new(),
+        decoder: Decoder::new(max),
+    };
+    let connect = Box::pin(read_connect(&broker, &mut io)).await;
+    drop(permit);
+    let connect = match connect {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
+            io.close_gracefully().await;
+            return;
+        }
+    };
+    let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, info)).await else {
+        io.close_gracefully().await;
+        return;
+    };
+    let close = conn.run(&mut io).await;
+    let drain = Box::pin(conn.finish(&mut io, close)).await;
+    drop(conn);
+    if drain {
+        io.drain_input().await;
+    }
+}
+
+/// The socket halves and their buffers.
+struct Io<S> {
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn flush_and_close(&mut self) -> std::io::Result<()> {
+        let flush = async {
+            while !self.wbuf.is_empty() {
+                self.writer.write_buf(&mut self.wbuf).await?;
+            }
+            self.writer.shutdown().await
+        };
+        tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Gives back the (empty) buffers of an idle connection.
+    fn release_buffers(&mut self) {
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+    }
+
+    /// Sends what is buffered, shuts the write side down and drains the input (see
+    /// [`Self::drain_input`]), so that the client reads a refusal instead of a reset.
+    async fn close_gracefully(&mut self) {
+        if self.flush_and_close().await.is_ok() {
+            self.drain_input().await;
+        }
+    }
+
+    /// Reads and discards what the client still sends, until it closes its side or
+    /// [`CLOSE_DRAIN_TIMEOUT`] passes, at most [`CLOSE_DRAIN_BYTES`]. Closing a socket whose
+    /// receive buffer holds unread bytes makes the kernel send a reset, which can destroy the
+    /// final DISCONNECT or CONNACK before the client has read it.
+    async fn drain_input(&mut self) {
+        let mut scratch = [0u8; 1024];
+        let mut drained = 0usize;
+        let drain = async {
+            while drained < CLOSE_DRAIN_BYTES {
+                match self.reader.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, drain).await;
+    }
+}
+
+/// An inbound QoS 1/2 PUBLISH whose acknowledgement waits for queue room (3.x publishers).
+struct HeldBack {
+    packet_id: u16,
+    qos: QoS,
+    publish: PlannedPublish,
+}
+
+/// Per-connection state (the session itself lives in the broker).
+struct Connection {
+    /// Who the client is and where it came in (peer, listener, TLS certificate, WebSocket
+    /// headers).
+    info: ConnInfo,
+    /// Who the client authenticated as (for the authorizer).
+    identity: Identity,
+    broker: Broker,
+    id: ConnId,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    slot: Arc<SessionSlot>,
+    kicked: oneshot::Receiver<()>,
+    keep_alive: Duration,
+    last_received: Instant,
+    /// Last read or write, for releasing the buffers of an idle connection.
+    last_io: Instant,
+    /// The client's Maximum Packet Size: larger packets are never sent to it.
+    max_packet_out: u32,
+    /// The client's Topic Alias Maximum for the PUBLISH packets the broker sends.
+    /// Topic aliases the client set, and those the broker assigned for the PUBLISH packets it
+    /// sends (up to the client's Topic Alias Maximum).
+    aliases_in: InboundAliases,
+    aliases_out: OutboundAliases,
+    connect_expiry: u32,
+    /// A 3.x publisher's message waiting for queue room; reading is limited meanwhile.
+    held: Option<HeldBack>,
+    /// A packet read while a message was held back, processed once it is placed.
+    deferred: VecDeque<Packet>,
+    /// Acknowledgements and inbound messages waiting for durability, in log order (see
+    /// [`crate::protocol::acks`]).
+    pending_acks: PendingAcks,
+    /// Dropped when this connection has finished with the session (see `Attached::alive`).
+    alive: Option<oneshot::Sender<()>>,
+}
+
+/// A connection's acknowledgement FIFO: durability waits, and the deliveries they reveal.
+type PendingAcks = AckFifo<PendingDurable, Reserved>;
+
+/// Waits until the oldest pending acknowledgement may be sent.
+async fn next_pending_ack(
+    broker: &Broker,
+    fifo: &mut PendingAcks,
+) -> Result<(), super::NotDurable> {
+    match fifo.front_wait() {
+        Some(wait) => broker.wait_pending(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    async fn run<S>(&mut self, io: &mut Io<S>) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.broker.shutdown_signal();
+        if *shutdown.borrow() {
+            return Close::Shutdown;
+        }
+        self.fill_outgoing(&mut io.wbuf);
+        // Packets that arrived in the same reads as the CONNECT are handled now, not after the
+        // next read (a device that connects, publishes and waits sends them all at once).
+        if let Err(close) = self.process_buffered(io).await {
+            return close;
+        }
+        loop {
+            let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
+            let (keep_alive_deadline, release_at) = self.deadlines(io);
+            // One timer for both deadlines.
+            let timer = match (keep_alive_deadline, release_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let step = tokio::select! {
+                biased;
+                _ = &mut self.kicked => Err(Close::TakenOver),
+                _ = shutdown.changed() => Err(Close::Shutdown),
+                // Before reading more: completed acknowledgements go out first, so a client
+                // that keeps the socket busy cannot starve them.
+                r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                    self.complete_front(r, &mut io.wbuf)
+                }
+                r = io.reader.read_buf(&mut io.rbuf), if reading => match r {
+                    Ok(0) | Err(_) => Err(Close::Network),
+                    Ok(n) => self.on_read(n, io).await,
+                },
+                r = io.writer.write_buf(&mut io.wbuf), if !io.wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => Err(Close::Network),
+                    Ok(n) => {
+                        Metrics::add(&self.broker.shared.metrics.bytes_sent, n as u64);
+                        self.last_io = Instant::now();
+                        Ok(())
+                    }
+                },
+                _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
+                    let now = Instant::now();
+                    if keep_alive_deadline.is_some_and(|d| now >= d) {
+                        Err(Close::Refused(Refusal::KeepAliveTimeout))
+                    } else {
+                        if release_at.is_some_and(|r| now >= r) {
+                            io.release_buffers();
+                        }
+                        Ok(())
+                    }
+                }
+                _ = self.broker.wait_for_room(HELD_BACK_RETRY), if self.held.is_some() => {
+                    Box::pin(self.retry_held(io)).await
+                }
+            };
+            if let Err(close) = step {
+                return close;
+            }
+            self.fill_outgoing(&mut io.wbuf);
+        }
+    }
+
+    /// When the keep-alive runs out ([MQTT-3.1.2-22]: one and a half times the keep-alive
+    /// without a packet), and when an idle connection's empty buffers are given back.
+    fn deadlines<S>(&self, io: &Io<S>) -> (Option<Instant>, Option<Instant>) {
+        let keep_alive_deadline =
+            (!self.keep_alive.is_zero()).then(|| self.last_received + self.keep_alive.mul_f32(1.5));
+        let holds_buffers = io.rbuf.is_empty()
+            && io.wbuf.is_empty()
+            && (io.rbuf.capacity() > 0 || io.wbuf.capacity() > 0);
+        let release_at = holds_buffers.then(|| self.last_io + IDLE_BUFFER_RELEASE);
+        (keep_alive_deadline, release_at)
+    }
+
+    /// `n` bytes were read: handles the whole packets among what is buffered.
+    async fn on_read<S>(&mut self, n: usize, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
+        // Keep-alive is refreshed per whole packet (in `process_input`), not per byte: a
+        // client trickling bytes cannot keep a connection alive.
+        self.last_io = Instant::now();
+        let r = Box::pin(self.process_input(io)).await;
+        // After an idle release the first read was a small one.
+        if io.rbuf.capacity() < READ_BUFFER_INITIAL {
+            io.rbuf.reserve(READ_BUFFER_INITIAL);
+        }
+        r
+    }
+
+    /// Decodes and handles every whole packet in the read buffer (stopping while a message is
+    /// held back and a non-acknowledgement packet arrives).
+    async fn process_input<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while self.deferred.is_empty() {
+            let packet = match io.decoder.decode(&mut io.rbuf) {
+                Ok(Some(p)) => {
+                    self.last_received = Instant::now();
+                    p
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Metrics::add(&self.broker.shared.metrics.protocol_errors, 1);
+                    tracing::info!(client_id = %self.client_id, error = %e, "bad packet");
+                    return Err(Close::Refused(Refusal::Malformed(e)));
+                }
+            };
+            let held_back_ok = matches!(
+                packet,
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
+            );
+            if self.held.is_some() && !held_back_ok {
+                self.deferred.push_back(packet);
+                break;
+            }
+            self.handle(packet, &mut io.wbuf).await?;
+            self.pending_acks.check_bound().map_err(Close::Refused)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::process_input`] for bytes already buffered, without a read first.
+    async fn process_buffered<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if io.rbuf.is_empty() {
+            return Ok(());
+        }
+        let r = Box::pin(self.process_input(io)).await;
+        self.fill_outgoing(&mut io.wbuf);
+        r
+    }
+
+    fn send(&self, wbuf: &mut BytesMut, packet: &Packet) {
+        match encoded_len(packet, self.version) {
+            Ok(n) if n <= self.max_packet_out as usize => {
+                let _ = encode(packet, self.version, wbuf);
+            }
+            Ok(n) => tracing::debug!(size = n, "not sending a packet above the client's maximum"),
+            Err(e) => tracing::error!(error = %e, "cannot encode {}", packet.name()),
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, wbuf).await,
+            Packet::PubAck(a) => self
+                .broker
+                .outbound_complete(&self.slot, self.id, a.packet_id, false)
+                .ok_or(Close::TakenOver),
+            Packet::PubRec(a) => self.on_pubrec(a, wbuf),
+            Packet::PubRel(a) => self.on_pubrel(a, wbuf),
+            Packet::PubComp(a) => self
+                .broker
+                .outbound_complete(&self.slot, self.id, a.packet_id, true)
+                .ok_or(Close::TakenOver),
+            Packet::Subscribe(s) => self.on_subscribe(s, wbuf).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, wbuf).await,
+            Packet::PingReq => {
+                self.send(wbuf, &Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                let cfg = self.broker.config();
+                let expiry = requests::disconnect_expiry(cfg, self.connect_expiry, &d)
+                    .map_err(Close::Refused)?;
+                Err(Close::Client {
+                    reason: d.reason,
+                    expiry,
+                })
+            }
+            Packet::Connect(_) => Err(Close::Refused(Refusal::SecondConnect)),
+            Packet::Auth(_) => Err(Close::Refused(Refusal::AuthWithoutMethod)),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::Refused(Refusal::ServerOnlyPacket))
+            }
+        }
+    }
+
+    /// SUBACK once the subscriptions (and their retained messages' queueing) are durable.
+    async fn on_subscribe(&mut self, s: Subscribe, wbuf: &mut BytesMut) -> Result<(), Close> {
+        requests::check_subscribe(self.broker.config(), &s).map_err(Close::Refused)?;
+        let codes = self
+            .broker
+            .subscribe(&self.slot, self.id, &s)
+            .await?
+            .ok_or(Close::TakenOver)?;
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            properties: AckProperties::default(),
+            reason_codes: requests::suback_codes(self.version, codes),
+        };
+        self.send(wbuf, &Packet::SubAck(ack));
+        Ok(())
+    }
+
+    /// UNSUBACK once the removals are durable.
+    async fn on_unsubscribe(&mut self, u: Unsubscribe, wbuf: &mut BytesMut) -> Result<(), Close> {
+        let codes = self
+            .broker
+            .unsubscribe(&self.slot, self.id, &u.filters)
+            .await?
+            .ok_or(Close::TakenOver)?;
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            properties: AckProperties::default(),
+            reason_codes: requests::unsuback_codes(self.version, codes),
+        };
+        self.send(wbuf, &Packet::UnsubAck(ack));
+        Ok(())
+    }
+
+    /// Sends the final DISCONNECT where one is due, shuts the socket's write side and detaches
+    /// the session. Returns whether the input should still be drained before the socket closes
+    /// (the socket itself did not fail).
+    async fn finish<S>(&mut self, io: &mut Io<S>, close: Close) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // What this connection logged becomes visible (and acknowledged, if the socket still
+        // takes it) before a connection taking the session over goes on.
+        if let Err(e) = self.drain_pending(&mut io.wbuf).await {
+            tracing::debug!(client_id = %self.client_id, ?e, "pending acknowledgements dropped");
+        }
+        if let Some(held) = self.held.take() {
+            // Never acknowledged, so the client re-sends it: that copy must not be taken for a
+            // duplicate.
+            if let Some(claim) = &held.publish.inbound_qos2 {
+                self.broker.release_claim(claim);
+            }
+        }
+        drop(self.alive.take());
+        let server_reason = match &close {
+            Close::Refused(r) => Some((r.reason_code(), Some(r.to_string()))),
+            Close::TakenOver => Some((ReasonCode::SESSION_TAKEN_OVER, None)),
+            Close::Shutdown => Some((ReasonCode::SERVER_SHUTTING_DOWN, None)),
+            Close::Client { .. } | Close::Network => None,
+        };
+        if let (true, Some((reason, why))) = (self.version.is_v5(), server_reason) {
+            let mut d = Disconnect::new(reason);
+            d.properties.reason_string = why;
+            if encoded_len(&Packet::Disconnect(d.clone()), self.version)
+                .map_or(true, |n| n > self.max_packet_out as usize)
+            {
+                d.properties.reason_string = None;
+            }
+            self.send(&mut io.wbuf, &Packet::Disconnect(d));
+        }
+        let drain = !matches!(close, Close::Network) && io.flush_and_close().await.is_ok();
+        let (peer, listener) = (self.info.peer, &self.info.listener);
+        tracing::debug!(client_id = %self.client_id, %peer, %listener, ?close, "connection closed");
+        let (publish_will, expiry) = match close {
+            Close::Client { reason, expiry } => {
+                (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)
+            }
+            Close::Shutdown => (false, None),
+            Close::Network | Close::Refused(_) | Close::TakenOver => (true, None),
+        };
+        self.broker
+            .disconnect(self.id, &self.slot, publish_will, expiry)
+            .await;
+        drain
+    }
+}
