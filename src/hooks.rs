@@ -101,6 +101,14 @@ pub enum Event {
         message: Arc<Message>,
         deliveries: usize,
     },
+    /// A delivery left for its subscriber: written to its connection (or taken by an
+    /// in-process session). `packet_id` 0 for QoS 0.
+    Delivered {
+        client_id: ClientId,
+        message_id: u64,
+        packet_id: u16,
+        qos: QoS,
+    },
     /// A QoS 1/2 delivery was acknowledged by its subscriber (PUBACK, or PUBCOMP).
     Acked {
         client_id: ClientId,

@@ -13,8 +13,12 @@
 //! - `wills`: delayed wills, session expiry, expired messages;
 //! - `restore`: rebuilding from the durable image at start, paging offline queues in;
 //! - `durability`: logging and waiting for records, stopping when persistence fails;
-//! - `sys`: background ticks and `$SYS` statistics;
-//! - `connection`: one task per network connection (the `select!` loop and protocol checks).
+//! - `sys`: background ticks and `$SYS` statistics (published through the broker's own
+//!   in-process client);
+//! - `local`: the in-process client ([`local::LocalClient`], [`local::LocalSession`]): broker
+//!   code that publishes and subscribes like a client, under the same durability contract;
+//! - `connection`: one task per network connection (the `select!` loop, buffers, and the
+//!   calls into `crate::protocol`).
 //!
 //! # Locks
 //! All locks are `parking_lot` locks held for short, non-async sections, in this order:
@@ -42,6 +46,7 @@ pub mod connection;
 mod durability;
 mod events;
 mod groups;
+pub mod local;
 pub mod metrics;
 mod placement;
 mod publish;
@@ -68,8 +73,8 @@ use tokio::time::Instant;
 
 use crate::codec::topic::parse_shared;
 use crate::codec::{
-    Connect, LastWill, PublishProperties, QoS, ReasonCode, RetainHandling, Subscribe,
-    SubscriptionOptions,
+    Connect, ConnectProperties, LastWill, ProtocolVersion, PublishProperties, QoS, ReasonCode,
+    RetainHandling, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 use crate::config::Config;
 use crate::hooks::Event;

@@ -1,5 +1,6 @@
 //! Background tasks: session expiry ticks and the `$SYS/broker/...` statistics.
 
+use super::local::LocalPublish;
 use super::*;
 
 impl Broker {
@@ -57,18 +58,12 @@ impl Broker {
             ("publish/messages/paused", m.qos0_paused.to_string()),
             ("store/messages/bytes", m.queued_bytes.to_string()),
         ];
+        let client = self.system_client();
         for (name, value) in stats {
-            let message = Message {
-                id: 0, // `$` topics are never persisted
-                topic: format!("$SYS/broker/{name}").into(),
-                payload: value.into_bytes().into(),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Message::properties_of(PublishProperties::default()),
-                expires_at: None,
-                publisher: None,
-            };
-            let _ = self.publish(Arc::new(message), None, false).await;
+            let topic = format!("$SYS/broker/{name}");
+            let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);
+            message.retain = true;
+            let _ = client.publish(message).await;
         }
     }
 

@@ -16,6 +16,7 @@ mod hostile_clients;
 mod interop_mosquitto;
 mod interop_paho;
 mod interop_rumqttc;
+mod local_client;
 mod persistence_faults;
 mod power_loss;
 mod protocol;

@@ -72,6 +72,14 @@ impl Connection {
                 let _ = encode(&packet, self.version, wbuf);
                 self.aliases_out.sent(&m.topic, alias);
                 Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
+                let (client_id, qos) = (self.client_id.clone(), delivery.qos);
+                let message_id = m.id;
+                self.broker.emit(|| Event::Delivered {
+                    client_id,
+                    message_id,
+                    packet_id,
+                    qos,
+                });
             }
             _ => {
                 // [MQTT-3.1.2-25]: discard as if sent and acknowledged.

@@ -1,0 +1,373 @@
+//! The in-process client: broker code that publishes and subscribes like a network client,
+//! under the same durability contract, limits and backpressure, without a socket.
+//!
+//! - [`LocalClient::publish`] returns when a network client would get its PUBACK: the message
+//!   is durable and visible to its subscribers. A QoS 1/2 message for a full queue of a
+//!   draining subscriber waits for room (as a held-back 3.x publisher does); a stalled
+//!   subscriber's copy is dropped by the overflow policy, so the wait is bounded by
+//!   `limits.stalled_subscriber_ms`. QoS 0 waits likewise, except for the broker's own client.
+//! - [`LocalClient::session`] attaches a session like a CONNECT (persistent with an expiry, or
+//!   clean), and [`LocalSession`] subscribes, takes deliveries in order and acknowledges them;
+//!   a QoS 2 acknowledgement waits until its PUBREC is durable, as for a network client, so a
+//!   restart never delivers it again.
+//!
+//! `$SYS` publishes through the broker's own client ([`Broker::system_client`]); the rule
+//! engine's republish, bridges and the HTTP API's publish use [`Broker::local_client`].
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::session::Outgoing;
+
+/// How long a publish held back by a full queue waits between retries when no room
+/// notification arrives.
+const HELD_RETRY: Duration = Duration::from_millis(50);
+
+/// Why an in-process client's request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LocalError {
+    /// The topic is empty, holds a wildcard or NUL, or is a `$` topic of a client other than
+    /// the broker's own.
+    #[error("invalid topic name")]
+    InvalidTopic,
+    /// What was to be acknowledged could not be made durable.
+    #[error("not stored: persistence failed")]
+    NotDurable,
+    /// Another client (network or in-process) took the session over.
+    #[error("the session was taken over")]
+    TakenOver,
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// `limits.max_sessions` sessions exist already.
+    #[error("too many sessions")]
+    TooManySessions,
+}
+
+impl From<NotDurable> for LocalError {
+    fn from(_: NotDurable) -> LocalError {
+        LocalError::NotDurable
+    }
+}
+
+/// A message an in-process client publishes.
+#[derive(Debug, Clone)]
+pub struct LocalPublish {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+}
+
+impl LocalPublish {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> LocalPublish {
+        LocalPublish {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: PublishProperties::default(),
+        }
+    }
+}
+
+/// What a publish did, as its acknowledgement would tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// The retained store was full: delivered but not retained.
+    pub retained_refused: bool,
+}
+
+/// An in-process client (see the module documentation). Cheap to clone.
+#[derive(Clone)]
+pub struct LocalClient {
+    broker: Broker,
+    /// The client id its messages carry (for No Local and the retained limit); `None` for the
+    /// broker's own client.
+    name: Option<ClientId>,
+}
+
+impl Broker {
+    /// The broker's own client: publishes `$SYS`, is exempt from the retained-message limit,
+    /// and never waits for a full queue with a QoS 0 message.
+    pub fn system_client(&self) -> LocalClient {
+        LocalClient {
+            broker: self.clone(),
+            name: None,
+        }
+    }
+
+    /// An in-process client named `name` (its session, if it attaches one, is `name`'s).
+    pub fn local_client(&self, name: impl Into<ClientId>) -> LocalClient {
+        LocalClient {
+            broker: self.clone(),
+            name: Some(name.into()),
+        }
+    }
+}
+
+impl LocalClient {
+    /// Publishes `p`; returns once it is durable and visible (see the module documentation).
+    pub async fn publish(&self, p: LocalPublish) -> Result<Published, LocalError> {
+        let system = self.name.is_none();
+        if !valid_topic(&p.topic, system) {
+            return Err(LocalError::InvalidTopic);
+        }
+        let broker = &self.broker;
+        let persisted = !p.topic.starts_with('$');
+        let now = Instant::now();
+        let message = Message {
+            // `$` topics are never persisted and need no id.
+            id: if persisted {
+                broker.next_message_id()
+            } else {
+                0
+            },
+            expires_at: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            topic: p.topic.into(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: Message::properties_of(p.properties),
+            publisher: self.name.clone(),
+        };
+        let mut outcome = broker.publish(Arc::new(message), None, !system).await?;
+        let retained_refused = outcome.retained_refused;
+        let shutdown = broker.shutdown_signal();
+        while let Some(held) = outcome.held.take() {
+            if *shutdown.borrow() {
+                return Err(LocalError::ShuttingDown);
+            }
+            broker.wait_for_room(HELD_RETRY).await;
+            outcome = broker.retry_planned(held).await?;
+        }
+        Ok(Published {
+            delivered: outcome.delivered,
+            retained_refused,
+        })
+    }
+
+    /// Attaches this client's session, as a CONNECT with `clean_start` and session expiry
+    /// `expiry_secs` would (capped by `mqtt.max_session_expiry_secs`), taking it over from
+    /// whoever holds it. Returns the session and whether it was present.
+    pub async fn session(
+        &self,
+        clean_start: bool,
+        expiry_secs: u32,
+    ) -> Result<(LocalSession, bool), LocalError> {
+        let broker = &self.broker;
+        let client_id = self.name.clone().ok_or(LocalError::InvalidTopic)?;
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start,
+            keep_alive: 0,
+            properties: ConnectProperties::default(),
+            client_id: client_id.to_string(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        let expiry = expiry_secs.min(broker.config().mqtt.max_session_expiry_secs);
+        let conn = broker.next_conn_id();
+        let attached = broker
+            .connect(conn, client_id.clone(), &connect, expiry)
+            .await
+            .map_err(|e| match e {
+                ConnectRefusal::TooManySessions => LocalError::TooManySessions,
+                ConnectRefusal::ServerBusy | ConnectRefusal::NotDurable => LocalError::NotDurable,
+            })?;
+        let window = broker.config().mqtt.max_inflight;
+        broker.session_op(&attached.slot, conn, |s| s.set_window(window));
+        let resend = broker
+            .session_op(&attached.slot, conn, |s| s.resume())
+            .unwrap_or_default();
+        let session = LocalSession {
+            broker: broker.clone(),
+            conn,
+            slot: attached.slot,
+            kicked: attached.kicked,
+            alive: Some(attached.alive),
+            outbox: resend.into(),
+        };
+        Ok((session, attached.session_present))
+    }
+}
+
+/// A topic an in-process client may publish to.
+fn valid_topic(topic: &str, system: bool) -> bool {
+    !topic.is_empty()
+        && !topic.contains(['+', '#', '\0'])
+        && (system || !topic.starts_with('$'))
+        && topic.len() <= usize::from(u16::MAX)
+}
+
+/// A delivery taken by a [`LocalSession`]; QoS 1/2 ones stay in flight until acknowledged.
+#[derive(Debug, Clone)]
+pub struct LocalDelivery {
+    /// The packet id it is in flight under (0 for QoS 0).
+    pub packet_id: u16,
+    /// Sent before, to this session's previous holder (it may have been processed).
+    pub dup: bool,
+    pub delivery: Delivery,
+}
+
+/// A session attached to an in-process client (see the module documentation). Detach it with
+/// [`LocalSession::close`]; dropping it detaches it in the background.
+pub struct LocalSession {
+    broker: Broker,
+    conn: ConnId,
+    slot: Arc<SessionSlot>,
+    kicked: oneshot::Receiver<()>,
+    alive: Option<oneshot::Sender<()>>,
+    /// What the session gave out and this client has not taken yet (re-sends first).
+    outbox: VecDeque<Outgoing>,
+}
+
+impl LocalSession {
+    pub fn client_id(&self) -> &ClientId {
+        &self.slot.client_id
+    }
+
+    /// Subscribes; returns once the subscriptions are durable, with a reason code per filter.
+    pub async fn subscribe(
+        &self,
+        filters: Vec<(String, SubscriptionOptions)>,
+    ) -> Result<Vec<ReasonCode>, LocalError> {
+        let sub = Subscribe {
+            packet_id: 1,
+            properties: SubscribeProperties::default(),
+            filters,
+        };
+        let codes = self.broker.subscribe(&self.slot, self.conn, &sub).await?;
+        codes.ok_or(LocalError::TakenOver)
+    }
+
+    /// Unsubscribes; returns once the removals are durable, with a reason code per filter.
+    pub async fn unsubscribe(&self, filters: &[String]) -> Result<Vec<ReasonCode>, LocalError> {
+        let codes = self
+            .broker
+            .unsubscribe(&self.slot, self.conn, filters)
+            .await?;
+        codes.ok_or(LocalError::TakenOver)
+    }
+
+    /// The next delivery, in queue order; waits until there is one.
+    pub async fn next(&mut self) -> Result<LocalDelivery, LocalError> {
+        let mut shutdown = self.broker.shutdown_signal();
+        loop {
+            match self.outbox.pop_front() {
+                Some(Outgoing::Publish {
+                    packet_id,
+                    delivery,
+                    dup,
+                }) => {
+                    let client_id = self.slot.client_id.clone();
+                    let message_id = delivery.message.id;
+                    let qos = delivery.qos;
+                    self.broker.emit(|| Event::Delivered {
+                        client_id,
+                        message_id,
+                        packet_id,
+                        qos,
+                    });
+                    return Ok(LocalDelivery {
+                        packet_id,
+                        dup,
+                        delivery,
+                    });
+                }
+                // Its PUBREC was durable before the previous holder went: complete it.
+                Some(Outgoing::PubRel { packet_id }) => self.complete(packet_id, true)?,
+                None => {}
+            }
+            if self.take_next()? {
+                continue;
+            }
+            if *shutdown.borrow() {
+                return Err(LocalError::ShuttingDown);
+            }
+            tokio::select! {
+                _ = &mut self.kicked => return Err(LocalError::TakenOver),
+                _ = shutdown.changed() => return Err(LocalError::ShuttingDown),
+                _ = self.slot.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Moves the session's next delivery into the outbox; `false` if there is none.
+    fn take_next(&mut self) -> Result<bool, LocalError> {
+        let now = Instant::now();
+        let next = self
+            .broker
+            .session_op(&self.slot, self.conn, |s| s.next_publish(now))
+            .ok_or(LocalError::TakenOver)?;
+        let Some(out) = next else {
+            return Ok(false);
+        };
+        self.broker.drained(&self.slot);
+        self.outbox.push_back(out);
+        Ok(true)
+    }
+
+    /// Acknowledges a delivery: QoS 1 as PUBACK; QoS 2 as PUBREC — durable before it goes on —
+    /// then PUBCOMP. QoS 0 needs nothing.
+    pub async fn ack(&mut self, d: &LocalDelivery) -> Result<(), LocalError> {
+        match d.delivery.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => self.complete(d.packet_id, false),
+            QoS::ExactlyOnce => {
+                let (_, pending) = self
+                    .broker
+                    .outbound_pubrec(&self.slot, self.conn, d.packet_id, false)?
+                    .ok_or(LocalError::TakenOver)?;
+                if let Some(mut pending) = pending {
+                    self.broker.wait_pending(&mut pending).await?;
+                }
+                self.complete(d.packet_id, true)
+            }
+        }
+    }
+
+    fn complete(&self, packet_id: u16, pubcomp: bool) -> Result<(), LocalError> {
+        let done = self
+            .broker
+            .outbound_complete(&self.slot, self.conn, packet_id, pubcomp);
+        done.ok_or(LocalError::TakenOver)
+    }
+
+    /// Detaches the session: it stays (undelivered messages queued) until its expiry if it
+    /// was attached with one.
+    pub async fn close(mut self) {
+        self.detach().await;
+    }
+
+    async fn detach(&mut self) {
+        if let Some(alive) = self.alive.take() {
+            drop(alive);
+            self.broker
+                .disconnect(self.conn, &self.slot, false, None)
+                .await;
+        }
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        let Some(alive) = self.alive.take() else {
+            return;
+        };
+        drop(alive);
+        let (broker, conn, slot) = (self.broker.clone(), self.conn, self.slot.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { broker.disconnect(conn, &slot, false, None).await });
+        }
+    }
+}
