@@ -50,38 +50,56 @@ fn segments(wal_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 /// Verifies `dir` and writes a report to `out` (every WAL record too when `dump`).
 pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<InspectReport> {
     let mut report = InspectReport::default();
-    let mut records: Vec<(u64, Vec<Record>)> = Vec::new();
-    let segs = segments(&dir.join("wal"))?;
+    let records = scan_wal(&dir.join("wal"), dump, out, &mut report)?;
+    let store_dir = dir.join("store");
+    let (mut image, store) = open_store(&store_dir, &mut report)?;
+    check_coverage(&mut report);
+    for (seq, batch) in records {
+        if seq > report.checkpoint_seq {
+            for record in batch {
+                image.apply(record);
+            }
+            report.replayed += 1;
+        }
+    }
+    let retained = match image.retained_count(&*store) {
+        Ok(n) => n.to_string(),
+        Err(e) => {
+            let problem = format!("{}: {e}", store_dir.display());
+            report.problems.push(problem);
+            "?".to_string()
+        }
+    };
+    check_bodies(&image, &*store, &store_dir, &mut report);
+    if image.inconsistencies > 0 {
+        report.problems.push(format!(
+            "{} records refer to missing messages",
+            image.inconsistencies
+        ));
+    }
+    print_summary(dir, &image, &retained, &report, out)?;
+    Ok(report)
+}
+
+/// Every WAL segment checked frame by frame and every record decoded; the decoded batches by
+/// sequence number.
+fn scan_wal(
+    wal_dir: &Path,
+    dump: bool,
+    out: &mut dyn Write,
+    report: &mut InspectReport,
+) -> anyhow::Result<Vec<(u64, Vec<Record>)>> {
+    let mut records = Vec::new();
+    let segs = segments(wal_dir)?;
     report.wal_segments = segs.len();
     let mut expected = None;
     for (i, (seq, path)) in segs.iter().enumerate() {
         let bytes = std::fs::read(path)?;
         report.wal_bytes += bytes.len() as u64;
         let newest = i + 1 == segs.len();
-        let scan = scan_segment(
-            *seq,
-            &bytes,
-            newest,
-            expected,
-            RecoveryMode::TolerateTornTail,
-        );
-        match &scan.outcome {
-            ScanOutcome::Clean => {}
-            ScanOutcome::TornTail { offset, reason } => writeln!(
-                out,
-                "note: {} holds no records after offset {offset} ({reason}): a write torn by a crash, or the unused rest of a recycled segment; the broker cuts it there at start",
-                path.display()
-            )?,
-            ScanOutcome::TornCreation { reason } => writeln!(
-                out,
-                "note: {} is an interrupted segment creation ({reason}); the broker removes it",
-                path.display()
-            )?,
-            ScanOutcome::Corrupt { offset, reason } => report.problems.push(format!(
-                "{}: corrupt at offset {offset}: {reason}",
-                path.display()
-            )),
-        }
+        let mode = RecoveryMode::TolerateTornTail;
+        let scan = scan_segment(*seq, &bytes, newest, expected, mode);
+        report_outcome(&scan.outcome, path, out, report)?;
         for r in &scan.records {
             let start = r.offset as usize + format::RECORD_HEADER_LEN;
             let payload = bytes.get(start..(r.offset + r.len) as usize).unwrap_or(&[]);
@@ -89,13 +107,8 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
                 Ok(batch) => {
                     if dump {
                         for rec in &batch {
-                            writeln!(
-                                out,
-                                "seq {} ({}@{}): {rec:?}",
-                                r.seq,
-                                path.display(),
-                                r.offset
-                            )?;
+                            let (seq, at) = (r.seq, r.offset);
+                            writeln!(out, "seq {seq} ({}@{at}): {rec:?}", path.display())?;
                         }
                     }
                     records.push((r.seq, batch));
@@ -112,11 +125,44 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
         }
         expected = Some(scan.next_seq);
     }
-    let store_dir = dir.join("store");
+    Ok(records)
+}
+
+/// A note for a torn tail or an interrupted creation (the broker repairs those), a problem for
+/// corruption.
+fn report_outcome(
+    outcome: &ScanOutcome,
+    path: &Path,
+    out: &mut dyn Write,
+    report: &mut InspectReport,
+) -> std::io::Result<()> {
+    let path = path.display();
+    match outcome {
+        ScanOutcome::Clean => {}
+        ScanOutcome::TornTail { offset, reason } => writeln!(
+            out,
+            "note: {path} holds no records after offset {offset} ({reason}): a write torn by a crash, or the unused rest of a recycled segment; the broker cuts it there at start",
+        )?,
+        ScanOutcome::TornCreation { reason } => writeln!(
+            out,
+            "note: {path} is an interrupted segment creation ({reason}); the broker removes it",
+        )?,
+        ScanOutcome::Corrupt { offset, reason } => report
+            .problems
+            .push(format!("{path}: corrupt at offset {offset}: {reason}")),
+    }
+    Ok(())
+}
+
+/// The store opened read-only and its image loaded (empty if there is no store yet).
+fn open_store(
+    store_dir: &Path,
+    report: &mut InspectReport,
+) -> anyhow::Result<(Image, Box<dyn Store>)> {
     let mut image = Image::default();
     let mut store: Box<dyn Store> = Box::new(MemStore::new());
     if store_dir.exists() {
-        match RocksStore::open_read_only(&store_dir) {
+        match RocksStore::open_read_only(store_dir) {
             Ok(s) => {
                 report.checkpoint_seq = s.persisted_applied_seq()?;
                 match Image::load(&s) {
@@ -130,44 +176,29 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             Err(e) => report.problems.push(e.to_string()),
         }
     }
-    if let Some(first) = report.first_seq {
-        if first > report.checkpoint_seq + 1 {
-            report.problems.push(format!(
-                "WAL starts at {first} but the checkpoint covers only up to {}: records are missing",
-                report.checkpoint_seq
-            ));
-        }
+    Ok((image, store))
+}
+
+/// The WAL must continue where the checkpoint ends, and reach at least to it.
+fn check_coverage(report: &mut InspectReport) {
+    let checkpoint = report.checkpoint_seq;
+    if let Some(first) = report.first_seq.filter(|&f| f > checkpoint + 1) {
+        report.problems.push(format!(
+            "WAL starts at {first} but the checkpoint covers only up to {checkpoint}: records are missing"
+        ));
     }
-    if let Some(last) = report.last_seq {
-        if last < report.checkpoint_seq {
-            report.problems.push(format!(
-                "WAL ends at {last} but the checkpoint covers up to {}: the WAL's newest \
-                 segments are missing (the broker refuses to start; move the whole WAL \
-                 directory aside to start from the store)",
-                report.checkpoint_seq
-            ));
-        }
+    if let Some(last) = report.last_seq.filter(|&l| l < checkpoint) {
+        report.problems.push(format!(
+            "WAL ends at {last} but the checkpoint covers up to {checkpoint}: the WAL's newest \
+             segments are missing (the broker refuses to start; move the whole WAL \
+             directory aside to start from the store)"
+        ));
     }
-    for (seq, batch) in records {
-        if seq > report.checkpoint_seq {
-            for record in batch {
-                image.apply(record);
-            }
-            report.replayed += 1;
-        }
-    }
-    let [sessions, subscriptions, deliveries, inbound, bodies] = image.counts();
-    let retained = match image.retained_count(&*store) {
-        Ok(n) => n.to_string(),
-        Err(e) => {
-            report
-                .problems
-                .push(format!("{}: {e}", store_dir.display()));
-            "?".to_string()
-        }
-    };
-    // Every queue entry's body must be in memory (the WAL tail) or in the store, and every
-    // stored body must decode.
+}
+
+/// Every queue entry's body must be in memory (the WAL tail) or in the store, and every stored
+/// body must decode.
+fn check_bodies(image: &Image, store: &dyn Store, store_dir: &Path, report: &mut InspectReport) {
     let mut stored_bodies = std::collections::HashSet::new();
     let scanned = store.scan(Table::Messages, &mut |k, v| {
         match decode_value::<StoredMessage>(v) {
@@ -182,9 +213,8 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
         Ok(())
     });
     if let Err(e) = scanned {
-        report
-            .problems
-            .push(format!("{}: {e}", store_dir.display()));
+        let problem = format!("{}: {e}", store_dir.display());
+        report.problems.push(problem);
     }
     for (client, s) in &image.sessions {
         for (pid, d) in &s.deliveries {
@@ -198,20 +228,32 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             }
         }
     }
+}
+
+/// What the directory holds, and every problem found.
+fn print_summary(
+    dir: &Path,
+    image: &Image,
+    retained: &str,
+    report: &InspectReport,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let [sessions, subscriptions, deliveries, inbound, bodies] = image.counts();
     let inflight = image
         .sessions
         .values()
         .flat_map(|s| s.deliveries.values())
         .filter(|d| d.awaiting_pubcomp)
         .count();
+    let seq = |s: Option<u64>| s.map_or("-".into(), |s| s.to_string());
     writeln!(out, "data directory: {}", dir.display())?;
     writeln!(
         out,
         "wal: {} segments, {} bytes, records {}..{}",
         report.wal_segments,
         report.wal_bytes,
-        report.first_seq.map_or("-".into(), |s| s.to_string()),
-        report.last_seq.map_or("-".into(), |s| s.to_string())
+        seq(report.first_seq),
+        seq(report.last_seq)
     )?;
     writeln!(
         out,
@@ -226,12 +268,6 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
     )?;
     writeln!(out, "inbound qos2 awaiting PUBREL: {inbound}")?;
     writeln!(out, "retained: {retained}")?;
-    if image.inconsistencies > 0 {
-        report.problems.push(format!(
-            "{} records refer to missing messages",
-            image.inconsistencies
-        ));
-    }
     for p in &report.problems {
         writeln!(out, "PROBLEM: {p}")?;
     }
@@ -241,5 +277,5 @@ pub fn inspect(dir: &Path, dump: bool, out: &mut dyn Write) -> anyhow::Result<In
             "To start anyway, move the damaged file aside (e.g. `mv FILE FILE.bad`); data in it is lost."
         )?;
     }
-    Ok(report)
+    Ok(())
 }
