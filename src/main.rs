@@ -278,7 +278,7 @@ struct ServeArgs {
     /// TOML configuration file; every field has a default (see keelmq.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address for MQTT over TCP, overriding `listener.bind`.
+    /// Address for MQTT over TCP, overriding `listener.bind` (or the first `tcp` entry of `[[listeners]]`).
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Data directory, overriding `data_dir`.
@@ -378,6 +378,7 @@ fn inspect(dir: &std::path::Path, dump: bool) -> anyhow::Result<()> {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
+    keelmq::transport::check_files(&config)?;
     println!("{}: OK\n{config:#?}", file.display());
     Ok(())
 }
@@ -388,7 +389,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
-        config.listener.bind = listen;
+        set_tcp_bind(&mut config, listen)?;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -400,10 +401,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = Server::start(config).await?;
         let mut stopped = server.broker().shutdown_signal();
-        tokio::select! {
-            r = wait_for_signal() => r?,
-            // The broker stops itself when persistence fails.
-            _ = stopped.changed() => {}
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = wait_for_signal() => break r?,
+                // The broker stops itself when persistence fails.
+                _ = stopped.changed() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    server.reload_tls().await;
+                }
+            }
         }
         tracing::info!("shutting down");
         if server.shutdown(Duration::from_secs(5)).await {
@@ -411,6 +419,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `--listen`: the address of the first TCP listener (`[listener] bind` without
+/// `[[listeners]]`).
+fn set_tcp_bind(config: &mut Config, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    if config.listeners.is_empty() {
+        config.listener.bind = listen;
+        return Ok(());
+    }
+    let tcp = config
+        .listeners
+        .iter_mut()
+        .find(|l| l.kind == keelmq::config::ListenerKind::Tcp);
+    match tcp {
+        Some(l) => l.bind = Some(listen),
+        None => anyhow::bail!("--listen: the configuration has no listener of kind \"tcp\""),
+    }
+    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM.

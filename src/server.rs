@@ -17,7 +17,11 @@ use crate::transport;
 pub struct Server {
     broker: Broker,
     local_addr: SocketAddr,
-    listener: JoinHandle<()>,
+    /// Every listener's name, kind and bound address, in configuration order.
+    listeners: Vec<(String, transport::ListenerKind, SocketAddr)>,
+    /// The TLS configurations to reload on SIGHUP, by listener name.
+    tls: Vec<(String, Arc<transport::tls::Reloadable>)>,
+    listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
 }
 
@@ -46,8 +50,6 @@ impl Server {
     /// serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
-        let listener = transport::bind_tcp(config.listener.bind).await?;
-        let local_addr = listener.local_addr()?;
         let dir = config.data_dir.clone();
         let options = persistence_options(&config);
         let (persistence, report) =
@@ -73,20 +75,70 @@ impl Server {
             "recovered state from {}",
             broker.config().data_dir.display()
         );
+        let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
-        let listener = tokio::spawn(transport::serve_tcp(listener, broker.clone()));
-        tracing::info!(%local_addr, "KeelMQ listening (MQTT over TCP)");
+        let mut listeners = Vec::new();
+        let mut tls = Vec::new();
+        let mut listener_tasks = Vec::new();
+        for l in bound {
+            let (name, kind, local_addr) = (l.name().to_string(), l.kind(), l.local_addr());
+            tracing::info!(listener = %name, kind = kind.name(), %local_addr, "KeelMQ listening");
+            if let Some(reloadable) = l.tls() {
+                tls.push((name.clone(), reloadable));
+            }
+            listeners.push((name, kind, local_addr));
+            listener_tasks.push(tokio::spawn(l.serve(broker.clone())));
+        }
+        let local_addr = listeners
+            .first()
+            .map(|l| l.2)
+            .ok_or_else(|| anyhow::anyhow!("no listener configured"))?;
         Ok(Server {
             broker,
             local_addr,
-            listener,
+            listeners,
+            tls,
+            listener_tasks,
             checkpointer,
         })
     }
 
+    /// The first listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the listener named `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.0 == name).map(|l| l.2)
+    }
+
+    /// Every listener's name, kind and address.
+    pub fn listeners(&self) -> &[(String, transport::ListenerKind, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// Re-reads every TLS listener's certificate, key, CA and CRL files (SIGHUP). New
+    /// handshakes use the new files; existing connections keep theirs. A listener whose files
+    /// fail keeps its old configuration, and the error says why. Returns how many failed.
+    pub async fn reload_tls(&self) -> usize {
+        let mut failed = 0;
+        for (name, reloadable) in &self.tls {
+            let r = reloadable.clone();
+            match tokio::task::spawn_blocking(move || r.reload()).await {
+                Ok(Ok(())) => tracing::info!(listener = %name, "TLS certificates reloaded"),
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::error!(listener = %name, error = %e, "TLS reload failed; the old certificates stay");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(listener = %name, error = %e, "TLS reload failed");
+                }
+            }
+        }
+        failed
     }
 
     pub fn broker(&self) -> &Broker {
@@ -99,7 +151,9 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.broker.begin_shutdown();
         self.broker.retained_loaded().await;
-        let _ = self.listener.await;
+        for task in self.listener_tasks {
+            let _ = task.await;
+        }
         let deadline = tokio::time::Instant::now() + grace;
         while self
             .broker

@@ -18,6 +18,7 @@
 mod error;
 mod packet;
 mod properties;
+pub mod proxy;
 mod reason;
 pub mod topic;
 mod wire;

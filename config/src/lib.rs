@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod listeners;
+pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
+
 /// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is
 /// one write-ahead-log record of at most 64 MiB, and carries the payload up to twice (the
 /// message and its retained copy) plus a queue entry per persistent subscriber. 16 MiB leaves
@@ -20,7 +23,10 @@ pub const MAX_DURABLE_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The plain TCP listener used when `listeners` is empty.
     pub listener: ListenerConfig,
+    /// `[[listeners]]`: every listener, of any kind (see [`ListenerSpec`]).
+    pub listeners: Vec<ListenerSpec>,
     /// Directory for the write-ahead log and the state store.
     pub data_dir: PathBuf,
     pub mqtt: MqttConfig,
@@ -33,6 +39,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listener: ListenerConfig::default(),
+            listeners: Vec::new(),
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
@@ -261,6 +268,9 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// A field of one listener (`listeners[i].field`), or a file it names.
+    #[error("config field `{field}`: {problem}")]
+    Listener { field: String, problem: String },
 }
 
 /// `keelmq_wal::DEFAULT_WRITER_NICE`, spelled out: this crate does not depend on the WAL (the
@@ -291,6 +301,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_mqtt()?;
         self.validate_limits()?;
+        self.validate_listeners()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

@@ -2,7 +2,47 @@
 //! broker's gauges, for `$SYS`, the HTTP API and Prometheus (no lock on the hot path: the
 //! counters are relaxed atomics, read one by one).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One listener's connection counts (kept by the transport, read by snapshots).
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    pub bind: SocketAddr,
+    /// Sockets open now (handshakes included).
+    pub current: AtomicU64,
+    /// Sockets accepted since start.
+    pub total: AtomicU64,
+    /// Sockets closed at once because the listener held `max_connections`.
+    pub refused: AtomicU64,
+}
+
+/// A listener's counts in a [`MetricsSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSnapshot {
+    pub name: String,
+    pub kind: &'static str,
+    pub bind: SocketAddr,
+    pub current: u64,
+    pub total: u64,
+    pub refused: u64,
+}
+
+impl ListenerStats {
+    pub fn snapshot(&self) -> ListenerSnapshot {
+        ListenerSnapshot {
+            name: self.name.to_string(),
+            kind: self.kind,
+            bind: self.bind,
+            current: self.current.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Monotonic counters and gauges. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
@@ -76,6 +116,8 @@ pub struct MetricsSnapshot {
     pub protocol_errors: u64,
     pub events_dropped: u64,
     pub not_authorized: u64,
+    /// Per listener, in configuration order.
+    pub listeners: Vec<ListenerSnapshot>,
 }
 
 impl Metrics {

@@ -242,6 +242,8 @@ pub(crate) struct Shared {
     connecting: Arc<tokio::sync::Semaphore>,
     /// The authenticator, the authorizer and the event channels (see `crate::hooks`).
     hooks: events::HookSet,
+    /// Every listener's connection counts, in configuration order.
+    listeners: RwLock<Vec<Arc<metrics::ListenerStats>>>,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -286,6 +288,7 @@ impl Broker {
                 retain_order: Mutex::new(RetainOrder::default()),
                 connecting: Arc::new(tokio::sync::Semaphore::new(pending_connections)),
                 hooks: events::HookSet::default(),
+                listeners: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -325,6 +328,30 @@ impl Broker {
             Metrics::add(&self.shared.metrics.connections_refused, 1);
         }
         permit
+    }
+
+    /// Registers a listener's connection counts, for metrics and `$SYS`.
+    pub fn add_listener(
+        &self,
+        name: Arc<str>,
+        kind: &'static str,
+        bind: std::net::SocketAddr,
+    ) -> Arc<metrics::ListenerStats> {
+        let stats = Arc::new(metrics::ListenerStats {
+            name,
+            kind,
+            bind,
+            current: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        self.shared.listeners.write().push(stats.clone());
+        stats
+    }
+
+    /// Counts a socket closed at once by a limit.
+    pub fn count_refused(&self) {
+        Metrics::add(&self.shared.metrics.connections_refused, 1);
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {

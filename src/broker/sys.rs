@@ -59,7 +59,15 @@ impl Broker {
             ("store/messages/bytes", m.queued_bytes.to_string()),
         ];
         let client = self.system_client();
-        for (name, value) in stats {
+        let listeners = m.listeners.iter().flat_map(|l| {
+            let prefix = format!("listeners/{}", l.name);
+            [
+                (format!("{prefix}/connections"), l.current.to_string()),
+                (format!("{prefix}/connections/total"), l.total.to_string()),
+            ]
+        });
+        let stats = stats.into_iter().map(|(n, v)| (n.to_string(), v));
+        for (name, value) in stats.chain(listeners) {
             let topic = format!("$SYS/broker/{name}");
             let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);
             message.retain = true;
@@ -76,6 +84,13 @@ impl Broker {
             subscriptions: self.subscription_count() as u64,
             retained: self.retained_count() as u64,
             queued_bytes: self.queued_bytes_total() as u64,
+            listeners: self
+                .shared
+                .listeners
+                .read()
+                .iter()
+                .map(|l| l.snapshot())
+                .collect(),
             ..self.shared.metrics.counters()
         }
     }

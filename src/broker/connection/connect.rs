@@ -65,6 +65,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let v = connect.protocol;
+    let mut connect = connect;
+    // A verified client certificate names the client where the listener says so.
+    if let Some(username) = &info.username_from_cert {
+        connect.username = Some(username.clone());
+    }
+    if let Some(client_id) = &info.client_id_from_cert {
+        connect.client_id = client_id.clone();
+    }
     let accepted = match admit_and_attach(broker, &connect, &info).await {
         Ok(a) => a,
         Err(refusal) => {

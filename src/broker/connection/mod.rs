@@ -143,6 +143,9 @@ pub async fn serve<S>(
         rbuf: BytesMut::with_capacity(READ_BUFFER_CONNECT),
         wbuf: BytesMut::new(),
         decoder: Decoder::new(max),
+        // TLS and WebSocket streams hold written bytes until flushed; a TCP socket does not.
+        flushes: info.kind != crate::transport::ListenerKind::Tcp,
+        unflushed: false,
     };
     let connect = Box::pin(read_connect(&broker, &mut io)).await;
     drop(permit);
@@ -173,6 +176,32 @@ struct Io<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
+    /// The stream buffers writes (TLS records, WebSocket frames) until it is flushed.
+    flushes: bool,
+    /// Bytes were written to such a stream since its last flush.
+    unflushed: bool,
+}
+
+/// What [`Io::write_some`] returns for a flush (never a byte count).
+const FLUSHED: usize = 1 << (usize::BITS - 1);
+
+/// Writes some of the write buffer, or, once it is empty, flushes a stream that buffers
+/// (returning [`FLUSHED`]). `Ok(0)`: the socket closed. (The fields of an [`Io`], borrowed
+/// apart from its read half.)
+async fn write_some<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+    flushes: bool,
+    unflushed: &mut bool,
+) -> std::io::Result<usize> {
+    if wbuf.is_empty() {
+        writer.flush().await?;
+        *unflushed = false;
+        return Ok(FLUSHED);
+    }
+    let n = writer.write_buf(wbuf).await?;
+    *unflushed = flushes;
+    Ok(n)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -314,10 +343,10 @@ impl Connection {
                     Ok(0) | Err(_) => Err(Close::Network),
                     Ok(n) => self.on_read(n, io).await,
                 },
-                r = io.writer.write_buf(&mut io.wbuf), if !io.wbuf.is_empty() => match r {
+                r = write_some(&mut io.writer, &mut io.wbuf, io.flushes, &mut io.unflushed), if !io.wbuf.is_empty() || io.unflushed => match r {
                     Ok(0) | Err(_) => Err(Close::Network),
                     Ok(n) => {
-                        Metrics::add(&self.broker.shared.metrics.bytes_sent, n as u64);
+                        Metrics::add(&self.broker.shared.metrics.bytes_sent, (n & !FLUSHED) as u64);
                         self.last_io = Instant::now();
                         Ok(())
                     }
