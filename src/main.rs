@@ -140,6 +140,18 @@ struct BenchCommon {
     /// No live line.
     #[arg(long)]
     quiet: bool,
+    /// Connect over TLS, trusting the CAs in this PEM file.
+    #[arg(long)]
+    cafile: Option<std::path::PathBuf>,
+    /// With --cafile: the client certificate chain (PEM) to present.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// With --cert: its private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// With --cafile: the name expected in the broker's certificate (default: --host).
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 fn seconds(name: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
@@ -165,8 +177,20 @@ impl BenchCommon {
         if self.clients == 0 {
             anyhow::bail!("--clients must be at least 1");
         }
+        let tls = match &self.cafile {
+            None => None,
+            Some(ca) => {
+                let name = self
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| self.host.to_string());
+                let identity = self.cert.as_deref().zip(self.key.as_deref());
+                Some(keelmq_tools::client::TlsClient::new(ca, &name, identity)?)
+            }
+        };
         Ok(keelmq_tools::bench::Common {
             addr: SocketAddr::new(self.host, self.port),
+            tls,
             clients: self.clients,
             conn_rate: self.conn_rate,
             version: match self.mqtt.as_str() {

@@ -221,7 +221,9 @@ impl Drop for ListenerGuard {
 }
 
 /// PROXY header, TLS handshake and WebSocket upgrade as the listener asks, within its
-/// handshake timeout; then the MQTT connection.
+/// handshake timeout; then the MQTT connection. Only the plain TCP path runs inline: the TLS
+/// and WebSocket paths are boxed, so that an idle TCP connection's task is not sized for a TLS
+/// session.
 async fn establish(
     broker: Broker,
     shared: Arc<Shared>,
@@ -235,43 +237,82 @@ async fn establish(
     let mut info = ConnInfo::tcp(peer, local, shared.name.clone());
     info.kind = spec.kind;
     if spec.proxy_protocol {
-        match tokio::time::timeout_at(deadline, read_proxy_header(&mut stream)).await {
+        match Box::pin(tokio::time::timeout_at(
+            deadline,
+            read_proxy_header(&mut stream),
+        ))
+        .await
+        {
             Ok(Ok(Some(addrs))) => info.peer = addrs.source,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "PROXY header refused"),
             Err(_) => return tracing::debug!(%peer, "no PROXY header in time"),
         }
     }
-    let max_packet = broker.config().mqtt.max_packet_size as usize;
-    match (spec.kind, &shared.tls) {
-        (ListenerKind::Tcp, _) => connection::serve(broker, stream, info, permit).await,
-        (ListenerKind::Ws, _) => {
-            let upgraded =
-                tokio::time::timeout_at(deadline, ws::accept(stream, &spec.path, max_packet));
-            if let Some(ws) = finish_upgrade(upgraded.await, spec, &mut info) {
-                connection::serve(broker, ws::WsStream::new(ws), info, permit).await;
-            }
+    let handshake = Handshake {
+        broker,
+        shared: shared.clone(),
+        info,
+        permit,
+        deadline,
+    };
+    match spec.kind {
+        ListenerKind::Tcp => {
+            let Handshake {
+                broker,
+                info,
+                permit,
+                ..
+            } = handshake;
+            connection::serve(broker, stream, info, permit).await
         }
-        (ListenerKind::Tls | ListenerKind::Wss, Some(tls)) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
-            let stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            certificate_identity(stream.get_ref().1, spec, &mut info);
-            if spec.kind == ListenerKind::Tls {
-                return connection::serve(broker, stream, info, permit).await;
-            }
-            let upgraded =
-                tokio::time::timeout_at(deadline, ws::accept(stream, &spec.path, max_packet));
-            if let Some(ws) = finish_upgrade(upgraded.await, spec, &mut info) {
-                connection::serve(broker, ws::WsStream::new(ws), info, permit).await;
-            }
+        ListenerKind::Ws => Box::pin(handshake.websocket(stream)).await,
+        ListenerKind::Tls | ListenerKind::Wss => Box::pin(handshake.tls(stream)).await,
+    }
+}
+
+/// A connection between accept and MQTT: what the TLS and WebSocket steps need.
+struct Handshake {
+    broker: Broker,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+}
+
+impl Handshake {
+    /// The TLS handshake, then MQTT (`tls`) or the WebSocket upgrade (`wss`).
+    async fn tls(mut self, stream: TcpStream) {
+        let Some(tls) = &self.shared.tls else {
+            let listener = &self.shared.name;
+            return tracing::error!(%listener, "TLS listener without TLS configuration");
+        };
+        let peer = self.info.peer;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let stream = match tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        certificate_identity(stream.get_ref().1, &self.shared.spec, &mut self.info);
+        match self.shared.spec.kind {
+            ListenerKind::Wss => self.websocket(stream).await,
+            _ => connection::serve(self.broker, stream, self.info, self.permit).await,
         }
-        (ListenerKind::Tls | ListenerKind::Wss, None) => {
-            tracing::error!(listener = %shared.name, "TLS listener without TLS configuration");
+    }
+
+    /// The WebSocket upgrade, then MQTT over it.
+    async fn websocket<S>(mut self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let spec = &self.shared.spec;
+        let max_packet = self.broker.config().mqtt.max_packet_size as usize;
+        let upgrade = ws::accept(stream, &spec.path, max_packet);
+        let upgraded = tokio::time::timeout_at(self.deadline, upgrade).await;
+        if let Some(ws) = finish_upgrade(upgraded, spec, &mut self.info) {
+            let stream = ws::WsStream::new(ws);
+            connection::serve(self.broker, stream, self.info, self.permit).await;
         }
     }
 }

@@ -10,6 +10,8 @@
 //! The clients implement their side of QoS 2 fully (a receiver remembers packet ids awaiting
 //! PUBREL across reconnects; a sender re-sends PUBLISH or PUBREL), as the spec requires, so
 //! any duplicate is the broker's. `KEELMQ_CRASH_CYCLES` sets the number of kills (default 50).
+//! In the run with recycled WAL segments the publisher connects over TLS (a `tls` listener
+//! with a certificate made by the test), so the TLS path is crash-tested too.
 
 use crate::common;
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::raw::{RawClient, Recv};
 use keelmq::codec::*;
+use keelmq_tools::client::TlsClient;
 use parking_lot::Mutex;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -39,6 +42,8 @@ struct Ledger {
 
 struct Shared {
     addr: Mutex<Option<SocketAddr>>,
+    /// The publisher's way in when it connects over TLS: the `tls` listener and the client.
+    tls: Option<(Mutex<Option<SocketAddr>>, TlsClient)>,
     ledger: Mutex<Ledger>,
     stop_publishing: AtomicBool,
     stop_all: AtomicBool,
@@ -50,6 +55,15 @@ struct Shared {
 async fn connect(shared: &Shared, id: &str, clean: bool) -> Option<(RawClient, ConnAck)> {
     let addr = *shared.addr.lock();
     common::connect_persistent(addr, V5, id, clean).await
+}
+
+/// The publisher's connection: over TLS when the run has a TLS listener.
+async fn connect_publisher(shared: &Shared, clean: bool) -> Option<(RawClient, ConnAck)> {
+    let Some((addr, tls)) = &shared.tls else {
+        return connect(shared, "crash-pub", clean).await;
+    };
+    let addr = *addr.lock();
+    common::connect_persistent_over(addr, Some(tls), V5, "crash-pub", clean).await
 }
 
 fn seq_of(payload: &[u8]) -> Option<u64> {
@@ -159,7 +173,7 @@ async fn publisher(shared: Arc<Shared>) {
         if shared.stop_publishing.load(Ordering::Relaxed) && inflight.is_empty() {
             return;
         }
-        let Some((mut c, _)) = connect(&shared, "crash-pub", first).await else {
+        let Some((mut c, _)) = connect_publisher(&shared, first).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -320,17 +334,23 @@ async fn sigkill_while_wal_segments_are_recycled_loses_nothing() {
     let dir = common::temp_dir("crash-recycle");
     let config = dir.join("keelmq.toml");
     std::fs::create_dir_all(&dir).unwrap();
+    let certs = common::certs::TlsFiles::new(&dir.join("certs"));
+    let (cert, key) = (certs.server_cert.display(), certs.server_key.display());
     std::fs::write(
         &config,
         format!(
             "{QUEUES_NEVER_OVERFLOW}[storage]\nwal_segment_bytes = 65536\n\
-             checkpoint_wal_bytes = 65536\ncheckpoint_interval_ms = 100\n"
+             checkpoint_wal_bytes = 65536\ncheckpoint_interval_ms = 100\n\n\
+             [[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\n\
+             cert_file = \"{cert}\"\nkey_file = \"{key}\"\n"
         ),
     )
     .unwrap();
     let data = dir.join("data");
     let wal = data.join("wal");
-    crash_cycles(data, Some(config), 25).await;
+    let tls = TlsClient::new(&certs.ca, "localhost", None).unwrap();
+    crash_cycles_over(data, Some(config), 25, Some(tls)).await;
     // The run must really have recycled segments: spares are left behind.
     let spares = std::fs::read_dir(&wal)
         .map(|entries| {
@@ -348,6 +368,17 @@ async fn sigkill_while_wal_segments_are_recycled_loses_nothing() {
 /// times (`KEELMQ_CRASH_CYCLES` overrides), then checks the ledger. Keeps `dir` on failure and
 /// leaves removing it to the caller otherwise.
 async fn crash_cycles(dir: std::path::PathBuf, config: Option<std::path::PathBuf>, cycles: u32) {
+    crash_cycles_over(dir, config, cycles, None).await
+}
+
+/// [`crash_cycles`] with the publisher over TLS when `tls` is given (the configuration has a
+/// listener named "tls").
+async fn crash_cycles_over(
+    dir: std::path::PathBuf,
+    config: Option<std::path::PathBuf>,
+    cycles: u32,
+    tls: Option<TlsClient>,
+) {
     let cycles: u32 = std::env::var("KEELMQ_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -378,6 +409,7 @@ async fn crash_cycles(dir: std::path::PathBuf, config: Option<std::path::PathBuf
     }
     let shared = Arc::new(Shared {
         addr: Mutex::new(None),
+        tls: tls.map(|t| (Mutex::new(None), t)),
         ledger: Mutex::new(Ledger::default()),
         stop_publishing: AtomicBool::new(false),
         stop_all: AtomicBool::new(false),
@@ -385,16 +417,19 @@ async fn crash_cycles(dir: std::path::PathBuf, config: Option<std::path::PathBuf
         published: AtomicU64::new(0),
     });
     let mut broker = common::BrokerProcess::start_with(&binary, &args);
-    *shared.addr.lock() = Some(broker.addr);
+    set_addrs(&shared, &broker);
     let sub = tokio::spawn(subscriber(shared.clone()));
     let publ = tokio::spawn(publisher(shared.clone()));
     for cycle in 0..cycles {
         tokio::time::sleep(Duration::from_millis(150 + next_rand(450))).await;
         let acked_retained = shared.ledger.lock().max_acked_retained;
         *shared.addr.lock() = None;
+        if let Some((tls_addr, _)) = &shared.tls {
+            *tls_addr.lock() = None;
+        }
         drop(broker); // SIGKILL, then wait for the process to be gone
         broker = common::BrokerProcess::start_with(&binary, &args);
-        *shared.addr.lock() = Some(broker.addr);
+        set_addrs(&shared, &broker);
         if acked_retained > 0 {
             let seen = retained_seq(broker.addr).await;
             if seen.is_none_or(|s| s < acked_retained) {
@@ -468,4 +503,12 @@ async fn crash_cycles(dir: std::path::PathBuf, config: Option<std::path::PathBuf
     );
     assert!(l.violations.is_empty(), "{:?}", l.violations);
     drop(broker);
+}
+
+/// Points the clients at a (re)started broker.
+fn set_addrs(shared: &Shared, broker: &common::BrokerProcess) {
+    *shared.addr.lock() = Some(broker.addr);
+    if let Some((tls_addr, _)) = &shared.tls {
+        *tls_addr.lock() = Some(broker.listener_addr("tls"));
+    }
 }

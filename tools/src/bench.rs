@@ -35,10 +35,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::client::Client;
+use crate::client::{Client, Stream, TlsClient};
 use keelmq_codec::*;
 
 /// Bytes at the start of every bench payload.
@@ -56,6 +56,8 @@ const HIST_MAX_US: u64 = 3_600_000_000;
 #[derive(Debug, Clone)]
 pub struct Common {
     pub addr: SocketAddr,
+    /// Connect over TLS (`--cafile`).
+    pub tls: Option<TlsClient>,
     pub clients: u32,
     /// New connections per second; 0 means as fast as the broker accepts them (at most
     /// `MAX_CONCURRENT_CONNECTS` handshakes at once).
@@ -306,7 +308,8 @@ async fn connect(run: &Run, c: &Common, index: u32) -> Option<Client> {
     let t = Instant::now();
     let id = client_id(c, index);
     let expiry = c.session_expiry;
-    match Client::connect(c.addr, c.version, &id, c.clean, expiry, CONNECT_WAIT).await {
+    let tls = c.tls.as_ref();
+    match Client::connect_over(c.addr, tls, c.version, &id, c.clean, expiry, CONNECT_WAIT).await {
         Some((client, ack)) if ack.code == ReasonCode::SUCCESS => {
             let us = t.elapsed().as_micros() as u64;
             let _ = run.connect_latency.lock().record(us.clamp(1, HIST_MAX_US));
@@ -635,7 +638,7 @@ async fn idle(run: Arc<Run>, c: Arc<Common>, _index: u32, client: Client) {
                 }
             }
             _ = ping.tick(), if c.keep_alive > 0 => {
-                if stream.write_all(&PINGREQ).await.is_err() {
+                if stream.write_all(&PINGREQ).await.is_err() || stream.flush().await.is_err() {
                     run.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -644,6 +647,7 @@ async fn idle(run: Arc<Run>, c: Arc<Common>, _index: u32, client: Client) {
         }
     }
     let _ = stream.write_all(&DISCONNECT).await;
+    let _ = stream.flush().await;
 }
 
 const PINGREQ: [u8; 2] = [0xC0, 0x00];
@@ -685,10 +689,83 @@ pub async fn sub(o: SubOptions) -> anyhow::Result<Summary> {
     Ok(Summary::collect(&run, "sub", o.common.clients, active))
 }
 
+/// A client's connection split for a read/write loop: its halves, the decoder and the bytes
+/// already read, and whether writes must be flushed (TLS).
+struct Conn<R, W> {
+    rd: R,
+    wr: W,
+    decoder: Decoder,
+    inbuf: BytesMut,
+    version: ProtocolVersion,
+    flushes: bool,
+}
+
+/// Runs `$body` with `$conn`, a [`Conn`] over the halves of `$client`'s stream (a TCP stream
+/// split without a lock).
+macro_rules! with_conn {
+    ($client:expr, |$conn:ident| $body:expr) => {{
+        let version = $client.version();
+        let (stream, decoder, inbuf) = $client.into_parts();
+        let flushes = stream.buffers_writes();
+        match stream {
+            Stream::Tcp(mut tcp) => {
+                let (rd, wr) = tcp.split();
+                let $conn = Conn {
+                    rd,
+                    wr,
+                    decoder,
+                    inbuf,
+                    version,
+                    flushes,
+                };
+                $body.await
+            }
+            other => {
+                let (rd, wr) = tokio::io::split(other);
+                let $conn = Conn {
+                    rd,
+                    wr,
+                    decoder,
+                    inbuf,
+                    version,
+                    flushes,
+                };
+                $body.await
+            }
+        }
+    }};
+}
+
+/// Writes some of `out`, or, once it is empty, flushes (`Ok(None)`): a TLS stream holds the
+/// last record until then.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        return wr.flush().await.map(|_| None);
+    }
+    wr.write(out).await.map(Some)
+}
+
 async fn subscriber(run: Arc<Run>, o: Arc<SubOptions>, index: u32, client: Client) {
-    let version = client.version();
-    let (mut stream, mut decoder, mut inbuf) = client.into_parts();
-    let (mut rd, mut wr) = stream.split();
+    with_conn!(client, |conn| subscribe_loop(run, o, index, conn))
+}
+
+async fn subscribe_loop<R, W>(run: Arc<Run>, o: Arc<SubOptions>, index: u32, conn: Conn<R, W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Conn {
+        mut rd,
+        mut wr,
+        mut decoder,
+        mut inbuf,
+        version,
+        flushes,
+    } = conn;
+    let mut unflushed = false;
     let mut out = BytesMut::with_capacity(4096);
     let topic = o.topic.replace("%i", &index.to_string());
     let subscribe = Packet::Subscribe(Subscribe {
@@ -762,9 +839,10 @@ async fn subscriber(run: Arc<Run>, o: Arc<SubOptions>, index: u32, client: Clien
                     }
                 }
             }
-            w = wr.write(&out), if !out.is_empty() => {
+            w = write_or_flush(&mut wr, &out), if !out.is_empty() || unflushed => {
                 match w {
-                    Ok(n) if n > 0 => out.advance(n),
+                    Ok(Some(n)) if n > 0 => { out.advance(n); unflushed = flushes; }
+                    Ok(None) => unflushed = false,
                     _ => { closed = true; break 'run; }
                 }
             }
@@ -781,6 +859,7 @@ async fn subscriber(run: Arc<Run>, o: Arc<SubOptions>, index: u32, client: Clien
     if !closed {
         let _ = wr.write_all(&out).await;
         let _ = wr.write_all(&DISCONNECT).await;
+        let _ = wr.flush().await;
     }
     let lost: u64 = streams.values().map(SeqTracker::gaps).sum();
     {
@@ -832,9 +911,23 @@ fn per_client_rate(o: &PubOptions) -> Option<f64> {
 }
 
 async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client) {
-    let version = client.version();
-    let (mut stream, mut decoder, mut inbuf) = client.into_parts();
-    let (mut rd, mut wr) = stream.split();
+    with_conn!(client, |conn| publish_loop(run, o, index, conn))
+}
+
+async fn publish_loop<R, W>(run: Arc<Run>, o: Arc<PubOptions>, index: u32, conn: Conn<R, W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Conn {
+        mut rd,
+        mut wr,
+        mut decoder,
+        mut inbuf,
+        version,
+        flushes,
+    } = conn;
+    let mut unflushed = false;
     let c = &run.counters;
     let topic_template = o.topic.replace("%i", &index.to_string());
     let per_message_topic = topic_template.contains("%s");
@@ -974,9 +1067,10 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
                     break;
                 }
             }
-            w = wr.write(&out), if !out.is_empty() => {
+            w = write_or_flush(&mut wr, &out), if !out.is_empty() || unflushed => {
                 match w {
-                    Ok(n) if n > 0 => out.advance(n),
+                    Ok(Some(n)) if n > 0 => { out.advance(n); unflushed = flushes; }
+                    Ok(None) => unflushed = false,
                     _ => { closed = true; break; }
                 }
             }
@@ -993,6 +1087,7 @@ async fn publisher(run: Arc<Run>, o: Arc<PubOptions>, index: u32, client: Client
         c.dropped.fetch_add(1, Ordering::Relaxed);
     } else if !closed {
         let _ = wr.write_all(&DISCONNECT).await;
+        let _ = wr.flush().await;
     }
     // Whatever is still unacknowledged stays counted as sent and not acknowledged.
     c.inflight

@@ -33,7 +33,9 @@ impl Ca {
     pub fn server(&self, names: &[&str]) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "keelmq test server");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "keelmq test server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params)
     }
@@ -43,7 +45,9 @@ impl Ca {
     pub fn client(&self, cn: &str, expired: bool) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.distinguished_name.push(DnType::OrganizationName, "Fleet");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Fleet");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if expired {
             params.not_before = date_time_ymd(2020, 1, 1);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use keelmq::config::Config;
 use keelmq::server::Server;
 
+pub mod certs;
 pub mod raw;
 
 /// A configuration for tests: an ephemeral loopback port, `$SYS` every second, and a fresh
@@ -99,7 +100,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// The `keelmq` binary running in a child process, killed (SIGKILL) when dropped.
 pub struct BrokerProcess {
     pub child: Child,
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address as the broker reports it, by name.
+    listeners: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, SocketAddr>>>,
     /// A data directory this harness created, removed on drop.
     owned_dir: Option<PathBuf>,
 }
@@ -129,11 +133,26 @@ impl BrokerProcess {
             .expect("keelmq starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let listeners =
+            std::sync::Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new()));
+        let found = listeners.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("local_addr=").nth(1) {
-                    if let (Some(tx), Ok(a)) = (tx.take(), addr.trim().parse::<SocketAddr>()) {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .parse::<SocketAddr>();
+                    let name = line
+                        .split("listener=")
+                        .nth(1)
+                        .and_then(|n| n.split_whitespace().next());
+                    if let (Some(name), Ok(a)) = (name, &addr) {
+                        found.lock().insert(name.to_string(), *a);
+                    }
+                    if let (Some(tx), Ok(a)) = (tx.take(), addr) {
                         let _ = tx.send(a);
                     }
                 }
@@ -148,12 +167,28 @@ impl BrokerProcess {
         BrokerProcess {
             child,
             addr,
+            listeners,
             owned_dir: None,
         }
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The address of listener `name` (waits up to 10 s for the broker to report it).
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.listeners.lock().get(name) {
+                return *a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker reports no listener {name}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -248,9 +283,20 @@ pub async fn connect_persistent(
     id: &str,
     clean: bool,
 ) -> Option<(raw::RawClient, keelmq::codec::ConnAck)> {
+    connect_persistent_over(addr, None, version, id, clean).await
+}
+
+/// [`connect_persistent`] over TLS when `tls` is given.
+pub async fn connect_persistent_over(
+    addr: Option<SocketAddr>,
+    tls: Option<&keelmq_tools::client::TlsClient>,
+    version: keelmq::codec::ProtocolVersion,
+    id: &str,
+    clean: bool,
+) -> Option<(raw::RawClient, keelmq::codec::ConnAck)> {
     let mut c = tokio::time::timeout(
         Duration::from_secs(2),
-        raw::RawClient::try_tcp(addr?, version),
+        raw::RawClient::try_open(addr?, version, tls),
     )
     .await
     .ok()??;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keelmq::codec::*;
-use keelmq_tools::client::Client;
 pub use keelmq_tools::client::Recv;
+use keelmq_tools::client::{Client, TlsClient};
 
 pub struct RawClient {
     inner: Client,
@@ -23,7 +23,16 @@ impl RawClient {
     }
 
     pub async fn try_tcp(addr: SocketAddr, version: ProtocolVersion) -> Option<RawClient> {
-        let inner = Client::tcp(addr, version, WAIT).await?;
+        RawClient::try_open(addr, version, None).await
+    }
+
+    /// Opens a connection, over TLS when `tls` is given.
+    pub async fn try_open(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        tls: Option<&TlsClient>,
+    ) -> Option<RawClient> {
+        let inner = Client::open(addr, version, tls, WAIT).await?;
         Some(RawClient { inner, version })
     }
 
