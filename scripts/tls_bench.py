@@ -2,7 +2,7 @@
 """TLS benchmarks, in one run on one machine (loopback only, brokers one at a time):
 
   1. durable QoS 1 throughput, 10 publishers -> 1 persistent subscriber, 64 B, unpaced:
-     KeelMQ over TLS as a ratio of KeelMQ over plain TCP;
+     KeelMQ over TLS and over secure WebSocket as a ratio of KeelMQ over plain TCP;
   2. TLS handshakes per second (new connections with CONNECT/CONNACK, TLS 1.3, ECDSA P-256):
      KeelMQ against Mosquitto's TLS listener with the same certificate;
   3. broker RSS bytes per idle TLS connection (10,000 connections), KeelMQ and Mosquitto.
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import log, summary_of, wait_port, wait_ready  # noqa: E402
 from procstat import cpu_seconds, status_kb  # noqa: E402
 
-TCP_PORT, TLS_PORT = 21883, 28883
+TCP_PORT, TLS_PORT, WSS_PORT = 21883, 28883, 28084
 
 
 def make_certs(work):
@@ -62,7 +62,9 @@ class Broker:
                         f'[[listeners]]\nkind = "tcp"\nbind = "127.0.0.1:{TCP_PORT}"\n\n'
                         f'[[listeners]]\nkind = "tls"\nbind = "127.0.0.1:{TLS_PORT}"\n'
                         f'cert_file = "{c["cert"]}"\nkey_file = "{c["key"]}"\n'
-                        f'versions = ["tls1.3"]\n')
+                        f'versions = ["tls1.3"]\n\n'
+                        f'[[listeners]]\nkind = "wss"\nbind = "127.0.0.1:{WSS_PORT}"\n'
+                        f'cert_file = "{c["cert"]}"\nkey_file = "{c["key"]}"\n')
             cmd = [self.args.keelmq, "serve", "--config", conf]
         else:
             conf = os.path.join(self.dir, "mosquitto.conf")
@@ -98,10 +100,12 @@ class Broker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def bench(args, mode, port, extra, tls=False, background=False):
+def bench(args, mode, port, extra, tls=False, ws=False, background=False):
     cmd = [args.keelmq, "bench", mode, "-p", str(port), "--quiet", "--threads", "2"]
     if tls:
         cmd += ["--cafile", args.certs["ca"]]
+    if ws:
+        cmd += ["--ws-path", "/mqtt"]
     cmd += [str(x) for x in extra]
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -110,19 +114,20 @@ def bench(args, mode, port, extra, tls=False, background=False):
     return summary_of(out.stdout, out.stderr, cmd)
 
 
-def throughput(args, tls):
-    """Durable QoS 1, 10 -> 1 persistent subscriber, on KeelMQ over TCP or TLS."""
-    port = TLS_PORT if tls else TCP_PORT
-    name = "tls" if tls else "tcp"
+def throughput(args, name):
+    """Durable QoS 1, 10 -> 1 persistent subscriber, on KeelMQ over tcp, tls or wss."""
+    port = {"tcp": TCP_PORT, "tls": TLS_PORT, "wss": WSS_PORT}[name]
+    tls, ws = name != "tcp", name == "wss"
     with Broker("keelmq", args, args.certs) as b:
         sub = bench(args, "sub", port, ["-c", 1, "-t", "bench/#", "-q", 1, "--idle-exit", 3,
                                         "-d", args.duration + 60, "--persistent",
-                                        "--prefix", f"sub-{name}"], tls=tls, background=True)
+                                        "--prefix", f"sub-{name}"], tls=tls, ws=ws,
+                    background=True)
         wait_ready(sub)
         cpu0 = cpu_seconds(b.pid)
         p = bench(args, "pub", port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 64,
                                       "-d", args.duration, "-F", 32, "--prefix", f"pub-{name}"],
-                  tls=tls)
+                  tls=tls, ws=ws)
         out, err = sub.communicate(timeout=args.duration + 120)
         s = summary_of(out, err, ["bench", "sub"])
         cpu = cpu_seconds(b.pid) - cpu0
@@ -190,7 +195,7 @@ def main():
     args.work = tempfile.mkdtemp(prefix="keelmq-tls-bench-")
     try:
         args.certs = make_certs(args.work)
-        tcp, tls = throughput(args, False), throughput(args, True)
+        tcp, tls, wss = (throughput(args, t) for t in ("tcp", "tls", "wss"))
         hs = {k: handshakes(args, k) for k in ("mosquitto", "keelmq")}
         idles = {k: idle(args, k, args.idle) for k in ("mosquitto", "keelmq")} if args.idle else {}
     finally:
@@ -202,6 +207,10 @@ def main():
           f"{tcp['delivered_per_s']:,.0f} (TCP) | {r(tls['delivered_per_s'], tcp['delivered_per_s'])} |")
     print(f"| ... broker CPU µs per message | {tls['cpu_us_per_msg']:.2f} | {tcp['cpu_us_per_msg']:.2f} (TCP) | "
           f"{r(tls['cpu_us_per_msg'], tcp['cpu_us_per_msg'])} |")
+    print(f"| durable QoS 1 10 → 1, delivered msgs/s: WSS vs TCP | {wss['delivered_per_s']:,.0f} | "
+          f"{tcp['delivered_per_s']:,.0f} (TCP) | {r(wss['delivered_per_s'], tcp['delivered_per_s'])} |")
+    print(f"| ... broker CPU µs per message | {wss['cpu_us_per_msg']:.2f} | {tcp['cpu_us_per_msg']:.2f} (TCP) | "
+          f"{r(wss['cpu_us_per_msg'], tcp['cpu_us_per_msg'])} |")
     m, k = hs["mosquitto"], hs["keelmq"]
     print(f"| TLS 1.3 handshakes + CONNACK per s ({args.handshakes} new connections) | "
           f"{k['handshakes_per_s']:,.0f} | {m['handshakes_per_s']:,.0f} (Mosquitto) | "
@@ -214,7 +223,8 @@ def main():
               f"{m['bytes_per_conn']:,.0f} (Mosquitto) | {r(k['bytes_per_conn'], m['bytes_per_conn'])} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"tcp": tcp, "tls": tls, "handshakes": hs, "idle": idles}, f, indent=1)
+            json.dump({"tcp": tcp, "tls": tls, "wss": wss, "handshakes": hs, "idle": idles}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,9 @@ struct BenchCommon {
     /// With --cafile: the name expected in the broker's certificate (default: --host).
     #[arg(long)]
     tls_server_name: Option<String>,
+    /// Speak MQTT over WebSocket, upgrading on this path (e.g. /mqtt); with --cafile over TLS.
+    #[arg(long)]
+    ws_path: Option<String>,
 }
 
 fn seconds(name: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
@@ -188,9 +191,13 @@ impl BenchCommon {
                 Some(keelmq_tools::client::TlsClient::new(ca, &name, identity)?)
             }
         };
+        let via = keelmq_tools::client::Via {
+            tls,
+            ws_path: self.ws_path.clone(),
+        };
         Ok(keelmq_tools::bench::Common {
             addr: SocketAddr::new(self.host, self.port),
-            tls,
+            via,
             clients: self.clients,
             conn_rate: self.conn_rate,
             version: match self.mqtt.as_str() {

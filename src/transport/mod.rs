@@ -195,7 +195,19 @@ impl Listener {
         };
         let _ = stream.set_nodelay(true);
         let guard = ListenerGuard::new(stats.clone());
-        let (broker, shared) = (broker.clone(), shared.clone());
+        let broker = broker.clone();
+        if shared.spec.kind == ListenerKind::Tcp && !shared.spec.proxy_protocol {
+            // Nothing to do before MQTT: the task is the connection's alone (an idle
+            // connection's memory is this task).
+            let local = stream.local_addr().unwrap_or(shared.local_addr);
+            let info = ConnInfo::tcp(peer, local, shared.name.clone());
+            tokio::spawn(async move {
+                connection::serve(broker, stream, info, permit).await;
+                drop(guard);
+            });
+            return;
+        }
+        let shared = shared.clone();
         tokio::spawn(async move {
             establish(broker, shared, stream, peer, permit).await;
             drop(guard);

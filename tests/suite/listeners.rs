@@ -583,3 +583,47 @@ async fn mosquitto_clients_over_tls_and_mutual_tls() {
 }
 
 use keelmq::codec::proxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_client_speaks_ws_and_wss() {
+    use keelmq_tools::client::{Client, TlsClient, Via};
+    let (server, files) = start("tools-ws").await;
+    let tls = TlsClient::new(&files.ca, "localhost", None).unwrap();
+    for (listener, via) in [
+        (
+            "ws",
+            Via {
+                tls: None,
+                ws_path: Some("/mqtt".into()),
+            },
+        ),
+        (
+            "wss",
+            Via {
+                tls: Some(tls.clone()),
+                ws_path: Some("/mqtt".into()),
+            },
+        ),
+        (
+            "tls",
+            Via {
+                tls: Some(tls.clone()),
+                ws_path: None,
+            },
+        ),
+    ] {
+        let addr = server.listener_addr(listener).unwrap();
+        let wait = Duration::from_secs(5);
+        let (mut c, ack) =
+            Client::connect_over(addr, &via, ProtocolVersion::V5, listener, true, 0, wait)
+                .await
+                .unwrap_or_else(|| panic!("connects over {listener}"));
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
+        c.send(&Packet::PingReq).await;
+        assert_eq!(
+            c.recv(wait).await,
+            keelmq_tools::client::Recv::Packet(Packet::PingResp)
+        );
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}

@@ -38,7 +38,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::client::{Client, Stream, TlsClient};
+use crate::client::{Client, Stream, Via};
 use keelmq_codec::*;
 
 /// Bytes at the start of every bench payload.
@@ -56,8 +56,8 @@ const HIST_MAX_US: u64 = 3_600_000_000;
 #[derive(Debug, Clone)]
 pub struct Common {
     pub addr: SocketAddr,
-    /// Connect over TLS (`--cafile`).
-    pub tls: Option<TlsClient>,
+    /// Connect over TLS (`--cafile`) and/or WebSocket (`--ws-path`).
+    pub via: Via,
     pub clients: u32,
     /// New connections per second; 0 means as fast as the broker accepts them (at most
     /// `MAX_CONCURRENT_CONNECTS` handshakes at once).
@@ -308,8 +308,17 @@ async fn connect(run: &Run, c: &Common, index: u32) -> Option<Client> {
     let t = Instant::now();
     let id = client_id(c, index);
     let expiry = c.session_expiry;
-    let tls = c.tls.as_ref();
-    match Client::connect_over(c.addr, tls, c.version, &id, c.clean, expiry, CONNECT_WAIT).await {
+    match Client::connect_over(
+        c.addr,
+        &c.via,
+        c.version,
+        &id,
+        c.clean,
+        expiry,
+        CONNECT_WAIT,
+    )
+    .await
+    {
         Some((client, ack)) if ack.code == ReasonCode::SUCCESS => {
             let us = t.elapsed().as_micros() as u64;
             let _ = run.connect_latency.lock().record(us.clamp(1, HIST_MAX_US));

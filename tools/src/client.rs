@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 use keelmq_codec::*;
 
+use crate::ws::WsStream;
+
 /// How a client reaches the broker over TLS: the CAs it trusts, the name it expects in the
 /// broker's certificate, and optionally its own certificate.
 #[derive(Clone)]
@@ -61,17 +63,54 @@ impl TlsClient {
     }
 }
 
-/// A connection to the broker: TCP, or TLS over TCP.
+/// How a client reaches the broker: plain TCP, TLS, WebSocket (upgrading on `ws_path` with
+/// subprotocol `mqtt`), or WebSocket over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Via {
+    pub tls: Option<TlsClient>,
+    pub ws_path: Option<String>,
+}
+
+type TlsTcp = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A connection to the broker.
 pub enum Stream {
     Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<TlsTcp>),
+    Ws(Box<WsStream<TcpStream>>),
+    Wss(Box<WsStream<TlsTcp>>),
 }
 
 impl Stream {
-    /// Whether written bytes may wait in the stream until it is flushed (TLS records).
+    /// Whether written bytes may wait in the stream until it is flushed (TLS records,
+    /// WebSocket frames).
     pub fn buffers_writes(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        !matches!(self, Stream::Tcp(_))
     }
+}
+
+/// Runs `$call` with `$s`, the pinned inner stream of any variant.
+macro_rules! delegate {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+            Stream::Ws($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+            Stream::Wss($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+        }
+    };
 }
 
 impl AsyncRead for Stream {
@@ -80,10 +119,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        delegate!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -93,25 +129,54 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        delegate!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        delegate!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        delegate!(self, s => s.poll_shutdown(cx))
     }
+}
+
+/// Connects `via` TLS and/or WebSocket.
+async fn open_stream(addr: SocketAddr, via: &Via) -> Option<Stream> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let scheme = if via.tls.is_some() { "wss" } else { "ws" };
+    let url = via
+        .ws_path
+        .as_ref()
+        .map(|p| format!("{scheme}://{addr}{p}"));
+    let Some(t) = &via.tls else {
+        return match url {
+            None => Some(Stream::Tcp(tcp)),
+            Some(url) => Some(Stream::Ws(Box::new(upgrade(tcp, &url).await?))),
+        };
+    };
+    let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+    let tls = connector.connect(t.server_name.clone(), tcp).await.ok()?;
+    match url {
+        None => Some(Stream::Tls(Box::new(tls))),
+        Some(url) => Some(Stream::Wss(Box::new(upgrade(tls, &url).await?))),
+    }
+}
+
+/// The WebSocket upgrade with subprotocol `mqtt`.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: S, url: &str) -> Option<WsStream<S>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut request = url.into_client_request().ok()?;
+    let protocol = HeaderValue::from_static("mqtt");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocol);
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .ok()?;
+    Some(WsStream::new(ws))
 }
 
 /// What a receive saw.
@@ -136,34 +201,18 @@ pub struct Client {
 impl Client {
     /// Opens the TCP connection only (for callers that send their own CONNECT bytes).
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion, wait: Duration) -> Option<Client> {
-        Client::open(addr, version, None, wait).await
+        Client::open(addr, version, &Via::default(), wait).await
     }
 
-    /// Opens the connection, over TLS when `tls` is given (handshake included in `wait`).
+    /// Opens the connection `via` TLS and/or WebSocket (handshakes included in `wait`).
     pub async fn open(
         addr: SocketAddr,
         version: ProtocolVersion,
-        tls: Option<&TlsClient>,
+        via: &Via,
         wait: Duration,
     ) -> Option<Client> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-        let _ = tcp.set_nodelay(true);
-        let stream = match tls {
-            None => Stream::Tcp(tcp),
-            Some(t) => {
-                let connector = tokio_rustls::TlsConnector::from(t.config.clone());
-                let handshake = connector.connect(t.server_name.clone(), tcp);
-                let tls = tokio::time::timeout_at(deadline, handshake)
-                    .await
-                    .ok()?
-                    .ok()?;
-                Stream::Tls(Box::new(tls))
-            }
-        };
+        let opened = tokio::time::timeout(wait, open_stream(addr, via)).await;
+        let stream = opened.ok()??;
         Some(Client {
             stream,
             decoder: Decoder::with_version(version, MAX_PACKET_SIZE_PROTOCOL),
@@ -209,7 +258,7 @@ impl Client {
     ) -> Option<(Client, ConnAck)> {
         Client::connect_over(
             addr,
-            None,
+            &Via::default(),
             version,
             client_id,
             clean_start,
@@ -219,17 +268,17 @@ impl Client {
         .await
     }
 
-    /// [`Self::connect`] over TLS when `tls` is given.
+    /// [`Self::connect`] `via` TLS and/or WebSocket.
     pub async fn connect_over(
         addr: SocketAddr,
-        tls: Option<&TlsClient>,
+        via: &Via,
         version: ProtocolVersion,
         client_id: &str,
         clean_start: bool,
         session_expiry: u32,
         wait: Duration,
     ) -> Option<(Client, ConnAck)> {
-        let mut c = Client::open(addr, version, tls, wait).await?;
+        let mut c = Client::open(addr, version, via, wait).await?;
         let mut connect = c.connect_packet(client_id, clean_start);
         if version.is_v5() {
             connect.properties.session_expiry_interval = Some(session_expiry);

@@ -10,3 +10,4 @@
 pub mod bench;
 pub mod client;
 pub mod verify;
+pub mod ws;

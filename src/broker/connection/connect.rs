@@ -59,7 +59,7 @@ pub(super) async fn accept<S>(
     broker: &Broker,
     io: &mut Io<S>,
     connect: Connect,
-    info: ConnInfo,
+    info: Box<ConnInfo>,
 ) -> Option<Connection>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -90,17 +90,17 @@ where
         session_present,
         ..accepted.ack.clone()
     };
-    let mut conn = Connection::new(broker, &connect, info, accepted);
+    let mut conn = Connection::new(broker, &connect, &info, accepted);
     let window = match v.is_v5() {
         true => connect.properties.receive_maximum.unwrap_or(u16::MAX),
         false => broker.config().mqtt.max_inflight,
     };
     broker.session_op(&conn.slot, conn.id, |s| s.set_window(window));
     broker.set_identity(&conn.slot, conn.id, conn.identity.clone());
-    let (client_id, peer) = (conn.client_id.clone(), conn.info.peer);
+    let (client_id, peer) = (conn.client_id.clone(), conn.peer);
     broker.emit(|| Event::Connected { client_id, peer });
     let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
-    let (peer, client_id) = (conn.info.peer, &conn.client_id);
+    let (peer, client_id) = (conn.peer, &conn.client_id);
     tracing::debug!(%peer, %client_id, ?v, session_present, "connected");
     // Resume: re-send what was in flight, PUBREL where PUBREC was seen (§4.4).
     let resend = broker
@@ -161,7 +161,7 @@ async fn admit_and_attach(
 impl Connection {
     /// The connection of an accepted CONNECT; for 5.0 with what the client and the broker told
     /// each other about packet sizes and topic aliases.
-    fn new(broker: &Broker, connect: &Connect, info: ConnInfo, accepted: Accepted) -> Connection {
+    fn new(broker: &Broker, connect: &Connect, info: &ConnInfo, accepted: Accepted) -> Connection {
         let (props, v5) = (&connect.properties, connect.protocol.is_v5());
         let Accepted {
             admitted,
@@ -172,7 +172,8 @@ impl Connection {
         } = accepted;
         let alias_maximum = broker.config().mqtt.topic_alias_maximum;
         Connection {
-            info,
+            peer: info.peer,
+            listener: info.listener.clone(),
             identity,
             broker: broker.clone(),
             id: conn_id,

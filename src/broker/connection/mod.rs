@@ -157,6 +157,8 @@ pub async fn serve<S>(
             return;
         }
     };
+    // Boxed: the connection keeps only the peer and the listener of it.
+    let info = Box::new(info);
     let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, info)).await else {
         io.close_gracefully().await;
         return;
@@ -259,9 +261,9 @@ struct HeldBack {
 
 /// Per-connection state (the session itself lives in the broker).
 struct Connection {
-    /// Who the client is and where it came in (peer, listener, TLS certificate, WebSocket
-    /// headers).
-    info: ConnInfo,
+    /// Where the client came from and in (what else the transport knew served the CONNECT).
+    peer: std::net::SocketAddr,
+    listener: Arc<str>,
     /// Who the client authenticated as (for the authorizer).
     identity: Identity,
     broker: Broker,
@@ -565,7 +567,7 @@ impl Connection {
             self.send(&mut io.wbuf, &Packet::Disconnect(d));
         }
         let drain = !matches!(close, Close::Network) && io.flush_and_close().await.is_ok();
-        let (peer, listener) = (self.info.peer, &self.info.listener);
+        let (peer, listener) = (self.peer, &self.listener);
         tracing::debug!(client_id = %self.client_id, %peer, %listener, ?close, "connection closed");
         let (publish_will, expiry) = match close {
             Close::Client { reason, expiry } => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keelmq::codec::*;
 pub use keelmq_tools::client::Recv;
-use keelmq_tools::client::{Client, TlsClient};
+use keelmq_tools::client::{Client, TlsClient, Via};
 
 pub struct RawClient {
     inner: Client,
@@ -32,7 +32,11 @@ impl RawClient {
         version: ProtocolVersion,
         tls: Option<&TlsClient>,
     ) -> Option<RawClient> {
-        let inner = Client::open(addr, version, tls, WAIT).await?;
+        let via = Via {
+            tls: tls.cloned(),
+            ws_path: None,
+        };
+        let inner = Client::open(addr, version, &via, WAIT).await?;
         Some(RawClient { inner, version })
     }
 
