@@ -44,6 +44,10 @@ def make_certs(work):
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "30", "-out", "server.pem", "-extfile", "ext")
+    # Mosquitto started as root drops to its own user, which must read these.
+    os.chmod(work, 0o755)
+    for f in os.listdir(work):
+        os.chmod(os.path.join(work, f), 0o644)
     return {k: os.path.join(work, f) for k, f in
             [("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key")]}
 

@@ -65,6 +65,8 @@ fn error_response(status: StatusCode, why: &str) -> ErrorResponse {
 
 /// Performs the WebSocket upgrade on `stream`: frames are limited to `max_packet` plus a
 /// little, so that one message costs at most one maximum-size packet of memory.
+// The callback's error type is tungstenite's (an HTTP response), not ours to box.
+#[allow(clippy::result_large_err)]
 pub async fn accept<S>(
     stream: S,
     path: &str,
