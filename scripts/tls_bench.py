@@ -26,6 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
 from compare import log, summary_of, wait_port, wait_ready  # noqa: E402
 from procstat import cpu_seconds, status_kb  # noqa: E402
 
@@ -52,10 +53,12 @@ def make_certs(work):
             [("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key")]}
 
 
-class Broker:
+class Broker(compare.Broker):
+    """A broker with a TCP and a TLS listener (KeelMQ also WSS); stopped by PID on exit."""
+
     def __init__(self, kind, args, certs):
-        self.kind, self.args, self.certs = kind, args, certs
-        self.dir = tempfile.mkdtemp(prefix=f"tls-{kind}-", dir=args.work)
+        super().__init__(kind, args, args.work, TCP_PORT)
+        self.certs = certs
 
     def __enter__(self):
         c = self.certs
@@ -87,21 +90,6 @@ class Broker:
         wait_port(TCP_PORT, self.proc)
         wait_port(TLS_PORT, self.proc)
         return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def bench(args, mode, port, extra, tls=False, ws=False, background=False):

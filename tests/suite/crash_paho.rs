@@ -14,7 +14,7 @@ use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 /// Kills when `KEELMQ_PAHO_CRASH_KILLS` is not set.
@@ -61,26 +61,16 @@ fn paho_acknowledged_messages_survive_broker_kills() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho/crash.py");
     let timeout = Duration::from_secs(30 + 4 * u64::from(kills)) + TIMEOUT_MARGIN;
     let started = Instant::now();
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_keelmq"))
-        .arg(&dir)
-        .args([port.to_string(), kills.to_string()])
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    let stdout = common::drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = common::drain(child.stderr.take().expect("stderr is piped"));
-    let status = common::wait_timeout(&mut child, timeout);
+    let (port_arg, kills_arg) = (port.to_string(), kills.to_string());
+    let args: Vec<&std::ffi::OsStr> = vec![
+        env!("CARGO_BIN_EXE_keelmq").as_ref(),
+        dir.as_os_str(),
+        port_arg.as_ref(),
+        kills_arg.as_ref(),
+    ];
+    let run = common::run_python(&python, &script, &args, timeout);
     let elapsed = started.elapsed();
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    let (status, stdout, stderr) = (run.status, run.stdout, run.stderr);
     let outcome = match status {
         Some(s) if s.success() => {
             eprintln!("paho crash test: passed in {elapsed:.1?}\n{stdout}");

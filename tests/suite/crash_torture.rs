@@ -349,11 +349,17 @@ async fn retained_value(addr: SocketAddr, topic: &str) -> Option<String> {
     let mut c = RawClient::try_tcp(addr, V5).await?;
     c.try_handshake("torture-retained-reader", true, |_| {})
         .await?;
-    c.subscribe(1, topic, SubscriptionOptions::qos(QoS::AtMostOnce))
-        .await;
+    let subscribe = Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![(topic.to_string(), SubscriptionOptions::qos(QoS::AtMostOnce))],
+    };
+    c.send(&Packet::Subscribe(subscribe)).await;
+    // Live copies of a publisher's update may come first (even before the SUBACK, as the spec
+    // allows): only the copy with RETAIN set is the retained value.
     loop {
         match c.recv_within(Duration::from_millis(500)).await {
-            Recv::Packet(Packet::Publish(p)) => {
+            Recv::Packet(Packet::Publish(p)) if p.retain => {
                 return String::from_utf8(p.payload.to_vec()).ok();
             }
             Recv::Packet(_) => {}

@@ -9,7 +9,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 /// Longest one scenario may run; the script's own watchdog ends it at 50 s, the slowest scenario
@@ -58,24 +58,11 @@ fn scenario(name: &str, extra_config: &str) {
     let broker = common::BrokerProcess::start(&["--config", config.to_str().expect("UTF-8 path")]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho/interop.py");
     let started = Instant::now();
-    let mut child = Command::new(python)
-        .arg(&script)
-        .args([name, "127.0.0.1", &broker.port().to_string()])
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    let stdout = common::drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = common::drain(child.stderr.take().expect("stderr is piped"));
-    let status = common::wait_timeout(&mut child, SCENARIO_TIMEOUT);
+    let port = broker.port().to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![name.as_ref(), "127.0.0.1".as_ref(), port.as_ref()];
+    let run = common::run_python(&python, &script, &args, SCENARIO_TIMEOUT);
     let elapsed = started.elapsed();
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    let (status, stdout, stderr) = (run.status, run.stdout, run.stderr);
     let outcome = match status {
         Some(s) if s.success() => {
             eprintln!("paho scenario {name}: passed in {elapsed:.1?}");

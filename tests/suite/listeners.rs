@@ -433,25 +433,11 @@ fn paho(server: &Server, files: &TlsFiles, name: &str) {
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho/transports.py");
     let ports = ["tcp", "tls", "ws", "wss", "wrongname"].map(|l| port(server, l).to_string());
-    let mut child = Command::new(python)
-        .arg(&script)
-        .args([name, "127.0.0.1"])
-        .args(&ports)
-        .arg(&files.ca)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    let stdout = common::drain(child.stdout.take().unwrap());
-    let stderr = common::drain(child.stderr.take().unwrap());
-    let status = common::wait_timeout(&mut child, Duration::from_secs(60));
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    let mut args: Vec<&std::ffi::OsStr> = vec![name.as_ref(), "127.0.0.1".as_ref()];
+    args.extend(ports.iter().map(|p| std::ffi::OsStr::new(p.as_str())));
+    args.push(files.ca.as_os_str());
+    let run = common::run_python(&python, &script, &args, Duration::from_secs(60));
+    let (status, stdout, stderr) = (run.status, run.stdout, run.stderr);
     assert!(
         status.is_some_and(|s| s.success()),
         "paho {name}: {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}"

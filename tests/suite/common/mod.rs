@@ -257,6 +257,41 @@ pub fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
     })
 }
 
+/// What a script run by [`run_python`] did: its exit status (`None`: killed at the timeout)
+/// and its output.
+pub struct ScriptRun {
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `python script args...` unbuffered, with no stdin, for at most `timeout`.
+pub fn run_python(
+    python: &str,
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    timeout: Duration,
+) -> ScriptRun {
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_timeout(&mut child, timeout);
+    ScriptRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
 /// Waits for a child until `timeout`; kills it (SIGKILL) and returns `None` if it is still
 /// running then.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
