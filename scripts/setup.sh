@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building KeelMQ and running its whole test suite need, when it is missing, on a
 # Debian machine (as root, or with sudo): libclang and a C++ compiler for RocksDB, Debian's
-# mosquitto and mosquitto-clients, and Python's paho-mqtt 2.x (the interoperability tests'
-# independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
+# mosquitto and mosquitto-clients, OpenSSL headers for the rumqttc TLS test, and Python's
+# paho-mqtt 2.x (the interoperability tests' independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -12,6 +12,11 @@ need_apt=()
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The rumqttc TLS test uses its native-tls (OpenSSL) backend: an independent TLS peer.
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The certificate-reload and TLS benchmark scripts make certificates with openssl.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt)"

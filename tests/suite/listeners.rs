@@ -613,3 +613,38 @@ async fn the_bench_client_speaks_ws_and_wss() {
     }
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_over_tls() {
+    use rumqttc::v5::mqttbytes::QoS as RQoS;
+    use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
+    use rumqttc::{TlsConfiguration, Transport};
+    let (server, files) = start("rumqttc-tls").await;
+    let mut opts = MqttOptions::new("rumqttc-tls", "127.0.0.1", port(&server, "tls"));
+    opts.set_keep_alive(Duration::from_secs(30));
+    let ca = std::fs::read(&files.ca).unwrap();
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::SimpleNative {
+        ca,
+        client_auth: None,
+    }));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe("rumqttc/tls", RQoS::ExactlyOnce)
+        .await
+        .unwrap();
+    client
+        .publish("rumqttc/tls", RQoS::ExactlyOnce, false, "over OpenSSL")
+        .await
+        .unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) => return p.payload,
+                Ok(_) => {}
+                Err(e) => panic!("rumqttc over TLS: {e}"),
+            }
+        }
+    });
+    assert_eq!(&received.await.unwrap()[..], b"over OpenSSL");
+    server.shutdown(Duration::from_secs(5)).await;
+}
