@@ -223,6 +223,92 @@ pub fn name_from_cert(der: &[u8], part: PeerCertAs) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ListenerKind;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A self-signed certificate and its key, PEM.
+    fn self_signed(name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn spec(dir: &Path, cert: &str, key: &str) -> ListenerSpec {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        ListenerSpec {
+            kind: ListenerKind::Tls,
+            cert_file: Some(dir.join("cert.pem")),
+            key_file: Some(dir.join("key.pem")),
+            ..ListenerSpec::default()
+        }
+    }
+
+    fn problem(spec: &ListenerSpec) -> String {
+        match server_config(spec, 2) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_files_name_the_listener_field() {
+        let dir = std::env::temp_dir().join(format!("keelmq-tls-unit-{}", std::process::id()));
+        let (cert, key) = self_signed("a.example");
+        let (_, other_key) = self_signed("b.example");
+        assert_eq!(problem(&spec(&dir, &cert, &key)), "accepted");
+        let e = problem(&spec(&dir, &cert, &other_key));
+        assert!(
+            e.contains("listeners[2].key_file") && e.contains("does not belong"),
+            "{e}"
+        );
+        let e = problem(&spec(&dir, "not a certificate", &key));
+        assert!(e.contains("listeners[2].cert_file"), "{e}");
+        let e = problem(&spec(&dir, &cert, "not a key"));
+        assert!(e.contains("listeners[2].key_file"), "{e}");
+        let mut s = spec(&dir, &cert, &key);
+        s.cert_file = Some(dir.join("missing.pem"));
+        assert!(problem(&s).contains("listeners[2].cert_file"));
+        let mut s = spec(&dir, &cert, &key);
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN NONSENSE-----\n").unwrap();
+        (s.verify_peer, s.ca_file) = (true, Some(dir.join("ca.pem")));
+        let e = problem(&s);
+        assert!(e.contains("listeners[2].ca_file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn subject_names_in_rfc4514_order() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CountryName, "DE");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Fleet, Inc");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "car-17");
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let (cn, dn) = subject_names(&der).unwrap();
+        assert_eq!(cn.as_deref(), Some("car-17"));
+        // Every attribute, the comma inside a value escaped (the order is the certificate's,
+        // reversed).
+        for part in ["CN=car-17", "O=Fleet\\, Inc", "C=DE"] {
+            assert!(dn.contains(part), "{dn}");
+        }
+        assert_eq!(dn.matches(',').count(), 3, "{dn}");
+        assert_eq!(
+            name_from_cert(&der, PeerCertAs::Cn).as_deref(),
+            Some("car-17")
+        );
+        assert_eq!(name_from_cert(&der, PeerCertAs::None), None);
+    }
 
     #[test]
     fn dn_values_are_escaped() {

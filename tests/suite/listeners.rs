@@ -606,9 +606,27 @@ async fn the_bench_client_speaks_ws_and_wss() {
                 .unwrap_or_else(|| panic!("connects over {listener}"));
         assert_eq!(ack.code, ReasonCode::SUCCESS);
         c.send(&Packet::PingReq).await;
+        let pong = keelmq_tools::client::Recv::Packet(Packet::PingResp);
+        assert_eq!(c.recv(wait).await, pong);
+        // Over WebSocket each write is one message: a packet split over two messages, then
+        // two packets in one message [MQTT-6.0.0-2, MQTT-6.0.0-3].
+        c.send_bytes(&[0xC0]).await;
+        c.send_bytes(&[0x00]).await;
         assert_eq!(
             c.recv(wait).await,
-            keelmq_tools::client::Recv::Packet(Packet::PingResp)
+            pong,
+            "{listener}: a packet across messages"
+        );
+        c.send_bytes(&[0xC0, 0x00, 0xC0, 0x00]).await;
+        assert_eq!(
+            c.recv(wait).await,
+            pong,
+            "{listener}: two packets in a message"
+        );
+        assert_eq!(
+            c.recv(wait).await,
+            pong,
+            "{listener}: two packets in a message"
         );
     }
     server.shutdown(Duration::from_secs(5)).await;
