@@ -70,6 +70,13 @@ fn config(files: &TlsFiles) -> Config {
             proxy_protocol: true,
             ..named("proxied", ListenerKind::Tcp)
         },
+        ListenerSpec {
+            ca_file: Some(files.ca.clone()),
+            crl_file: Some(files.crl.clone()),
+            verify_peer: true,
+            fail_if_no_peer_cert: true,
+            ..tls("crl", ListenerKind::Tls, cert, key)
+        },
     ];
     c
 }
@@ -222,7 +229,19 @@ async fn mutual_tls_verifies_client_certificates_and_names_the_client() {
         .find(|l| l.name == "mtls")
         .unwrap();
     assert!(mtls_stats.total >= 4, "{mtls_stats:?}");
-    assert_eq!(snapshot.listeners.len(), 7);
+    assert_eq!(snapshot.listeners.len(), 8);
+    // A listener with a CRL refuses the certificate it revokes and takes the others.
+    let crl = port(&server, "crl");
+    let revoked = Some((files.revoked_cert.as_path(), files.revoked_key.as_path()));
+    let result = tls_mqtt_connect(crl, client_tls(&files.ca, revoked), "x").await;
+    assert!(result.is_err(), "a revoked certificate is refused");
+    let good = Some((files.client_cert.as_path(), files.client_key.as_path()));
+    let result = tls_mqtt_connect(crl, client_tls(&files.ca, good), "x").await;
+    assert!(
+        result.is_ok(),
+        "an unrevoked certificate is taken: {:?}",
+        result.err()
+    );
     drop(events);
     server.shutdown(Duration::from_secs(5)).await;
 }
@@ -665,4 +684,45 @@ async fn rumqttc_over_tls() {
     });
     assert_eq!(&received.await.unwrap()[..], b"over OpenSSL");
     server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_binary_s_certificates() {
+    let dir = common::temp_dir("sighup");
+    let files = TlsFiles::new(&dir.join("certs"));
+    let config = dir.join("keelmq.toml");
+    let text = format!(
+        "[[listeners]]\nkind = \"tcp\"\n\n[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\n\
+         cert_file = {:?}\nkey_file = {:?}\n",
+        files.server_cert.display().to_string(),
+        files.server_key.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let broker = common::BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    let tls = broker.listener_addr("tls").port();
+    assert!(tls_mqtt_connect(tls, client_tls(&files.ca, None), "before")
+        .await
+        .is_ok());
+    let renewed = TlsFiles::new(&dir.join("renewed"));
+    std::fs::copy(&renewed.server_cert, &files.server_cert).unwrap();
+    std::fs::copy(&renewed.server_key, &files.server_key).unwrap();
+    let pid = broker.child.id().to_string();
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tls_mqtt_connect(tls, client_tls(&renewed.ca, None), "after")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is served after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tls_mqtt_connect(tls, client_tls(&files.ca, None), "old")
+        .await
+        .is_err());
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }

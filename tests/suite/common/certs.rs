@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 
 /// A CA that signs certificates.
@@ -43,7 +44,18 @@ impl Ca {
     /// A client certificate with common name `cn` (and organisation "Fleet"), valid now or
     /// `expired` since 2021; (certificate, key) PEM.
     pub fn client(&self, cn: &str, expired: bool) -> (String, String) {
+        self.client_numbered(cn, expired, None)
+    }
+
+    /// [`Self::client`] with serial number `serial` (to revoke it).
+    pub fn client_numbered(
+        &self,
+        cn: &str,
+        expired: bool,
+        serial: Option<u64>,
+    ) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.serial_number = serial.map(SerialNumber::from);
         params.distinguished_name.push(DnType::CommonName, cn);
         params
             .distinguished_name
@@ -54,6 +66,28 @@ impl Ca {
             params.not_after = date_time_ymd(2021, 1, 1);
         }
         self.sign(params)
+    }
+
+    /// A CRL revoking the certificates with these serial numbers, PEM.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let now = time_now();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::days(1),
+            next_update: now + time::Duration::days(30),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&n| RevokedCertParams {
+                    serial_number: SerialNumber::from(n),
+                    revocation_time: now - time::Duration::hours(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
     }
 
     fn sign(&self, params: CertificateParams) -> (String, String) {
@@ -88,6 +122,10 @@ pub struct TlsFiles {
     pub stranger_cert: PathBuf,
     pub stranger_key: PathBuf,
     pub other_ca: PathBuf,
+    /// Client "car-13" (CA-signed, serial 4242) and a CRL of the CA that revokes it.
+    pub revoked_cert: PathBuf,
+    pub revoked_key: PathBuf,
+    pub crl: PathBuf,
 }
 
 impl TlsFiles {
@@ -100,6 +138,7 @@ impl TlsFiles {
         let (client_cert, client_key) = ca.client("car-17", false);
         let (expired_cert, expired_key) = ca.client("car-old", true);
         let (stranger_cert, stranger_key) = other.client("car-17", false);
+        let (revoked_cert, revoked_key) = ca.client_numbered("car-13", false, Some(4242));
         TlsFiles {
             dir: dir.to_path_buf(),
             ca: write(dir, "ca.pem", &ca.pem),
@@ -114,6 +153,13 @@ impl TlsFiles {
             stranger_cert: write(dir, "stranger.pem", &stranger_cert),
             stranger_key: write(dir, "stranger.key", &stranger_key),
             other_ca: write(dir, "other-ca.pem", &other.pem),
+            revoked_cert: write(dir, "revoked.pem", &revoked_cert),
+            revoked_key: write(dir, "revoked.key", &revoked_key),
+            crl: write(dir, "crl.pem", &ca.crl(&[4242])),
         }
     }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
 }
