@@ -19,7 +19,9 @@
 //! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
 //!   per-connection task ([`broker::connection`]), the in-process client
 //!   ([`broker::local::LocalClient`]) and the background tasks (expiry, wills, `$SYS`).
-//! - [`transport`]: listeners producing byte streams (TCP now), each with its [`transport::ConnInfo`].
+//! - [`transport`]: the `[[listeners]]` — TCP, TLS ([`transport::tls`], rustls), WebSocket and
+//!   secure WebSocket ([`transport::ws`]), optional PROXY header — each connection a byte stream
+//!   with its [`transport::ConnInfo`].
 //! - [`hooks`]: where features plug in — `Authenticator`, `Authorizer` (swappable at run time)
 //!   and the event sink — each with an allow-all default, each called at one place.
 //! - [`server`]: starting and stopping a whole broker.
