@@ -22,11 +22,14 @@ impl Broker {
             } else {
                 st.session.on_puback(packet_id)
             };
-            let logged = done.is_ok() && st.in_store;
-            Some((
-                done.is_ok(),
-                logged.then(|| journal::dequeued(&slot.client_id, packet_id)),
-            ))
+            let acked = done.is_ok();
+            let record = match done {
+                Ok(d) if st.in_store => {
+                    Some(journal::dequeued(&slot.client_id, packet_id, d.message.id))
+                }
+                _ => None,
+            };
+            Some((acked, record))
         })?;
         let (acked, record) = record;
         self.log(record.into_iter().collect());
@@ -60,7 +63,9 @@ impl Broker {
                 PubRecOutcome::Release if st.in_store => {
                     Some(journal::pubrec_received(client, packet_id))
                 }
-                PubRecOutcome::Refused if st.in_store => Some(journal::dequeued(client, packet_id)),
+                PubRecOutcome::Refused(Some(message_id)) if st.in_store => {
+                    Some(journal::dequeued(client, packet_id, message_id))
+                }
                 _ => None,
             };
             Some((outcome, record))

@@ -36,7 +36,8 @@ impl Broker {
             match placed {
                 Some(r) => {
                     if from_in_store && old_id != 0 {
-                        records.push(journal::dequeued(&from.client_id, old_id));
+                        let message_id = delivery.message.id;
+                        records.push(journal::dequeued(&from.client_id, old_id, message_id));
                     }
                     reserved.push(r);
                     moved.push((old_id, delivery));

@@ -165,6 +165,24 @@ impl Image {
         }
     }
 
+    /// Removes the delivery under `packet_id`, if it is of `message_id` (any message for the
+    /// old `Dequeue`, which does not name one).
+    fn dequeue(&mut self, client: String, packet_id: u16, message_id: Option<u64>) {
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let Some(d) = s.deliveries.get(&packet_id) else {
+            return;
+        };
+        if message_id.is_some_and(|id| id != d.message_id) {
+            return;
+        }
+        let gone = d.message_id;
+        s.deliveries.remove(&packet_id);
+        self.dirty.insert(Key::Delivery(client, packet_id));
+        self.unref(gone);
+    }
+
     fn remove_session(&mut self, client: &str) {
         let Some(s) = self.sessions.remove(client) else {
             return;
@@ -260,15 +278,12 @@ impl Image {
                     self.unref(old);
                 }
             }
-            Record::Dequeue { client, packet_id } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                if let Some(d) = s.deliveries.remove(&packet_id) {
-                    self.dirty.insert(Key::Delivery(client, packet_id));
-                    self.unref(d.message_id);
-                }
-            }
+            Record::Dequeue { client, packet_id } => self.dequeue(client, packet_id, None),
+            Record::DequeueMessage {
+                client,
+                packet_id,
+                message_id,
+            } => self.dequeue(client, packet_id, Some(message_id)),
             Record::PubRec { client, packet_id } => {
                 let Some(s) = self.sessions.get_mut(&client) else {
                     return;
@@ -799,5 +814,83 @@ mod tests {
             .into_iter()
             .find(|c| c.table == Table::Meta && c.key == b"will/resumed");
         assert_eq!(deletion.map(|c| c.value), Some(None));
+    }
+
+    fn body(id: u64) -> Record {
+        Record::Message(StoredMessage {
+            id,
+            topic: "t".into(),
+            payload: vec![1],
+            qos: 2,
+            retain: false,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+            expires_at_ms: None,
+            publisher: None,
+        })
+    }
+
+    fn enqueue(packet_id: u16, message_id: u64) -> Record {
+        Record::Enqueue {
+            client: "sub".into(),
+            packet_id,
+            message_id,
+            qos: 2,
+            retain: false,
+            subscription_ids: vec![],
+            shared_group: None,
+        }
+    }
+
+    fn dequeue(packet_id: u16, message_id: u64) -> Record {
+        Record::DequeueMessage {
+            client: "sub".into(),
+            packet_id,
+            message_id,
+        }
+    }
+
+    /// A subscriber completes message 1 under packet id 7 and a publish at once takes the freed
+    /// id for message 2: the new delivery's `Enqueue` may reach the log before the old one's
+    /// `Dequeue` (each is logged after the session lock is released). Replayed in that order,
+    /// message 2 stays queued, in memory and after a checkpoint and a restart.
+    #[test]
+    fn a_late_dequeue_leaves_the_delivery_that_reused_its_packet_id() {
+        let store = MemStore::new();
+        let mut image = Image::default();
+        for r in [
+            session("sub", None),
+            body(1),
+            enqueue(7, 1),
+            body(2),
+            enqueue(7, 2),
+            dequeue(7, 1),
+        ] {
+            image.apply(r);
+        }
+        let queued = |image: &Image| {
+            let d = image.sessions["sub"].deliveries.get(&7);
+            d.map(|d| d.message_id)
+        };
+        assert_eq!(queued(&image), Some(2));
+        assert!(image.has_message(2));
+        assert!(!image.has_message(1), "message 1 is no longer referenced");
+        store.write_checkpoint(image.take_changes(), 6).unwrap();
+        let mut loaded = Image::load(&store).unwrap();
+        assert_eq!(queued(&loaded), Some(2));
+        // Its own Dequeue removes it; the old record (no message named) removes any.
+        loaded.apply(dequeue(7, 2));
+        assert_eq!(queued(&loaded), None);
+        loaded.apply(body(3));
+        loaded.apply(enqueue(7, 3));
+        assert_eq!(queued(&loaded), Some(3));
+        loaded.apply(Record::Dequeue {
+            client: "sub".into(),
+            packet_id: 7,
+        });
+        assert_eq!(queued(&loaded), None);
     }
 }

@@ -62,19 +62,22 @@ pub fn enqueued(client: &str, packet_id: u16, delivery: &Delivery) -> Record {
     }
 }
 
-/// A delivery left a session's queue (acknowledged, expired, refused, moved or undeliverable).
-pub fn dequeued(client: &str, packet_id: u16) -> Record {
-    Record::Dequeue {
+/// The delivery of `message_id` under `packet_id` left a session's queue (acknowledged,
+/// expired, refused, moved or undeliverable). Naming the message keeps a later delivery that
+/// reused the packet id — its `Enqueue` may reach the log first — from being removed with it.
+pub fn dequeued(client: &str, packet_id: u16, message_id: u64) -> Record {
+    Record::DequeueMessage {
         client: client.to_string(),
         packet_id,
+        message_id,
     }
 }
 
-/// [`dequeued`] for each of `packet_ids`.
-pub fn dequeued_all(client: &str, packet_ids: impl IntoIterator<Item = u16>) -> Vec<Record> {
-    packet_ids
+/// [`dequeued`] for each `(packet id, message id)` of `removed`.
+pub fn dequeued_all(client: &str, removed: impl IntoIterator<Item = (u16, u64)>) -> Vec<Record> {
+    removed
         .into_iter()
-        .map(|packet_id| dequeued(client, packet_id))
+        .map(|(packet_id, message_id)| dequeued(client, packet_id, message_id))
         .collect()
 }
 

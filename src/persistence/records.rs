@@ -2,8 +2,8 @@
 //! store.
 //!
 //! # Encoding
-//! A WAL record's type byte is the format version of its payload ([`RECORD_V1`] or
-//! [`RECORD_V2`]), which is the list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
+//! A WAL record's type byte is the format version of its payload ([`RECORD_V1`],
+//! [`RECORD_V2`] or [`RECORD_V3`]), which is the list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
 //! serde format: varint integers, length-prefixed strings and byte strings, enum variants as
 //! varint indices). One commit is one WAL record, so it is atomic: a crash can never keep the
 //! "packet id awaiting PUBREL" of a message and lose the message's deliveries.
@@ -21,6 +21,9 @@ pub const RECORD_V1: u8 = 1;
 /// commit that holds one of them is written as format 2, so a log without pending wills stays
 /// readable by a build that knows only format 1.
 pub const RECORD_V2: u8 = 2;
+/// Format 3: format 2 plus the variant [`Record::DequeueMessage`], which names the message it
+/// removes. Only a commit that holds one is written as format 3.
+pub const RECORD_V3: u8 = 3;
 /// First byte of every state-store value: format 1.
 pub const VALUE_V1: u8 = 1;
 
@@ -133,7 +136,8 @@ pub enum Record {
         subscription_ids: Vec<u32>,
         shared_group: Option<String>,
     },
-    /// The delivery under `packet_id` is complete (PUBACK, PUBCOMP) or removed.
+    /// The delivery under `packet_id` is complete (PUBACK, PUBCOMP) or removed. Written by
+    /// older builds; [`Record::DequeueMessage`] replaces it.
     Dequeue {
         client: String,
         packet_id: u16,
@@ -168,6 +172,15 @@ pub enum Record {
     WillClear {
         client: String,
     },
+    /// (Format 3.) The delivery of `message_id` under `packet_id` is complete (PUBACK, PUBCOMP)
+    /// or removed. A delivery of another message under that packet id stays: the id was freed
+    /// in memory before this record reached the log, and a new delivery that took it may have
+    /// reached the log first.
+    DequeueMessage {
+        client: String,
+        packet_id: u16,
+        message_id: u64,
+    },
 }
 
 /// A record or value that does not decode.
@@ -188,26 +201,33 @@ impl Record {
         postcard::to_stdvec(records).unwrap_or_default()
     }
 
-    /// The WAL record type to write `records` under: format 2 if any of them needs it.
-    pub fn batch_version(records: &[Record]) -> u8 {
-        let v2 = records
-            .iter()
-            .any(|r| matches!(r, Record::WillSet { .. } | Record::WillClear { .. }));
-        if v2 {
-            RECORD_V2
-        } else {
-            RECORD_V1
+    /// The format a record needs.
+    fn version(&self) -> u8 {
+        match self {
+            Record::WillSet { .. } | Record::WillClear { .. } => RECORD_V2,
+            Record::DequeueMessage { .. } => RECORD_V3,
+            _ => RECORD_V1,
         }
     }
 
-    /// Decodes one WAL record: the records of one commit. Format 1 is format 2 without its
-    /// two variants, so one decoder reads both; a format-1 record that holds them is refused.
+    /// The WAL record type to write `records` under: the highest format one of them needs.
+    pub fn batch_version(records: &[Record]) -> u8 {
+        records
+            .iter()
+            .map(Record::version)
+            .max()
+            .unwrap_or(RECORD_V1)
+    }
+
+    /// Decodes one WAL record: the records of one commit. Each format is the next one without
+    /// its added variants, so one decoder reads all; a record holding a variant newer than its
+    /// format is refused.
     pub fn decode_batch(record_type: u8, payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
-        if record_type != RECORD_V1 && record_type != RECORD_V2 {
+        if !(RECORD_V1..=RECORD_V3).contains(&record_type) {
             return Err(DecodeError::Version(record_type));
         }
         let records: Vec<Record> = postcard::from_bytes(payload)?;
-        if record_type == RECORD_V1 && Self::batch_version(&records) != RECORD_V1 {
+        if Self::batch_version(&records) > record_type {
             return Err(DecodeError::Version(record_type));
         }
         Ok(records)
@@ -347,6 +367,14 @@ mod tests {
             let encoded = Record::encode_batch(&batch);
             prop_assert_eq!(Record::decode_batch(RECORD_V2, &encoded).unwrap(), batch);
             prop_assert!(Record::decode_batch(RECORD_V1, &encoded).is_err(), "format 1 has no wills");
+            let batch = vec![
+                Record::DequeueMessage { client: client.clone(), packet_id: pid, message_id: m.id },
+                Record::WillClear { client: client.clone() },
+            ];
+            prop_assert_eq!(Record::batch_version(&batch), RECORD_V3);
+            let encoded = Record::encode_batch(&batch);
+            prop_assert_eq!(Record::decode_batch(RECORD_V3, &encoded).unwrap(), batch);
+            prop_assert!(Record::decode_batch(RECORD_V2, &encoded).is_err(), "format 2 has no DequeueMessage");
             prop_assert_eq!(decode_value::<StoredMessage>(&encode_value(&m)).unwrap(), m);
         }
 
@@ -354,6 +382,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Record::decode_batch(RECORD_V1, &bytes);
             let _ = Record::decode_batch(RECORD_V2, &bytes);
+            let _ = Record::decode_batch(RECORD_V3, &bytes);
             let _ = decode_value::<StoredWill>(&bytes);
             let _ = decode_value::<StoredMessage>(&bytes);
             let _ = decode_value::<StoredDelivery>(&bytes);
@@ -365,8 +394,8 @@ mod tests {
     #[test]
     fn versions_are_checked() {
         assert!(matches!(
-            Record::decode_batch(3, &[]),
-            Err(DecodeError::Version(3))
+            Record::decode_batch(4, &[]),
+            Err(DecodeError::Version(4))
         ));
         assert!(matches!(
             decode_value::<SessionRecord>(&[9, 0]),

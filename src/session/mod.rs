@@ -236,8 +236,10 @@ pub enum PubRecOutcome {
     Release,
     /// A repeated PUBREC for a delivery already awaiting PUBCOMP: send PUBREL again.
     ReleaseAgain,
-    /// The client refused the message (reason ≥ 0x80): the flow ends, nothing to send.
-    Refused,
+    /// The client refused the message (reason ≥ 0x80): the flow ends, nothing to send. With
+    /// the id of the message whose delivery this removed (the caller logs the removal); `None`
+    /// if the delivery already awaited PUBCOMP and stays.
+    Refused(Option<u64>),
     /// No QoS 2 delivery with this packet identifier awaits PUBREC: send PUBREL 0x92.
     Unknown,
 }
@@ -287,10 +289,10 @@ pub struct Session {
     next_packet_id: u16,
     /// Packet identifiers of queued QoS 1/2 deliveries, in-flight deliveries and reservations.
     used_packet_ids: HashSet<u16>,
-    /// Packet identifiers of outbound deliveries removed without an acknowledgement (expired,
-    /// too large for the client, handed to another shared-subscription member), for the
-    /// persistence layer to log. Drained by [`Self::take_removed`].
-    removed: Vec<u16>,
+    /// Packet identifiers (with message ids) of outbound deliveries removed without an
+    /// acknowledgement (expired, too large for the client, undeliverable), for the persistence
+    /// layer to log. Drained by [`Self::take_removed`].
+    removed: Vec<(u16, u64)>,
     inbound_awaiting_rel: HashSet<u16>,
     limits: SessionLimits,
     /// QoS 0 deliveries dropped because the queue was full.
@@ -477,10 +479,7 @@ impl Session {
         let mut front = Vec::with_capacity(loaded.len());
         for (p, delivery) in loaded {
             let Some(delivery) = delivery else {
-                if p.packet_id != 0 {
-                    self.used_packet_ids.remove(&p.packet_id);
-                    self.removed.push(p.packet_id);
-                }
+                self.remove(p.packet_id, p.message_id);
                 continue;
             };
             if p.awaiting_pubcomp {
@@ -527,8 +526,9 @@ impl Session {
         }
     }
 
-    /// Packet identifiers of deliveries removed without acknowledgement since the last call.
-    pub fn take_removed(&mut self) -> Vec<u16> {
+    /// `(packet id, message id)` of deliveries removed without acknowledgement since the last
+    /// call.
+    pub fn take_removed(&mut self) -> Vec<(u16, u64)> {
         std::mem::take(&mut self.removed)
     }
 
@@ -556,12 +556,19 @@ impl Session {
         }
     }
 
-    fn release(&mut self, packet_id: u16, logged: bool) {
+    /// Frees a packet identifier whose delivery completed (the caller logs that).
+    fn release(&mut self, packet_id: u16) {
         if packet_id != 0 {
             self.used_packet_ids.remove(&packet_id);
-            if logged {
-                self.removed.push(packet_id);
-            }
+        }
+    }
+
+    /// Frees the packet identifier of a delivery of `message_id` removed without an
+    /// acknowledgement, and keeps the removal for [`Self::take_removed`].
+    fn remove(&mut self, packet_id: u16, message_id: u64) {
+        if packet_id != 0 {
+            self.used_packet_ids.remove(&packet_id);
+            self.removed.push((packet_id, message_id));
         }
     }
 
@@ -583,7 +590,7 @@ impl Session {
             self.queued_bytes -= delivery.accounted_bytes();
             if delivery.message.is_expired(now) {
                 self.expired += 1;
-                self.release(packet_id, true);
+                self.remove(packet_id, delivery.message.id);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
@@ -620,7 +627,7 @@ impl Session {
         for q in self.queue.drain(..) {
             if expired(q.delivery.message.expires_at) {
                 self.queued_bytes -= q.delivery.accounted_bytes();
-                gone.push(q.packet_id);
+                gone.push((q.packet_id, q.delivery.message.id));
             } else {
                 kept.push_back(q);
             }
@@ -631,15 +638,15 @@ impl Session {
         for p in self.paged.drain(..) {
             if expired(p.expires_at) && !p.awaiting_pubcomp {
                 self.paged_bytes -= p.bytes;
-                gone.push(p.packet_id);
+                gone.push((p.packet_id, p.message_id));
             } else {
                 kept.push_back(p);
             }
         }
         self.paged = kept;
         self.expired += gone.len() as u64;
-        for id in gone {
-            self.release(id, true);
+        for (packet_id, message_id) in gone {
+            self.remove(packet_id, message_id);
         }
     }
 
@@ -662,7 +669,7 @@ impl Session {
         let done = self
             .take_inflight(packet_id, OutboundState::AwaitingPubAck)
             .ok_or(UnknownPacketId(packet_id))?;
-        self.release(packet_id, false);
+        self.release(packet_id);
         Ok(done.delivery)
     }
 
@@ -676,14 +683,15 @@ impl Session {
             return PubRecOutcome::Unknown;
         };
         if refused {
-            if entry.state == OutboundState::AwaitingPubRec
-                && self
-                    .take_inflight(packet_id, OutboundState::AwaitingPubRec)
-                    .is_some()
-            {
-                self.release(packet_id, false);
+            if entry.state != OutboundState::AwaitingPubRec {
+                return PubRecOutcome::Refused(None);
             }
-            return PubRecOutcome::Refused;
+            let removed = self.take_inflight(packet_id, OutboundState::AwaitingPubRec);
+            let message_id = removed.map(|r| r.delivery.message.id);
+            if message_id.is_some() {
+                self.release(packet_id);
+            }
+            return PubRecOutcome::Refused(message_id);
         }
         // A repeated PUBREC (the client resent it) is answered with PUBREL again; nothing
         // changes, so nothing is logged.
@@ -700,16 +708,16 @@ impl Session {
         let done = self
             .take_inflight(packet_id, OutboundState::AwaitingPubComp)
             .ok_or(UnknownPacketId(packet_id))?;
-        self.release(packet_id, false);
+        self.release(packet_id);
         Ok(done.delivery)
     }
 
     /// Drops an in-flight delivery as if it completed: used when a PUBLISH exceeds the client's
     /// Maximum Packet Size, which the spec says to treat as sent and acknowledged.
     pub fn discard_inflight(&mut self, packet_id: u16) {
-        if let Some(pos) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
-            self.inflight.remove(pos);
-            self.release(packet_id, true);
+        let pos = self.inflight.iter().position(|i| i.packet_id == packet_id);
+        if let Some(gone) = pos.and_then(|pos| self.inflight.remove(pos)) {
+            self.remove(packet_id, gone.delivery.message.id);
         }
     }
 
@@ -764,7 +772,7 @@ impl Session {
     /// Frees the identifier of a delivery taken by [`Self::take_shared_for_redispatch`] that
     /// another session now durably holds (the caller logged its removal in that commit).
     pub fn release_moved(&mut self, packet_id: u16) {
-        self.release(packet_id, false);
+        self.release(packet_id);
     }
 
     /// Puts back a delivery taken by [`Self::take_shared_for_redispatch`] that no other member

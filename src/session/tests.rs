@@ -270,7 +270,10 @@ fn refused_pubrec_ends_the_flow_and_unknown_ids_are_reported() {
         Err(UnknownPacketId(packet_id)),
         "PUBACK for QoS 2"
     );
-    assert_eq!(s.on_pubrec(packet_id, true), PubRecOutcome::Refused);
+    assert_eq!(
+        s.on_pubrec(packet_id, true),
+        PubRecOutcome::Refused(Some(1))
+    );
     assert_eq!(s.inflight_len(), 0);
     assert_eq!(s.on_pubcomp(packet_id), Err(UnknownPacketId(packet_id)));
 }
@@ -377,12 +380,18 @@ fn removals_without_acknowledgement_are_reported() {
     let Enqueued::Queued(expired) = s.enqueue(d, true) else {
         panic!()
     };
-    let Enqueued::Queued(kept) = s.enqueue(delivery(QoS::AtLeastOnce, b"k"), true) else {
+    let mut k = (*message(QoS::AtLeastOnce, b"k")).clone();
+    k.id = 2;
+    let d = Delivery {
+        message: Arc::new(k),
+        ..delivery(QoS::AtLeastOnce, b"")
+    };
+    let Enqueued::Queued(kept) = s.enqueue(d, true) else {
         panic!()
     };
     assert!(s.next_publish(now + Duration::from_secs(1)).is_some());
     s.discard_inflight(kept);
-    assert_eq!(s.take_removed(), vec![expired, kept]);
+    assert_eq!(s.take_removed(), vec![(expired, 1), (kept, 2)]);
     assert!(s.take_removed().is_empty());
 }
 
@@ -448,7 +457,7 @@ fn acknowledged_deliveries_free_their_packet_ids() {
             panic!("round {round}: no packet identifier left");
         };
         assert!(s.next_publish(now).is_some());
-        assert_eq!(s.on_pubrec(id, true), PubRecOutcome::Refused);
+        assert_eq!(s.on_pubrec(id, true), PubRecOutcome::Refused(Some(1)));
     }
     assert_eq!(s.inflight_len(), 0);
     assert!(s.used_packet_ids.is_empty());

@@ -158,9 +158,10 @@ fn workload() -> Vec<Vec<Record>> {
             packet_id: pid,
         }]);
         batches.push(vec![
-            Record::Dequeue {
+            Record::DequeueMessage {
                 client: "sub-a".into(),
                 packet_id: pid,
+                message_id: i,
             },
             Record::InboundRelease {
                 client: "pub".into(),
@@ -197,7 +198,9 @@ fn model_prefixes(batches: &[Vec<Record>]) -> Vec<Vec<String>> {
 /// How a batch of the workload is logged: committed (waited for), or lazily as the broker
 /// logs a subscriber's acknowledgement (nobody waits; a later commit's fdatasync covers it).
 fn is_lazy(batch: &[Record]) -> bool {
-    batch.iter().all(|r| matches!(r, Record::Dequeue { .. }))
+    batch
+        .iter()
+        .all(|r| matches!(r, Record::DequeueMessage { .. }))
 }
 
 /// The workload with each `Dequeue` in a batch of its own, to be logged lazily.
@@ -206,7 +209,7 @@ fn workload_with_lazy_dequeues() -> Vec<Vec<Record>> {
     for batch in workload() {
         let (dequeues, rest): (Vec<Record>, Vec<Record>) = batch
             .into_iter()
-            .partition(|r| matches!(r, Record::Dequeue { .. }));
+            .partition(|r| matches!(r, Record::DequeueMessage { .. }));
         if !dequeues.is_empty() {
             out.push(dequeues);
         }

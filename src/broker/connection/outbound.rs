@@ -120,7 +120,7 @@ impl Connection {
                 rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 self.send(wbuf, &Packet::PubRel(rel));
             }
-            PubRecOutcome::Refused => {}
+            PubRecOutcome::Refused(_) => {}
         }
         Ok(())
     }
