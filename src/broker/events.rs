@@ -81,10 +81,10 @@ impl Broker {
     }
 
     /// Records who the connection attached to `slot` authenticated as.
-    pub(crate) fn set_identity(&self, slot: &SessionSlot, conn: ConnId, identity: Identity) {
+    pub(crate) fn set_identity(&self, slot: &SessionSlot, conn: ConnId, identity: Arc<Identity>) {
         let mut st = slot.state.lock();
         if st.owner == Some(conn) {
-            st.identity = Arc::new(identity);
+            st.identity = identity;
         }
     }
 }

@@ -125,10 +125,10 @@ struct SlotState {
     /// Closes when the attached (or last attached) connection has finished (`Attached::alive`).
     owner_alive: Option<oneshot::Receiver<()>>,
     /// The will of the attached connection.
-    will: Option<LastWill>,
+    will: Option<Box<LastWill>>,
     /// A will waiting for its Will Delay Interval after the connection closed, with the token
     /// that the delayed publisher must still find.
-    pending_will: Option<(u64, LastWill)>,
+    pending_will: Option<(u64, Box<LastWill>)>,
     will_token: u64,
     disconnected_at: Option<Instant>,
     /// The session was removed from the registry; late deliveries are discarded.
@@ -162,7 +162,7 @@ impl SessionSlot {
                 kick: None,
                 owner_alive: None,
                 will: None,
-                pending_will: pending_will.map(|w| (will_token, w)),
+                pending_will: pending_will.map(|w| (will_token, Box::new(w))),
                 will_token,
                 disconnected_at,
                 ended: false,

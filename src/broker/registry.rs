@@ -154,7 +154,7 @@ impl Broker {
         st.session.expiry_interval = new.expiry_interval;
         st.owner = Some(new.conn);
         st.kick = Some(new.kick);
-        st.will = new.connect.will.clone();
+        st.will = new.connect.will.clone().map(Box::new);
         st.disconnected_at = None;
         st.ended = false;
         self.drained(slot);
@@ -189,7 +189,7 @@ impl Broker {
         let delay = w.properties.will_delay_interval.unwrap_or(0);
         let publish = fresh || (!waiting && delay == 0);
         let wills = if publish {
-            vec![(st.session.client_id.clone(), w)]
+            vec![(st.session.client_id.clone(), *w)]
         } else {
             Vec::new()
         };
@@ -237,7 +237,7 @@ impl Broker {
                     will_now = Some(w);
                 } else {
                     let waiting = WaitingWill {
-                        will: w,
+                        will: *w,
                         delay,
                         at_ms,
                     };
@@ -254,7 +254,7 @@ impl Broker {
         self.log(records);
         self.redispatch(redispatch, slot).await;
         if let Some(w) = will_now {
-            self.publish_will(slot.client_id.clone(), w).await;
+            self.publish_will(slot.client_id.clone(), *w).await;
         }
         if let Some((token, delay)) = delayed {
             self.schedule_will(slot.clone(), token, Duration::from_secs(u64::from(delay)));
@@ -294,7 +294,7 @@ impl Broker {
             let due_ms = at_ms + u64::from(delay) * 1000;
             records.push(journal::will_waiting(&slot.client_id, &will, at_ms, due_ms));
         }
-        st.pending_will = Some((st.will_token, will));
+        st.pending_will = Some((st.will_token, Box::new(will)));
         (st.will_token, delay)
     }
 
@@ -312,7 +312,7 @@ impl Broker {
                 let in_store = std::mem::take(&mut st.in_store);
                 let subs: Vec<String> = st.session.subscriptions.keys().cloned().collect();
                 st.session.clear();
-                Some((subs, st.pending_will.take().map(|(_, w)| w), in_store))
+                Some((subs, st.pending_will.take().map(|(_, w)| *w), in_store))
             });
             let Some((subs, will, in_store)) = ended else {
                 return;

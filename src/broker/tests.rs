@@ -280,3 +280,24 @@ async fn the_metrics_snapshot_has_counters_and_gauges() {
         Config::default().limits.max_connections as u64
     );
 }
+
+/// Every connection's task is allocated at the size of its future's largest state, idle or not,
+/// and every session holds a slot: both are the bulk of what an idle connection costs. Steps that
+/// only begin or end a connection are boxed; wills are boxed in the slot. (Budgets with room
+/// for compiler changes; a regression past them is a step that should be boxed.)
+#[tokio::test]
+async fn an_idle_connection_costs_a_small_task_and_slot() {
+    let broker = Broker::new(Config::default());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (server, peer) = l.accept().await.unwrap();
+    let info = crate::transport::ConnInfo::tcp(peer, addr, "tcp".into());
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let permit = permits.acquire_owned().await.unwrap();
+    let task = connection::serve(broker, server, info, permit);
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 2048, "a connection's task future is {size} bytes");
+    let slot = std::mem::size_of::<SessionSlot>();
+    assert!(slot <= 640, "a session slot is {slot} bytes");
+}

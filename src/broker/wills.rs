@@ -71,7 +71,7 @@ impl Broker {
             if let Some((w, in_store)) = will {
                 let clear = in_store.then(|| journal::will_cleared(&slot.client_id));
                 broker
-                    .publish_will_with(slot.client_id.clone(), w, clear)
+                    .publish_will_with(slot.client_id.clone(), *w, clear)
                     .await;
             }
         };

@@ -174,7 +174,7 @@ impl Connection {
         Connection {
             peer: info.peer,
             listener: info.listener.clone(),
-            identity,
+            identity: Arc::new(identity),
             broker: broker.clone(),
             id: conn_id,
             version: connect.protocol,

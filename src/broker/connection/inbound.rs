@@ -16,7 +16,7 @@ impl Connection {
         self.drain_pending(&mut io.wbuf).await?;
         let outcome = self.broker.retry_planned(held.publish).await?;
         if let Some(publish) = outcome.held {
-            self.held = Some(HeldBack { publish, ..held });
+            self.held = Some(Box::new(HeldBack { publish, ..*held }));
             return Ok(());
         }
         self.ack_inbound(&mut io.wbuf, held.packet_id, held.qos, ReasonCode::SUCCESS);
@@ -311,11 +311,11 @@ impl Connection {
                 // 3.x cannot be told: hold the acknowledgement (and the client) back until the
                 // queues have room. The message is never dropped after an acknowledgement.
             }
-            self.held = Some(HeldBack {
+            self.held = Some(Box::new(HeldBack {
                 packet_id,
                 qos,
                 publish,
-            });
+            }));
             return true;
         }
         if qos == QoS::AtMostOnce {

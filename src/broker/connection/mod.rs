@@ -120,6 +120,10 @@ impl Drop for ConnectionGuard<'_> {
 }
 
 /// Serves one client until its connection ends.
+///
+/// The task's future is allocated at its largest state for the connection's whole life, idle
+/// or not; so every step that only begins or ends a connection (reading the CONNECT, accepting
+/// it, finishing, closing) is boxed and holds its memory only while it runs.
 /// `permit` counts the connection among those that have not sent CONNECT yet
 /// (`limits.max_pending_connections`); it is given back once the CONNECT has arrived.
 pub async fn serve<S>(
@@ -153,21 +157,21 @@ pub async fn serve<S>(
         Ok(c) => c,
         Err(why) => {
             tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
-            io.close_gracefully().await;
+            Box::pin(io.close_gracefully()).await;
             return;
         }
     };
     // Boxed: the connection keeps only the peer and the listener of it.
     let info = Box::new(info);
     let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, info)).await else {
-        io.close_gracefully().await;
+        Box::pin(io.close_gracefully()).await;
         return;
     };
     let close = conn.run(&mut io).await;
     let drain = Box::pin(conn.finish(&mut io, close)).await;
     drop(conn);
     if drain {
-        io.drain_input().await;
+        Box::pin(io.drain_input()).await;
     }
 }
 
@@ -265,7 +269,7 @@ struct Connection {
     peer: std::net::SocketAddr,
     listener: Arc<str>,
     /// Who the client authenticated as (for the authorizer).
-    identity: Identity,
+    identity: Arc<Identity>,
     broker: Broker,
     id: ConnId,
     version: ProtocolVersion,
@@ -285,7 +289,8 @@ struct Connection {
     aliases_out: OutboundAliases,
     connect_expiry: u32,
     /// A 3.x publisher's message waiting for queue room; reading is limited meanwhile.
-    held: Option<HeldBack>,
+    /// Boxed: rare, and the connection's size is every idle connection's cost.
+    held: Option<Box<HeldBack>>,
     /// A packet read while a message was held back, processed once it is placed.
     deferred: VecDeque<Packet>,
     /// Acknowledgements and inbound messages waiting for durability, in log order (see
