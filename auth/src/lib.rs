@@ -1,0 +1,16 @@
+//! KeelMQ's credentials, without I/O or an async runtime (so that `fuzz/` and the tools can
+//! use it without the broker):
+//!
+//! - [`hash`]: the password hashes a password file may hold — Argon2id (what KeelMQ writes),
+//!   Mosquitto's `$6$` and `$7$`, and bcrypt / salted SHA / PBKDF2 exported from EMQX — and
+//!   their verification;
+//! - [`passwd`]: the password file itself (Mosquitto's `password_file` format).
+//!
+//! The broker's authenticators (`src/auth/`) read these files and run the slow verification
+//! on blocking threads.
+
+pub mod hash;
+pub mod passwd;
+
+pub use hash::{Hash, HashError, MAX_PASSWORD_LEN};
+pub use passwd::{PasswordFile, ParseError};
