@@ -24,6 +24,10 @@
 //!   with its [`transport::ConnInfo`].
 //! - [`hooks`]: where features plug in — `Authenticator`, `Authorizer` (swappable at run time)
 //!   and the event sink — each with an allow-all default, each called at one place.
+//! - [`auth`]: the `[auth]` chain behind the `Authenticator` hook (password file; EMQX's
+//!   chain semantics, per-address failure delays, hashing on blocking threads); the file
+//!   formats and hashes live in `keelmq-auth` (crate in `auth/`, no tokio, no RocksDB), which
+//!   `keelmq passwd` uses too.
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`] (crate `keelmq-config` in `config/`): the TOML configuration with its defaults
 //!   and validation.
@@ -41,6 +45,7 @@
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
+pub mod auth;
 pub mod broker;
 pub mod hooks;
 pub mod persistence;

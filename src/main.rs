@@ -1,4 +1,7 @@
-//! The `keelmq` command: `serve` (the default), `check-config`, `inspect`, `verify`, `bench`.
+//! The `keelmq` command: `serve` (the default), `check-config`, `inspect`, `verify`, `bench`,
+//! `passwd`.
+
+mod passwd_command;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +51,9 @@ enum Command {
         #[arg(long)]
         dump: bool,
     },
+    /// Manage a password file (Mosquitto's format and `mosquitto_passwd`'s options; new
+    /// entries are Argon2id).
+    Passwd(passwd_command::PasswdArgs),
 }
 
 #[derive(Subcommand)]
@@ -335,6 +341,7 @@ fn main() -> ExitCode {
         Command::Inspect { data_dir, dump } => inspect(&data_dir, dump),
         Command::Verify(args) => verify(args),
         Command::Bench(cmd) => bench(cmd),
+        Command::Passwd(args) => passwd_command::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -412,6 +419,7 @@ fn inspect(dir: &std::path::Path, dump: bool) -> anyhow::Result<()> {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     keelmq::transport::check_files(&config)?;
+    keelmq::auth::authenticator(&config.auth)?;
     println!("{}: OK\n{config:#?}", file.display());
     Ok(())
 }
@@ -441,8 +449,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 // The broker stops itself when persistence fails.
                 _ = stopped.changed() => break,
                 _ = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    tracing::info!("SIGHUP: reloading TLS certificates and authentication files");
                     server.reload_tls().await;
+                    server.reload_auth().await;
                 }
             }
         }

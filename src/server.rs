@@ -21,6 +21,8 @@ pub struct Server {
     listeners: Vec<(String, transport::ListenerKind, SocketAddr)>,
     /// The TLS configurations to reload on SIGHUP, by listener name.
     tls: Vec<(String, Arc<transport::tls::Reloadable>)>,
+    /// The `[auth]` chain, if one is configured (its files are re-read on SIGHUP).
+    auth: Option<Arc<crate::auth::Chain>>,
     listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
 }
@@ -50,6 +52,10 @@ impl Server {
     /// serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        // Before any recovery work: a bad password file stops the start at once.
+        let auth_config = config.auth.clone();
+        let auth =
+            tokio::task::spawn_blocking(move || crate::auth::authenticator(&auth_config)).await??;
         let dir = config.data_dir.clone();
         let options = persistence_options(&config);
         let (persistence, report) =
@@ -57,6 +63,9 @@ impl Server {
         let persistence = Arc::new(persistence);
         let restoring = std::time::Instant::now();
         let broker = Broker::with_persistence(config, persistence.clone());
+        if let Some(chain) = &auth {
+            broker.set_authenticator(chain.clone());
+        }
         let restore_ms = restoring.elapsed().as_millis() as u64;
         let [sessions, subscriptions, deliveries, inbound, _] =
             persistence.with_image(|i| i.counts());
@@ -99,6 +108,7 @@ impl Server {
             local_addr,
             listeners,
             tls,
+            auth,
             listener_tasks,
             checkpointer,
         })
@@ -139,6 +149,23 @@ impl Server {
             }
         }
         failed
+    }
+
+    /// Re-reads the authenticators' files (SIGHUP). One whose file fails keeps what it had,
+    /// and the error says why. Returns how many failed.
+    pub async fn reload_auth(&self) -> usize {
+        let Some(chain) = self.auth.clone() else {
+            return 0;
+        };
+        let problems = tokio::task::spawn_blocking(move || chain.reload()).await;
+        let problems = problems.unwrap_or_else(|e| vec![e.to_string()]);
+        for p in &problems {
+            tracing::error!(error = %p, "authentication reload failed; the old state stays");
+        }
+        if problems.is_empty() {
+            tracing::info!("authentication files reloaded");
+        }
+        problems.len()
     }
 
     pub fn broker(&self) -> &Broker {

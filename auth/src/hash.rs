@@ -26,6 +26,11 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 /// make every login cost seconds).
 pub const MAX_ITERATIONS: u32 = 10_000_000;
 
+/// The most memory an Argon2 hash read from a file may ask for (KiB), and the highest bcrypt
+/// cost: like [`MAX_ITERATIONS`], so that no entry makes a login cost seconds or gigabytes.
+pub const MAX_ARGON2_KIB: u32 = 256 * 1024;
+pub const MAX_BCRYPT_COST: u32 = 16;
+
 /// A password hash as a password file holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hash {
@@ -80,7 +85,7 @@ fn b64(scheme: &'static str, what: &'static str, text: &str) -> Result<Vec<u8>, 
 }
 
 fn hex(scheme: &'static str, text: &str) -> Result<Vec<u8>, HashError> {
-    if text.len() % 2 != 0 || text.is_empty() {
+    if !text.len().is_multiple_of(2) || text.is_empty() {
         return Err(malformed(scheme, "the hash is not hexadecimal"));
     }
     (0..text.len())
@@ -114,6 +119,12 @@ impl Hash {
                 if phc.hash.is_none() || phc.salt.is_none() {
                     return Err(malformed("argon2", "no salt or no hash"));
                 }
+                let params = argon2::Params::try_from(&phc)
+                    .map_err(|_| malformed("argon2", "invalid parameters"))?;
+                if params.m_cost() > MAX_ARGON2_KIB || params.t_cost() > 16 || params.p_cost() > 16
+                {
+                    return Err(malformed("argon2", "costs above m=262144,t=16,p=16"));
+                }
                 Ok(Hash::Argon2(text.to_string()))
             }
             ["6", salt, hash] => Ok(Hash::MosquittoSha512 {
@@ -126,8 +137,12 @@ impl Hash {
                 hash: b64("$7$", "the hash is not base64", hash)?,
             }),
             ["2a" | "2b" | "2y" | "2x", ..] => {
-                text.parse::<bcrypt::HashParts>()
+                let parts = text
+                    .parse::<bcrypt::HashParts>()
                     .map_err(|_| malformed("bcrypt", "not a valid bcrypt string"))?;
+                if parts.get_cost() > MAX_BCRYPT_COST {
+                    return Err(malformed("bcrypt", "cost above 16"));
+                }
                 Ok(Hash::Bcrypt(text.to_string()))
             }
             [scheme @ ("emqx-sha256" | "emqx-sha512"), position, salt, hash] => {
@@ -199,8 +214,14 @@ impl Hash {
                     false => (password, salt),
                 };
                 match sha512 {
-                    true => same(&Sha512::new().chain_update(a).chain_update(b).finalize(), hash),
-                    false => same(&Sha256::new().chain_update(a).chain_update(b).finalize(), hash),
+                    true => same(
+                        &Sha512::new().chain_update(a).chain_update(b).finalize(),
+                        hash,
+                    ),
+                    false => same(
+                        &Sha256::new().chain_update(a).chain_update(b).finalize(),
+                        hash,
+                    ),
                 }
             }
             Hash::EmqxPbkdf2 {
@@ -356,6 +377,17 @@ mod tests {
             Hash::parse("$emqx-sha256$middle$s$00"),
             Err(HashError::Malformed { .. })
         ));
+        let heavy = "$argon2id$v=19$m=4194304,t=2,p=1$O0YRVCleWnSmsciK4+xmHA$MZ9vsjQ3GnGzifUhX7Cj8BbFseFEY0+epzF9L9fWJGI";
+        assert!(matches!(
+            Hash::parse(heavy),
+            Err(HashError::Malformed { .. })
+        ));
+        let slow = "$2b$31$abcdefghijklmnopqrstuu5ZSE6SBlWvJPzFIOkPZVd6RzKhybtSm";
+        assert!(
+            matches!(Hash::parse(slow), Err(HashError::Malformed { .. })),
+            "{:?}",
+            Hash::parse(slow)
+        );
         assert!(matches!(
             Hash::parse("$argon2id$nonsense"),
             Err(HashError::Malformed { .. })

@@ -13,4 +13,4 @@ pub mod hash;
 pub mod passwd;
 
 pub use hash::{Hash, HashError, MAX_PASSWORD_LEN};
-pub use passwd::{PasswordFile, ParseError};
+pub use passwd::{ParseError, PasswordFile};

@@ -201,9 +201,7 @@ mod tests {
     #[test]
     fn plain_files_are_hashed_in_place() {
         let mut f = PasswordFile::parse_lenient("a:pw\nb:$6$AAAA$AAAA\n").unwrap();
-        let n = f
-            .hash_plain(|p| Hash::new_argon2id(p.as_bytes()))
-            .unwrap();
+        let n = f.hash_plain(|p| Hash::new_argon2id(p.as_bytes())).unwrap();
         assert_eq!(n, 1);
         let again = PasswordFile::parse(&f.render()).unwrap();
         assert!(again.hash_of("a").unwrap().verify(b"pw"));

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod auth;
 mod listeners;
+pub use auth::{AuthConfig, AuthenticatorSpec};
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 
 /// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is
@@ -33,6 +35,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sys: SysConfig,
     pub storage: StorageConfig,
+    /// `[auth]`: authentication.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -302,6 +307,7 @@ impl Config {
         self.validate_mqtt()?;
         self.validate_limits()?;
         self.validate_listeners()?;
+        self.validate_auth()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod bench_tool;
 mod codec_props;
 mod codec_vectors;

@@ -1,0 +1,134 @@
+//! `[auth]`: who may connect. A chain of authenticators asked in order (EMQX's semantics): one
+//! that does not know the client passes it on, one that knows it decides; when none knows it,
+//! `allow_anonymous` decides.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{Config, ConfigError};
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether a client that no authenticator of the chain knows may connect (as anonymous).
+    /// Unset means yes — but then a listener on an address other than loopback with an empty
+    /// chain refuses to start (Mosquitto 2's rule): write `true` to mean it.
+    pub allow_anonymous: Option<bool>,
+    /// `[[auth.chain]]`: the authenticators, asked in order.
+    pub chain: Vec<AuthenticatorSpec>,
+    /// After this many failed logins from one client address (in a row, within
+    /// `failure_window_secs`), every further CONNECT from it waits before its answer, twice as
+    /// long for every further failure up to `max_failure_delay_ms`.
+    pub failures_before_delay: u32,
+    pub max_failure_delay_ms: u64,
+    pub failure_window_secs: u64,
+}
+
+impl AuthConfig {
+    /// Whether anonymous clients are let in when no authenticator knows them.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(true)
+    }
+}
+
+/// One authenticator of the chain.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthenticatorSpec {
+    /// A Mosquitto-format password file (`keelmq passwd` writes one). A client whose username
+    /// the file lacks (or that sent none) is passed on; a wrong password refuses it.
+    PasswordFile { path: PathBuf },
+}
+
+impl Config {
+    pub(crate) fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.failures_before_delay == 0 {
+            return Err(ConfigError::Invalid {
+                field: "auth.failures_before_delay",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if a.max_failure_delay_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                field: "auth.max_failure_delay_ms",
+                problem: "at most 60000 (a waiting CONNECT holds a connection)".into(),
+            });
+        }
+        if !a.chain.is_empty() || a.allow_anonymous == Some(true) {
+            return Ok(());
+        }
+        let exposed = self
+            .effective_listeners()
+            .into_iter()
+            .find(|l| !l.bind().ip().is_loopback());
+        match exposed {
+            Some(l) => Err(ConfigError::Invalid {
+                field: "auth.allow_anonymous",
+                problem: format!(
+                    "listener {:?} binds {} (not loopback) and no authenticator is configured: \
+                     add an [[auth.chain]] entry (e.g. kind = \"password_file\", made with \
+                     `keelmq passwd`), or write allow_anonymous = true to let anyone in",
+                    l.name(),
+                    l.bind()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: None,
+            chain: Vec::new(),
+            failures_before_delay: 3,
+            max_failure_delay_ms: 5_000,
+            failure_window_secs: 60,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn check(text: &str) -> Result<Config, String> {
+        let c = Config::parse(text)?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn an_exposed_listener_needs_an_authenticator_or_an_explicit_yes() {
+        assert!(check("").is_ok(), "the embedded default is loopback");
+        let e = check("[listener]\nbind = \"0.0.0.0:1883\"\n").unwrap_err();
+        assert!(
+            e.contains("auth.allow_anonymous") && e.contains("keelmq passwd"),
+            "{e}"
+        );
+        let e = check("[[listeners]]\nkind = \"ws\"\nbind = \"192.0.2.1:8083\"\n").unwrap_err();
+        assert!(e.contains("\"ws\""), "{e}");
+        assert!(
+            check("[listener]\nbind = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = true\n").is_ok()
+        );
+        let chain = "[listener]\nbind = \"[::]:1883\"\n[[auth.chain]]\nkind = \"password_file\"\npath = \"p\"\n";
+        let c = check(chain).unwrap();
+        assert_eq!(c.auth.chain.len(), 1);
+        assert!(!check(&format!("{chain}[auth]\nallow_anonymous = false\n"))
+            .is_ok_and(|c| c.auth.anonymous_allowed()));
+    }
+
+    #[test]
+    fn unknown_authenticators_and_fields_are_named() {
+        let e = check("[[auth.chain]]\nkind = \"kerberos\"\n").unwrap_err();
+        assert!(e.contains("kerberos") && e.contains("password_file"), "{e}");
+        let e = check("[[auth.chain]]\nkind = \"password_file\"\n").unwrap_err();
+        assert!(e.contains("path"), "{e}");
+        let e = check("[auth]\nfailures_before_delay = 0\n").unwrap_err();
+        assert!(e.contains("auth.failures_before_delay"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Authentication as configured by `[auth]`: a [`Chain`] of authenticators behind the
+//! [`Authenticator`] hook, with EMQX's semantics — an authenticator that does not know the
+//! client ([`Verdict::Ignore`]) passes it to the next, one that knows it decides; when none
+//! knows it, `allow_anonymous` decides. A client whose verified certificate names it
+//! (`peer_cert_as_username`) is authenticated by the TLS handshake and skips the chain.
+//!
+//! Failed logins are counted per client address ([`failures::Failures`]); an address that keeps
+//! failing waits before each answer, so guessing passwords is slow and cheap for the broker.
+//! Password verification runs on blocking threads, a bounded number at a time.
+
+pub mod failures;
+pub mod password_file;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::codec::Connect;
+use crate::config::{AuthConfig, AuthenticatorSpec};
+use crate::hooks::{AuthFuture, Authenticator, Identity};
+use crate::protocol::Refusal;
+use crate::transport::ConnInfo;
+
+/// What one authenticator of the chain says about a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It knows the client and lets it in as this identity.
+    Allow(Identity),
+    /// It knows the client and refuses it (wrong password, invalid token).
+    Deny(Refusal),
+    /// It does not know the client: the next authenticator decides.
+    Ignore,
+}
+
+/// A boxed [`Verdict`] future (authenticators are trait objects).
+pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+
+/// One authenticator of the chain.
+pub trait Link: Send + Sync {
+    /// What the configuration calls it (`auth.chain[i]` and its kind), for logs.
+    fn describe(&self) -> String;
+    fn check<'a>(&'a self, info: &'a ConnInfo, connect: &'a Connect) -> VerdictFuture<'a>;
+    /// Re-reads its files; on an error it keeps what it had.
+    fn reload(&self) -> Result<(), String>;
+}
+
+/// The configured chain.
+pub struct Chain {
+    links: Vec<Box<dyn Link>>,
+    anonymous: bool,
+    failures: failures::Failures,
+}
+
+impl Chain {
+    /// The chain `[auth]` describes; its files are read now, and a bad one is an error that
+    /// names it.
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Chain> {
+        let mut links: Vec<Box<dyn Link>> = Vec::new();
+        for (i, spec) in config.chain.iter().enumerate() {
+            match spec {
+                AuthenticatorSpec::PasswordFile { path } => {
+                    let link = password_file::PasswordFileAuth::open(i, path)
+                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}].path`: {e}"))?;
+                    links.push(Box::new(link));
+                }
+            }
+        }
+        Ok(Chain {
+            links,
+            anonymous: config.anonymous_allowed(),
+            failures: failures::Failures::new(config),
+        })
+    }
+
+    /// Re-reads every authenticator's files; the problems of those that kept their old state.
+    pub fn reload(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for link in &self.links {
+            if let Err(e) = link.reload() {
+                problems.push(format!("{}: {e}", link.describe()));
+            }
+        }
+        problems
+    }
+
+    async fn decide(&self, info: &ConnInfo, connect: &Connect) -> Verdict {
+        if let Some(username) = &info.username_from_cert {
+            return Verdict::Allow(Identity {
+                username: Some(username.clone()),
+                superuser: false,
+            });
+        }
+        for link in &self.links {
+            match link.check(info, connect).await {
+                Verdict::Ignore => continue,
+                decided => return decided,
+            }
+        }
+        match self.anonymous {
+            // Nobody vouched for a username the client may have claimed: it is anonymous.
+            true => Verdict::Allow(Identity::default()),
+            false => Verdict::Deny(match connect.username {
+                Some(_) => Refusal::BadCredentials,
+                None => Refusal::NotAuthorized,
+            }),
+        }
+    }
+}
+
+impl Authenticator for Chain {
+    fn authenticate<'a>(&'a self, info: &'a ConnInfo, connect: &'a Connect) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let address = info.peer.ip();
+            self.failures.wait_turn(address).await;
+            match self.decide(info, connect).await {
+                Verdict::Allow(identity) => {
+                    self.failures.succeeded(address);
+                    Ok(identity)
+                }
+                Verdict::Deny(refusal) => {
+                    self.failures.failed(address);
+                    Err(refusal)
+                }
+                Verdict::Ignore => Err(Refusal::NotAuthorized),
+            }
+        })
+    }
+}
+
+/// The authenticator `[auth]` asks for: none of its own (the hook's allow-all default) when
+/// the chain is empty and anonymous clients are allowed, else the chain.
+pub fn authenticator(config: &AuthConfig) -> anyhow::Result<Option<Arc<Chain>>> {
+    if config.chain.is_empty() && config.anonymous_allowed() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Chain::from_config(config)?)))
+}
