@@ -420,6 +420,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     keelmq::transport::check_files(&config)?;
     keelmq::auth::authenticator(&config.auth)?;
+    keelmq::auth::acl::AclAuthorizer::from_config(&config.authz)?;
     println!("{}: OK\n{config:#?}", file.display());
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct Server {
     tls: Vec<(String, Arc<transport::tls::Reloadable>)>,
     /// The `[auth]` chain, if one is configured (its files are re-read on SIGHUP).
     auth: Option<Arc<crate::auth::Chain>>,
+    /// The `[authz]` ACL, if one is configured (re-read on SIGHUP).
+    acl: Option<Arc<crate::auth::acl::AclAuthorizer>>,
     listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
 }
@@ -53,9 +55,13 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         // Before any recovery work: a bad password file stops the start at once.
-        let auth_config = config.auth.clone();
-        let auth =
-            tokio::task::spawn_blocking(move || crate::auth::authenticator(&auth_config)).await??;
+        let (auth_config, authz_config) = (config.auth.clone(), config.authz.clone());
+        let (auth, acl) = tokio::task::spawn_blocking(move || {
+            let auth = crate::auth::authenticator(&auth_config)?;
+            let acl = crate::auth::acl::AclAuthorizer::from_config(&authz_config)?;
+            anyhow::Ok((auth, acl))
+        })
+        .await??;
         let dir = config.data_dir.clone();
         let options = persistence_options(&config);
         let (persistence, report) =
@@ -65,6 +71,9 @@ impl Server {
         let broker = Broker::with_persistence(config, persistence.clone());
         if let Some(chain) = &auth {
             broker.set_authenticator(chain.clone());
+        }
+        if let Some(acl) = &acl {
+            broker.set_authorizer(acl.clone());
         }
         let restore_ms = restoring.elapsed().as_millis() as u64;
         let [sessions, subscriptions, deliveries, inbound, _] =
@@ -109,6 +118,7 @@ impl Server {
             listeners,
             tls,
             auth,
+            acl,
             listener_tasks,
             checkpointer,
         })
@@ -151,13 +161,21 @@ impl Server {
         failed
     }
 
-    /// Re-reads the authenticators' files (SIGHUP). One whose file fails keeps what it had,
-    /// and the error says why. Returns how many failed.
+    /// Re-reads the authenticators' files and the ACL (SIGHUP). One whose file fails keeps
+    /// what it had, and the error says why. Returns how many failed.
     pub async fn reload_auth(&self) -> usize {
-        let Some(chain) = self.auth.clone() else {
+        let (chain, acl) = (self.auth.clone(), self.acl.clone());
+        if chain.is_none() && acl.is_none() {
             return 0;
-        };
-        let problems = tokio::task::spawn_blocking(move || chain.reload()).await;
+        }
+        let problems = tokio::task::spawn_blocking(move || {
+            let mut problems = chain.map(|c| c.reload()).unwrap_or_default();
+            if let Some(Err(e)) = acl.map(|a| a.reload()) {
+                problems.push(format!("authz.acl_file: {e}"));
+            }
+            problems
+        })
+        .await;
         let problems = problems.unwrap_or_else(|e| vec![e.to_string()]);
         for p in &problems {
             tracing::error!(error = %p, "authentication reload failed; the old state stays");

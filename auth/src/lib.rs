@@ -4,13 +4,16 @@
 //! - [`hash`]: the password hashes a password file may hold — Argon2id (what KeelMQ writes),
 //!   Mosquitto's `$6$` and `$7$`, and bcrypt / salted SHA / PBKDF2 exported from EMQX — and
 //!   their verification;
-//! - [`passwd`]: the password file itself (Mosquitto's `password_file` format).
+//! - [`passwd`]: the password file itself (Mosquitto's `password_file` format);
+//! - [`acl`]: the ACL file (Mosquitto's `acl_file` format) and its decisions.
 //!
 //! The broker's authenticators (`src/auth/`) read these files and run the slow verification
 //! on blocking threads.
 
+pub mod acl;
 pub mod hash;
 pub mod passwd;
 
+pub use acl::{Acl, AclError, Action, Decision, Who};
 pub use hash::{Hash, HashError, MAX_PASSWORD_LEN};
 pub use passwd::{ParseError, PasswordFile};

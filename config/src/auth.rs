@@ -42,6 +42,39 @@ pub enum AuthenticatorSpec {
     PasswordFile { path: PathBuf },
 }
 
+/// `[authz]`: what an authenticated client may do.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// A Mosquitto-format ACL file; none: every client may publish and subscribe anywhere
+    /// (superusers always may).
+    pub acl_file: Option<PathBuf>,
+    /// What happens when no rule of the ACL decides (`$` filters excepted: those are denied).
+    pub no_match: NoMatch,
+    /// What happens to a client whose PUBLISH is denied, besides the message not being routed.
+    pub deny_action: DenyAction,
+}
+
+/// `authz.no_match`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoMatch {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// `authz.deny_action`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyAction {
+    /// 5.0: PUBACK/PUBREC 0x87; 3.x: acknowledged and dropped (a 3.x client cannot be told).
+    #[default]
+    Ignore,
+    /// Close the connection (5.0: DISCONNECT 0x87).
+    Disconnect,
+}
+
 impl Config {
     pub(crate) fn validate_auth(&self) -> Result<(), ConfigError> {
         let a = &self.auth;

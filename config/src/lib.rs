@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 mod auth;
 mod listeners;
-pub use auth::{AuthConfig, AuthenticatorSpec};
+pub use auth::{AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, NoMatch};
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 
 /// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is
@@ -37,6 +37,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[auth]`: authentication.
     pub auth: AuthConfig,
+    /// `[authz]`: authorization.
+    pub authz: AuthzConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            authz: AuthzConfig::default(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Authentication as configured by `[auth]`: a [`Chain`] of authenticators behind the
+//! Authentication as configured by `[auth]` (and authorization by `[authz]`, in [`acl`]): a [`Chain`] of authenticators behind the
 //! [`Authenticator`] hook, with EMQX's semantics — an authenticator that does not know the
 //! client ([`Verdict::Ignore`]) passes it to the next, one that knows it decides; when none
 //! knows it, `allow_anonymous` decides. A client whose verified certificate names it
@@ -8,6 +8,7 @@
 //! failing waits before each answer, so guessing passwords is slow and cheap for the broker.
 //! Password verification runs on blocking threads, a bounded number at a time.
 
+pub mod acl;
 pub mod failures;
 pub mod password_file;
 

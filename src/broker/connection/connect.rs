@@ -133,6 +133,18 @@ async fn admit_and_attach(
     let cfg = broker.config();
     let admitted = admission::admit(cfg, connect, || broker.assign_client_id())?;
     let identity = broker.authenticator().authenticate(info, connect).await?;
+    // A will the client may not publish is dropped here: it is never published.
+    let without_will;
+    let connect = match will_denied(broker, connect, &admitted.client_id, &identity) {
+        true => {
+            without_will = Connect {
+                will: None,
+                ..connect.clone()
+            };
+            &without_will
+        }
+        false => connect,
+    };
     let ack = connack::accepted(cfg, connect, &admitted);
     // Checked before the session is touched: a CONNACK that cannot be sent must not leave a
     // session attached (or created) behind it.
@@ -156,6 +168,26 @@ async fn admit_and_attach(
         conn_id,
         attached,
     })
+}
+
+/// Whether the CONNECT's will is one the authorizer refuses (counted and logged).
+fn will_denied(broker: &Broker, connect: &Connect, client_id: &str, identity: &Identity) -> bool {
+    let Some(will) = &connect.will else {
+        return false;
+    };
+    let client = hooks::Client {
+        client_id,
+        identity,
+    };
+    let allowed = identity.superuser
+        || broker
+            .authorizer()
+            .may_publish(&client, &will.topic, will.qos, will.retain);
+    if !allowed {
+        Metrics::add(&broker.shared.metrics.not_authorized, 1);
+        tracing::info!(%client_id, topic = %will.topic, "will not authorized; it will not be published");
+    }
+    !allowed
 }
 
 impl Connection {

@@ -126,9 +126,13 @@ impl Connection {
         allowed
     }
 
-    /// A PUBLISH the authorizer refused: a v5 QoS 1/2 publisher gets 0x87; otherwise it is
-    /// acknowledged and dropped, as Mosquitto and EMQX do (a 3.x client cannot be told).
+    /// A PUBLISH the authorizer refused: with `authz.deny_action = "disconnect"` the connection
+    /// closes (v5: DISCONNECT 0x87); otherwise a v5 QoS 1/2 publisher gets 0x87, and any other
+    /// is acknowledged and dropped, as Mosquitto and EMQX do (a 3.x client cannot be told).
     pub(super) fn deny_inbound(&mut self, wbuf: &mut BytesMut, p: &Publish) -> Result<(), Close> {
+        if self.broker.config().authz.deny_action == crate::config::DenyAction::Disconnect {
+            return Err(Close::Refused(Refusal::NotAuthorized));
+        }
         let reason = match self.version.is_v5() {
             true => Refusal::NotAuthorized.reason_code(),
             false => ReasonCode::SUCCESS,

@@ -1,0 +1,228 @@
+//! Authorization with a Mosquitto-format ACL file, checked by Eclipse Paho (exact SUBACK,
+//! PUBACK, PUBREC and DISCONNECT reason codes, for MQTT 5 and 3.1.1; see `tests/paho/acl.py`)
+//! and by `mosquitto_sub` (reload on SIGHUP).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{self, BrokerProcess};
+
+const KEELMQ: &str = env!("CARGO_BIN_EXE_keelmq");
+
+const ACL: &str = "\
+# Anonymous clients: public topics only.
+topic readwrite public/#
+
+user alice
+topic readwrite fleet/alice/#
+topic deny fleet/alice/secret
+topic read $SYS/broker/uptime
+
+user admin
+topic readwrite #
+topic read $SYS/#
+
+# Every client: its own device topics; users: their inbox.
+pattern readwrite devices/%c/#
+pattern read inbox/%u/#
+";
+
+/// A directory with the password file (alice, admin, mallory; password `<user>-pw`), the ACL
+/// and a configuration with `extra` appended; returns (directory, config path).
+fn setup(name: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let dir = common::temp_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    for (i, user) in ["alice", "admin", "mallory"].iter().enumerate() {
+        let create = if i == 0 { "-c" } else { "-b" };
+        let mut cmd = Command::new(KEELMQ);
+        cmd.arg("passwd").arg(create);
+        if i == 0 {
+            cmd.arg("-b");
+        }
+        let status = cmd
+            .arg(&passwd)
+            .arg(user)
+            .arg(format!("{user}-pw"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "keelmq passwd {user}");
+    }
+    let acl = dir.join("acl");
+    std::fs::write(&acl, ACL).unwrap();
+    let config = dir.join("keelmq.toml");
+    let text = format!(
+        "[[auth.chain]]\nkind = \"password_file\"\npath = {:?}\n\
+         [auth]\nallow_anonymous = true\n\
+         [authz]\nacl_file = {:?}\nno_match = \"deny\"\n{extra}",
+        passwd.to_str().unwrap(),
+        acl.to_str().unwrap()
+    );
+    std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
+fn paho(broker: &BrokerProcess, scenario: &str) {
+    let Some(python) = common::paho_python() else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho/acl.py");
+    let port = broker.port().to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![scenario.as_ref(), "127.0.0.1".as_ref(), port.as_ref()];
+    let run = common::run_python(&python, &script, &args, Duration::from_secs(60));
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "paho acl {scenario}: {:?}\n--- stdout\n{}--- stderr\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// rumqttc (MQTT 5) as alice publishing at QoS 2 on `topic`: the PUBREC's reason (paho
+/// does not report it).
+fn alice_qos2_pubrec(port: u16, topic: &str) -> rumqttc::v5::mqttbytes::v5::PubRecReason {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = MqttOptions::new("alice-rumqttc", "127.0.0.1", port);
+        options.set_credentials("alice", "alice-pw");
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let qos = rumqttc::v5::mqttbytes::QoS::ExactlyOnce;
+        client.publish(topic, qos, false, "x").await.unwrap();
+        let pubrec = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubRec(p))) => return p.reason,
+                    // How rumqttc reports a PUBREC with a failure reason.
+                    Err(ConnectionError::MqttState(StateError::PubRecFail { reason })) => {
+                        return reason
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("rumqttc: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), pubrec)
+            .await
+            .expect("a PUBREC in time")
+    })
+}
+
+#[test]
+fn paho_sees_the_acl_s_exact_reason_codes() {
+    let (dir, config) = setup("acl-rules", "");
+    let broker = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    paho(&broker, "rules");
+    paho(&broker, "will");
+    use rumqttc::v5::mqttbytes::v5::PubRecReason;
+    let port = broker.port();
+    assert_eq!(
+        alice_qos2_pubrec(port, "fleet/bob/pos"),
+        PubRecReason::NotAuthorized
+    );
+    let allowed = alice_qos2_pubrec(port, "fleet/alice/pos");
+    assert!(matches!(
+        allowed,
+        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+    ));
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn deny_action_disconnect_closes_with_0x87() {
+    let (dir, config) = setup("acl-disconnect", "deny_action = \"disconnect\"\n");
+    let broker = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    paho(&broker, "disconnect");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mosquitto_sub -E` (exit once subscribed) as mallory on `filter`: whether the broker granted it.
+fn mallory_may_subscribe(tool: &Path, port: u16, filter: &str) -> bool {
+    let mut child = Command::new(tool)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-E",
+        ])
+        .args(["-u", "mallory", "-P", "mallory-pw", "-t", filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::drain(child.stderr.take().unwrap());
+    let status = common::wait_timeout(&mut child, Duration::from_secs(15)).expect("ends");
+    let stderr = stderr.join().unwrap_or_default();
+    status.success() && !stderr.contains("denied")
+}
+
+#[test]
+fn sighup_swaps_the_acl_and_a_broken_one_keeps_the_old() {
+    let Some(sub) = common::tool("mosquitto_sub") else {
+        return;
+    };
+    let (dir, config) = setup("acl-reload", "");
+    let broker = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    let port = broker.port();
+    assert!(!mallory_may_subscribe(&sub, port, "news/#"));
+    let hup = || {
+        let pid = broker.child.id().to_string();
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    std::fs::write(
+        dir.join("acl"),
+        format!("{ACL}user mallory\ntopic read news/#\n"),
+    )
+    .unwrap();
+    hup();
+    let granted = common::wait_until(Duration::from_secs(10), || {
+        mallory_may_subscribe(&sub, port, "news/#")
+    });
+    assert!(granted, "the new rule applies after SIGHUP");
+    std::fs::write(dir.join("acl"), "topic read a/#/b\n").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        mallory_may_subscribe(&sub, port, "news/#"),
+        "the old rules stay"
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_config_names_the_acl_file_and_line() {
+    let dir = common::temp_dir("acl-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user alice\ntopic read a/#/b\n").unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[authz]\nacl_file = {:?}\n", acl.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(KEELMQ)
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("authz.acl_file") && err.contains("line 2"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
