@@ -199,9 +199,11 @@ fn parse_rule(rest: &str, pattern: bool) -> Result<Rule, String> {
         let level = match *part {
             "#" if i + 1 == parts.len() => Level::Hash,
             "+" => Level::Plus,
-            p if p.contains(['+', '#']) => return Err(format!(
+            p if p.contains(['+', '#']) => {
+                return Err(format!(
                 "`{filter}` is not a topic filter (a wildcard must be a whole level, `#` the last)"
-            )),
+            ))
+            }
             p if pattern && (p.contains("%c") || p.contains("%u")) => Level::Pattern(pieces(p)),
             p => Level::Text(p.to_string()),
         };

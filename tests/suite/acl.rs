@@ -226,3 +226,91 @@ fn check_config_names_the_acl_file_and_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mosquitto_pub` at QoS 1 with extra arguments; (exit code, stderr).
+fn mosquitto_pub(tool: &Path, port: u16, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(tool)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .args(["-m", "x"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::drain(child.stderr.take().unwrap());
+    let status = common::wait_timeout(&mut child, Duration::from_secs(15)).expect("ends");
+    (
+        status.code().unwrap_or(-1),
+        stderr.join().unwrap_or_default(),
+    )
+}
+
+/// The README's worked example: a mutual-TLS listener whose verified certificate's CN is the
+/// username, no anonymous access, and an ACL `pattern` that gives each user its own topics.
+#[test]
+fn mutual_tls_cn_names_the_user_and_acl_patterns_use_it() {
+    let Some(publ) = common::tool("mosquitto_pub") else {
+        return;
+    };
+    let dir = common::temp_dir("acl-mtls");
+    let files = common::certs::TlsFiles::new(&dir);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "pattern readwrite cars/%u/#\n").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let config = dir.join("keelmq.toml");
+    let text = format!(
+        "[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"mtls\"\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\n\
+         cert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n\
+         verify_peer = true\nfail_if_no_peer_cert = true\npeer_cert_as_username = \"cn\"\n\
+         [auth]\nallow_anonymous = false\n\
+         [authz]\nacl_file = {:?}\nno_match = \"deny\"\n",
+        s(&files.server_cert),
+        s(&files.server_key),
+        s(&files.ca),
+        s(&acl)
+    );
+    std::fs::write(&config, text).unwrap();
+    let broker = BrokerProcess::start(&["--config", &s(&config)]);
+    let tls_port = broker.listener_addr("mtls").port();
+    let (ca, cert, key) = (s(&files.ca), s(&files.client_cert), s(&files.client_key));
+    let tls = ["--cafile", &ca, "--cert", &cert, "--key", &key];
+    // The certificate's CN is car-17: its own topics only.
+    let own: Vec<&str> = tls
+        .iter()
+        .copied()
+        .chain(["-t", "cars/car-17/pos"])
+        .collect();
+    let (code, err) = mosquitto_pub(&publ, tls_port, &own);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("failed"), "{err}");
+    let other: Vec<&str> = tls
+        .iter()
+        .copied()
+        .chain(["-t", "cars/car-18/pos"])
+        .collect();
+    let (_, err) = mosquitto_pub(&publ, tls_port, &other);
+    assert!(err.contains("Not authorized"), "another car's topic: {err}");
+    // A username in the CONNECT does not override the certificate's.
+    let claimed: Vec<&str> = tls
+        .iter()
+        .copied()
+        .chain(["-u", "car-18", "-t", "cars/car-18/pos"])
+        .collect();
+    let (_, err) = mosquitto_pub(&publ, tls_port, &claimed);
+    assert!(err.contains("Not authorized"), "a claimed username: {err}");
+    // Without a certificate on the plain listener: not authorized (5.0 0x87).
+    let (code, _) = mosquitto_pub(&publ, broker.port(), &["-t", "cars/car-17/pos"]);
+    assert_eq!(code, 0x87);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
