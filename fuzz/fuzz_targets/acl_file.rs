@@ -9,8 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // The last line doubles as the question: a topic, a client id and a username.
-    let question = text.lines().last().unwrap_or("");
+    // The last line, a comment, doubles as the question: a topic, a client id and a username.
+    let last = text.lines().last().unwrap_or("");
+    let question = last.strip_prefix('#').unwrap_or(last);
     match Acl::parse(text) {
         Ok(acl) => {
             for username in [None, Some(question)] {
