@@ -2,7 +2,7 @@
 # Installs what building KeelMQ and running its whole test suite need, when it is missing, on a
 # Debian machine (as root, or with sudo): libclang and a C++ compiler for RocksDB, Debian's
 # mosquitto and mosquitto-clients, OpenSSL headers for the rumqttc TLS test, and Python's
-# paho-mqtt 2.x (the interoperability tests' independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
+# paho-mqtt 2.x and PyJWT (the interoperability tests' independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -28,4 +28,10 @@ PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "== installing paho-mqtt (pip)"
   "$PYTHON" -m pip install --quiet 'paho-mqtt>=2,<3'
+fi
+# PyJWT (with cryptography, for RSA and EC) mints the tokens of the JWT authentication tests:
+# an independent implementation of the tokens the broker verifies.
+if ! "$PYTHON" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "== installing PyJWT with cryptography (pip)"
+  "$PYTHON" -m pip install --quiet 'pyjwt[crypto]>=2,<3'
 fi

@@ -29,6 +29,42 @@ pub struct Identity {
     pub username: Option<String>,
     /// Bypasses authorization.
     pub superuser: bool,
+    /// The client's own rules (a token's ACL claim, the HTTP authenticator's answer): asked
+    /// before the authorizer; what they do not decide, the authorizer does.
+    pub rules: Option<Arc<keelmq_auth::Acl>>,
+    /// When the credentials stop being valid (a token's `exp`): the connection is closed then.
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// The one authorization decision, for every PUBLISH, SUBSCRIBE filter and will: a superuser
+/// may; else the client's own rules decide if they can; else the authorizer.
+pub fn authorize(
+    authorizer: &dyn Authorizer,
+    client: &Client<'_>,
+    action: keelmq_auth::Action,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+) -> bool {
+    let identity = client.identity;
+    if identity.superuser {
+        return true;
+    }
+    if let Some(rules) = &identity.rules {
+        let who = keelmq_auth::Who {
+            client_id: client.client_id,
+            username: identity.username.as_deref(),
+        };
+        match rules.check(who, action, topic) {
+            keelmq_auth::Decision::Allow => return true,
+            keelmq_auth::Decision::Deny => return false,
+            keelmq_auth::Decision::NoMatch => {}
+        }
+    }
+    match action {
+        keelmq_auth::Action::Publish => authorizer.may_publish(client, topic, qos, retain),
+        keelmq_auth::Action::Subscribe => authorizer.may_subscribe(client, topic, qos),
+    }
 }
 
 /// What an authenticator returns: boxed, so that authenticators can be trait objects.
@@ -60,7 +96,7 @@ impl Authenticator for AllowAll {
     fn authenticate<'a>(&'a self, _info: &'a ConnInfo, connect: &'a Connect) -> AuthFuture<'a> {
         let identity = Identity {
             username: connect.username.clone(),
-            superuser: false,
+            ..Identity::default()
         };
         Box::pin(std::future::ready(Ok(identity)))
     }

@@ -35,6 +35,10 @@ pub enum Access {
     Write,
     ReadWrite,
     Deny,
+    /// Denies subscribing only (client rules from a token or the HTTP authenticator).
+    DenyRead,
+    /// Denies publishing only (client rules).
+    DenyWrite,
 }
 
 /// What a client asks to do.
@@ -140,6 +144,22 @@ impl Acl {
         Ok(acl)
     }
 
+    /// A client's own rules (from its token, or the HTTP authenticator's answer): plain
+    /// filters, no placeholders (the caller substituted them), checked as the file's are.
+    pub fn client_rules<'a>(
+        rules: impl IntoIterator<Item = (Access, &'a str)>,
+    ) -> Result<Acl, String> {
+        let mut acl = Acl::default();
+        for (access, filter) in rules {
+            if filter.is_empty() {
+                return Err("a rule needs a topic filter".into());
+            }
+            let levels = parse_filter(filter, false)?;
+            acl.patterns.push(Rule { access, levels });
+        }
+        Ok(acl)
+    }
+
     /// Number of rules (all sections).
     pub fn len(&self) -> usize {
         self.anonymous.len()
@@ -160,12 +180,14 @@ impl Acl {
         };
         let rules = || own.iter().chain(self.patterns.iter());
         let asked: Vec<&str> = topic.split('/').collect();
-        let denied = rules()
-            .filter(|r| r.access == Access::Deny)
-            .any(|r| match action {
-                Action::Publish => r.covers(&asked, who),
-                Action::Subscribe => r.overlaps(&asked, who),
-            });
+        let denies = |r: &&Rule| match action {
+            Action::Publish => matches!(r.access, Access::Deny | Access::DenyWrite),
+            Action::Subscribe => matches!(r.access, Access::Deny | Access::DenyRead),
+        };
+        let denied = rules().filter(denies).any(|r| match action {
+            Action::Publish => r.covers(&asked, who),
+            Action::Subscribe => r.overlaps(&asked, who),
+        });
         if denied {
             return Decision::Deny;
         }
@@ -193,6 +215,12 @@ fn parse_rule(rest: &str, pattern: bool) -> Result<Rule, String> {
     if filter.is_empty() {
         return Err("a rule needs a topic filter".into());
     }
+    let levels = parse_filter(filter, pattern)?;
+    Ok(Rule { access, levels })
+}
+
+/// A rule's filter as levels; `%c`/`%u` are placeholders in a pattern only.
+fn parse_filter(filter: &str, pattern: bool) -> Result<Vec<Level>, String> {
     let parts: Vec<&str> = filter.split('/').collect();
     let mut levels = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
@@ -209,7 +237,7 @@ fn parse_rule(rest: &str, pattern: bool) -> Result<Rule, String> {
         };
         levels.push(level);
     }
-    Ok(Rule { access, levels })
+    Ok(levels)
 }
 
 /// A pattern level split around its `%c` and `%u`.

@@ -14,6 +14,6 @@ pub mod acl;
 pub mod hash;
 pub mod passwd;
 
-pub use acl::{Acl, AclError, Action, Decision, Who};
+pub use acl::{Access, Acl, AclError, Action, Decision, Who};
 pub use hash::{Hash, HashError, MAX_PASSWORD_LEN};
 pub use passwd::{ParseError, PasswordFile};

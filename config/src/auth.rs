@@ -40,6 +40,47 @@ pub enum AuthenticatorSpec {
     /// A Mosquitto-format password file (`keelmq passwd` writes one). A client whose username
     /// the file lacks (or that sent none) is passed on; a wrong password refuses it.
     PasswordFile { path: PathBuf },
+    /// A JSON Web Token in the password (or username): verified with `secret` (HS256/384/512),
+    /// `public_key_file` (PEM; RS*/PS*, ES256/384 or EdDSA by the key) or `jwks_file` (a JWK set,
+    /// by the token's `kid`) — exactly one. A token for other keys, or no token, is passed on;
+    /// a bad signature, `exp` or `nbf` passed or not reached, or a claim of `verify_claims`
+    /// that differs refuses the client.
+    Jwt(JwtSpec),
+}
+
+/// `kind = "jwt"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    #[serde(default)]
+    pub from: JwtFrom,
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    /// Claims the token must hold with these values; `${clientid}` and `${username}` stand
+    /// for the client's.
+    #[serde(default)]
+    pub verify_claims: std::collections::BTreeMap<String, String>,
+    /// A claim holding the client's own ACL rules, checked before `[authz]`: EMQX's list
+    /// `[{"permission": "allow"|"deny", "action": "publish"|"subscribe"|"all", "topic": "..."}]`
+    /// or its older `{"pub": [...], "sub": [...], "all": [...]}`.
+    pub acl_claim: Option<String>,
+    /// Close the connection when the token's `exp` passes.
+    #[serde(default = "yes")]
+    pub disconnect_after_expire: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a JWT is carried.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JwtFrom {
+    #[default]
+    Password,
+    Username,
 }
 
 /// `[authz]`: what an authenticated client may do.
@@ -89,6 +130,21 @@ impl Config {
                 field: "auth.max_failure_delay_ms",
                 problem: "at most 60000 (a waiting CONNECT holds a connection)".into(),
             });
+        }
+        for (i, spec) in a.chain.iter().enumerate() {
+            if let AuthenticatorSpec::Jwt(j) = spec {
+                let keys = [
+                    j.secret.is_some(),
+                    j.public_key_file.is_some(),
+                    j.jwks_file.is_some(),
+                ];
+                if keys.iter().filter(|k| **k).count() != 1 {
+                    return Err(ConfigError::Listener {
+                        field: format!("auth.chain[{i}].secret"),
+                        problem: "give exactly one of secret, public_key_file and jwks_file".into(),
+                    });
+                }
+            }
         }
         if !a.chain.is_empty() || a.allow_anonymous == Some(true) {
             return Ok(());
@@ -163,5 +219,35 @@ mod tests {
         assert!(e.contains("path"), "{e}");
         let e = check("[auth]\nfailures_before_delay = 0\n").unwrap_err();
         assert!(e.contains("auth.failures_before_delay"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod jwt_tests {
+    use crate::{AuthenticatorSpec, Config, JwtFrom};
+
+    #[test]
+    fn a_jwt_entry_needs_exactly_one_key_source() {
+        let c = Config::parse(
+            "[[auth.chain]]\nkind = \"jwt\"\nsecret = \"s\"\nverify_claims = { sub = \"${clientid}\" }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let AuthenticatorSpec::Jwt(j) = &c.auth.chain[0] else {
+            panic!("a jwt entry");
+        };
+        assert_eq!(
+            (j.from, j.disconnect_after_expire),
+            (JwtFrom::Password, true)
+        );
+        assert_eq!(j.verify_claims["sub"], "${clientid}");
+        let none = Config::parse("[[auth.chain]]\nkind = \"jwt\"\n").unwrap();
+        let e = none.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.chain[0].secret"), "{e}");
+        let two = "[[auth.chain]]\nkind = \"jwt\"\nsecret = \"s\"\njwks_file = \"k\"\n";
+        assert!(Config::parse(two).unwrap().validate().is_err());
+        let e = Config::parse("[[auth.chain]]\nkind = \"jwt\"\nsecret = \"s\"\nalg = \"x\"\n")
+            .unwrap_err();
+        assert!(e.contains("alg"), "{e}");
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod acl;
 pub mod failures;
+pub mod jwt;
 pub mod password_file;
 
 use std::future::Future;
@@ -64,6 +65,11 @@ impl Chain {
                         .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}].path`: {e}"))?;
                     links.push(Box::new(link));
                 }
+                AuthenticatorSpec::Jwt(spec) => {
+                    let link = jwt::JwtAuth::open(i, spec)
+                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
+                    links.push(Box::new(link));
+                }
             }
         }
         Ok(Chain {
@@ -89,6 +95,7 @@ impl Chain {
             return Verdict::Allow(Identity {
                 username: Some(username.clone()),
                 superuser: false,
+                ..Identity::default()
             });
         }
         for link in &self.links {

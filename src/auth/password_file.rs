@@ -64,6 +64,7 @@ impl PasswordFileAuth {
             Ok(true) => Verdict::Allow(Identity {
                 username: Some(username.to_string()),
                 superuser: false,
+                ..Identity::default()
             }),
             Ok(false) => Verdict::Deny(Refusal::BadCredentials),
             Err(e) => {

@@ -184,7 +184,8 @@ impl Broker {
             client_id: &slot.client_id,
             identity: &identity,
         };
-        let allowed = identity.superuser || self.authorizer().may_subscribe(&client, filter, qos);
+        let (authorizer, action) = (self.authorizer(), keelmq_auth::Action::Subscribe);
+        let allowed = crate::hooks::authorize(&*authorizer, &client, action, filter, qos, false);
         if !allowed {
             Metrics::add(&self.shared.metrics.not_authorized, 1);
         }

@@ -37,6 +37,8 @@ pub enum Refusal {
     BadCredentials,
     /// Not allowed: a CONNECT an authenticator refuses, or a PUBLISH the authorizer refuses.
     NotAuthorized,
+    /// The credentials the connection was admitted with expired (a token's `exp`).
+    CredentialsExpired,
     // ---- a connection's packets
     /// A packet that does not decode (its own reason code and clause).
     Malformed(DecodeError),
@@ -92,7 +94,7 @@ impl Refusal {
             TooManySessions => ReasonCode::QUOTA_EXCEEDED,
             SessionNotStored => ReasonCode::SERVER_UNAVAILABLE,
             BadCredentials => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-            NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+            NotAuthorized | CredentialsExpired => ReasonCode::NOT_AUTHORIZED,
             Malformed(e) => e.reason_code(),
             KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             AckBacklog | ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -146,6 +148,7 @@ impl Refusal {
             SessionNotStored => "session_not_stored",
             BadCredentials => "bad_credentials",
             NotAuthorized => "not_authorized",
+            CredentialsExpired => "credentials_expired",
             Malformed(_) => "malformed",
             KeepAliveTimeout => "keep_alive_timeout",
             AckBacklog => "ack_backlog",
@@ -183,6 +186,7 @@ impl Refusal {
             SessionNotStored => "the session could not be stored",
             BadCredentials => "bad user name or password",
             NotAuthorized => "not authorized",
+            CredentialsExpired => "credentials expired",
             Malformed(_) => "malformed packet",
             KeepAliveTimeout => "keep alive timeout",
             AckBacklog => "more acknowledgements waiting than packet identifiers",

@@ -27,6 +27,7 @@ impl Authenticator for Users {
                 user => Ok(Identity {
                     username: user.map(str::to_string),
                     superuser: user == Some("root"),
+                    ..Identity::default()
                 }),
             }
         })

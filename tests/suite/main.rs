@@ -18,6 +18,7 @@ mod hostile_clients;
 mod interop_mosquitto;
 mod interop_paho;
 mod interop_rumqttc;
+mod jwt;
 mod listeners;
 mod local_client;
 mod persistence_faults;

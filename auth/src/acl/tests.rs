@@ -108,6 +108,26 @@ fn wildcards_and_dollar_topics() {
 }
 
 #[test]
+fn client_rules_deny_per_direction() {
+    let acl = Acl::client_rules([
+        (Access::ReadWrite, "t/#"),
+        (Access::DenyWrite, "t/ro"),
+        (Access::DenyRead, "t/wo"),
+        (Access::Read, "read"),
+    ])
+    .unwrap();
+    let w = who("c", Some("u"));
+    assert_eq!(acl.check(w, Action::Publish, "t/ro"), Decision::Deny);
+    assert_eq!(acl.check(w, Action::Subscribe, "t/ro"), Decision::Allow);
+    assert_eq!(acl.check(w, Action::Subscribe, "t/wo"), Decision::Deny);
+    assert_eq!(acl.check(w, Action::Publish, "t/wo"), Decision::Allow);
+    assert_eq!(acl.check(w, Action::Subscribe, "read"), Decision::Allow);
+    assert_eq!(acl.check(w, Action::Publish, "x"), Decision::NoMatch);
+    assert!(Acl::client_rules([(Access::Read, "a/#/b")]).is_err());
+    assert!(Acl::client_rules([(Access::Read, "")]).is_err());
+}
+
+#[test]
 fn problems_name_their_line() {
     for (text, line) in [
         ("user alice\ntopic read a/#/b\n", 2),

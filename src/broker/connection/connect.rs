@@ -179,10 +179,15 @@ fn will_denied(broker: &Broker, connect: &Connect, client_id: &str, identity: &I
         client_id,
         identity,
     };
-    let allowed = identity.superuser
-        || broker
-            .authorizer()
-            .may_publish(&client, &will.topic, will.qos, will.retain);
+    let (action, authorizer) = (keelmq_auth::Action::Publish, broker.authorizer());
+    let allowed = hooks::authorize(
+        &*authorizer,
+        &client,
+        action,
+        &will.topic,
+        will.qos,
+        will.retain,
+    );
     if !allowed {
         Metrics::add(&broker.shared.metrics.not_authorized, 1);
         tracing::info!(%client_id, topic = %will.topic, "will not authorized; it will not be published");
@@ -203,6 +208,10 @@ impl Connection {
             ..
         } = accepted;
         let alias_maximum = broker.config().mqtt.topic_alias_maximum;
+        let expires_at = identity.expires_at.map(|at| {
+            let left = at.duration_since(std::time::SystemTime::now());
+            Instant::now() + left.unwrap_or_default()
+        });
         Connection {
             peer: info.peer,
             listener: info.listener.clone(),
@@ -216,6 +225,7 @@ impl Connection {
             keep_alive: Duration::from_secs(u64::from(admitted.keep_alive)),
             last_received: Instant::now(),
             last_io: Instant::now(),
+            expires_at,
             max_packet_out: match v5 {
                 true => props
                     .maximum_packet_size

@@ -118,8 +118,9 @@ impl Connection {
             client_id: &self.client_id,
             identity: &self.identity,
         };
-        let allowed = self.identity.superuser
-            || (self.broker.authorizer()).may_publish(&client, &p.topic, p.qos, p.retain);
+        let authorizer = self.broker.authorizer();
+        let (action, topic) = (keelmq_auth::Action::Publish, &p.topic);
+        let allowed = hooks::authorize(&*authorizer, &client, action, topic, p.qos, p.retain);
         if !allowed {
             Metrics::add(&self.broker.shared.metrics.not_authorized, 1);
         }

@@ -280,6 +280,8 @@ struct Connection {
     last_received: Instant,
     /// Last read or write, for releasing the buffers of an idle connection.
     last_io: Instant,
+    /// When the credentials expire (`Identity::expires_at`): the connection closes then.
+    expires_at: Option<Instant>,
     /// The client's Maximum Packet Size: larger packets are never sent to it.
     max_packet_out: u32,
     /// The client's Topic Alias Maximum for the PUBLISH packets the broker sends.
@@ -332,11 +334,11 @@ impl Connection {
         loop {
             let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
             let (keep_alive_deadline, release_at) = self.deadlines(io);
-            // One timer for both deadlines.
-            let timer = match (keep_alive_deadline, release_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // One timer for every deadline.
+            let timer = [keep_alive_deadline, release_at, self.expires_at]
+                .into_iter()
+                .flatten()
+                .min();
             let step = tokio::select! {
                 biased;
                 _ = &mut self.kicked => Err(Close::TakenOver),
@@ -361,7 +363,9 @@ impl Connection {
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     let now = Instant::now();
-                    if keep_alive_deadline.is_some_and(|d| now >= d) {
+                    if self.expires_at.is_some_and(|d| now >= d) {
+                        Err(Close::Refused(Refusal::CredentialsExpired))
+                    } else if keep_alive_deadline.is_some_and(|d| now >= d) {
                         Err(Close::Refused(Refusal::KeepAliveTimeout))
                     } else {
                         if release_at.is_some_and(|r| now >= r) {
