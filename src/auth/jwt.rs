@@ -117,7 +117,11 @@ impl JwtAuth {
             let expected = placeholders(template, client_id, username);
             let matches = match claims.get(name) {
                 Some(Value::String(s)) => *s == expected,
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string() == expected,
+                // A number or a boolean claim compares as its JSON text ("42", "true").
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                    let text = v.to_string();
+                    text == expected
+                }
                 _ => false,
             };
             if !matches {
