@@ -46,6 +46,27 @@ pub enum AuthenticatorSpec {
     /// a bad signature, `exp` or `nbf` passed or not reached, or a claim of `verify_claims`
     /// that differs refuses the client.
     Jwt(JwtSpec),
+    /// An HTTP service: POST `{clientid, username, password, peerhost, cert_cn, listener}` as
+    /// JSON to `url`; it answers `{"result": "allow"|"deny"|"ignore", "is_superuser": bool,
+    /// "acl": [...]}` (the JWT ACL claim's forms). An error, a timeout or an answer that is not
+    /// such a 200 passes the client on (logged), as EMQX does.
+    Http(HttpSpec),
+}
+
+/// `kind = "http"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    pub url: String,
+    #[serde(default = "http_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Extra request headers (e.g. an authorization token for the service).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn http_timeout_ms() -> u64 {
+    5000
 }
 
 /// `kind = "jwt"`.
@@ -132,6 +153,23 @@ impl Config {
             });
         }
         for (i, spec) in a.chain.iter().enumerate() {
+            if let AuthenticatorSpec::Http(h) = spec {
+                let field = |f: &str| format!("auth.chain[{i}].{f}");
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    let problem = format!("{:?} is not an http:// or https:// URL", h.url);
+                    return Err(ConfigError::Listener {
+                        field: field("url"),
+                        problem,
+                    });
+                }
+                if !(1..=60_000).contains(&h.timeout_ms) {
+                    let problem = "must be between 1 and 60000".into();
+                    return Err(ConfigError::Listener {
+                        field: field("timeout_ms"),
+                        problem,
+                    });
+                }
+            }
             if let AuthenticatorSpec::Jwt(j) = spec {
                 let keys = [
                     j.secret.is_some(),

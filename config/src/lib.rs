@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 mod auth;
 mod listeners;
-pub use auth::{AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, JwtFrom, JwtSpec, NoMatch};
+pub use auth::{
+    AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, NoMatch,
+};
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 
 /// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is

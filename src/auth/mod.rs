@@ -10,6 +10,7 @@
 
 pub mod acl;
 pub mod failures;
+pub mod http;
 pub mod jwt;
 pub mod password_file;
 
@@ -63,6 +64,11 @@ impl Chain {
                 AuthenticatorSpec::PasswordFile { path } => {
                     let link = password_file::PasswordFileAuth::open(i, path)
                         .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}].path`: {e}"))?;
+                    links.push(Box::new(link));
+                }
+                AuthenticatorSpec::Http(spec) => {
+                    let link = http::HttpAuth::open(i, spec)
+                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
                     links.push(Box::new(link));
                 }
                 AuthenticatorSpec::Jwt(spec) => {

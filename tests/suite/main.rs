@@ -6,6 +6,7 @@ mod common;
 
 mod acl;
 mod auth;
+mod auth_http;
 mod bench_tool;
 mod codec_props;
 mod codec_vectors;
