@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building KeelMQ and running its whole test suite need, when it is missing, on a
 # Debian machine (as root, or with sudo): libclang and a C++ compiler for RocksDB, Debian's
-# mosquitto and mosquitto-clients, OpenSSL headers for the rumqttc TLS test, and Python's
+# mosquitto and mosquitto-clients, OpenLDAP's slapd, OpenSSL headers for the rumqttc TLS test, and Python's
 # paho-mqtt 2.x and PyJWT (the interoperability tests' independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
 set -euo pipefail
 
@@ -18,10 +18,20 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The certificate-reload and TLS benchmark scripts make certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+# The LDAP tests start their own OpenLDAP slapd on a loopback port (slapd, slapadd, slappasswd).
+[ -x /usr/sbin/slapd ] || need_apt+=(slapd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt)"
   as_root apt-get update -qq
+  # No package may start its daemon (slapd, mosquitto): the tests start their own, on loopback.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [ ! -e "$policy" ]; then
+    as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' > $policy && chmod +x $policy"
+    made_policy=1
+  fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  [ -z "$made_policy" ] || as_root rm -f "$policy"
 fi
 
 PYTHON="${PYTHON:-python3}"

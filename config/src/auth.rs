@@ -51,6 +51,25 @@ pub enum AuthenticatorSpec {
     /// "acl": [...]}` (the JWT ACL claim's forms). An error, a timeout or an answer that is not
     /// such a 200 passes the client on (logged), as EMQX does.
     Http(HttpSpec),
+    /// An LDAP directory: the client binds as `base_dn` (with `${username}` replaced by its
+    /// username, DN-escaped) with its password. A username with no entry (looked up first,
+    /// anonymously or as `bind_dn`) is passed on; a wrong or empty password refuses; a server
+    /// that cannot be reached passes the client on (logged).
+    Ldap(LdapSpec),
+}
+
+/// `kind = "ldap"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSpec {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub server: String,
+    pub base_dn: String,
+    /// A DN and password to look users up as (otherwise anonymously).
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    #[serde(default = "http_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// `kind = "http"`.
@@ -168,6 +187,21 @@ impl Config {
                         field: field("timeout_ms"),
                         problem,
                     });
+                }
+            }
+            if let AuthenticatorSpec::Ldap(l) = spec {
+                let field = |f: &str| format!("auth.chain[{i}].{f}");
+                if !(l.server.starts_with("ldap://") || l.server.starts_with("ldaps://")) {
+                    let problem = format!("{:?} is not an ldap:// or ldaps:// URL", l.server);
+                    return Err(ConfigError::Listener { field: field("server"), problem });
+                }
+                if !l.base_dn.contains("${username}") {
+                    let problem = "must contain ${username}".into();
+                    return Err(ConfigError::Listener { field: field("base_dn"), problem });
+                }
+                if l.bind_dn.is_some() != l.bind_password.is_some() {
+                    let problem = "bind_dn and bind_password go together".into();
+                    return Err(ConfigError::Listener { field: field("bind_dn"), problem });
                 }
             }
             if let AuthenticatorSpec::Jwt(j) = spec {

@@ -13,7 +13,8 @@ use serde::Deserialize;
 mod auth;
 mod listeners;
 pub use auth::{
-    AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, NoMatch,
+    AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, LdapSpec,
+    NoMatch,
 };
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 

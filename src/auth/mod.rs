@@ -12,6 +12,7 @@ pub mod acl;
 pub mod failures;
 pub mod http;
 pub mod jwt;
+pub mod ldap;
 pub mod password_file;
 
 use std::future::Future;
@@ -68,6 +69,11 @@ impl Chain {
                 }
                 AuthenticatorSpec::Http(spec) => {
                     let link = http::HttpAuth::open(i, spec)
+                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
+                    links.push(Box::new(link));
+                }
+                AuthenticatorSpec::Ldap(spec) => {
+                    let link = ldap::LdapAuth::open(i, spec)
                         .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
                     links.push(Box::new(link));
                 }

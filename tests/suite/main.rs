@@ -7,6 +7,7 @@ mod common;
 mod acl;
 mod auth;
 mod auth_http;
+mod auth_ldap;
 mod bench_tool;
 mod codec_props;
 mod codec_vectors;
