@@ -25,6 +25,8 @@ import jwt
 from jwt.algorithms import ECAlgorithm
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -152,6 +154,20 @@ def run_checks(host, port, directory):
         raise Failure("no disconnect when the token expired")
     check(reason == NOT_AUTHORIZED, f"DISCONNECT {reason:#x} at expiry, expected 0x87")
     conn.c.loop_stop()
+
+    # MQTT 5 enhanced authentication (an Authentication Method) is refused cleanly.
+    props = Properties(PacketTypes.CONNECT)
+    props.AuthenticationMethod = "SCRAM-SHA-256"
+    props.AuthenticationData = b"n,,n=alice,r=abc"
+    codes = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scram", protocol=V5,
+                    reconnect_on_failure=False)
+    c.on_connect = lambda client, u, f, rc, p: codes.put(rc.value)
+    c.connect(host, port, 30, properties=props)
+    c.loop_start()
+    code = codes.get(timeout=TIMEOUT)
+    check(code == 0x8C, f"enhanced authentication: CONNACK {code:#x}, expected 0x8c")
+    c.loop_stop()
 
 
 def main():
