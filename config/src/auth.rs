@@ -193,15 +193,24 @@ impl Config {
                 let field = |f: &str| format!("auth.chain[{i}].{f}");
                 if !(l.server.starts_with("ldap://") || l.server.starts_with("ldaps://")) {
                     let problem = format!("{:?} is not an ldap:// or ldaps:// URL", l.server);
-                    return Err(ConfigError::Listener { field: field("server"), problem });
+                    return Err(ConfigError::Listener {
+                        field: field("server"),
+                        problem,
+                    });
                 }
                 if !l.base_dn.contains("${username}") {
                     let problem = "must contain ${username}".into();
-                    return Err(ConfigError::Listener { field: field("base_dn"), problem });
+                    return Err(ConfigError::Listener {
+                        field: field("base_dn"),
+                        problem,
+                    });
                 }
                 if l.bind_dn.is_some() != l.bind_password.is_some() {
                     let problem = "bind_dn and bind_password go together".into();
-                    return Err(ConfigError::Listener { field: field("bind_dn"), problem });
+                    return Err(ConfigError::Listener {
+                        field: field("bind_dn"),
+                        problem,
+                    });
                 }
             }
             if let AuthenticatorSpec::Jwt(j) = spec {

@@ -58,7 +58,10 @@ impl LdapAuth {
             .map_err(|e| e.to_string())?;
         ldap3::drive!(conn);
         if let (Some(bind_dn), Some(bind_pw)) = (&self.spec.bind_dn, &self.spec.bind_password) {
-            let r = ldap.simple_bind(bind_dn, bind_pw).await.map_err(|e| e.to_string())?;
+            let r = ldap
+                .simple_bind(bind_dn, bind_pw)
+                .await
+                .map_err(|e| e.to_string())?;
             if r.rc != SUCCESS {
                 return Err(format!("bind as {bind_dn}: result {}", r.rc));
             }
@@ -72,7 +75,12 @@ impl LdapAuth {
             SUCCESS if found.0.is_empty() => Answer::NoEntry,
             SUCCESS => match password {
                 None => Answer::WrongPassword,
-                Some(pw) => match ldap.simple_bind(dn, pw).await.map_err(|e| e.to_string())?.rc {
+                Some(pw) => match ldap
+                    .simple_bind(dn, pw)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .rc
+                {
                     SUCCESS => Answer::Bound,
                     INVALID_CREDENTIALS => Answer::WrongPassword,
                     rc => return Err(format!("bind as {dn}: result {rc}")),

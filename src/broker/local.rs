@@ -177,12 +177,19 @@ impl LocalClient {
         };
         let expiry = expiry_secs.min(broker.config().mqtt.max_session_expiry_secs);
         let conn = broker.next_conn_id();
+        // The broker's own sessions may take any client id.
+        let broker_itself = crate::hooks::Identity {
+            superuser: true,
+            ..Default::default()
+        };
         let attached = broker
-            .connect(conn, client_id.clone(), &connect, expiry)
+            .connect(conn, client_id.clone(), &connect, expiry, &broker_itself)
             .await
             .map_err(|e| match e {
                 ConnectRefusal::TooManySessions => LocalError::TooManySessions,
-                ConnectRefusal::ServerBusy | ConnectRefusal::NotDurable => LocalError::NotDurable,
+                ConnectRefusal::ServerBusy
+                | ConnectRefusal::NotDurable
+                | ConnectRefusal::NotOwner => LocalError::NotDurable,
             })?;
         let window = broker.config().mqtt.max_inflight;
         broker.session_op(&attached.slot, conn, |s| s.set_window(window));

@@ -140,6 +140,10 @@ struct SlotState {
     generation: u64,
     /// Who the attached connection authenticated as (for authorization).
     identity: Arc<crate::hooks::Identity>,
+    /// The username the session belongs to (`Some(None)`: a client without one); `None`: not
+    /// known (a fresh slot, or restored from a log that did not record owners). See
+    /// `Broker::foreign_owner`.
+    belongs_to: Option<Option<String>>,
 }
 
 impl SessionSlot {
@@ -169,6 +173,7 @@ impl SessionSlot {
                 in_store,
                 generation: 0,
                 identity: Arc::default(),
+                belongs_to: None,
             }),
             wake: Notify::new(),
             connected: AtomicBool::new(false),
@@ -209,6 +214,8 @@ pub enum ConnectRefusal {
     TooManySessions,
     /// The session record could not be made durable.
     NotDurable,
+    /// The session belongs to another user (authentication configured).
+    NotOwner,
 }
 
 pub(crate) struct Shared {

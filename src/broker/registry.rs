@@ -24,14 +24,17 @@ impl Broker {
         format!("keelmq-{nanos:x}-{n}")
     }
 
-    /// Attaches connection `conn` to the session of `client_id`, taking it over from another
-    /// connection if one holds it, and creating or discarding it as Clean Start says.
+    /// Attaches connection `conn`, authenticated as `identity`, to the session of
+    /// `client_id`, taking it over from another connection if one holds it, and creating or
+    /// discarding it as Clean Start says. While authentication is configured, a session that
+    /// belongs to another username is refused ([`ConnectRefusal::NotOwner`]).
     pub async fn connect(
         &self,
         conn: ConnId,
         client_id: ClientId,
         connect: &Connect,
         expiry_interval: u32,
+        identity: &crate::hooks::Identity,
     ) -> Result<Attached, ConnectRefusal> {
         let cfg = &self.shared.config;
         let connections = self
@@ -52,7 +55,14 @@ impl Broker {
             kick: kick_tx,
             alive: alive_rx,
         };
-        let taken = self.with_slot(&slot, |st| self.take_ownership(&slot, st, owner));
+        let checked = self.owners_checked();
+        let taken = self.with_slot(&slot, |st| {
+            if checked && Self::foreign_owner(st, identity) {
+                return Err(ConnectRefusal::NotOwner);
+            }
+            st.belongs_to = Some(identity.username.clone());
+            Ok(self.take_ownership(&slot, st, owner))
+        })?;
         if let Some(previous) = taken.previous_owner {
             // The connection taken over finishes what it logged; bounded, since it waits only
             // for fdatasyncs, but a stuck one must not keep this client out for ever.
@@ -77,7 +87,11 @@ impl Broker {
         } else if taken.was_persistent && taken.cancelled_will {
             records.push(journal::will_cleared(&client_id));
         }
-        records.extend(taken.session_record);
+        if let Some(record) = taken.session_record {
+            records.push(record);
+            let username = identity.username.as_deref();
+            records.push(journal::session_owner(&client_id, username));
+        }
         let durable = self.commit(records).await;
         for (client, will) in taken.wills_to_publish {
             self.publish_will(client, will).await;
@@ -89,6 +103,29 @@ impl Broker {
             kicked,
             alive,
         })
+    }
+
+    /// Whether sessions are tied to the username that owns them: when authentication is
+    /// configured (otherwise usernames are only what clients claim).
+    fn owners_checked(&self) -> bool {
+        let auth = &self.shared.config.auth;
+        !(auth.chain.is_empty() && auth.anonymous_allowed())
+    }
+
+    /// Whether the session in `st` is alive and belongs to a username other than
+    /// `identity`'s (a superuser owns every session). A session that ended, expired or, not
+    /// being persistent, has no connection belongs to no one.
+    fn foreign_owner(st: &SlotState, identity: &crate::hooks::Identity) -> bool {
+        let Some(owner) = &st.belongs_to else {
+            return false;
+        };
+        if identity.superuser || owner.as_deref() == identity.username.as_deref() {
+            return false;
+        }
+        let expiry = Duration::from_secs(u64::from(st.session.expiry_interval));
+        let expired = st.session.expiry_interval != u32::MAX
+            && st.disconnected_at.is_some_and(|at| at.elapsed() >= expiry);
+        st.owner.is_some() || (st.in_store && !st.ended && !expired)
     }
 
     /// The slot of `client_id`'s session, created (empty, not yet attached) if there is none

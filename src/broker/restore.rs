@@ -82,6 +82,7 @@ impl Broker {
                 Some(disconnected_at),
                 will,
             );
+            slot.state.lock().belongs_to = si.owner.clone();
             let slot = Arc::new(slot);
             self.restore_subscriptions(&slot, si);
             self.shared

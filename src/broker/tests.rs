@@ -148,7 +148,9 @@ fn connect_packet(clean_start: bool) -> Connect {
 async fn attach(broker: &Broker, clean_start: bool) -> (ConnId, Attached) {
     let conn = broker.next_conn_id();
     let packet = connect_packet(clean_start);
-    let attached = broker.connect(conn, "c".into(), &packet, 300).await;
+    let attached = broker
+        .connect(conn, "c".into(), &packet, 300, &Default::default())
+        .await;
     (conn, attached.expect("attached"))
 }
 
@@ -220,7 +222,7 @@ async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
     let client: ClientId = "c".into();
     let old = broker.next_conn_id();
     let attached = broker
-        .connect(old, client.clone(), &connect, 3600)
+        .connect(old, client.clone(), &connect, 3600, &Default::default())
         .await
         .unwrap();
     // As while the retained index loads at start: the SUBSCRIBE waits for the gate.
@@ -243,7 +245,10 @@ async fn a_subscribe_held_past_a_takeover_is_not_applied_to_the_new_owner() {
     // (as after the takeover's time limit).
     drop(attached.alive);
     let new = broker.next_conn_id();
-    let resumed = broker.connect(new, client, &connect, 3600).await.unwrap();
+    let resumed = broker
+        .connect(new, client, &connect, 3600, &Default::default())
+        .await
+        .unwrap();
     assert!(resumed.session_present);
     drop(gate);
     assert!(

@@ -26,6 +26,7 @@
 //! | retained | topic (UTF-8) | `StoredMessage` |
 //! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
 //! | meta | `will/` ([`WILL_KEY_PREFIX`]) + client id | `StoredWill`: a will waiting for its delay |
+//! | meta | `owner/` ([`OWNER_KEY_PREFIX`]) + client id | `Option<String>`: the username the session belongs to |
 //!
 //! Values are a version byte and postcard (see `records.rs`).
 
@@ -45,6 +46,9 @@ pub struct SessionImage {
     pub inbound: BTreeSet<u16>,
     /// The will waiting for its delay since the session's connection closed.
     pub will: Option<StoredWill>,
+    /// The username the session belongs to (`Some(None)`: a client without one); `None`:
+    /// not known (logged by a build that did not record owners).
+    pub owner: Option<Option<String>>,
     next_order: u64,
 }
 
@@ -66,6 +70,7 @@ enum Key {
     Inbound(String, u16),
     Retained(String),
     Will(String),
+    Owner(String),
 }
 
 /// The durable state.
@@ -202,6 +207,9 @@ impl Image {
         if s.will.is_some() {
             self.dirty.insert(Key::Will(client.to_string()));
         }
+        if s.owner.is_some() {
+            self.dirty.insert(Key::Owner(client.to_string()));
+        }
     }
 
     /// Applies one record. Records about a session the image does not hold are ignored (the
@@ -322,6 +330,12 @@ impl Image {
                     self.dirty.insert(Key::Will(client));
                 }
             }
+            Record::SessionOwner { client, username } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.owner = Some(username);
+                    self.dirty.insert(Key::Owner(client));
+                }
+            }
             Record::WillClear { client } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     if s.will.take().is_some() {
@@ -357,6 +371,9 @@ impl Image {
             }
             if let Some(w) = &s.will {
                 out.push(format!("will {c} {w:?}"));
+            }
+            if let Some(o) = &s.owner {
+                out.push(format!("owner {c} {o:?}"));
             }
         }
         for (id, b) in &self.bodies {
@@ -477,9 +494,12 @@ impl Image {
                 Key::Inbound(c, pid(rest)?)
             }
             Table::Retained => Key::Retained(String::from_utf8(key.to_vec()).ok()?),
-            Table::Meta => {
-                Key::Will(String::from_utf8(key.strip_prefix(WILL_KEY_PREFIX)?.to_vec()).ok()?)
-            }
+            Table::Meta => match key.strip_prefix(WILL_KEY_PREFIX) {
+                Some(c) => Key::Will(String::from_utf8(c.to_vec()).ok()?),
+                None => Key::Owner(
+                    String::from_utf8(key.strip_prefix(OWNER_KEY_PREFIX)?.to_vec()).ok()?,
+                ),
+            },
         })
     }
 
@@ -544,6 +564,15 @@ impl Image {
                     .and_then(|s| s.will.as_ref())
                     .map(encode_value),
                 key: [WILL_KEY_PREFIX, c.as_bytes()].concat(),
+            },
+            Key::Owner(c) => Change {
+                table: Table::Meta,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .and_then(|s| s.owner.as_ref())
+                    .map(encode_value),
+                key: [OWNER_KEY_PREFIX, c.as_bytes()].concat(),
             },
         })
     }
@@ -657,6 +686,15 @@ impl Image {
         })?;
         let mut stale_wills = Vec::new();
         scan(Table::Meta, &mut |k, v| {
+            if let Some(client) = k.strip_prefix(OWNER_KEY_PREFIX) {
+                let client = std::str::from_utf8(client).map_err(|e| bad(Table::Meta, k, e))?;
+                let owner =
+                    decode_value::<Option<String>>(v).map_err(|e| bad(Table::Meta, k, e))?;
+                if let Some(s) = sessions.get_mut(client) {
+                    s.owner = Some(owner);
+                }
+                return Ok(());
+            }
             let Some(client) = k.strip_prefix(WILL_KEY_PREFIX) else {
                 return Ok(()); // max_message_id, applied_seq
             };
@@ -735,6 +773,9 @@ pub fn visit_retained(
 pub const MAX_MESSAGE_ID_KEY: &[u8] = b"max_message_id";
 /// Prefix of the `meta` keys that hold waiting wills (the client id follows).
 pub const WILL_KEY_PREFIX: &[u8] = b"will/";
+
+/// The meta-table key prefix of a session's owner (then the client id).
+pub const OWNER_KEY_PREFIX: &[u8] = b"owner/";
 
 /// A checkpoint entry that does not decode.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,14 @@ pub fn message(message: &Message) -> Record {
     Record::Message(store_message(message))
 }
 
+/// The username a persistent session belongs to (logged with its session record).
+pub fn session_owner(client: &str, username: Option<&str>) -> Record {
+    Record::SessionOwner {
+        client: client.to_string(),
+        username: username.map(str::to_string),
+    }
+}
+
 /// A delivery queued for a persistent session under `packet_id` (its body in the same commit
 /// or an earlier one).
 pub fn enqueued(client: &str, packet_id: u16, delivery: &Delivery) -> Record {

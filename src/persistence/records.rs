@@ -21,8 +21,8 @@ pub const RECORD_V1: u8 = 1;
 /// commit that holds one of them is written as format 2, so a log without pending wills stays
 /// readable by a build that knows only format 1.
 pub const RECORD_V2: u8 = 2;
-/// Format 3: format 2 plus the variant [`Record::DequeueMessage`], which names the message it
-/// removes. Only a commit that holds one is written as format 3.
+/// Format 3: format 2 plus the variants [`Record::DequeueMessage`], which names the message it
+/// removes, and [`Record::SessionOwner`]. Only a commit that holds one is written as format 3.
 pub const RECORD_V3: u8 = 3;
 /// First byte of every state-store value: format 1.
 pub const VALUE_V1: u8 = 1;
@@ -181,6 +181,13 @@ pub enum Record {
         packet_id: u16,
         message_id: u64,
     },
+    /// (Format 3.) The username the session belongs to (`None`: a client without one). While
+    /// authentication is configured, only that username (or a superuser) may resume, take
+    /// over or replace the session.
+    SessionOwner {
+        client: String,
+        username: Option<String>,
+    },
 }
 
 /// A record or value that does not decode.
@@ -205,7 +212,7 @@ impl Record {
     fn version(&self) -> u8 {
         match self {
             Record::WillSet { .. } | Record::WillClear { .. } => RECORD_V2,
-            Record::DequeueMessage { .. } => RECORD_V3,
+            Record::DequeueMessage { .. } | Record::SessionOwner { .. } => RECORD_V3,
             _ => RECORD_V1,
         }
     }
@@ -369,6 +376,8 @@ mod tests {
             prop_assert!(Record::decode_batch(RECORD_V1, &encoded).is_err(), "format 1 has no wills");
             let batch = vec![
                 Record::DequeueMessage { client: client.clone(), packet_id: pid, message_id: m.id },
+                Record::SessionOwner { client: client.clone(), username: Some(m.topic.clone()) },
+                Record::SessionOwner { client: client.clone(), username: None },
                 Record::WillClear { client: client.clone() },
             ];
             prop_assert_eq!(Record::batch_version(&batch), RECORD_V3);

@@ -351,3 +351,87 @@ fn check_config_refuses_an_open_listener_without_authentication_and_bad_files() 
     assert!(!ok && err.contains("missing.passwd"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mosquitto_sub -E` with a persistent session (`-c`) under client id `id`: its exit status
+/// (0, or the CONNACK's code).
+fn persistent_login(tool: &Path, port: u16, version: &str, id: &str, user: &str) -> i32 {
+    let mut child = Command::new(tool)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            version,
+            "-E",
+            "-c",
+        ])
+        .args(["-i", id, "-q", "1", "-t", "owned/#", "-u", user, "-P"])
+        .arg(format!("{user}-pw"))
+        .args(if version == "mqttv5" {
+            vec!["-x", "600"]
+        } else {
+            vec![]
+        })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub starts");
+    let status = common::wait_timeout(&mut child, TIMEOUT).expect("mosquitto_sub ends in time");
+    status.code().expect("an exit code")
+}
+
+/// A session belongs to the user that made it: another user cannot resume, replace or take it
+/// over by its client id — not even after a restart (the owner is durable with the session).
+#[test]
+fn a_session_belongs_to_its_user_across_a_restart() {
+    let (Some(sub), Some(passwd)) = (
+        common::tool("mosquitto_sub"),
+        common::tool("mosquitto_passwd"),
+    ) else {
+        return;
+    };
+    let f = password_files(&passwd);
+    let p = path_str(&f.ours);
+    assert!(keelmq_passwd(&["-b", p, "bob", "bob-pw"], "").0);
+    let config = f.dir.join("keelmq.toml");
+    let auth = format!("{}[auth]\nallow_anonymous = false\n", chain_entry(&f.ours));
+    std::fs::write(&config, auth).unwrap();
+    let data = f.dir.join("data");
+    let args = ["--data-dir", path_str(&data), "--config", path_str(&config)];
+    let binary = Path::new(KEELMQ);
+    let broker = BrokerProcess::start_with(binary, &args);
+    let port = broker.port();
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv311", "car-1", "alice"),
+        0
+    );
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv311", "car-1", "bob"),
+        V3_NOT_AUTHORIZED
+    );
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv5", "car-1", "bob"),
+        V5_NOT_AUTHORIZED
+    );
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv311", "car-1", "alice"),
+        0
+    );
+    drop(broker); // SIGKILL
+    let broker = BrokerProcess::start_with(binary, &args);
+    let port = broker.port();
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv5", "car-1", "bob"),
+        V5_NOT_AUTHORIZED
+    );
+    assert_eq!(
+        persistent_login(&sub, port, "mqttv311", "car-1", "alice"),
+        0
+    );
+    // A client id nobody holds is free.
+    assert_eq!(persistent_login(&sub, port, "mqttv311", "car-2", "bob"), 0);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&f.dir);
+}

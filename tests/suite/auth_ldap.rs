@@ -37,13 +37,19 @@ fn slapd_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
 /// A directory with bob (password "bob-pw", SSHA-hashed by slappasswd) under ou=people.
 fn start_slapd(dir: &Path) -> Option<Slapd> {
     let Some((slapd, slapadd, slappasswd)) = slapd_tools() else {
-        assert!(!common::interop_required(), "slapd is required (KEELMQ_REQUIRE_INTEROP)");
+        assert!(
+            !common::interop_required(),
+            "slapd is required (KEELMQ_REQUIRE_INTEROP)"
+        );
         eprintln!("skipping: slapd not installed");
         return None;
     };
     let db = dir.join("db");
     std::fs::create_dir_all(&db).unwrap();
-    let out = Command::new(slappasswd).args(["-s", "bob-pw"]).output().unwrap();
+    let out = Command::new(slappasswd)
+        .args(["-s", "bob-pw"])
+        .output()
+        .unwrap();
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let conf = dir.join("slapd.conf");
     std::fs::write(
@@ -68,9 +74,23 @@ fn start_slapd(dir: &Path) -> Option<Slapd> {
         ),
     )
     .unwrap();
-    let added = Command::new(slapadd).arg("-f").arg(&conf).arg("-l").arg(&ldif).output().unwrap();
-    assert!(added.status.success(), "slapadd: {}", String::from_utf8_lossy(&added.stderr));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let added = Command::new(slapadd)
+        .arg("-f")
+        .arg(&conf)
+        .arg("-l")
+        .arg(&ldif)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "slapadd: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(slapd)
         .arg("-f")
         .arg(&conf)
@@ -90,7 +110,14 @@ fn start_slapd(dir: &Path) -> Option<Slapd> {
 fn broker(dir: &Path, ldap_port: u16) -> BrokerProcess {
     let passwd = dir.join("passwd");
     let status = Command::new(env!("CARGO_BIN_EXE_keelmq"))
-        .args(["passwd", "-c", "-b", passwd.to_str().unwrap(), "carol", "carol-pw"])
+        .args([
+            "passwd",
+            "-c",
+            "-b",
+            passwd.to_str().unwrap(),
+            "carol",
+            "carol-pw",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -134,11 +161,27 @@ fn slapd_binds_decide_and_unknown_users_pass_on() {
     let broker = broker(&dir, slapd.port);
     let code = |creds: &[&str]| login(&publ, broker.port(), creds);
     assert_eq!(code(&["-u", "bob", "-P", "bob-pw"]), 0, "bind succeeds");
-    assert_eq!(code(&["-u", "bob", "-P", "wrong"]), BAD_CREDENTIALS, "wrong password");
-    assert_eq!(code(&["-u", "bob", "-P", ""]), BAD_CREDENTIALS, "empty: no anonymous bind");
+    assert_eq!(
+        code(&["-u", "bob", "-P", "wrong"]),
+        BAD_CREDENTIALS,
+        "wrong password"
+    );
+    assert_eq!(
+        code(&["-u", "bob", "-P", ""]),
+        BAD_CREDENTIALS,
+        "empty: no anonymous bind"
+    );
     assert_eq!(code(&["-u", "bob"]), BAD_CREDENTIALS, "no password");
-    assert_eq!(code(&["-u", "carol", "-P", "carol-pw"]), 0, "not in LDAP: the file decides");
-    assert_eq!(code(&["-u", "mallory", "-P", "x"]), BAD_CREDENTIALS, "nobody knows mallory");
+    assert_eq!(
+        code(&["-u", "carol", "-P", "carol-pw"]),
+        0,
+        "not in LDAP: the file decides"
+    );
+    assert_eq!(
+        code(&["-u", "mallory", "-P", "x"]),
+        BAD_CREDENTIALS,
+        "nobody knows mallory"
+    );
     // A username that tries to name bob's entry (or another) through the DN is escaped.
     let injected = "bob,ou=people,dc=example,dc=org";
     assert_eq!(code(&["-u", injected, "-P", "bob-pw"]), BAD_CREDENTIALS);

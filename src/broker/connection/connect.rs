@@ -154,12 +154,13 @@ async fn admit_and_attach(
     let conn_id = broker.next_conn_id();
     let client_id = admitted.client_id.clone();
     let attached = broker
-        .connect(conn_id, client_id, connect, admitted.expiry)
+        .connect(conn_id, client_id, connect, admitted.expiry, &identity)
         .await
         .map_err(|e| match e {
             ConnectRefusal::ServerBusy => Refusal::TooManyConnections,
             ConnectRefusal::TooManySessions => Refusal::TooManySessions,
             ConnectRefusal::NotDurable => Refusal::SessionNotStored,
+            ConnectRefusal::NotOwner => Refusal::NotAuthorized,
         })?;
     Ok(Accepted {
         admitted,
