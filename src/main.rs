@@ -419,7 +419,7 @@ fn inspect(dir: &std::path::Path, dump: bool) -> anyhow::Result<()> {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     keelmq::transport::check_files(&config)?;
-    keelmq::auth::authenticator(&config.auth)?;
+    keelmq::auth::authenticator(&config)?;
     keelmq::auth::acl::AclAuthorizer::from_config(&config.authz)?;
     println!("{}: OK\n{config:#?}", file.display());
     Ok(())

@@ -22,7 +22,7 @@ pub struct Server {
     /// The TLS configurations to reload on SIGHUP, by listener name.
     tls: Vec<(String, Arc<transport::tls::Reloadable>)>,
     /// The `[auth]` chain, if one is configured (its files are re-read on SIGHUP).
-    auth: Option<Arc<crate::auth::Chain>>,
+    auth: Option<Arc<crate::auth::Chains>>,
     /// The `[authz]` ACL, if one is configured (re-read on SIGHUP).
     acl: Option<Arc<crate::auth::acl::AclAuthorizer>>,
     listener_tasks: Vec<JoinHandle<()>>,
@@ -55,7 +55,7 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         // Before any recovery work: a bad password file stops the start at once.
-        let (auth_config, authz_config) = (config.auth.clone(), config.authz.clone());
+        let (auth_config, authz_config) = (config.clone(), config.authz.clone());
         let (auth, acl) = tokio::task::spawn_blocking(move || {
             let auth = crate::auth::authenticator(&auth_config)?;
             let acl = crate::auth::acl::AclAuthorizer::from_config(&authz_config)?;

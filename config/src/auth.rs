@@ -157,97 +157,115 @@ pub enum DenyAction {
 }
 
 impl Config {
+    /// `[auth]`, every listener's own `auth`, and the rule that an exposed listener needs an
+    /// authenticator or an explicit `allow_anonymous = true`.
     pub(crate) fn validate_auth(&self) -> Result<(), ConfigError> {
-        let a = &self.auth;
-        if a.failures_before_delay == 0 {
-            return Err(ConfigError::Invalid {
-                field: "auth.failures_before_delay",
-                problem: "must be at least 1".into(),
-            });
-        }
-        if a.max_failure_delay_ms > 60_000 {
-            return Err(ConfigError::Invalid {
-                field: "auth.max_failure_delay_ms",
-                problem: "at most 60000 (a waiting CONNECT holds a connection)".into(),
-            });
-        }
-        for (i, spec) in a.chain.iter().enumerate() {
-            if let AuthenticatorSpec::Http(h) = spec {
-                let field = |f: &str| format!("auth.chain[{i}].{f}");
-                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                    let problem = format!("{:?} is not an http:// or https:// URL", h.url);
-                    return Err(ConfigError::Listener {
-                        field: field("url"),
-                        problem,
-                    });
-                }
-                if !(1..=60_000).contains(&h.timeout_ms) {
-                    let problem = "must be between 1 and 60000".into();
-                    return Err(ConfigError::Listener {
-                        field: field("timeout_ms"),
-                        problem,
-                    });
-                }
-            }
-            if let AuthenticatorSpec::Ldap(l) = spec {
-                let field = |f: &str| format!("auth.chain[{i}].{f}");
-                if !(l.server.starts_with("ldap://") || l.server.starts_with("ldaps://")) {
-                    let problem = format!("{:?} is not an ldap:// or ldaps:// URL", l.server);
-                    return Err(ConfigError::Listener {
-                        field: field("server"),
-                        problem,
-                    });
-                }
-                if !l.base_dn.contains("${username}") {
-                    let problem = "must contain ${username}".into();
-                    return Err(ConfigError::Listener {
-                        field: field("base_dn"),
-                        problem,
-                    });
-                }
-                if l.bind_dn.is_some() != l.bind_password.is_some() {
-                    let problem = "bind_dn and bind_password go together".into();
-                    return Err(ConfigError::Listener {
-                        field: field("bind_dn"),
-                        problem,
-                    });
-                }
-            }
-            if let AuthenticatorSpec::Jwt(j) = spec {
-                let keys = [
-                    j.secret.is_some(),
-                    j.public_key_file.is_some(),
-                    j.jwks_file.is_some(),
-                ];
-                if keys.iter().filter(|k| **k).count() != 1 {
-                    return Err(ConfigError::Listener {
-                        field: format!("auth.chain[{i}].secret"),
-                        problem: "give exactly one of secret, public_key_file and jwks_file".into(),
-                    });
-                }
+        check_auth(&self.auth, "auth")?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(a) = &l.auth {
+                check_auth(a, &format!("listeners[{i}].auth"))?;
             }
         }
-        if !a.chain.is_empty() || a.allow_anonymous == Some(true) {
-            return Ok(());
+        for (i, l) in self.effective_listeners().iter().enumerate() {
+            let (auth, prefix) = match &l.auth {
+                Some(a) => (a, format!("listeners[{i}].auth")),
+                None => (&self.auth, "auth".to_string()),
+            };
+            let open = auth.chain.is_empty() && auth.allow_anonymous != Some(true);
+            if open && !l.bind().ip().is_loopback() {
+                return Err(invalid(
+                    format!("{prefix}.allow_anonymous"),
+                    format!(
+                        "listener {:?} binds {} (not loopback) and no authenticator is \
+                         configured: add an [[auth.chain]] entry (e.g. kind = \"password_file\", \
+                         made with `keelmq passwd`), or write allow_anonymous = true to let \
+                         anyone in",
+                        l.name(),
+                        l.bind()
+                    ),
+                ));
+            }
         }
-        let exposed = self
-            .effective_listeners()
-            .into_iter()
-            .find(|l| !l.bind().ip().is_loopback());
-        match exposed {
-            Some(l) => Err(ConfigError::Invalid {
-                field: "auth.allow_anonymous",
-                problem: format!(
-                    "listener {:?} binds {} (not loopback) and no authenticator is configured: \
-                     add an [[auth.chain]] entry (e.g. kind = \"password_file\", made with \
-                     `keelmq passwd`), or write allow_anonymous = true to let anyone in",
-                    l.name(),
-                    l.bind()
-                ),
-            }),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Whether any authentication is configured (for the broker or a listener): then
+    /// usernames are established, not claimed.
+    pub fn authenticates(&self) -> bool {
+        let configured = |a: &AuthConfig| !(a.chain.is_empty() && a.anonymous_allowed());
+        configured(&self.auth) || self.listeners.iter().any(|l| l.auth.is_some())
+    }
+}
+
+fn invalid(field: String, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Listener {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The checks of one `[auth]` (`prefix`: where it is, for the field names).
+fn check_auth(a: &AuthConfig, prefix: &str) -> Result<(), ConfigError> {
+    if a.failures_before_delay == 0 {
+        return Err(invalid(
+            format!("{prefix}.failures_before_delay"),
+            "must be at least 1",
+        ));
+    }
+    if a.max_failure_delay_ms > 60_000 {
+        let problem = "at most 60000 (a waiting CONNECT holds a connection)";
+        return Err(invalid(format!("{prefix}.max_failure_delay_ms"), problem));
+    }
+    for (i, spec) in a.chain.iter().enumerate() {
+        let field = |f: &str| format!("{prefix}.chain[{i}].{f}");
+        check_authenticator(spec).map_err(|(f, problem)| invalid(field(f), problem))?;
+    }
+    Ok(())
+}
+
+/// The checks of one authenticator: `Err((field, problem))`.
+fn check_authenticator(spec: &AuthenticatorSpec) -> Result<(), (&'static str, String)> {
+    match spec {
+        AuthenticatorSpec::PasswordFile { .. } => {}
+        AuthenticatorSpec::Http(h) => {
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return Err((
+                    "url",
+                    format!("{:?} is not an http:// or https:// URL", h.url),
+                ));
+            }
+            if !(1..=60_000).contains(&h.timeout_ms) {
+                return Err(("timeout_ms", "must be between 1 and 60000".into()));
+            }
+        }
+        AuthenticatorSpec::Ldap(l) => {
+            if !(l.server.starts_with("ldap://") || l.server.starts_with("ldaps://")) {
+                let problem = format!("{:?} is not an ldap:// or ldaps:// URL", l.server);
+                return Err(("server", problem));
+            }
+            if !l.base_dn.contains("${username}") {
+                return Err(("base_dn", "must contain ${username}".into()));
+            }
+            if l.bind_dn.is_some() != l.bind_password.is_some() {
+                return Err(("bind_dn", "bind_dn and bind_password go together".into()));
+            }
+            if !(1..=60_000).contains(&l.timeout_ms) {
+                return Err(("timeout_ms", "must be between 1 and 60000".into()));
+            }
+        }
+        AuthenticatorSpec::Jwt(j) => {
+            let keys = [
+                j.secret.is_some(),
+                j.public_key_file.is_some(),
+                j.jwks_file.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                let problem = "give exactly one of secret, public_key_file and jwks_file";
+                return Err(("secret", problem.into()));
+            }
         }
     }
+    Ok(())
 }
 
 impl Default for AuthConfig {

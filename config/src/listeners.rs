@@ -120,6 +120,9 @@ pub struct ListenerSpec {
     /// WS and WSS: take the client's address from the first `X-Forwarded-For` entry (only
     /// behind a proxy that sets it).
     pub x_forwarded_for: bool,
+    /// This listener's own `[auth]` (same fields), asked instead of the broker's for the
+    /// clients it accepts.
+    pub auth: Option<crate::AuthConfig>,
 }
 
 impl Default for ListenerSpec {
@@ -142,6 +145,7 @@ impl Default for ListenerSpec {
             peer_cert_as_clientid: PeerCertAs::None,
             path: "/mqtt".to_string(),
             x_forwarded_for: false,
+            auth: None,
         }
     }
 }

@@ -20,8 +20,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::codec::Connect;
-use crate::config::{AuthConfig, AuthenticatorSpec};
-use crate::hooks::{AuthFuture, Authenticator, Identity};
+use std::collections::HashMap;
+
+use crate::config::{AuthConfig, AuthenticatorSpec, Config};
+use crate::hooks::{AllowAll, AuthFuture, Authenticator, Identity};
 use crate::protocol::Refusal;
 use crate::transport::ConnInfo;
 
@@ -58,28 +60,29 @@ pub struct Chain {
 impl Chain {
     /// The chain `[auth]` describes; its files are read now, and a bad one is an error that
     /// names it.
-    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Chain> {
+    pub fn from_config(config: &AuthConfig, prefix: &str) -> anyhow::Result<Chain> {
         let mut links: Vec<Box<dyn Link>> = Vec::new();
         for (i, spec) in config.chain.iter().enumerate() {
             match spec {
                 AuthenticatorSpec::PasswordFile { path } => {
-                    let link = password_file::PasswordFileAuth::open(i, path)
-                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}].path`: {e}"))?;
+                    let link = password_file::PasswordFileAuth::open(i, path).map_err(|e| {
+                        anyhow::anyhow!("config field `{prefix}.chain[{i}].path`: {e}")
+                    })?;
                     links.push(Box::new(link));
                 }
                 AuthenticatorSpec::Http(spec) => {
                     let link = http::HttpAuth::open(i, spec)
-                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("config field `{prefix}.chain[{i}]`: {e}"))?;
                     links.push(Box::new(link));
                 }
                 AuthenticatorSpec::Ldap(spec) => {
                     let link = ldap::LdapAuth::open(i, spec)
-                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("config field `{prefix}.chain[{i}]`: {e}"))?;
                     links.push(Box::new(link));
                 }
                 AuthenticatorSpec::Jwt(spec) => {
                     let link = jwt::JwtAuth::open(i, spec)
-                        .map_err(|e| anyhow::anyhow!("config field `auth.chain[{i}]`: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("config field `{prefix}.chain[{i}]`: {e}"))?;
                     links.push(Box::new(link));
                 }
             }
@@ -147,11 +150,54 @@ impl Authenticator for Chain {
     }
 }
 
-/// The authenticator `[auth]` asks for: none of its own (the hook's allow-all default) when
-/// the chain is empty and anonymous clients are allowed, else the chain.
-pub fn authenticator(config: &AuthConfig) -> anyhow::Result<Option<Arc<Chain>>> {
-    if config.chain.is_empty() && config.anonymous_allowed() {
+/// The chains: the broker's, and those of listeners with their own `auth`.
+pub struct Chains {
+    /// `None`: the broker authenticates nobody (no chain, anonymous allowed).
+    default: Option<Chain>,
+    by_listener: HashMap<String, Chain>,
+}
+
+impl Chains {
+    /// Re-reads every chain's files; the problems of those that kept their old state.
+    pub fn reload(&self) -> Vec<String> {
+        let chains = self.default.iter().chain(self.by_listener.values());
+        chains.flat_map(Chain::reload).collect()
+    }
+}
+
+impl Authenticator for Chains {
+    fn authenticate<'a>(&'a self, info: &'a ConnInfo, connect: &'a Connect) -> AuthFuture<'a> {
+        match self
+            .by_listener
+            .get(&*info.listener)
+            .or(self.default.as_ref())
+        {
+            Some(chain) => chain.authenticate(info, connect),
+            None => AllowAll.authenticate(info, connect),
+        }
+    }
+}
+
+/// The authenticator the configuration asks for (its files read now, blocking): none of its
+/// own (the hook's allow-all default) when neither the broker nor a listener authenticates.
+pub fn authenticator(config: &Config) -> anyhow::Result<Option<Arc<Chains>>> {
+    if !config.authenticates() {
         return Ok(None);
     }
-    Ok(Some(Arc::new(Chain::from_config(config)?)))
+    let auth = &config.auth;
+    let default = match auth.chain.is_empty() && auth.anonymous_allowed() {
+        true => None,
+        false => Some(Chain::from_config(auth, "auth")?),
+    };
+    let mut by_listener = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(a) = &l.auth {
+            let chain = Chain::from_config(a, &format!("listeners[{i}].auth"))?;
+            by_listener.insert(l.name().to_string(), chain);
+        }
+    }
+    Ok(Some(Arc::new(Chains {
+        default,
+        by_listener,
+    })))
 }

@@ -108,8 +108,7 @@ impl Broker {
     /// Whether sessions are tied to the username that owns them: when authentication is
     /// configured (otherwise usernames are only what clients claim).
     fn owners_checked(&self) -> bool {
-        let auth = &self.shared.config.auth;
-        !(auth.chain.is_empty() && auth.anonymous_allowed())
+        self.shared.config.authenticates()
     }
 
     /// Whether the session in `st` is alive and belongs to a username other than

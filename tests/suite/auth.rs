@@ -435,3 +435,45 @@ fn a_session_belongs_to_its_user_across_a_restart() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&f.dir);
 }
+
+/// A listener with its own `auth` asks its chain instead of the broker's.
+#[test]
+fn a_listener_s_own_chain_decides_for_its_clients() {
+    let (Some(publ), Some(passwd)) = (
+        common::tool("mosquitto_pub"),
+        common::tool("mosquitto_passwd"),
+    ) else {
+        return;
+    };
+    let f = password_files(&passwd);
+    let config = format!(
+        "[[listeners]]\nname = \"open\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"secure\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [listeners.auth]\nallow_anonymous = false\n\
+         [[listeners.auth.chain]]\nkind = \"password_file\"\npath = {:?}\n",
+        path_str(&f.ours)
+    );
+    let broker = broker_with(&f.dir, &config);
+    let (open, secure) = (broker.port(), broker.listener_addr("secure").port());
+    assert_ne!(open, secure);
+    assert_eq!(
+        login_both(&publ, open, &[]),
+        (0, 0),
+        "the broker lets anyone in"
+    );
+    let refused = (V3_NOT_AUTHORIZED, V5_NOT_AUTHORIZED);
+    assert_eq!(
+        login_both(&publ, secure, &[]),
+        refused,
+        "the listener does not"
+    );
+    let alice = ["-u", "alice", "-P", "alice-pw"];
+    assert_eq!(login_both(&publ, secure, &alice), (0, 0));
+    let wrong = ["-u", "alice", "-P", "x"];
+    assert_eq!(
+        login_both(&publ, secure, &wrong),
+        (V3_BAD_CREDENTIALS, V5_BAD_CREDENTIALS)
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
