@@ -55,13 +55,7 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         // Before any recovery work: a bad password file stops the start at once.
-        let (auth_config, authz_config) = (config.clone(), config.authz.clone());
-        let (auth, acl) = tokio::task::spawn_blocking(move || {
-            let auth = crate::auth::authenticator(&auth_config)?;
-            let acl = crate::auth::acl::AclAuthorizer::from_config(&authz_config)?;
-            anyhow::Ok((auth, acl))
-        })
-        .await??;
+        let (auth, acl) = load_auth(&config).await?;
         let dir = config.data_dir.clone();
         let options = persistence_options(&config);
         let (persistence, report) =
@@ -224,6 +218,24 @@ impl Server {
         failed
     }
 }
+
+/// The authenticator and the ACL the configuration asks for, their files read on a blocking
+/// thread.
+async fn load_auth(config: &Config) -> anyhow::Result<AuthHooks> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let auth = crate::auth::authenticator(&config)?;
+        let acl = crate::auth::acl::AclAuthorizer::from_config(&config.authz)?;
+        anyhow::Ok((auth, acl))
+    })
+    .await?
+}
+
+/// The authenticator and the ACL, if configured.
+type AuthHooks = (
+    Option<Arc<crate::auth::Chains>>,
+    Option<Arc<crate::auth::acl::AclAuthorizer>>,
+);
 
 /// Writes a checkpoint when one is due, on a blocking thread, until shutdown.
 async fn run_checkpoints(broker: Broker, persistence: Arc<Persistence>) {

@@ -56,14 +56,14 @@ impl Broker {
             alive: alive_rx,
         };
         let checked = self.owners_checked();
-        let taken = self.with_slot(&slot, |st| {
+        let mut taken = self.with_slot(&slot, |st| {
             if checked && Self::foreign_owner(st, identity) {
                 return Err(ConnectRefusal::NotOwner);
             }
             st.belongs_to = Some(identity.username.clone());
             Ok(self.take_ownership(&slot, st, owner))
         })?;
-        if let Some(previous) = taken.previous_owner {
+        if let Some(previous) = taken.previous_owner.take() {
             // The connection taken over finishes what it logged; bounded, since it waits only
             // for fdatasyncs, but a stuck one must not keep this client out for ever.
             if tokio::time::timeout(TAKEOVER_WAIT, previous).await.is_err() {
@@ -79,19 +79,8 @@ impl Broker {
                 router.unsubscribe(filter, &client_id);
             }
         }
-        // CONNACK of a persistent session only after its record is durable; a persistent
-        // session discarded by Clean Start, or resumed with expiry 0, leaves the store.
-        let mut records = Vec::new();
-        if taken.was_persistent && (taken.discarded || expiry_interval == 0) {
-            records.push(journal::session_removed(&client_id));
-        } else if taken.was_persistent && taken.cancelled_will {
-            records.push(journal::will_cleared(&client_id));
-        }
-        if let Some(record) = taken.session_record {
-            records.push(record);
-            let username = identity.username.as_deref();
-            records.push(journal::session_owner(&client_id, username));
-        }
+        // CONNACK of a persistent session only after its record is durable.
+        let records = Self::connect_records(&mut taken, &client_id, expiry_interval, identity);
         let durable = self.commit(records).await;
         for (client, will) in taken.wills_to_publish {
             self.publish_will(client, will).await;
@@ -103,6 +92,29 @@ impl Broker {
             kicked,
             alive,
         })
+    }
+
+    /// What a CONNECT logs: a persistent session discarded by Clean Start, or resumed with
+    /// expiry 0, leaves the store; a resumed one's waiting will is cleared; a persistent one
+    /// gets its record and its owner.
+    fn connect_records(
+        taken: &mut Taken,
+        client_id: &ClientId,
+        expiry_interval: u32,
+        identity: &crate::hooks::Identity,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        if taken.was_persistent && (taken.discarded || expiry_interval == 0) {
+            records.push(journal::session_removed(client_id));
+        } else if taken.was_persistent && taken.cancelled_will {
+            records.push(journal::will_cleared(client_id));
+        }
+        if let Some(record) = taken.session_record.take() {
+            records.push(record);
+            let username = identity.username.as_deref();
+            records.push(journal::session_owner(client_id, username));
+        }
+        records
     }
 
     /// Whether sessions are tied to the username that owns them: when authentication is
