@@ -35,19 +35,7 @@ fn setup(name: &str, extra: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&dir).unwrap();
     let passwd = dir.join("passwd");
     for (i, user) in ["alice", "admin", "mallory"].iter().enumerate() {
-        let create = if i == 0 { "-c" } else { "-b" };
-        let mut cmd = Command::new(KEELMQ);
-        cmd.arg("passwd").arg(create);
-        if i == 0 {
-            cmd.arg("-b");
-        }
-        let status = cmd
-            .arg(&passwd)
-            .arg(user)
-            .arg(format!("{user}-pw"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "keelmq passwd {user}");
+        common::keelmq_passwd_set(&passwd, user, &format!("{user}-pw"), i == 0);
     }
     let acl = dir.join("acl");
     std::fs::write(&acl, ACL).unwrap();
@@ -146,25 +134,19 @@ fn deny_action_disconnect_closes_with_0x87() {
 
 /// `mosquitto_sub -E` (exit once subscribed) as mallory on `filter`: whether the broker granted it.
 fn mallory_may_subscribe(tool: &Path, port: u16, filter: &str) -> bool {
-    let mut child = Command::new(tool)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "mqttv5",
-            "-E",
-        ])
-        .args(["-u", "mallory", "-P", "mallory-pw", "-t", filter])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = common::drain(child.stderr.take().unwrap());
-    let status = common::wait_timeout(&mut child, Duration::from_secs(15)).expect("ends");
-    let stderr = stderr.join().unwrap_or_default();
-    status.success() && !stderr.contains("denied")
+    let args = [
+        "-V",
+        "mqttv5",
+        "-E",
+        "-u",
+        "mallory",
+        "-P",
+        "mallory-pw",
+        "-t",
+        filter,
+    ];
+    let run = common::mosquitto(tool, port, &args);
+    run.code == Some(0) && !run.stderr.contains("denied")
 }
 
 #[test]
@@ -229,29 +211,10 @@ fn check_config_names_the_acl_file_and_line() {
 
 /// `mosquitto_pub` at QoS 1 with extra arguments; (exit code, stderr).
 fn mosquitto_pub(tool: &Path, port: u16, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(tool)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-        ])
-        .args(["-m", "x"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = common::drain(child.stderr.take().unwrap());
-    let status = common::wait_timeout(&mut child, Duration::from_secs(15)).expect("ends");
-    (
-        status.code().unwrap_or(-1),
-        stderr.join().unwrap_or_default(),
-    )
+    let mut all = vec!["-V", "mqttv5", "-q", "1", "-m", "x"];
+    all.extend_from_slice(args);
+    let run = common::mosquitto(tool, port, &all);
+    (run.code.unwrap_or(-1), run.stderr)
 }
 
 /// The README's worked example: a mutual-TLS listener whose verified certificate's CN is the

@@ -46,17 +46,10 @@ fn path_str(p: &Path) -> &str {
 /// Logs in with `mosquitto_pub` (MQTT `version` "mqttv311" or "mqttv5") and publishes one
 /// message; its exit status: 0, or the CONNACK's code.
 fn login(mosquitto_pub: &Path, port: u16, version: &str, creds: &[&str]) -> i32 {
-    let mut child = Command::new(mosquitto_pub)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
-        .args(["-t", "auth/test", "-m", "x", "-q", "1"])
-        .args(creds)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub starts");
-    let status = common::wait_timeout(&mut child, TIMEOUT).expect("mosquitto_pub ends in time");
-    status.code().expect("mosquitto_pub exits with a code")
+    let mut args = vec!["-V", version, "-t", "auth/test", "-m", "x", "-q", "1"];
+    args.extend_from_slice(creds);
+    let run = common::mosquitto(mosquitto_pub, port, &args);
+    run.code.expect("mosquitto_pub exits with a code")
 }
 
 /// Both versions' codes for one login: (3.1.1, 5.0).
@@ -95,9 +88,8 @@ fn password_files(mosquitto_passwd: &Path) -> Files {
     std::fs::create_dir_all(&dir).unwrap();
     let ours = dir.join("keelmq.passwd");
     let mosquittos = dir.join("mosquitto.passwd");
-    let o = path_str(&ours);
-    assert!(keelmq_passwd(&["-c", "-b", o, "alice", "alice-pw"], "").0);
-    assert!(keelmq_passwd(&["-b", o, "dave", "dave-ours"], "").0);
+    common::keelmq_passwd_set(&ours, "alice", "alice-pw", true);
+    common::keelmq_passwd_set(&ours, "dave", "dave-ours", false);
     let m = path_str(&mosquittos);
     for args in [
         vec!["-c", "-b", m, "bob", "bob-pw"],
@@ -257,7 +249,7 @@ fn sighup_rereads_the_password_file_and_a_broken_one_keeps_the_old() {
     let erin = ["-u", "erin", "-P", "erin-pw"];
     let alice = ["-u", "alice", "-P", "alice-pw"];
     assert_eq!(login(&publ, port, "mqttv5", &erin), V5_BAD_CREDENTIALS);
-    assert!(keelmq_passwd(&["-b", path_str(&f.ours), "erin", "erin-pw"], "").0);
+    common::keelmq_passwd_set(&f.ours, "erin", "erin-pw", false);
     let hup = || {
         let pid = broker.child.id().to_string();
         assert!(Command::new("kill")
@@ -355,31 +347,16 @@ fn check_config_refuses_an_open_listener_without_authentication_and_bad_files() 
 /// `mosquitto_sub -E` with a persistent session (`-c`) under client id `id`: its exit status
 /// (0, or the CONNACK's code).
 fn persistent_login(tool: &Path, port: u16, version: &str, id: &str, user: &str) -> i32 {
-    let mut child = Command::new(tool)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            version,
-            "-E",
-            "-c",
-        ])
-        .args(["-i", id, "-q", "1", "-t", "owned/#", "-u", user, "-P"])
-        .arg(format!("{user}-pw"))
-        .args(if version == "mqttv5" {
-            vec!["-x", "600"]
-        } else {
-            vec![]
-        })
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub starts");
-    let status = common::wait_timeout(&mut child, TIMEOUT).expect("mosquitto_sub ends in time");
-    status.code().expect("an exit code")
+    let password = format!("{user}-pw");
+    let mut args = vec![
+        "-V", version, "-E", "-c", "-i", id, "-q", "1", "-t", "owned/#",
+    ];
+    args.extend(["-u", user, "-P", &password]);
+    if version == "mqttv5" {
+        args.extend(["-x", "600"]);
+    }
+    let run = common::mosquitto(tool, port, &args);
+    run.code.expect("mosquitto_sub exits with a code")
 }
 
 /// A session belongs to the user that made it: another user cannot resume, replace or take it
@@ -393,8 +370,7 @@ fn a_session_belongs_to_its_user_across_a_restart() {
         return;
     };
     let f = password_files(&passwd);
-    let p = path_str(&f.ours);
-    assert!(keelmq_passwd(&["-b", p, "bob", "bob-pw"], "").0);
+    common::keelmq_passwd_set(&f.ours, "bob", "bob-pw", false);
     let config = f.dir.join("keelmq.toml");
     let auth = format!("{}[auth]\nallow_anonymous = false\n", chain_entry(&f.ours));
     std::fs::write(&config, auth).unwrap();

@@ -47,30 +47,13 @@ fn service(python: &str, dir: &Path) -> Service {
 
 /// `mosquitto_pub` (5.0, QoS 1) as `user` with `password`; (exit code, stderr).
 fn login(tool: &Path, port: u16, user: &str, password: &str, topic: &str) -> (i32, String) {
-    let mut child = Command::new(tool)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-        ])
-        .args([
-            "-i", "car-9", "-u", user, "-P", password, "-t", topic, "-m", "x",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = common::drain(child.stderr.take().unwrap());
-    let status = common::wait_timeout(&mut child, Duration::from_secs(20)).expect("ends");
-    (
-        status.code().unwrap_or(-1),
-        stderr.join().unwrap_or_default(),
-    )
+    let args = [
+        "-V", "mqttv5", "-q", "1", "-i", "car-9", "-u", user, "-P", password,
+    ];
+    let mut all = args.to_vec();
+    all.extend(["-t", topic, "-m", "x"]);
+    let run = common::mosquitto(tool, port, &all);
+    (run.code.unwrap_or(-1), run.stderr)
 }
 
 fn broker(dir: &Path, url: &str) -> BrokerProcess {

@@ -134,16 +134,9 @@ fn broker(dir: &Path, ldap_port: u16) -> BrokerProcess {
 }
 
 fn login(tool: &Path, port: u16, creds: &[&str]) -> i32 {
-    let mut child = Command::new(tool)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
-        .args(["-t", "t", "-m", "x"])
-        .args(creds)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = common::wait_timeout(&mut child, Duration::from_secs(20)).expect("ends");
-    status.code().unwrap_or(-1)
+    let mut args = vec!["-V", "mqttv5", "-t", "t", "-m", "x"];
+    args.extend_from_slice(creds);
+    common::mosquitto(tool, port, &args).code.unwrap_or(-1)
 }
 
 const BAD_CREDENTIALS: i32 = 0x86;

@@ -356,3 +356,59 @@ pub fn memfs_persistence_options() -> keelmq::persistence::PersistenceOptions {
         store: keelmq_storage::StoreOptions::default(),
     }
 }
+
+/// What a command-line client did: its exit code (`None`: killed by a signal) and output.
+pub struct ToolRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `tool` with `args` (standard input empty) and fails the test unless it ends within
+/// `timeout`.
+pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &Path, args: &[S], timeout: Duration) -> ToolRun {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", tool.display()));
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let status = wait_timeout(&mut child, timeout)
+        .unwrap_or_else(|| panic!("{} still running after {timeout:?}", tool.display()));
+    ToolRun {
+        code: status.code(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// `keelmq passwd [-c] -b FILE USER PASSWORD` (`-c` with `create`); fails the test if it fails.
+pub fn keelmq_passwd_set(file: &Path, user: &str, password: &str, create: bool) {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["passwd".as_ref()];
+    if create {
+        args.push("-c".as_ref());
+    }
+    args.extend([
+        "-b".as_ref(),
+        file.as_os_str(),
+        user.as_ref(),
+        password.as_ref(),
+    ]);
+    let run = run_tool(
+        Path::new(env!("CARGO_BIN_EXE_keelmq")),
+        &args,
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "keelmq passwd {user}: {}", run.stderr);
+}
+
+/// `mosquitto_pub` (or `mosquitto_sub`) against 127.0.0.1:`port` with `args`.
+pub fn mosquitto(tool: &Path, port: u16, args: &[&str]) -> ToolRun {
+    let port = port.to_string();
+    let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str()];
+    all.extend_from_slice(args);
+    run_tool(tool, &all, Duration::from_secs(20))
+}
