@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::common::{self, BrokerProcess};
 
-const KEELMQ: &str = env!("CARGO_BIN_EXE_keelmq");
 
 const ACL: &str = "\
 # Anonymous clients: public topics only.
@@ -190,18 +189,9 @@ fn check_config_names_the_acl_file_and_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let acl = dir.join("acl");
     std::fs::write(&acl, "user alice\ntopic read a/#/b\n").unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        format!("[authz]\nacl_file = {:?}\n", acl.to_str().unwrap()),
-    )
-    .unwrap();
-    let out = Command::new(KEELMQ)
-        .args(["check-config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let text = format!("[authz]\nacl_file = {:?}\n", acl.to_str().unwrap());
+    let (ok, err) = common::check_config(&dir, "c.toml", &text);
+    assert!(!ok);
     assert!(
         err.contains("authz.acl_file") && err.contains("line 2"),
         "{err}"

@@ -74,6 +74,14 @@ fn chain_entry(path: &Path) -> String {
     )
 }
 
+/// `mosquitto_pub` and the password files, or `None` when the tools are missing (a failure
+/// when interop is required).
+fn publisher_and_files() -> Option<(PathBuf, Files)> {
+    let publ = common::tool("mosquitto_pub")?;
+    let passwd = common::tool("mosquitto_passwd")?;
+    Some((publ, password_files(&passwd)))
+}
+
 struct Files {
     dir: PathBuf,
     ours: PathBuf,
@@ -108,13 +116,9 @@ fn password_files(mosquitto_passwd: &Path) -> Files {
 
 #[test]
 fn password_files_of_keelmq_and_mosquitto_refuse_with_exact_codes() {
-    let (Some(publ), Some(passwd)) = (
-        common::tool("mosquitto_pub"),
-        common::tool("mosquitto_passwd"),
-    ) else {
+    let Some((publ, f)) = publisher_and_files() else {
         return;
     };
-    let f = password_files(&passwd);
     let auth = format!(
         "{}{}[auth]\nallow_anonymous = false\nfailures_before_delay = 1000\n",
         chain_entry(&f.ours),
@@ -168,13 +172,9 @@ fn password_files_of_keelmq_and_mosquitto_refuse_with_exact_codes() {
 
 #[test]
 fn anonymous_clients_pass_when_allowed_but_a_known_user_s_wrong_password_does_not() {
-    let (Some(publ), Some(passwd)) = (
-        common::tool("mosquitto_pub"),
-        common::tool("mosquitto_passwd"),
-    ) else {
+    let Some((publ, f)) = publisher_and_files() else {
         return;
     };
-    let f = password_files(&passwd);
     let auth = format!("{}[auth]\nallow_anonymous = true\n", chain_entry(&f.ours));
     let broker = broker_with(&f.dir, &auth);
     let port = broker.port();
@@ -191,13 +191,9 @@ fn anonymous_clients_pass_when_allowed_but_a_known_user_s_wrong_password_does_no
 
 #[test]
 fn an_address_that_keeps_failing_waits_and_a_success_resets_it() {
-    let (Some(publ), Some(passwd)) = (
-        common::tool("mosquitto_pub"),
-        common::tool("mosquitto_passwd"),
-    ) else {
+    let Some((publ, f)) = publisher_and_files() else {
         return;
     };
-    let f = password_files(&passwd);
     let auth = format!(
         "{}[auth]\nallow_anonymous = false\nfailures_before_delay = 2\nmax_failure_delay_ms = 800\n",
         chain_entry(&f.ours)
@@ -236,13 +232,9 @@ fn an_address_that_keeps_failing_waits_and_a_success_resets_it() {
 
 #[test]
 fn sighup_rereads_the_password_file_and_a_broken_one_keeps_the_old() {
-    let (Some(publ), Some(passwd)) = (
-        common::tool("mosquitto_pub"),
-        common::tool("mosquitto_passwd"),
-    ) else {
+    let Some((publ, f)) = publisher_and_files() else {
         return;
     };
-    let f = password_files(&passwd);
     let auth = format!("{}[auth]\nallow_anonymous = false\n", chain_entry(&f.ours));
     let broker = broker_with(&f.dir, &auth);
     let port = broker.port();
@@ -314,18 +306,7 @@ fn keelmq_passwd_follows_mosquitto_passwd_s_conventions() {
 fn check_config_refuses_an_open_listener_without_authentication_and_bad_files() {
     let dir = common::temp_dir("auth-config");
     std::fs::create_dir_all(&dir).unwrap();
-    let check = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(KEELMQ)
-            .args(["check-config", path_str(&path)])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let check = |name: &str, text: &str| common::check_config(&dir, name, text);
     let (ok, err) = check("open.toml", "[listener]\nbind = \"0.0.0.0:1883\"\n");
     assert!(!ok && err.contains("auth.allow_anonymous"), "{err}");
     let explicit = "[listener]\nbind = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = true\n";
@@ -415,13 +396,9 @@ fn a_session_belongs_to_its_user_across_a_restart() {
 /// A listener with its own `auth` asks its chain instead of the broker's.
 #[test]
 fn a_listener_s_own_chain_decides_for_its_clients() {
-    let (Some(publ), Some(passwd)) = (
-        common::tool("mosquitto_pub"),
-        common::tool("mosquitto_passwd"),
-    ) else {
+    let Some((publ, f)) = publisher_and_files() else {
         return;
     };
-    let f = password_files(&passwd);
     let config = format!(
         "[[listeners]]\nname = \"open\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
          [[listeners]]\nname = \"secure\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\

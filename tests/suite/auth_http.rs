@@ -58,18 +58,7 @@ fn login(tool: &Path, port: u16, user: &str, password: &str, topic: &str) -> (i3
 
 fn broker(dir: &Path, url: &str) -> BrokerProcess {
     let passwd = dir.join("passwd");
-    let status = Command::new(env!("CARGO_BIN_EXE_keelmq"))
-        .args([
-            "passwd",
-            "-c",
-            "-b",
-            passwd.to_str().unwrap(),
-            "alice",
-            "alice-pw",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::keelmq_passwd_set(&passwd, "alice", "alice-pw", true);
     let acl = dir.join("acl");
     std::fs::write(&acl, "topic readwrite t/#\n").unwrap();
     let config = dir.join("keelmq.toml");

@@ -109,18 +109,7 @@ fn start_slapd(dir: &Path) -> Option<Slapd> {
 /// A broker whose chain is ldap, then a password file with carol.
 fn broker(dir: &Path, ldap_port: u16) -> BrokerProcess {
     let passwd = dir.join("passwd");
-    let status = Command::new(env!("CARGO_BIN_EXE_keelmq"))
-        .args([
-            "passwd",
-            "-c",
-            "-b",
-            passwd.to_str().unwrap(),
-            "carol",
-            "carol-pw",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::keelmq_passwd_set(&passwd, "carol", "carol-pw", true);
     let config = dir.join("keelmq.toml");
     let text = format!(
         "[auth]\nallow_anonymous = false\nfailures_before_delay = 1000\n\

@@ -39,18 +39,7 @@ fn pyjwt_tokens_get_exact_connack_codes_and_expire() {
     let keys = script(&python, &["keys", &d]);
     assert!(keys.status.is_some_and(|s| s.success()), "{}", keys.stderr);
     let passwd = dir.join("passwd");
-    let status = Command::new(env!("CARGO_BIN_EXE_keelmq"))
-        .args([
-            "passwd",
-            "-c",
-            "-b",
-            passwd.to_str().unwrap(),
-            "alice",
-            "alice-pw",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::keelmq_passwd_set(&passwd, "alice", "alice-pw", true);
     let config = dir.join("keelmq.toml");
     let k = "k".repeat(60);
     let text = format!(
@@ -82,18 +71,12 @@ fn check_config_names_a_bad_key_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.pem");
     std::fs::write(&key, "not a key").unwrap();
-    let config = dir.join("c.toml");
     let text = format!(
         "[[auth.chain]]\nkind = \"jwt\"\npublic_key_file = {:?}\n",
         key.to_str().unwrap()
     );
-    std::fs::write(&config, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keelmq"))
-        .args(["check-config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = common::check_config(&dir, "c.toml", &text);
+    assert!(!ok);
     assert!(
         err.contains("auth.chain[0]") && err.contains("key.pem"),
         "{err}"

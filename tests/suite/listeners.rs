@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -475,22 +475,8 @@ async fn paho_over_tls_websocket_and_secure_websocket() {
 
 /// Runs a mosquitto client to completion (at most 15 s); whether it succeeded, and its output.
 fn mosquitto(tool: &Path, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto client starts");
-    let out = common::drain(child.stdout.take().unwrap());
-    let err = common::drain(child.stderr.take().unwrap());
-    let status = common::wait_timeout(&mut child, Duration::from_secs(15));
-    let text = format!(
-        "{}{}",
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default()
-    );
-    (status.is_some_and(|s| s.success()), text)
+    let run = common::run_tool(tool, args, Duration::from_secs(15));
+    (run.code == Some(0), format!("{}{}", run.stdout, run.stderr))
 }
 
 fn path(p: &Path) -> &str {

@@ -412,3 +412,17 @@ pub fn mosquitto(tool: &Path, port: u16, args: &[&str]) -> ToolRun {
     all.extend_from_slice(args);
     run_tool(tool, &all, Duration::from_secs(20))
 }
+
+/// `keelmq check-config` on `text` (written to `dir/name`): (whether it passed, stderr).
+pub fn check_config(dir: &Path, name: &str, text: &str) -> (bool, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let args = [std::ffi::OsStr::new("check-config"), path.as_os_str()];
+    let run = run_tool(
+        Path::new(env!("CARGO_BIN_EXE_keelmq")),
+        &args,
+        Duration::from_secs(30),
+    );
+    (run.code == Some(0), run.stderr)
+}
