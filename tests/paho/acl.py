@@ -158,6 +158,17 @@ def rules(host, port):
     # (QoS 2: paho ignores a PUBREC's reason code; tests/suite/acl.rs checks it with
     # mosquitto_pub.)
     alice.close()
+    # A topic name with wildcards (paho refuses to send one, so it goes through paho's own
+    # packet writer): never routed, the connection is closed with 0x90 Topic Name invalid.
+    for topic in ("fleet/alice/#", "fleet/+/pos", "#"):
+        sneaky = Peer(host, port, "alice-wild", user="alice")
+        sneaky.c._send_publish(sneaky.c._mid_generate(), topic.encode(), b"x", qos=1)
+        try:
+            reason = sneaky.disconnected.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise Failure(f"no disconnect after PUBLISH to {topic}")
+        check(reason == 0x90, f"PUBLISH to {topic}: DISCONNECT {reason:#x}, expected 0x90")
+        sneaky.c.loop_stop()
     alice3 = Peer(host, port, "alice-pub3", version=V311, user="alice")
     check(alice3.publish("fleet/bob/v3") == 0, "3.1.1: acknowledged all the same")
     alice3.close()
