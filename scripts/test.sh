@@ -2,8 +2,8 @@
 # The whole KeelMQ test suite, as README.md gives it and as CI runs it.
 #
 # Installs what the build and the interoperability tests need when it is missing
-# (scripts/setup.sh: libclang, g++, Debian's mosquitto and mosquitto-clients, Python's
-# paho-mqtt), so that those tests never silently skip, then runs every test of the workspace.
+# (scripts/setup.sh: libclang, g++, Debian's mosquitto, mosquitto-clients and slapd, Python's
+# paho-mqtt and PyJWT), so that those tests never silently skip, then runs every test of the workspace.
 # Builds go to a stable target directory outside the checkout (CARGO_TARGET_DIR, default
 # ~/.cache/keelmq-target) so that a reused machine rebuilds incrementally; RocksDB alone takes
 # about 11 minutes to compile cold on two cores.
