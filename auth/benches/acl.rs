@@ -24,16 +24,40 @@ fn bench(c: &mut Criterion) {
         username: Some("user-500"),
     };
     c.bench_function("acl publish allowed (user rule)", |b| {
-        b.iter(|| acl.check(black_box(who), Action::Publish, black_box("fleet/500/pos/gps")))
+        b.iter(|| {
+            acl.check(
+                black_box(who),
+                Action::Publish,
+                black_box("fleet/500/pos/gps"),
+            )
+        })
     });
     c.bench_function("acl publish allowed (pattern)", |b| {
-        b.iter(|| acl.check(black_box(who), Action::Publish, black_box("devices/car-42/up")))
+        b.iter(|| {
+            acl.check(
+                black_box(who),
+                Action::Publish,
+                black_box("devices/car-42/up"),
+            )
+        })
     });
     c.bench_function("acl publish no match", |b| {
-        b.iter(|| acl.check(black_box(who), Action::Publish, black_box("other/topic/a/b")))
+        b.iter(|| {
+            acl.check(
+                black_box(who),
+                Action::Publish,
+                black_box("other/topic/a/b"),
+            )
+        })
     });
     c.bench_function("acl subscribe filter", |b| {
-        b.iter(|| acl.check(black_box(who), Action::Subscribe, black_box("fleet/500/+/gps")))
+        b.iter(|| {
+            acl.check(
+                black_box(who),
+                Action::Subscribe,
+                black_box("fleet/500/+/gps"),
+            )
+        })
     });
 }
 

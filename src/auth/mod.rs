@@ -23,7 +23,7 @@ use crate::codec::Connect;
 use std::collections::HashMap;
 
 use crate::config::{AuthConfig, AuthenticatorSpec, Config};
-use crate::hooks::{AllowAll, AuthFuture, Authenticator, Identity};
+use crate::hooks::{AuthFuture, Authenticator, Identity};
 use crate::protocol::Refusal;
 use crate::transport::ConnInfo;
 
@@ -173,7 +173,14 @@ impl Authenticator for Chains {
             .or(self.default.as_ref())
         {
             Some(chain) => chain.authenticate(info, connect),
-            None => AllowAll.authenticate(info, connect),
+            // A listener with no chain of its own while another listener authenticates: its
+            // clients are admitted as anonymous — a username they claim is not trusted (it
+            // would otherwise own sessions and match `%u` and `user` rules).
+            // (A name from a verified certificate is trusted.)
+            None => Box::pin(std::future::ready(Ok(Identity {
+                username: info.username_from_cert.clone(),
+                ..Identity::default()
+            }))),
         }
     }
 }

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The owner recorded for the broker's own sessions: U+0000 cannot occur in an MQTT string
+/// [MQTT-1.5.4-2], so no client's username is this.
+const BROKER_OWNER: &str = "\u{0}broker";
+
 impl Broker {
     /// The session's record; `disconnected_at_ms` (wall clock) when its connection closed.
     pub(super) fn session_record(
@@ -60,7 +64,7 @@ impl Broker {
             if checked && Self::foreign_owner(st, identity) {
                 return Err(ConnectRefusal::NotOwner);
             }
-            st.belongs_to = Some(identity.username.clone());
+            st.belongs_to = Some(Self::owner_of(identity));
             Ok(self.take_ownership(&slot, st, owner))
         })?;
         if let Some(previous) = taken.previous_owner.take() {
@@ -111,8 +115,8 @@ impl Broker {
         }
         if let Some(record) = taken.session_record.take() {
             records.push(record);
-            let username = identity.username.as_deref();
-            records.push(journal::session_owner(client_id, username));
+            let owner = Self::owner_of(identity);
+            records.push(journal::session_owner(client_id, owner.as_deref()));
         }
         records
     }
@@ -123,6 +127,16 @@ impl Broker {
         self.shared.config.authenticates()
     }
 
+    /// Who a session attached by `identity` belongs to: its username, or for the broker's own
+    /// sessions (a superuser without one: in-process clients) a name no client can have, so
+    /// that an anonymous client cannot take them over.
+    fn owner_of(identity: &crate::hooks::Identity) -> Option<String> {
+        match (&identity.username, identity.superuser) {
+            (None, true) => Some(BROKER_OWNER.to_string()),
+            (username, _) => username.clone(),
+        }
+    }
+
     /// Whether the session in `st` is alive and belongs to a username other than
     /// `identity`'s (a superuser owns every session). A session that ended, expired or, not
     /// being persistent, has no connection belongs to no one.
@@ -130,7 +144,7 @@ impl Broker {
         let Some(owner) = &st.belongs_to else {
             return false;
         };
-        if identity.superuser || owner.as_deref() == identity.username.as_deref() {
+        if identity.superuser || *owner == Self::owner_of(identity) {
             return false;
         }
         let expiry = Duration::from_secs(u64::from(st.session.expiry_interval));

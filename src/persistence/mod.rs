@@ -10,7 +10,7 @@
 //!
 //! | sent | after these records are durable |
 //! |---|---|
-//! | CONNACK (persistent session) | `Session` (and `SessionRemove` of a discarded session) |
+//! | CONNACK (persistent session) | `Session` and `SessionOwner` (and `SessionRemove` of a discarded session) |
 //! | SUBACK / UNSUBACK | `Subscribe` / `Unsubscribe`, and the retained deliveries they queue |
 //! | PUBACK / PUBREC | `Message`, every `Enqueue` for a persistent subscriber, `RetainSet`/`RetainDelete`, and for PUBREC the publisher's `InboundQos2` |
 //! | PUBCOMP | `InboundRelease` |
@@ -18,8 +18,10 @@
 //!
 //! Subscribers see a message only after it is durable (the broker reserves queue room, commits,
 //! then delivers), so a crash can never let a re-sent QoS 2 message reach a subscriber twice.
-//! `Dequeue` after PUBACK/PUBCOMP and a session's disconnect time are logged without waiting:
-//! losing them only causes a DUP re-delivery or a later expiry.
+//! `DequeueMessage` after PUBACK/PUBCOMP and a session's disconnect time are logged without
+//! waiting: losing them only causes a DUP re-delivery or a later expiry. A `DequeueMessage`
+//! names the message it removes, so one that reaches the log after the `Enqueue` of a new
+//! delivery reusing its packet id leaves that delivery alone.
 //!
 //! # Checkpoints
 //! Every `checkpoint_interval_ms` (or when the WAL grew by `checkpoint_wal_bytes`) the keys

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::common::{self, BrokerProcess};
 
-
 const ACL: &str = "\
 # Anonymous clients: public topics only.
 topic readwrite public/#
@@ -265,5 +264,62 @@ fn mutual_tls_cn_names_the_user_and_acl_patterns_use_it() {
     let (code, _) = mosquitto_pub(&publ, broker.port(), &["-t", "cars/car-17/pos"]);
     assert_eq!(code, 0x87);
     drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A QoS 2 PUBLISH already accepted (PUBREC sent, the message stored) and re-sent after the
+/// ACL changed is still a re-send: acknowledged as before and delivered once. (Authorizing it
+/// again would answer 0x87 for a message the broker keeps, and the client would then reuse
+/// the packet id for a message the broker would take for that re-send.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_resend_is_acknowledged_as_before_after_the_acl_changed() {
+    use crate::common::raw::{publish_packet, RawClient};
+    use keelmq::codec::*;
+    let dir = common::temp_dir("acl-qos2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite t/#\n").unwrap();
+    let mut config = common::test_config();
+    config.authz.acl_file = Some(acl.clone());
+    config.authz.no_match = keelmq::config::NoMatch::Deny;
+    let server = common::start(config).await;
+    let addr = server.local_addr();
+    let v5 = ProtocolVersion::V5;
+    let (mut watcher, _) = RawClient::connect(addr, v5, "watcher", true, |_| {}).await;
+    watcher
+        .subscribe(1, "t/#", SubscriptionOptions::qos(QoS::AtMostOnce))
+        .await;
+    let (mut c, _) = RawClient::connect(addr, v5, "pub", true, |_| {}).await;
+    c.publish("t/x", b"once", QoS::ExactlyOnce, 7, false).await;
+    let pubrec = |p: Packet| match p {
+        Packet::PubRec(a) => (a.packet_id, a.reason),
+        other => panic!("expected PUBREC, got {other:?}"),
+    };
+    assert_eq!(pubrec(c.next().await), (7, ReasonCode::SUCCESS));
+    // The ACL now denies t/#; the client re-sends (its PUBREC was lost, say).
+    std::fs::write(&acl, "topic readwrite other/#\n").unwrap();
+    assert_eq!(server.reload_auth().await, 0);
+    let Packet::Publish(mut again) = publish_packet("t/x", b"once", QoS::ExactlyOnce, 7, false)
+    else {
+        unreachable!()
+    };
+    again.dup = true;
+    c.send(&Packet::Publish(again)).await;
+    assert_eq!(
+        pubrec(c.next().await),
+        (7, ReasonCode::SUCCESS),
+        "a re-send"
+    );
+    c.send(&Packet::PubRel(PubAck::new(7))).await;
+    assert!(
+        matches!(c.next().await, Packet::PubComp(a) if a.packet_id == 7 && a.reason == ReasonCode::SUCCESS)
+    );
+    let delivered = watcher.next_publish().await;
+    assert_eq!(&delivered.payload[..], b"once");
+    watcher.expect_silence(Duration::from_millis(300)).await;
+    // A new message to t/ is refused now.
+    c.publish("t/y", b"new", QoS::ExactlyOnce, 8, false).await;
+    assert_eq!(pubrec(c.next().await), (8, ReasonCode::NOT_AUTHORIZED));
+    server.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -427,6 +427,15 @@ fn a_listener_s_own_chain_decides_for_its_clients() {
         login_both(&publ, secure, &wrong),
         (V3_BAD_CREDENTIALS, V5_BAD_CREDENTIALS)
     );
+    // On the open listener a username is only claimed: alice's session is not the claimer's.
+    if let Some(sub) = common::tool("mosquitto_sub") {
+        assert_eq!(
+            persistent_login(&sub, secure, "mqttv311", "car-9", "alice"),
+            0
+        );
+        let claimed = persistent_login(&sub, open, "mqttv311", "car-9", "alice");
+        assert_eq!(claimed, V3_NOT_AUTHORIZED);
+    }
     drop(broker);
     let _ = std::fs::remove_dir_all(&f.dir);
 }

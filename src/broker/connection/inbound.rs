@@ -154,9 +154,6 @@ impl Connection {
         self.aliases_in
             .resolve(&mut p.topic, alias)
             .map_err(Close::Refused)?;
-        if !self.may_publish(&p) {
-            return self.deny_inbound(wbuf, &p);
-        }
         let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {
             (
                 s.inbound_awaiting_rel(),
@@ -168,8 +165,13 @@ impl Connection {
         };
         if duplicate {
             // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
+            // Before authorization: its first PUBREC accepted it, and a decision that changed
+            // since (a reload) must not refuse what is already stored and acknowledged.
             self.ack_duplicate(wbuf, p.packet_id);
             return Ok(());
+        }
+        if !self.may_publish(&p) {
+            return self.deny_inbound(wbuf, &p);
         }
         let in_flight =
             inflight_in + usize::from(self.held.is_some()) + self.pending_acks.inbound();
