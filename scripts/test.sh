@@ -21,7 +21,7 @@ export KEELMQ_PYTHON="$PYTHON"
 echo "== cargo test --workspace (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --locked "$@"
 
-# The fuzz targets depend on the codec, config, auth and WAL crates only (no RocksDB); keep them
+# The fuzz targets depend on the codec, config, auth, rules and WAL crates only (no RocksDB); keep them
 # compiling. Running them needs cargo-fuzz and a nightly toolchain (see README.md).
 echo "== cargo check of the fuzz targets (fuzz/)"
 cargo check --manifest-path fuzz/Cargo.toml --locked --bins
