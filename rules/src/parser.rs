@@ -11,6 +11,10 @@ const KEYWORDS: [&str; 20] = [
     "end", "foreach", "do", "incase", "div", "mod", "true", "false",
 ];
 
+/// How deeply expressions may nest (parentheses, NOT, unary minus, calls, CASE): deeper is an
+/// error, so that parsing, printing and evaluating never exhaust the stack.
+pub const MAX_DEPTH: usize = 64;
+
 /// Whether `word` is a keyword (so that the printer quotes such a name).
 pub fn is_keyword(word: &str) -> bool {
     let w = word.to_ascii_lowercase();
@@ -23,6 +27,7 @@ pub fn parse(sql: &str) -> Result<Statement, Error> {
         sql,
         toks: tokens(sql)?,
         pos: 0,
+        depth: 0,
     };
     let statement = if p.eat_word("select") {
         Statement::Select(p.select()?)
@@ -41,6 +46,8 @@ struct Parser<'a> {
     sql: &'a str,
     toks: Vec<Token>,
     pos: usize,
+    /// Nesting of the expression being parsed (see [`MAX_DEPTH`]).
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -185,12 +192,28 @@ impl Parser<'_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Expr, Error> {
-        let mut left = self.and()?;
-        while self.eat_word("or") {
-            left = Expr::Binary(BinOp::Or, Box::new(left), Box::new(self.and()?));
+    /// Runs `parse` one level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested(
+        &mut self,
+        parse: impl FnOnce(&mut Self) -> Result<Expr, Error>,
+    ) -> Result<Expr, Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(&format!("expression nested deeper than {MAX_DEPTH}")));
         }
-        Ok(left)
+        self.depth += 1;
+        let e = parse(self);
+        self.depth -= 1;
+        e
+    }
+
+    fn expr(&mut self) -> Result<Expr, Error> {
+        self.nested(|p| {
+            let mut left = p.and()?;
+            while p.eat_word("or") {
+                left = Expr::Binary(BinOp::Or, Box::new(left), Box::new(p.and()?));
+            }
+            Ok(left)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, Error> {
@@ -203,7 +226,7 @@ impl Parser<'_> {
 
     fn not(&mut self) -> Result<Expr, Error> {
         match self.eat_word("not") {
-            true => Ok(Expr::Not(Box::new(self.not()?))),
+            true => Ok(Expr::Not(Box::new(self.nested(Self::not)?))),
             false => self.comparison(),
         }
     }
@@ -291,7 +314,7 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Expr, Error> {
         match self.eat_sym("-") {
-            true => Ok(Expr::Neg(Box::new(self.unary()?))),
+            true => Ok(Expr::Neg(Box::new(self.nested(Self::unary)?))),
             false => self.primary(),
         }
     }

@@ -165,6 +165,12 @@ fn errors_name_their_position() {
     ] {
         assert!(Rule::compile(bad).is_err(), "{bad}");
     }
+    // Nesting is bounded: no input exhausts the stack.
+    for deep in ["(".repeat(10_000), "not ".repeat(10_000), "- ".repeat(10_000),
+                 "lower(".repeat(10_000), "case when ".repeat(10_000), "[".repeat(10_000)] {
+        let e = Rule::compile(&format!("SELECT {deep} FROM \"t\"")).unwrap_err();
+        assert!(e.message.contains("nested deeper than 64"), "{e}");
+    }
     // Comments and case-insensitive keywords.
     let sql = "select a -- the a\n from \"t\" -- done";
     assert_eq!(run(sql, json!({"a": 1})), [json!({"a": 1})]);
