@@ -367,3 +367,60 @@ fn visit_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
         }
     }
 }
+
+/// The depth of the statement's deepest expression (a leaf is 1), without recursion.
+pub fn depth(statement: &Statement) -> usize {
+    let mut roots: Vec<&Expr> = Vec::new();
+    let (fields, rest): (&[Field], Vec<&Expr>) = match statement {
+        Statement::Select(s) => (&s.fields, s.filter.iter().collect()),
+        Statement::Foreach(s) => {
+            let mut rest = vec![&s.list];
+            rest.extend(s.incase.iter().chain(s.filter.iter()));
+            (&s.fields, rest)
+        }
+    };
+    for f in fields {
+        if let Field::Expr { expr, .. } = f {
+            roots.push(expr);
+        }
+    }
+    roots.extend(rest);
+    let mut stack: Vec<(&Expr, usize)> = roots.into_iter().map(|e| (e, 1)).collect();
+    let mut deepest = 0;
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        stack.extend(children(e).into_iter().map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// An expression's direct sub-expressions.
+fn children(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::Lit(_) => Vec::new(),
+        Expr::Path(_, segs) => segs
+            .iter()
+            .filter_map(|s| match s {
+                Seg::Index(i) => Some(&**i),
+                Seg::Key(_) => None,
+            })
+            .collect(),
+        Expr::Not(x) | Expr::Neg(x) => vec![&**x],
+        Expr::Binary(_, a, b) => vec![&**a, &**b],
+        Expr::In { expr, list, .. } => std::iter::once(&**expr).chain(list.iter()).collect(),
+        Expr::Call { args, .. } | Expr::Array(args) => args.iter().collect(),
+        Expr::Case {
+            operand,
+            whens,
+            otherwise,
+        } => {
+            let mut out: Vec<&Expr> = operand.iter().map(|x| &**x).collect();
+            for (c, t) in whens {
+                out.push(c);
+                out.push(t);
+            }
+            out.extend(otherwise.iter().map(|x| &**x));
+            out
+        }
+    }
+}

@@ -54,6 +54,14 @@ impl Rule {
     /// Parses `sql` and checks every function call's name and number of arguments.
     pub fn compile(sql: &str) -> Result<Rule, Error> {
         let statement = parser::parse(sql)?;
+        if ast::depth(&statement) > parser::MAX_TREE_DEPTH {
+            let max = parser::MAX_TREE_DEPTH;
+            return Err(Error::at(
+                sql,
+                0,
+                format!("expression nested deeper than {max}"),
+            ));
+        }
         check_calls(sql, &statement)?;
         Ok(Rule { statement })
     }

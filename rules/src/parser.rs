@@ -11,9 +11,14 @@ const KEYWORDS: [&str; 20] = [
     "end", "foreach", "do", "incase", "div", "mod", "true", "false",
 ];
 
-/// How deeply expressions may nest (parentheses, NOT, unary minus, calls, CASE): deeper is an
-/// error, so that parsing, printing and evaluating never exhaust the stack.
-pub const MAX_DEPTH: usize = 64;
+/// How deeply the parser may nest (parentheses, NOT, unary minus, calls, CASE, and each operator
+/// of a chain such as `a + b + c`): deeper is an error, so that no input exhausts the stack.
+/// [`crate::Rule::compile`] then bounds the tree's depth tighter (see [`MAX_TREE_DEPTH`]).
+pub const MAX_DEPTH: usize = 100;
+
+/// How deep a compiled rule's expression tree may be: printed back (one parenthesis level per
+/// operator, two for NOT, minus and IN), it stays within [`MAX_DEPTH`].
+pub const MAX_TREE_DEPTH: usize = 48;
 
 /// Whether `word` is a keyword (so that the printer quotes such a name).
 pub fn is_keyword(word: &str) -> bool {
@@ -192,6 +197,16 @@ impl Parser<'_> {
         }
     }
 
+    /// One more level for the operator of a chain being parsed (`a + b + c`): the tree's
+    /// left spine grows by one per operator.
+    fn chain(&mut self) -> Result<(), Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(&format!("expression nested deeper than {MAX_DEPTH}")));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     /// Runs `parse` one level deeper, refusing to go past [`MAX_DEPTH`].
     fn nested(
         &mut self,
@@ -208,19 +223,25 @@ impl Parser<'_> {
 
     fn expr(&mut self) -> Result<Expr, Error> {
         self.nested(|p| {
+            let base = p.depth;
             let mut left = p.and()?;
             while p.eat_word("or") {
+                p.chain()?;
                 left = Expr::Binary(BinOp::Or, Box::new(left), Box::new(p.and()?));
             }
+            p.depth = base;
             Ok(left)
         })
     }
 
     fn and(&mut self) -> Result<Expr, Error> {
+        let base = self.depth;
         let mut left = self.not()?;
         while self.eat_word("and") {
+            self.chain()?;
             left = Expr::Binary(BinOp::And, Box::new(left), Box::new(self.not()?));
         }
+        self.depth = base;
         Ok(left)
     }
 
@@ -281,6 +302,7 @@ impl Parser<'_> {
     }
 
     fn additive(&mut self) -> Result<Expr, Error> {
+        let base = self.depth;
         let mut left = self.multiplicative()?;
         loop {
             let op = if self.eat_sym("+") {
@@ -288,13 +310,16 @@ impl Parser<'_> {
             } else if self.eat_sym("-") {
                 BinOp::Sub
             } else {
+                self.depth = base;
                 return Ok(left);
             };
+            self.chain()?;
             left = Expr::Binary(op, Box::new(left), Box::new(self.multiplicative()?));
         }
     }
 
     fn multiplicative(&mut self) -> Result<Expr, Error> {
+        let base = self.depth;
         let mut left = self.unary()?;
         loop {
             let op = if self.eat_sym("*") {
@@ -306,8 +331,10 @@ impl Parser<'_> {
             } else if self.eat_word("mod") {
                 BinOp::Mod
             } else {
+                self.depth = base;
                 return Ok(left);
             };
+            self.chain()?;
             left = Expr::Binary(op, Box::new(left), Box::new(self.unary()?));
         }
     }
