@@ -8,6 +8,8 @@
 //! the rule's outputs: none when `WHERE` does not hold (EMQX's `failed.no_result`), one for a
 //! `SELECT`, one per kept element for a `FOREACH`, or an [`EvalError`] (`failed.exception`).
 //!
+//! [`template::Template`] is the `${…}` text of rule actions (a republish topic or payload).
+//!
 //! The broker's rule engine (durable rule subscribers, actions, metrics) builds on this crate.
 
 pub mod ast;
@@ -15,6 +17,7 @@ pub mod eval;
 pub mod functions;
 mod lexer;
 pub mod parser;
+pub mod template;
 
 use serde_json::{Map, Value};
 

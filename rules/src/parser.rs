@@ -47,6 +47,21 @@ pub fn parse(sql: &str) -> Result<Statement, Error> {
     Ok(statement)
 }
 
+/// Parses one expression (a template's placeholder).
+pub fn parse_expr(sql: &str) -> Result<Expr, Error> {
+    let mut p = Parser {
+        sql,
+        toks: tokens(sql)?,
+        pos: 0,
+        depth: 0,
+    };
+    let e = p.expr()?;
+    if p.pos < p.toks.len() {
+        return Err(p.error("unexpected text after the expression"));
+    }
+    Ok(e)
+}
+
 struct Parser<'a> {
     sql: &'a str,
     toks: Vec<Token>,

@@ -1,0 +1,25 @@
+//! Arbitrary bytes as a `${…}` template of a rule action: parsing never panics, an error names
+//! a position, and what parses prints to a template that parses to the same text and renders
+//! the same.
+#![no_main]
+
+use keelmq_rules::template::Template;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(source) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Template::parse(source) {
+        Ok(t) => {
+            let printed = t.to_string();
+            let again = Template::parse(&printed).expect("a printed template parses");
+            assert_eq!(again.to_string(), printed);
+            let fields = serde_json::json!({"clientid": "c", "payload": "{\"a\": 1}"});
+            if let serde_json::Value::Object(m) = fields {
+                assert_eq!(again.render(&m), t.render(&m));
+            }
+        }
+        Err(e) => assert!(e.line >= 1 && e.column >= 1),
+    }
+});
