@@ -23,6 +23,7 @@ pub fn arity(name: &str) -> Option<(usize, usize)> {
         "regex_replace" | "map_put" => (3, 3),
         "concat" | "coalesce" => (1, usize::MAX),
         "sprintf" => (1, usize::MAX),
+        "format_date" => (4, 4),
         _ => return None,
     })
 }
@@ -80,6 +81,7 @@ pub fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
         "now_rfc3339" => Value::String(rfc3339(now(&s(0)), &s(0))?),
         "unix_ts_to_rfc3339" => Value::String(rfc3339(n(0)? as i64, &s(1))?),
         "rfc3339_to_unix_ts" => Value::from(from_rfc3339(&s(0))?),
+        "format_date" => Value::String(format_date(&s(0), &s(1), &s(2), n(3)? as i64)?),
         "uuid_v4" => Value::String(uuid_v4()?),
         "coalesce" => args
             .into_iter()
@@ -302,4 +304,72 @@ fn uuid_v4() -> Result<String, String> {
         &h[16..20],
         &h[20..32]
     ))
+}
+
+/// A UTC offset: `Z`, `+hh:mm`, `-hh:mm`, or whole seconds.
+fn offset(text: &str) -> Result<time::UtcOffset, String> {
+    let bad = || format!("format_date: offset {text:?} is not Z, +hh:mm, -hh:mm or seconds");
+    if text.is_empty() || text == "Z" || text == "z" {
+        return Ok(time::UtcOffset::UTC);
+    }
+    if let Ok(secs) = text.parse::<i32>() {
+        return time::UtcOffset::from_whole_seconds(secs).map_err(|_| bad());
+    }
+    let (sign, rest) = match text.split_at_checked(1) {
+        Some(("+", r)) => (1, r),
+        Some(("-", r)) => (-1, r),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    time::UtcOffset::from_whole_seconds(sign * (h * 3600 + m * 60)).map_err(|_| bad())
+}
+
+/// EMQX's `format_date(unit, offset, format, timestamp)`: `%Y %m %d %H %M %S`, `%N` (nanoseconds),
+/// `%3N` / `%6N` (milli-, microseconds), `%z` (+hhmm), `%:z` (+hh:mm), `%::z` (+hh:mm:ss), `%%`.
+fn format_date(unit: &str, offset_text: &str, format: &str, ts: i64) -> Result<String, String> {
+    let nanos = match unit {
+        "millisecond" => i128::from(ts) * 1_000_000,
+        "microsecond" => i128::from(ts) * 1_000,
+        "nanosecond" => i128::from(ts),
+        _ => i128::from(ts) * 1_000_000_000,
+    };
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map_err(|e| format!("format_date: {e}"))?
+        .to_offset(offset(offset_text)?);
+    let (oh, om, os) = at.offset().as_hms();
+    let sign = if at.offset().is_negative() { '-' } else { '+' };
+    let (oh, om, os) = (oh.abs(), om.abs(), os.abs());
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        const SPECS: [&str; 13] = [
+            "::z", ":z", "3N", "6N", "Y", "m", "d", "H", "M", "S", "N", "z", "%",
+        ];
+        let Some(spec) = SPECS.iter().find(|s| rest.starts_with(**s)) else {
+            out.push('%');
+            continue;
+        };
+        rest = &rest[spec.len()..];
+        let text = match *spec {
+            "Y" => format!("{:04}", at.year()),
+            "m" => format!("{:02}", u8::from(at.month())),
+            "d" => format!("{:02}", at.day()),
+            "H" => format!("{:02}", at.hour()),
+            "M" => format!("{:02}", at.minute()),
+            "S" => format!("{:02}", at.second()),
+            "N" => format!("{:09}", at.nanosecond()),
+            "3N" => format!("{:03}", at.millisecond()),
+            "6N" => format!("{:06}", at.microsecond()),
+            "z" => format!("{sign}{oh:02}{om:02}"),
+            ":z" => format!("{sign}{oh:02}:{om:02}"),
+            "::z" => format!("{sign}{oh:02}:{om:02}:{os:02}"),
+            _ => "%".to_string(),
+        };
+        out.push_str(&text);
+    }
+    out.push_str(rest);
+    Ok(out)
 }

@@ -133,6 +133,13 @@ fn functions_give_emqx_s_results() {
         "ac": 3, "ad": 3.0, "ae": 2.0, "af": 3.0, "ag": 1024.0, "ah": 4.0, "ai": "x", "aj": true,
         "ak": ["a", "b", "c"], "al": "1970-01-01T00:00:00Z", "am": 10});
     assert_eq!(out, [want]);
+    // EMQX's documented example, and milliseconds with a negative offset.
+    let sql = r#"SELECT format_date('second', '+08:00', '%Y-%m-%d %H:%M:%S%:z', 1653561612) AS a,
+        format_date('millisecond', '-02:30', '%Y%m%dT%H%M%S.%3N%z', 1653561612345) AS b,
+        format_date('second', 'Z', '100%% at %H', 0) AS c FROM "t""#;
+    let want = json!({"a": "2022-05-26 18:40:12+08:00", "b": "20220526T081012.345-0230",
+        "c": "100% at 00"});
+    assert_eq!(run(sql, json!({})), [want]);
     let uuid = run(
         r#"SELECT uuid_v4() AS u, now_timestamp() AS n FROM "t""#,
         json!({}),
