@@ -270,14 +270,20 @@ fn now(unit: &str) -> i64 {
     }
 }
 
+/// A Unix timestamp in `unit` (second by default) in nanoseconds.
+fn nanos_of(ts: i64, unit: &str) -> i128 {
+    let scale = match unit {
+        "millisecond" => 1_000_000,
+        "microsecond" => 1_000,
+        "nanosecond" => 1,
+        _ => 1_000_000_000,
+    };
+    i128::from(ts) * scale
+}
+
 /// A Unix timestamp in `unit` (second by default) as RFC 3339.
 fn rfc3339(ts: i64, unit: &str) -> Result<String, String> {
-    let nanos = match unit {
-        "millisecond" => i128::from(ts) * 1_000_000,
-        "microsecond" => i128::from(ts) * 1_000,
-        "nanosecond" => i128::from(ts),
-        _ => i128::from(ts) * 1_000_000_000,
-    };
+    let nanos = nanos_of(ts, unit);
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .map_err(|e| format!("timestamp: {e}"))?;
     at.format(&time::format_description::well_known::Rfc3339)
@@ -328,12 +334,7 @@ fn offset(text: &str) -> Result<time::UtcOffset, String> {
 /// EMQX's `format_date(unit, offset, format, timestamp)`: `%Y %m %d %H %M %S`, `%N` (nanoseconds),
 /// `%3N` / `%6N` (milli-, microseconds), `%z` (+hhmm), `%:z` (+hh:mm), `%::z` (+hh:mm:ss), `%%`.
 fn format_date(unit: &str, offset_text: &str, format: &str, ts: i64) -> Result<String, String> {
-    let nanos = match unit {
-        "millisecond" => i128::from(ts) * 1_000_000,
-        "microsecond" => i128::from(ts) * 1_000,
-        "nanosecond" => i128::from(ts),
-        _ => i128::from(ts) * 1_000_000_000,
-    };
+    let nanos = nanos_of(ts, unit);
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .map_err(|e| format!("format_date: {e}"))?
         .to_offset(offset(offset_text)?);

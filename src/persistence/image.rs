@@ -580,83 +580,25 @@ impl Image {
     /// Loads the image from a checkpoint. Any key or value that does not decode is an error
     /// naming the table and key: corrupt state is never skipped silently.
     pub fn load(store: &dyn Store) -> Result<Image, LoadError> {
-        fn bad(table: Table, key: &[u8], what: impl ToString) -> keelmq_storage::Error {
-            keelmq_storage::Error::Corrupt {
-                path: std::path::PathBuf::from(table.name()),
-                what: format!(
-                    "key {:?}: {}",
-                    String::from_utf8_lossy(key),
-                    what.to_string()
-                ),
-            }
-        }
-        /// The session of a client-prefixed key, without allocating when it exists already.
-        fn session_of<'a>(
-            sessions: &'a mut HashMap<String, SessionImage>,
-            key: &[u8],
-        ) -> Option<(&'a mut SessionImage, u16)> {
-            let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
-            let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
-            let pid = u16::from_be_bytes(key.get(2 + len..)?.try_into().ok()?);
-            if !sessions.contains_key(client) {
-                sessions.insert(client.to_string(), SessionImage::default());
-            }
-            Some((sessions.get_mut(client)?, pid))
-        }
-        let mut image = Image::default();
-        let max_id = store
-            .get_many(Table::Meta, &[MAX_MESSAGE_ID_KEY.to_vec()])
-            .map_err(|e| LoadError {
-                table: Table::Meta.name(),
-                what: e.to_string(),
-            })?
-            .pop()
-            .flatten();
-        match max_id {
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| LoadError {
-                    table: Table::Meta.name(),
-                    what: format!("max_message_id has {} bytes, expected 8", v.len()),
-                })?;
-                image.max_id = u64::from_le_bytes(bytes);
-            }
-            // Written by an older version: find it the slow way, once.
-            None => {
-                let mut max = 0;
-                visit_retained(store, &HashMap::new(), &mut |m| max = max.max(m.id))?;
-                store
-                    .scan(Table::Messages, &mut |k, _| {
-                        if let Ok(id) = <[u8; 8]>::try_from(k) {
-                            max = max.max(u64::from_be_bytes(id));
-                        }
-                        Ok(())
-                    })
-                    .map_err(|e| LoadError {
-                        table: Table::Messages.name(),
-                        what: e.to_string(),
-                    })?;
-                image.max_id = max;
-            }
-        }
-        let sessions = &mut image.sessions;
-        let scan = |table: Table, visit: &mut keelmq_storage::Visitor<'_>| {
-            store.scan(table, visit).map_err(|e| LoadError {
-                table: table.name(),
-                what: e.to_string(),
-            })
+        let mut image = Image {
+            max_id: load_max_id(store)?,
+            ..Image::default()
         };
+        let sessions = &mut image.sessions;
+        let scan = |table, visit: &mut keelmq_storage::Visitor<'_>| scan(store, table, visit);
         scan(Table::Sessions, &mut |k, v| {
-            let r = decode_value::<SessionRecord>(v).map_err(|e| bad(Table::Sessions, k, e))?;
+            let r = decode_value::<SessionRecord>(v).map_err(|e| corrupt(Table::Sessions, k, e))?;
             let client = r.client.clone();
             sessions.entry(client).or_default().record = Some(r);
             Ok(())
         })?;
         scan(Table::Subscriptions, &mut |k, v| {
             let sub = decode_value::<StoredSubscription>(v)
-                .map_err(|e| bad(Table::Subscriptions, k, e))?;
+                .map_err(|e| corrupt(Table::Subscriptions, k, e))?;
             let (c, f) =
-                split_client_key(k).ok_or_else(|| bad(Table::Subscriptions, k, "bad key"))?;
-            let f = String::from_utf8(f.to_vec()).map_err(|e| bad(Table::Subscriptions, k, e))?;
+                split_client_key(k).ok_or_else(|| corrupt(Table::Subscriptions, k, "bad key"))?;
+            let f =
+                String::from_utf8(f.to_vec()).map_err(|e| corrupt(Table::Subscriptions, k, e))?;
             sessions.entry(c).or_default().subscriptions.insert(f, sub);
             Ok(())
         })?;
@@ -665,9 +607,9 @@ impl Image {
         let bodies = &mut image.bodies;
         let max_id = &mut image.max_id;
         scan(Table::Queues, &mut |k, v| {
-            let d = decode_delivery(v).map_err(|e| bad(Table::Queues, k, e))?;
+            let d = decode_delivery(v).map_err(|e| corrupt(Table::Queues, k, e))?;
             let (s, pid) =
-                session_of(sessions, k).ok_or_else(|| bad(Table::Queues, k, "bad key"))?;
+                session_of(sessions, k).ok_or_else(|| corrupt(Table::Queues, k, "bad key"))?;
             let body = bodies.entry(d.message_id).or_insert(Body {
                 message: None,
                 refs: 0,
@@ -680,49 +622,11 @@ impl Image {
         })?;
         scan(Table::Inbound, &mut |k, _| {
             let (s, pid) =
-                session_of(sessions, k).ok_or_else(|| bad(Table::Inbound, k, "bad key"))?;
+                session_of(sessions, k).ok_or_else(|| corrupt(Table::Inbound, k, "bad key"))?;
             s.inbound.insert(pid);
             Ok(())
         })?;
-        let mut stale_wills = Vec::new();
-        scan(Table::Meta, &mut |k, v| {
-            if let Some(client) = k.strip_prefix(OWNER_KEY_PREFIX) {
-                let client = std::str::from_utf8(client).map_err(|e| bad(Table::Meta, k, e))?;
-                let owner =
-                    decode_value::<Option<String>>(v).map_err(|e| bad(Table::Meta, k, e))?;
-                if let Some(s) = sessions.get_mut(client) {
-                    s.owner = Some(owner);
-                }
-                return Ok(());
-            }
-            let Some(client) = k.strip_prefix(WILL_KEY_PREFIX) else {
-                return Ok(()); // max_message_id, applied_seq
-            };
-            let client = std::str::from_utf8(client).map_err(|e| bad(Table::Meta, k, e))?;
-            let will = decode_value::<StoredWill>(v).map_err(|e| bad(Table::Meta, k, e))?;
-            // Only the will of the session's last disconnect is current. Another one was left
-            // by a build that did not log wills (it resumed or ended the session): dropped,
-            // and deleted by the next checkpoint.
-            match sessions.get_mut(client) {
-                Some(s)
-                    if s.record.as_ref().and_then(|r| r.disconnected_at_ms)
-                        == Some(will.disconnected_at_ms) =>
-                {
-                    s.will = Some(will);
-                }
-                _ => {
-                    tracing::warn!(
-                        client,
-                        "dropping a stored will that no longer belongs to its session"
-                    );
-                    stale_wills.push(client.to_string());
-                }
-            }
-            Ok(())
-        })?;
-        for client in stale_wills {
-            image.dirty.insert(Key::Will(client));
-        }
+        load_meta(store, &mut image)?;
         if let Some(c) = image
             .sessions
             .iter()
@@ -778,6 +682,117 @@ pub const WILL_KEY_PREFIX: &[u8] = b"will/";
 pub const OWNER_KEY_PREFIX: &[u8] = b"owner/";
 
 /// A checkpoint entry that does not decode.
+/// A value or key of the store that does not decode.
+fn corrupt(table: Table, key: &[u8], what: impl ToString) -> keelmq_storage::Error {
+    keelmq_storage::Error::Corrupt {
+        path: std::path::PathBuf::from(table.name()),
+        what: format!(
+            "key {:?}: {}",
+            String::from_utf8_lossy(key),
+            what.to_string()
+        ),
+    }
+}
+
+/// Scans `table`, naming it in the error.
+fn scan(
+    store: &dyn Store,
+    table: Table,
+    visit: &mut keelmq_storage::Visitor<'_>,
+) -> Result<(), LoadError> {
+    store.scan(table, visit).map_err(|e| LoadError {
+        table: table.name(),
+        what: e.to_string(),
+    })
+}
+
+/// The session of a client-prefixed key, without allocating when it exists already.
+fn session_of<'a>(
+    sessions: &'a mut HashMap<String, SessionImage>,
+    key: &[u8],
+) -> Option<(&'a mut SessionImage, u16)> {
+    let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+    let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
+    let pid = u16::from_be_bytes(key.get(2 + len..)?.try_into().ok()?);
+    if !sessions.contains_key(client) {
+        sessions.insert(client.to_string(), SessionImage::default());
+    }
+    Some((sessions.get_mut(client)?, pid))
+}
+
+/// The largest message id: stored in the meta table, or found the slow way (once) in a store
+/// written by an older version.
+fn load_max_id(store: &dyn Store) -> Result<u64, LoadError> {
+    let meta = |e: keelmq_storage::Error| LoadError {
+        table: Table::Meta.name(),
+        what: e.to_string(),
+    };
+    let stored = store
+        .get_many(Table::Meta, &[MAX_MESSAGE_ID_KEY.to_vec()])
+        .map_err(meta)?
+        .pop()
+        .flatten();
+    if let Some(v) = stored {
+        let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| LoadError {
+            table: Table::Meta.name(),
+            what: format!("max_message_id has {} bytes, expected 8", v.len()),
+        })?;
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    let mut max = 0;
+    visit_retained(store, &HashMap::new(), &mut |m| max = max.max(m.id))?;
+    scan(store, Table::Messages, &mut |k, _| {
+        if let Ok(id) = <[u8; 8]>::try_from(k) {
+            max = max.max(u64::from_be_bytes(id));
+        }
+        Ok(())
+    })?;
+    Ok(max)
+}
+
+/// The meta table's per-session values: waiting wills and owners. A will of an earlier
+/// disconnect (left by a build that did not log wills) or a value of a session that no longer
+/// exists is dropped, and deleted by the next checkpoint.
+fn load_meta(store: &dyn Store, image: &mut Image) -> Result<(), LoadError> {
+    let sessions = &mut image.sessions;
+    let mut stale = Vec::new();
+    scan(store, Table::Meta, &mut |k, v| {
+        if let Some(client) = k.strip_prefix(OWNER_KEY_PREFIX) {
+            let client = std::str::from_utf8(client).map_err(|e| corrupt(Table::Meta, k, e))?;
+            let owner =
+                decode_value::<Option<String>>(v).map_err(|e| corrupt(Table::Meta, k, e))?;
+            match sessions.get_mut(client) {
+                Some(s) => s.owner = Some(owner),
+                None => stale.push(Key::Owner(client.to_string())),
+            }
+            return Ok(());
+        }
+        let Some(client) = k.strip_prefix(WILL_KEY_PREFIX) else {
+            return Ok(()); // max_message_id, applied_seq
+        };
+        let client = std::str::from_utf8(client).map_err(|e| corrupt(Table::Meta, k, e))?;
+        let will = decode_value::<StoredWill>(v).map_err(|e| corrupt(Table::Meta, k, e))?;
+        match sessions.get_mut(client) {
+            Some(s)
+                if s.record.as_ref().and_then(|r| r.disconnected_at_ms)
+                    == Some(will.disconnected_at_ms) =>
+            {
+                s.will = Some(will);
+            }
+            _ => {
+                tracing::warn!(
+                    client,
+                    "dropping a stored will that no longer belongs to its session"
+                );
+                stale.push(Key::Will(client.to_string()));
+            }
+        }
+        Ok(())
+    })?;
+    image.dirty.extend(stale);
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("state store table {table}: {what}")]
 pub struct LoadError {

@@ -142,6 +142,17 @@ impl Connection {
         Ok(())
     }
 
+    /// The inbound QoS 2 identifiers awaiting PUBREL, and whether `p` is a re-send of one.
+    fn inbound_state(&self, p: &Publish) -> Result<(usize, bool), Close> {
+        let state = self.broker.session_op(&self.slot, self.id, |s| {
+            (
+                s.inbound_awaiting_rel(),
+                p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id),
+            )
+        });
+        state.ok_or(Close::TakenOver)
+    }
+
     pub(super) async fn on_publish(
         &mut self,
         mut p: Publish,
@@ -154,15 +165,7 @@ impl Connection {
         self.aliases_in
             .resolve(&mut p.topic, alias)
             .map_err(Close::Refused)?;
-        let inflight_in = self.broker.session_op(&self.slot, self.id, |s| {
-            (
-                s.inbound_awaiting_rel(),
-                p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id),
-            )
-        });
-        let Some((inflight_in, duplicate)) = inflight_in else {
-            return Err(Close::TakenOver);
-        };
+        let (inflight_in, duplicate) = self.inbound_state(&p)?;
         if duplicate {
             // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
             // Before authorization: its first PUBREC accepted it, and a decision that changed
