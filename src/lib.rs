@@ -42,6 +42,9 @@
 //! - `keelmq-tools` (crate in `tools/`, codec only): a minimal MQTT client, `keelmq bench` (a
 //!   load generator for any broker) and `keelmq verify` (a crash-consistency checker for any
 //!   broker); the `keelmq` binary (`src/main.rs`) serves them as subcommands.
+//! - `keelmq-rules` (crate in `rules/`, no tokio, no RocksDB): EMQX rule SQL and `${…}`
+//!   templates — parser, printer, evaluator; the rule engine (issue 17) is to build on it and
+//!   is not wired into the broker yet.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
