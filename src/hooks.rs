@@ -112,21 +112,48 @@ impl Authorizer for AllowAll {
     }
 }
 
-/// Something that happened, for the event sink.
+/// Something that happened, for the event sink (the rule engine's `$events/…` read these).
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A session was attached to a connection (the CONNACK is being sent).
     Connected {
         client_id: ClientId,
         peer: std::net::SocketAddr,
+        info: Arc<ConnectedInfo>,
     },
-    /// A connection detached from its session.
+    /// A connection detached from its session, for `reason` (EMQX's names: `normal`,
+    /// `takenover`, `sock_closed`, `shutdown`, or the refusal that closed it).
     Disconnected {
         client_id: ClientId,
+        reason: &'static str,
+    },
+    /// A CONNACK went out: 0 (accepted) or the reason code of the refusal.
+    ConnAck {
+        client_id: Arc<str>,
+        username: Option<String>,
+        peer: std::net::SocketAddr,
+        reason_code: u8,
+    },
+    /// The authentication chain decided about a CONNECT.
+    Authenticated {
+        client_id: Arc<str>,
+        username: Option<String>,
+        peer: std::net::SocketAddr,
+        allowed: bool,
+        superuser: bool,
+    },
+    /// An authorization decision (`action`: `publish` or `subscribe`).
+    Authorized {
+        client_id: Arc<str>,
+        username: Option<String>,
+        topic: String,
+        action: &'static str,
+        allowed: bool,
     },
     Subscribed {
         client_id: ClientId,
         filter: String,
+        qos: QoS,
     },
     Unsubscribed {
         client_id: ClientId,
@@ -141,7 +168,7 @@ pub enum Event {
     /// in-process session). `packet_id` 0 for QoS 0.
     Delivered {
         client_id: ClientId,
-        message_id: u64,
+        message: Arc<Message>,
         packet_id: u16,
         qos: QoS,
     },
@@ -149,10 +176,24 @@ pub enum Event {
     Acked {
         client_id: ClientId,
         packet_id: u16,
+        message: Arc<Message>,
     },
     /// A copy was not queued for a subscriber whose queue was full.
     Dropped {
         client_id: ClientId,
-        message_id: u64,
+        message: Arc<Message>,
     },
+}
+
+/// What a CONNECT said, for [`Event::Connected`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedInfo {
+    pub username: Option<String>,
+    /// The listener's address the client connected to.
+    pub sockname: std::net::SocketAddr,
+    /// Protocol level: 3, 4 or 5.
+    pub protocol: u8,
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
 }

@@ -12,11 +12,13 @@ use serde::Deserialize;
 
 mod auth;
 mod listeners;
+mod rules;
 pub use auth::{
     AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, LdapSpec,
     NoMatch,
 };
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
+pub use rules::{ActionSpec, RepublishSpec, RuleSpec, TemplateOr, REPUBLISH_PROPERTIES};
 
 /// The largest `mqtt.max_packet_size` the configuration accepts: one commit of a PUBLISH is
 /// one write-ahead-log record of at most 64 MiB, and carries the payload up to twice (the
@@ -42,6 +44,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[authz]`: authorization.
     pub authz: AuthzConfig,
+    /// `[[rules]]`: rule SQL and its actions (see [`RuleSpec`]).
+    pub rules: Vec<RuleSpec>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             authz: AuthzConfig::default(),
+            rules: Vec::new(),
         }
     }
 }
@@ -279,7 +284,8 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
-    /// A field of one listener (`listeners[i].field`), or a file it names.
+    /// A field of one entry of a list (`listeners[i].field`, `rules[i].field`), or a file it
+    /// names.
     #[error("config field `{field}`: {problem}")]
     Listener { field: String, problem: String },
 }
@@ -314,6 +320,7 @@ impl Config {
         self.validate_limits()?;
         self.validate_listeners()?;
         self.validate_auth()?;
+        rules::validate(&self.rules)?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

@@ -80,6 +80,26 @@ impl Broker {
         }
     }
 
+    /// Reports an authorization decision (`$events/client_check_authz_complete`).
+    pub(crate) fn report_authz(
+        &self,
+        client: &crate::hooks::Client<'_>,
+        topic: &str,
+        action: keelmq_auth::Action,
+        allowed: bool,
+    ) {
+        self.emit(|| Event::Authorized {
+            client_id: Arc::from(client.client_id),
+            username: client.identity.username.clone(),
+            topic: topic.to_string(),
+            action: match action {
+                keelmq_auth::Action::Publish => "publish",
+                keelmq_auth::Action::Subscribe => "subscribe",
+            },
+            allowed,
+        });
+    }
+
     /// Records who the connection attached to `slot` authenticated as.
     pub(crate) fn set_identity(&self, slot: &SessionSlot, conn: ConnId, identity: Arc<Identity>) {
         let mut st = slot.state.lock();

@@ -60,6 +60,8 @@ pub struct LocalPublish {
     pub qos: QoS,
     pub retain: bool,
     pub properties: PublishProperties,
+    /// Delivered to subscribers only, not to rule consumers ([`Message::skip_rules`]).
+    pub skip_rules: bool,
 }
 
 impl LocalPublish {
@@ -70,6 +72,7 @@ impl LocalPublish {
             qos,
             retain: false,
             properties: PublishProperties::default(),
+            skip_rules: false,
         }
     }
 }
@@ -114,13 +117,28 @@ impl Broker {
 impl LocalClient {
     /// Publishes `p`; returns once it is durable and visible (see the module documentation).
     pub async fn publish(&self, p: LocalPublish) -> Result<Published, LocalError> {
-        let system = self.name.is_none();
-        if !valid_topic(&p.topic, system) {
-            return Err(LocalError::InvalidTopic);
+        publish_claimed(&self.broker, self.name.clone(), p, None).await
+    }
+}
+
+/// Publishes `p` as `name` (`None`: the broker's own client), logged with `claim` (an
+/// inbound QoS 2 id of the publisher's session) if there is one; a claim is given back if the
+/// message is not placed.
+async fn publish_claimed(
+    broker: &Broker,
+    name: Option<ClientId>,
+    p: LocalPublish,
+    claim: Option<InboundClaim>,
+) -> Result<Published, LocalError> {
+    let system = name.is_none();
+    if !valid_topic(&p.topic, system) {
+        if let Some(claim) = &claim {
+            broker.release_claim(claim);
         }
-        let broker = &self.broker;
-        let persisted = !p.topic.starts_with('$');
-        let now = Instant::now();
+        return Err(LocalError::InvalidTopic);
+    }
+    let persisted = !p.topic.starts_with('$');
+    let now = Instant::now();
         let message = Message {
             // `$` topics are never persisted and need no id.
             id: if persisted {
@@ -137,24 +155,41 @@ impl LocalClient {
             qos: p.qos,
             retain: p.retain,
             properties: Message::properties_of(p.properties),
-            publisher: self.name.clone(),
+            publisher: name,
+            skip_rules: p.skip_rules,
         };
-        let mut outcome = broker.publish(Arc::new(message), None, !system).await?;
-        let retained_refused = outcome.retained_refused;
-        let shutdown = broker.shutdown_signal();
-        while let Some(held) = outcome.held.take() {
-            if *shutdown.borrow() {
-                return Err(LocalError::ShuttingDown);
-            }
-            broker.wait_for_room(HELD_RETRY).await;
-            outcome = broker.retry_planned(held).await?;
-        }
-        Ok(Published {
-            delivered: outcome.delivered,
-            retained_refused,
-        })
+    let released = claim.clone();
+    let published = publish_held(broker, Arc::new(message), claim, !system).await;
+    if let (Err(_), Some(claim)) = (&published, &released) {
+        broker.release_claim(claim);
     }
+    published
+}
 
+/// Publishes `message`, waiting for queue room while a draining subscriber's queue is full.
+async fn publish_held(
+    broker: &Broker,
+    message: Arc<Message>,
+    claim: Option<InboundClaim>,
+    qos0_may_wait: bool,
+) -> Result<Published, LocalError> {
+    let mut outcome = broker.publish(message, claim, qos0_may_wait).await?;
+    let retained_refused = outcome.retained_refused;
+    let shutdown = broker.shutdown_signal();
+    while let Some(held) = outcome.held.take() {
+        if *shutdown.borrow() {
+            return Err(LocalError::ShuttingDown);
+        }
+        broker.wait_for_room(HELD_RETRY).await;
+        outcome = broker.retry_planned(held).await?;
+    }
+    Ok(Published {
+        delivered: outcome.delivered,
+        retained_refused,
+    })
+}
+
+impl LocalClient {
     /// Attaches this client's session, as a CONNECT with `clean_start` and session expiry
     /// `expiry_secs` would (capped by `mqtt.max_session_expiry_secs`), taking it over from
     /// whoever holds it. Returns the session and whether it was present.
@@ -162,6 +197,25 @@ impl LocalClient {
         &self,
         clean_start: bool,
         expiry_secs: u32,
+    ) -> Result<(LocalSession, bool), LocalError> {
+        let expiry = expiry_secs.min(self.broker.config().mqtt.max_session_expiry_secs);
+        self.attach(clean_start, expiry, false).await
+    }
+
+    /// Attaches this client's session as a durable consumer (the rule engine's): persistent
+    /// without expiry, always counted as draining, so a full queue holds publishers back
+    /// instead of dropping their messages, and passed by messages with
+    /// [`LocalPublish::skip_rules`]. Subscribe at QoS 1 at most (see
+    /// [`LocalSession::ack_releasing`]).
+    pub async fn consumer_session(&self) -> Result<(LocalSession, bool), LocalError> {
+        self.attach(false, u32::MAX, true).await
+    }
+
+    async fn attach(
+        &self,
+        clean_start: bool,
+        expiry: u32,
+        consumer: bool,
     ) -> Result<(LocalSession, bool), LocalError> {
         let broker = &self.broker;
         let client_id = self.name.clone().ok_or(LocalError::InvalidTopic)?;
@@ -175,7 +229,6 @@ impl LocalClient {
             username: None,
             password: None,
         };
-        let expiry = expiry_secs.min(broker.config().mqtt.max_session_expiry_secs);
         let conn = broker.next_conn_id();
         // The broker's own sessions may take any client id.
         let broker_itself = crate::hooks::Identity {
@@ -191,6 +244,7 @@ impl LocalClient {
                 | ConnectRefusal::NotDurable
                 | ConnectRefusal::NotOwner => LocalError::NotDurable,
             })?;
+        attached.slot.consumer.store(consumer, Ordering::Relaxed);
         let window = broker.config().mqtt.max_inflight;
         broker.session_op(&attached.slot, conn, |s| s.set_window(window));
         let resend = broker
@@ -277,11 +331,11 @@ impl LocalSession {
                     dup,
                 }) => {
                     let client_id = self.slot.client_id.clone();
-                    let message_id = delivery.message.id;
+                    let message = delivery.message.clone();
                     let qos = delivery.qos;
                     self.broker.emit(|| Event::Delivered {
                         client_id,
-                        message_id,
+                        message,
                         packet_id,
                         qos,
                     });
@@ -330,17 +384,19 @@ impl LocalSession {
         match d.delivery.qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => self.complete(d.packet_id, false),
-            QoS::ExactlyOnce => {
-                let (_, pending) = self
-                    .broker
-                    .outbound_pubrec(&self.slot, self.conn, d.packet_id, false)?
-                    .ok_or(LocalError::TakenOver)?;
-                if let Some(mut pending) = pending {
-                    self.broker.wait_pending(&mut pending).await?;
-                }
-                self.complete(d.packet_id, true)
-            }
+            QoS::ExactlyOnce => self.ack_qos2(d, &[]).await,
         }
+    }
+
+    async fn ack_qos2(&mut self, d: &LocalDelivery, released: &[u16]) -> Result<(), LocalError> {
+        let (_, pending) = self
+            .broker
+            .outbound_pubrec(&self.slot, self.conn, d.packet_id, false, released)?
+            .ok_or(LocalError::TakenOver)?;
+        if let Some(mut pending) = pending {
+            self.broker.wait_pending(&mut pending).await?;
+        }
+        self.complete(d.packet_id, true)
     }
 
     fn complete(&self, packet_id: u16, pubcomp: bool) -> Result<(), LocalError> {
@@ -348,6 +404,56 @@ impl LocalSession {
             .broker
             .outbound_complete(&self.slot, self.conn, packet_id, pubcomp);
         done.ok_or(LocalError::TakenOver)
+    }
+
+    /// Publishes `p` at most once per `marker`, for exactly-once processing of a delivery: a
+    /// marker is one of this session's inbound QoS 2 ids, claimed in the same commit as the
+    /// message (as a network client's QoS 2 packet id), so a marker already held means the
+    /// message was published before — by this process or one a crash ended — and `Ok(None)`
+    /// says so without publishing it again. Number a delivery's outputs `1, 2, …` in an order
+    /// that does not change, and release the markers with [`Self::ack_releasing`].
+    pub async fn publish_once(
+        &self,
+        p: LocalPublish,
+        marker: u16,
+    ) -> Result<Option<Published>, LocalError> {
+        let claimed = self
+            .broker
+            .claim_inbound_qos2(&self.slot, self.conn, marker)
+            .ok_or(LocalError::TakenOver)?;
+        let claim = match claimed {
+            Claimed::Duplicate => return Ok(None),
+            Claimed::New(claim) => claim,
+        };
+        let name = Some(self.slot.client_id.clone());
+        publish_claimed(&self.broker, name, p, Some(claim))
+            .await
+            .map(Some)
+    }
+
+    /// Acknowledges a delivery and releases the markers of its outputs in the same commit
+    /// (QoS 1: with the `DequeueMessage`; QoS 2: with the PUBREC): a crash leaves either the
+    /// delivery and its markers, or neither, so processing it again after a restart publishes
+    /// nothing twice and a later delivery never finds a stale marker. A QoS 0 delivery is not
+    /// re-delivered: its markers are released on their own.
+    pub async fn ack_releasing(
+        &mut self,
+        d: &LocalDelivery,
+        markers: &[u16],
+    ) -> Result<(), LocalError> {
+        match d.delivery.qos {
+            QoS::AtMostOnce => {
+                self.broker
+                    .release_markers(&self.slot, self.conn, markers)
+                    .ok_or(LocalError::TakenOver)?;
+                Ok(())
+            }
+            QoS::AtLeastOnce => self
+                .broker
+                .outbound_complete_releasing(&self.slot, self.conn, d.packet_id, false, markers)
+                .ok_or(LocalError::TakenOver),
+            QoS::ExactlyOnce => self.ack_qos2(d, markers).await,
+        }
     }
 
     /// Detaches the session: it stays (undelivered messages queued) until its expiry if it
@@ -360,7 +466,7 @@ impl LocalSession {
         if let Some(alive) = self.alive.take() {
             drop(alive);
             self.broker
-                .disconnect(self.conn, &self.slot, false, None)
+                .disconnect(self.conn, &self.slot, false, None, "normal")
                 .await;
         }
     }
@@ -374,7 +480,7 @@ impl Drop for LocalSession {
         drop(alive);
         let (broker, conn, slot) = (self.broker.clone(), self.conn, self.slot.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { broker.disconnect(conn, &slot, false, None).await });
+            runtime.spawn(async move { broker.disconnect(conn, &slot, false, None, "normal").await });
         }
     }
 }

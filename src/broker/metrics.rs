@@ -44,6 +44,83 @@ impl ListenerStats {
     }
 }
 
+/// One rule's counters, with EMQX's names (kept by the rule engine, read by snapshots).
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    pub id: String,
+    /// Inputs whose topic or event the rule reads.
+    pub matched: AtomicU64,
+    /// Inputs that gave at least one output.
+    pub passed: AtomicU64,
+    /// Inputs that gave none: `WHERE` did not hold (`failed.no_result`) or evaluation failed
+    /// (`failed.exception`).
+    pub failed: AtomicU64,
+    pub failed_exception: AtomicU64,
+    pub failed_no_result: AtomicU64,
+    /// Action runs (one per output and action).
+    pub actions_total: AtomicU64,
+    pub actions_success: AtomicU64,
+    /// Failed attempts (a retried attempt that fails counts each time).
+    pub actions_failed: AtomicU64,
+    /// Action runs given up for good (a republish whose topic renders invalid).
+    pub actions_discarded: AtomicU64,
+}
+
+/// A rule's counts in a [`MetricsSnapshot`] (EMQX's names, `.` as `_`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSnapshot {
+    pub id: String,
+    pub matched: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub failed_exception: u64,
+    pub failed_no_result: u64,
+    pub actions_total: u64,
+    pub actions_success: u64,
+    pub actions_failed: u64,
+    pub actions_discarded: u64,
+}
+
+impl RuleStats {
+    pub fn new(id: &str) -> RuleStats {
+        RuleStats {
+            id: id.to_string(),
+            ..RuleStats::default()
+        }
+    }
+
+    pub fn snapshot(&self) -> RuleSnapshot {
+        let get = Metrics::get;
+        RuleSnapshot {
+            id: self.id.clone(),
+            matched: get(&self.matched),
+            passed: get(&self.passed),
+            failed: get(&self.failed),
+            failed_exception: get(&self.failed_exception),
+            failed_no_result: get(&self.failed_no_result),
+            actions_total: get(&self.actions_total),
+            actions_success: get(&self.actions_success),
+            actions_failed: get(&self.actions_failed),
+            actions_discarded: get(&self.actions_discarded),
+        }
+    }
+
+    /// `(name, value)` pairs with EMQX's metric names.
+    pub fn named(s: &RuleSnapshot) -> [(&'static str, u64); 9] {
+        [
+            ("matched", s.matched),
+            ("passed", s.passed),
+            ("failed", s.failed),
+            ("failed.exception", s.failed_exception),
+            ("failed.no_result", s.failed_no_result),
+            ("actions.total", s.actions_total),
+            ("actions.success", s.actions_success),
+            ("actions.failed", s.actions_failed),
+            ("actions.discarded", s.actions_discarded),
+        ]
+    }
+}
+
 /// Monotonic counters and gauges. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -118,6 +195,8 @@ pub struct MetricsSnapshot {
     pub not_authorized: u64,
     /// Per listener, in configuration order.
     pub listeners: Vec<ListenerSnapshot>,
+    /// Per rule of the rule engine, in the order they were added.
+    pub rules: Vec<RuleSnapshot>,
 }
 
 impl Metrics {

@@ -113,6 +113,10 @@ pub struct SessionSlot {
     /// started): a connected subscriber whose full queue has not drained for
     /// `limits.stalled_subscriber_ms` is stalled, and QoS 0 overflow for it is dropped.
     last_drain_ms: AtomicU64,
+    /// The session is a broker-internal durable consumer (a rule): it always counts as
+    /// draining, so its full queue holds publishers back rather than losing their messages,
+    /// and messages with [`Message::skip_rules`] pass it by.
+    consumer: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -178,6 +182,7 @@ impl SessionSlot {
             wake: Notify::new(),
             connected: AtomicBool::new(false),
             last_drain_ms: AtomicU64::new(0),
+            consumer: AtomicBool::new(false),
         }
     }
 
@@ -251,6 +256,8 @@ pub(crate) struct Shared {
     hooks: events::HookSet,
     /// Every listener's connection counts, in configuration order.
     listeners: RwLock<Vec<Arc<metrics::ListenerStats>>>,
+    /// Every rule's counters (see `crate::rules`).
+    rules: RwLock<Vec<Arc<metrics::RuleStats>>>,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -296,6 +303,7 @@ impl Broker {
                 connecting: Arc::new(tokio::sync::Semaphore::new(pending_connections)),
                 hooks: events::HookSet::default(),
                 listeners: RwLock::new(Vec::new()),
+                rules: RwLock::new(Vec::new()),
             }),
         }
     }

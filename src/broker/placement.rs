@@ -157,7 +157,7 @@ impl Broker {
                     Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
                     self.emit(|| Event::Dropped {
                         client_id: slot.client_id.clone(),
-                        message_id: delivery.message.id,
+                        message: delivery.message.clone(),
                     });
                 }
                 TargetReservation::Full => full.push((slot, delivery)),
@@ -251,6 +251,9 @@ impl Broker {
     /// grace after a disconnect covers a client that reconnects at once (after a network
     /// glitch, or a broker restart) without letting one that never returns stop anybody.
     pub(super) fn is_draining(&self, slot: &SessionSlot) -> bool {
+        if slot.consumer.load(Ordering::Relaxed) {
+            return true;
+        }
         let stall = self.shared.config.limits.stalled_subscriber_ms;
         if stall == 0 {
             return slot.is_connected();

@@ -243,6 +243,9 @@ impl Broker {
                 if sub.options.no_local && message.publisher.as_ref() == Some(&sub.client) {
                     return; // [MQTT-3.8.3-3]
                 }
+                if message.skip_rules && sub.target.consumer.load(Ordering::Relaxed) {
+                    return;
+                }
                 let qos = message.qos.min(sub.options.qos);
                 let retain = message.retain && sub.options.retain_as_published;
                 let key = Arc::as_ptr(&sub.target);

@@ -61,7 +61,7 @@ impl Broker {
         };
         let checked = self.owners_checked();
         let mut taken = self.with_slot(&slot, |st| {
-            if checked && Self::foreign_owner(st, identity) {
+            if (checked || Self::broker_owned(st)) && Self::foreign_owner(st, identity) {
                 return Err(ConnectRefusal::NotOwner);
             }
             st.belongs_to = Some(Self::owner_of(identity));
@@ -135,6 +135,12 @@ impl Broker {
             (None, true) => Some(BROKER_OWNER.to_string()),
             (username, _) => username.clone(),
         }
+    }
+
+    /// Whether the session in `st` is one of the broker's own (a rule's consumer): no network
+    /// client may take it, whether or not authentication is configured.
+    fn broker_owned(st: &SlotState) -> bool {
+        matches!(&st.belongs_to, Some(Some(owner)) if owner == BROKER_OWNER)
     }
 
     /// Whether the session in `st` is alive and belongs to a username other than
@@ -267,6 +273,7 @@ impl Broker {
         slot: &Arc<SessionSlot>,
         publish_will: bool,
         expiry_override: Option<u32>,
+        reason: &'static str,
     ) {
         let mut redispatch = Vec::new();
         let mut will_now = None;
@@ -311,6 +318,7 @@ impl Broker {
         if detached {
             self.emit(|| Event::Disconnected {
                 client_id: slot.client_id.clone(),
+                reason,
             });
         }
         self.log(records);

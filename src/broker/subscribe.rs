@@ -172,6 +172,7 @@ impl Broker {
         self.emit(|| Event::Subscribed {
             client_id: slot.client_id.clone(),
             filter: filter.to_string(),
+            qos: opts.qos,
         });
         Some(ReasonCode(granted as u8))
     }
@@ -186,6 +187,7 @@ impl Broker {
         };
         let (authorizer, action) = (self.authorizer(), keelmq_auth::Action::Subscribe);
         let allowed = crate::hooks::authorize(&*authorizer, &client, action, filter, qos, false);
+        self.report_authz(&client, filter, action, allowed);
         if !allowed {
             Metrics::add(&self.shared.metrics.not_authorized, 1);
         }

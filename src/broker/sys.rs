@@ -66,13 +66,29 @@ impl Broker {
                 (format!("{prefix}/connections/total"), l.total.to_string()),
             ]
         });
+        let rules = m.rules.iter().flat_map(|r| {
+            metrics::RuleStats::named(r)
+                .map(|(name, n)| (format!("rules/{}/{name}", r.id), n.to_string()))
+        });
         let stats = stats.into_iter().map(|(n, v)| (n.to_string(), v));
-        for (name, value) in stats.chain(listeners) {
+        for (name, value) in stats.chain(listeners).chain(rules) {
             let topic = format!("$SYS/broker/{name}");
             let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);
             message.retain = true;
             let _ = client.publish(message).await;
         }
+    }
+
+    /// Registers a rule's counters for snapshots and `$SYS` (replacing those of the same id).
+    pub fn add_rule_stats(&self, stats: Arc<metrics::RuleStats>) {
+        let mut rules = self.shared.rules.write();
+        rules.retain(|r| r.id != stats.id);
+        rules.push(stats);
+    }
+
+    /// Forgets a removed rule's counters.
+    pub fn remove_rule_stats(&self, id: &str) {
+        self.shared.rules.write().retain(|r| r.id != id);
     }
 
     /// The broker's counters and gauges now (for `$SYS`, the HTTP API, Prometheus).
@@ -91,6 +107,7 @@ impl Broker {
                 .iter()
                 .map(|l| l.snapshot())
                 .collect(),
+            rules: self.shared.rules.read().iter().map(|r| r.snapshot()).collect(),
             ..self.shared.metrics.counters()
         }
     }

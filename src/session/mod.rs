@@ -43,6 +43,10 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for wills and `$SYS` messages.
     pub publisher: Option<ClientId>,
+    /// A rule's republish with direct dispatch: delivered to subscribers, not to the rule
+    /// engine's consumers (so that rules do not read their own outputs). Not stored: it
+    /// matters only while the message is routed.
+    pub skip_rules: bool,
 }
 
 impl Message {
@@ -92,6 +96,7 @@ impl Message {
             properties,
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
+            skip_rules: self.skip_rules,
         }
     }
 

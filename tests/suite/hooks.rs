@@ -121,7 +121,7 @@ async fn authentication_authorization_and_events() {
         .count();
     assert_eq!(connected, 3, "alice, bob, root: {seen:?}");
     assert!(seen.iter().any(
-        |e| matches!(e, Event::Subscribed { client_id, filter } if &**client_id == "alice" && filter == "open/#")
+        |e| matches!(e, Event::Subscribed { client_id, filter, .. } if &**client_id == "alice" && filter == "open/#")
     ));
     let published: Vec<&[u8]> = seen
         .iter()

@@ -78,6 +78,12 @@ where
         Err(refusal) => {
             Metrics::add(&broker.shared.metrics.connections_refused, 1);
             let code = refusal.reason_code();
+            broker.emit(|| Event::ConnAck {
+                client_id: Arc::from(connect.client_id.as_str()),
+                username: connect.username.clone(),
+                peer: info.peer,
+                reason_code: code.0,
+            });
             let (peer, client_id) = (info.peer, &connect.client_id);
             tracing::info!(%peer, %client_id, %code, %refusal, "connection refused");
             let why = refusal.to_string();
@@ -97,8 +103,13 @@ where
     };
     broker.session_op(&conn.slot, conn.id, |s| s.set_window(window));
     broker.set_identity(&conn.slot, conn.id, conn.identity.clone());
-    let (client_id, peer) = (conn.client_id.clone(), conn.peer);
-    broker.emit(|| Event::Connected { client_id, peer });
+    broker.emit(|| connected_event(&conn, &connect, &info));
+    broker.emit(|| Event::ConnAck {
+        client_id: Arc::from(&*conn.client_id),
+        username: connect.username.clone(),
+        peer: conn.peer,
+        reason_code: 0,
+    });
     let _ = encode(&Packet::ConnAck(ack), v, &mut io.wbuf);
     let (peer, client_id) = (conn.peer, &conn.client_id);
     tracing::debug!(%peer, %client_id, ?v, session_present, "connected");
@@ -125,6 +136,22 @@ struct Accepted {
 
 /// Admission, then the one place a CONNECT is authenticated (before any session is touched),
 /// then the session attached.
+/// The event of an accepted CONNECT.
+fn connected_event(conn: &Connection, connect: &Connect, info: &ConnInfo) -> Event {
+    Event::Connected {
+        client_id: conn.client_id.clone(),
+        peer: conn.peer,
+        info: Arc::new(hooks::ConnectedInfo {
+            username: connect.username.clone(),
+            sockname: info.local,
+            protocol: connect.protocol.level(),
+            keep_alive: connect.keep_alive,
+            clean_start: connect.clean_start,
+            expiry_interval: conn.connect_expiry,
+        }),
+    }
+}
+
 async fn admit_and_attach(
     broker: &Broker,
     connect: &Connect,
@@ -132,7 +159,15 @@ async fn admit_and_attach(
 ) -> Result<Accepted, Refusal> {
     let cfg = broker.config();
     let admitted = admission::admit(cfg, connect, || broker.assign_client_id())?;
-    let identity = broker.authenticator().authenticate(info, connect).await?;
+    let authenticated = broker.authenticator().authenticate(info, connect).await;
+    broker.emit(|| Event::Authenticated {
+        client_id: Arc::from(admitted.client_id.as_ref()),
+        username: connect.username.clone(),
+        peer: info.peer,
+        allowed: authenticated.is_ok(),
+        superuser: authenticated.as_ref().is_ok_and(|i| i.superuser),
+    });
+    let identity = authenticated?;
     // A will the client may not publish is dropped here: it is never published.
     let without_will;
     let connect = match will_denied(broker, connect, &admitted.client_id, &identity) {
@@ -189,6 +224,7 @@ fn will_denied(broker: &Broker, connect: &Connect, client_id: &str, identity: &I
         will.qos,
         will.retain,
     );
+    broker.report_authz(&client, &will.topic, action, allowed);
     if !allowed {
         Metrics::add(&broker.shared.metrics.not_authorized, 1);
         tracing::info!(%client_id, topic = %will.topic, "will not authorized; it will not be published");

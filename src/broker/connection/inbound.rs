@@ -121,6 +121,7 @@ impl Connection {
         let authorizer = self.broker.authorizer();
         let (action, topic) = (keelmq_auth::Action::Publish, &p.topic);
         let allowed = hooks::authorize(&*authorizer, &client, action, topic, p.qos, p.retain);
+        self.broker.report_authz(&client, topic, action, allowed);
         if !allowed {
             Metrics::add(&self.broker.shared.metrics.not_authorized, 1);
         }
@@ -265,6 +266,7 @@ impl Connection {
             retain: p.retain,
             properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
+            skip_rules: false,
         }
     }
 

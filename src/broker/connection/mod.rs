@@ -578,6 +578,13 @@ impl Connection {
         let drain = !matches!(close, Close::Network) && io.flush_and_close().await.is_ok();
         let (peer, listener) = (self.peer, &self.listener);
         tracing::debug!(client_id = %self.client_id, %peer, %listener, ?close, "connection closed");
+        let reason = match &close {
+            Close::Client { .. } => "normal",
+            Close::Network => "sock_closed",
+            Close::TakenOver => "takenover",
+            Close::Shutdown => "shutdown",
+            Close::Refused(r) => r.name(),
+        };
         let (publish_will, expiry) = match close {
             Close::Client { reason, expiry } => {
                 (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)
@@ -586,7 +593,7 @@ impl Connection {
             Close::Network | Close::Refused(_) | Close::TakenOver => (true, None),
         };
         self.broker
-            .disconnect(self.id, &self.slot, publish_will, expiry)
+            .disconnect(self.id, &self.slot, publish_will, expiry, reason)
             .await;
         drain
     }

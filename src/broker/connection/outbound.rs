@@ -72,13 +72,11 @@ impl Connection {
                 let _ = encode(&packet, self.version, wbuf);
                 self.aliases_out.sent(&m.topic, alias);
                 Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
-                let (client_id, qos) = (self.client_id.clone(), delivery.qos);
-                let message_id = m.id;
                 self.broker.emit(|| Event::Delivered {
-                    client_id,
-                    message_id,
+                    client_id: self.client_id.clone(),
+                    message: delivery.message.clone(),
                     packet_id,
-                    qos,
+                    qos: delivery.qos,
                 });
             }
             _ => {
@@ -98,7 +96,7 @@ impl Connection {
         let refused = a.reason.is_error();
         let (outcome, pending) = self
             .broker
-            .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)?
+            .outbound_pubrec(&self.slot, self.id, a.packet_id, refused, &[])?
             .ok_or(Close::TakenOver)?;
         match outcome {
             // PUBREL leaves once the PubRec record is durable; meanwhile the next
