@@ -34,6 +34,8 @@ pub struct Identity {
     pub rules: Option<Arc<keelmq_auth::Acl>>,
     /// When the credentials stop being valid (a token's `exp`): the connection is closed then.
     pub expires_at: Option<std::time::SystemTime>,
+    /// The client's address, set by the broker (what rules see as `peerhost`).
+    pub peerhost: Option<std::net::IpAddr>,
 }
 
 /// The one authorization decision, for every PUBLISH, SUBSCRIBE filter and will: a superuser
@@ -183,6 +185,35 @@ pub enum Event {
         client_id: ClientId,
         message: Arc<Message>,
     },
+}
+
+/// A set of [`Event`] kinds: what an event channel receives ([`crate::broker::Broker::events_of`]).
+/// Events of a kind no channel wants are never built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventKinds(pub u32);
+
+impl EventKinds {
+    pub const CONNECTED: EventKinds = EventKinds(1);
+    pub const DISCONNECTED: EventKinds = EventKinds(1 << 1);
+    pub const CONNACK: EventKinds = EventKinds(1 << 2);
+    pub const AUTHENTICATED: EventKinds = EventKinds(1 << 3);
+    pub const AUTHORIZED: EventKinds = EventKinds(1 << 4);
+    pub const SUBSCRIBED: EventKinds = EventKinds(1 << 5);
+    pub const UNSUBSCRIBED: EventKinds = EventKinds(1 << 6);
+    pub const PUBLISHED: EventKinds = EventKinds(1 << 7);
+    pub const DELIVERED: EventKinds = EventKinds(1 << 8);
+    pub const ACKED: EventKinds = EventKinds(1 << 9);
+    pub const DROPPED: EventKinds = EventKinds(1 << 10);
+    pub const ALL: EventKinds = EventKinds((1 << 11) - 1);
+    pub const NONE: EventKinds = EventKinds(0);
+
+    pub fn union(self, other: EventKinds) -> EventKinds {
+        EventKinds(self.0 | other.0)
+    }
+
+    pub fn contains(self, other: EventKinds) -> bool {
+        self.0 & other.0 != 0
+    }
 }
 
 /// What a CONNECT said, for [`Event::Connected`].

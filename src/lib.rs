@@ -54,6 +54,7 @@ pub mod hooks;
 pub mod persistence;
 pub mod protocol;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod transport;

@@ -27,6 +27,7 @@ pub struct Server {
     acl: Option<Arc<crate::auth::acl::AclAuthorizer>>,
     listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
+    rules: crate::rules::RuleEngine,
 }
 
 /// The persistence options a configuration asks for.
@@ -89,6 +90,8 @@ impl Server {
         );
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
+        // Before any client connects: every rule's consumer is subscribed.
+        let rules = crate::rules::RuleEngine::start(broker.clone(), &broker.config().rules).await?;
         let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
         let mut listeners = Vec::new();
         let mut tls = Vec::new();
@@ -115,6 +118,7 @@ impl Server {
             acl,
             listener_tasks,
             checkpointer,
+            rules,
         })
     }
 
@@ -180,6 +184,11 @@ impl Server {
         problems.len()
     }
 
+    /// The rule engine (add, change, disable, remove rules at run time).
+    pub fn rules(&self) -> &crate::rules::RuleEngine {
+        &self.rules
+    }
+
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
@@ -188,6 +197,7 @@ impl Server {
     /// up to `grace` for them to go, and writes a final checkpoint. Returns whether persistence
     /// failed during the run.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        self.rules.stop_all().await;
         self.broker.begin_shutdown();
         self.broker.retained_loaded().await;
         for task in self.listener_tasks {

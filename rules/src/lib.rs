@@ -17,6 +17,7 @@ pub mod eval;
 pub mod functions;
 mod lexer;
 pub mod parser;
+pub mod sources;
 pub mod template;
 
 use serde_json::{Map, Value};
@@ -51,6 +52,7 @@ impl Error {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     statement: Statement,
+    sources: Vec<sources::Source>,
 }
 
 impl Rule {
@@ -66,19 +68,25 @@ impl Rule {
             ));
         }
         check_calls(sql, &statement)?;
-        Ok(Rule { statement })
+        let from = match &statement {
+            Statement::Select(s) => &s.from,
+            Statement::Foreach(f) => &f.from,
+        };
+        let mut sources = Vec::with_capacity(from.len());
+        for f in from {
+            let at = sql.find(&format!("\"{f}\"")).unwrap_or(0);
+            sources.push(sources::parse(f).map_err(|m| Error::at(sql, at, m))?);
+        }
+        Ok(Rule { statement, sources })
     }
 
     pub fn statement(&self) -> &Statement {
         &self.statement
     }
 
-    /// The topic filters and `$events/…` sources the rule reads.
-    pub fn sources(&self) -> &[String] {
-        match &self.statement {
-            Statement::Select(s) => &s.from,
-            Statement::Foreach(f) => &f.from,
-        }
+    /// The topic filters and events the rule reads.
+    pub fn sources(&self) -> &[sources::Source] {
+        &self.sources
     }
 
     /// The rule's outputs for one input.

@@ -1,6 +1,7 @@
 //! Examples in the manner of EMQX's rule SQL documentation, errors with positions, and the
 //! print → parse round trip as a property.
 
+use crate::sources;
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -26,7 +27,8 @@ fn select_with_where_on_a_nested_json_payload() {
     let msg = |t: i64| json!({"clientid": "c1", "topic": "sensors/1/data", "payload": json!({"temp": t}).to_string()});
     assert_eq!(run(sql, msg(85)), [json!({"t": 85, "clientid": "c1"})]);
     assert!(run(sql, msg(70)).is_empty());
-    assert_eq!(Rule::compile(sql).unwrap().sources(), ["sensors/+/data"]);
+    let topic = sources::Source::Topic("sensors/+/data".into());
+    assert_eq!(Rule::compile(sql).unwrap().sources(), [topic]);
     // An alias is visible to WHERE and to the fields after it.
     let sql = r#"SELECT payload.x AS x, x * 2 AS y FROM "t/#" WHERE x > 0"#;
     let m = json!({"payload": "{\"x\": 3}"});

@@ -101,6 +101,7 @@ impl HttpAuth {
             superuser: answer.get("is_superuser").and_then(Value::as_bool) == Some(true),
             rules,
             expires_at: None,
+            peerhost: None,
         }))
     }
 }

@@ -149,6 +149,7 @@ impl JwtAuth {
             superuser: false,
             rules,
             expires_at,
+            peerhost: None,
         })
     }
 }

@@ -46,7 +46,7 @@ impl Broker {
         let (acked, records) = records;
         self.log(records);
         if let Some(message) = acked {
-            self.emit(|| Event::Acked {
+            self.emit(EventKinds::ACKED, || Event::Acked {
                 client_id: slot.client_id.clone(),
                 packet_id,
                 message,

@@ -2,7 +2,7 @@
 //! (swapped at run time), and the event channels with their counted overflow.
 
 use super::*;
-use crate::hooks::{AllowAll, Authenticator, Authorizer, Event, Identity};
+use crate::hooks::{AllowAll, Authenticator, Authorizer, Event, EventKinds, Identity};
 use tokio::sync::mpsc;
 
 /// The broker's hooks. Reading the authenticator or the authorizer clones an `Arc` under a
@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 pub(crate) struct HookSet {
     authenticator: RwLock<Arc<dyn Authenticator>>,
     authorizer: RwLock<Arc<dyn Authorizer>>,
-    listeners: RwLock<Vec<mpsc::Sender<Event>>>,
-    /// Whether any event channel exists: without one, no event is even built.
-    listening: AtomicBool,
+    listeners: RwLock<Vec<(EventKinds, mpsc::Sender<Event>)>>,
+    /// The kinds some event channel wants (an [`EventKinds`] bit set): an event of another
+    /// kind is not even built.
+    listening: std::sync::atomic::AtomicU32,
 }
 
 impl Default for HookSet {
@@ -21,7 +22,7 @@ impl Default for HookSet {
             authenticator: RwLock::new(Arc::new(AllowAll)),
             authorizer: RwLock::new(Arc::new(AllowAll)),
             listeners: RwLock::new(Vec::new()),
-            listening: AtomicBool::new(false),
+            listening: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }
@@ -46,24 +47,34 @@ impl Broker {
         self.shared.hooks.authorizer.read().clone()
     }
 
-    /// A new event channel holding at most `capacity` events; when it is full, further events
-    /// are dropped for it and counted (`events_dropped`). Messages are reported only once
-    /// durable and visible.
+    /// A new event channel of every kind, holding at most `capacity` events; when it is full,
+    /// further events are dropped for it and counted (`events_dropped`). Messages are reported
+    /// only once durable and visible.
     pub fn events(&self, capacity: usize) -> mpsc::Receiver<Event> {
+        self.events_of(capacity, EventKinds::ALL)
+    }
+
+    /// [`Self::events`] of the given kinds only.
+    pub fn events_of(&self, capacity: usize, kinds: EventKinds) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.shared.hooks.listeners.write().push(tx);
-        self.shared.hooks.listening.store(true, Ordering::Release);
+        let mut listeners = self.shared.hooks.listeners.write();
+        listeners.push((kinds, tx));
+        self.shared.hooks.listening.fetch_or(kinds.0, Ordering::AcqRel);
         rx
     }
 
-    /// Reports an event to every channel (built only if there is one).
-    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
-        if !self.shared.hooks.listening.load(Ordering::Acquire) {
+    /// Reports an event of `kind` to every channel that wants it (built only if one does).
+    pub(crate) fn emit(&self, kind: EventKinds, event: impl FnOnce() -> Event) {
+        let wanted = EventKinds(self.shared.hooks.listening.load(Ordering::Acquire));
+        if !wanted.contains(kind) {
             return;
         }
         let event = event();
         let mut closed = false;
-        for tx in self.shared.hooks.listeners.read().iter() {
+        for (kinds, tx) in self.shared.hooks.listeners.read().iter() {
+            if !kinds.contains(kind) {
+                continue;
+            }
             match tx.try_send(event.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -74,9 +85,9 @@ impl Broker {
         }
         if closed {
             let mut listeners = self.shared.hooks.listeners.write();
-            listeners.retain(|tx| !tx.is_closed());
-            let any = !listeners.is_empty();
-            self.shared.hooks.listening.store(any, Ordering::Release);
+            listeners.retain(|(_, tx)| !tx.is_closed());
+            let any = listeners.iter().fold(EventKinds::NONE, |a, (k, _)| a.union(*k));
+            self.shared.hooks.listening.store(any.0, Ordering::Release);
         }
     }
 
@@ -88,7 +99,7 @@ impl Broker {
         action: keelmq_auth::Action,
         allowed: bool,
     ) {
-        self.emit(|| Event::Authorized {
+        self.emit(EventKinds::AUTHORIZED, || Event::Authorized {
             client_id: Arc::from(client.client_id),
             username: client.identity.username.clone(),
             topic: topic.to_string(),

@@ -333,7 +333,7 @@ impl LocalSession {
                     let client_id = self.slot.client_id.clone();
                     let message = delivery.message.clone();
                     let qos = delivery.qos;
-                    self.broker.emit(|| Event::Delivered {
+                    self.broker.emit(EventKinds::DELIVERED, || Event::Delivered {
                         client_id,
                         message,
                         packet_id,
@@ -404,6 +404,21 @@ impl LocalSession {
             .broker
             .outbound_complete(&self.slot, self.conn, packet_id, pubcomp);
         done.ok_or(LocalError::TakenOver)
+    }
+
+    /// Publishes `p` as this session's client.
+    pub async fn publish(&self, p: LocalPublish) -> Result<Published, LocalError> {
+        let name = Some(self.slot.client_id.clone());
+        publish_claimed(&self.broker, name, p, None).await
+    }
+
+    /// The session's subscription filters.
+    pub fn filters(&self) -> Result<Vec<String>, LocalError> {
+        self.broker
+            .session_op(&self.slot, self.conn, |s| {
+                s.subscriptions.keys().cloned().collect()
+            })
+            .ok_or(LocalError::TakenOver)
     }
 
     /// Publishes `p` at most once per `marker`, for exactly-once processing of a delivery: a

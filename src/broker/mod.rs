@@ -77,7 +77,7 @@ use crate::codec::{
     RetainHandling, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 use crate::config::Config;
-use crate::hooks::Event;
+use crate::hooks::{Event, EventKinds};
 use crate::persistence::convert::{
     restore_message, restore_message_in, restore_will, wall_clock_ms,
 };
@@ -375,6 +375,23 @@ impl Broker {
 
     pub fn session_count(&self) -> usize {
         self.shared.sessions.lock().len()
+    }
+
+    /// The client ids of every session whose id starts with `prefix`.
+    pub fn client_ids_with_prefix(&self, prefix: &str) -> Vec<ClientId> {
+        let sessions = self.shared.sessions.lock();
+        sessions
+            .keys()
+            .filter(|c| c.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Who the connection attached (or last attached) to `client_id`'s session is.
+    pub fn identity_of(&self, client_id: &str) -> Option<Arc<crate::hooks::Identity>> {
+        let slot = self.shared.sessions.lock().get(client_id).cloned()?;
+        let identity = slot.state.lock().identity.clone();
+        Some(identity)
     }
 
     pub fn subscription_count(&self) -> usize {

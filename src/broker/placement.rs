@@ -155,7 +155,7 @@ impl Broker {
                 // or stalled one loses its own copy (counted), and the publisher goes on.
                 TargetReservation::Full if all_or_nothing && !self.is_draining(&slot) => {
                     Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
-                    self.emit(|| Event::Dropped {
+                    self.emit(EventKinds::DROPPED, || Event::Dropped {
                         client_id: slot.client_id.clone(),
                         message: delivery.message.clone(),
                     });
@@ -332,7 +332,7 @@ impl Broker {
             }
         }
         if let Some(message) = placement.published {
-            self.emit(|| Event::Published {
+            self.emit(EventKinds::PUBLISHED, || Event::Published {
                 message,
                 deliveries: placed,
             });

@@ -316,7 +316,7 @@ impl Broker {
             end
         });
         if detached {
-            self.emit(|| Event::Disconnected {
+            self.emit(EventKinds::DISCONNECTED, || Event::Disconnected {
                 client_id: slot.client_id.clone(),
                 reason,
             });

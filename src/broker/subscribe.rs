@@ -169,7 +169,7 @@ impl Broker {
         if send_retained {
             self.retained_deliveries(shared.filter, opts.qos, identifier, applied);
         }
-        self.emit(|| Event::Subscribed {
+        self.emit(EventKinds::SUBSCRIBED, || Event::Subscribed {
             client_id: slot.client_id.clone(),
             filter: filter.to_string(),
             qos: opts.qos,
@@ -287,7 +287,7 @@ impl Broker {
                     records.push(journal::unsubscribed(&slot.client_id, f));
                 }
                 if removed {
-                    self.emit(|| Event::Unsubscribed {
+                    self.emit(EventKinds::UNSUBSCRIBED, || Event::Unsubscribed {
                         client_id: slot.client_id.clone(),
                         filter: f.clone(),
                     });

@@ -86,6 +86,11 @@ impl Broker {
         rules.push(stats);
     }
 
+    /// The counters of rule `id`.
+    pub fn rule_stats(&self, id: &str) -> Option<Arc<metrics::RuleStats>> {
+        self.shared.rules.read().iter().find(|r| r.id == id).cloned()
+    }
+
     /// Forgets a removed rule's counters.
     pub fn remove_rule_stats(&self, id: &str) {
         self.shared.rules.write().retain(|r| r.id != id);

@@ -78,7 +78,7 @@ where
         Err(refusal) => {
             Metrics::add(&broker.shared.metrics.connections_refused, 1);
             let code = refusal.reason_code();
-            broker.emit(|| Event::ConnAck {
+            broker.emit(EventKinds::CONNACK, || Event::ConnAck {
                 client_id: Arc::from(connect.client_id.as_str()),
                 username: connect.username.clone(),
                 peer: info.peer,
@@ -103,8 +103,8 @@ where
     };
     broker.session_op(&conn.slot, conn.id, |s| s.set_window(window));
     broker.set_identity(&conn.slot, conn.id, conn.identity.clone());
-    broker.emit(|| connected_event(&conn, &connect, &info));
-    broker.emit(|| Event::ConnAck {
+    broker.emit(EventKinds::CONNECTED, || connected_event(&conn, &connect, &info));
+    broker.emit(EventKinds::CONNACK, || Event::ConnAck {
         client_id: Arc::from(&*conn.client_id),
         username: connect.username.clone(),
         peer: conn.peer,
@@ -160,14 +160,17 @@ async fn admit_and_attach(
     let cfg = broker.config();
     let admitted = admission::admit(cfg, connect, || broker.assign_client_id())?;
     let authenticated = broker.authenticator().authenticate(info, connect).await;
-    broker.emit(|| Event::Authenticated {
+    broker.emit(EventKinds::AUTHENTICATED, || Event::Authenticated {
         client_id: Arc::from(admitted.client_id.as_ref()),
         username: connect.username.clone(),
         peer: info.peer,
         allowed: authenticated.is_ok(),
         superuser: authenticated.as_ref().is_ok_and(|i| i.superuser),
     });
-    let identity = authenticated?;
+    let identity = Identity {
+        peerhost: Some(info.peer.ip()),
+        ..authenticated?
+    };
     // A will the client may not publish is dropped here: it is never published.
     let without_will;
     let connect = match will_denied(broker, connect, &admitted.client_id, &identity) {

@@ -36,7 +36,7 @@ use super::{
     Reserved, SessionSlot,
 };
 use crate::codec::*;
-use crate::hooks::{self, Event, Identity};
+use crate::hooks::{self, Event, EventKinds, Identity};
 use crate::persistence::PendingDurable;
 use crate::protocol::acks::AckFifo;
 use crate::protocol::admission;

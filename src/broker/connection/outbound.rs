@@ -72,7 +72,7 @@ impl Connection {
                 let _ = encode(&packet, self.version, wbuf);
                 self.aliases_out.sent(&m.topic, alias);
                 Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
-                self.broker.emit(|| Event::Delivered {
+                self.broker.emit(EventKinds::DELIVERED, || Event::Delivered {
                     client_id: self.client_id.clone(),
                     message: delivery.message.clone(),
                     packet_id,
