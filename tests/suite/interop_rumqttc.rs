@@ -11,7 +11,7 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-mod v311 {
+pub(crate) mod v311 {
     use super::*;
     use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS};
 

@@ -29,5 +29,6 @@ mod protocol;
 mod proxy_props;
 mod restart;
 mod review_fixes;
+mod rules;
 mod smoke_binary;
 mod verify_tool;

@@ -1,0 +1,233 @@
+//! The rule engine end to end, with `rumqttc` as the independent publisher and subscriber:
+//! a JSON transform with WHERE on nested payload fields and a templated topic, FOREACH over an
+//! array payload, CASE, `$events/client_connected` / `client_disconnected`,
+//! `session_subscribed` with `=~`; the per-rule metrics in the snapshot; rules added,
+//! changed, disabled and removed at run time; `rule_test`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::common;
+use crate::interop_rumqttc::v311::{connect, next, subscribe, Client};
+use keelmq::config::{Config, RuleSpec};
+
+const RULES: &str = r#"
+[[rules]]
+id = "temp_alerts"
+sql = '''
+SELECT payload.sensor.temp AS t, upper(payload.unit) AS unit, clientid
+FROM "sensors/+/data"
+WHERE payload.sensor.temp > 80 and payload.sensor.ok = true
+'''
+actions = [
+  { kind = "republish", topic = "alerts/${clientid}", qos = 1, payload = '{"t": ${t}, "unit": "${unit}"}' },
+  { kind = "console" },
+]
+
+[[rules]]
+id = "split"
+sql = 'FOREACH payload.readings AS r DO r.v AS v, r.name AS name INCASE r.v > 0 FROM "batch/#"'
+actions = [{ kind = "republish", topic = "values/${name}", qos = 1, payload = '${v}' }]
+
+[[rules]]
+id = "grade"
+sql = '''SELECT CASE WHEN payload.level > 5 THEN 'high' WHEN payload.level > 2 THEN 'mid' ELSE 'low' END AS grade FROM "level"'''
+actions = [{ kind = "republish", topic = "grades/${grade}", qos = 1, payload = '${grade}' }]
+
+[[rules]]
+id = "presence"
+sql = '''SELECT clientid, event, reason FROM "$events/client_connected", "$events/client/disconnected" WHERE clientid = 'watched' '''
+actions = [{ kind = "republish", topic = "presence/${clientid}", qos = 1, payload = '${event} ${reason}' }]
+
+[[rules]]
+id = "subs"
+sql = '''SELECT clientid, topic, qos FROM "$events/session_subscribed" WHERE topic =~ 'watch/#' '''
+actions = [{ kind = "republish", topic = "subscribed/${clientid}", qos = 1, payload = '${topic} ${qos}' }]
+"#;
+
+fn config_with(rules: &str) -> Config {
+    let parsed = Config::parse(rules).expect("rules parse");
+    parsed.validate().expect("rules are valid");
+    let mut config = common::test_config();
+    config.rules = parsed.rules;
+    config
+}
+
+/// The next message on `c`: (topic, payload as text).
+async fn message(c: &mut Client) -> (String, String) {
+    let p = next(c).await;
+    (p.topic, String::from_utf8_lossy(&p.payload).into_owned())
+}
+
+async fn expect_silence(c: &mut Client) {
+    let extra = tokio::time::timeout(Duration::from_millis(500), c.publishes.recv()).await;
+    if let Ok(Some(p)) = extra {
+        panic!("unexpected message on {}: {:?}", p.topic, p.payload);
+    }
+}
+
+#[tokio::test]
+async fn rules_transform_filter_split_and_react_to_events() {
+    let server = common::start(config_with(RULES)).await;
+    let port = server.local_addr().port();
+    let mut out = connect(port, "observer", true, None).await;
+    for filter in ["alerts/#", "values/#", "grades/#", "presence/#", "subscribed/#"] {
+        subscribe(&out, filter, QoS::AtLeastOnce).await;
+    }
+    let sensor = connect(port, "s1", true, None).await;
+    let hot = json!({"sensor": {"temp": 85.5, "ok": true}, "unit": "c"});
+    let cold = json!({"sensor": {"temp": 20, "ok": true}, "unit": "c"});
+    let broken = json!({"sensor": {"temp": 99, "ok": false}, "unit": "c"});
+    for p in [&cold, &broken, &hot] {
+        let payload = p.to_string();
+        sensor
+            .client
+            .publish("sensors/s1/data", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let (topic, payload) = message(&mut out).await;
+    assert_eq!(topic, "alerts/s1");
+    let v: Value = serde_json::from_str(&payload).expect("JSON");
+    assert_eq!(v, json!({"t": 85.5, "unit": "C"}));
+
+    let batch = json!({"readings": [{"name": "a", "v": 1}, {"name": "b", "v": -1}, {"name": "c", "v": 3}]});
+    let payload = batch.to_string();
+    sensor
+        .client
+        .publish("batch/7", QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    assert_eq!(message(&mut out).await, ("values/a".into(), "1".into()));
+    assert_eq!(message(&mut out).await, ("values/c".into(), "3".into()));
+
+    for level in [9, 3, 1] {
+        let payload = json!({ "level": level }).to_string();
+        sensor
+            .client
+            .publish("level", QoS::AtMostOnce, false, payload)
+            .await
+            .unwrap();
+        let (topic, grade) = message(&mut out).await;
+        assert_eq!(topic, format!("grades/{grade}"));
+    }
+    events_reach_rules(port, &mut out).await;
+    expect_silence(&mut out).await;
+    let rules: BTreeMap<_, _> = server
+        .broker()
+        .metrics_snapshot()
+        .rules
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let temp = &rules["temp_alerts"];
+    assert_eq!((temp.matched, temp.passed, temp.failed_no_result), (3, 1, 2));
+    assert_eq!((temp.actions_total, temp.actions_success), (2, 2));
+    assert_eq!(rules["split"].actions_success, 2);
+    assert_eq!(rules["grade"].passed, 3);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `$events/client_connected`, `client_disconnected` (slash form) and `session_subscribed`.
+async fn events_reach_rules(port: u16, out: &mut Client) {
+    let watched = connect(port, "watched", true, None).await;
+    let (topic, payload) = message(out).await;
+    assert_eq!(topic, "presence/watched");
+    assert!(payload.starts_with("client.connected"), "{payload}");
+    subscribe(&watched, "watch/+/temp", QoS::AtLeastOnce).await;
+    subscribe(&watched, "other/topic", QoS::AtLeastOnce).await;
+    let (topic, payload) = message(out).await;
+    assert_eq!((topic.as_str(), payload.as_str()), ("subscribed/watched", "watch/+/temp 1"));
+    watched.client.disconnect().await.unwrap();
+    // The event loop sends the DISCONNECT; then the client goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(watched);
+    let (topic, payload) = message(out).await;
+    assert_eq!((topic.as_str(), payload.as_str()), ("presence/watched", "client.disconnected normal"));
+}
+
+fn spec(id: &str, sql: &str, topic: &str) -> RuleSpec {
+    let text = format!(
+        "[[rules]]\nid = {id:?}\nsql = '{sql}'\n\
+         actions = [{{ kind = \"republish\", topic = {topic:?}, qos = 1 }}]\n"
+    );
+    let mut rules = Config::parse(&text).expect("rule parses").rules;
+    rules.remove(0)
+}
+
+#[tokio::test]
+async fn rules_change_at_run_time() {
+    let server = common::start(common::test_config()).await;
+    let port = server.local_addr().port();
+    let rules = server.rules();
+    let mut out = connect(port, "observer", true, None).await;
+    subscribe(&out, "out/#", QoS::AtLeastOnce).await;
+    let publisher = connect(port, "p", true, None).await;
+    let publish = |topic: &'static str, payload: &'static str| {
+        let c = publisher.client.clone();
+        async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap() }
+    };
+
+    rules
+        .add(spec("copy", r#"SELECT payload FROM "in/a""#, "out/a/${payload}"))
+        .await
+        .expect("added");
+    let bad = spec("bad", r#"SELECT nope(1) FROM "in/a""#, "x");
+    assert!(rules.add(bad).await.unwrap_err().to_string().contains("nope"));
+    publish("in/a", "1").await;
+    assert_eq!(message(&mut out).await.0, "out/a/1");
+
+    // Changed: the new FROM replaces the old one.
+    let changed = spec("copy", r#"SELECT payload FROM "in/b""#, "out/b/${payload}");
+    rules.update(changed).await.expect("updated");
+    publish("in/a", "2").await;
+    publish("in/b", "3").await;
+    assert_eq!(message(&mut out).await.0, "out/b/3");
+
+    rules.set_enabled("copy", false).await.expect("disabled");
+    publish("in/b", "4").await;
+    expect_silence(&mut out).await;
+    rules.set_enabled("copy", true).await.expect("enabled");
+    publish("in/b", "5").await;
+    assert_eq!(message(&mut out).await.0, "out/b/5");
+
+    rules.remove("copy").await.expect("removed");
+    assert!(rules.list().is_empty());
+    publish("in/b", "6").await;
+    expect_silence(&mut out).await;
+    let consumers = server.broker().client_ids_with_prefix("$rule/");
+    assert!(consumers.is_empty(), "{consumers:?}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn rule_test_runs_sql_on_a_sample() {
+    let context = json!({"clientid": "c1", "payload": "{\"a\": {\"b\": 3}}", "topic": "t/1"});
+    let Value::Object(context) = context else {
+        unreachable!()
+    };
+    let out = keelmq::rules::rule_test(
+        r#"SELECT payload.a.b * 2 AS x, clientid FROM "t/#" WHERE topic =~ 't/+'"#,
+        &context,
+    )
+    .expect("runs");
+    assert_eq!(Value::Object(out[0].clone()), json!({"x": 6, "clientid": "c1"}));
+    let e = keelmq::rules::rule_test("SELECT FROM", &context).unwrap_err();
+    assert!(e.contains("line 1"), "{e}");
+}
+
+/// A consumer session of a rule is the broker's: a network client cannot take it over, even
+/// without authentication.
+#[tokio::test]
+async fn rule_consumers_cannot_be_taken_over() {
+    let rules = "[[rules]]\nid = \"r\"\nsql = 'SELECT * FROM \"t\"'\n";
+    let server = common::start(config_with(rules)).await;
+    let addr = server.local_addr();
+    let mut raw = common::raw::RawClient::tcp(addr, keelmq::codec::ProtocolVersion::V5).await;
+    let ack = raw.handshake("$rule/r", false, |_| {}).await;
+    assert_eq!(ack.code, keelmq::codec::ReasonCode::NOT_AUTHORIZED);
+    server.shutdown(Duration::from_secs(5)).await;
+}
