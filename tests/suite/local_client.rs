@@ -110,7 +110,7 @@ async fn a_local_client_publishes_and_consumes_durably() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_taken_over_tells_its_local_holder() {
+async fn a_local_session_is_taken_over_only_in_process() {
     let server = common::start(common::test_config()).await;
     let (addr, broker) = (server.local_addr(), server.broker().clone());
     let (mut session, _) = broker
@@ -119,8 +119,15 @@ async fn a_session_taken_over_tells_its_local_holder() {
         .await
         .unwrap();
     let waiting = tokio::spawn(async move { session.next().await.map(|_| ()) });
-    let (_net, ack) = RawClient::connect(addr, V5, "shared-id", false, |_| {}).await;
-    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    // The broker's own session: no network client may take it, even without authentication.
+    let mut net = RawClient::tcp(addr, V5).await;
+    let ack = net.handshake("shared-id", false, |_| {}).await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED);
+    let (_again, _) = broker
+        .local_client("shared-id")
+        .session(false, 0)
+        .await
+        .unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), waiting).await;
     assert_eq!(result.unwrap().unwrap(), Err(LocalError::TakenOver));
     assert!(!server.shutdown(Duration::from_secs(5)).await);

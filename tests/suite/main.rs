@@ -30,5 +30,6 @@ mod proxy_props;
 mod restart;
 mod review_fixes;
 mod rules;
+mod rules_crash;
 mod smoke_binary;
 mod verify_tool;
