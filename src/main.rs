@@ -106,6 +106,10 @@ enum BenchCommand {
         /// Set RETAIN on every message.
         #[arg(long)]
         retain: bool,
+        /// The payload as a JSON object `{"a": <seq>, "b": 1, "h": "<bench header in hex>"}`,
+        /// padded with spaces to --size (for rules that read `payload.a`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,6 +272,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             limit,
             inflight,
             retain,
+            json,
         } => {
             let o = keelmq_tools::bench::PubOptions {
                 common: common.build("pub")?,
@@ -279,6 +284,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 rate,
                 limit,
                 inflight,
+                json,
             };
             runtime.block_on(keelmq_tools::bench::publish(o))?
         }

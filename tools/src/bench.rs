@@ -92,6 +92,8 @@ pub struct PubOptions {
     pub limit: u64,
     /// Unacknowledged QoS 1/2 messages per publisher.
     pub inflight: usize,
+    /// JSON payloads ([`payload_json`]).
+    pub json: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -253,8 +255,36 @@ pub fn payload(nonce: u32, index: u32, seq: u64, size: usize) -> Bytes {
     b.freeze()
 }
 
-/// The header of a bench payload: (nonce, index, seq, sent at ns); `None` for other payloads.
+/// A bench payload as a JSON object: `{"a": <seq>, "b": 1, "h": "<the header in hex>"}`,
+/// padded with spaces to `size` bytes.
+pub fn payload_json(nonce: u32, index: u32, seq: u64, size: usize) -> Bytes {
+    let header = payload(nonce, index, seq, HEADER_LEN);
+    let hex: String = header.iter().map(|b| format!("{b:02x}")).collect();
+    let mut text = format!(r#"{{"a":{seq},"b":1,"h":"{hex}"}}"#);
+    if text.len() < size {
+        text.extend(std::iter::repeat_n(' ', size - text.len()));
+    }
+    Bytes::from(text)
+}
+
+/// The header of a [`payload_json`] payload.
+fn parse_json_payload(p: &[u8]) -> Option<(u32, u32, u64, u64)> {
+    const KEY: &[u8] = br#""h":""#;
+    let at = p.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let hex = p.get(at..at + 2 * HEADER_LEN)?;
+    let bytes: Option<Vec<u8>> = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect();
+    parse_payload(&bytes?)
+}
+
+/// The header of a bench payload (binary or [`payload_json`]): (nonce, index, seq, sent at
+/// ns); `None` for other payloads.
 pub fn parse_payload(p: &[u8]) -> Option<(u32, u32, u64, u64)> {
+    if p.first() == Some(&b'{') {
+        return parse_json_payload(p);
+    }
     if p.len() < HEADER_LEN || &p[..4] != MAGIC {
         return None;
     }
@@ -1004,7 +1034,10 @@ where
                 },
                 packet_id,
                 properties: Default::default(),
-                payload: payload(run.nonce, index, seq, o.size),
+                payload: match o.json {
+                    false => payload(run.nonce, index, seq, o.size),
+                    true => payload_json(run.nonce, index, seq, o.size),
+                },
             });
             if encode(&p, version, &mut out).is_err() {
                 closed = true;
@@ -1116,6 +1149,12 @@ mod tests {
         assert_eq!((nonce, idx, seq), (7, 3, 42));
         assert!(ts > 0);
         assert_eq!(payload(1, 1, 1, 5).len(), HEADER_LEN);
+        let j = payload_json(7, 3, 42, 160);
+        assert_eq!(j.len(), 160);
+        let v: serde_json::Value = serde_json::from_slice(&j).expect("JSON");
+        assert_eq!((v["a"].as_u64(), v["b"].as_u64()), (Some(42), Some(1)));
+        let (nonce, idx, seq, _) = parse_payload(&j).expect("bench payload");
+        assert_eq!((nonce, idx, seq), (7, 3, 42));
         assert_eq!(parse_payload(b"kqb1 too short"), None);
         assert_eq!(parse_payload(&[0u8; 64]), None);
     }
