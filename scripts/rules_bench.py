@@ -27,8 +27,9 @@ RULE = """
 [[rules]]
 id = "bench"
 sql = 'SELECT payload.a AS a, payload.h AS h, clientid FROM "bench/#" WHERE payload.b > 0'
-actions = [{ kind = "republish", topic = "derived/${clientid}", qos = 1,
-             payload = '{"a":${a},"b":1,"h":"${h}"}' }]
+actions = [
+  { kind = "republish", topic = "derived/${clientid}", qos = 1, payload = '{"a":${a},"b":1,"h":"${h}"}' },
+]
 """
 
 

@@ -13,20 +13,6 @@ impl Broker {
         packet_id: u16,
         pubcomp: bool,
     ) -> Option<()> {
-        self.outbound_complete_releasing(slot, conn, packet_id, pubcomp, &[])
-    }
-
-    /// [`Self::outbound_complete`] that also releases the session's inbound QoS 2 ids
-    /// `released` in the same commit (a consumer's output markers, see
-    /// `LocalSession::ack_releasing`).
-    pub(crate) fn outbound_complete_releasing(
-        &self,
-        slot: &SessionSlot,
-        conn: ConnId,
-        packet_id: u16,
-        pubcomp: bool,
-        released: &[u16],
-    ) -> Option<()> {
         let records = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return None;
@@ -36,10 +22,15 @@ impl Broker {
             } else {
                 st.session.on_puback(packet_id)
             };
-            let mut records = Self::release_inbound(st, &slot.client_id, released);
             let acked = done.ok().map(|d| d.message);
-            if let (Some(message), true) = (&acked, st.in_store) {
-                records.push(journal::dequeued(&slot.client_id, packet_id, message.id));
+            let mut records = Vec::new();
+            if let Some(message) = &acked {
+                // A consumer's outputs of this message are forgotten with its delivery (the
+                // image drops them when it applies the `DequeueMessage`).
+                st.session.forget_outputs(message.id);
+                if st.in_store {
+                    records.push(journal::dequeued(&slot.client_id, packet_id, message.id));
+                }
             }
             Some((acked, records))
         })?;
@@ -59,15 +50,12 @@ impl Broker {
     /// and the returned wait completes once it is durable: only then may the caller send PUBREL,
     /// so that a restart re-sends PUBREL, never the PUBLISH. `Ok(None)` if `conn` no longer
     /// owns the session.
-    /// `released`: inbound QoS 2 ids of the session to release in the same commit (see
-    /// [`Self::outbound_complete_releasing`]).
     pub(crate) fn outbound_pubrec(
         &self,
         slot: &SessionSlot,
         conn: ConnId,
         packet_id: u16,
         refused: bool,
-        released: &[u16],
     ) -> Result<Option<(PubRecOutcome, Option<PendingDurable>)>, NotDurable> {
         let result = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
@@ -75,7 +63,7 @@ impl Broker {
             }
             let outcome = st.session.on_pubrec(packet_id, refused);
             let client = &slot.client_id;
-            let mut records = Self::release_inbound(st, client, released);
+            let mut records = Vec::new();
             match outcome {
                 PubRecOutcome::Release if st.in_store => {
                     records.push(journal::pubrec_received(client, packet_id))
@@ -100,32 +88,6 @@ impl Broker {
                 Ok(Some((outcome, None)))
             }
         }
-    }
-
-    /// Releases inbound QoS 2 ids of the session (logged without waiting). `None` if `conn` no
-    /// longer owns it.
-    pub(crate) fn release_markers(
-        &self,
-        slot: &SessionSlot,
-        conn: ConnId,
-        ids: &[u16],
-    ) -> Option<()> {
-        let records = self.with_slot(slot, |st| {
-            (st.owner == Some(conn)).then(|| Self::release_inbound(st, &slot.client_id, ids))
-        })?;
-        self.log(records);
-        Some(())
-    }
-
-    /// Releases inbound QoS 2 ids of the session in `st`; the records of those it held.
-    fn release_inbound(st: &mut SlotState, client: &ClientId, ids: &[u16]) -> Vec<Record> {
-        let mut records = Vec::new();
-        for &id in ids {
-            if st.session.inbound_pubrel(id) && st.in_store {
-                records.push(journal::inbound_qos2_released(client, id));
-            }
-        }
-        records
     }
 
     /// A PUBREL from the publisher: whether the packet id was awaiting it. Its removal is durable

@@ -131,39 +131,45 @@ async fn publish_claimed(
     claim: Option<InboundClaim>,
 ) -> Result<Published, LocalError> {
     let system = name.is_none();
-    if !valid_topic(&p.topic, system) {
+    let Some(message) = local_message(broker, name, p) else {
         if let Some(claim) = &claim {
             broker.release_claim(claim);
         }
         return Err(LocalError::InvalidTopic);
-    }
-    let persisted = !p.topic.starts_with('$');
-    let now = Instant::now();
-        let message = Message {
-            // `$` topics are never persisted and need no id.
-            id: if persisted {
-                broker.next_message_id()
-            } else {
-                0
-            },
-            expires_at: p
-                .properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
-            topic: p.topic.into(),
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: Message::properties_of(p.properties),
-            publisher: name,
-            skip_rules: p.skip_rules,
-        };
+    };
     let released = claim.clone();
     let published = publish_held(broker, Arc::new(message), claim, !system).await;
     if let (Err(_), Some(claim)) = (&published, &released) {
         broker.release_claim(claim);
     }
     published
+}
+
+/// The message an in-process client publishes as `name`; `None` if its topic is not one it
+/// may publish to.
+fn local_message(broker: &Broker, name: Option<ClientId>, p: LocalPublish) -> Option<Message> {
+    if !valid_topic(&p.topic, name.is_none()) {
+        return None;
+    }
+    let now = Instant::now();
+    Some(Message {
+        // `$` topics are never persisted and need no id.
+        id: match p.topic.starts_with('$') {
+            false => broker.next_message_id(),
+            true => 0,
+        },
+        expires_at: p
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s))),
+        topic: p.topic.into(),
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: Message::properties_of(p.properties),
+        publisher: name,
+        skip_rules: p.skip_rules,
+    })
 }
 
 /// Publishes `message`, waiting for queue room while a draining subscriber's queue is full.
@@ -268,6 +274,20 @@ fn valid_topic(topic: &str, system: bool) -> bool {
         && !topic.contains(['+', '#', '\0'])
         && (system || !topic.starts_with('$'))
         && topic.len() <= usize::from(u16::MAX)
+}
+
+/// An output of [`LocalSession::publish_output`] on its way to the log.
+#[must_use = "an output must be waited for: until then its deliveries stay invisible"]
+pub struct PendingOutput(Option<Logged>);
+
+impl PendingOutput {
+    /// Waits until the output is durable, then makes it visible to its subscribers.
+    pub async fn wait(self, broker: &Broker) -> Result<(), LocalError> {
+        match self.0 {
+            Some(logged) => broker.wait_and_reveal(logged).await.map(|_| ()).map_err(Into::into),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A delivery taken by a [`LocalSession`]; QoS 1/2 ones stay in flight until acknowledged.
@@ -384,19 +404,17 @@ impl LocalSession {
         match d.delivery.qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => self.complete(d.packet_id, false),
-            QoS::ExactlyOnce => self.ack_qos2(d, &[]).await,
+            QoS::ExactlyOnce => {
+                let (_, pending) = self
+                    .broker
+                    .outbound_pubrec(&self.slot, self.conn, d.packet_id, false)?
+                    .ok_or(LocalError::TakenOver)?;
+                if let Some(mut pending) = pending {
+                    self.broker.wait_pending(&mut pending).await?;
+                }
+                self.complete(d.packet_id, true)
+            }
         }
-    }
-
-    async fn ack_qos2(&mut self, d: &LocalDelivery, released: &[u16]) -> Result<(), LocalError> {
-        let (_, pending) = self
-            .broker
-            .outbound_pubrec(&self.slot, self.conn, d.packet_id, false, released)?
-            .ok_or(LocalError::TakenOver)?;
-        if let Some(mut pending) = pending {
-            self.broker.wait_pending(&mut pending).await?;
-        }
-        self.complete(d.packet_id, true)
     }
 
     fn complete(&self, packet_id: u16, pubcomp: bool) -> Result<(), LocalError> {
@@ -421,53 +439,61 @@ impl LocalSession {
             .ok_or(LocalError::TakenOver)
     }
 
-    /// Publishes `p` at most once per `marker`, for exactly-once processing of a delivery: a
-    /// marker is one of this session's inbound QoS 2 ids, claimed in the same commit as the
-    /// message (as a network client's QoS 2 packet id), so a marker already held means the
-    /// message was published before — by this process or one a crash ended — and `Ok(None)`
-    /// says so without publishing it again. Number a delivery's outputs `1, 2, …` in an order
-    /// that does not change, and release the markers with [`Self::ack_releasing`].
-    pub async fn publish_once(
+    /// Starts publishing `p` as output `index` of the delivered message `message_id`, at most
+    /// once across crashes, for exactly-once processing by a durable consumer: the output is
+    /// marked in this session in one step with the duplicate check, and the mark is logged in
+    /// the same commit as the message (`Produced`); acknowledging the delivery forgets its
+    /// marks. `Ok(None)`: published before (by this process or one a crash ended). Otherwise
+    /// the message is logged in call order and [`PendingOutput::wait`] returns once it is
+    /// durable and visible, so a consumer can go on with its next delivery meanwhile (its
+    /// outputs share fdatasyncs). A retained output, or one held back by a full queue, is
+    /// published whole before this returns.
+    pub async fn publish_output(
         &self,
         p: LocalPublish,
-        marker: u16,
-    ) -> Result<Option<Published>, LocalError> {
-        let claimed = self
-            .broker
-            .claim_inbound_qos2(&self.slot, self.conn, marker)
+        message_id: u64,
+        index: u32,
+    ) -> Result<Option<PendingOutput>, LocalError> {
+        let broker = &self.broker;
+        let claimed = broker
+            .claim_output(&self.slot, self.conn, message_id, index)
             .ok_or(LocalError::TakenOver)?;
         let claim = match claimed {
             Claimed::Duplicate => return Ok(None),
             Claimed::New(claim) => claim,
         };
         let name = Some(self.slot.client_id.clone());
-        publish_claimed(&self.broker, name, p, Some(claim))
-            .await
-            .map(Some)
-    }
-
-    /// Acknowledges a delivery and releases the markers of its outputs in the same commit
-    /// (QoS 1: with the `DequeueMessage`; QoS 2: with the PUBREC): a crash leaves either the
-    /// delivery and its markers, or neither, so processing it again after a restart publishes
-    /// nothing twice and a later delivery never finds a stale marker. A QoS 0 delivery is not
-    /// re-delivered: its markers are released on their own.
-    pub async fn ack_releasing(
-        &mut self,
-        d: &LocalDelivery,
-        markers: &[u16],
-    ) -> Result<(), LocalError> {
-        match d.delivery.qos {
-            QoS::AtMostOnce => {
-                self.broker
-                    .release_markers(&self.slot, self.conn, markers)
-                    .ok_or(LocalError::TakenOver)?;
-                Ok(())
+        if p.retain {
+            publish_claimed(broker, name, p, Some(claim)).await?;
+            return Ok(Some(PendingOutput(None)));
+        }
+        let Some(message) = local_message(broker, name, p) else {
+            broker.release_claim(&claim);
+            return Err(LocalError::InvalidTopic);
+        };
+        let outcome = broker.publish_pipelined(Arc::new(message), Some(claim.clone()), true);
+        match outcome {
+            Ok(ReserveOutcome::Logged(logged)) => Ok(Some(PendingOutput(Some(logged)))),
+            Ok(ReserveOutcome::Held(held)) => {
+                let mut outcome = broker.retry_planned(held).await;
+                while let Ok(PublishOutcome { held: Some(held), .. }) = outcome {
+                    if *broker.shutdown_signal().borrow() {
+                        broker.release_claim(&claim);
+                        return Err(LocalError::ShuttingDown);
+                    }
+                    broker.wait_for_room(HELD_RETRY).await;
+                    outcome = broker.retry_planned(held).await;
+                }
+                outcome.map_err(|e| {
+                    broker.release_claim(&claim);
+                    LocalError::from(e)
+                })?;
+                Ok(Some(PendingOutput(None)))
             }
-            QoS::AtLeastOnce => self
-                .broker
-                .outbound_complete_releasing(&self.slot, self.conn, d.packet_id, false, markers)
-                .ok_or(LocalError::TakenOver),
-            QoS::ExactlyOnce => self.ack_qos2(d, markers).await,
+            Err(e) => {
+                broker.release_claim(&claim);
+                Err(e.into())
+            }
         }
     }
 

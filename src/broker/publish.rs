@@ -41,8 +41,18 @@ pub struct PlannedPublish {
 #[derive(Debug, Clone)]
 pub(crate) struct InboundClaim {
     pub(crate) slot: Arc<SessionSlot>,
-    pub(crate) packet_id: u16,
+    pub(crate) key: ClaimKey,
     pub(crate) generation: u64,
+}
+
+/// What a claim marks in the publisher's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimKey {
+    /// A network client's QoS 2 packet id (logged as `InboundQos2`).
+    Inbound(u16),
+    /// A durable consumer's output `index` of the message `message_id` it was delivered
+    /// (logged as `Produced`).
+    Output { message_id: u64, index: u32 },
 }
 
 /// What [`Broker::claim_inbound_qos2`] found.
@@ -309,10 +319,13 @@ impl Broker {
     ) -> Result<PendingDurable, NotDurable> {
         let st = claim.slot.state.lock();
         if st.in_store && st.generation == claim.generation {
-            records.push(journal::inbound_qos2_received(
-                &claim.slot.client_id,
-                claim.packet_id,
-            ));
+            let client = &claim.slot.client_id;
+            records.push(match claim.key {
+                ClaimKey::Inbound(packet_id) => journal::inbound_qos2_received(client, packet_id),
+                ClaimKey::Output { message_id, index } => {
+                    journal::produced(client, message_id, index)
+                }
+            });
         }
         let logged = self.log_pending(records);
         drop(st);
@@ -339,7 +352,33 @@ impl Broker {
         st.session.inbound_qos2_received(packet_id);
         Some(Claimed::New(InboundClaim {
             slot: slot.clone(),
-            packet_id,
+            key: ClaimKey::Inbound(packet_id),
+            generation: st.generation,
+        }))
+    }
+
+    /// Marks output `index` of `message_id` as published by the consumer session in `slot`, if
+    /// `conn` owns it and the output is not marked already: the duplicate check and the mark in
+    /// one step, as for an inbound QoS 2 packet id. The mark is logged with the output's
+    /// records (`Produced`); one whose message is not placed is given back with
+    /// [`Self::release_claim`].
+    pub(crate) fn claim_output(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn: ConnId,
+        message_id: u64,
+        index: u32,
+    ) -> Option<Claimed> {
+        let mut st = slot.state.lock();
+        if st.owner != Some(conn) {
+            return None;
+        }
+        if !st.session.claim_output(message_id, index) {
+            return Some(Claimed::Duplicate);
+        }
+        Some(Claimed::New(InboundClaim {
+            slot: slot.clone(),
+            key: ClaimKey::Output { message_id, index },
             generation: st.generation,
         }))
     }
@@ -349,7 +388,14 @@ impl Broker {
     pub(crate) fn release_claim(&self, claim: &InboundClaim) {
         let mut st = claim.slot.state.lock();
         if st.generation == claim.generation {
-            st.session.inbound_pubrel(claim.packet_id);
+            match claim.key {
+                ClaimKey::Inbound(packet_id) => {
+                    st.session.inbound_pubrel(packet_id);
+                }
+                ClaimKey::Output { message_id, index } => {
+                    st.session.release_output(message_id, index)
+                }
+            }
         }
     }
 }

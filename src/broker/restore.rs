@@ -133,6 +133,9 @@ impl Broker {
         for pid in &si.inbound {
             session.inbound_qos2_received(*pid);
         }
+        for (message_id, index) in &si.produced {
+            session.claim_output(*message_id, *index);
+        }
         session
     }
 

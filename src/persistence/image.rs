@@ -27,6 +27,7 @@
 //! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
 //! | meta | `will/` ([`WILL_KEY_PREFIX`]) + client id | `StoredWill`: a will waiting for its delay |
 //! | meta | `owner/` ([`OWNER_KEY_PREFIX`]) + client id | `Option<String>`: the username the session belongs to |
+//! | meta | `produced/` ([`PRODUCED_KEY_PREFIX`]) + u16 BE client-id length, client id, u64 BE message id, u32 BE index | empty: an output a consumer published |
 //!
 //! Values are a version byte and postcard (see `records.rs`).
 
@@ -49,6 +50,9 @@ pub struct SessionImage {
     /// The username the session belongs to (`Some(None)`: a client without one); `None`:
     /// not known (logged by a build that did not record owners).
     pub owner: Option<Option<String>>,
+    /// Outputs a durable consumer published for messages still in its queue:
+    /// (message id, output index).
+    pub produced: BTreeSet<(u64, u32)>,
     next_order: u64,
 }
 
@@ -71,6 +75,7 @@ enum Key {
     Retained(String),
     Will(String),
     Owner(String),
+    Produced(String, u64, u32),
 }
 
 /// The durable state.
@@ -184,6 +189,11 @@ impl Image {
         }
         let gone = d.message_id;
         s.deliveries.remove(&packet_id);
+        let outputs: Vec<_> = s.produced.range((gone, 0)..=(gone, u32::MAX)).copied().collect();
+        for (m, i) in outputs {
+            s.produced.remove(&(m, i));
+            self.dirty.insert(Key::Produced(client.clone(), m, i));
+        }
         self.dirty.insert(Key::Delivery(client, packet_id));
         self.unref(gone);
     }
@@ -209,6 +219,9 @@ impl Image {
         }
         if s.owner.is_some() {
             self.dirty.insert(Key::Owner(client.to_string()));
+        }
+        for (m, i) in &s.produced {
+            self.dirty.insert(Key::Produced(client.to_string(), *m, *i));
         }
     }
 
@@ -336,6 +349,16 @@ impl Image {
                     self.dirty.insert(Key::Owner(client));
                 }
             }
+            Record::Produced {
+                client,
+                message_id,
+                index,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.produced.insert((message_id, index));
+                    self.dirty.insert(Key::Produced(client, message_id, index));
+                }
+            }
             Record::WillClear { client } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     if s.will.take().is_some() {
@@ -374,6 +397,9 @@ impl Image {
             }
             if let Some(o) = &s.owner {
                 out.push(format!("owner {c} {o:?}"));
+            }
+            for (m, i) in &s.produced {
+                out.push(format!("produced {c} {m} {i}"));
             }
         }
         for (id, b) in &self.bodies {
@@ -496,9 +522,15 @@ impl Image {
             Table::Retained => Key::Retained(String::from_utf8(key.to_vec()).ok()?),
             Table::Meta => match key.strip_prefix(WILL_KEY_PREFIX) {
                 Some(c) => Key::Will(String::from_utf8(c.to_vec()).ok()?),
-                None => Key::Owner(
-                    String::from_utf8(key.strip_prefix(OWNER_KEY_PREFIX)?.to_vec()).ok()?,
-                ),
+                None => match key.strip_prefix(PRODUCED_KEY_PREFIX) {
+                    Some(rest) => {
+                        let (c, m, i) = split_produced_key(rest)?;
+                        Key::Produced(c, m, i)
+                    }
+                    None => Key::Owner(
+                        String::from_utf8(key.strip_prefix(OWNER_KEY_PREFIX)?.to_vec()).ok()?,
+                    ),
+                },
             },
         })
     }
@@ -564,6 +596,15 @@ impl Image {
                     .and_then(|s| s.will.as_ref())
                     .map(encode_value),
                 key: [WILL_KEY_PREFIX, c.as_bytes()].concat(),
+            },
+            Key::Produced(c, m, i) => Change {
+                table: Table::Meta,
+                value: self
+                    .sessions
+                    .get(&c)
+                    .filter(|s| s.produced.contains(&(m, i)))
+                    .map(|_| vec![VALUE_V1]),
+                key: produced_key(&c, m, i),
             },
             Key::Owner(c) => Change {
                 table: Table::Meta,
@@ -681,6 +722,24 @@ pub const WILL_KEY_PREFIX: &[u8] = b"will/";
 /// The meta-table key prefix of a session's owner (then the client id).
 pub const OWNER_KEY_PREFIX: &[u8] = b"owner/";
 
+/// The meta-table key prefix of a consumer's published outputs (see [`Record::Produced`]).
+pub const PRODUCED_KEY_PREFIX: &[u8] = b"produced/";
+
+fn produced_key(client: &str, message_id: u64, index: u32) -> Vec<u8> {
+    let mut rest = [0u8; 12];
+    rest[..8].copy_from_slice(&message_id.to_be_bytes());
+    rest[8..].copy_from_slice(&index.to_be_bytes());
+    [PRODUCED_KEY_PREFIX, &client_key(client, &rest)].concat()
+}
+
+/// (client, message id, index) of a produced key without its prefix.
+fn split_produced_key(rest: &[u8]) -> Option<(String, u64, u32)> {
+    let (client, ids) = split_client_key(rest)?;
+    let m = u64::from_be_bytes(ids.get(..8)?.try_into().ok()?);
+    let i = u32::from_be_bytes(ids.get(8..)?.try_into().ok()?);
+    Some((client, m, i))
+}
+
 /// A checkpoint entry that does not decode.
 /// A value or key of the store that does not decode.
 fn corrupt(table: Table, key: &[u8], what: impl ToString) -> keelmq_storage::Error {
@@ -757,6 +816,17 @@ fn load_meta(store: &dyn Store, image: &mut Image) -> Result<(), LoadError> {
     let sessions = &mut image.sessions;
     let mut stale = Vec::new();
     scan(store, Table::Meta, &mut |k, v| {
+        if let Some(rest) = k.strip_prefix(PRODUCED_KEY_PREFIX) {
+            let (client, m, i) =
+                split_produced_key(rest).ok_or_else(|| corrupt(Table::Meta, k, "bad key"))?;
+            match sessions.get_mut(&client) {
+                Some(s) => {
+                    s.produced.insert((m, i));
+                }
+                None => stale.push(Key::Produced(client, m, i)),
+            }
+            return Ok(());
+        }
         if let Some(client) = k.strip_prefix(OWNER_KEY_PREFIX) {
             let client = std::str::from_utf8(client).map_err(|e| corrupt(Table::Meta, k, e))?;
             let owner =

@@ -145,3 +145,12 @@ pub fn unsubscribed(client: &str, filter: &str) -> Record {
         filter: filter.to_string(),
     }
 }
+
+/// Output `index` of `message_id` was published by the consumer `client` (same commit).
+pub fn produced(client: &str, message_id: u64, index: u32) -> Record {
+    Record::Produced {
+        client: client.to_string(),
+        message_id,
+        index,
+    }
+}

@@ -24,6 +24,9 @@ pub const RECORD_V2: u8 = 2;
 /// Format 3: format 2 plus the variants [`Record::DequeueMessage`], which names the message it
 /// removes, and [`Record::SessionOwner`]. Only a commit that holds one is written as format 3.
 pub const RECORD_V3: u8 = 3;
+/// Format 4: format 3 plus [`Record::Produced`]. Only a commit that holds one is written as
+/// format 4.
+pub const RECORD_V4: u8 = 4;
 /// First byte of every state-store value: format 1.
 pub const VALUE_V1: u8 = 1;
 
@@ -188,6 +191,15 @@ pub enum Record {
         client: String,
         username: Option<String>,
     },
+    /// (Format 4.) A durable consumer of the session (a rule) published output `index` of the
+    /// message `message_id` it was delivered; logged in the same commit as that output. It
+    /// lasts until the delivery of `message_id` leaves the session's queue, so processing the
+    /// message again after a crash skips the outputs already published.
+    Produced {
+        client: String,
+        message_id: u64,
+        index: u32,
+    },
 }
 
 /// A record or value that does not decode.
@@ -213,6 +225,7 @@ impl Record {
         match self {
             Record::WillSet { .. } | Record::WillClear { .. } => RECORD_V2,
             Record::DequeueMessage { .. } | Record::SessionOwner { .. } => RECORD_V3,
+            Record::Produced { .. } => RECORD_V4,
             _ => RECORD_V1,
         }
     }
@@ -230,7 +243,7 @@ impl Record {
     /// its added variants, so one decoder reads all; a record holding a variant newer than its
     /// format is refused.
     pub fn decode_batch(record_type: u8, payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
-        if !(RECORD_V1..=RECORD_V3).contains(&record_type) {
+        if !(RECORD_V1..=RECORD_V4).contains(&record_type) {
             return Err(DecodeError::Version(record_type));
         }
         let records: Vec<Record> = postcard::from_bytes(payload)?;

@@ -1,22 +1,27 @@
 //! A topic rule's durable consumer: the in-process session `$rule/<id>` subscribed (QoS 1) to
-//! the rule's topic filters, processing its deliveries one at a time, in order.
+//! the rule's topic filters, processing its deliveries in order.
 //!
-//! Exactly once per (rule, message): every republish of a delivery carries a marker (an
-//! inbound QoS 2 id of the consumer's session, `LocalSession::publish_once`) logged in the same
-//! commit as the republished message, and the delivery's acknowledgement releases its markers
-//! in one commit (`LocalSession::ack_releasing`). After a crash a delivery comes back (it was
-//! not acknowledged) and its outputs are computed again; those already published find their
-//! marker and are skipped. QoS 0 deliveries are processed at most once, without markers.
+//! Exactly once per (rule, message): every republish of a delivery is logged in the same
+//! commit as a mark of (source message id, output number) in the consumer's session
+//! (`LocalSession::publish_output`), and the delivery is acknowledged only once all its outputs
+//! are durable; the acknowledgement forgets the marks. After a crash an unacknowledged delivery
+//! comes back and its outputs are computed again; those already published find their mark and
+//! are skipped. QoS 0 deliveries are processed at most once, without marks.
+//!
+//! Pipelined: the consumer goes on with its next deliveries while the outputs of earlier ones
+//! wait for their fdatasync (at most the session's in-flight window, `mqtt.max_inflight`), so
+//! consecutive outputs share one; a completer task waits for them in order and hands each
+//! finished delivery back to be acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actions::Action;
 use super::{fields, Compiled};
-use crate::broker::local::{LocalClient, LocalDelivery, LocalError, LocalSession};
+use crate::broker::local::{LocalClient, LocalDelivery, LocalError, LocalSession, PendingOutput};
 use crate::broker::metrics::RuleStats;
 use crate::broker::{Broker, Metrics};
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
@@ -65,6 +70,12 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// A delivery whose outputs are on their way to the log.
+struct Processed {
+    delivery: LocalDelivery,
+    outputs: Vec<PendingOutput>,
+}
+
 /// Attaches the consumer session, brings its subscriptions in line with the rule, and
 /// processes deliveries until stopped.
 async fn consume(
@@ -76,6 +87,50 @@ async fn consume(
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), LocalError> {
     let (mut session, _) = client.consumer_session().await?;
+    subscribe(&session, rule).await?;
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
+    let window = usize::from(broker.config().mqtt.max_inflight).max(1);
+    let (to_complete, pending) = mpsc::channel::<Processed>(window);
+    let (to_ack, mut done) = mpsc::channel::<Result<LocalDelivery, LocalError>>(window);
+    let completer = tokio::spawn(complete(broker.clone(), pending, to_ack));
+    let result = loop {
+        tokio::select! {
+            finished = done.recv() => match finished {
+                Some(Ok(d)) => session.ack(&d).await?,
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            },
+            d = session.next() => {
+                let d = d?;
+                let outputs = process(broker, rule, stats, &session, &d, stop).await?;
+                // Only QoS 1/2 deliveries have outputs to wait for; they are bounded by the
+                // in-flight window, so neither channel can fill while the other waits.
+                if outputs.is_empty() {
+                    session.ack(&d).await?;
+                    continue;
+                }
+                let processed = Processed { delivery: d, outputs };
+                if to_complete.send(processed).await.is_err() {
+                    break Ok(());
+                }
+            }
+            _ = stop.changed() => break Ok(()),
+        }
+    };
+    // What was logged is waited for and acknowledged before the session goes.
+    drop(to_complete);
+    while let Some(Ok(d)) = done.recv().await {
+        session.ack(&d).await?;
+    }
+    let _ = completer.await;
+    session.close().await;
+    result
+}
+
+/// Subscribes the consumer to the rule's filters and drops the filters it no longer reads.
+async fn subscribe(session: &LocalSession, rule: &Compiled) -> Result<(), LocalError> {
     let options = SubscriptionOptions {
         retain_handling: RetainHandling::Never,
         ..SubscriptionOptions::qos(QoS::AtLeastOnce)
@@ -90,23 +145,30 @@ async fn consume(
     if !stale.is_empty() {
         session.unsubscribe(&stale).await?;
     }
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
-    loop {
-        let d = tokio::select! {
-            d = session.next() => d?,
-            _ = stop.changed() => {
-                session.close().await;
-                return Ok(());
+    Ok(())
+}
+
+/// Waits for the outputs of each processed delivery, in order, then hands the delivery back to
+/// be acknowledged (never cancelled: every logged output is made visible or given back).
+async fn complete(
+    broker: Broker,
+    mut pending: mpsc::Receiver<Processed>,
+    done: mpsc::Sender<Result<LocalDelivery, LocalError>>,
+) {
+    while let Some(p) = pending.recv().await {
+        let mut result = Ok(p.delivery);
+        for output in p.outputs {
+            if let Err(e) = output.wait(&broker).await {
+                result = Err(e);
             }
-        };
-        let markers = process(broker, rule, stats, &session, &d, stop).await?;
-        session.ack_releasing(&d, &markers).await?;
+        }
+        if done.send(result).await.is_err() {
+            return;
+        }
     }
 }
 
-/// Applies the rule to one delivery and runs its actions; returns the markers used.
+/// Applies the rule to one delivery and starts its actions; returns the outputs to wait for.
 async fn process(
     broker: &Broker,
     rule: &Compiled,
@@ -114,44 +176,43 @@ async fn process(
     session: &LocalSession,
     d: &LocalDelivery,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Vec<u16>, LocalError> {
+) -> Result<Vec<PendingOutput>, LocalError> {
     Metrics::add(&stats.matched, 1);
-    let input = fields::message(broker, &d.delivery.message, d.dup);
+    let message = &d.delivery.message;
+    let input = fields::message(broker, message, d.dup);
     let Some(outputs) = super::evaluate(rule, stats, &input) else {
         return Ok(Vec::new());
     };
     let once = d.delivery.qos != QoS::AtMostOnce;
-    let mut markers = Vec::new();
+    let mut pending = Vec::new();
+    let mut index = 0u32;
     for out in &outputs {
         for action in &rule.actions {
             Metrics::add(&stats.actions_total, 1);
-            let marker = match (once, action) {
-                (true, Action::Republish(_)) => match u16::try_from(markers.len() + 1) {
-                    Ok(m) => Some(m),
-                    Err(_) => {
-                        discard(rule, stats, "more than 65535 republishes for one message");
-                        continue;
-                    }
-                },
-                _ => None,
+            let target = match (once, action) {
+                (true, Action::Republish(_)) => {
+                    index += 1;
+                    Target::Output(session, message.id, index)
+                }
+                _ => Target::Session(session),
             };
-            markers.extend(marker);
-            run_action(rule, stats, action, out, Target::Session(session, marker), stop).await?;
+            pending.extend(run_action(rule, stats, action, out, target, stop).await?);
         }
     }
-    Ok(markers)
+    Ok(pending)
 }
 
-/// Where a republish goes: through the consumer session with a marker (exactly once), or a
-/// plain in-process client.
+/// Where a republish goes: through the consumer session as a marked output (exactly once,
+/// pipelined), as the consumer session's plain publish, or through an in-process client.
 pub enum Target<'a> {
-    Session(&'a LocalSession, Option<u16>),
+    Output(&'a LocalSession, u64, u32),
+    Session(&'a LocalSession),
     Client(&'a LocalClient),
 }
 
 /// Runs one action for one output, retrying a failed republish with backoff until it is
-/// durable or the rule stops. A republish that cannot be rendered or names an invalid topic
-/// is discarded (counted, logged).
+/// logged or the rule stops; a marked output may come back to be waited for. A republish that
+/// cannot be rendered or names an invalid topic is discarded (counted, logged).
 pub async fn run_action(
     rule: &Compiled,
     stats: &RuleStats,
@@ -159,13 +220,13 @@ pub async fn run_action(
     out: &Map<String, Value>,
     target: Target<'_>,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), LocalError> {
+) -> Result<Option<PendingOutput>, LocalError> {
     let republish = match action {
         Action::Console => {
             let output = Value::Object(out.clone());
             tracing::info!(target: "keelmq::rules", rule = %rule.id, %output, "rule output");
             Metrics::add(&stats.actions_success, 1);
-            return Ok(());
+            return Ok(None);
         }
         Action::Republish(r) => r,
     };
@@ -173,24 +234,26 @@ pub async fn run_action(
         Ok(p) => p,
         Err(why) => {
             discard(rule, stats, &why);
-            return Ok(());
+            return Ok(None);
         }
     };
     let mut wait = RETRY_FIRST;
     loop {
         let sent = match &target {
-            Target::Session(s, Some(marker)) => s.publish_once(publish.clone(), *marker).await,
-            Target::Session(s, None) => s.publish(publish.clone()).await.map(Some),
-            Target::Client(c) => c.publish(publish.clone()).await.map(Some),
+            Target::Output(s, message_id, index) => {
+                s.publish_output(publish.clone(), *message_id, *index).await
+            }
+            Target::Session(s) => s.publish(publish.clone()).await.map(|_| None),
+            Target::Client(c) => c.publish(publish.clone()).await.map(|_| None),
         };
         match sent {
-            Ok(_) => {
+            Ok(pending) => {
                 Metrics::add(&stats.actions_success, 1);
-                return Ok(());
+                return Ok(pending);
             }
             Err(LocalError::InvalidTopic) => {
                 discard(rule, stats, &format!("invalid topic `{}`", publish.topic));
-                return Ok(());
+                return Ok(None);
             }
             Err(LocalError::NotDurable) => {
                 Metrics::add(&stats.actions_failed, 1);

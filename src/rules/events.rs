@@ -126,6 +126,7 @@ async fn dispatch(
                 for action in &rule.actions {
                     Metrics::add(&stats.actions_total, 1);
                     let target = Target::Client(&client);
+                    // A plain client's publish has nothing left to wait for.
                     if run_action(rule, stats, action, out, target, &mut stop).await.is_err() {
                         return; // the broker is shutting down
                     }

@@ -299,6 +299,9 @@ pub struct Session {
     /// layer to log. Drained by [`Self::take_removed`].
     removed: Vec<(u16, u64)>,
     inbound_awaiting_rel: HashSet<u16>,
+    /// Outputs a durable consumer (a rule) published for messages it has not acknowledged
+    /// yet: (message id, output index). Empty for every other session.
+    produced: Vec<(u64, u32)>,
     limits: SessionLimits,
     /// QoS 0 deliveries dropped because the queue was full.
     pub dropped_qos0: u64,
@@ -325,6 +328,7 @@ impl Session {
             used_packet_ids: HashSet::new(),
             removed: Vec::new(),
             inbound_awaiting_rel: HashSet::new(),
+            produced: Vec::new(),
             limits,
             dropped_qos0: 0,
             expired: 0,
@@ -800,6 +804,7 @@ impl Session {
         self.paged_bytes = 0;
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();
+        self.produced.clear();
         self.used_packet_ids.clear();
         self.removed.clear();
         self.queued_bytes = 0;
@@ -822,6 +827,28 @@ impl Session {
     /// not (PUBCOMP 0x92 Packet Identifier not found).
     pub fn inbound_pubrel(&mut self, packet_id: u16) -> bool {
         self.inbound_awaiting_rel.remove(&packet_id)
+    }
+
+    /// Marks output `index` of message `message_id` as published by this (consumer) session;
+    /// `false` if it was already (a message processed again after a crash).
+    pub fn claim_output(&mut self, message_id: u64, index: u32) -> bool {
+        if self.produced.contains(&(message_id, index)) {
+            return false;
+        }
+        self.produced.push((message_id, index));
+        true
+    }
+
+    /// Gives back a claimed output whose message was not published.
+    pub fn release_output(&mut self, message_id: u64, index: u32) {
+        self.produced.retain(|o| *o != (message_id, index));
+    }
+
+    /// Forgets the outputs of `message_id` (its delivery was acknowledged).
+    pub fn forget_outputs(&mut self, message_id: u64) {
+        if !self.produced.is_empty() {
+            self.produced.retain(|(m, _)| *m != message_id);
+        }
     }
 
     /// Inbound QoS 2 identifiers awaiting PUBREL: they count against the Receive Maximum.

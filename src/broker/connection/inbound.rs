@@ -212,7 +212,7 @@ impl Connection {
                 || self
                     .held
                     .as_ref()
-                    .is_some_and(|h| h.packet_id == claim.packet_id);
+                    .is_some_and(|h| crate::broker::ClaimKey::Inbound(h.packet_id) == claim.key);
             if !placed {
                 self.broker.release_claim(&claim);
             }

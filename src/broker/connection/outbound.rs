@@ -96,7 +96,7 @@ impl Connection {
         let refused = a.reason.is_error();
         let (outcome, pending) = self
             .broker
-            .outbound_pubrec(&self.slot, self.id, a.packet_id, refused, &[])?
+            .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)?
             .ok_or(Close::TakenOver)?;
         match outcome {
             // PUBREL leaves once the PubRec record is durable; meanwhile the next
