@@ -46,6 +46,42 @@ impl Broker {
         Some(())
     }
 
+    /// PUBACKs of several QoS 1 deliveries at once (a durable consumer's batch): one session
+    /// lock, one log append. `None` if `conn` no longer owns the session.
+    pub(crate) fn outbound_puback_many(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_ids: &[u16],
+    ) -> Option<()> {
+        let (acked, records) = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let (mut acked, mut records) = (Vec::new(), Vec::new());
+            for &packet_id in packet_ids {
+                let Ok(d) = st.session.on_puback(packet_id) else {
+                    continue;
+                };
+                st.session.forget_outputs(d.message.id);
+                if st.in_store {
+                    records.push(journal::dequeued(&slot.client_id, packet_id, d.message.id));
+                }
+                acked.push((packet_id, d.message));
+            }
+            Some((acked, records))
+        })?;
+        self.log(records);
+        for (packet_id, message) in acked {
+            self.emit(EventKinds::ACKED, || Event::Acked {
+                client_id: slot.client_id.clone(),
+                packet_id,
+                message,
+            });
+        }
+        Some(())
+    }
+
     /// A PUBREC from the subscriber. When it releases the message, "PUBREC received" is logged
     /// and the returned wait completes once it is durable: only then may the caller send PUBREL,
     /// so that a restart re-sends PUBREL, never the PUBLISH. `Ok(None)` if `conn` no longer

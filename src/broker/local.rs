@@ -25,6 +25,11 @@ use crate::session::Outgoing;
 /// notification arrives.
 const HELD_RETRY: Duration = Duration::from_millis(50);
 
+/// The in-flight window of a durable consumer ([`LocalClient::consumer_session`]): it keeps
+/// this many deliveries unacknowledged while their outputs wait for the log, so that one
+/// fdatasync covers the outputs of as many.
+pub const CONSUMER_WINDOW: u16 = 1024;
+
 /// Why an in-process client's request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LocalError {
@@ -251,7 +256,10 @@ impl LocalClient {
                 | ConnectRefusal::NotOwner => LocalError::NotDurable,
             })?;
         attached.slot.consumer.store(consumer, Ordering::Relaxed);
-        let window = broker.config().mqtt.max_inflight;
+        let window = match consumer {
+            false => broker.config().mqtt.max_inflight,
+            true => CONSUMER_WINDOW,
+        };
         broker.session_op(&attached.slot, conn, |s| s.set_window(window));
         let resend = broker
             .session_op(&attached.slot, conn, |s| s.resume())
@@ -383,6 +391,16 @@ impl LocalSession {
         }
     }
 
+    /// Whether [`Self::next`] would wait now: nothing taken and nothing the session may give
+    /// out (its queue is empty or its in-flight window full).
+    pub fn is_idle(&self) -> bool {
+        self.outbox.is_empty()
+            && !self
+                .broker
+                .session_op(&self.slot, self.conn, |s| s.has_sendable())
+                .unwrap_or(false)
+    }
+
     /// Moves the session's next delivery into the outbox; `false` if there is none.
     fn take_next(&mut self) -> Result<bool, LocalError> {
         let now = Instant::now();
@@ -415,6 +433,25 @@ impl LocalSession {
                 self.complete(d.packet_id, true)
             }
         }
+    }
+
+    /// Acknowledges several deliveries: the QoS 1 ones in one step (one log append for all),
+    /// the others one by one as [`Self::ack`] does.
+    pub async fn ack_many(&mut self, ds: &[LocalDelivery]) -> Result<(), LocalError> {
+        let qos1: Vec<u16> = ds
+            .iter()
+            .filter(|d| d.delivery.qos == QoS::AtLeastOnce)
+            .map(|d| d.packet_id)
+            .collect();
+        if !qos1.is_empty() {
+            self.broker
+                .outbound_puback_many(&self.slot, self.conn, &qos1)
+                .ok_or(LocalError::TakenOver)?;
+        }
+        for d in ds.iter().filter(|d| d.delivery.qos == QoS::ExactlyOnce) {
+            self.ack(d).await?;
+        }
+        Ok(())
     }
 
     fn complete(&self, packet_id: u16, pubcomp: bool) -> Result<(), LocalError> {

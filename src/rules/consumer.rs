@@ -70,6 +70,9 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// Acknowledgements gathered at most before they are logged together.
+const ACK_BATCH: usize = 256;
+
 /// A delivery whose outputs are on their way to the log.
 struct Processed {
     delivery: LocalDelivery,
@@ -91,14 +94,20 @@ async fn consume(
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
-    let window = usize::from(broker.config().mqtt.max_inflight).max(1);
+    let window = usize::from(crate::broker::local::CONSUMER_WINDOW);
     let (to_complete, pending) = mpsc::channel::<Processed>(window);
     let (to_ack, mut done) = mpsc::channel::<Result<LocalDelivery, LocalError>>(window);
     let completer = tokio::spawn(complete(broker.clone(), pending, to_ack));
+    // Deliveries to acknowledge, in one batch (one log append) whenever the consumer would wait.
+    let mut acks: Vec<LocalDelivery> = Vec::new();
     let result = loop {
+        if !acks.is_empty() && session.is_idle() {
+            session.ack_many(&acks).await?;
+            acks.clear();
+        }
         tokio::select! {
             finished = done.recv() => match finished {
-                Some(Ok(d)) => session.ack(&d).await?,
+                Some(Ok(d)) => acks.push(d),
                 Some(Err(e)) => break Err(e),
                 None => break Ok(()),
             },
@@ -108,7 +117,11 @@ async fn consume(
                 // Only QoS 1/2 deliveries have outputs to wait for; they are bounded by the
                 // in-flight window, so neither channel can fill while the other waits.
                 if outputs.is_empty() {
-                    session.ack(&d).await?;
+                    acks.push(d);
+                    if acks.len() >= ACK_BATCH {
+                        session.ack_many(&acks).await?;
+                        acks.clear();
+                    }
                     continue;
                 }
                 let processed = Processed { delivery: d, outputs };
@@ -119,10 +132,11 @@ async fn consume(
             _ = stop.changed() => break Ok(()),
         }
     };
+    session.ack_many(&acks).await?;
     // What was logged is waited for and acknowledged before the session goes.
     drop(to_complete);
     while let Some(Ok(d)) = done.recv().await {
-        session.ack(&d).await?;
+        session.ack_many(std::slice::from_ref(&d)).await?;
     }
     let _ = completer.await;
     session.close().await;
