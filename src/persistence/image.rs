@@ -979,6 +979,49 @@ mod tests {
         }
     }
 
+    fn produced(message_id: u64, index: u32) -> Record {
+        Record::Produced {
+            client: "sub".into(),
+            message_id,
+            index,
+        }
+    }
+
+    /// A consumer's output marks survive a checkpoint and a restart while their delivery is
+    /// queued, and go (from memory and from the store) with its `DequeueMessage`.
+    #[test]
+    fn output_marks_last_as_long_as_their_delivery() {
+        let store = MemStore::new();
+        let mut image = Image::default();
+        for r in [
+            session("sub", None),
+            body(1),
+            enqueue(3, 1),
+            body(2),
+            enqueue(4, 2),
+            produced(1, 1),
+            produced(1, 2),
+            produced(2, 1),
+        ] {
+            image.apply(r);
+        }
+        store.write_checkpoint(image.take_changes(), 8).unwrap();
+        let mut loaded = Image::load(&store).unwrap();
+        let marks = |i: &Image| i.sessions["sub"].produced.iter().copied().collect::<Vec<_>>();
+        assert_eq!(marks(&loaded), [(1, 1), (1, 2), (2, 1)]);
+        loaded.apply(dequeue(3, 1));
+        assert_eq!(marks(&loaded), [(2, 1)]);
+        store.write_checkpoint(loaded.take_changes(), 9).unwrap();
+        let reloaded = Image::load(&store).unwrap();
+        assert_eq!(marks(&reloaded), [(2, 1)]);
+        assert_eq!(reloaded.canonical(&store), loaded.canonical(&store));
+        // The session's end deletes its marks from the store.
+        let mut after = reloaded;
+        after.apply(Record::SessionRemove { client: "sub".into() });
+        store.write_checkpoint(after.take_changes(), 11).unwrap();
+        assert!(Image::load(&store).unwrap().sessions.is_empty());
+    }
+
     /// A subscriber completes message 1 under packet id 7 and a publish at once takes the freed
     /// id for message 2: the new delivery's `Enqueue` may reach the log before the old one's
     /// `Dequeue` (each is logged after the session lock is released). Replayed in that order,

@@ -3,7 +3,7 @@
 //!
 //! # Encoding
 //! A WAL record's type byte is the format version of its payload ([`RECORD_V1`],
-//! [`RECORD_V2`] or [`RECORD_V3`]), which is the list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
+//! [`RECORD_V2`], [`RECORD_V3`] or [`RECORD_V4`]), which is the list of [`Record`]s of one commit encoded with `postcard` (a documented, stable, compact
 //! serde format: varint integers, length-prefixed strings and byte strings, enum variants as
 //! varint indices). One commit is one WAL record, so it is atomic: a crash can never keep the
 //! "packet id awaiting PUBREL" of a message and lose the message's deliveries.
@@ -397,6 +397,15 @@ mod tests {
             let encoded = Record::encode_batch(&batch);
             prop_assert_eq!(Record::decode_batch(RECORD_V3, &encoded).unwrap(), batch);
             prop_assert!(Record::decode_batch(RECORD_V2, &encoded).is_err(), "format 2 has no DequeueMessage");
+            let batch = vec![
+                Record::Produced { client: client.clone(), message_id: m.id, index: u32::from(pid) },
+                Record::Message(m.clone()),
+                Record::DequeueMessage { client: client.clone(), packet_id: pid, message_id: m.id },
+            ];
+            prop_assert_eq!(Record::batch_version(&batch), RECORD_V4);
+            let encoded = Record::encode_batch(&batch);
+            prop_assert_eq!(Record::decode_batch(RECORD_V4, &encoded).unwrap(), batch);
+            prop_assert!(Record::decode_batch(RECORD_V3, &encoded).is_err(), "format 3 has no Produced");
             prop_assert_eq!(decode_value::<StoredMessage>(&encode_value(&m)).unwrap(), m);
         }
 
@@ -405,6 +414,7 @@ mod tests {
             let _ = Record::decode_batch(RECORD_V1, &bytes);
             let _ = Record::decode_batch(RECORD_V2, &bytes);
             let _ = Record::decode_batch(RECORD_V3, &bytes);
+            let _ = Record::decode_batch(RECORD_V4, &bytes);
             let _ = decode_value::<StoredWill>(&bytes);
             let _ = decode_value::<StoredMessage>(&bytes);
             let _ = decode_value::<StoredDelivery>(&bytes);
@@ -416,8 +426,8 @@ mod tests {
     #[test]
     fn versions_are_checked() {
         assert!(matches!(
-            Record::decode_batch(4, &[]),
-            Err(DecodeError::Version(4))
+            Record::decode_batch(5, &[]),
+            Err(DecodeError::Version(5))
         ));
         assert!(matches!(
             decode_value::<SessionRecord>(&[9, 0]),
