@@ -37,8 +37,9 @@ fn message(topic: &str) -> Message {
 
 fn eval(c: &mut Criterion) {
     let broker = Broker::new(Config::default());
-    let rule = Rule::compile(r#"SELECT payload.a AS a, clientid FROM "bench/#" WHERE payload.b > 0"#)
-        .expect("compiles");
+    let rule =
+        Rule::compile(r#"SELECT payload.a AS a, clientid FROM "bench/#" WHERE payload.b > 0"#)
+            .expect("compiles");
     let topic = Template::parse("out/${clientid}").expect("template");
     let payload = Template::parse(r#"{"a": ${a}}"#).expect("template");
     let m = message("bench/vehicle-4711/data");

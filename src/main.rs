@@ -482,9 +482,13 @@ async fn reload_rules(server: &Server, path: Option<&std::path::Path>) {
     match loaded {
         Ok(Ok(config)) => match server.rules().reload(&config.rules).await {
             Ok(()) => tracing::info!(rules = config.rules.len(), "rules reloaded"),
-            Err(e) => tracing::error!(error = %e, "rule reload failed; the rules stay as they were"),
+            Err(e) => {
+                tracing::error!(error = %e, "rule reload failed; the rules stay as they were")
+            }
         },
-        Ok(Err(e)) => tracing::error!(error = %e, "config reload failed; the rules stay as they were"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "config reload failed; the rules stay as they were")
+        }
         Err(e) => tracing::error!(error = %e, "config reload failed"),
     }
 }

@@ -147,11 +147,19 @@ fn validate_action(i: usize, j: usize, action: &ActionSpec) -> Result<(), Config
     };
     template("topic", &r.topic)?;
     if r.topic.is_empty() || r.topic.contains(['+', '#']) {
-        return Err(bad(i, &field("topic"), "must be a topic name (no wildcards)"));
+        return Err(bad(
+            i,
+            &field("topic"),
+            "must be a topic name (no wildcards)",
+        ));
     }
     match &r.qos {
         TemplateOr::Value(q) if *q > 2 => {
-            return Err(bad(i, &field("qos"), format!("{q} is not a QoS (0, 1 or 2)")))
+            return Err(bad(
+                i,
+                &field("qos"),
+                format!("{q} is not a QoS (0, 1 or 2)"),
+            ))
         }
         TemplateOr::Value(_) => {}
         TemplateOr::Template(t) => template("qos", t)?,
@@ -209,7 +217,10 @@ mod tests {
             panic!("republish expected");
         };
         assert_eq!(r.qos, super::TemplateOr::Value(1));
-        assert_eq!(r.retain, super::TemplateOr::Template("${flags.retain}".into()));
+        assert_eq!(
+            r.retain,
+            super::TemplateOr::Template("${flags.retain}".into())
+        );
         assert!(r.direct_dispatch);
     }
 
@@ -237,7 +248,9 @@ mod tests {
              actions = [{ kind = \"republish\", topic = \"x\", mqtt_properties = { Foo = \"1\" } }]\n",
         );
         assert!(e.contains("mqtt_properties") && e.contains("Foo"), "{e}");
-        let e = error("[[rules]]\nid = \"a\"\nsql = 'SELECT * FROM \"t\"'\nactions = [{ kind = \"mail\" }]\n");
+        let e = error(
+            "[[rules]]\nid = \"a\"\nsql = 'SELECT * FROM \"t\"'\nactions = [{ kind = \"mail\" }]\n",
+        );
         assert!(e.contains("mail"), "{e}");
     }
 }

@@ -4,12 +4,24 @@
 /// The events a rule can read: `(EMQX 5 name, slash form, the `event` field's value)`.
 pub const EVENTS: [(&str, &str, &str); 12] = [
     ("message_publish", "message/publish", "message.publish"),
-    ("message_delivered", "message/delivered", "message.delivered"),
+    (
+        "message_delivered",
+        "message/delivered",
+        "message.delivered",
+    ),
     ("message_acked", "message/acked", "message.acked"),
     ("message_dropped", "message/dropped", "message.dropped"),
-    ("delivery_dropped", "message/delivery_dropped", "delivery.dropped"),
+    (
+        "delivery_dropped",
+        "message/delivery_dropped",
+        "delivery.dropped",
+    ),
     ("client_connected", "client/connected", "client.connected"),
-    ("client_disconnected", "client/disconnected", "client.disconnected"),
+    (
+        "client_disconnected",
+        "client/disconnected",
+        "client.disconnected",
+    ),
     ("client_connack", "client/connack", "client.connack"),
     (
         "client_check_authn_complete",
@@ -21,8 +33,16 @@ pub const EVENTS: [(&str, &str, &str); 12] = [
         "client/check_authz_complete",
         "client.check_authz_complete",
     ),
-    ("session_subscribed", "session/subscribed", "session.subscribed"),
-    ("session_unsubscribed", "session/unsubscribed", "session.unsubscribed"),
+    (
+        "session_subscribed",
+        "session/subscribed",
+        "session.subscribed",
+    ),
+    (
+        "session_unsubscribed",
+        "session/unsubscribed",
+        "session.unsubscribed",
+    ),
 ];
 
 /// One source of a rule.

@@ -1,8 +1,8 @@
 //! Examples in the manner of EMQX's rule SQL documentation, errors with positions, and the
 //! print → parse round trip as a property.
 
-use crate::sources;
 use super::*;
+use crate::sources;
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -59,7 +59,10 @@ impl Broker {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let mut listeners = self.shared.hooks.listeners.write();
         listeners.push((kinds, tx));
-        self.shared.hooks.listening.fetch_or(kinds.0, Ordering::AcqRel);
+        self.shared
+            .hooks
+            .listening
+            .fetch_or(kinds.0, Ordering::AcqRel);
         rx
     }
 
@@ -86,7 +89,9 @@ impl Broker {
         if closed {
             let mut listeners = self.shared.hooks.listeners.write();
             listeners.retain(|(_, tx)| !tx.is_closed());
-            let any = listeners.iter().fold(EventKinds::NONE, |a, (k, _)| a.union(*k));
+            let any = listeners
+                .iter()
+                .fold(EventKinds::NONE, |a, (k, _)| a.union(*k));
             self.shared.hooks.listening.store(any.0, Ordering::Release);
         }
     }

@@ -292,7 +292,11 @@ impl PendingOutput {
     /// Waits until the output is durable, then makes it visible to its subscribers.
     pub async fn wait(self, broker: &Broker) -> Result<(), LocalError> {
         match self.0 {
-            Some(logged) => broker.wait_and_reveal(logged).await.map(|_| ()).map_err(Into::into),
+            Some(logged) => broker
+                .wait_and_reveal(logged)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
             None => Ok(()),
         }
     }
@@ -361,12 +365,13 @@ impl LocalSession {
                     let client_id = self.slot.client_id.clone();
                     let message = delivery.message.clone();
                     let qos = delivery.qos;
-                    self.broker.emit(EventKinds::DELIVERED, || Event::Delivered {
-                        client_id,
-                        message,
-                        packet_id,
-                        qos,
-                    });
+                    self.broker
+                        .emit(EventKinds::DELIVERED, || Event::Delivered {
+                            client_id,
+                            message,
+                            packet_id,
+                            qos,
+                        });
                     return Ok(LocalDelivery {
                         packet_id,
                         dup,
@@ -513,7 +518,10 @@ impl LocalSession {
             Ok(ReserveOutcome::Logged(logged)) => Ok(Some(PendingOutput(Some(logged)))),
             Ok(ReserveOutcome::Held(held)) => {
                 let mut outcome = broker.retry_planned(held).await;
-                while let Ok(PublishOutcome { held: Some(held), .. }) = outcome {
+                while let Ok(PublishOutcome {
+                    held: Some(held), ..
+                }) = outcome
+                {
                     if *broker.shutdown_signal().borrow() {
                         broker.release_claim(&claim);
                         return Err(LocalError::ShuttingDown);
@@ -558,7 +566,8 @@ impl Drop for LocalSession {
         drop(alive);
         let (broker, conn, slot) = (self.broker.clone(), self.conn, self.slot.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { broker.disconnect(conn, &slot, false, None, "normal").await });
+            runtime
+                .spawn(async move { broker.disconnect(conn, &slot, false, None, "normal").await });
         }
     }
 }

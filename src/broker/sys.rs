@@ -88,7 +88,12 @@ impl Broker {
 
     /// The counters of rule `id`.
     pub fn rule_stats(&self, id: &str) -> Option<Arc<metrics::RuleStats>> {
-        self.shared.rules.read().iter().find(|r| r.id == id).cloned()
+        self.shared
+            .rules
+            .read()
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
     }
 
     /// Forgets a removed rule's counters.
@@ -112,7 +117,13 @@ impl Broker {
                 .iter()
                 .map(|l| l.snapshot())
                 .collect(),
-            rules: self.shared.rules.read().iter().map(|r| r.snapshot()).collect(),
+            rules: self
+                .shared
+                .rules
+                .read()
+                .iter()
+                .map(|r| r.snapshot())
+                .collect(),
             ..self.shared.metrics.counters()
         }
     }

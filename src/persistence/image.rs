@@ -189,7 +189,11 @@ impl Image {
         }
         let gone = d.message_id;
         s.deliveries.remove(&packet_id);
-        let outputs: Vec<_> = s.produced.range((gone, 0)..=(gone, u32::MAX)).copied().collect();
+        let outputs: Vec<_> = s
+            .produced
+            .range((gone, 0)..=(gone, u32::MAX))
+            .copied()
+            .collect();
         for (m, i) in outputs {
             s.produced.remove(&(m, i));
             self.dirty.insert(Key::Produced(client.clone(), m, i));
@@ -1007,7 +1011,13 @@ mod tests {
         }
         store.write_checkpoint(image.take_changes(), 8).unwrap();
         let mut loaded = Image::load(&store).unwrap();
-        let marks = |i: &Image| i.sessions["sub"].produced.iter().copied().collect::<Vec<_>>();
+        let marks = |i: &Image| {
+            i.sessions["sub"]
+                .produced
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(marks(&loaded), [(1, 1), (1, 2), (2, 1)]);
         loaded.apply(dequeue(3, 1));
         assert_eq!(marks(&loaded), [(2, 1)]);
@@ -1017,7 +1027,9 @@ mod tests {
         assert_eq!(reloaded.canonical(&store), loaded.canonical(&store));
         // The session's end deletes its marks from the store.
         let mut after = reloaded;
-        after.apply(Record::SessionRemove { client: "sub".into() });
+        after.apply(Record::SessionRemove {
+            client: "sub".into(),
+        });
         store.write_checkpoint(after.take_changes(), 11).unwrap();
         assert!(Image::load(&store).unwrap().sessions.is_empty());
     }

@@ -105,7 +105,10 @@ impl Republish {
             if v.is_empty() {
                 continue;
             }
-            let number = || v.parse::<u32>().map_err(|_| format!("{name} `{v}` is not a number"));
+            let number = || {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{name} `{v}` is not a number"))
+            };
             match name.as_str() {
                 "Payload-Format-Indicator" => {
                     p.payload_format_indicator = Some(u8::from(number()? != 0))
@@ -188,7 +191,10 @@ mod tests {
         let p = r.render(&out).expect("renders");
         assert_eq!(p.qos, QoS::ExactlyOnce);
         assert_eq!(p.properties.user_properties, [("k".into(), "v".into())]);
-        assert_eq!(p.properties.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            p.properties.content_type.as_deref(),
+            Some("application/json")
+        );
         assert_eq!(p.properties.message_expiry_interval, Some(30));
     }
 

@@ -79,7 +79,12 @@ impl Dispatcher {
             return;
         }
         let rx = self.broker.events_of(EVENT_QUEUE, kinds);
-        let run = dispatch(self.broker.clone(), self.rules.clone(), rx, self.stopped.clone());
+        let run = dispatch(
+            self.broker.clone(),
+            self.rules.clone(),
+            rx,
+            self.stopped.clone(),
+        );
         *task = Some((kinds, tokio::spawn(run)));
     }
 }
@@ -127,7 +132,10 @@ async fn dispatch(
                     Metrics::add(&stats.actions_total, 1);
                     let target = Target::Client(&client);
                     // A plain client's publish has nothing left to wait for.
-                    if run_action(rule, stats, action, out, target, &mut stop).await.is_err() {
+                    if run_action(rule, stats, action, out, target, &mut stop)
+                        .await
+                        .is_err()
+                    {
                         return; // the broker is shutting down
                     }
                 }

@@ -125,9 +125,7 @@ pub fn event(broker: &Broker, e: &Event) -> Map<String, Value> {
         | Event::Acked {
             client_id, message, ..
         }
-        | Event::Dropped { client_id, message } => {
-            message_event(broker, message, Some(client_id))
-        }
+        | Event::Dropped { client_id, message } => message_event(broker, message, Some(client_id)),
         _ => client_event(broker, e),
     };
     match e {
@@ -142,7 +140,10 @@ pub fn event(broker: &Broker, e: &Event) -> Map<String, Value> {
         }
         _ => {}
     }
-    f.insert("event".into(), json!(keelmq_rules::sources::event_field(name)));
+    f.insert(
+        "event".into(),
+        json!(keelmq_rules::sources::event_field(name)),
+    );
     f.insert("timestamp".into(), json!(wall_clock_ms()));
     f.insert("node".into(), json!(node()));
     f
@@ -216,9 +217,7 @@ fn client_event(broker: &Broker, e: &Event) -> Map<String, Value> {
             filter,
             qos,
         } => subscription(broker, client_id, filter, Some(*qos as u8)),
-        Event::Unsubscribed { client_id, filter } => {
-            subscription(broker, client_id, filter, None)
-        }
+        Event::Unsubscribed { client_id, filter } => subscription(broker, client_id, filter, None),
         _ => json!({}),
     };
     match f {

@@ -56,10 +56,13 @@ pub struct Compiled {
 impl Compiled {
     pub fn new(spec: &RuleSpec) -> Result<Compiled, RuleError> {
         let invalid = |field: &str, e: String| RuleError::Invalid(format!("{field}: {e}"));
-        let rule = keelmq_rules::Rule::compile(&spec.sql).map_err(|e| invalid("sql", e.to_string()))?;
+        let rule =
+            keelmq_rules::Rule::compile(&spec.sql).map_err(|e| invalid("sql", e.to_string()))?;
         let mut compiled = Vec::new();
         for (i, a) in spec.actions.iter().enumerate() {
-            compiled.push(actions::Action::compile(a).map_err(|e| invalid(&format!("actions[{i}]"), e))?);
+            compiled.push(
+                actions::Action::compile(a).map_err(|e| invalid(&format!("actions[{i}]"), e))?,
+            );
         }
         let (mut topics, mut events) = (Vec::new(), Vec::new());
         for source in rule.sources() {
@@ -115,7 +118,10 @@ fn evaluate(
 }
 
 /// EMQX's `rule_test`: the outputs of `sql` for the input fields `context`.
-pub fn rule_test(sql: &str, context: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, String> {
+pub fn rule_test(
+    sql: &str,
+    context: &Map<String, Value>,
+) -> Result<Vec<Map<String, Value>>, String> {
     let rule = keelmq_rules::Rule::compile(sql).map_err(|e| e.to_string())?;
     rule.apply(context).map_err(|e| e.0)
 }
@@ -169,7 +175,12 @@ impl RuleEngine {
 
     /// The rules, in id order.
     pub fn list(&self) -> Vec<RuleSpec> {
-        self.inner.rules.lock().values().map(|r| r.spec.clone()).collect()
+        self.inner
+            .rules
+            .lock()
+            .values()
+            .map(|r| r.spec.clone())
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<RuleSpec> {
@@ -223,7 +234,9 @@ impl RuleEngine {
 
     /// Enables or disables a rule.
     pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), RuleError> {
-        let mut spec = self.get(id).ok_or_else(|| RuleError::NotFound(id.to_string()))?;
+        let mut spec = self
+            .get(id)
+            .ok_or_else(|| RuleError::NotFound(id.to_string()))?;
         spec.enabled = enabled;
         self.update(spec).await
     }
@@ -265,7 +278,9 @@ impl RuleEngine {
     /// Stops every consumer (at shutdown), each after the delivery in hand.
     pub async fn stop_all(&self) {
         let _changing = self.inner.changing.lock().await;
-        let all: Vec<Running> = std::mem::take(&mut *self.inner.rules.lock()).into_values().collect();
+        let all: Vec<Running> = std::mem::take(&mut *self.inner.rules.lock())
+            .into_values()
+            .collect();
         for r in all {
             self.stop(r, false).await;
         }
@@ -296,7 +311,10 @@ impl RuleEngine {
             stats,
             consumer,
         };
-        self.inner.rules.lock().insert(running.spec.id.clone(), running);
+        self.inner
+            .rules
+            .lock()
+            .insert(running.spec.id.clone(), running);
         subscribed
     }
 
@@ -329,7 +347,11 @@ impl RuleEngine {
     async fn remove_stale_consumers(&self) {
         let live: Vec<String> = {
             let rules = self.inner.rules.lock();
-            rules.values().filter(|r| r.consumer.is_some()).map(|r| consumer_id(&r.spec.id)).collect()
+            rules
+                .values()
+                .filter(|r| r.consumer.is_some())
+                .map(|r| consumer_id(&r.spec.id))
+                .collect()
         };
         for client in self.inner.broker.client_ids_with_prefix(CONSUMER_PREFIX) {
             if !live.iter().any(|l| **l == *client) {
@@ -358,5 +380,7 @@ impl RuleEngine {
 fn validate(spec: &RuleSpec) -> Result<(), RuleError> {
     let mut config = crate::config::Config::default();
     config.rules = vec![spec.clone()];
-    config.validate().map_err(|e| RuleError::Invalid(e.to_string()))
+    config
+        .validate()
+        .map_err(|e| RuleError::Invalid(e.to_string()))
 }

@@ -74,7 +74,13 @@ async fn rules_transform_filter_split_and_react_to_events() {
     let server = common::start(config_with(RULES)).await;
     let port = server.local_addr().port();
     let mut out = connect(port, "observer", true, None).await;
-    for filter in ["alerts/#", "values/#", "grades/#", "presence/#", "subscribed/#"] {
+    for filter in [
+        "alerts/#",
+        "values/#",
+        "grades/#",
+        "presence/#",
+        "subscribed/#",
+    ] {
         subscribe(&out, filter, QoS::AtLeastOnce).await;
     }
     let sensor = connect(port, "s1", true, None).await;
@@ -94,7 +100,8 @@ async fn rules_transform_filter_split_and_react_to_events() {
     let v: Value = serde_json::from_str(&payload).expect("JSON");
     assert_eq!(v, json!({"t": 85.5, "unit": "C"}));
 
-    let batch = json!({"readings": [{"name": "a", "v": 1}, {"name": "b", "v": -1}, {"name": "c", "v": 3}]});
+    let batch =
+        json!({"readings": [{"name": "a", "v": 1}, {"name": "b", "v": -1}, {"name": "c", "v": 3}]});
     let payload = batch.to_string();
     sensor
         .client
@@ -124,7 +131,10 @@ async fn rules_transform_filter_split_and_react_to_events() {
         .map(|r| (r.id.clone(), r))
         .collect();
     let temp = &rules["temp_alerts"];
-    assert_eq!((temp.matched, temp.passed, temp.failed_no_result), (3, 1, 2));
+    assert_eq!(
+        (temp.matched, temp.passed, temp.failed_no_result),
+        (3, 1, 2)
+    );
     assert_eq!((temp.actions_total, temp.actions_success), (2, 2));
     assert_eq!(rules["split"].actions_success, 2);
     assert_eq!(rules["grade"].passed, 3);
@@ -140,13 +150,19 @@ async fn events_reach_rules(port: u16, out: &mut Client) {
     subscribe(&watched, "watch/+/temp", QoS::AtLeastOnce).await;
     subscribe(&watched, "other/topic", QoS::AtLeastOnce).await;
     let (topic, payload) = message(out).await;
-    assert_eq!((topic.as_str(), payload.as_str()), ("subscribed/watched", "watch/+/temp 1"));
+    assert_eq!(
+        (topic.as_str(), payload.as_str()),
+        ("subscribed/watched", "watch/+/temp 1")
+    );
     watched.client.disconnect().await.unwrap();
     // The event loop sends the DISCONNECT; then the client goes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(watched);
     let (topic, payload) = message(out).await;
-    assert_eq!((topic.as_str(), payload.as_str()), ("presence/watched", "client.disconnected normal"));
+    assert_eq!(
+        (topic.as_str(), payload.as_str()),
+        ("presence/watched", "client.disconnected normal")
+    );
 }
 
 fn spec(id: &str, sql: &str, topic: &str) -> RuleSpec {
@@ -168,15 +184,28 @@ async fn rules_change_at_run_time() {
     let publisher = connect(port, "p", true, None).await;
     let publish = |topic: &'static str, payload: &'static str| {
         let c = publisher.client.clone();
-        async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap() }
+        async move {
+            c.publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap()
+        }
     };
 
     rules
-        .add(spec("copy", r#"SELECT payload FROM "in/a""#, "out/a/${payload}"))
+        .add(spec(
+            "copy",
+            r#"SELECT payload FROM "in/a""#,
+            "out/a/${payload}",
+        ))
         .await
         .expect("added");
     let bad = spec("bad", r#"SELECT nope(1) FROM "in/a""#, "x");
-    assert!(rules.add(bad).await.unwrap_err().to_string().contains("nope"));
+    assert!(rules
+        .add(bad)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("nope"));
     publish("in/a", "1").await;
     assert_eq!(message(&mut out).await.0, "out/a/1");
 
@@ -214,7 +243,10 @@ fn rule_test_runs_sql_on_a_sample() {
         &context,
     )
     .expect("runs");
-    assert_eq!(Value::Object(out[0].clone()), json!({"x": 6, "clientid": "c1"}));
+    assert_eq!(
+        Value::Object(out[0].clone()),
+        json!({"x": 6, "clientid": "c1"})
+    );
     let e = keelmq::rules::rule_test("SELECT FROM", &context).unwrap_err();
     assert!(e.contains("line 1"), "{e}");
 }

@@ -230,7 +230,11 @@ fn check(shared: &Shared, acked: &[u64]) {
         received.len(),
         shared.sent.load(Ordering::Relaxed)
     );
-    assert!(acked.len() > 20, "too few messages acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few messages acknowledged: {}",
+        acked.len()
+    );
     assert!(lost.is_empty(), "outputs lost: {lost:?}");
     assert!(duplicated.is_empty(), "republished twice: {duplicated:?}");
 }

@@ -103,7 +103,9 @@ where
     };
     broker.session_op(&conn.slot, conn.id, |s| s.set_window(window));
     broker.set_identity(&conn.slot, conn.id, conn.identity.clone());
-    broker.emit(EventKinds::CONNECTED, || connected_event(&conn, &connect, &info));
+    broker.emit(EventKinds::CONNECTED, || {
+        connected_event(&conn, &connect, &info)
+    });
     broker.emit(EventKinds::CONNACK, || Event::ConnAck {
         client_id: Arc::from(&*conn.client_id),
         username: connect.username.clone(),

@@ -72,12 +72,13 @@ impl Connection {
                 let _ = encode(&packet, self.version, wbuf);
                 self.aliases_out.sent(&m.topic, alias);
                 Metrics::add(&self.broker.shared.metrics.messages_sent, 1);
-                self.broker.emit(EventKinds::DELIVERED, || Event::Delivered {
-                    client_id: self.client_id.clone(),
-                    message: delivery.message.clone(),
-                    packet_id,
-                    qos: delivery.qos,
-                });
+                self.broker
+                    .emit(EventKinds::DELIVERED, || Event::Delivered {
+                        client_id: self.client_id.clone(),
+                        message: delivery.message.clone(),
+                        packet_id,
+                        qos: delivery.qos,
+                    });
             }
             _ => {
                 // [MQTT-3.1.2-25]: discard as if sent and acknowledged.
