@@ -378,8 +378,10 @@ impl RuleEngine {
 
 /// The checks `[[rules]]` validation makes, for a rule added at run time.
 fn validate(spec: &RuleSpec) -> Result<(), RuleError> {
-    let mut config = crate::config::Config::default();
-    config.rules = vec![spec.clone()];
+    let config = crate::config::Config {
+        rules: vec![spec.clone()],
+        ..Default::default()
+    };
     config
         .validate()
         .map_err(|e| RuleError::Invalid(e.to_string()))
