@@ -42,9 +42,11 @@
 //! - `keelmq-tools` (crate in `tools/`, codec only): a minimal MQTT client, `keelmq bench` (a
 //!   load generator for any broker) and `keelmq verify` (a crash-consistency checker for any
 //!   broker); the `keelmq` binary (`src/main.rs`) serves them as subcommands.
-//! - `keelmq-rules` (crate in `rules/`, no tokio, no RocksDB): EMQX rule SQL and `${…}`
-//!   templates — parser, printer, evaluator; the rule engine (issue 17) is to build on it and
-//!   is not wired into the broker yet.
+//! - [`rules`]: the rule engine — `[[rules]]` run as durable consumer sessions (topic rules,
+//!   exactly once per message through output marks logged with each republish) or on the
+//!   event sink (`$events/…`, best effort), with republish and console actions and EMQX's
+//!   per-rule metrics; changed at run time. Its language, EMQX rule SQL and `${…}` templates
+//!   (parser, printer, evaluator), is `keelmq-rules` (crate in `rules/`, no tokio, no RocksDB).
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
