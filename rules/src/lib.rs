@@ -91,7 +91,15 @@ impl Rule {
 
     /// The rule's outputs for one input.
     pub fn apply(&self, input: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, EvalError> {
-        let mut env = eval::Env::new(input.clone());
+        self.apply_owned(input.clone())
+    }
+
+    /// [`Self::apply`] on an input the caller gives away (no copy of its fields).
+    pub fn apply_owned(
+        &self,
+        input: Map<String, Value>,
+    ) -> Result<Vec<Map<String, Value>>, EvalError> {
+        let mut env = eval::Env::new(input);
         match &self.statement {
             Statement::Select(s) => {
                 let out = select_fields(&mut env, &s.fields)?;

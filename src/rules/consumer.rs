@@ -194,7 +194,7 @@ async fn process(
     Metrics::add(&stats.matched, 1);
     let message = &d.delivery.message;
     let input = fields::message(broker, message, d.dup);
-    let Some(outputs) = super::evaluate(rule, stats, &input) else {
+    let Some(outputs) = super::evaluate(rule, stats, input) else {
         return Ok(Vec::new());
     };
     let once = d.delivery.qos != QoS::AtMostOnce;

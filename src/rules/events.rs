@@ -123,7 +123,7 @@ async fn dispatch(
         for (rule, stats) in rules.iter().filter(|(r, _)| r.events.contains(&name)) {
             let input = input.get_or_insert_with(|| fields::event(&broker, &event));
             Metrics::add(&stats.matched, 1);
-            let Some(outputs) = super::evaluate(rule, stats, input) else {
+            let Some(outputs) = super::evaluate(rule, stats, input.clone()) else {
                 continue;
             };
             let client = broker.local_client(super::consumer_id(&rule.id));

@@ -96,9 +96,9 @@ pub enum RuleError {
 fn evaluate(
     rule: &Compiled,
     stats: &RuleStats,
-    input: &Map<String, Value>,
+    input: Map<String, Value>,
 ) -> Option<Vec<Map<String, Value>>> {
-    match rule.rule.apply(input) {
+    match rule.rule.apply_owned(input) {
         Ok(outputs) if !outputs.is_empty() => {
             Metrics::add(&stats.passed, 1);
             Some(outputs)
