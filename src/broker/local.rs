@@ -286,18 +286,44 @@ fn valid_topic(topic: &str, system: bool) -> bool {
 
 /// An output of [`LocalSession::publish_output`] on its way to the log.
 #[must_use = "an output must be waited for: until then its deliveries stay invisible"]
-pub struct PendingOutput(Option<Logged>);
+pub struct PendingOutput {
+    broker: Broker,
+    logged: Option<Logged>,
+}
 
 impl PendingOutput {
+    fn done(broker: &Broker) -> PendingOutput {
+        PendingOutput {
+            broker: broker.clone(),
+            logged: None,
+        }
+    }
+
     /// Waits until the output is durable, then makes it visible to its subscribers.
-    pub async fn wait(self, broker: &Broker) -> Result<(), LocalError> {
-        match self.0 {
+    pub async fn wait(mut self, broker: &Broker) -> Result<(), LocalError> {
+        match self.logged.take() {
             Some(logged) => broker
                 .wait_and_reveal(logged)
                 .await
                 .map(|_| ())
                 .map_err(Into::into),
             None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingOutput {
+    /// An output dropped unwaited (its consumer failed or was cancelled) is in the log: it is
+    /// still made visible once durable (or given back), never left reserved.
+    fn drop(&mut self) {
+        let Some(logged) = self.logged.take() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = broker.wait_and_reveal(logged).await;
+            });
         }
     }
 }
@@ -507,7 +533,7 @@ impl LocalSession {
         let name = Some(self.slot.client_id.clone());
         if p.retain {
             publish_claimed(broker, name, p, Some(claim)).await?;
-            return Ok(Some(PendingOutput(None)));
+            return Ok(Some(PendingOutput::done(broker)));
         }
         let Some(message) = local_message(broker, name, p) else {
             broker.release_claim(&claim);
@@ -515,7 +541,10 @@ impl LocalSession {
         };
         let outcome = broker.publish_pipelined(Arc::new(message), Some(claim.clone()), true);
         match outcome {
-            Ok(ReserveOutcome::Logged(logged)) => Ok(Some(PendingOutput(Some(logged)))),
+            Ok(ReserveOutcome::Logged(logged)) => Ok(Some(PendingOutput {
+                broker: broker.clone(),
+                logged: Some(logged),
+            })),
             Ok(ReserveOutcome::Held(held)) => {
                 let mut outcome = broker.retry_planned(held).await;
                 while let Ok(PublishOutcome {
@@ -533,7 +562,7 @@ impl LocalSession {
                     broker.release_claim(&claim);
                     LocalError::from(e)
                 })?;
-                Ok(Some(PendingOutput(None)))
+                Ok(Some(PendingOutput::done(broker)))
             }
             Err(e) => {
                 broker.release_claim(&claim);

@@ -38,7 +38,8 @@ pub use consumer::consumer_id;
 /// Client ids of rule consumers start with this.
 pub const CONSUMER_PREFIX: &str = "$rule/";
 
-/// How long stopping a rule waits for its consumer to finish the delivery in hand.
+/// How often stopping a rule reports that its consumer is still finishing the delivery in hand
+/// (and how long adding one waits for its consumer to subscribe).
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A rule ready to run.
@@ -321,12 +322,12 @@ impl RuleEngine {
     /// Stops a rule's consumer after the delivery in hand; with `discard`, removes its session
     /// (and what is queued in it).
     async fn stop(&self, r: Running, discard: bool) {
-        if let Some((stop, task)) = r.consumer {
+        if let Some((stop, mut task)) = r.consumer {
             let _ = stop.send(true);
-            let abort = task.abort_handle();
-            if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
-                tracing::warn!(rule = %r.spec.id, "rule consumer did not stop in time; aborted");
-                abort.abort();
+            // Never aborted: a consumer stops between deliveries (a held output waits for
+            // queue room, which a draining subscriber gives or the overflow policy frees).
+            while tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                tracing::warn!(rule = %r.spec.id, "waiting for the rule's consumer to stop");
             }
         }
         if discard {
