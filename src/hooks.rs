@@ -83,6 +83,16 @@ pub trait Authorizer: Send + Sync {
     fn may_subscribe(&self, client: &Client<'_>, filter: &str, qos: QoS) -> bool;
 }
 
+/// Rules evaluated on the publish path (the rule engine's inline topic rules): what they make
+/// of a message is planned, logged and made visible together with the message itself
+/// (`Broker::plan_publish`), so an acknowledged message has its outputs and a crash can
+/// neither lose nor repeat one.
+pub trait PublishRules: Send + Sync {
+    /// The messages the rules make of `message`; empty when no rule reads its topic. Called
+    /// once per publish (a held publish is retried with the same outputs).
+    fn outputs(&self, broker: &crate::broker::Broker, message: &Message) -> Vec<Message>;
+}
+
 /// The client an authorization question is about.
 #[derive(Debug, Clone, Copy)]
 pub struct Client<'a> {

@@ -96,6 +96,20 @@ impl Broker {
         }
     }
 
+    /// Sets the rules evaluated on the publish path (`None`: none); later publishes use them.
+    pub fn set_publish_rules(&self, rules: Option<Arc<dyn crate::hooks::PublishRules>>) {
+        let some = rules.is_some();
+        *self.shared.publish_rules.write() = rules;
+        self.shared.has_publish_rules.store(some, Ordering::Release);
+    }
+
+    pub(crate) fn publish_rules(&self) -> Option<Arc<dyn crate::hooks::PublishRules>> {
+        if !self.shared.has_publish_rules.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared.publish_rules.read().clone()
+    }
+
     /// Reports an authorization decision (`$events/client_check_authz_complete`).
     pub(crate) fn report_authz(
         &self,

@@ -47,7 +47,7 @@ impl Broker {
         }
         let placement = Reserved {
             deliveries: reserved,
-            retain: None,
+            retain: Vec::new(),
             published: None,
         };
         let outcome = match self.log_pending(records) {

@@ -152,7 +152,11 @@ async fn publish_claimed(
 
 /// The message an in-process client publishes as `name`; `None` if its topic is not one it
 /// may publish to.
-fn local_message(broker: &Broker, name: Option<ClientId>, p: LocalPublish) -> Option<Message> {
+pub(crate) fn local_message(
+    broker: &Broker,
+    name: Option<ClientId>,
+    p: LocalPublish,
+) -> Option<Message> {
     if !valid_topic(&p.topic, name.is_none()) {
         return None;
     }

@@ -258,6 +258,10 @@ pub(crate) struct Shared {
     listeners: RwLock<Vec<Arc<metrics::ListenerStats>>>,
     /// Every rule's counters (see `crate::rules`).
     rules: RwLock<Vec<Arc<metrics::RuleStats>>>,
+    /// The inline topic rules, if any (see [`crate::hooks::PublishRules`]).
+    publish_rules: RwLock<Option<Arc<dyn crate::hooks::PublishRules>>>,
+    /// Whether `publish_rules` holds rules: a publish without them takes no lock.
+    has_publish_rules: AtomicBool,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -304,6 +308,8 @@ impl Broker {
                 hooks: events::HookSet::default(),
                 listeners: RwLock::new(Vec::new()),
                 rules: RwLock::new(Vec::new()),
+                publish_rules: RwLock::new(None),
+                has_publish_rules: AtomicBool::new(false),
             }),
         }
     }

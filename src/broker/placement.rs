@@ -12,8 +12,9 @@ use super::*;
 pub(crate) struct Reserved {
     /// Target, packet id, delivery, and the session generation the reservation was made in.
     pub(super) deliveries: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
-    /// A retained update to apply with the deliveries, with its place in log order.
-    pub(super) retain: Option<(Arc<Message>, u64)>,
+    /// Retained updates to apply with the deliveries (the message's, and those of rule
+    /// outputs), each with its place in log order.
+    pub(super) retain: Vec<(Arc<Message>, u64)>,
     /// The published message, reported to the event sink once visible (`None` for copies
     /// that are not a publish: retained-on-subscribe, redispatch).
     pub(super) published: Option<Arc<Message>>,
@@ -169,7 +170,7 @@ impl Broker {
         }
         let placement = Reserved {
             deliveries: reserved,
-            retain: None,
+            retain: Vec::new(),
             published: None,
         };
         if all_or_nothing && !full.is_empty() {
@@ -276,7 +277,7 @@ impl Broker {
 
     /// Gives back the room and packet ids of a placement that will not be made visible.
     pub(crate) fn unreserve(&self, placement: Reserved) {
-        if let Some((message, version)) = &placement.retain {
+        for (message, version) in &placement.retain {
             self.shared
                 .retain_order
                 .lock()
@@ -294,7 +295,7 @@ impl Broker {
     /// Makes a placement whose records are durable visible: queues its deliveries, wakes their
     /// connections and applies its retained update. Returns how many deliveries it placed.
     pub(crate) fn reveal(&self, placement: Reserved) -> usize {
-        if let Some((message, version)) = placement.retain {
+        for (message, version) in placement.retain {
             let mut order = self.shared.retain_order.lock();
             if order.finish(&message.topic, version, true) {
                 // Kept long: its own copy, not a slice pinning the publisher's read buffer.

@@ -23,7 +23,9 @@ pub struct PlannedPublish {
     pub(super) message: Arc<Message>,
     pub(super) targets: Vec<(Arc<SessionSlot>, Delivery)>,
     pub(super) records: Vec<Record>,
-    pub(super) retain_update: bool,
+    /// The messages whose retained update the publish applies: the message itself if it has
+    /// RETAIN (and the store has room), and rule outputs with RETAIN.
+    pub(super) retained: Vec<Arc<Message>>,
     /// The publisher's QoS 2 packet id, claimed in its session (see
     /// [`Broker::claim_inbound_qos2`]); logged as awaiting PUBREL with the message's records.
     pub(super) inbound_qos2: Option<InboundClaim>,
@@ -73,6 +75,9 @@ pub(crate) enum ReserveOutcome {
     /// ReserveResult and logged; visible once durable.
     Logged(Logged),
 }
+
+/// How deep rule outputs with direct dispatch off are read by the rules again.
+pub(super) const MAX_RULE_DEPTH: usize = 4;
 
 /// Whether a message is one of the broker's own `$SYS` statistics (published by no client),
 /// the only messages exempt from the retained-message limit.
@@ -130,31 +135,72 @@ impl Broker {
         qos0_may_wait: bool,
     ) -> (PlannedPublish, bool) {
         let mut records = Vec::new();
-        let persisted = self.shared.persistence.is_some() && !message.topic.starts_with('$');
-        let mut retain_update = false;
-        let mut retained_refused = false;
-        if message.retain {
-            if self.retained_has_room(&message) {
-                retain_update = true;
-                if persisted {
-                    records.push(journal::retained(&message));
-                }
-            } else {
-                retained_refused = true;
-                Metrics::add(&self.shared.metrics.retained_refused, 1);
-            }
-        }
-        let targets = self.route_targets(&message);
+        let mut retained = Vec::new();
+        let retained_refused = !self.plan_retained(&message, &mut retained, &mut records);
+        let mut targets = self.route_targets(&message);
+        self.plan_rule_outputs(&message, &mut targets, &mut retained, &mut records);
         let message_qos0 = message.qos == QoS::AtMostOnce;
         let pending = PlannedPublish {
             message,
             targets,
             records,
-            retain_update,
+            retained,
             inbound_qos2,
             qos0_may_wait: qos0_may_wait && message_qos0,
         };
         (pending, retained_refused)
+    }
+
+    /// Adds `message`'s retained update to a plan if it has RETAIN; `false` if the retained
+    /// store refused it (counted).
+    fn plan_retained(
+        &self,
+        message: &Arc<Message>,
+        retained: &mut Vec<Arc<Message>>,
+        records: &mut Vec<Record>,
+    ) -> bool {
+        if !message.retain {
+            return true;
+        }
+        if !self.retained_has_room(message) {
+            Metrics::add(&self.shared.metrics.retained_refused, 1);
+            return false;
+        }
+        retained.push(message.clone());
+        if self.shared.persistence.is_some() && !message.topic.starts_with('$') {
+            records.push(journal::retained(message));
+        }
+        true
+    }
+
+    /// Adds to a plan what the inline rules make of `message` (`crate::hooks::PublishRules`):
+    /// each output routed like a publish of its own, in the same commit, so an acknowledged
+    /// message has its outputs and an output exists only with its message. An output with
+    /// direct dispatch off is read by the rules in turn (at most [`MAX_RULE_DEPTH`] deep). An
+    /// output keeps RETAIN only with a message that has it (the retain gate is held then).
+    fn plan_rule_outputs(
+        &self,
+        message: &Arc<Message>,
+        targets: &mut Vec<(Arc<SessionSlot>, Delivery)>,
+        retained: &mut Vec<Arc<Message>>,
+        records: &mut Vec<Record>,
+    ) {
+        let Some(rules) = self.publish_rules() else {
+            return;
+        };
+        let mut work = vec![(message.clone(), 0)];
+        while let Some((m, depth)) = work.pop() {
+            if m.skip_rules || m.topic.starts_with('$') || depth >= MAX_RULE_DEPTH {
+                continue;
+            }
+            for mut out in rules.outputs(self, &m) {
+                out.retain &= message.retain;
+                let out = Arc::new(out);
+                self.plan_retained(&out, retained, records);
+                targets.extend(self.route_targets(&out));
+                work.push((out, depth + 1));
+            }
+        }
     }
 
     /// Tries to place a held publish whole; the outcome holds it again if a queue is still full.
@@ -205,7 +251,7 @@ impl Broker {
             inbound_qos2: p.inbound_qos2.as_ref(),
         };
         // A retained update takes its version in the same step as its records' append.
-        let mut order = p.retain_update.then(|| self.shared.retain_order.lock());
+        let mut order = (!p.retained.is_empty()).then(|| self.shared.retain_order.lock());
         let (logged, full) = self.reserve_targets(p.targets.clone(), p.records.clone(), how)?;
         let Some(mut logged) = logged.filter(|_| full.is_empty()) else {
             return Ok(ReserveOutcome::Held(p));
@@ -213,8 +259,10 @@ impl Broker {
         // The broker's own `$SYS` statistics are not client traffic: not reported.
         logged.reserved.published = (!is_broker_sys(&p.message)).then(|| p.message.clone());
         if let Some(order) = order.as_mut() {
-            let version = order.reserve(&p.message.topic);
-            logged.reserved.retain = Some((p.message, version));
+            for m in &p.retained {
+                let version = order.reserve(&m.topic);
+                logged.reserved.retain.push((m.clone(), version));
+            }
         }
         drop(order);
         Ok(ReserveOutcome::Logged(logged))

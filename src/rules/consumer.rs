@@ -282,7 +282,7 @@ pub async fn run_action(
     }
 }
 
-fn discard(rule: &Compiled, stats: &RuleStats, why: &str) {
+pub(super) fn discard(rule: &Compiled, stats: &RuleStats, why: &str) {
     Metrics::add(&stats.actions_failed, 1);
     Metrics::add(&stats.actions_discarded, 1);
     tracing::warn!(rule = %rule.id, why, "rule action discarded");

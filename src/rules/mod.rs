@@ -18,6 +18,7 @@ mod actions;
 mod consumer;
 mod events;
 pub mod fields;
+mod inline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,9 +53,16 @@ pub struct Compiled {
     topics: Vec<String>,
     /// The events of `FROM` (EMQX 5 names).
     events: Vec<&'static str>,
+    /// Its topic filters are read on the publish path (`inline`), not by a consumer.
+    inline: bool,
 }
 
 impl Compiled {
+    /// Whether the rule reads topics through a durable consumer (not inline).
+    fn needs_consumer(&self) -> bool {
+        !self.topics.is_empty() && !self.inline
+    }
+
     pub fn new(spec: &RuleSpec) -> Result<Compiled, RuleError> {
         let invalid = |field: &str, e: String| RuleError::Invalid(format!("{field}: {e}"));
         let rule =
@@ -78,6 +86,7 @@ impl Compiled {
             actions: compiled,
             topics,
             events,
+            inline: inline::eligible(&spec.actions),
         })
     }
 }
@@ -223,7 +232,7 @@ impl RuleEngine {
         let Some(old) = old else {
             return Err(RuleError::NotFound(spec.id));
         };
-        let keeps_consumer = spec.enabled && !compiled.topics.is_empty();
+        let keeps_consumer = spec.enabled && compiled.needs_consumer();
         self.stop(old, !keeps_consumer).await;
         let ready = self.install(spec, compiled);
         self.refresh_events();
@@ -286,6 +295,7 @@ impl RuleEngine {
             self.stop(r, false).await;
         }
         self.inner.events.set_rules(Vec::new());
+        self.inner.broker.set_publish_rules(None);
     }
 
     /// Registers a compiled rule and starts its consumer if it is an enabled topic rule; the
@@ -298,7 +308,7 @@ impl RuleEngine {
             .unwrap_or_else(|| Arc::new(RuleStats::new(&spec.id)));
         broker.add_rule_stats(stats.clone());
         let mut subscribed = None;
-        let consumer = (spec.enabled && !compiled.topics.is_empty()).then(|| {
+        let consumer = (spec.enabled && compiled.needs_consumer()).then(|| {
             let (stop, stopped) = watch::channel(false);
             let (ready, ready_rx) = oneshot::channel();
             subscribed = Some(ready_rx);
@@ -364,16 +374,29 @@ impl RuleEngine {
         }
     }
 
-    /// Hands the enabled event rules to the event dispatcher.
+    /// Hands the enabled event rules to the event dispatcher, and the enabled inline topic
+    /// rules to the publish path.
     fn refresh_events(&self) {
         let rules = self.inner.rules.lock();
-        let event_rules = rules
-            .values()
-            .filter(|r| r.spec.enabled && !r.compiled.events.is_empty())
+        let enabled = || rules.values().filter(|r| r.spec.enabled);
+        let event_rules = enabled()
+            .filter(|r| !r.compiled.events.is_empty())
             .map(|r| (r.compiled.clone(), r.stats.clone()))
+            .collect();
+        let inline: Vec<_> = enabled()
+            .filter(|r| r.compiled.inline && !r.compiled.topics.is_empty())
+            .map(|r| inline::InlineRule {
+                rule: r.compiled.clone(),
+                stats: r.stats.clone(),
+            })
             .collect();
         drop(rules);
         self.inner.events.set_rules(event_rules);
+        let publish_rules: Option<Arc<dyn crate::hooks::PublishRules>> = match inline.is_empty() {
+            true => None,
+            false => Some(Arc::new(inline::InlineRules::new(inline))),
+        };
+        self.inner.broker.set_publish_rules(publish_rules);
     }
 }
 

@@ -165,17 +165,29 @@ async fn events_reach_rules(port: u16, out: &mut Client) {
     );
 }
 
-fn spec(id: &str, sql: &str, topic: &str) -> RuleSpec {
+/// A rule republishing at QoS 1 to `topic`; `extra` adds fields to the action.
+fn spec_with(id: &str, sql: &str, topic: &str, extra: &str) -> RuleSpec {
     let text = format!(
         "[[rules]]\nid = {id:?}\nsql = '{sql}'\n\
-         actions = [{{ kind = \"republish\", topic = {topic:?}, qos = 1 }}]\n"
+         actions = [{{ kind = \"republish\", topic = {topic:?}, qos = 1{extra} }}]\n"
     );
     let mut rules = Config::parse(&text).expect("rule parses").rules;
     rules.remove(0)
 }
 
 #[tokio::test]
-async fn rules_change_at_run_time() {
+async fn inline_rules_change_at_run_time() {
+    rules_change_at_run_time("").await
+}
+
+/// The same with a republish whose RETAIN comes from a field: a consumer session per rule.
+#[tokio::test]
+async fn consumer_rules_change_at_run_time() {
+    rules_change_at_run_time(", retain = '${r}'").await
+}
+
+async fn rules_change_at_run_time(extra: &str) {
+    let spec = |id: &str, sql: &str, topic: &str| spec_with(id, sql, topic, extra);
     let server = common::start(common::test_config()).await;
     let port = server.local_addr().port();
     let rules = server.rules();
@@ -252,10 +264,13 @@ fn rule_test_runs_sql_on_a_sample() {
 }
 
 /// A consumer session of a rule is the broker's: a network client cannot take it over, even
-/// without authentication.
+/// without authentication. (Rules whose republishes keep RETAIN off or follow the message's
+/// run inline and have no session.)
 #[tokio::test]
 async fn rule_consumers_cannot_be_taken_over() {
-    let rules = "[[rules]]\nid = \"r\"\nsql = 'SELECT * FROM \"t\"'\n";
+    // RETAIN from a field: the rule reads its topic through a consumer session.
+    let rules = "[[rules]]\nid = \"r\"\nsql = 'SELECT * FROM \"t\"'\n\
+                 actions = [{ kind = \"republish\", topic = \"o\", retain = '${r}' }]\n";
     let server = common::start(config_with(rules)).await;
     let addr = server.local_addr();
     let mut raw = common::raw::RawClient::tcp(addr, keelmq::codec::ProtocolVersion::V5).await;

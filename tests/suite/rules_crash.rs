@@ -1,6 +1,7 @@
 //! Exactly once through the rule engine across SIGKILL: the real `keelmq` binary with two
 //! rules that republish every source message at QoS 1 to a persistent subscriber, killed at
-//! random moments under load. Every output carries a nonce (`uuid_v4()`, evaluated each time
+//! random moments under load — one rule inline (its outputs in the source message's commit),
+//! one on a durable consumer (outputs marked, acknowledged after). Every output carries a nonce (`uuid_v4()`, evaluated each time
 //! the rule runs), so a QoS 1 re-delivery of one republished message (same nonce) is told apart
 //! from a second republish of the same source message (another nonce). At the end, for every
 //! source message the broker acknowledged (PUBREC seen) each rule's output arrived with exactly
@@ -31,10 +32,11 @@ id = "first"
 sql = 'SELECT payload.seq AS seq, uuid_v4() AS nonce FROM "src/#"'
 actions = [{ kind = "republish", topic = "out/first", qos = 1, payload = '${seq} ${nonce}' }]
 
+# RETAIN from a field of its own: this rule runs on a durable consumer, not inline.
 [[rules]]
 id = "second"
-sql = 'SELECT payload.seq AS seq, uuid_v4() AS nonce FROM "src/+" WHERE payload.seq > 0'
-actions = [{ kind = "republish", topic = "out/second", qos = 1, payload = '${seq} ${nonce}' }]
+sql = 'SELECT payload.seq AS seq, uuid_v4() AS nonce, false AS keep FROM "src/+" WHERE payload.seq > 0'
+actions = [{ kind = "republish", topic = "out/second", qos = 1, retain = '${keep}', payload = '${seq} ${nonce}' }]
 "#;
 
 #[derive(Default)]

@@ -1,0 +1,138 @@
+//! Inline topic rules: evaluated on the publish path, so their republished messages are
+//! routed and logged in the same commit as the message they come from (`hooks::PublishRules`,
+//! `Broker::plan_publish`). Exactly once by construction: no queue, no marks, no
+//! acknowledgements. A rule runs inline when its actions are console or republishes whose
+//! RETAIN is `false` or follows the message's (`${flags.retain}`, EMQX's default); a republish
+//! that may set RETAIN on its own runs on a durable consumer instead (`consumer`).
+//!
+//! Rules are found through a topic trie of their `FROM` filters, so a message costs only the
+//! rules that match it.
+
+use std::sync::Arc;
+
+use crate::broker::local::local_message;
+use crate::broker::metrics::RuleStats;
+use crate::broker::{Broker, Metrics};
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::config::{ActionSpec, TemplateOr};
+use crate::router::{Match, Router, Subscription};
+use crate::session::Message;
+
+use super::actions::Action;
+use super::{consumer_id, fields, Compiled};
+
+/// Whether a rule's actions let it run inline.
+pub fn eligible(actions: &[ActionSpec]) -> bool {
+    actions.iter().all(|a| match a {
+        ActionSpec::Console => true,
+        ActionSpec::Republish(r) => match &r.retain {
+            TemplateOr::Value(retain) => !retain,
+            TemplateOr::Template(t) => t.trim() == "${flags.retain}",
+        },
+    })
+}
+
+/// A rule with its counters.
+#[derive(Clone)]
+pub struct InlineRule {
+    pub rule: Arc<Compiled>,
+    pub stats: Arc<RuleStats>,
+}
+
+/// The inline rules, by topic filter.
+pub struct InlineRules {
+    trie: Router<InlineRule>,
+}
+
+impl InlineRules {
+    pub fn new(rules: Vec<InlineRule>) -> InlineRules {
+        let mut trie = Router::new();
+        for r in rules {
+            for filter in &r.rule.topics {
+                let sub = Subscription {
+                    client: Arc::from(r.rule.id.as_str()),
+                    options: SubscriptionOptions::qos(QoS::ExactlyOnce),
+                    identifier: None,
+                    target: r.clone(),
+                };
+                trie.subscribe(filter, sub);
+            }
+        }
+        InlineRules { trie }
+    }
+
+    /// The rules whose filters match `topic`, each once.
+    fn matching(&self, topic: &str) -> Vec<InlineRule> {
+        let mut found: Vec<InlineRule> = Vec::new();
+        self.trie.matches(topic, |m| {
+            if let Match::Direct(sub) = m {
+                if !found.iter().any(|f| Arc::ptr_eq(&f.rule, &sub.target.rule)) {
+                    found.push(sub.target.clone());
+                }
+            }
+        });
+        found
+    }
+}
+
+impl crate::hooks::PublishRules for InlineRules {
+    fn outputs(&self, broker: &Broker, message: &Message) -> Vec<Message> {
+        let rules = self.matching(&message.topic);
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let input = fields::message(broker, message, false);
+        let mut out = Vec::new();
+        for InlineRule { rule, stats } in &rules {
+            Metrics::add(&stats.matched, 1);
+            let Some(outputs) = super::evaluate(rule, stats, input.clone()) else {
+                continue;
+            };
+            for output in &outputs {
+                for action in &rule.actions {
+                    Metrics::add(&stats.actions_total, 1);
+                    out.extend(run(broker, rule, stats, action, output));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One action for one output: a console line, or the message a republish makes.
+fn run(
+    broker: &Broker,
+    rule: &Compiled,
+    stats: &RuleStats,
+    action: &Action,
+    output: &serde_json::Map<String, serde_json::Value>,
+) -> Option<Message> {
+    let republish = match action {
+        Action::Console => {
+            let output = serde_json::Value::Object(output.clone());
+            tracing::info!(target: "keelmq::rules", rule = %rule.id, %output, "rule output");
+            Metrics::add(&stats.actions_success, 1);
+            return None;
+        }
+        Action::Republish(r) => r,
+    };
+    let publish = match republish.render(output) {
+        Ok(p) => p,
+        Err(why) => {
+            super::consumer::discard(rule, stats, &why);
+            return None;
+        }
+    };
+    let topic = publish.topic.clone();
+    let name = Some(Arc::from(consumer_id(&rule.id)));
+    match local_message(broker, name, publish) {
+        Some(m) => {
+            Metrics::add(&stats.actions_success, 1);
+            Some(m)
+        }
+        None => {
+            super::consumer::discard(rule, stats, &format!("invalid topic `{topic}`"));
+            None
+        }
+    }
+}
