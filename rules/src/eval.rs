@@ -45,7 +45,10 @@ impl Env {
         &self.vars
     }
 
-    fn root(&mut self, name: &str, has_steps: bool) -> Value {
+    /// The value a path starts from: a variable, or for `payload.…` the payload decoded as
+    /// JSON (once).
+    fn root(&mut self, name: &str, has_steps: bool) -> &Value {
+        static NULL: Value = Value::Null;
         if name == "payload" && has_steps {
             if self.payload.is_none() {
                 let decoded = match self.vars.get("payload") {
@@ -55,28 +58,38 @@ impl Env {
                 };
                 self.payload = Some(decoded);
             }
-            return self.payload.clone().unwrap_or(Value::Null);
+            return self.payload.as_ref().unwrap_or(&NULL);
         }
-        self.vars.get(name).cloned().unwrap_or(Value::Null)
+        self.vars.get(name).unwrap_or(&NULL)
+    }
+
+    /// A path's value: walked by reference through objects, so only what it ends at is copied.
+    fn path(&mut self, name: &str, segs: &[Seg]) -> Result<Value, EvalError> {
+        static NULL: Value = Value::Null;
+        let mut at = self.root(name, !segs.is_empty());
+        let mut rest = segs;
+        while let (Some((Seg::Key(k), tail)), Value::Object(m)) = (rest.split_first(), at) {
+            at = m.get(k).unwrap_or(&NULL);
+            rest = tail;
+        }
+        let mut v = at.clone();
+        for s in rest {
+            v = match s {
+                Seg::Key(k) => key(v, k),
+                Seg::Index(i) => {
+                    let i = self.eval(i)?;
+                    index(v, &i)
+                }
+            };
+        }
+        Ok(v)
     }
 
     /// Evaluates `e`.
     pub fn eval(&mut self, e: &Expr) -> Result<Value, EvalError> {
         Ok(match e {
             Expr::Lit(l) => literal(l),
-            Expr::Path(name, segs) => {
-                let mut v = self.root(name, !segs.is_empty());
-                for s in segs {
-                    v = match s {
-                        Seg::Key(k) => key(v, k),
-                        Seg::Index(i) => {
-                            let i = self.eval(i)?;
-                            index(v, &i)
-                        }
-                    };
-                }
-                v
-            }
+            Expr::Path(name, segs) => self.path(name, segs)?,
             Expr::Not(e) => Value::Bool(!truthy(&self.eval(e)?)),
             Expr::Neg(e) => negate(self.eval(e)?)?,
             Expr::Binary(op, a, b) => self.binary(*op, a, b)?,

@@ -53,6 +53,8 @@ impl Error {
 pub struct Rule {
     statement: Statement,
     sources: Vec<sources::Source>,
+    /// The input fields the statement reads (`None`: all of them, for `SELECT *`).
+    inputs: Option<Vec<String>>,
 }
 
 impl Rule {
@@ -77,7 +79,12 @@ impl Rule {
             let at = sql.find(&format!("\"{f}\"")).unwrap_or(0);
             sources.push(sources::parse(f).map_err(|m| Error::at(sql, at, m))?);
         }
-        Ok(Rule { statement, sources })
+        let inputs = inputs_of(&statement);
+        Ok(Rule {
+            statement,
+            sources,
+            inputs,
+        })
     }
 
     pub fn statement(&self) -> &Statement {
@@ -87,6 +94,13 @@ impl Rule {
     /// The topic filters and events the rule reads.
     pub fn sources(&self) -> &[sources::Source] {
         &self.sources
+    }
+
+    /// Whether the statement reads input field `name` (a caller may leave out the others).
+    pub fn reads(&self, name: &str) -> bool {
+        self.inputs
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
     }
 
     /// The rule's outputs for one input.
@@ -175,6 +189,26 @@ fn foreach(env: &mut eval::Env, f: &ast::Foreach) -> Result<Vec<Map<String, Valu
         outputs.push(out);
     }
     Ok(outputs)
+}
+
+/// The roots of every path a statement reads; `None` when it selects `*`.
+fn inputs_of(statement: &Statement) -> Option<Vec<String>> {
+    let fields = match statement {
+        Statement::Select(s) => &s.fields,
+        Statement::Foreach(f) => &f.fields,
+    };
+    if fields.iter().any(|f| matches!(f, ast::Field::All)) {
+        return None;
+    }
+    let mut names: Vec<String> = Vec::new();
+    ast::visit(statement, &mut |e| {
+        if let ast::Expr::Path(name, _) = e {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    });
+    Some(names)
 }
 
 /// Every call names a known function with an acceptable number of arguments.

@@ -367,3 +367,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_rule_knows_the_fields_it_reads() {
+    let r =
+        Rule::compile(r#"SELECT payload.a AS a, upper(clientid) FROM "t" WHERE qos > 0"#).unwrap();
+    assert!(r.reads("payload") && r.reads("clientid") && r.reads("qos"));
+    assert!(!r.reads("username") && !r.reads("peerhost"));
+    let all = Rule::compile(r#"SELECT * FROM "t""#).unwrap();
+    assert!(all.reads("username"));
+}

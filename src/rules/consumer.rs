@@ -193,7 +193,7 @@ async fn process(
 ) -> Result<Vec<PendingOutput>, LocalError> {
     Metrics::add(&stats.matched, 1);
     let message = &d.delivery.message;
-    let input = fields::message(broker, message, d.dup);
+    let input = fields::message_for(broker, message, d.dup, &|f| rule.rule.reads(f));
     let Some(outputs) = super::evaluate(rule, stats, input) else {
         return Ok(Vec::new());
     };

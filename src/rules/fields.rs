@@ -76,23 +76,42 @@ fn publisher(broker: &Broker, m: &Message) -> (Value, Value, Value) {
 
 /// The fields of a message published to a topic a rule reads (`event` `message.publish`).
 pub fn message(broker: &Broker, m: &Message, dup: bool) -> Map<String, Value> {
+    message_for(broker, m, dup, &|_| true)
+}
+
+/// [`message`] with only the fields `want` names (the rules at hand read no others): a
+/// publisher's identity is looked up only for `username` or `peerhost`, the payload copied
+/// only for `payload`.
+pub fn message_for(
+    broker: &Broker,
+    m: &Message,
+    dup: bool,
+    want: &dyn Fn(&str) -> bool,
+) -> Map<String, Value> {
     let now = wall_clock_ms();
-    let (clientid, username, peerhost) = publisher(broker, m);
     let mut f = Map::new();
-    f.insert("id".into(), Value::String(m.id.to_string()));
-    f.insert("clientid".into(), clientid);
-    f.insert("username".into(), username);
-    f.insert("payload".into(), payload(m));
-    f.insert("peerhost".into(), peerhost);
-    f.insert("topic".into(), json!(&*m.topic));
-    f.insert("qos".into(), json!(m.qos as u8));
-    f.insert("flags".into(), json!({"retain": m.retain, "dup": dup}));
-    f.insert("retain".into(), json!(m.retain));
-    f.insert("pub_props".into(), pub_props(&m.properties));
-    f.insert("timestamp".into(), json!(now));
-    f.insert("publish_received_at".into(), json!(now));
-    f.insert("node".into(), json!(node()));
-    f.insert("event".into(), json!("message.publish"));
+    let mut put = |name: &str, value: &dyn Fn() -> Value| {
+        if want(name) {
+            f.insert(name.to_string(), value());
+        }
+    };
+    put("id", &|| Value::String(m.id.to_string()));
+    put("clientid", &|| json!(m.publisher.as_deref().unwrap_or("")));
+    put("payload", &|| payload(m));
+    put("topic", &|| json!(&*m.topic));
+    put("qos", &|| json!(m.qos as u8));
+    put("flags", &|| json!({"retain": m.retain, "dup": dup}));
+    put("retain", &|| json!(m.retain));
+    put("pub_props", &|| pub_props(&m.properties));
+    put("timestamp", &|| json!(now));
+    put("publish_received_at", &|| json!(now));
+    put("node", &|| json!(node()));
+    put("event", &|| json!("message.publish"));
+    if want("username") || want("peerhost") {
+        let (_, username, peerhost) = publisher(broker, m);
+        f.insert("username".into(), username);
+        f.insert("peerhost".into(), peerhost);
+    }
     f
 }
 

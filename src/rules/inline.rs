@@ -81,7 +81,8 @@ impl crate::hooks::PublishRules for InlineRules {
         if rules.is_empty() {
             return Vec::new();
         }
-        let input = fields::message(broker, message, false);
+        let wanted = |f: &str| rules.iter().any(|r| r.rule.rule.reads(f));
+        let input = fields::message_for(broker, message, false, &wanted);
         let mut out = Vec::new();
         for InlineRule { rule, stats } in &rules {
             Metrics::add(&stats.matched, 1);
