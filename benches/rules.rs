@@ -1,11 +1,11 @@
 //! The rule engine's cost per message, without I/O. Run with `cargo bench --bench rules`.
 //!
 //! - `eval/select_where`: the rule `SELECT payload.a AS a, clientid FROM "bench/#"
-//!   WHERE payload.b > 0` on one message — its fields built as a topic rule's consumer builds
-//!   them (`keelmq::rules::fields::message`), the statement applied, the republish topic and
+//!   WHERE payload.b > 0` on one message — the fields it reads built as the broker builds them
+//!   (`keelmq::rules::fields::message_for`), the statement applied, the republish topic and
 //!   payload rendered.
-//! - `route/*`: finding the rules of a message through the router's topic trie, as the broker
-//!   does (every topic rule's consumer is one subscription), then applying the rules found:
+//! - `route/*`: finding the rules of a message through a topic trie of their filters, as the
+//!   broker does (`keelmq::router::Router`), then applying the rules found:
 //!   with 1 rule, with 100 rules on distinct filters (one matches), and a message that no rule
 //!   of the 100 matches. Only the matching rule may cost anything.
 
@@ -47,8 +47,9 @@ fn eval(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("select_where", |b| {
         b.iter(|| {
-            let input = keelmq::rules::fields::message(&broker, black_box(&m), false);
-            let outputs = rule.apply(&input).expect("evaluates");
+            let want = |f: &str| rule.reads(f);
+            let input = keelmq::rules::fields::message_for(&broker, black_box(&m), false, &want);
+            let outputs = rule.apply_owned(input).expect("evaluates");
             for out in &outputs {
                 black_box((topic.render(out), payload.render(out)));
             }
@@ -96,8 +97,10 @@ fn route(c: &mut Criterion) {
                     }
                 });
                 for i in found {
-                    let input = keelmq::rules::fields::message(&broker, &m, false);
-                    black_box(compiled[i as usize].apply(&input).expect("evaluates"));
+                    let rule = &compiled[i as usize];
+                    let want = |f: &str| rule.reads(f);
+                    let input = keelmq::rules::fields::message_for(&broker, &m, false, &want);
+                    black_box(rule.apply_owned(input).expect("evaluates"));
                 }
             })
         });

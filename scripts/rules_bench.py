@@ -5,11 +5,12 @@ acknowledgement) — once without rules and once with the rule
 
     SELECT payload.a AS a, payload.h AS h, clientid FROM "bench/#" WHERE payload.b > 0
 
-republishing every message at QoS 1 to `derived/<clientid>`: once with nobody subscribed to
-the republished topic, once with a second persistent subscriber there. The three runs in one
-invocation, one after the other on the same machine; prints the rates and their ratios to the
-run without rules (the target is >= 0.6x) and whether every acknowledged message reached the
-derived subscriber exactly once.
+republishing every message at QoS 1 to `derived/<clientid>`: inline, once with nobody
+subscribed to the republished topic and once with a second persistent subscriber there; then
+the same rule on a durable consumer (RETAIN from a field), nobody on its output. The four runs
+in one invocation, one after the other on the same machine; prints the rates and their ratios
+to the run without rules (the target is >= 0.6x) and whether every acknowledged message
+reached the derived subscriber exactly once.
 
 Usage: scripts/rules_bench.py --keelmq target/release/keelmq [--duration 10]
 """
@@ -42,12 +43,17 @@ def subscriber(args, port, topic, name):
     return proc
 
 
-def run(args, with_rule, derived_subscriber=True):
+# The same rule with RETAIN from a field of its own: it runs on a durable consumer, not inline.
+CONSUMER_RULE = RULE.replace("qos = 1,", "qos = 1, retain = '${keep}',").replace(
+    "clientid FROM", "clientid, false AS keep FROM")
+
+
+def run(args, with_rule, derived_subscriber=True, rule=RULE):
     args.keelmq_config = None
     if with_rule:
         args.keelmq_config = os.path.join(args.work, "rules.toml")
         with open(args.keelmq_config, "w") as f:
-            f.write(RULE)
+            f.write(rule)
     with Broker("keelmq", args, args.work, args.port) as b:
         subs = [subscriber(args, args.port, "bench/#", "sub-src")]
         if with_rule and derived_subscriber:
@@ -84,22 +90,22 @@ def main():
         plain = run(args, False)
         alone = run(args, True, derived_subscriber=False)
         ruled = run(args, True)
+        consumer = run(args, True, derived_subscriber=False, rule=CONSUMER_RULE)
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     ratio = lambda r: f"{r['rate'] / max(1.0, plain['rate']):.2f}x"
+    runs = [plain, alone, ruled, consumer]
     print("| durable QoS 1, 10 pubs -> 1 persistent sub, 128 B JSON | without rules "
-          "| rule, nobody on its output | rule, a persistent sub on its output |")
-    print("|---|---|---|---|")
-    print(f"| delivered msgs/s (source topic) | {plain['rate']:,.0f} | {alone['rate']:,.0f} "
-          f"| {ruled['rate']:,.0f} |")
-    print(f"| ratio to without rules | | {ratio(alone)} | {ratio(ruled)} |")
-    print(f"| end-to-end p99 | {plain['p99_us'] / 1000:.1f} ms | {alone['p99_us'] / 1000:.1f} ms "
-          f"| {ruled['p99_us'] / 1000:.1f} ms |")
-    print(f"| broker CPU per source message | {plain['cpu_us']:.1f} µs | {alone['cpu_us']:.1f} µs "
-          f"| {ruled['cpu_us']:.1f} µs |")
-    print(f"| republished msgs/s delivered | | | {ruled['derived_rate']:,.0f} |")
+          "| inline rule, nobody on its output | inline rule, a persistent sub on its output "
+          "| consumer rule, nobody on its output |")
+    print("|---|---|---|---|---|")
+    print("| delivered msgs/s (source topic) | " + " | ".join(f"{r['rate']:,.0f}" for r in runs) + " |")
+    print("| ratio to without rules | | " + " | ".join(ratio(r) for r in runs[1:]) + " |")
+    print("| end-to-end p99 | " + " | ".join(f"{r['p99_us'] / 1000:.1f} ms" for r in runs) + " |")
+    print("| broker CPU per source message | " + " | ".join(f"{r['cpu_us']:.1f} µs" for r in runs) + " |")
+    print(f"| republished msgs/s delivered | | | {ruled['derived_rate']:,.0f} | |")
     print(f"| acknowledged / republished and delivered / duplicated | | | "
-          f"{ruled['acked']:,} / {ruled['derived']:,} / {ruled['derived_dup']:,} |")
+          f"{ruled['acked']:,} / {ruled['derived']:,} / {ruled['derived_dup']:,} | |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 //!   pipelined path (`Connection::on_publish`) and for every SUBSCRIBE filter
 //!   (`Broker::subscribe_one`); the broker holds it behind a lock-free-to-read `Arc` it can
 //!   swap at run time (hot reload of rules);
+//! - [`PublishRules`] (synchronous), asked for the outputs of every publish while it is planned
+//!   (`Broker::plan_publish`): the rule engine's inline rules, whose outputs share the
+//!   message's commit;
 //! - the event sink ([`Event`]s through bounded channels, [`crate::broker::Broker::events`]):
 //!   messages are reported only once durable and visible (`Broker::reveal`), so a listener
 //!   never sees a message a crash could take back; a full channel drops the event and counts it

@@ -22,8 +22,9 @@
 //! - [`transport`]: the `[[listeners]]` — TCP, TLS ([`transport::tls`], rustls), WebSocket and
 //!   secure WebSocket ([`transport::ws`]), optional PROXY header — each connection a byte stream
 //!   with its [`transport::ConnInfo`].
-//! - [`hooks`]: where features plug in — `Authenticator`, `Authorizer` (swappable at run time)
-//!   and the event sink — each with an allow-all default, each called at one place.
+//! - [`hooks`]: where features plug in — `Authenticator`, `Authorizer` (swappable at run time),
+//!   `PublishRules` (the inline rules) and the event sink — each with an allow-all (or empty)
+//!   default, each called at one place.
 //! - [`auth`]: the `[auth]` chain behind the `Authenticator` hook (password file; EMQX's
 //!   chain semantics, per-address failure delays, hashing on blocking threads); the file
 //!   formats and hashes live in `keelmq-auth` (crate in `auth/`, no tokio, no RocksDB), which
@@ -42,10 +43,11 @@
 //! - `keelmq-tools` (crate in `tools/`, codec only): a minimal MQTT client, `keelmq bench` (a
 //!   load generator for any broker) and `keelmq verify` (a crash-consistency checker for any
 //!   broker); the `keelmq` binary (`src/main.rs`) serves them as subcommands.
-//! - [`rules`]: the rule engine — `[[rules]]` run as durable consumer sessions (topic rules,
-//!   exactly once per message through output marks logged with each republish) or on the
-//!   event sink (`$events/…`, best effort), with republish and console actions and EMQX's
-//!   per-rule metrics; changed at run time. Its language, EMQX rule SQL and `${…}` templates
+//! - [`rules`]: the rule engine — topic rules inline on the publish path (their outputs in the
+//!   message's own commit, through [`hooks::PublishRules`]) or as durable consumer sessions
+//!   (exactly once through output marks logged with each republish), event rules on the event
+//!   sink (`$events/…`, best effort); republish and console actions, EMQX's per-rule metrics,
+//!   changes at run time. Its language, EMQX rule SQL and `${…}` templates
 //!   (parser, printer, evaluator), is `keelmq-rules` (crate in `rules/`, no tokio, no RocksDB).
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
