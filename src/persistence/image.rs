@@ -189,17 +189,22 @@ impl Image {
         }
         let gone = d.message_id;
         s.deliveries.remove(&packet_id);
-        let outputs: Vec<_> = s
-            .produced
-            .range((gone, 0)..=(gone, u32::MAX))
-            .copied()
-            .collect();
-        for (m, i) in outputs {
-            s.produced.remove(&(m, i));
-            self.dirty.insert(Key::Produced(client.clone(), m, i));
-        }
+        self.forget_outputs(&client, gone);
         self.dirty.insert(Key::Delivery(client, packet_id));
         self.unref(gone);
+    }
+
+    /// Drops a consumer's output marks of `message_id` (its delivery left the queue).
+    fn forget_outputs(&mut self, client: &str, message_id: u64) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let range = (message_id, 0)..=(message_id, u32::MAX);
+        let outputs: Vec<_> = s.produced.range(range).copied().collect();
+        for (m, i) in outputs {
+            s.produced.remove(&(m, i));
+            self.dirty.insert(Key::Produced(client.to_string(), m, i));
+        }
     }
 
     fn remove_session(&mut self, client: &str) {
@@ -298,6 +303,9 @@ impl Image {
                     expires_at_ms: body.message.as_ref().and_then(|m| m.expires_at_ms),
                 };
                 let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
+                if let Some(old) = replaced {
+                    self.forget_outputs(&client, old);
+                }
                 self.dirty.insert(Key::Delivery(client, packet_id));
                 if let Some(old) = replaced {
                     self.unref(old);

@@ -39,6 +39,8 @@ pub struct Pending<W, T> {
     pub ack: Option<Packet>,
     /// Counted in [`AckFifo::inbound`].
     inbound: bool,
+    /// A QoS 0 message's deliveries (counted in `AckFifo::holding`).
+    qos0: bool,
 }
 
 /// The FIFO (see the module documentation).
@@ -46,6 +48,8 @@ pub struct Pending<W, T> {
 pub struct AckFifo<W, T> {
     entries: VecDeque<Pending<W, T>>,
     inbound: usize,
+    /// QoS 0 messages waiting to be revealed: a later QoS 0 message may not overtake them.
+    holding: usize,
 }
 
 impl<W, T> Default for AckFifo<W, T> {
@@ -53,6 +57,7 @@ impl<W, T> Default for AckFifo<W, T> {
         AckFifo {
             entries: VecDeque::new(),
             inbound: 0,
+            holding: 0,
         }
     }
 }
@@ -80,7 +85,18 @@ impl<W, T> AckFifo<W, T> {
             reserved,
             ack,
             inbound,
+            qos0: false,
         });
+    }
+
+    /// Adds a message of QoS `qos` waiting to be revealed, with its acknowledgement.
+    pub fn push_message(&mut self, wait: W, reserved: T, ack: Option<Packet>, qos: QoS) {
+        let qos0 = qos == QoS::AtMostOnce;
+        self.push(wait, Some(reserved), ack, qos == QoS::AtLeastOnce);
+        if let (true, Some(last)) = (qos0, self.entries.back_mut()) {
+            last.qos0 = true;
+            self.holding += 1;
+        }
     }
 
     /// An acknowledgement that waits for nothing: returned to be sent now if nothing waits,
@@ -99,9 +115,11 @@ impl<W, T> AckFifo<W, T> {
     }
 
     /// Whether a logged message whose wait is already `ready` may be revealed and acknowledged
-    /// at once: nothing waits before it, or it is QoS 0 (no acknowledgement to keep in order).
+    /// at once: nothing waits before it, or it is QoS 0 (no acknowledgement to keep in order)
+    /// and no earlier QoS 0 message waits (one whose rule outputs are logged for persistent
+    /// subscribers waits for them, and keeps its place).
     pub fn may_bypass(&self, ready: bool, qos: QoS) -> bool {
-        ready && (self.entries.is_empty() || qos == QoS::AtMostOnce)
+        ready && (self.entries.is_empty() || (qos == QoS::AtMostOnce && self.holding == 0))
     }
 
     /// The wait of the oldest entry, for the connection to await.
@@ -113,6 +131,7 @@ impl<W, T> AckFifo<W, T> {
     pub fn pop_front(&mut self) -> Option<Pending<W, T>> {
         let entry = self.entries.pop_front()?;
         self.inbound -= usize::from(entry.inbound);
+        self.holding -= usize::from(entry.qos0);
         Some(entry)
     }
 

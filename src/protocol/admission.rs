@@ -25,6 +25,10 @@ pub struct Admission {
 }
 
 /// Decides about `connect`. `assign_id` makes an identifier for a client that sent none.
+/// Client identifiers that start with this are the broker's own (rule consumers): no network
+/// client may use one, whatever its credentials.
+pub const RESERVED_CLIENT_ID_PREFIX: &str = "$rule/";
+
 pub fn admit(
     cfg: &Config,
     connect: &Connect,
@@ -33,6 +37,9 @@ pub fn admit(
     let v = connect.protocol;
     if connect.client_id.len() > cfg.mqtt.max_client_id_len {
         return Err(Refusal::ClientIdTooLong);
+    }
+    if connect.client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
+        return Err(Refusal::ClientIdReserved);
     }
     let (client_id, assigned) = client_id(connect, assign_id)?;
     if connect.properties.authentication_method.is_some() {

@@ -15,6 +15,8 @@ pub enum Refusal {
     ClientIdTooLong,
     /// An empty client identifier where the version does not allow one [MQTT-3.1.3-8].
     ClientIdEmpty,
+    /// A client identifier the broker keeps for its own sessions (`$rule/…`).
+    ClientIdReserved,
     /// MQTT 5 enhanced authentication (an Authentication Method) is not offered.
     EnhancedAuthUnsupported,
     /// The will's QoS is above the broker's maximum QoS.
@@ -84,7 +86,9 @@ impl Refusal {
     pub fn reason_code(self) -> ReasonCode {
         use Refusal::*;
         match self {
-            ClientIdTooLong | ClientIdEmpty => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            ClientIdTooLong | ClientIdEmpty | ClientIdReserved => {
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID
+            }
             EnhancedAuthUnsupported => ReasonCode::BAD_AUTHENTICATION_METHOD,
             WillQosAboveMaximum | QosAboveMaximum => ReasonCode::QOS_NOT_SUPPORTED,
             RetainedWillUnsupported | RetainUnsupported => ReasonCode::RETAIN_NOT_SUPPORTED,
@@ -136,6 +140,7 @@ impl Refusal {
         use Refusal::*;
         match self {
             ClientIdTooLong => "client_id_too_long",
+            ClientIdReserved => "client_id_reserved",
             ClientIdEmpty => "client_id_empty",
             EnhancedAuthUnsupported => "enhanced_auth_unsupported",
             WillQosAboveMaximum => "will_qos_above_maximum",
@@ -174,6 +179,7 @@ impl Refusal {
         use Refusal::*;
         match self {
             ClientIdTooLong => "client identifier too long",
+            ClientIdReserved => "client identifier reserved for the broker ($rule/…)",
             ClientIdEmpty => "empty client identifier",
             EnhancedAuthUnsupported => "enhanced authentication is not supported",
             WillQosAboveMaximum => "will QoS above the maximum QoS",

@@ -49,7 +49,10 @@ pub async fn run(
     let mut wait = RETRY_FIRST;
     let mut ready = Some(ready);
     while !*stop.borrow() {
-        match consume(&broker, &client, &rule, &stats, &mut stop, &mut ready).await {
+        let consumed = consume(
+            &broker, &client, &rule, &stats, &mut stop, &mut ready, false,
+        );
+        match consumed.await {
             Ok(()) | Err(LocalError::ShuttingDown) => return,
             Err(e) => {
                 tracing::warn!(rule = %rule.id, error = %e, "rule consumer stopped; restarting");
@@ -59,6 +62,23 @@ pub async fn run(
                 wait = (wait * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// Processes what is left in the consumer session of a rule that now runs inline (with the
+/// rule as it is now), unsubscribed, then removes the session: nothing acknowledged before the
+/// change is skipped. Messages published while the rule changes may be processed both ways.
+pub async fn drain(broker: Broker, rule: Arc<Compiled>, stats: Arc<RuleStats>) {
+    let (_keep, mut stop) = watch::channel(false);
+    let client = broker.local_client(consumer_id(&rule.id));
+    let drained = consume(&broker, &client, &rule, &stats, &mut stop, &mut None, true).await;
+    if let Err(e) = drained {
+        tracing::warn!(rule = %rule.id, error = %e, "the rule's old consumer queue was not drained");
+        return;
+    }
+    match client.session(true, 0).await {
+        Ok((session, _)) => session.close().await,
+        Err(e) => tracing::warn!(rule = %rule.id, error = %e, "rule consumer session not removed"),
     }
 }
 
@@ -79,8 +99,8 @@ struct Processed {
     outputs: Vec<PendingOutput>,
 }
 
-/// Attaches the consumer session, brings its subscriptions in line with the rule, and
-/// processes deliveries until stopped.
+/// Attaches the consumer session, brings its subscriptions in line with the rule (none when
+/// `drain`ing), and processes deliveries until stopped (or, draining, until none is left).
 async fn consume(
     broker: &Broker,
     client: &LocalClient,
@@ -88,9 +108,11 @@ async fn consume(
     stats: &RuleStats,
     stop: &mut watch::Receiver<bool>,
     ready: &mut Option<oneshot::Sender<()>>,
+    drain: bool,
 ) -> Result<(), LocalError> {
     let (mut session, _) = client.consumer_session().await?;
-    subscribe(&session, rule).await?;
+    let topics: &[String] = if drain { &[] } else { &rule.topics };
+    subscribe(&session, topics).await?;
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -100,14 +122,22 @@ async fn consume(
     let completer = tokio::spawn(complete(broker.clone(), pending, to_ack));
     // Deliveries to acknowledge, in one batch (one log append) whenever the consumer would wait.
     let mut acks: Vec<LocalDelivery> = Vec::new();
+    // Deliveries handed to the completer and not back yet.
+    let mut outstanding = 0usize;
     let result = loop {
         if !acks.is_empty() && session.is_idle() {
             session.ack_many(&acks).await?;
             acks.clear();
         }
+        if drain && outstanding == 0 && acks.is_empty() && session.is_idle() {
+            break Ok(());
+        }
         tokio::select! {
             finished = done.recv() => match finished {
-                Some(Ok(d)) => acks.push(d),
+                Some(Ok(d)) => {
+                    outstanding -= 1;
+                    acks.push(d);
+                }
                 Some(Err(e)) => break Err(e),
                 None => break Ok(()),
             },
@@ -128,6 +158,7 @@ async fn consume(
                 if to_complete.send(processed).await.is_err() {
                     break Ok(());
                 }
+                outstanding += 1;
             }
             _ = stop.changed() => break Ok(()),
         }
@@ -143,18 +174,20 @@ async fn consume(
     result
 }
 
-/// Subscribes the consumer to the rule's filters and drops the filters it no longer reads.
-async fn subscribe(session: &LocalSession, rule: &Compiled) -> Result<(), LocalError> {
+/// Subscribes the consumer to `topics` and drops the filters it no longer reads.
+async fn subscribe(session: &LocalSession, topics: &[String]) -> Result<(), LocalError> {
     let options = SubscriptionOptions {
         retain_handling: RetainHandling::Never,
         ..SubscriptionOptions::qos(QoS::AtLeastOnce)
     };
-    let filters: Vec<_> = rule.topics.iter().map(|t| (t.clone(), options)).collect();
-    session.subscribe(filters).await?;
+    let filters: Vec<_> = topics.iter().map(|t| (t.clone(), options)).collect();
+    if !filters.is_empty() {
+        session.subscribe(filters).await?;
+    }
     let stale: Vec<String> = session
         .filters()?
         .into_iter()
-        .filter(|f| !rule.topics.contains(f))
+        .filter(|f| !topics.contains(f))
         .collect();
     if !stale.is_empty() {
         session.unsubscribe(&stale).await?;
@@ -210,7 +243,8 @@ async fn process(
                 }
                 _ => Target::Session(session),
             };
-            pending.extend(run_action(rule, stats, action, out, target, stop).await?);
+            let run = run_action(broker, rule, stats, action, out, target, stop);
+            pending.extend(run.await?);
         }
     }
     Ok(pending)
@@ -228,6 +262,7 @@ pub enum Target<'a> {
 /// logged or the rule stops; a marked output may come back to be waited for. A republish that
 /// cannot be rendered or names an invalid topic is discarded (counted, logged).
 pub async fn run_action(
+    broker: &Broker,
     rule: &Compiled,
     stats: &RuleStats,
     action: &Action,
@@ -267,6 +302,11 @@ pub async fn run_action(
             }
             Err(LocalError::InvalidTopic) => {
                 discard(rule, stats, &format!("invalid topic `{}`", publish.topic));
+                return Ok(None);
+            }
+            // Refused by the log while persistence still works: too large to store, ever.
+            Err(LocalError::NotDurable) if !broker.has_failed() => {
+                discard(rule, stats, "too large for the write-ahead log");
                 return Ok(None);
             }
             Err(LocalError::NotDurable) => {

@@ -132,7 +132,7 @@ async fn dispatch(
                     Metrics::add(&stats.actions_total, 1);
                     let target = Target::Client(&client);
                     // A plain client's publish has nothing left to wait for.
-                    if run_action(rule, stats, action, out, target, &mut stop)
+                    if run_action(&broker, rule, stats, action, out, target, &mut stop)
                         .await
                         .is_err()
                     {

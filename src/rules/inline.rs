@@ -21,6 +21,13 @@ use crate::session::Message;
 use super::actions::Action;
 use super::{consumer_id, fields, Compiled};
 
+/// At most this many outputs of inline rules per message, and this many bytes of their
+/// payloads and topics: they share the message's commit (one WAL record of at most 64 MiB,
+/// which the message may fill up to twice with its retained copy). Beyond, outputs are
+/// discarded and counted.
+pub const MAX_OUTPUTS: usize = 1000;
+pub const MAX_OUTPUT_BYTES: usize = keelmq_config::MAX_DURABLE_PACKET_SIZE as usize;
+
 /// Whether a rule's actions let it run inline.
 pub fn eligible(actions: &[ActionSpec]) -> bool {
     actions.iter().all(|a| match a {
@@ -83,7 +90,8 @@ impl crate::hooks::PublishRules for InlineRules {
         }
         let wanted = |f: &str| rules.iter().any(|r| r.rule.rule.reads(f));
         let input = fields::message_for(broker, message, false, &wanted);
-        let mut out = Vec::new();
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0;
         for InlineRule { rule, stats } in &rules {
             Metrics::add(&stats.matched, 1);
             let Some(outputs) = super::evaluate(rule, stats, input.clone()) else {
@@ -92,7 +100,17 @@ impl crate::hooks::PublishRules for InlineRules {
             for output in &outputs {
                 for action in &rule.actions {
                     Metrics::add(&stats.actions_total, 1);
-                    out.extend(run(broker, rule, stats, action, output));
+                    let Some(m) = run(broker, rule, stats, action, output) else {
+                        continue;
+                    };
+                    bytes += m.payload.len() + m.topic.len();
+                    if out.len() >= MAX_OUTPUTS || bytes > MAX_OUTPUT_BYTES {
+                        let why = "the message's outputs exceed 1000 or 16 MiB";
+                        super::consumer::discard(rule, stats, why);
+                        continue;
+                    }
+                    Metrics::add(&stats.actions_success, 1);
+                    out.push(m);
                 }
             }
         }
@@ -100,7 +118,8 @@ impl crate::hooks::PublishRules for InlineRules {
     }
 }
 
-/// One action for one output: a console line, or the message a republish makes.
+/// One action for one output: a console line (counted as done), or the message a republish
+/// makes (counted by the caller, which may still discard it).
 fn run(
     broker: &Broker,
     rule: &Compiled,
@@ -127,10 +146,7 @@ fn run(
     let topic = publish.topic.clone();
     let name = Some(Arc::from(consumer_id(&rule.id)));
     match local_message(broker, name, publish) {
-        Some(m) => {
-            Metrics::add(&stats.actions_success, 1);
-            Some(m)
-        }
+        Some(m) => Some(m),
         None => {
             super::consumer::discard(rule, stats, &format!("invalid topic `{topic}`"));
             None

@@ -37,7 +37,7 @@ use keelmq_rules::sources::Source;
 pub use consumer::consumer_id;
 
 /// Client ids of rule consumers start with this.
-pub const CONSUMER_PREFIX: &str = "$rule/";
+pub const CONSUMER_PREFIX: &str = crate::protocol::admission::RESERVED_CLIENT_ID_PREFIX;
 
 /// How often stopping a rule reports that its consumer is still finishing the delivery in hand
 /// (and how long adding one waits for its consumer to subscribe).
@@ -233,13 +233,29 @@ impl RuleEngine {
             return Err(RuleError::NotFound(spec.id));
         };
         let keeps_consumer = spec.enabled && compiled.needs_consumer();
-        self.stop(old, !keeps_consumer).await;
-        let ready = self.install(spec, compiled);
-        self.refresh_events();
+        // Now inline: what the old consumer holds is processed before its session goes.
+        let drains = old.consumer.is_some() && spec.enabled && compiled.inline;
+        self.stop(old, !keeps_consumer && !drains).await;
+        let ready = self.install(spec, compiled.clone());
+        // A new consumer subscribes before the inline rule it replaces stops: messages
+        // published meanwhile may be processed both ways, none neither way.
         if let Some(ready) = ready {
             Self::subscribed(ready).await;
         }
+        self.refresh_events();
+        if drains {
+            self.spawn_drain(compiled);
+        }
         Ok(())
+    }
+
+    /// Drains the old consumer session of a rule that now runs inline (in the background).
+    fn spawn_drain(&self, compiled: Arc<Compiled>) {
+        let broker = self.inner.broker.clone();
+        let stats = broker
+            .rule_stats(&compiled.id)
+            .unwrap_or_else(|| Arc::new(RuleStats::new(&compiled.id)));
+        tokio::spawn(consumer::drain(broker, compiled, stats));
     }
 
     /// Enables or disables a rule.
@@ -285,7 +301,8 @@ impl RuleEngine {
         Ok(())
     }
 
-    /// Stops every consumer (at shutdown), each after the delivery in hand.
+    /// Stops every consumer and the event rules (at shutdown), each consumer after the delivery
+    /// in hand; inline rules keep running until the broker stops.
     pub async fn stop_all(&self) {
         let _changing = self.inner.changing.lock().await;
         let all: Vec<Running> = std::mem::take(&mut *self.inner.rules.lock())
@@ -294,8 +311,8 @@ impl RuleEngine {
         for r in all {
             self.stop(r, false).await;
         }
+        // Inline rules stay: every message acknowledged until the broker stops has its outputs.
         self.inner.events.set_rules(Vec::new());
-        self.inner.broker.set_publish_rules(None);
     }
 
     /// Registers a compiled rule and starts its consumer if it is an enabled topic rule; the
@@ -355,19 +372,22 @@ impl RuleEngine {
     }
 
     /// Removes consumer sessions of rules that are not running topic rules.
+    /// Removes consumer sessions of rules that are gone or disabled; drains those of rules
+    /// that run inline now.
     async fn remove_stale_consumers(&self) {
-        let live: Vec<String> = {
-            let rules = self.inner.rules.lock();
-            rules
-                .values()
-                .filter(|r| r.consumer.is_some())
-                .map(|r| consumer_id(&r.spec.id))
-                .collect()
-        };
         for client in self.inner.broker.client_ids_with_prefix(CONSUMER_PREFIX) {
-            if !live.iter().any(|l| **l == *client) {
-                tracing::info!(client = %client, "removing the consumer of a rule that is gone");
-                if let Some(id) = client.strip_prefix(CONSUMER_PREFIX) {
+            let Some(id) = client.strip_prefix(CONSUMER_PREFIX) else {
+                continue;
+            };
+            let (consumes, inline) = match self.inner.rules.lock().get(id) {
+                Some(r) if r.spec.enabled => (r.consumer.is_some(), Some(r.compiled.clone())),
+                _ => (false, None),
+            };
+            match (consumes, inline) {
+                (true, _) => {}
+                (false, Some(compiled)) => self.spawn_drain(compiled),
+                (false, None) => {
+                    tracing::info!(client = %client, "removing the consumer of a rule that is gone");
                     self.discard_consumer(id).await;
                 }
             }

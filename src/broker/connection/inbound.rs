@@ -292,9 +292,8 @@ impl Connection {
                 self.send(wbuf, &ack);
             }
         } else {
-            let inbound = qos == QoS::AtLeastOnce;
             self.pending_acks
-                .push(logged.durable, Some(logged.reserved), ack, inbound);
+                .push_message(logged.durable, logged.reserved, ack, qos);
         }
     }
 
