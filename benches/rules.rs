@@ -31,7 +31,7 @@ fn message(topic: &str) -> Message {
         properties: Message::properties_of(Default::default()),
         expires_at: None,
         publisher: Some("vehicle-4711".into()),
-        skip_rules: false,
+        rules: Default::default(),
     }
 }
 

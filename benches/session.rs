@@ -53,7 +53,7 @@ fn delivery(qos: QoS) -> Delivery {
         properties: Default::default(),
         expires_at: None,
         publisher: Some("vehicle-4711".into()),
-        skip_rules: false,
+        rules: Default::default(),
     };
     Delivery {
         message: Arc::new(message),

@@ -92,8 +92,16 @@ pub trait Authorizer: Send + Sync {
 /// neither lose nor repeat one.
 pub trait PublishRules: Send + Sync {
     /// The messages the rules make of `message`; empty when no rule reads its topic. Called
-    /// once per publish (a held publish is retried with the same outputs).
-    fn outputs(&self, broker: &crate::broker::Broker, message: &Message) -> Vec<Message>;
+    /// once per publish (a held publish is retried with the same outputs). `queued_for`: the
+    /// broker's durable consumer sessions (client ids) this publish queues `message` for; a
+    /// rule whose own consumer session is among them leaves the message to it, so a rule
+    /// moving between a consumer and inline reads every message exactly one way.
+    fn outputs(
+        &self,
+        broker: &crate::broker::Broker,
+        message: &Message,
+        queued_for: &[ClientId],
+    ) -> Vec<Message>;
 }
 
 /// The client an authorization question is about.

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::*;
-use crate::session::Outgoing;
+use crate::session::{Outgoing, RuleReach};
 
 /// How long a publish held back by a full queue waits between retries when no room
 /// notification arrives.
@@ -65,8 +65,8 @@ pub struct LocalPublish {
     pub qos: QoS,
     pub retain: bool,
     pub properties: PublishProperties,
-    /// Delivered to subscribers only, not to rule consumers ([`Message::skip_rules`]).
-    pub skip_rules: bool,
+    /// Which rules read it ([`Message::rules`]).
+    pub rules: RuleReach,
 }
 
 impl LocalPublish {
@@ -77,7 +77,7 @@ impl LocalPublish {
             qos,
             retain: false,
             properties: PublishProperties::default(),
-            skip_rules: false,
+            rules: RuleReach::All,
         }
     }
 }
@@ -177,7 +177,7 @@ pub(crate) fn local_message(
         retain: p.retain,
         properties: Message::properties_of(p.properties),
         publisher: name,
-        skip_rules: p.skip_rules,
+        rules: p.rules,
     })
 }
 
@@ -220,7 +220,7 @@ impl LocalClient {
     /// Attaches this client's session as a durable consumer (the rule engine's): persistent
     /// without expiry, always counted as draining, so a full queue holds publishers back
     /// instead of dropping their messages, and passed by messages with
-    /// [`LocalPublish::skip_rules`]. Subscribe at QoS 1 at most (see
+    /// [`LocalPublish::rules`] other than [`RuleReach::All`]. Subscribe at QoS 1 at most (see
     /// [`LocalSession::ack_releasing`]).
     pub async fn consumer_session(&self) -> Result<(LocalSession, bool), LocalError> {
         self.attach(false, u32::MAX, true).await
@@ -259,7 +259,9 @@ impl LocalClient {
                 | ConnectRefusal::NotDurable
                 | ConnectRefusal::NotOwner => LocalError::NotDurable,
             })?;
-        attached.slot.consumer.store(consumer, Ordering::Relaxed);
+        if consumer {
+            attached.slot.consumer.store(true, Ordering::Relaxed);
+        }
         let window = match consumer {
             false => broker.config().mqtt.max_inflight,
             true => CONSUMER_WINDOW,
@@ -519,13 +521,17 @@ impl LocalSession {
     /// the message is logged in call order and [`PendingOutput::wait`] returns once it is
     /// durable and visible, so a consumer can go on with its next delivery meanwhile (its
     /// outputs share fdatasyncs). A retained output, or one held back by a full queue, is
-    /// published whole before this returns.
+    /// published whole before this returns. Rules read it inline at most
+    /// ([`RuleReach::Inline`]): it never waits for room in a consumer's queue.
     pub async fn publish_output(
         &self,
-        p: LocalPublish,
+        mut p: LocalPublish,
         message_id: u64,
         index: u32,
     ) -> Result<Option<PendingOutput>, LocalError> {
+        if p.rules == RuleReach::All {
+            p.rules = RuleReach::Inline;
+        }
         let broker = &self.broker;
         let claimed = broker
             .claim_output(&self.slot, self.conn, message_id, index)

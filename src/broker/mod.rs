@@ -86,7 +86,7 @@ use crate::persistence::{self, journal, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::{
-    Delivery, Enqueued, Message, PagedDelivery, PubRecOutcome, Session, SessionLimits,
+    Delivery, Enqueued, Message, PagedDelivery, PubRecOutcome, RuleReach, Session, SessionLimits,
     SubscriptionRecord,
 };
 
@@ -113,9 +113,9 @@ pub struct SessionSlot {
     /// started): a connected subscriber whose full queue has not drained for
     /// `limits.stalled_subscriber_ms` is stalled, and QoS 0 overflow for it is dropped.
     last_drain_ms: AtomicU64,
-    /// The session is a broker-internal durable consumer (a rule): it always counts as
+    /// The session is a broker-internal durable consumer (a rule's, client id `$rule/…`): it always counts as
     /// draining, so its full queue holds publishers back rather than losing their messages,
-    /// and messages with [`Message::skip_rules`] pass it by.
+    /// and messages with [`Message::rules`] other than [`RuleReach::All`] pass it by.
     consumer: AtomicBool,
 }
 
@@ -162,6 +162,9 @@ impl SessionSlot {
         pending_will: Option<LastWill>,
     ) -> SessionSlot {
         let will_token = u64::from(pending_will.is_some());
+        // Known by its reserved id from the start (a restored one too, before its consumer
+        // attaches); network clients cannot take such an id.
+        let consumer = client_id.starts_with(crate::protocol::admission::RESERVED_CLIENT_ID_PREFIX);
         SessionSlot {
             client_id,
             state: Mutex::new(SlotState {
@@ -182,7 +185,7 @@ impl SessionSlot {
             wake: Notify::new(),
             connected: AtomicBool::new(false),
             last_drain_ms: AtomicU64::new(0),
-            consumer: AtomicBool::new(false),
+            consumer: AtomicBool::new(consumer),
         }
     }
 

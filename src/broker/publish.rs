@@ -188,17 +188,22 @@ impl Broker {
         let Some(rules) = self.publish_rules() else {
             return;
         };
-        let mut work = vec![(message.clone(), 0)];
-        while let Some((m, depth)) = work.pop() {
-            if m.skip_rules || m.topic.starts_with('$') || depth >= MAX_RULE_DEPTH {
+        let mut work = vec![(message.clone(), 0, consumers_among(targets))];
+        while let Some((m, depth, queued_for)) = work.pop() {
+            if m.rules == RuleReach::None || m.topic.starts_with('$') || depth >= MAX_RULE_DEPTH {
                 continue;
             }
-            for mut out in rules.outputs(self, &m) {
+            for mut out in rules.outputs(self, &m, &queued_for) {
                 out.retain &= message.retain;
+                if m.rules == RuleReach::Inline && out.rules == RuleReach::All {
+                    out.rules = RuleReach::Inline;
+                }
                 let out = Arc::new(out);
                 self.plan_retained(&out, retained, records);
-                targets.extend(self.route_targets(&out));
-                work.push((out, depth + 1));
+                let out_targets = self.route_targets(&out);
+                let queued_for = consumers_among(&out_targets);
+                targets.extend(out_targets);
+                work.push((out, depth + 1, queued_for));
             }
         }
     }
@@ -301,7 +306,7 @@ impl Broker {
                 if sub.options.no_local && message.publisher.as_ref() == Some(&sub.client) {
                     return; // [MQTT-3.8.3-3]
                 }
-                if message.skip_rules && sub.target.consumer.load(Ordering::Relaxed) {
+                if message.rules != RuleReach::All && sub.target.consumer.load(Ordering::Relaxed) {
                     return;
                 }
                 let qos = message.qos.min(sub.options.qos);
@@ -446,4 +451,14 @@ impl Broker {
             }
         }
     }
+}
+
+/// The client ids of the broker's durable consumer sessions among a message's targets
+/// (usually none).
+fn consumers_among(targets: &[(Arc<SessionSlot>, Delivery)]) -> Vec<ClientId> {
+    targets
+        .iter()
+        .filter(|(slot, _)| slot.consumer.load(Ordering::Relaxed))
+        .map(|(slot, _)| slot.client_id.clone())
+        .collect()
 }

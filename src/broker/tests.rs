@@ -14,7 +14,7 @@ async fn a_held_retained_publish_is_retried_through_the_retain_gate() {
         properties: Message::properties_of(PublishProperties::default()),
         expires_at: None,
         publisher: None,
-        skip_rules: false,
+        rules: Default::default(),
     });
     let (pending, refused) = broker.plan_publish(message, None, false);
     assert!(!refused);
@@ -45,7 +45,7 @@ fn retained(broker: &Broker, payload: &'static [u8]) -> Arc<Message> {
         properties: Message::properties_of(PublishProperties::default()),
         expires_at: None,
         publisher: None,
-        skip_rules: false,
+        rules: Default::default(),
     })
 }
 
@@ -166,7 +166,7 @@ fn qos2_message(broker: &Broker) -> Arc<Message> {
         properties: Message::properties_of(PublishProperties::default()),
         expires_at: None,
         publisher: Some("c".into()),
-        skip_rules: false,
+        rules: Default::default(),
     })
 }
 

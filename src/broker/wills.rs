@@ -119,7 +119,7 @@ impl Broker {
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(client),
-            skip_rules: false,
+            rules: Default::default(),
         };
         let message = Arc::new(message);
         let outcome = {

@@ -137,7 +137,7 @@ pub fn restore_message_in(
         }),
         expires_at: s.expires_at_ms.map(ms_to_instant),
         publisher,
-        skip_rules: false,
+        rules: Default::default(),
     })
 }
 

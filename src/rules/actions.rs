@@ -10,6 +10,7 @@ use keelmq_rules::template::Template;
 use crate::broker::local::LocalPublish;
 use crate::codec::{PublishProperties, QoS};
 use crate::config::{ActionSpec, RepublishSpec, TemplateOr};
+use crate::session::RuleReach;
 
 /// A compiled action.
 #[derive(Debug)]
@@ -90,7 +91,10 @@ impl Republish {
         };
         let mut p = LocalPublish::new(self.topic.render(out), self.payload.render(out), qos);
         p.retain = retain;
-        p.skip_rules = self.direct_dispatch;
+        p.rules = match self.direct_dispatch {
+            true => RuleReach::None,
+            false => RuleReach::All,
+        };
         p.properties = self.properties(out)?;
         Ok(p)
     }
@@ -177,7 +181,7 @@ mod tests {
         let p = r.render(&out).expect("renders");
         assert_eq!(p.topic, "copy/a/b");
         assert_eq!(p.qos, QoS::AtLeastOnce);
-        assert!(p.retain && p.skip_rules);
+        assert!(p.retain && p.rules == RuleReach::None);
         assert_eq!(&p.payload[..], b"hi");
     }
 

@@ -14,6 +14,7 @@ use super::{fields, Compiled, CONSUMER_PREFIX};
 use crate::broker::metrics::RuleStats;
 use crate::broker::{Broker, Metrics};
 use crate::hooks::{Event, EventKinds};
+use crate::session::RuleReach;
 
 /// Events waiting for the event rules, at most.
 pub const EVENT_QUEUE: usize = 8192;
@@ -102,7 +103,7 @@ fn internal(e: &Event) -> bool {
         Event::ConnAck { client_id, .. }
         | Event::Authenticated { client_id, .. }
         | Event::Authorized { client_id, .. } => &**client_id,
-        Event::Published { message, .. } => return message.skip_rules,
+        Event::Published { message, .. } => return message.rules == RuleReach::None,
     };
     client.starts_with(CONSUMER_PREFIX)
 }

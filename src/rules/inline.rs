@@ -15,11 +15,11 @@ use crate::broker::metrics::RuleStats;
 use crate::broker::{Broker, Metrics};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::{ActionSpec, TemplateOr};
-use crate::router::{Match, Router, Subscription};
+use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::Message;
 
 use super::actions::Action;
-use super::{consumer_id, fields, Compiled};
+use super::{consumer_id, fields, Compiled, CONSUMER_PREFIX};
 
 /// At most this many outputs of inline rules per message, and this many bytes of their
 /// payloads and topics: they share the message's commit (one WAL record of at most 64 MiB,
@@ -83,8 +83,10 @@ impl InlineRules {
 }
 
 impl crate::hooks::PublishRules for InlineRules {
-    fn outputs(&self, broker: &Broker, message: &Message) -> Vec<Message> {
-        let rules = self.matching(&message.topic);
+    fn outputs(&self, broker: &Broker, message: &Message, queued_for: &[ClientId]) -> Vec<Message> {
+        let mut rules = self.matching(&message.topic);
+        // A rule still subscribed through its consumer session reads the message there.
+        rules.retain(|r| !queued_for.iter().any(|c| is_consumer_of(c, &r.rule.id)));
         if rules.is_empty() {
             return Vec::new();
         }
@@ -152,4 +154,9 @@ fn run(
             None
         }
     }
+}
+
+/// Whether `client` is the consumer session of rule `id`.
+fn is_consumer_of(client: &str, id: &str) -> bool {
+    client.strip_prefix(CONSUMER_PREFIX) == Some(id)
 }

@@ -237,8 +237,9 @@ impl RuleEngine {
         let drains = old.consumer.is_some() && spec.enabled && compiled.inline;
         self.stop(old, !keeps_consumer && !drains).await;
         let ready = self.install(spec, compiled.clone());
-        // A new consumer subscribes before the inline rule it replaces stops: messages
-        // published meanwhile may be processed both ways, none neither way.
+        // A new consumer subscribes before the inline rule it replaces stops; an inline rule
+        // leaves a message queued for its rule's consumer session to it (until a drain has
+        // unsubscribed that session), so each message is read one way, exactly once.
         if let Some(ready) = ready {
             Self::subscribed(ready).await;
         }

@@ -15,7 +15,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,10 +43,24 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for wills and `$SYS` messages.
     pub publisher: Option<ClientId>,
-    /// A rule's republish with direct dispatch: delivered to subscribers, not to the rule
-    /// engine's consumers (so that rules do not read their own outputs). Not stored: it
-    /// matters only while the message is routed.
-    pub skip_rules: bool,
+    /// Which rules read it. Not stored: it matters only while the message is planned and
+    /// routed.
+    pub rules: RuleReach,
+}
+
+/// Which of the rule engine's rules a message is read by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleReach {
+    /// Every rule: the inline ones while its publish is planned, and the durable consumers
+    /// subscribed to its topic.
+    #[default]
+    All,
+    /// The inline rules only: a durable consumer's republish with direct dispatch off, and what
+    /// inline rules make of one. Consumers never wait for room in a consumer's queue — their
+    /// own or another's — so a cycle of rules cannot stall them.
+    Inline,
+    /// No rule: a republish with direct dispatch (rules do not read their own outputs).
+    None,
 }
 
 impl Message {
@@ -96,7 +110,7 @@ impl Message {
             properties,
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
-            skip_rules: self.skip_rules,
+            rules: self.rules,
         }
     }
 
@@ -301,7 +315,7 @@ pub struct Session {
     inbound_awaiting_rel: HashSet<u16>,
     /// Outputs a durable consumer (a rule) published for messages it has not acknowledged
     /// yet: (message id, output index). Empty for every other session.
-    produced: Vec<(u64, u32)>,
+    produced: BTreeSet<(u64, u32)>,
     limits: SessionLimits,
     /// QoS 0 deliveries dropped because the queue was full.
     pub dropped_qos0: u64,
@@ -328,7 +342,7 @@ impl Session {
             used_packet_ids: HashSet::new(),
             removed: Vec::new(),
             inbound_awaiting_rel: HashSet::new(),
-            produced: Vec::new(),
+            produced: BTreeSet::new(),
             limits,
             dropped_qos0: 0,
             expired: 0,
@@ -832,22 +846,25 @@ impl Session {
     /// Marks output `index` of message `message_id` as published by this (consumer) session;
     /// `false` if it was already (a message processed again after a crash).
     pub fn claim_output(&mut self, message_id: u64, index: u32) -> bool {
-        if self.produced.contains(&(message_id, index)) {
-            return false;
-        }
-        self.produced.push((message_id, index));
-        true
+        self.produced.insert((message_id, index))
     }
 
     /// Gives back a claimed output whose message was not published.
     pub fn release_output(&mut self, message_id: u64, index: u32) {
-        self.produced.retain(|o| *o != (message_id, index));
+        self.produced.remove(&(message_id, index));
     }
 
     /// Forgets the outputs of `message_id` (its delivery was acknowledged).
     pub fn forget_outputs(&mut self, message_id: u64) {
         if !self.produced.is_empty() {
-            self.produced.retain(|(m, _)| *m != message_id);
+            let outputs: Vec<_> = self
+                .produced
+                .range((message_id, 0)..=(message_id, u32::MAX))
+                .copied()
+                .collect();
+            for o in outputs {
+                self.produced.remove(&o);
+            }
         }
     }
 

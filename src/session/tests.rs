@@ -27,7 +27,7 @@ fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         properties: Default::default(),
         expires_at: None,
         publisher: None,
-        skip_rules: false,
+        rules: Default::default(),
     })
 }
 

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::common;
 use crate::interop_rumqttc::v311::{connect, next, subscribe, Client};
+use keelmq::broker::local::{LocalPublish, LocalSession};
 use keelmq::config::{Config, RuleSpec};
 
 const RULES: &str = r#"
@@ -279,5 +280,155 @@ async fn rule_consumers_cannot_be_taken_over() {
         ack.code,
         keelmq::codec::ReasonCode::CLIENT_IDENTIFIER_NOT_VALID
     );
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Publishes `n` QoS 1 messages with payloads `0..n` to `topic` through the broker's
+/// in-process client, several at a time.
+async fn publish_numbered(
+    broker: &keelmq::broker::Broker,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) {
+    const WORKERS: usize = 64;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        let client = broker.local_client(format!("numbers-{w}"));
+        let (topic, range) = (topic.to_string(), range.clone());
+        workers.spawn(async move {
+            for i in range.filter(|i| i % WORKERS == w) {
+                let p = LocalPublish::new(
+                    topic.as_str(),
+                    i.to_string(),
+                    keelmq::codec::QoS::AtLeastOnce,
+                );
+                client.publish(p).await.expect("published");
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.expect("publisher");
+    }
+}
+
+/// Takes `n` deliveries from `session`, acknowledging each; returns their payloads.
+async fn take_payloads(mut session: LocalSession, n: usize) -> (Vec<String>, LocalSession) {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), session.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} outputs arrived", out.len()))
+            .expect("delivery");
+        session.ack(&d).await.expect("acked");
+        out.push(String::from_utf8_lossy(&d.delivery.message.payload).into_owned());
+    }
+    (out, session)
+}
+
+/// A rule moving between a durable consumer and inline hands over without loss or duplicate:
+/// what the old consumer session still holds is drained, what comes after is read inline (and
+/// the drained session goes); back to a consumer, the new session subscribes before the inline
+/// rule stops. Messages are published throughout each change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_moving_between_consumer_and_inline_reads_each_message_once() {
+    const N: usize = 2000;
+    let server = common::start(common::test_config()).await;
+    let broker = server.broker().clone();
+    let (observer, _) = broker
+        .local_client("observer")
+        .session(true, 0)
+        .await
+        .unwrap();
+    let qos1 = keelmq::codec::SubscriptionOptions::qos(keelmq::codec::QoS::AtLeastOnce);
+    observer
+        .subscribe(vec![("hand/out".into(), qos1)])
+        .await
+        .unwrap();
+    let sql = r#"SELECT payload FROM "hand/in""#;
+    let consumer = || spec_with("hand", sql, "hand/out", ", retain = '${r}'");
+    let inline = || spec_with("hand", sql, "hand/out", "");
+    let rules = server.rules();
+    rules.add(consumer()).await.expect("consumer rule added");
+    assert_eq!(broker.client_ids_with_prefix("$rule/").len(), 1);
+
+    // The observer takes its deliveries as they come (a subscriber that stops taking is
+    // stalled, and what overflows its queue is dropped by policy).
+    let observed = tokio::spawn(take_payloads(observer, 3 * N));
+    publish_numbered(&broker, "hand/in", 0..N).await;
+    let (to_inline, ()) = tokio::join!(
+        rules.update(inline()),
+        publish_numbered(&broker, "hand/in", N..2 * N),
+    );
+    to_inline.expect("updated to inline");
+    let (to_consumer, ()) = tokio::join!(
+        rules.update(consumer()),
+        publish_numbered(&broker, "hand/in", 2 * N..3 * N),
+    );
+    to_consumer.expect("updated to a consumer");
+
+    let (seen, mut observer) = observed.await.expect("observer");
+    let mut counts = vec![0usize; 3 * N];
+    for p in &seen {
+        counts[p.parse::<usize>().expect("a number")] += 1;
+    }
+    let repeated: Vec<usize> = (0..3 * N).filter(|&i| counts[i] > 1).collect();
+    let missing: Vec<usize> = (0..3 * N).filter(|&i| counts[i] == 0).collect();
+    assert!(
+        repeated.is_empty() && missing.is_empty(),
+        "repeated {repeated:?}, missing {missing:?}"
+    );
+    expect_no_delivery(&mut observer).await;
+    // One consumer session: the drained one went, the new one stays.
+    assert_eq!(broker.client_ids_with_prefix("$rule/").len(), 1);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn expect_no_delivery(session: &mut LocalSession) {
+    if let Ok(d) = tokio::time::timeout(Duration::from_millis(500), session.next()).await {
+        panic!("unexpected delivery: {d:?}");
+    }
+}
+
+/// Rules that read their own republishes (direct dispatch off) end: a durable consumer's
+/// outputs are read by inline rules only, and what those make of them too, so no consumer
+/// waits for room in a consumer's queue and a loop through one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_a_consumer_rule_ends() {
+    let rules = r#"
+[[rules]]
+id = "consumer"
+sql = 'SELECT payload FROM "loop/#"'
+actions = [{ kind = "republish", topic = "loop/c", retain = '${r}', direct_dispatch = false }]
+
+[[rules]]
+id = "inline"
+sql = 'SELECT payload FROM "loop/c"'
+actions = [{ kind = "republish", topic = "loop/i", direct_dispatch = false }]
+"#;
+    let server = common::start(config_with(rules)).await;
+    let broker = server.broker().clone();
+    let (mut observer, _) = broker
+        .local_client("observer")
+        .session(true, 0)
+        .await
+        .unwrap();
+    let qos1 = keelmq::codec::SubscriptionOptions::qos(keelmq::codec::QoS::AtLeastOnce);
+    observer
+        .subscribe(vec![("loop/#".into(), qos1)])
+        .await
+        .unwrap();
+    publish_numbered(&broker, "loop/start", 0..1).await;
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), observer.next())
+            .await
+            .expect("a message")
+            .expect("delivery");
+        observer.ack(&d).await.expect("acked");
+        topics.push(d.delivery.message.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["loop/c", "loop/i", "loop/start"]);
+    expect_no_delivery(&mut observer).await;
     server.shutdown(Duration::from_secs(5)).await;
 }

@@ -266,7 +266,7 @@ impl Connection {
             retain: p.retain,
             properties: Message::properties_of(p.properties),
             publisher: Some(self.client_id.clone()),
-            skip_rules: false,
+            rules: Default::default(),
         }
     }
 
