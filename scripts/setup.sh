@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building KeelMQ and running its whole test suite need, when it is missing, on a
 # Debian machine (as root, or with sudo): libclang and a C++ compiler for RocksDB, Debian's
-# mosquitto and mosquitto-clients, OpenLDAP's slapd, OpenSSL headers for the rumqttc TLS test, and Python's
+# mosquitto and mosquitto-clients, OpenLDAP's slapd, PostgreSQL and Redis, OpenSSL headers for the rumqttc TLS test, and Python's
 # paho-mqtt 2.x and PyJWT (the interoperability tests' independent peers, which must not silently skip). Called by scripts/test.sh; idempotent.
 set -euo pipefail
 
@@ -20,10 +20,16 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 # The LDAP tests start their own OpenLDAP slapd on a loopback port (slapd, slapadd, slappasswd).
 [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
+# The data bridge tests start their own PostgreSQL cluster and Redis server on loopback ports
+# (and read them with psql and redis-cli).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt)"
   as_root apt-get update -qq
-  # No package may start its daemon (slapd, mosquitto): the tests start their own, on loopback.
+  # No package may start its daemon (slapd, mosquitto, postgresql, redis): the tests start
+  # their own, on loopback.
   policy=/usr/sbin/policy-rc.d
   made_policy=
   if [ ! -e "$policy" ]; then

@@ -28,6 +28,7 @@ pub struct Server {
     listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
     rules: crate::rules::RuleEngine,
+    bridges: crate::bridges::Bridges,
 }
 
 /// The persistence options a configuration asks for.
@@ -91,7 +92,14 @@ impl Server {
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         // Before any client connects: every rule's consumer is subscribed.
-        let rules = crate::rules::RuleEngine::start(broker.clone(), &broker.config().rules).await?;
+        let bridges = crate::bridges::Bridges::start(broker.clone(), &broker.config().sinks)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let rules = crate::rules::RuleEngine::start(
+            broker.clone(),
+            &broker.config().rules,
+            bridges.clone(),
+        )
+        .await?;
         let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
         let mut listeners = Vec::new();
         let mut tls = Vec::new();
@@ -119,6 +127,7 @@ impl Server {
             listener_tasks,
             checkpointer,
             rules,
+            bridges,
         })
     }
 
@@ -184,6 +193,11 @@ impl Server {
         problems.len()
     }
 
+    /// The data bridges (sinks), their feeds and status.
+    pub fn bridges(&self) -> &crate::bridges::Bridges {
+        &self.bridges
+    }
+
     /// The rule engine (add, change, disable, remove rules at run time).
     pub fn rules(&self) -> &crate::rules::RuleEngine {
         &self.rules
@@ -198,6 +212,7 @@ impl Server {
     /// failed during the run.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.rules.stop_all().await;
+        self.bridges.stop_all().await;
         self.broker.begin_shutdown();
         self.broker.retained_loaded().await;
         for task in self.listener_tasks {

@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod auth;
+mod bridges;
 mod listeners;
 mod rules;
 pub use auth::{
     AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, LdapSpec,
     NoMatch,
 };
+pub use bridges::{RetrySpec, SinkAck, SinkKind, SinkSpec};
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 pub use rules::{ActionSpec, RepublishSpec, RuleSpec, TemplateOr, REPUBLISH_PROPERTIES};
 
@@ -46,6 +48,8 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// `[[rules]]`: rule SQL and its actions (see [`RuleSpec`]).
     pub rules: Vec<RuleSpec>,
+    /// `[[sinks]]`: data bridges (see [`SinkSpec`]).
+    pub sinks: Vec<SinkSpec>,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             authz: AuthzConfig::default(),
             rules: Vec::new(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -321,6 +326,8 @@ impl Config {
         self.validate_listeners()?;
         self.validate_auth()?;
         rules::validate(&self.rules)?;
+        bridges::validate(&self.sinks)?;
+        bridges::validate_rule_sinks(&self.rules, &self.sinks)?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

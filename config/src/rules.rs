@@ -41,6 +41,9 @@ pub enum ActionSpec {
     Republish(RepublishSpec),
     /// Log every output (target `keelmq::rules`, level info) as JSON.
     Console,
+    /// Hand every output to the sink (`[[sinks]]`) of this name: the sink reads the rule's
+    /// topics through a durable subscriber of its own and writes what the rule selects.
+    Sink { name: String },
 }
 
 /// `{ kind = "republish", … }`: every text field is a `${…}` template over the rule's output.
@@ -124,12 +127,15 @@ pub fn validate(rules: &[RuleSpec]) -> Result<(), ConfigError> {
 }
 
 fn validate_id(i: usize, id: &str) -> Result<(), ConfigError> {
+    validate_name(id).map_err(|problem| bad(i, "id", problem))
+}
+
+/// A rule id or sink name: 1 to 128 letters, digits, `_`, `-` or `.`.
+pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if id.is_empty() || id.len() > 128 || !id.chars().all(ok) {
-        return Err(bad(
-            i,
-            "id",
-            format!("`{id}`: 1 to 128 letters, digits, `_`, `-` or `.`"),
+    if name.is_empty() || name.len() > 128 || !name.chars().all(ok) {
+        return Err(format!(
+            "`{name}`: 1 to 128 letters, digits, `_`, `-` or `.`"
         ));
     }
     Ok(())

@@ -83,7 +83,7 @@ pub fn event_field(name: &str) -> &'static str {
 
 /// A well-formed MQTT topic filter (§4.7): not empty, no NUL, `#` only as the last level,
 /// `+` and `#` only as whole levels.
-fn valid_filter(filter: &str) -> bool {
+pub fn valid_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.contains('\0') || filter.len() > usize::from(u16::MAX) {
         return false;
     }

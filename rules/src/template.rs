@@ -66,7 +66,11 @@ impl Template {
 
     /// The text with every placeholder replaced by the field of `output` it names.
     pub fn render(&self, output: &Map<String, Value>) -> String {
-        let mut env = Env::new(output.clone());
+        self.render_with(&mut Env::new(output.clone()))
+    }
+
+    /// [`Self::render`] in an environment several templates share (a payload decoded once).
+    pub fn render_with(&self, env: &mut Env) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -75,6 +79,77 @@ impl Template {
             }
         }
         out
+    }
+
+    /// The first name of every placeholder's path (`payload` for `${payload.a.b}`).
+    pub fn roots(&self) -> Vec<&str> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Field(Expr::Path(name, _)) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A SQL statement template: every `${…}` becomes a numbered parameter (`$1`, `$2`, … — the
+/// same placeholder twice is one parameter), so values are sent typed and never spliced
+/// into the SQL text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlTemplate {
+    /// The statement with `$n` parameters.
+    pub statement: String,
+    params: Vec<Expr>,
+}
+
+impl SqlTemplate {
+    /// Parses `source`; a placeholder inside a quoted string or identifier is refused (it
+    /// would be text, not a parameter).
+    pub fn parse(source: &str) -> Result<SqlTemplate, String> {
+        let template = Template::parse(source).map_err(|e| e.to_string())?;
+        let mut statement = String::new();
+        let mut params: Vec<Expr> = Vec::new();
+        let mut quote: Option<char> = None;
+        for part in template.parts {
+            match part {
+                Part::Text(t) => {
+                    for c in t.chars() {
+                        quote = match (quote, c) {
+                            (None, '\'' | '"') => Some(c),
+                            (Some(q), c) if c == q => None,
+                            (q, _) => q,
+                        };
+                    }
+                    statement.push_str(&t);
+                }
+                Part::Field(e) => {
+                    if quote.is_some() {
+                        return Err(format!(
+                            "${{{e}}} is inside quotes: write it bare, it becomes a typed \
+                             parameter"
+                        ));
+                    }
+                    let n = match params.iter().position(|p| *p == e) {
+                        Some(n) => n,
+                        None => {
+                            params.push(e);
+                            params.len() - 1
+                        }
+                    };
+                    statement.push_str(&format!("${}", n + 1));
+                }
+            }
+        }
+        Ok(SqlTemplate { statement, params })
+    }
+
+    /// The parameters' values for `output`, in order (a missing field is `null`).
+    pub fn values(&self, env: &mut Env) -> Vec<Value> {
+        self.params
+            .iter()
+            .map(|e| env.eval(e).unwrap_or(Value::Null))
+            .collect()
     }
 }
 
@@ -115,6 +190,26 @@ mod tests {
         let out = fields(json!({"pub_props": {"User-Property": {"k": "v"}}}));
         assert_eq!(t.render(&out), "v");
         assert!(Template::parse("plain/topic").unwrap().is_constant());
+    }
+
+    #[test]
+    fn sql_templates_make_numbered_parameters() {
+        let t = SqlTemplate::parse(
+            "INSERT INTO t(id, c, v, again) VALUES (${id}, ${clientid}, ${payload.v}, ${id})",
+        )
+        .unwrap();
+        assert_eq!(
+            t.statement,
+            "INSERT INTO t(id, c, v, again) VALUES ($1, $2, $3, $1)"
+        );
+        let out = fields(json!({"id": 7, "clientid": "c", "payload": "{\"v\": 2.5}"}));
+        assert_eq!(
+            t.values(&mut Env::new(out)),
+            vec![json!(7), json!("c"), json!(2.5)]
+        );
+        let e = SqlTemplate::parse("SELECT '${clientid}'").unwrap_err();
+        assert!(e.contains("inside quotes"), "{e}");
+        assert!(SqlTemplate::parse("SELECT 'it''s', ${a}").is_ok());
     }
 
     #[test]

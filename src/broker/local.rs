@@ -504,6 +504,16 @@ impl LocalSession {
         publish_claimed(&self.broker, name, p, None).await
     }
 
+    /// Holds at most `messages` queued deliveries (instead of `limits.max_queued_messages`);
+    /// the byte limit stays.
+    pub fn set_queue_limit(&self, messages: usize) -> Result<(), LocalError> {
+        let mut limits = self.broker.limits();
+        limits.max_queued_messages = messages;
+        self.broker
+            .session_op(&self.slot, self.conn, |s| s.set_limits(limits))
+            .ok_or(LocalError::TakenOver)
+    }
+
     /// The session's subscription filters.
     pub fn filters(&self) -> Result<Vec<String>, LocalError> {
         self.broker

@@ -121,6 +121,125 @@ impl RuleStats {
     }
 }
 
+/// Whether a sink reaches its target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SinkStatus {
+    /// Not tried yet, or trying again after a failure (`last_error` says which).
+    #[default]
+    Connecting,
+    Connected,
+    /// The last attempt failed; the sink retries.
+    Disconnected,
+}
+
+impl SinkStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkStatus::Connecting => "connecting",
+            SinkStatus::Connected => "connected",
+            SinkStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// One sink's counters, with EMQX's names (kept by the bridges, read by snapshots).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub name: String,
+    pub kind: &'static str,
+    /// Items (messages, or rule outputs) taken from the sink's queues.
+    pub matched: AtomicU64,
+    /// Items the target accepted.
+    pub success: AtomicU64,
+    /// Failed write attempts (each retry of a batch counts its items again).
+    pub failed: AtomicU64,
+    /// Items retried after a failed attempt.
+    pub retried: AtomicU64,
+    /// Items in a write now.
+    pub inflight: AtomicU64,
+    /// Items the target refused for good (published to the dead-letter topic).
+    pub dropped: AtomicU64,
+    /// Writes that did not answer within `request_timeout_ms` (retried).
+    pub late_reply: AtomicU64,
+    status: parking_lot::Mutex<(SinkStatus, String)>,
+}
+
+/// A sink's counts and status in a [`MetricsSnapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkSnapshot {
+    pub name: String,
+    pub kind: &'static str,
+    pub status: SinkStatus,
+    pub last_error: String,
+    pub matched: u64,
+    pub success: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub inflight: u64,
+    /// Messages the sink's sessions hold and the target does not have yet (queued, or taken
+    /// and in a write or waiting to be retried).
+    pub queuing: u64,
+    pub dropped: u64,
+    pub late_reply: u64,
+}
+
+impl SinkStats {
+    pub fn new(name: &str, kind: &'static str) -> SinkStats {
+        SinkStats {
+            name: name.to_string(),
+            kind,
+            ..SinkStats::default()
+        }
+    }
+
+    /// Records whether the last attempt reached the target (`error` empty when it did).
+    pub fn set_status(&self, status: SinkStatus, error: &str) {
+        let mut s = self.status.lock();
+        s.0 = status;
+        if !error.is_empty() || s.0 == SinkStatus::Connected {
+            s.1 = error.to_string();
+        }
+    }
+
+    pub fn status(&self) -> (SinkStatus, String) {
+        self.status.lock().clone()
+    }
+
+    /// The counters; `queuing` is the broker's to fill in.
+    pub fn snapshot(&self) -> SinkSnapshot {
+        let get = Metrics::get;
+        let (status, last_error) = self.status();
+        SinkSnapshot {
+            name: self.name.clone(),
+            kind: self.kind,
+            status,
+            last_error,
+            matched: get(&self.matched),
+            success: get(&self.success),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            inflight: get(&self.inflight),
+            queuing: 0,
+            dropped: get(&self.dropped),
+            late_reply: get(&self.late_reply),
+        }
+    }
+
+    /// `(name, value)` pairs with EMQX's metric names.
+    pub fn named(s: &SinkSnapshot) -> [(&'static str, u64); 8] {
+        [
+            ("matched", s.matched),
+            ("success", s.success),
+            ("failed", s.failed),
+            ("retried", s.retried),
+            ("inflight", s.inflight),
+            ("queuing", s.queuing),
+            ("dropped", s.dropped),
+            ("late_reply", s.late_reply),
+        ]
+    }
+}
+
 /// Monotonic counters and gauges. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -197,6 +316,8 @@ pub struct MetricsSnapshot {
     pub listeners: Vec<ListenerSnapshot>,
     /// Per rule of the rule engine, in the order they were added.
     pub rules: Vec<RuleSnapshot>,
+    /// Per sink (data bridge), in the order they were added.
+    pub sinks: Vec<SinkSnapshot>,
 }
 
 impl Metrics {

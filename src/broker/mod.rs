@@ -164,7 +164,7 @@ impl SessionSlot {
         let will_token = u64::from(pending_will.is_some());
         // Known by its reserved id from the start (a restored one too, before its consumer
         // attaches); network clients cannot take such an id.
-        let consumer = client_id.starts_with(crate::protocol::admission::RESERVED_CLIENT_ID_PREFIX);
+        let consumer = crate::protocol::admission::is_reserved_client_id(&client_id);
         SessionSlot {
             client_id,
             state: Mutex::new(SlotState {
@@ -261,6 +261,7 @@ pub(crate) struct Shared {
     listeners: RwLock<Vec<Arc<metrics::ListenerStats>>>,
     /// Every rule's counters (see `crate::rules`).
     rules: RwLock<Vec<Arc<metrics::RuleStats>>>,
+    sinks: RwLock<Vec<Arc<metrics::SinkStats>>>,
     /// The inline topic rules, if any (see [`crate::hooks::PublishRules`]).
     publish_rules: RwLock<Option<Arc<dyn crate::hooks::PublishRules>>>,
     /// Whether `publish_rules` holds rules: a publish without them takes no lock.
@@ -311,6 +312,7 @@ impl Broker {
                 hooks: events::HookSet::default(),
                 listeners: RwLock::new(Vec::new()),
                 rules: RwLock::new(Vec::new()),
+                sinks: RwLock::new(Vec::new()),
                 publish_rules: RwLock::new(None),
                 has_publish_rules: AtomicBool::new(false),
             }),
@@ -394,6 +396,26 @@ impl Broker {
             .filter(|c| c.starts_with(prefix))
             .cloned()
             .collect()
+    }
+
+    /// Messages held (queued or in flight) by the sessions whose client ids start with
+    /// `prefix`.
+    pub fn queued_messages_with_prefix(&self, prefix: &str) -> usize {
+        let slots: Vec<Arc<SessionSlot>> = {
+            let sessions = self.shared.sessions.lock();
+            sessions
+                .iter()
+                .filter(|(c, _)| c.starts_with(prefix))
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        slots
+            .iter()
+            .map(|s| {
+                let st = s.state.lock();
+                st.session.queued_len() + st.session.inflight_len()
+            })
+            .sum()
     }
 
     /// Who the connection attached (or last attached) to `client_id`'s session is.

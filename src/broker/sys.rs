@@ -70,8 +70,17 @@ impl Broker {
             metrics::RuleStats::named(r)
                 .map(|(name, n)| (format!("rules/{}/{name}", r.id), n.to_string()))
         });
+        let sinks = m.sinks.iter().flat_map(|s| {
+            metrics::SinkStats::named(s)
+                .map(|(name, n)| (format!("sinks/{}/{name}", s.name), n.to_string()))
+                .into_iter()
+                .chain([(
+                    format!("sinks/{}/status", s.name),
+                    s.status.name().to_string(),
+                )])
+        });
         let stats = stats.into_iter().map(|(n, v)| (n.to_string(), v));
-        for (name, value) in stats.chain(listeners).chain(rules) {
+        for (name, value) in stats.chain(listeners).chain(rules).chain(sinks) {
             let topic = format!("$SYS/broker/{name}");
             let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);
             message.retain = true;
@@ -94,6 +103,36 @@ impl Broker {
             .iter()
             .find(|r| r.id == id)
             .cloned()
+    }
+
+    /// Registers a sink's counters (replacing those of the same name).
+    pub fn add_sink_stats(&self, stats: Arc<metrics::SinkStats>) {
+        let mut sinks = self.shared.sinks.write();
+        sinks.retain(|s| s.name != stats.name);
+        sinks.push(stats);
+    }
+
+    /// Forgets a removed sink's counters.
+    pub fn remove_sink_stats(&self, name: &str) {
+        self.shared.sinks.write().retain(|s| s.name != name);
+    }
+
+    /// Every sink's counts, with the messages waiting in its queues (sessions `$sink/<name>…`).
+    fn sink_snapshots(&self) -> Vec<metrics::SinkSnapshot> {
+        let sinks: Vec<_> = self.shared.sinks.read().clone();
+        sinks
+            .iter()
+            .map(|s| {
+                let mut snap = s.snapshot();
+                let prefix = format!(
+                    "{}{}/",
+                    crate::protocol::admission::SINK_CLIENT_ID_PREFIX,
+                    s.name
+                );
+                snap.queuing = self.queued_messages_with_prefix(&prefix) as u64;
+                snap
+            })
+            .collect()
     }
 
     /// Forgets a removed rule's counters.
@@ -124,6 +163,7 @@ impl Broker {
                 .iter()
                 .map(|r| r.snapshot())
                 .collect(),
+            sinks: self.sink_snapshots(),
             ..self.shared.metrics.counters()
         }
     }

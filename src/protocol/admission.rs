@@ -28,6 +28,13 @@ pub struct Admission {
 /// Client identifiers that start with this are the broker's own (rule consumers): no network
 /// client may use one, whatever its credentials.
 pub const RESERVED_CLIENT_ID_PREFIX: &str = "$rule/";
+/// The same for the durable subscribers of data bridges (sinks).
+pub const SINK_CLIENT_ID_PREFIX: &str = "$sink/";
+
+/// Whether `client_id` is one of the broker's own durable consumers (a rule's or a sink's).
+pub fn is_reserved_client_id(client_id: &str) -> bool {
+    client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) || client_id.starts_with(SINK_CLIENT_ID_PREFIX)
+}
 
 pub fn admit(
     cfg: &Config,
@@ -38,7 +45,7 @@ pub fn admit(
     if connect.client_id.len() > cfg.mqtt.max_client_id_len {
         return Err(Refusal::ClientIdTooLong);
     }
-    if connect.client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
+    if is_reserved_client_id(&connect.client_id) {
         return Err(Refusal::ClientIdReserved);
     }
     let (client_id, assigned) = client_id(connect, assign_id)?;

@@ -17,6 +17,9 @@ use crate::session::RuleReach;
 pub enum Action {
     Republish(Box<Republish>),
     Console,
+    /// Written by the sink of this name: a topic rule's through the sink's own durable
+    /// subscriber (`crate::bridges`), an event rule's handed to the sink as it happens.
+    Sink(String),
 }
 
 /// A compiled republish.
@@ -49,9 +52,14 @@ fn either<T: Copy>(t: &TemplateOr<T>) -> Result<Either<T>, String> {
 }
 
 impl Action {
+    pub fn is_sink(&self) -> bool {
+        matches!(self, Action::Sink(_))
+    }
+
     pub fn compile(spec: &ActionSpec) -> Result<Action, String> {
         Ok(match spec {
             ActionSpec::Console => Action::Console,
+            ActionSpec::Sink { name } => Action::Sink(name.clone()),
             ActionSpec::Republish(r) => Action::Republish(Box::new(Republish::compile(r)?)),
         })
     }

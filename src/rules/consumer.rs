@@ -83,7 +83,7 @@ pub async fn drain(broker: Broker, rule: Arc<Compiled>, stats: Arc<RuleStats>) {
 }
 
 /// Sleeps for `d`; `true` if `stop` was set meanwhile.
-async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+pub(crate) async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
@@ -175,7 +175,7 @@ async fn consume(
 }
 
 /// Subscribes the consumer to `topics` and drops the filters it no longer reads.
-async fn subscribe(session: &LocalSession, topics: &[String]) -> Result<(), LocalError> {
+pub(crate) async fn subscribe(session: &LocalSession, topics: &[String]) -> Result<(), LocalError> {
     let options = SubscriptionOptions {
         retain_handling: RetainHandling::Never,
         ..SubscriptionOptions::qos(QoS::AtLeastOnce)
@@ -234,7 +234,7 @@ async fn process(
     let mut pending = Vec::new();
     let mut index = 0u32;
     for out in &outputs {
-        for action in &rule.actions {
+        for action in rule.actions.iter().filter(|a| !a.is_sink()) {
             Metrics::add(&stats.actions_total, 1);
             let target = match (once, action) {
                 (true, Action::Republish(_)) => {
@@ -278,6 +278,9 @@ pub async fn run_action(
             return Ok(None);
         }
         Action::Republish(r) => r,
+        // Topic rules: the sink's own subscriber reads the rule's topics; event rules hand
+        // the output to the sink before this (`events`).
+        Action::Sink(_) => return Ok(None),
     };
     let publish = match republish.render(out) {
         Ok(p) => p,

@@ -9,8 +9,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::actions::Action;
 use super::consumer::{run_action, Target};
-use super::{fields, Compiled, CONSUMER_PREFIX};
+use super::{fields, Compiled};
 use crate::broker::metrics::RuleStats;
 use crate::broker::{Broker, Metrics};
 use crate::hooks::{Event, EventKinds};
@@ -24,6 +25,7 @@ type EventRules = Vec<(Arc<Compiled>, Arc<RuleStats>)>;
 /// Runs the event rules.
 pub struct Dispatcher {
     broker: Broker,
+    bridges: crate::bridges::Bridges,
     rules: Arc<RwLock<Arc<EventRules>>>,
     task: Mutex<Option<(EventKinds, JoinHandle<()>)>>,
     /// Never set: keeps the retry waits of actions running (they stop with the broker).
@@ -50,10 +52,11 @@ fn kind_of(name: &str) -> EventKinds {
 }
 
 impl Dispatcher {
-    pub fn new(broker: Broker) -> Dispatcher {
+    pub fn new(broker: Broker, bridges: crate::bridges::Bridges) -> Dispatcher {
         let (stop, stopped) = watch::channel(false);
         Dispatcher {
             broker,
+            bridges,
             rules: Arc::default(),
             task: Mutex::new(None),
             _stop: stop,
@@ -82,6 +85,7 @@ impl Dispatcher {
         let rx = self.broker.events_of(EVENT_QUEUE, kinds);
         let run = dispatch(
             self.broker.clone(),
+            self.bridges.clone(),
             self.rules.clone(),
             rx,
             self.stopped.clone(),
@@ -105,11 +109,12 @@ fn internal(e: &Event) -> bool {
         | Event::Authorized { client_id, .. } => &**client_id,
         Event::Published { message, .. } => return message.rules == RuleReach::None,
     };
-    client.starts_with(CONSUMER_PREFIX)
+    crate::protocol::admission::is_reserved_client_id(client)
 }
 
 async fn dispatch(
     broker: Broker,
+    bridges: crate::bridges::Bridges,
     rules: Arc<RwLock<Arc<EventRules>>>,
     mut rx: mpsc::Receiver<Event>,
     mut stop: watch::Receiver<bool>,
@@ -128,9 +133,20 @@ async fn dispatch(
                 continue;
             };
             let client = broker.local_client(super::consumer_id(&rule.id));
-            for out in &outputs {
+            for (index, out) in outputs.iter().enumerate() {
                 for action in &rule.actions {
                     Metrics::add(&stats.actions_total, 1);
+                    if let Action::Sink(sink) = action {
+                        // Best effort, as the event itself.
+                        let id =
+                            event_message_id(&event).unwrap_or_else(|| broker.next_message_id());
+                        let index = u32::try_from(index).unwrap_or(u32::MAX);
+                        match bridges.offer(sink, id, index, out.clone()) {
+                            true => Metrics::add(&stats.actions_success, 1),
+                            false => Metrics::add(&stats.actions_failed, 1),
+                        }
+                        continue;
+                    }
                     let target = Target::Client(&client);
                     // A plain client's publish has nothing left to wait for.
                     if run_action(&broker, rule, stats, action, out, target, &mut stop)
@@ -142,5 +158,16 @@ async fn dispatch(
                 }
             }
         }
+    }
+}
+
+/// The id of the message an event is about, if it is about one.
+fn event_message_id(e: &Event) -> Option<u64> {
+    match e {
+        Event::Published { message, .. }
+        | Event::Delivered { message, .. }
+        | Event::Acked { message, .. }
+        | Event::Dropped { message, .. } => Some(message.id),
+        _ => None,
     }
 }

@@ -31,7 +31,7 @@ pub const MAX_OUTPUT_BYTES: usize = keelmq_config::MAX_DURABLE_PACKET_SIZE as us
 /// Whether a rule's actions let it run inline.
 pub fn eligible(actions: &[ActionSpec]) -> bool {
     actions.iter().all(|a| match a {
-        ActionSpec::Console => true,
+        ActionSpec::Console | ActionSpec::Sink { .. } => true,
         ActionSpec::Republish(r) => match &r.retain {
             TemplateOr::Value(retain) => !retain,
             TemplateOr::Template(t) => t.trim() == "${flags.retain}",
@@ -100,7 +100,7 @@ impl crate::hooks::PublishRules for InlineRules {
                 continue;
             };
             for output in &outputs {
-                for action in &rule.actions {
+                for action in rule.actions.iter().filter(|a| !a.is_sink()) {
                     Metrics::add(&stats.actions_total, 1);
                     let Some(m) = run(broker, rule, stats, action, output) else {
                         continue;
@@ -137,6 +137,8 @@ fn run(
             return None;
         }
         Action::Republish(r) => r,
+        // Its sink's subscriber reads the rule's topics itself.
+        Action::Sink(_) => return None,
     };
     let publish = match republish.render(output) {
         Ok(p) => p,

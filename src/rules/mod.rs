@@ -15,7 +15,7 @@
 //!   `rule_test`.
 
 mod actions;
-mod consumer;
+pub(crate) mod consumer;
 mod events;
 pub mod fields;
 mod inline;
@@ -61,6 +61,44 @@ impl Compiled {
     /// Whether the rule reads topics through a durable consumer (not inline).
     fn needs_consumer(&self) -> bool {
         !self.topics.is_empty() && !self.inline
+    }
+
+    /// Whether it has actions the rule engine runs itself (not only sinks, whose own
+    /// subscribers read the rule's topics).
+    pub fn has_own_actions(&self) -> bool {
+        self.actions.iter().any(|a| !a.is_sink())
+    }
+
+    /// The sinks its actions name, each once.
+    pub fn sinks(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for a in &self.actions {
+            if let actions::Action::Sink(name) = a {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// The topic filters of its `FROM`.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Whether the rule reads input field `field`.
+    pub fn reads(&self, field: &str) -> bool {
+        self.rule.reads(field)
+    }
+
+    /// The rule's outputs for `input`, counted in `stats`; `None` when it gives none.
+    pub fn outputs(
+        &self,
+        stats: &RuleStats,
+        input: Map<String, Value>,
+    ) -> Option<Vec<Map<String, Value>>> {
+        evaluate(self, stats, input)
     }
 
     pub fn new(spec: &RuleSpec) -> Result<Compiled, RuleError> {
@@ -152,6 +190,8 @@ pub struct RuleEngine {
 
 struct Inner {
     broker: Broker,
+    /// The sinks rules' `sink` actions name (their subscribers follow the rules).
+    bridges: crate::bridges::Bridges,
     /// Serialises changes (each may wait for a consumer to stop).
     changing: tokio::sync::Mutex<()>,
     rules: Mutex<BTreeMap<String, Running>>,
@@ -161,11 +201,16 @@ struct Inner {
 impl RuleEngine {
     /// Starts the enabled rules of `specs` and removes the consumer sessions of rules that
     /// are gone (or disabled) since the last run.
-    pub async fn start(broker: Broker, specs: &[RuleSpec]) -> Result<RuleEngine, RuleError> {
+    pub async fn start(
+        broker: Broker,
+        specs: &[RuleSpec],
+        bridges: crate::bridges::Bridges,
+    ) -> Result<RuleEngine, RuleError> {
         let compiled: Vec<_> = specs.iter().map(Compiled::new).collect::<Result<_, _>>()?;
         let engine = RuleEngine {
             inner: Arc::new(Inner {
-                events: events::Dispatcher::new(broker.clone()),
+                events: events::Dispatcher::new(broker.clone(), bridges.clone()),
+                bridges,
                 broker,
                 changing: tokio::sync::Mutex::new(()),
                 rules: Mutex::new(BTreeMap::new()),
@@ -180,7 +225,21 @@ impl RuleEngine {
         }
         engine.remove_stale_consumers().await;
         engine.refresh_events();
+        engine.sync_sinks().await;
         Ok(engine)
+    }
+
+    /// Hands the enabled rules to the sinks, whose subscribers follow the rules that name them.
+    async fn sync_sinks(&self) {
+        let rules: Vec<Arc<Compiled>> = self
+            .inner
+            .rules
+            .lock()
+            .values()
+            .filter(|r| r.spec.enabled)
+            .map(|r| r.compiled.clone())
+            .collect();
+        self.inner.bridges.set_rules(&rules).await;
     }
 
     /// The rules, in id order.
@@ -203,13 +262,14 @@ impl RuleEngine {
         if self.inner.rules.lock().contains_key(&spec.id) {
             return Err(RuleError::Exists(spec.id));
         }
-        validate(&spec)?;
+        self.validate(&spec)?;
         let compiled = Arc::new(Compiled::new(&spec)?);
         let ready = self.install(spec, compiled);
         self.refresh_events();
         if let Some(ready) = ready {
             Self::subscribed(ready).await;
         }
+        self.sync_sinks().await;
         Ok(())
     }
 
@@ -226,7 +286,7 @@ impl RuleEngine {
     /// `FROM`; disabling it removes the consumer and its queue.
     pub async fn update(&self, spec: RuleSpec) -> Result<(), RuleError> {
         let _changing = self.inner.changing.lock().await;
-        validate(&spec)?;
+        self.validate(&spec)?;
         let compiled = Arc::new(Compiled::new(&spec)?);
         let old = self.inner.rules.lock().remove(&spec.id);
         let Some(old) = old else {
@@ -247,6 +307,7 @@ impl RuleEngine {
         if drains {
             self.spawn_drain(compiled);
         }
+        self.sync_sinks().await;
         Ok(())
     }
 
@@ -276,6 +337,7 @@ impl RuleEngine {
         self.stop(old, true).await;
         self.inner.broker.remove_rule_stats(id);
         self.refresh_events();
+        self.sync_sinks().await;
         Ok(())
     }
 
@@ -283,7 +345,7 @@ impl RuleEngine {
     /// removes the missing. All are checked before anything changes.
     pub async fn reload(&self, specs: &[RuleSpec]) -> Result<(), RuleError> {
         for spec in specs {
-            validate(spec)?;
+            self.validate(spec)?;
             Compiled::new(spec)?;
         }
         let current = self.list();
@@ -405,7 +467,9 @@ impl RuleEngine {
             .map(|r| (r.compiled.clone(), r.stats.clone()))
             .collect();
         let inline: Vec<_> = enabled()
-            .filter(|r| r.compiled.inline && !r.compiled.topics.is_empty())
+            .filter(|r| {
+                r.compiled.inline && !r.compiled.topics.is_empty() && r.compiled.has_own_actions()
+            })
             .map(|r| inline::InlineRule {
                 rule: r.compiled.clone(),
                 stats: r.stats.clone(),
@@ -421,13 +485,17 @@ impl RuleEngine {
     }
 }
 
-/// The checks `[[rules]]` validation makes, for a rule added at run time.
-fn validate(spec: &RuleSpec) -> Result<(), RuleError> {
-    let config = crate::config::Config {
-        rules: vec![spec.clone()],
-        ..Default::default()
-    };
-    config
-        .validate()
-        .map_err(|e| RuleError::Invalid(e.to_string()))
+impl RuleEngine {
+    /// The checks `[[rules]]` validation makes, for a rule added at run time (its `sink`
+    /// actions must name running sinks).
+    fn validate(&self, spec: &RuleSpec) -> Result<(), RuleError> {
+        let config = crate::config::Config {
+            rules: vec![spec.clone()],
+            sinks: self.inner.bridges.specs(),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| RuleError::Invalid(e.to_string()))
+    }
 }

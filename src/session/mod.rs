@@ -350,6 +350,10 @@ impl Session {
     }
 
     /// Sets the outbound in-flight window (the client's Receive Maximum) for this connection.
+    pub fn set_limits(&mut self, limits: SessionLimits) {
+        self.limits = limits;
+    }
+
     pub fn set_window(&mut self, window: u16) {
         self.window = window.max(1);
     }

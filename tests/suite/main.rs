@@ -31,5 +31,7 @@ mod restart;
 mod review_fixes;
 mod rules;
 mod rules_crash;
+mod sinks;
+mod sinks_crash;
 mod smoke_binary;
 mod verify_tool;

@@ -40,16 +40,17 @@ actions = [{ kind = "republish", topic = "out/second", qos = 1, retain = '${keep
 "#;
 
 #[derive(Default)]
-struct Shared {
-    addr: Mutex<Option<SocketAddr>>,
+pub(crate) struct Shared {
+    pub(crate) addr: Mutex<Option<SocketAddr>>,
     /// Source messages acknowledged (PUBREC seen).
-    acked: Mutex<BTreeSet<u64>>,
+    pub(crate) acked: Mutex<BTreeSet<u64>>,
     /// (rule output topic, seq) → the nonces received.
     received: Mutex<BTreeMap<(String, u64), BTreeSet<String>>>,
-    subscribed: AtomicBool,
-    stop_publishing: AtomicBool,
-    stop_all: AtomicBool,
-    sent: AtomicU64,
+    /// The publisher starts once this is set.
+    pub(crate) subscribed: AtomicBool,
+    pub(crate) stop_publishing: AtomicBool,
+    pub(crate) stop_all: AtomicBool,
+    pub(crate) sent: AtomicU64,
 }
 
 async fn connect(shared: &Shared, id: &str, clean: bool) -> Option<(RawClient, ConnAck)> {
@@ -123,9 +124,10 @@ fn source(seq: u64, dup: bool) -> Packet {
     })
 }
 
-/// A persistent QoS 2 publisher, one message in flight (packet id 1): PUBLISH until PUBREC
-/// (then the message is acknowledged), PUBREL until PUBCOMP, across reconnects.
-async fn publisher(shared: Arc<Shared>) {
+/// A persistent QoS 2 publisher of `{"seq": n}` to `src/a`, one message in flight (packet id
+/// 1): PUBLISH until PUBREC (then the message is acknowledged), PUBREL until PUBCOMP, across
+/// reconnects.
+pub(crate) async fn publisher(shared: Arc<Shared>) {
     while !shared.subscribed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

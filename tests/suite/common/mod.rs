@@ -13,6 +13,7 @@ use keelmq::server::Server;
 
 pub mod certs;
 pub mod raw;
+pub mod servers;
 
 /// A configuration for tests: an ephemeral loopback port, `$SYS` every second, and a fresh
 /// data directory of its own.

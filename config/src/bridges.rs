@@ -1,0 +1,337 @@
+//! `[[sinks]]`: data bridges that carry the broker's messages to other systems. A sink reads
+//! the messages of its `topics`, and the outputs of every rule whose actions name it
+//! (`{ kind = "sink", name = "…" }`), each through a durable internal subscriber, and writes
+//! them to its target; its templates are compiled here, so a bad sink is refused at start
+//! naming `sinks[i].field`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// What a sink writes to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Http,
+    Postgresql,
+    Redis,
+}
+
+impl SinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Http => "http",
+            SinkKind::Postgresql => "postgresql",
+            SinkKind::Redis => "redis",
+        }
+    }
+}
+
+/// When a publisher whose message a sink reads gets its acknowledgement.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkAck {
+    /// Once the message is durable in the broker's log (and so in the sink's queue).
+    #[default]
+    Queued,
+}
+
+/// Exponential back-off between attempts; retries never give up.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            initial_ms: 100,
+            max_ms: 30_000,
+        }
+    }
+}
+
+/// One `[[sinks]]` entry. The fields after `password_env` belong to one kind each.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Unique; letters, digits, `_`, `-` and `.` (it names the sink's metrics and its durable
+    /// subscribers `$sink/<name>/…`).
+    pub name: String,
+    pub kind: SinkKind,
+    /// Topic filters whose messages the sink writes directly, without a rule.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub ack: SinkAck,
+    /// At most this many messages per write to the target.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch waits to fill once it has a message.
+    #[serde(default = "default_batch_time_ms")]
+    pub batch_time_ms: u64,
+    /// Messages queued for the sink (per feed: its topics, each rule); beyond, publishers are
+    /// held back (v3) or refused with 0x97 (v5): never a silent loss.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_messages: usize,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// A write that has not answered by then counts as failed and is retried.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// The target's password, read from this file (trailing newline dropped)…
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// …or from this environment variable. Never logged.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// http, postgresql, redis: where the target is (for http a template).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// postgresql: one statement whose `${…}` become typed parameters.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// redis: a command whose words are templates (`SET msg:${id} ${payload} NX`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// http: `get`, `post`, `put` or `delete` (default `post`).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// http: header templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// http: the body template (default: the message or output as JSON).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// http: where requests the target refuses for good (4xx other than 408 and 429) are
+    /// published, QoS 1 (default `keelmq/dead-letter/<name>`).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_batch_time_ms() -> u64 {
+    10
+}
+
+fn default_max_queued() -> usize {
+    1_000_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    15_000
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl SinkSpec {
+    /// The topic that requests refused for good are published to.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("keelmq/dead-letter/{}", self.name))
+    }
+
+    /// The password from `password_file` or `password_env`, if one is set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        Ok(None)
+    }
+}
+
+/// A problem with `sinks[i].field`.
+fn bad(i: usize, field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Listener {
+        field: format!("sinks[{i}].{field}"),
+        problem: problem.into(),
+    }
+}
+
+/// Checks every sink: unique well-formed names, the fields its kind needs and no field of
+/// another kind, templates that parse, topic filters, limits.
+pub fn validate(sinks: &[SinkSpec]) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, sink) in sinks.iter().enumerate() {
+        crate::rules::validate_name(&sink.name).map_err(|problem| bad(i, "name", problem))?;
+        if !names.insert(sink.name.as_str()) {
+            return Err(bad(i, "name", format!("`{}` is used twice", sink.name)));
+        }
+        validate_common(i, sink)?;
+        validate_kind_fields(i, sink)?;
+        validate_templates(i, sink)?;
+    }
+    Ok(())
+}
+
+fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    for (j, filter) in s.topics.iter().enumerate() {
+        if !keelmq_rules::sources::valid_filter(filter) || filter.starts_with('$') {
+            return Err(bad(
+                i,
+                &format!("topics[{j}]"),
+                format!("`{filter}` is not a topic filter of ordinary topics"),
+            ));
+        }
+    }
+    if !(1..=10_000).contains(&s.batch_size) {
+        return Err(bad(i, "batch_size", "must be 1 to 10000"));
+    }
+    if s.batch_time_ms > 60_000 {
+        return Err(bad(i, "batch_time_ms", "must be at most 60000"));
+    }
+    if s.max_queued_messages == 0 {
+        return Err(bad(i, "max_queued_messages", "must be at least 1"));
+    }
+    if s.retry.initial_ms == 0 || s.retry.max_ms < s.retry.initial_ms {
+        return Err(bad(i, "retry", "needs 0 < initial_ms <= max_ms"));
+    }
+    if s.request_timeout_ms == 0 {
+        return Err(bad(i, "request_timeout_ms", "must be at least 1"));
+    }
+    if s.password_file.is_some() && s.password_env.is_some() {
+        return Err(bad(
+            i,
+            "password_env",
+            "set password_file or password_env, not both",
+        ));
+    }
+    Ok(())
+}
+
+/// The kind-specific fields: those of the sink's kind required, others refused.
+fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    let fields: [(&str, bool, &[SinkKind]); 8] = [
+        (
+            "url",
+            s.url.is_some(),
+            &[SinkKind::Http, SinkKind::Postgresql, SinkKind::Redis],
+        ),
+        ("sql", s.sql.is_some(), &[SinkKind::Postgresql]),
+        ("command", s.command.is_some(), &[SinkKind::Redis]),
+        ("method", s.method.is_some(), &[SinkKind::Http]),
+        ("headers", !s.headers.is_empty(), &[SinkKind::Http]),
+        ("body", s.body.is_some(), &[SinkKind::Http]),
+        (
+            "dead_letter_topic",
+            s.dead_letter_topic.is_some(),
+            &[SinkKind::Http],
+        ),
+        (
+            "password_file",
+            s.password_file.is_some(),
+            &[SinkKind::Postgresql, SinkKind::Redis],
+        ),
+    ];
+    for (field, set, kinds) in fields {
+        if set && !kinds.contains(&s.kind) {
+            return Err(bad(
+                i,
+                field,
+                format!("not a field of {} sinks", s.kind.name()),
+            ));
+        }
+    }
+    let required: &[(&str, bool)] = match s.kind {
+        SinkKind::Http => &[("url", s.url.is_some())],
+        SinkKind::Postgresql => &[("url", s.url.is_some()), ("sql", s.sql.is_some())],
+        SinkKind::Redis => &[("url", s.url.is_some()), ("command", s.command.is_some())],
+    };
+    for (field, set) in required {
+        if !set {
+            return Err(bad(
+                i,
+                field,
+                format!("required for {} sinks", s.kind.name()),
+            ));
+        }
+    }
+    if let Some(method) = &s.method {
+        if !["get", "post", "put", "delete"].contains(&method.to_ascii_lowercase().as_str()) {
+            return Err(bad(
+                i,
+                "method",
+                format!("`{method}`: get, post, put or delete"),
+            ));
+        }
+    }
+    if let Some(topic) = &s.dead_letter_topic {
+        if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
+            return Err(bad(
+                i,
+                "dead_letter_topic",
+                "must be a topic name (no wildcards, no `$`)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_templates(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    let template = |field: &str, text: &str| {
+        keelmq_rules::template::Template::parse(text)
+            .map(|_| ())
+            .map_err(|e| bad(i, field, e.to_string()))
+    };
+    if s.kind == SinkKind::Http {
+        if let Some(url) = &s.url {
+            template("url", url)?;
+        }
+    }
+    if let Some(sql) = &s.sql {
+        keelmq_rules::template::SqlTemplate::parse(sql).map_err(|e| bad(i, "sql", e))?;
+    }
+    if let Some(command) = &s.command {
+        if command.split_whitespace().next().is_none() {
+            return Err(bad(i, "command", "is empty"));
+        }
+        template("command", command)?;
+    }
+    if let Some(body) = &s.body {
+        template("body", body)?;
+    }
+    for (name, value) in &s.headers {
+        template(&format!("headers.{name}"), value)?;
+    }
+    Ok(())
+}
+
+/// Checks the `sink` actions of rules: each names a sink of `sinks`.
+pub fn validate_rule_sinks(
+    rules: &[crate::RuleSpec],
+    sinks: &[SinkSpec],
+) -> Result<(), ConfigError> {
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, action) in rule.actions.iter().enumerate() {
+            if let crate::rules::ActionSpec::Sink { name } = action {
+                if !sinks.iter().any(|s| &s.name == name) {
+                    return Err(ConfigError::Listener {
+                        field: format!("rules[{i}].actions[{j}].name"),
+                        problem: format!("no sink is named `{name}`"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! A feed: one durable subscriber of a sink. The sink's `topics` are one feed (session
+//! `$sink/<name>/$topics`), each rule whose actions name the sink another (session
+//! `$sink/<name>/<rule>`, subscribed to the rule's `FROM`, evaluating the rule itself). A feed
+//! takes a batch of deliveries, writes their items, and acknowledges the deliveries only once
+//! the target has every item (or refused one for good: it is in the dead-letter topic then).
+//! A crash, a stop or a change of the rule before that leaves them in flight in the session:
+//! they are written again (at least once; exactly once where the target deduplicates on `id`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::target::{Item, Outcome};
+use super::Sink;
+use crate::broker::local::{
+    LocalDelivery, LocalError, LocalPublish, LocalSession, CONSUMER_WINDOW,
+};
+use crate::broker::metrics::{RuleStats, SinkStatus};
+use crate::broker::{Broker, Metrics};
+use crate::codec::QoS;
+use crate::rules::consumer::{pause, subscribe};
+use crate::rules::{fields, Compiled};
+
+/// How long a feed whose session failed waits before it attaches again.
+const REATTACH_WAIT: Duration = Duration::from_secs(1);
+
+/// What a feed reads and for which sink.
+pub struct Feed {
+    pub sink: Arc<Sink>,
+    /// Its session's client id.
+    pub session: String,
+    pub topics: Vec<String>,
+    /// The rule it evaluates (none: messages are written as they are), with the counters it
+    /// keeps for the rule (the rule's own when nothing else evaluates it).
+    pub rule: Option<(Arc<Compiled>, Arc<RuleStats>)>,
+}
+
+/// Runs a feed until `stop` says so or the broker shuts down; `ready` hears once it has
+/// subscribed.
+pub async fn run(
+    broker: Broker,
+    feed: Arc<Feed>,
+    mut stop: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    while !*stop.borrow() {
+        match consume(&broker, &feed, &mut stop, &mut ready).await {
+            Ok(()) | Err(LocalError::ShuttingDown) => return,
+            Err(e) => {
+                tracing::warn!(sink = %feed.sink.spec.name, session = %feed.session, error = %e,
+                    "sink subscriber stopped; attaching again");
+                if pause(&mut stop, REATTACH_WAIT).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn consume(
+    broker: &Broker,
+    feed: &Feed,
+    stop: &mut watch::Receiver<bool>,
+    ready: &mut Option<oneshot::Sender<()>>,
+) -> Result<(), LocalError> {
+    let client = broker.local_client(feed.session.clone());
+    let (mut session, _) = client.consumer_session().await?;
+    session.set_queue_limit(feed.sink.spec.max_queued_messages)?;
+    subscribe(&session, &feed.topics).await?;
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
+    let result = loop {
+        let batch = match next_batch(&mut session, &feed.sink, stop).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let items = feed.items(broker, &batch);
+        if !deliver(broker, &feed.sink, items, stop).await {
+            break Ok(()); // stopped: the batch stays in flight, written again later
+        }
+        if let Err(e) = session.ack_many(&batch).await {
+            break Err(e);
+        }
+    };
+    session.close().await;
+    result
+}
+
+/// The next batch: the first delivery, then as many as come within `batch_time_ms`, up to
+/// `batch_size`. `None` when stopped while waiting for the first.
+async fn next_batch(
+    session: &mut LocalSession,
+    sink: &Sink,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<LocalDelivery>>, LocalError> {
+    let first = tokio::select! {
+        d = session.next() => d?,
+        _ = stop.changed() => return Ok(None),
+    };
+    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW));
+    let deadline = Instant::now() + Duration::from_millis(sink.spec.batch_time_ms);
+    let mut batch = vec![first];
+    while batch.len() < max {
+        if !session.is_idle() {
+            batch.push(session.next().await?);
+            continue;
+        }
+        tokio::select! {
+            d = session.next() => batch.push(d?),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
+impl Feed {
+    /// The items of a batch: each message as it is, or the rule's outputs for it (with `id`,
+    /// the message's, unless the rule selects an `id` of its own).
+    fn items(&self, broker: &Broker, batch: &[LocalDelivery]) -> Vec<Item> {
+        let mut items = Vec::with_capacity(batch.len());
+        for d in batch {
+            let message = &d.delivery.message;
+            let Some((rule, stats)) = &self.rule else {
+                let fields = fields::message(broker, message, d.dup);
+                items.push(Item {
+                    id: message.id,
+                    index: 0,
+                    fields,
+                });
+                continue;
+            };
+            Metrics::add(&stats.matched, 1);
+            let input = fields::message_for(broker, message, d.dup, &|f| rule.reads(f));
+            let outputs = rule.outputs(stats, input).unwrap_or_default();
+            for (index, mut fields) in outputs.into_iter().enumerate() {
+                fields
+                    .entry("id")
+                    .or_insert_with(|| Value::String(message.id.to_string()));
+                items.push(Item {
+                    id: message.id,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    fields,
+                });
+            }
+        }
+        Metrics::add(&self.sink.stats.matched, items.len() as u64);
+        items
+    }
+}
+
+/// Writes `items` until the target has each (or refused it for good), retrying with
+/// back-off and never giving up; `false` if stopped first.
+pub async fn deliver(
+    broker: &Broker,
+    sink: &Sink,
+    mut items: Vec<Item>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let (spec, stats) = (&sink.spec, &sink.stats);
+    let mut wait = Duration::from_millis(spec.retry.initial_ms);
+    let max_wait = Duration::from_millis(spec.retry.max_ms);
+    while !items.is_empty() {
+        let answer = match attempt(sink, &items, stop).await {
+            Some(answer) => answer,
+            None => return false,
+        };
+        match answer {
+            Ok(outcomes) if outcomes.len() == items.len() => {
+                stats.set_status(SinkStatus::Connected, "");
+                match settle(broker, sink, items, outcomes, stop).await {
+                    Some(rest) => items = rest,
+                    None => return false,
+                }
+            }
+            Ok(_) => fail(
+                sink,
+                items.len(),
+                "the target answered for a different number of items",
+            ),
+            Err(e) => fail(sink, items.len(), &e),
+        }
+        if items.is_empty() {
+            break;
+        }
+        Metrics::add(&stats.retried, items.len() as u64);
+        if pause(stop, wait).await {
+            return false;
+        }
+        wait = (wait * 2).min(max_wait);
+    }
+    true
+}
+
+/// One write, bounded by `request_timeout_ms`; `None` if stopped meanwhile.
+async fn attempt(
+    sink: &Sink,
+    items: &[Item],
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<Vec<Outcome>, String>> {
+    let n = items.len() as u64;
+    let timeout = Duration::from_millis(sink.spec.request_timeout_ms);
+    Metrics::add(&sink.stats.inflight, n);
+    let write = tokio::time::timeout(timeout, sink.target.write(items));
+    let answer = tokio::select! {
+        a = write => Some(a),
+        _ = stop.changed() => None,
+    };
+    sink.stats
+        .inflight
+        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    Some(match answer? {
+        Ok(result) => result,
+        Err(_) => {
+            Metrics::add(&sink.stats.late_reply, n);
+            Err(format!(
+                "no answer within {} ms",
+                sink.spec.request_timeout_ms
+            ))
+        }
+    })
+}
+
+fn fail(sink: &Sink, n: usize, error: &str) {
+    Metrics::add(&sink.stats.failed, n as u64);
+    if sink.stats.status().0 != SinkStatus::Disconnected {
+        tracing::warn!(sink = %sink.spec.name, kind = sink.spec.kind.name(), error,
+            "sink cannot write; retrying");
+    }
+    sink.stats.set_status(SinkStatus::Disconnected, error);
+}
+
+/// Counts what the target took, publishes what it refused to the dead-letter topic, and
+/// gives back what is to be tried again; `None` if stopped first.
+async fn settle(
+    broker: &Broker,
+    sink: &Sink,
+    items: Vec<Item>,
+    outcomes: Vec<Outcome>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<Item>> {
+    let mut again = Vec::new();
+    for (item, outcome) in items.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Done => Metrics::add(&sink.stats.success, 1),
+            Outcome::Retry(why) => {
+                Metrics::add(&sink.stats.failed, 1);
+                tracing::debug!(sink = %sink.spec.name, id = %item.key(), why, "retrying an item");
+                again.push(item);
+            }
+            Outcome::Refused(why) => {
+                if !dead_letter(broker, sink, &item, &why, stop).await {
+                    return None;
+                }
+                Metrics::add(&sink.stats.dropped, 1);
+            }
+        }
+    }
+    Some(again)
+}
+
+/// Publishes an item the target refused for good to the sink's dead-letter topic (QoS 1,
+/// durable before the item's delivery is acknowledged); `false` if stopped first.
+async fn dead_letter(
+    broker: &Broker,
+    sink: &Sink,
+    item: &Item,
+    why: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let topic = sink.spec.dead_letter_topic();
+    tracing::warn!(sink = %sink.spec.name, id = %item.key(), why, %topic,
+        "the target refused an item; published to the dead-letter topic");
+    let payload = json!({
+        "sink": sink.spec.name,
+        "id": item.key(),
+        "reason": why,
+        "fields": item.fields,
+    });
+    let publish = LocalPublish::new(topic, payload.to_string(), QoS::AtLeastOnce);
+    let client = broker.local_client(super::dead_letter_client(&sink.spec.name));
+    loop {
+        match client.publish(publish.clone()).await {
+            Ok(_) => return true,
+            Err(LocalError::ShuttingDown) => return false,
+            Err(e) => {
+                tracing::warn!(sink = %sink.spec.name, error = %e, "dead-letter publish failed; retrying");
+                if pause(stop, REATTACH_WAIT).await {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Data bridges: sinks that carry the broker's messages to other systems (`[[sinks]]`).
+//!
+//! Every sink is a set of durable consumers ([`feed`]): its `topics`, and each topic rule
+//! whose actions name it, are read through a persistent session of the broker's own
+//! (`$sink/<name>/…`, no network client may take it), so what the broker acknowledged is in
+//! the sink's queue in the same commit, and stays there — across a `kill -9`, a target that
+//! is down or hangs — until the target has it. Retries back off and never give up; a full
+//! queue holds publishers back (`max_queued_messages`), never a silent loss. Items the target
+//! refuses for good go to the sink's dead-letter topic.
+//!
+//! Targets ([`target::Target`]): [`http`] (at least once, `Idempotency-Key`), [`postgres`]
+//! (typed parameters; exactly once with `ON CONFLICT DO NOTHING` on `${id}`), [`redis`]
+//! (exactly once with `SET … NX` on `${id}`). Event rules hand their outputs to a sink as the
+//! events happen (best effort, as the events themselves: a bounded queue, counted drops).
+
+pub mod feed;
+pub mod http;
+pub mod postgres;
+pub mod redis;
+pub mod target;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::metrics::{RuleStats, SinkStats};
+use crate::broker::{Broker, Metrics};
+use crate::config::SinkSpec;
+use crate::protocol::admission::SINK_CLIENT_ID_PREFIX;
+use crate::rules::Compiled;
+use feed::Feed;
+use target::{Item, Target};
+
+/// Event-rule outputs waiting for a sink, at most; beyond, they are dropped (counted).
+pub const EVENT_QUEUE: usize = 1024;
+
+/// A running sink: its configuration, counters and target.
+pub struct Sink {
+    pub spec: SinkSpec,
+    pub stats: Arc<SinkStats>,
+    pub target: Box<dyn Target>,
+    /// Event-rule outputs, written by the sink's event task.
+    events: mpsc::Sender<Item>,
+}
+
+/// The session of a sink's `topics` feed.
+pub fn topics_session(sink: &str) -> String {
+    format!("{SINK_CLIENT_ID_PREFIX}{sink}/$topics")
+}
+
+/// The session of the feed of `rule` into `sink`.
+pub fn rule_session(sink: &str, rule: &str) -> String {
+    format!("{SINK_CLIENT_ID_PREFIX}{sink}/{rule}")
+}
+
+/// The in-process client that publishes a sink's dead letters.
+fn dead_letter_client(sink: &str) -> String {
+    format!("{SINK_CLIENT_ID_PREFIX}{sink}")
+}
+
+/// A feed's task.
+struct Running {
+    feed: Arc<Feed>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The sinks and their feeds. Cheap to clone.
+#[derive(Clone)]
+pub struct Bridges {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    sinks: Mutex<BTreeMap<String, Arc<Sink>>>,
+    /// By session client id.
+    feeds: tokio::sync::Mutex<HashMap<String, Running>>,
+    event_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Stops the event tasks' retries at shutdown.
+    stop: watch::Sender<bool>,
+}
+
+impl Bridges {
+    /// Opens the enabled sinks of `specs` (a password that cannot be read, a URL or template
+    /// that does not parse: an error naming the sink). Connections are made at the first
+    /// write; feeds start with [`Self::set_rules`].
+    pub fn start(broker: Broker, specs: &[SinkSpec]) -> Result<Bridges, String> {
+        let (stop, _) = watch::channel(false);
+        let bridges = Bridges {
+            inner: Arc::new(Inner {
+                broker,
+                sinks: Mutex::new(BTreeMap::new()),
+                feeds: tokio::sync::Mutex::new(HashMap::new()),
+                event_tasks: Mutex::new(Vec::new()),
+                stop,
+            }),
+        };
+        for spec in specs {
+            bridges.open(spec)?;
+        }
+        Ok(bridges)
+    }
+
+    fn open(&self, spec: &SinkSpec) -> Result<(), String> {
+        let target = target::open(spec).map_err(|e| format!("sink `{}`: {e}", spec.name))?;
+        let stats = Arc::new(SinkStats::new(&spec.name, spec.kind.name()));
+        self.inner.broker.add_sink_stats(stats.clone());
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let sink = Arc::new(Sink {
+            spec: spec.clone(),
+            stats,
+            target,
+            events,
+        });
+        if spec.enabled {
+            let task = write_events(
+                self.inner.broker.clone(),
+                sink.clone(),
+                rx,
+                self.inner.stop.subscribe(),
+            );
+            self.inner.event_tasks.lock().push(tokio::spawn(task));
+        }
+        self.inner.sinks.lock().insert(spec.name.clone(), sink);
+        Ok(())
+    }
+
+    /// Every sink's configuration, in name order.
+    pub fn specs(&self) -> Vec<SinkSpec> {
+        self.inner
+            .sinks
+            .lock()
+            .values()
+            .map(|s| s.spec.clone())
+            .collect()
+    }
+
+    /// Hands an event rule's output to sink `name` (best effort): `false` if the sink is not
+    /// running or its event queue is full (counted as dropped).
+    pub fn offer(&self, name: &str, id: u64, index: u32, fields: Map<String, Value>) -> bool {
+        let Some(sink) = self.inner.sinks.lock().get(name).cloned() else {
+            return false;
+        };
+        if !sink.spec.enabled {
+            return false;
+        }
+        let mut fields = fields;
+        fields
+            .entry("id")
+            .or_insert_with(|| Value::String(id.to_string()));
+        let sent = sink.events.try_send(Item { id, index, fields }).is_ok();
+        if sent {
+            Metrics::add(&sink.stats.matched, 1);
+        } else {
+            Metrics::add(&sink.stats.dropped, 1);
+        }
+        sent
+    }
+
+    /// Makes the running feeds those of the enabled sinks' `topics` and of `rules` (the
+    /// enabled ones) that name enabled sinks: new ones start (subscribed when this returns),
+    /// changed ones restart keeping their queue, and the sessions of feeds that are gone are
+    /// removed with what they hold.
+    pub async fn set_rules(&self, rules: &[Arc<Compiled>]) {
+        let wanted = self.wanted_feeds(rules);
+        let mut feeds = self.inner.feeds.lock().await;
+        let mut ready = Vec::new();
+        let running: Vec<String> = feeds.keys().cloned().collect();
+        for session in running {
+            let keep = match (feeds.get(&session), wanted.get(&session)) {
+                (Some(r), Some(w)) => same_feed(&r.feed, w),
+                _ => false,
+            };
+            if !keep {
+                if let Some(r) = feeds.remove(&session) {
+                    stop(r).await;
+                }
+            }
+        }
+        for (session, feed) in wanted.iter() {
+            if feeds.contains_key(session) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            let (tx, rx) = oneshot::channel();
+            let task = feed::run(self.inner.broker.clone(), feed.clone(), stopped, tx);
+            let task = tokio::spawn(task);
+            ready.push(rx);
+            feeds.insert(
+                session.clone(),
+                Running {
+                    feed: feed.clone(),
+                    stop,
+                    task,
+                },
+            );
+        }
+        drop(feeds);
+        for rx in ready {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+        }
+        self.remove_stale_sessions(&wanted).await;
+    }
+
+    /// The feeds the sinks and `rules` call for, by session.
+    fn wanted_feeds(&self, rules: &[Arc<Compiled>]) -> HashMap<String, Arc<Feed>> {
+        let sinks = self.inner.sinks.lock().clone();
+        let mut wanted = HashMap::new();
+        for sink in sinks.values().filter(|s| s.spec.enabled) {
+            if sink.spec.topics.is_empty() {
+                continue;
+            }
+            let session = topics_session(&sink.spec.name);
+            let feed = Feed {
+                sink: sink.clone(),
+                session: session.clone(),
+                topics: sink.spec.topics.clone(),
+                rule: None,
+            };
+            wanted.insert(session, Arc::new(feed));
+        }
+        for rule in rules.iter().filter(|r| !r.topics().is_empty()) {
+            for name in rule.sinks() {
+                let Some(sink) = sinks.get(name).filter(|s| s.spec.enabled) else {
+                    continue;
+                };
+                let session = rule_session(name, &rule.id);
+                let feed = Feed {
+                    sink: sink.clone(),
+                    session: session.clone(),
+                    topics: rule.topics().to_vec(),
+                    rule: Some((rule.clone(), self.rule_stats(rule, name))),
+                };
+                wanted.insert(session, Arc::new(feed));
+            }
+        }
+        wanted
+    }
+
+    /// The counters the feed of `rule` into `sink` keeps for the rule: the rule's own when
+    /// only sinks evaluate it (in the feed of its first sink), a private set otherwise (the
+    /// rule engine counts it).
+    fn rule_stats(&self, rule: &Compiled, sink: &str) -> Arc<RuleStats> {
+        let counts_it = !rule.has_own_actions() && rule.sinks().first() == Some(&sink);
+        match (counts_it, self.inner.broker.rule_stats(&rule.id)) {
+            (true, Some(stats)) => stats,
+            _ => Arc::new(RuleStats::new(&rule.id)),
+        }
+    }
+
+    /// Removes `$sink/` sessions no feed reads (sinks or rules removed since the last run).
+    async fn remove_stale_sessions(&self, wanted: &HashMap<String, Arc<Feed>>) {
+        for client in self
+            .inner
+            .broker
+            .client_ids_with_prefix(SINK_CLIENT_ID_PREFIX)
+        {
+            if wanted.contains_key(&*client) || !client[SINK_CLIENT_ID_PREFIX.len()..].contains('/')
+            {
+                continue;
+            }
+            tracing::info!(session = %client, "removing the subscriber of a sink feed that is gone");
+            match self
+                .inner
+                .broker
+                .local_client(client.to_string())
+                .session(true, 0)
+                .await
+            {
+                Ok((session, _)) => session.close().await,
+                Err(e) => tracing::warn!(session = %client, error = %e, "sink session not removed"),
+            }
+        }
+    }
+
+    /// Stops every feed (each after the write in hand) and the event tasks, at shutdown.
+    pub async fn stop_all(&self) {
+        let _ = self.inner.stop.send(true);
+        let feeds: Vec<Running> = self
+            .inner
+            .feeds
+            .lock()
+            .await
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in feeds {
+            stop(r).await;
+        }
+        for task in self.inner.event_tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a running feed reads what `wanted` would, the same way.
+fn same_feed(running: &Feed, wanted: &Feed) -> bool {
+    Arc::ptr_eq(&running.sink, &wanted.sink)
+        && running.topics == wanted.topics
+        && match (&running.rule, &wanted.rule) {
+            (None, None) => true,
+            (Some((a, _)), Some((b, _))) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+}
+
+async fn stop(r: Running) {
+    let _ = r.stop.send(true);
+    let mut task = r.task;
+    while tokio::time::timeout(std::time::Duration::from_secs(10), &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(session = %r.feed.session, "waiting for a sink subscriber to stop");
+    }
+}
+
+/// Writes event-rule outputs as they come, in batches.
+async fn write_events(
+    broker: Broker,
+    sink: Arc<Sink>,
+    mut rx: mpsc::Receiver<Item>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max = sink.spec.batch_size;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if !feed::deliver(&broker, &sink, batch, &mut stop).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Data bridges end to end against real targets: a throwaway PostgreSQL cluster and Redis
+//! server (`common::servers`), and an HTTP receiver written here; `rumqttc` publishes, `psql`
+//! and `redis-cli` read what arrived. A sink's topics and a rule's `sink` action; typed SQL
+//! parameters and exactly once through `ON CONFLICT DO NOTHING` / `SET … NX` on `${id}`; HTTP
+//! retries, `Idempotency-Key` and the dead-letter topic; target outages (stopped, hung) with
+//! the queue growing and draining; configuration errors naming the sink.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{self, servers};
+use crate::interop_rumqttc::v311::{connect, next, subscribe};
+use keelmq::config::Config;
+
+fn config_with(text: &str) -> Config {
+    let parsed = Config::parse(text).expect("config parses");
+    parsed.validate().expect("config is valid");
+    let mut config = common::test_config();
+    config.rules = parsed.rules;
+    config.sinks = parsed.sinks;
+    config
+}
+
+/// Polls `f` (a blocking check against the target) until it holds, for up to `secs`.
+async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+fn sink_stats(
+    server: &keelmq::server::Server,
+    name: &str,
+) -> keelmq::broker::metrics::SinkSnapshot {
+    let m = server.broker().metrics_snapshot();
+    m.sinks
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("sink in the snapshot")
+}
+
+/// A sink's topics and a rule's sink action into PostgreSQL: typed parameters (bigint, text,
+/// float, jsonb), one row per message, and a second write of the same message id inserts
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_writes_messages_and_rule_outputs() {
+    let Some(pg) = servers::postgres() else {
+        return;
+    };
+    servers::psql(
+        &pg,
+        "CREATE TABLE msgs(id bigint PRIMARY KEY, topic text, body jsonb, q int)",
+    );
+    servers::psql(
+        &pg,
+        "CREATE TABLE alerts(id bigint PRIMARY KEY, client text, t float8)",
+    );
+    let url = format!("postgres://keelmq@127.0.0.1:{}/keelmq", pg.port);
+    let pw = common::temp_dir("pgpw");
+    std::fs::create_dir_all(&pw).unwrap();
+    let pw = pw.join("password");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "pg_all"
+kind = "postgresql"
+url = "{url}"
+password_file = "{pw}"
+topics = ["data/#"]
+sql = "INSERT INTO msgs(id, topic, body, q) VALUES (${{id}}, ${{topic}}, ${{payload}}, ${{qos}}) ON CONFLICT DO NOTHING"
+
+[[sinks]]
+name = "pg_alerts"
+kind = "postgresql"
+url = "{url}"
+password_file = "{pw}"
+sql = "INSERT INTO alerts(id, client, t) VALUES (${{id}}, ${{clientid}}, ${{t}}) ON CONFLICT DO NOTHING"
+
+[[rules]]
+id = "hot"
+sql = 'SELECT payload.t AS t, clientid FROM "sensors/+" WHERE payload.t > 80'
+actions = [{{ kind = "sink", name = "pg_alerts" }}]
+"#,
+        pw = pw.display()
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let publisher = connect(port, "dev-1", true, None).await;
+    for i in 0..50 {
+        let body = format!(r#"{{"n": {i}}}"#);
+        publisher
+            .client
+            .publish(format!("data/{i}"), QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+    }
+    for t in [70, 85, 90] {
+        publisher
+            .client
+            .publish(
+                "sensors/a",
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"t": {t}}}"#),
+            )
+            .await
+            .unwrap();
+    }
+    let all = eventually(20, || {
+        servers::psql(&pg, "SELECT count(*) FROM msgs") == "50"
+    })
+    .await;
+    assert!(
+        all,
+        "50 rows, got {}",
+        servers::psql(&pg, "SELECT count(*) FROM msgs")
+    );
+    assert_eq!(
+        servers::psql(
+            &pg,
+            "SELECT topic, body->>'n', q FROM msgs WHERE body->>'n' = '7'"
+        ),
+        "data/7|7|1"
+    );
+    let alerts = eventually(20, || {
+        servers::psql(&pg, "SELECT count(*) FROM alerts") == "2"
+    })
+    .await;
+    assert!(alerts, "two alerts");
+    assert_eq!(
+        servers::psql(&pg, "SELECT client, t FROM alerts ORDER BY t"),
+        "dev-1|85\ndev-1|90"
+    );
+    let stats = sink_stats(&server, "pg_all");
+    assert_eq!(
+        (stats.success, stats.status.name()),
+        (50, "connected"),
+        "{stats:?}"
+    );
+    assert_eq!(sink_stats(&server, "pg_alerts").success, 2);
+    let rule = &server.broker().metrics_snapshot().rules;
+    assert_eq!(rule[0].passed, 2, "the rule's own counters: {rule:?}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Redis with `SET … NX` keyed by the message id, and a hung server (SIGSTOP): the messages
+/// published meanwhile queue up and arrive once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sink_sets_once_and_waits_out_a_hung_server() {
+    let Some(redis) = servers::redis() else {
+        return;
+    };
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "cache"
+kind = "redis"
+url = "redis://127.0.0.1:{}"
+topics = ["cache/#"]
+command = "SET msg:${{id}} ${{payload}} NX"
+request_timeout_ms = 500
+retry = {{ initial_ms = 50, max_ms = 200 }}
+"#,
+        redis.port
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let publisher = connect(port, "p", true, None).await;
+    let publish = |i: usize| {
+        let c = publisher.client.clone();
+        async move {
+            c.publish(
+                format!("cache/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("value {i}"),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    for i in 0..20 {
+        publish(i).await;
+    }
+    assert!(eventually(20, || servers::redis_cli(&redis, &["DBSIZE"]) == "20").await);
+    let keys = servers::redis_cli(&redis, &["KEYS", "msg:*"]);
+    let first = keys.lines().next().expect("a key").to_string();
+    assert!(servers::redis_cli(&redis, &["GET", &first]).starts_with("value "));
+
+    redis.hang();
+    for i in 20..40 {
+        publish(i).await;
+    }
+    let waiting = eventually(10, || {
+        let s = sink_stats(&server, "cache");
+        s.status.name() == "disconnected" && s.queuing > 0
+    })
+    .await;
+    assert!(
+        waiting,
+        "the sink waits for the hung server: {:?}",
+        sink_stats(&server, "cache")
+    );
+    redis.resume();
+    assert!(eventually(30, || servers::redis_cli(&redis, &["DBSIZE"]) == "40").await);
+    let stats = sink_stats(&server, "cache");
+    assert_eq!(stats.success, 40, "{stats:?}");
+    assert!(stats.late_reply > 0 && stats.retried > 0, "{stats:?}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// What the HTTP receiver saw: (Idempotency-Key, body) per request.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// An HTTP/1.1 receiver on a loopback port answering each request with `status(key, body)`.
+async fn http_receiver(status: impl Fn(&str, &str) -> u16 + Send + Sync + 'static) -> (u16, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Seen = Arc::default();
+    let (status, log) = (Arc::new(status), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (status, log) = (status.clone(), log.clone());
+            tokio::spawn(async move {
+                while let Some((key, body)) = read_request(&mut conn).await {
+                    let code = status(&key, &body);
+                    log.lock().push((key, body));
+                    let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Reads one request: its Idempotency-Key header and body.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if conn.read(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let len: usize = header("content-length").parse().unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.ok()?;
+    Some((
+        header("idempotency-key"),
+        String::from_utf8_lossy(&body).to_string(),
+    ))
+}
+
+/// A webhook: body and header templates, an `Idempotency-Key` per message, 503 tried again
+/// (same key), 400 refused for good and published to the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sink_retries_and_dead_letters() {
+    let attempts: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
+    let counted = attempts.clone();
+    let (http_port, seen) = http_receiver(move |key, body| {
+        let mut a = counted.lock();
+        let n = a.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        match (body.contains("\"bad\""), *n) {
+            (true, _) => 400,
+            (false, 1) => 503,
+            _ => 200,
+        }
+    })
+    .await;
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "hook"
+kind = "http"
+url = "http://127.0.0.1:{http_port}/ingest/${{clientid}}"
+topics = ["hook/#"]
+headers = {{ "content-type" = "application/json" }}
+body = '{{"topic": "${{topic}}", "payload": ${{payload}}}}'
+retry = {{ initial_ms = 20, max_ms = 100 }}
+"#
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let mut dead = connect(port, "dead-watcher", true, None).await;
+    subscribe(&dead, "keelmq/dead-letter/#", QoS::AtLeastOnce).await;
+    let publisher = connect(port, "hooker", true, None).await;
+    for body in [r#"{"ok": 1}"#, r#"{"ok": 2}"#, r#""bad""#] {
+        publisher
+            .client
+            .publish("hook/x", QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+    }
+    let letter = next(&mut dead).await;
+    let letter: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(letter["sink"], "hook");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("400"),
+        "{letter}"
+    );
+    assert!(eventually(20, || sink_stats(&server, "hook").success == 2).await);
+    let seen = seen.lock().clone();
+    let ok: Vec<_> = seen.iter().filter(|(_, b)| b.contains("\"ok\"")).collect();
+    assert_eq!(
+        ok.len(),
+        4,
+        "each good message twice (503, then 200): {seen:?}"
+    );
+    let first = r#"{"topic": "hook/x", "payload": {"ok": 1}}"#;
+    assert!(ok.iter().any(|(_, b)| b == first), "{ok:?}");
+    assert!(ok.iter().all(|(k, _)| !k.is_empty()), "an Idempotency-Key");
+    let keys: std::collections::BTreeSet<_> = ok.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), 2, "a retry repeats its key");
+    let stats = sink_stats(&server, "hook");
+    assert_eq!((stats.dropped, stats.retried), (1, 2), "{stats:?}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A target that is down at start: the broker serves everything else, the sink says why in
+/// its status, and writes once the target is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_target_is_down_waits_and_the_broker_serves() {
+    let Some(mut pg) = servers::postgres() else {
+        return;
+    };
+    servers::psql(&pg, "CREATE TABLE t(id bigint PRIMARY KEY)");
+    pg.stop();
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "later"
+kind = "postgresql"
+url = "postgres://keelmq:secret@127.0.0.1:{}/keelmq"
+topics = ["later/#"]
+sql = "INSERT INTO t(id) VALUES (${{id}}) ON CONFLICT DO NOTHING"
+retry = {{ initial_ms = 50, max_ms = 500 }}
+"#,
+        pg.port
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let mut other = connect(port, "other", true, None).await;
+    subscribe(&other, "plain", QoS::AtLeastOnce).await;
+    let publisher = connect(port, "p", true, None).await;
+    for _ in 0..5 {
+        publisher
+            .client
+            .publish("later/x", QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    publisher
+        .client
+        .publish("plain", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut other).await.payload[..], b"hi");
+    let down = eventually(10, || {
+        let s = sink_stats(&server, "later");
+        s.status.name() == "disconnected" && s.last_error.contains("refused") && s.queuing == 5
+    })
+    .await;
+    assert!(down, "{:?}", sink_stats(&server, "later"));
+    pg.restart();
+    assert!(eventually(30, || servers::psql(&pg, "SELECT count(*) FROM t") == "5").await);
+    assert_eq!(sink_stats(&server, "later").status.name(), "connected");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Configuration errors name the sink's field.
+#[test]
+fn bad_sinks_are_refused_naming_the_field() {
+    let error = |text: &str| {
+        Config::parse(text)
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+            .err()
+            .unwrap_or_default()
+    };
+    let pg =
+        "[[sinks]]\nname = \"s\"\nkind = \"postgresql\"\nurl = \"postgres://x@127.0.0.1/db\"\n";
+    assert!(error(pg).contains("sinks[0].sql"), "{}", error(pg));
+    let quoted = format!("{pg}sql = \"INSERT INTO t VALUES ('${{id}}')\"\n");
+    assert!(
+        error(&quoted).contains("inside quotes"),
+        "{}",
+        error(&quoted)
+    );
+    let unclosed = format!("{pg}sql = \"INSERT INTO t VALUES (${{id)\"\n");
+    assert!(
+        error(&unclosed).contains("sinks[0].sql"),
+        "{}",
+        error(&unclosed)
+    );
+    let foreign = format!("{pg}sql = \"SELECT 1\"\ncommand = \"GET x\"\n");
+    assert!(
+        error(&foreign).contains("sinks[0].command"),
+        "{}",
+        error(&foreign)
+    );
+    let rule = format!(
+        "{pg}sql = \"SELECT 1\"\n[[rules]]\nid = \"r\"\nsql = 'SELECT * FROM \"t\"'\n\
+         actions = [{{ kind = \"sink\", name = \"nope\" }}]\n"
+    );
+    assert!(
+        error(&rule).contains("rules[0].actions[0].name"),
+        "{}",
+        error(&rule)
+    );
+}
