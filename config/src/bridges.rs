@@ -16,6 +16,7 @@ use crate::ConfigError;
 #[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     Http,
+    Mqtt,
     Postgresql,
     Redis,
 }
@@ -24,6 +25,7 @@ impl SinkKind {
     pub fn name(self) -> &'static str {
         match self {
             SinkKind::Http => "http",
+            SinkKind::Mqtt => "mqtt",
             SinkKind::Postgresql => "postgresql",
             SinkKind::Redis => "redis",
         }
@@ -114,6 +116,35 @@ pub struct SinkSpec {
     /// published, QoS 1 (default `keelmq/dead-letter/<name>`).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// mqtt: the remote broker, `host:port`.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// mqtt: the client id of the persistent remote session (required: a restart resumes
+    /// the session's QoS 2 exchanges instead of sending again as new).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// mqtt: `5` (default) or `3.1.1`.
+    #[serde(default)]
+    pub protocol_version: Option<String>,
+    /// mqtt: the user name (the password from `password_file` / `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// mqtt: the remote topic template (default `${topic}`).
+    #[serde(default)]
+    pub remote_topic: Option<String>,
+    /// mqtt: the highest QoS to forward with (default 1); a message goes at its own QoS if
+    /// lower, as to a subscriber.
+    #[serde(default)]
+    pub qos: Option<u8>,
+    /// mqtt: RETAIN, a template (default `${flags.retain}`).
+    #[serde(default)]
+    pub retain: Option<String>,
+    /// mqtt: the payload template (default: the message's payload, byte for byte).
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// mqtt: keep-alive in seconds (default 60).
+    #[serde(default)]
+    pub keepalive_secs: Option<u16>,
 }
 
 fn default_batch_size() -> usize {
@@ -221,6 +252,27 @@ fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
 
 /// The kind-specific fields: those of the sink's kind required, others refused.
 fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    const MQTT: &[SinkKind] = &[SinkKind::Mqtt];
+    let mqtt_fields: [(&str, bool); 9] = [
+        ("server", s.server.is_some()),
+        ("client_id", s.client_id.is_some()),
+        ("protocol_version", s.protocol_version.is_some()),
+        ("username", s.username.is_some()),
+        ("remote_topic", s.remote_topic.is_some()),
+        ("qos", s.qos.is_some()),
+        ("retain", s.retain.is_some()),
+        ("payload", s.payload.is_some()),
+        ("keepalive_secs", s.keepalive_secs.is_some()),
+    ];
+    for (field, set) in mqtt_fields {
+        if set && !MQTT.contains(&s.kind) {
+            return Err(bad(
+                i,
+                field,
+                format!("not a field of {} sinks", s.kind.name()),
+            ));
+        }
+    }
     let fields: [(&str, bool, &[SinkKind]); 8] = [
         (
             "url",
@@ -240,7 +292,7 @@ fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
         (
             "password_file",
             s.password_file.is_some(),
-            &[SinkKind::Postgresql, SinkKind::Redis],
+            &[SinkKind::Postgresql, SinkKind::Redis, SinkKind::Mqtt],
         ),
     ];
     for (field, set, kinds) in fields {
@@ -256,6 +308,10 @@ fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
         SinkKind::Http => &[("url", s.url.is_some())],
         SinkKind::Postgresql => &[("url", s.url.is_some()), ("sql", s.sql.is_some())],
         SinkKind::Redis => &[("url", s.url.is_some()), ("command", s.command.is_some())],
+        SinkKind::Mqtt => &[
+            ("server", s.server.is_some()),
+            ("client_id", s.client_id.is_some()),
+        ],
     };
     for (field, set) in required {
         if !set {
@@ -275,6 +331,7 @@ fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
             ));
         }
     }
+    validate_mqtt(i, s)?;
     if let Some(topic) = &s.dead_letter_topic {
         if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
             return Err(bad(
@@ -282,6 +339,33 @@ fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
                 "dead_letter_topic",
                 "must be a topic name (no wildcards, no `$`)",
             ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_mqtt(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    if let Some(server) = &s.server {
+        let port = server
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        if port.is_none() {
+            return Err(bad(i, "server", format!("`{server}`: host:port")));
+        }
+    }
+    if let Some(q) = s.qos {
+        if q > 2 {
+            return Err(bad(i, "qos", format!("{q} is not a QoS (0, 1 or 2)")));
+        }
+    }
+    if let Some(v) = &s.protocol_version {
+        if v != "5" && v != "3.1.1" {
+            return Err(bad(i, "protocol_version", format!("`{v}`: 5 or 3.1.1")));
+        }
+    }
+    if let Some(id) = &s.client_id {
+        if id.is_empty() || id.len() > 256 {
+            return Err(bad(i, "client_id", "must be 1 to 256 characters"));
         }
     }
     Ok(())
@@ -310,6 +394,15 @@ fn validate_templates(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     if let Some(body) = &s.body {
         template("body", body)?;
     }
+    for (field, text) in [
+        ("remote_topic", &s.remote_topic),
+        ("retain", &s.retain),
+        ("payload", &s.payload),
+    ] {
+        if let Some(text) = text {
+            template(field, text)?;
+        }
+    }
     for (name, value) in &s.headers {
         template(&format!("headers.{name}"), value)?;
     }
@@ -323,13 +416,25 @@ pub fn validate_rule_sinks(
 ) -> Result<(), ConfigError> {
     for (i, rule) in rules.iter().enumerate() {
         for (j, action) in rule.actions.iter().enumerate() {
-            if let crate::rules::ActionSpec::Sink { name } = action {
-                if !sinks.iter().any(|s| &s.name == name) {
-                    return Err(ConfigError::Listener {
-                        field: format!("rules[{i}].actions[{j}].name"),
-                        problem: format!("no sink is named `{name}`"),
-                    });
-                }
+            let crate::rules::ActionSpec::Sink { name } = action else {
+                continue;
+            };
+            let field = format!("rules[{i}].actions[{j}].name");
+            let Some(sink) = sinks.iter().find(|s| &s.name == name) else {
+                return Err(ConfigError::Listener {
+                    field,
+                    problem: format!("no sink is named `{name}`"),
+                });
+            };
+            let foreach = keelmq_rules::Rule::compile(&rule.sql)
+                .is_ok_and(|r| matches!(r.statement(), keelmq_rules::Statement::Foreach(_)));
+            if foreach && sink.kind == SinkKind::Mqtt {
+                return Err(ConfigError::Listener {
+                    field,
+                    problem: format!(
+                        "`{name}` is an mqtt sink, which takes one output per message: a FOREACH rule cannot feed it"
+                    ),
+                });
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::broker::local::{
 use crate::broker::metrics::{RuleStats, SinkStatus};
 use crate::broker::{Broker, Metrics};
 use crate::codec::QoS;
-use crate::rules::consumer::{pause, subscribe};
+use crate::rules::consumer::{pause, subscribe_at};
 use crate::rules::{fields, Compiled};
 
 /// How long a feed whose session failed waits before it attaches again.
@@ -70,7 +70,7 @@ async fn consume(
     let client = broker.local_client(feed.session.clone());
     let (mut session, _) = client.consumer_session().await?;
     session.set_queue_limit(feed.sink.spec.max_queued_messages)?;
-    subscribe(&session, &feed.topics).await?;
+    subscribe_at(&session, &feed.topics, QoS::AtLeastOnce).await?;
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -131,6 +131,7 @@ impl Feed {
                 items.push(Item {
                     id: message.id,
                     index: 0,
+                    from_rule: false,
                     fields,
                 });
                 continue;
@@ -145,6 +146,7 @@ impl Feed {
                 items.push(Item {
                     id: message.id,
                     index: u32::try_from(index).unwrap_or(u32::MAX),
+                    from_rule: true,
                     fields,
                 });
             }
@@ -237,7 +239,7 @@ fn fail(sink: &Sink, n: usize, error: &str) {
 
 /// Counts what the target took, publishes what it refused to the dead-letter topic, and
 /// gives back what is to be tried again; `None` if stopped first.
-async fn settle(
+pub(crate) async fn settle(
     broker: &Broker,
     sink: &Sink,
     items: Vec<Item>,

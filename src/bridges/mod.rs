@@ -15,6 +15,7 @@
 
 pub mod feed;
 pub mod http;
+pub mod mqtt;
 pub mod postgres;
 pub mod redis;
 pub mod target;
@@ -153,7 +154,13 @@ impl Bridges {
         fields
             .entry("id")
             .or_insert_with(|| Value::String(id.to_string()));
-        let sent = sink.events.try_send(Item { id, index, fields }).is_ok();
+        let item = Item {
+            id,
+            index,
+            from_rule: true,
+            fields,
+        };
+        let sent = sink.events.try_send(item).is_ok();
         if sent {
             Metrics::add(&sink.stats.matched, 1);
         } else {
@@ -188,8 +195,13 @@ impl Bridges {
             }
             let (stop, stopped) = watch::channel(false);
             let (tx, rx) = oneshot::channel();
-            let task = feed::run(self.inner.broker.clone(), feed.clone(), stopped, tx);
-            let task = tokio::spawn(task);
+            let broker = self.inner.broker.clone();
+            let task = match feed.sink.spec.kind {
+                crate::config::SinkKind::Mqtt => {
+                    tokio::spawn(mqtt::run(broker, feed.clone(), stopped, tx))
+                }
+                _ => tokio::spawn(feed::run(broker, feed.clone(), stopped, tx)),
+            };
             ready.push(rx);
             feeds.insert(
                 session.clone(),

@@ -17,6 +17,8 @@ pub struct Item {
     /// Which output of the message (0 for a message written as it is, or a rule's first
     /// output): with `id`, unique per item (HTTP's `Idempotency-Key`).
     pub index: u32,
+    /// A rule's output (not the message itself).
+    pub from_rule: bool,
     /// The fields templates read (`id` among them).
     pub fields: Map<String, Value>,
 }
@@ -58,5 +60,7 @@ pub fn open(spec: &SinkSpec) -> Result<Box<dyn Target>, String> {
         SinkKind::Http => Box::new(super::http::HttpTarget::open(spec)?),
         SinkKind::Postgresql => Box::new(super::postgres::PgTarget::open(spec, password)?),
         SinkKind::Redis => Box::new(super::redis::RedisTarget::open(spec, password)?),
+        // Its feeds forward themselves (`mqtt::run`); this takes event-rule outputs.
+        SinkKind::Mqtt => Box::new(super::mqtt::MqttEvents::open(spec, password)?),
     })
 }

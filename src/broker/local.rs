@@ -334,6 +334,14 @@ impl Drop for PendingOutput {
     }
 }
 
+/// What [`LocalSession::take`] gives.
+#[derive(Debug, Clone)]
+pub enum Taken {
+    Delivery(LocalDelivery),
+    /// Finish the QoS 2 delivery under this packet id with PUBREL (its PUBREC is durable).
+    Release(u16),
+}
+
 /// A delivery taken by a [`LocalSession`]; QoS 1/2 ones stay in flight until acknowledged.
 #[derive(Debug, Clone)]
 pub struct LocalDelivery {
@@ -384,8 +392,21 @@ impl LocalSession {
         codes.ok_or(LocalError::TakenOver)
     }
 
-    /// The next delivery, in queue order; waits until there is one.
+    /// The next delivery, in queue order; waits until there is one. A QoS 2 delivery the
+    /// session's previous holder had acknowledged with PUBREC is completed on the way.
     pub async fn next(&mut self) -> Result<LocalDelivery, LocalError> {
+        loop {
+            match self.take().await? {
+                Taken::Delivery(d) => return Ok(d),
+                Taken::Release(packet_id) => self.complete(packet_id, true)?,
+            }
+        }
+    }
+
+    /// [`Self::next`] for a consumer that finishes QoS 2 exchanges itself (the MQTT sink
+    /// forwards them): a delivery, or a release whose PUBREC was durable before the previous
+    /// holder went.
+    pub async fn take(&mut self) -> Result<Taken, LocalError> {
         let mut shutdown = self.broker.shutdown_signal();
         loop {
             match self.outbox.pop_front() {
@@ -404,14 +425,13 @@ impl LocalSession {
                             packet_id,
                             qos,
                         });
-                    return Ok(LocalDelivery {
+                    return Ok(Taken::Delivery(LocalDelivery {
                         packet_id,
                         dup,
                         delivery,
-                    });
+                    }));
                 }
-                // Its PUBREC was durable before the previous holder went: complete it.
-                Some(Outgoing::PubRel { packet_id }) => self.complete(packet_id, true)?,
+                Some(Outgoing::PubRel { packet_id }) => return Ok(Taken::Release(packet_id)),
                 None => {}
             }
             if self.take_next()? {
@@ -460,16 +480,40 @@ impl LocalSession {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => self.complete(d.packet_id, false),
             QoS::ExactlyOnce => {
-                let (_, pending) = self
-                    .broker
-                    .outbound_pubrec(&self.slot, self.conn, d.packet_id, false)?
-                    .ok_or(LocalError::TakenOver)?;
-                if let Some(mut pending) = pending {
-                    self.broker.wait_pending(&mut pending).await?;
-                }
+                self.received(d.packet_id, false).await?;
                 self.complete(d.packet_id, true)
             }
         }
+    }
+
+    /// The first half of a QoS 2 acknowledgement: PUBREC, durable when this returns (the
+    /// delivery is then the receiver's; [`Self::released`] finishes it).
+    pub async fn received(&mut self, packet_id: u16, refused: bool) -> Result<(), LocalError> {
+        let (_, pending) = self
+            .broker
+            .outbound_pubrec(&self.slot, self.conn, packet_id, refused)?
+            .ok_or(LocalError::TakenOver)?;
+        if let Some(mut pending) = pending {
+            self.broker.wait_pending(&mut pending).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes a QoS 1 delivery (PUBACK).
+    pub fn acknowledged(&mut self, packet_id: u16) -> Result<(), LocalError> {
+        self.complete(packet_id, false)
+    }
+
+    /// The second half: PUBCOMP.
+    pub fn released(&mut self, packet_id: u16) -> Result<(), LocalError> {
+        self.complete(packet_id, true)
+    }
+
+    /// Gives out at most `window` deliveries at a time (a receiver's Receive Maximum).
+    pub fn set_window(&self, window: u16) -> Result<(), LocalError> {
+        self.broker
+            .session_op(&self.slot, self.conn, |s| s.set_window(window))
+            .ok_or(LocalError::TakenOver)
     }
 
     /// Acknowledges several deliveries: the QoS 1 ones in one step (one log append for all),

@@ -175,10 +175,20 @@ async fn consume(
 }
 
 /// Subscribes the consumer to `topics` and drops the filters it no longer reads.
-pub(crate) async fn subscribe(session: &LocalSession, topics: &[String]) -> Result<(), LocalError> {
+async fn subscribe(session: &LocalSession, topics: &[String]) -> Result<(), LocalError> {
+    subscribe_at(session, topics, QoS::AtLeastOnce).await
+}
+
+/// Subscribes the consumer to `topics` at `qos` (no retained messages) and drops the filters
+/// it no longer reads.
+pub(crate) async fn subscribe_at(
+    session: &LocalSession,
+    topics: &[String],
+    qos: QoS,
+) -> Result<(), LocalError> {
     let options = SubscriptionOptions {
         retain_handling: RetainHandling::Never,
-        ..SubscriptionOptions::qos(QoS::AtLeastOnce)
+        ..SubscriptionOptions::qos(qos)
     };
     let filters: Vec<_> = topics.iter().map(|t| (t.clone(), options)).collect();
     if !filters.is_empty() {

@@ -431,3 +431,85 @@ fn bad_sinks_are_refused_naming_the_field() {
         error(&rule)
     );
 }
+
+/// An MQTT sink to a real Mosquitto at QoS 2: payloads byte for byte (binary too), the
+/// templated remote topic, exactly once at a subscriber of the remote, the remote's Receive
+/// Maximum respected (Mosquitto allows 5 in flight here), and a rule's output forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sink_forwards_to_mosquitto_exactly_once() {
+    let Some(remote) = servers::mosquitto(5) else {
+        return;
+    };
+    let mut far = connect(remote.port, "far-subscriber", true, None).await;
+    subscribe(&far, "from-keelmq/#", QoS::ExactlyOnce).await;
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "plant"
+kind = "mqtt"
+server = "127.0.0.1:{}"
+client_id = "keelmq-bridge-1"
+remote_topic = "from-keelmq/${{topic}}"
+qos = 2
+topics = ["cmd/#"]
+
+[[rules]]
+id = "summary"
+sql = 'SELECT payload.v * 2 AS double, topic FROM "calc/+"'
+actions = [{{ kind = "sink", name = "plant" }}]
+"#,
+        remote.port
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let publisher = connect(port, "commander", true, None).await;
+    const N: usize = 200;
+    for i in 0..N {
+        let mut payload = format!("command {i} ").into_bytes();
+        payload.extend_from_slice(&[0, 0xff, 0xfe, i as u8]);
+        publisher
+            .client
+            .publish(format!("cmd/{}", i % 7), QoS::ExactlyOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    publisher
+        .client
+        .publish("calc/1", QoS::ExactlyOnce, false, r#"{"v": 21}"#)
+        .await
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    let mut rule_output = None;
+    for _ in 0..=N {
+        let p = tokio::time::timeout(Duration::from_secs(10), far.publishes.recv()).await;
+        let Ok(Some(p)) = p else {
+            panic!(
+                "{} forwarded, then nothing: {:?}",
+                seen.len(),
+                sink_stats(&server, "plant")
+            );
+        };
+        if p.topic == "from-keelmq/calc/1" {
+            rule_output = Some(String::from_utf8_lossy(&p.payload).to_string());
+            continue;
+        }
+        let text = String::from_utf8_lossy(&p.payload[..p.payload.len() - 4]).to_string();
+        let i: usize = text.trim_start_matches("command ").trim().parse().unwrap();
+        assert_eq!(p.topic, format!("from-keelmq/cmd/{}", i % 7));
+        assert_eq!(&p.payload[p.payload.len() - 4..], &[0, 0xff, 0xfe, i as u8]);
+        *seen.entry(i).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), N, "every command once");
+    let output: serde_json::Value =
+        serde_json::from_str(&rule_output.expect("the rule's output")).unwrap();
+    assert_eq!(output["double"], 42, "{output}");
+    let extra = tokio::time::timeout(Duration::from_millis(500), far.publishes.recv()).await;
+    assert!(extra.is_err(), "nothing twice: {extra:?}");
+    let stats = sink_stats(&server, "plant");
+    assert_eq!(
+        (stats.success, stats.status.name()),
+        (N as u64 + 1, "connected"),
+        "{stats:?}"
+    );
+    server.shutdown(Duration::from_secs(5)).await;
+}

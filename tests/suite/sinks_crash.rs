@@ -1,22 +1,27 @@
-//! Data bridges across SIGKILL: the real `keelmq` binary with a PostgreSQL sink and a Redis
-//! sink on the same topic, killed at random moments under QoS 2 load (the persistent
+//! Data bridges across SIGKILL: the real `keelmq` binary with a PostgreSQL sink, a Redis sink
+//! and a QoS 2 MQTT sink to a real Mosquitto on the same topic, killed at random moments under QoS 2 load (the persistent
 //! publisher of `rules_crash`, one message in flight, so each acknowledged message is one
 //! message in the broker). At the end every acknowledged message is in PostgreSQL exactly
-//! once (one row, `ON CONFLICT` on the message id) and in Redis exactly once (`SET … NX`),
-//! none is missing, and no row comes from a message that was never acknowledged twice. The
+//! once (one row, `ON CONFLICT` on the message id), in Redis exactly once (`SET … NX`), and
+//! at a subscriber of the remote Mosquitto exactly once (the remote QoS 2 exchanges resumed
+//! from the log, never sent again as new); none is missing, and no row comes from a message that was never acknowledged twice. The
 //! table counts the writes of each row too: rows written more than once show the sink's
 //! at-least-once delivery the deduplication absorbed.
 //! `KEELMQ_SINKS_CRASH_CYCLES` sets the number of kills (default 8).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+use rumqttc::QoS;
+
 use crate::common::{self, servers};
+use crate::interop_rumqttc::v311::{connect, subscribe};
 use crate::rules_crash::{publisher, Shared};
 
-fn config(pg_port: u16, redis_port: u16) -> String {
+fn config(pg_port: u16, redis_port: u16, mqtt_port: u16) -> String {
     format!(
         r#"
 [[sinks]]
@@ -34,15 +39,41 @@ url = "redis://127.0.0.1:{redis_port}"
 topics = ["src/#"]
 command = "SET msg:${{id}} ${{payload.seq}} NX"
 retry = {{ initial_ms = 20, max_ms = 200 }}
+
+[[sinks]]
+name = "plant"
+kind = "mqtt"
+server = "127.0.0.1:{mqtt_port}"
+client_id = "keelmq-crash-bridge"
+remote_topic = "far/${{topic}}"
+qos = 2
+topics = ["src/#"]
+retry = {{ initial_ms = 20, max_ms = 200 }}
 "#
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
-    let (Some(pg), Some(redis)) = (servers::postgres(), servers::redis()) else {
+    let (Some(pg), Some(redis), Some(mosquitto)) = (
+        servers::postgres(),
+        servers::redis(),
+        servers::mosquitto(20),
+    ) else {
         return;
     };
+    let far: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let mut far_sub = connect(mosquitto.port, "far", true, None).await;
+    subscribe(&far_sub, "far/#", QoS::ExactlyOnce).await;
+    let far_seen = far.clone();
+    tokio::spawn(async move {
+        while let Some(p) = far_sub.publishes.recv().await {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            if let Some(seq) = v["seq"].as_u64() {
+                *far_seen.lock().entry(seq).or_insert(0) += 1;
+            }
+        }
+    });
     servers::psql(
         &pg,
         "CREATE TABLE rows(id bigint PRIMARY KEY, seq bigint NOT NULL, writes int NOT NULL DEFAULT 1)",
@@ -54,7 +85,7 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
     let dir = common::temp_dir("sinks-crash");
     std::fs::create_dir_all(&dir).unwrap();
     let config_file = dir.join("keelmq.toml");
-    std::fs::write(&config_file, config(pg.port, redis.port)).unwrap();
+    std::fs::write(&config_file, config(pg.port, redis.port, mosquitto.port)).unwrap();
     let data = dir.join("data");
     let (data_arg, config_arg) = (data.to_str().unwrap(), config_file.to_str().unwrap());
     let args = ["--data-dir", data_arg, "--config", config_arg];
@@ -94,7 +125,8 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
             .collect()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !(acked.is_subset(&in_pg()) && acked.is_subset(&in_redis()))
+    let in_far = || -> BTreeSet<u64> { far.lock().keys().copied().collect() };
+    while !(acked.is_subset(&in_pg()) && acked.is_subset(&in_redis()) && acked.is_subset(&in_far()))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -110,14 +142,30 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
     let keys: u64 = servers::redis_cli(&redis, &["DBSIZE"]).parse().unwrap();
     let lost_pg: Vec<_> = acked.difference(&in_pg()).copied().collect();
     let lost_redis: Vec<_> = acked.difference(&in_redis()).copied().collect();
+    let lost_far: Vec<_> = acked.difference(&in_far()).copied().collect();
+    let twice_far: Vec<_> = far
+        .lock()
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, n)| (*s, *n))
+        .collect();
     eprintln!(
         "sinks crash test: {} acknowledged, {rows} rows ({rewritten} written more than once), \
-         {keys} redis keys, {} packets sent",
+         {keys} redis keys, {} at the remote subscriber, {} packets sent",
         acked.len(),
+        far.lock().len(),
         shared.sent.load(Ordering::Relaxed)
     );
     assert!(lost_pg.is_empty(), "lost in PostgreSQL: {lost_pg:?}");
     assert!(lost_redis.is_empty(), "lost in Redis: {lost_redis:?}");
+    assert!(
+        lost_far.is_empty(),
+        "lost on the way to the remote broker: {lost_far:?}"
+    );
+    assert!(
+        twice_far.is_empty(),
+        "forwarded twice (seq, times): {twice_far:?}"
+    );
     // One row and one key per message; a message is one sequence number (QoS 2 publisher), so
     // a second row for a sequence number would be a message written twice under two ids.
     assert_eq!(rows, seqs, "a sequence number in two rows");

@@ -303,3 +303,42 @@ pub fn redis_cli(server: &Server, args: &[&str]) -> String {
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A Mosquitto broker (Debian's) as a remote for MQTT bridges: anonymous, in-memory sessions
+/// (kept while it runs), at most `max_inflight` QoS 1/2 messages in flight per client.
+pub fn mosquitto(max_inflight: u16) -> Option<Server> {
+    let program = found("/usr/sbin/mosquitto", "mosquitto")?;
+    let dir = temp_dir("mosquitto");
+    std::fs::create_dir_all(&dir).expect("mosquitto dir");
+    let start = move |dir: &Path, port: u16| {
+        let conf = dir.join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages {max_inflight}\nmax_queued_messages 100000\n\
+             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+        );
+        // Its log, for a failed test's diagnosis (it drops root, so it cannot open files here).
+        let log = std::fs::File::create(dir.join("mosquitto.log")).expect("mosquitto log");
+        std::fs::write(&conf, text).expect("mosquitto.conf");
+        Command::new(&program)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto starts")
+    };
+    let port = free_port();
+    let child = start(&dir, port);
+    assert!(
+        wait_until(Duration::from_secs(30), || listening(port)),
+        "mosquitto listens"
+    );
+    Some(Server {
+        port,
+        dir,
+        child: Some(child),
+        start: Box::new(start),
+        stop_signal: "-KILL",
+    })
+}
