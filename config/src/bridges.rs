@@ -16,6 +16,7 @@ use crate::ConfigError;
 #[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     Http,
+    Kafka,
     Mqtt,
     Postgresql,
     Redis,
@@ -25,6 +26,7 @@ impl SinkKind {
     pub fn name(self) -> &'static str {
         match self {
             SinkKind::Http => "http",
+            SinkKind::Kafka => "kafka",
             SinkKind::Mqtt => "mqtt",
             SinkKind::Postgresql => "postgresql",
             SinkKind::Redis => "redis",
@@ -145,6 +147,22 @@ pub struct SinkSpec {
     /// mqtt: keep-alive in seconds (default 60).
     #[serde(default)]
     pub keepalive_secs: Option<u16>,
+    /// kafka: bootstrap brokers, `host:port[,host:port…]`.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    /// kafka: the topic (a template).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: the record key template (default: none).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// kafka: the record value template (default: the message's payload byte for byte, a
+    /// rule's output as JSON).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// kafka: the partition template (default: Kafka's partitioner over the key).
+    #[serde(default)]
+    pub partition: Option<String>,
 }
 
 fn default_batch_size() -> usize {
@@ -252,76 +270,65 @@ fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
 
 /// The kind-specific fields: those of the sink's kind required, others refused.
 fn validate_kind_fields(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
-    const MQTT: &[SinkKind] = &[SinkKind::Mqtt];
-    let mqtt_fields: [(&str, bool); 9] = [
-        ("server", s.server.is_some()),
-        ("client_id", s.client_id.is_some()),
-        ("protocol_version", s.protocol_version.is_some()),
-        ("username", s.username.is_some()),
-        ("remote_topic", s.remote_topic.is_some()),
-        ("qos", s.qos.is_some()),
-        ("retain", s.retain.is_some()),
-        ("payload", s.payload.is_some()),
-        ("keepalive_secs", s.keepalive_secs.is_some()),
-    ];
-    for (field, set) in mqtt_fields {
-        if set && !MQTT.contains(&s.kind) {
-            return Err(bad(
-                i,
-                field,
-                format!("not a field of {} sinks", s.kind.name()),
-            ));
-        }
-    }
-    let fields: [(&str, bool, &[SinkKind]); 8] = [
-        (
-            "url",
-            s.url.is_some(),
-            &[SinkKind::Http, SinkKind::Postgresql, SinkKind::Redis],
-        ),
-        ("sql", s.sql.is_some(), &[SinkKind::Postgresql]),
-        ("command", s.command.is_some(), &[SinkKind::Redis]),
-        ("method", s.method.is_some(), &[SinkKind::Http]),
-        ("headers", !s.headers.is_empty(), &[SinkKind::Http]),
-        ("body", s.body.is_some(), &[SinkKind::Http]),
-        (
-            "dead_letter_topic",
-            s.dead_letter_topic.is_some(),
-            &[SinkKind::Http],
-        ),
+    use SinkKind::*;
+    let fields: [(&str, bool, &[SinkKind]); 23] = [
+        ("url", s.url.is_some(), &[Http, Postgresql, Redis]),
+        ("sql", s.sql.is_some(), &[Postgresql]),
+        ("command", s.command.is_some(), &[Redis]),
+        ("method", s.method.is_some(), &[Http]),
+        ("headers", !s.headers.is_empty(), &[Http]),
+        ("body", s.body.is_some(), &[Http]),
+        ("dead_letter_topic", s.dead_letter_topic.is_some(), &[Http]),
         (
             "password_file",
             s.password_file.is_some(),
-            &[SinkKind::Postgresql, SinkKind::Redis, SinkKind::Mqtt],
+            &[Postgresql, Redis, Mqtt],
         ),
+        (
+            "password_env",
+            s.password_env.is_some(),
+            &[Postgresql, Redis, Mqtt],
+        ),
+        ("server", s.server.is_some(), &[Mqtt]),
+        ("client_id", s.client_id.is_some(), &[Mqtt]),
+        ("protocol_version", s.protocol_version.is_some(), &[Mqtt]),
+        ("username", s.username.is_some(), &[Mqtt]),
+        ("remote_topic", s.remote_topic.is_some(), &[Mqtt]),
+        ("qos", s.qos.is_some(), &[Mqtt]),
+        ("retain", s.retain.is_some(), &[Mqtt]),
+        ("payload", s.payload.is_some(), &[Mqtt]),
+        ("keepalive_secs", s.keepalive_secs.is_some(), &[Mqtt]),
+        ("bootstrap", s.bootstrap.is_some(), &[Kafka]),
+        ("topic", s.topic.is_some(), &[Kafka]),
+        ("key", s.key.is_some(), &[Kafka]),
+        ("value", s.value.is_some(), &[Kafka]),
+        ("partition", s.partition.is_some(), &[Kafka]),
     ];
     for (field, set, kinds) in fields {
         if set && !kinds.contains(&s.kind) {
-            return Err(bad(
-                i,
-                field,
-                format!("not a field of {} sinks", s.kind.name()),
-            ));
+            let problem = format!("not a field of {} sinks", s.kind.name());
+            return Err(bad(i, field, problem));
         }
     }
-    let required: &[(&str, bool)] = match s.kind {
-        SinkKind::Http => &[("url", s.url.is_some())],
-        SinkKind::Postgresql => &[("url", s.url.is_some()), ("sql", s.sql.is_some())],
-        SinkKind::Redis => &[("url", s.url.is_some()), ("command", s.command.is_some())],
-        SinkKind::Mqtt => &[
-            ("server", s.server.is_some()),
-            ("client_id", s.client_id.is_some()),
-        ],
+    let required: &[&str] = match s.kind {
+        Http => &["url"],
+        Postgresql => &["url", "sql"],
+        Redis => &["url", "command"],
+        Mqtt => &["server", "client_id"],
+        Kafka => &["bootstrap", "topic"],
     };
-    for (field, set) in required {
+    for field in required {
+        let set = fields.iter().any(|(f, set, _)| f == field && *set);
         if !set {
-            return Err(bad(
-                i,
-                field,
-                format!("required for {} sinks", s.kind.name()),
-            ));
+            let problem = format!("required for {} sinks", s.kind.name());
+            return Err(bad(i, field, problem));
         }
     }
+    validate_values(i, s)
+}
+
+/// Values with a fixed form: HTTP method, dead-letter topic, MQTT fields.
+fn validate_values(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     if let Some(method) = &s.method {
         if !["get", "post", "put", "delete"].contains(&method.to_ascii_lowercase().as_str()) {
             return Err(bad(

@@ -23,6 +23,7 @@ use crate::broker::{Broker, Metrics};
 use crate::codec::QoS;
 use crate::rules::consumer::{pause, subscribe_at};
 use crate::rules::{fields, Compiled};
+use crate::session::RuleReach;
 
 /// How long a feed whose session failed waits before it attaches again.
 const REATTACH_WAIT: Duration = Duration::from_secs(1);
@@ -131,7 +132,8 @@ impl Feed {
                 items.push(Item {
                     id: message.id,
                     index: 0,
-                    from_rule: false,
+                    rule: None,
+                    raw: Some(message.payload.clone()),
                     fields,
                 });
                 continue;
@@ -146,7 +148,8 @@ impl Feed {
                 items.push(Item {
                     id: message.id,
                     index: u32::try_from(index).unwrap_or(u32::MAX),
-                    from_rule: true,
+                    rule: Some(rule.id.as_str().into()),
+                    raw: None,
                     fields,
                 });
             }
@@ -219,6 +222,7 @@ async fn attempt(
     Some(match answer? {
         Ok(result) => result,
         Err(_) => {
+            sink.target.reset();
             Metrics::add(&sink.stats.late_reply, n);
             Err(format!(
                 "no answer within {} ms",
@@ -284,9 +288,12 @@ async fn dead_letter(
         "reason": why,
         "fields": item.fields,
     });
-    let publish = LocalPublish::new(topic, payload.to_string(), QoS::AtLeastOnce);
+    let mut publish = LocalPublish::new(topic, payload.to_string(), QoS::AtLeastOnce);
+    publish.rules = RuleReach::Subscribers;
     let client = broker.local_client(super::dead_letter_client(&sink.spec.name));
     loop {
+        // Not cancelled midway (a publish is revealed whole): it reaches subscribers only,
+        // never a sink's queue, so it waits at most for a subscriber that drains.
         match client.publish(publish.clone()).await {
             Ok(_) => return true,
             Err(LocalError::ShuttingDown) => return false,

@@ -1,7 +1,8 @@
 //! The HTTP sink (a webhook): one request per item, the batch's requests concurrently, with
 //! method, URL, header and body templates and an `Idempotency-Key` header (the item's key),
-//! so a receiver can drop what a retry repeats: at least once. 2xx is success; 408, 429 and
-//! 5xx are tried again; any other status is a refusal for good (dead-letter topic).
+//! so a receiver can drop what a retry repeats: at least once. 2xx is success; a refusal of
+//! the item's content (400, 405, 410, 411, 413–415, 422) goes to the dead-letter topic; any
+//! other status (408, 429, 5xx, and 401, 403, 404, which an operator fixes) is tried again.
 
 use std::time::Duration;
 
@@ -76,12 +77,21 @@ impl HttpTarget {
         if self.method != Method::GET {
             request = request.body(body);
         }
-        let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            // A request that cannot be built from this item (a header value with a line
+            // break, a URL that does not parse) never will be.
+            Err(e) if e.is_builder() => return Ok(Outcome::Refused(format!("{url}: {e}"))),
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
         let status = response.status();
+        let why = format!("{url}: HTTP {status}");
         Ok(match status.as_u16() {
             200..=299 => Outcome::Done,
-            408 | 429 | 500..=599 => Outcome::Retry(format!("{url}: HTTP {status}")),
-            _ => Outcome::Refused(format!("{url}: HTTP {status}")),
+            // The item's content: refused for good (dead-letter topic).
+            400 | 405 | 410 | 411 | 413..=415 | 422 => Outcome::Refused(why),
+            // Busy, down, or set up wrong (credentials, path): tried again until it is fixed.
+            _ => Outcome::Retry(why),
         })
     }
 }

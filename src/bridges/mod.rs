@@ -15,6 +15,7 @@
 
 pub mod feed;
 pub mod http;
+pub mod kafka;
 pub mod mqtt;
 pub mod postgres;
 pub mod redis;
@@ -143,7 +144,13 @@ impl Bridges {
 
     /// Hands an event rule's output to sink `name` (best effort): `false` if the sink is not
     /// running or its event queue is full (counted as dropped).
-    pub fn offer(&self, name: &str, id: u64, index: u32, fields: Map<String, Value>) -> bool {
+    pub fn offer(
+        &self,
+        name: &str,
+        rule: &str,
+        (id, index): (u64, u32),
+        fields: Map<String, Value>,
+    ) -> bool {
         let Some(sink) = self.inner.sinks.lock().get(name).cloned() else {
             return false;
         };
@@ -157,7 +164,8 @@ impl Bridges {
         let item = Item {
             id,
             index,
-            from_rule: true,
+            rule: Some(rule.into()),
+            raw: None,
             fields,
         };
         let sent = sink.events.try_send(item).is_ok();

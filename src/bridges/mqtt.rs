@@ -123,7 +123,7 @@ impl Remote {
         let mut env = Env::new(item.fields.clone());
         let payload = match &self.payload {
             Some(t) => Bytes::from(t.render_with(&mut env)),
-            None if item.index == 0 && !item.from_rule => raw.clone(),
+            None if item.rule.is_none() => raw.clone(),
             // A rule's output: as JSON (EMQX's default for a rule-fed egress).
             None => Bytes::from(serde_json::Value::Object(item.fields.clone()).to_string()),
         };
@@ -357,7 +357,8 @@ fn item_of(broker: &Broker, feed: &Feed, d: &LocalDelivery) -> Option<Item> {
         return Some(Item {
             id: message.id,
             index: 0,
-            from_rule: false,
+            rule: None,
+            raw: Some(message.payload.clone()),
             fields: fields::message(broker, message, d.dup),
         });
     };
@@ -370,7 +371,8 @@ fn item_of(broker: &Broker, feed: &Feed, d: &LocalDelivery) -> Option<Item> {
     Some(Item {
         id: message.id,
         index: 0,
-        from_rule: true,
+        rule: Some(rule.id.as_str().into()),
+        raw: None,
         fields,
     })
 }

@@ -4,9 +4,11 @@
 //! ON CONFLICT DO NOTHING` with `${id}` in a unique column): a batch retried after a crash or
 //! a lost answer inserts nothing twice.
 //!
-//! A batch the database refuses for its data (SQLSTATE classes 22, 23, 42: a value of the
-//! wrong type, a constraint, an unknown column) is written again item by item, each in its own
-//! transaction, so one bad item goes to the dead-letter topic and the others in.
+//! A batch the database refuses for its data (SQLSTATE classes 22 and 23: a value out of
+//! range, a constraint) is written again item by item, each in its own transaction, so one bad
+//! item goes to the dead-letter topic and the others in; a value that does not convert to its
+//! parameter's type is refused before the batch is sent. Everything else (the server down, a
+//! missing table or privilege, a statement that does not prepare) is tried again.
 
 use std::error::Error;
 use std::time::Duration;
@@ -84,7 +86,7 @@ impl PgTarget {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
         let mut params = Vec::new();
         for p in self.params(items) {
-            match convertible(&p, statement.params()) {
+            match convertible(&p, statement.params())? {
                 Ok(()) => {
                     outcomes.push(None);
                     params.push(p);
@@ -103,7 +105,10 @@ impl PgTarget {
         let mut written = written.into_iter();
         Ok(outcomes
             .into_iter()
-            .map(|o| o.or_else(|| written.next()).unwrap_or(Outcome::Done))
+            .map(|o| {
+                o.or_else(|| written.next())
+                    .unwrap_or_else(|| Outcome::Retry("no answer for the item".into()))
+            })
             .collect())
     }
 }
@@ -112,10 +117,17 @@ impl Target for PgTarget {
     fn write<'a>(&'a self, items: &'a [Item]) -> WriteFuture<'a> {
         Box::pin(self.write_all(items))
     }
+
+    fn reset(&self) {
+        if let Ok(mut conn) = self.conn.try_lock() {
+            *conn = None;
+        }
+    }
 }
 
-/// Whether every value converts to its parameter's type; the first that does not, why.
-fn convertible(params: &[Param], types: &[Type]) -> Result<(), String> {
+/// Whether every value converts to its parameter's type: `Ok(Err(why))` for a value that
+/// does not (the item is refused), `Err` for a type the sink cannot send (the batch waits).
+fn convertible(params: &[Param], types: &[Type]) -> Result<Result<(), String>, String> {
     if params.len() != types.len() {
         return Err(format!(
             "{} values for {} parameters",
@@ -126,10 +138,15 @@ fn convertible(params: &[Param], types: &[Type]) -> Result<(), String> {
     let mut scratch = BytesMut::new();
     for (i, (p, ty)) in params.iter().zip(types).enumerate() {
         scratch.clear();
-        p.to_sql(ty, &mut scratch)
-            .map_err(|e| format!("parameter ${}: {e}", i + 1))?;
+        if let Err(e) = p.to_sql(ty, &mut scratch) {
+            let why = format!("parameter ${}: {e}", i + 1);
+            return match e.is::<Unsupported>() {
+                true => Err(why),
+                false => Ok(Err(why)),
+            };
+        }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Runs the statement for every parameter set in one transaction, pipelined.
@@ -166,11 +183,12 @@ async fn one_by_one(
     Ok(outcomes)
 }
 
-/// Whether the database refused the data itself (data exception, integrity constraint,
-/// syntax or access rule): trying again cannot help.
+/// Whether the database refused the data itself (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint): trying again cannot help. Anything else (a missing table or
+/// privilege, a connection lost) is tried again until an operator fixes it.
 fn refuses_data(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
-        .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23" | "42"))
+        .is_some_and(|db| matches!(db.code().code().get(..2), Some("22" | "23")))
 }
 
 /// An error with the database's own message when it sent one.
@@ -217,10 +235,7 @@ impl ToSql for Param {
             Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
                 text(v).to_sql(&Type::TEXT, out)
             }
-            _ => Err(format!(
-                "parameter of type {ty} is not supported: cast it (`${{x}}::text::{ty}`)"
-            )
-            .into()),
+            _ => Err(Box::new(Unsupported(ty.clone()))),
         }
     }
 
@@ -230,6 +245,23 @@ impl ToSql for Param {
 
     to_sql_checked!();
 }
+
+/// A parameter type the sink cannot send: a configuration error (the whole batch waits), not
+/// bad data.
+#[derive(Debug)]
+struct Unsupported(Type);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ty = &self.0;
+        write!(
+            f,
+            "parameter of type {ty} is not supported: cast it (`${{x}}::text::{ty}`)"
+        )
+    }
+}
+
+impl Error for Unsupported {}
 
 fn json_text(v: &Value, out: &mut BytesMut) -> Result<IsNull, BoxError> {
     // A string holding JSON (a payload) goes in as that JSON; any other value as itself.

@@ -103,12 +103,18 @@ impl Target for RedisTarget {
     fn write<'a>(&'a self, items: &'a [Item]) -> WriteFuture<'a> {
         Box::pin(self.write_all(items))
     }
+
+    fn reset(&self) {
+        if let Ok(mut conn) = self.conn.try_lock() {
+            *conn = None;
+        }
+    }
 }
 
 /// Errors Redis answers while it cannot serve for now (loading, busy, a replica, out of
 /// memory): tried again, not refused.
 fn transient(e: &redis::RedisError) -> bool {
-    const CODES: [&str; 7] = [
+    const CODES: [&str; 9] = [
         "LOADING",
         "BUSY",
         "TRYAGAIN",
@@ -116,6 +122,8 @@ fn transient(e: &redis::RedisError) -> bool {
         "READONLY",
         "OOM",
         "CLUSTERDOWN",
+        "NOAUTH",
+        "NOPERM",
     ];
     e.is_io_error()
         || e.is_timeout()

@@ -15,20 +15,28 @@ pub struct Item {
     /// The broker's message id: stable across restarts and re-deliveries of the message.
     pub id: u64,
     /// Which output of the message (0 for a message written as it is, or a rule's first
-    /// output): with `id`, unique per item (HTTP's `Idempotency-Key`).
+    /// output).
     pub index: u32,
-    /// A rule's output (not the message itself).
-    pub from_rule: bool,
+    /// The rule whose output it is (`None`: the message itself).
+    pub rule: Option<std::sync::Arc<str>>,
+    /// The message's payload, byte for byte (a message written as it is).
+    pub raw: Option<bytes::Bytes>,
     /// The fields templates read (`id` among them).
     pub fields: Map<String, Value>,
 }
 
 impl Item {
-    /// `id`, or `id-index` for a rule's second and later outputs of one message.
+    /// Unique per item, the same each time the item is written (HTTP's `Idempotency-Key`,
+    /// Kafka's `keelmq-id` header): `id` for a message, `<rule>:<id>` for a rule's output,
+    /// with `-<index>` for its second and later outputs of one message.
     pub fn key(&self) -> String {
-        match self.index {
+        let id = match self.index {
             0 => self.id.to_string(),
             i => format!("{}-{i}", self.id),
+        };
+        match &self.rule {
+            Some(rule) => format!("{rule}:{id}"),
+            None => id,
         }
     }
 }
@@ -50,6 +58,10 @@ pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, Stri
 /// for the whole batch (connection lost or refused): then every item is tried again.
 pub trait Target: Send + Sync {
     fn write<'a>(&'a self, items: &'a [Item]) -> WriteFuture<'a>;
+
+    /// Drops the connection (a write timed out: it may hang on a dead socket); the next
+    /// write connects anew.
+    fn reset(&self) {}
 }
 
 /// The target of `spec`; connections are made at the first write (a target that is down
@@ -60,6 +72,7 @@ pub fn open(spec: &SinkSpec) -> Result<Box<dyn Target>, String> {
         SinkKind::Http => Box::new(super::http::HttpTarget::open(spec)?),
         SinkKind::Postgresql => Box::new(super::postgres::PgTarget::open(spec, password)?),
         SinkKind::Redis => Box::new(super::redis::RedisTarget::open(spec, password)?),
+        SinkKind::Kafka => Box::new(super::kafka::KafkaTarget::open(spec)?),
         // Its feeds forward themselves (`mqtt::run`); this takes event-rule outputs.
         SinkKind::Mqtt => Box::new(super::mqtt::MqttEvents::open(spec, password)?),
     })

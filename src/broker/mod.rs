@@ -117,6 +117,44 @@ pub struct SessionSlot {
     /// draining, so its full queue holds publishers back rather than losing their messages,
     /// and messages with [`Message::rules`] other than [`RuleReach::All`] pass it by.
     consumer: AtomicBool,
+    /// What it reads for, by its client id.
+    role: SlotRole,
+}
+
+/// What a session reads messages for, which decides the messages it is routed
+/// ([`RuleReach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRole {
+    /// A client's (network or in-process).
+    Client,
+    /// A rule's: a rule consumer (`$rule/<id>`) or the feed of a rule into a sink
+    /// (`$sink/<name>/<rule>`).
+    RuleReader,
+    /// A sink's own topics (`$sink/<name>/$topics`): a subscriber that writes to a target.
+    SinkTopics,
+}
+
+impl SlotRole {
+    fn of(client_id: &str) -> SlotRole {
+        use crate::protocol::admission::{RESERVED_CLIENT_ID_PREFIX, SINK_CLIENT_ID_PREFIX};
+        if client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
+            return SlotRole::RuleReader;
+        }
+        match client_id.strip_prefix(SINK_CLIENT_ID_PREFIX) {
+            Some(rest) if rest.ends_with("/$topics") => SlotRole::SinkTopics,
+            Some(_) => SlotRole::RuleReader,
+            None => SlotRole::Client,
+        }
+    }
+
+    /// Whether a message that `reach`es so is routed to a session of this role.
+    pub(crate) fn receives(self, reach: RuleReach) -> bool {
+        match (reach, self) {
+            (RuleReach::All, _) | (_, SlotRole::Client) => true,
+            (RuleReach::Inline | RuleReach::None, SlotRole::SinkTopics) => true,
+            (_, SlotRole::RuleReader) | (RuleReach::Subscribers, SlotRole::SinkTopics) => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -165,6 +203,7 @@ impl SessionSlot {
         // Known by its reserved id from the start (a restored one too, before its consumer
         // attaches); network clients cannot take such an id.
         let consumer = crate::protocol::admission::is_reserved_client_id(&client_id);
+        let role = SlotRole::of(&client_id);
         SessionSlot {
             client_id,
             state: Mutex::new(SlotState {
@@ -186,6 +225,7 @@ impl SessionSlot {
             connected: AtomicBool::new(false),
             last_drain_ms: AtomicU64::new(0),
             consumer: AtomicBool::new(consumer),
+            role,
         }
     }
 
@@ -288,7 +328,11 @@ impl Broker {
 
     fn build(config: Config, persistence: Option<Arc<Persistence>>) -> Broker {
         let (shutdown, _) = watch::channel(false);
-        let first_id = persistence.as_ref().map_or(1, |p| p.next_message_id());
+        let first_id = persistence
+            .as_ref()
+            .map_or_else(crate::persistence::convert::message_id_floor, |p| {
+                p.next_message_id()
+            });
         let pending_connections = config.limits.max_pending_connections;
         Broker {
             shared: Arc::new(Shared {

@@ -190,7 +190,8 @@ impl Broker {
         };
         let mut work = vec![(message.clone(), 0, consumers_among(targets))];
         while let Some((m, depth, queued_for)) = work.pop() {
-            if m.rules == RuleReach::None || m.topic.starts_with('$') || depth >= MAX_RULE_DEPTH {
+            let no_rules = matches!(m.rules, RuleReach::None | RuleReach::Subscribers);
+            if no_rules || m.topic.starts_with('$') || depth >= MAX_RULE_DEPTH {
                 continue;
             }
             for mut out in rules.outputs(self, &m, &queued_for) {
@@ -306,7 +307,7 @@ impl Broker {
                 if sub.options.no_local && message.publisher.as_ref() == Some(&sub.client) {
                     return; // [MQTT-3.8.3-3]
                 }
-                if message.rules != RuleReach::All && sub.target.consumer.load(Ordering::Relaxed) {
+                if !sub.target.role.receives(message.rules) {
                     return;
                 }
                 let qos = message.qos.min(sub.options.qos);
@@ -458,7 +459,7 @@ impl Broker {
 fn consumers_among(targets: &[(Arc<SessionSlot>, Delivery)]) -> Vec<ClientId> {
     targets
         .iter()
-        .filter(|(slot, _)| slot.consumer.load(Ordering::Relaxed))
+        .filter(|(slot, _)| slot.role == SlotRole::RuleReader)
         .map(|(slot, _)| slot.client_id.clone())
         .collect()
 }

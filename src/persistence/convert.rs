@@ -16,6 +16,15 @@ use crate::session::Message;
 
 /// Milliseconds since the Unix epoch: the wall clock, for what is stored and must mean the same
 /// after a restart (disconnect times, will due times, message expiry). Not monotonic.
+/// The lowest message id a broker starting now gives out: the wall clock in milliseconds
+/// shifted left by 20 bits. Ids given out before a restart but never logged (QoS 0 messages,
+/// events) are below it as long as the broker gave out fewer than 2^20 ids per millisecond
+/// and the clock did not go back, so an id stays unique across restarts even where the log
+/// cannot tell (a sink's `${id}` that a target deduplicates on).
+pub fn message_id_floor() -> u64 {
+    wall_clock_ms().saturating_mul(1 << 20)
+}
+
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

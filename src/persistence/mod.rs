@@ -243,7 +243,7 @@ impl Persistence {
                 "log records referred to missing messages"
             );
         }
-        let next_message_id = image.max_message_id() + 1;
+        let next_message_id = (image.max_message_id() + 1).max(convert::message_id_floor());
         let report = RecoveryReport {
             load: loaded,
             checkpoint_seq,

@@ -107,7 +107,9 @@ fn internal(e: &Event) -> bool {
         Event::ConnAck { client_id, .. }
         | Event::Authenticated { client_id, .. }
         | Event::Authorized { client_id, .. } => &**client_id,
-        Event::Published { message, .. } => return message.rules == RuleReach::None,
+        Event::Published { message, .. } => {
+            return matches!(message.rules, RuleReach::None | RuleReach::Subscribers)
+        }
     };
     crate::protocol::admission::is_reserved_client_id(client)
 }
@@ -141,7 +143,7 @@ async fn dispatch(
                         let id =
                             event_message_id(&event).unwrap_or_else(|| broker.next_message_id());
                         let index = u32::try_from(index).unwrap_or(u32::MAX);
-                        match bridges.offer(sink, id, index, out.clone()) {
+                        match bridges.offer(sink, &rule.id, (id, index), out.clone()) {
                             true => Metrics::add(&stats.actions_success, 1),
                             false => Metrics::add(&stats.actions_failed, 1),
                         }

@@ -61,6 +61,9 @@ pub enum RuleReach {
     Inline,
     /// No rule: a republish with direct dispatch (rules do not read their own outputs).
     None,
+    /// Subscribers only: no rule and no sink (a sink's dead letters, which would otherwise
+    /// loop through a sink that reads their topic).
+    Subscribers,
 }
 
 impl Message {

@@ -342,3 +342,54 @@ pub fn mosquitto(max_inflight: u16) -> Option<Server> {
         stop_signal: "-KILL",
     })
 }
+
+/// A Kafka-protocol broker: Tansu (`scripts/setup.sh` installs it), memory storage, run from
+/// an empty directory of its own (it reads `./.env`).
+pub fn kafka() -> Option<Server> {
+    let program = ["/usr/local/bin/tansu", "/usr/bin/tansu"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    let program = match program {
+        Some(p) => p,
+        None => found("/usr/local/bin/tansu", "tansu (a Kafka-protocol broker)")?,
+    };
+    let dir = temp_dir("kafka");
+    std::fs::create_dir_all(&dir).expect("kafka dir");
+    let start = move |dir: &Path, port: u16| {
+        let url = format!("tcp://127.0.0.1:{port}");
+        Command::new(&program)
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "keelmq-test",
+            ])
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts")
+    };
+    let port = free_port();
+    let child = start(&dir, port);
+    assert!(
+        wait_until(Duration::from_secs(30), || listening(port)),
+        "tansu listens"
+    );
+    Some(Server {
+        port,
+        dir,
+        child: Some(child),
+        start: Box::new(start),
+        stop_signal: "-KILL",
+    })
+}
