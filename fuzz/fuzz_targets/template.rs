@@ -1,9 +1,11 @@
-//! Arbitrary bytes as a `${…}` template of a rule action: parsing never panics, an error names
-//! a position, and what parses prints to a template that parses to the same text and renders
-//! the same.
+//! Arbitrary bytes as a `${…}` template of a rule action or a sink: parsing never panics, an
+//! error names a position, and what parses prints to a template that parses to the same text
+//! and renders the same. As a sink's SQL template: never panics, and a statement that parses
+//! has a parameter for every placeholder outside quotes and a value for every parameter.
 #![no_main]
 
-use keelmq_rules::template::Template;
+use keelmq_rules::eval::Env;
+use keelmq_rules::template::{SqlTemplate, Template};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,5 +23,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(e) => assert!(e.line >= 1 && e.column >= 1),
+    }
+    if let Ok(sql) = SqlTemplate::parse(source) {
+        assert!(!sql.statement.contains("${"), "{}", sql.statement);
+        let values = sql.values(&mut Env::new(serde_json::Map::new()));
+        for n in 1..=values.len() {
+            assert!(sql.statement.contains(&format!("${n}")), "${n} in {}", sql.statement);
+        }
     }
 });

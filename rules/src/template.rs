@@ -233,9 +233,43 @@ mod tests {
         }
 
         #[test]
+        fn sql_templates_number_each_placeholder_once(
+            names in proptest::collection::vec("x_[a-c]{1,2}", 1..6),
+        ) {
+            let sql = format!(
+                "INSERT INTO t VALUES ({})",
+                names.iter().map(|n| format!("${{{n}}}")).collect::<Vec<_>>().join(", ")
+            );
+            let t = SqlTemplate::parse(&sql).expect("parses");
+            let mut distinct = names.clone();
+            distinct.sort();
+            distinct.dedup();
+            let out: Map<String, Value> = names
+                .iter()
+                .map(|n| (n.clone(), Value::String(format!("v-{n}"))))
+                .collect();
+            let values = t.values(&mut Env::new(out));
+            prop_assert_eq!(values.len(), distinct.len());
+            prop_assert!(!t.statement.contains("${"), "{}", t.statement);
+            // Parameters are numbered in order of first appearance.
+            let mut order: Vec<&String> = Vec::new();
+            for n in &names {
+                if !order.contains(&n) {
+                    order.push(n);
+                }
+            }
+            for (i, n) in order.iter().enumerate() {
+                prop_assert_eq!(&values[i], &Value::String(format!("v-{n}")));
+            }
+        }
+
+        #[test]
         fn arbitrary_text_never_panics(source in "\\PC{0,80}") {
             if let Ok(t) = Template::parse(&source) {
                 let _ = t.render(&Map::new());
+            }
+            if let Ok(sql) = SqlTemplate::parse(&source) {
+                prop_assert!(!sql.statement.contains("${"), "{}", sql.statement);
             }
         }
     }
