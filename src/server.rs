@@ -92,8 +92,10 @@ impl Server {
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         // Before any client connects: every rule's consumer is subscribed.
-        let bridges = crate::bridges::Bridges::start(broker.clone(), &broker.config().sinks)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let config = broker.config();
+        let bridges =
+            crate::bridges::Bridges::start(broker.clone(), &config.sinks, &config.sources)
+                .map_err(|e| anyhow::anyhow!(e))?;
         let rules = crate::rules::RuleEngine::start(
             broker.clone(),
             &broker.config().rules,

@@ -195,17 +195,7 @@ impl SinkSpec {
 
     /// The password from `password_file` or `password_env`, if one is set.
     pub fn password(&self) -> Result<Option<String>, String> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("environment variable {var} is not set"));
-        }
-        Ok(None)
+        password(&self.password_file, &self.password_env)
     }
 }
 
@@ -443,6 +433,153 @@ pub fn validate_rule_sinks(
                     ),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// What a source reads from.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Mqtt,
+}
+
+/// A topic filter a source subscribes to on the remote broker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTopic {
+    pub filter: String,
+    #[serde(default = "default_source_qos")]
+    pub qos: u8,
+}
+
+fn default_source_qos() -> u8 {
+    1
+}
+
+/// One `[[sources]]` entry: messages of another system published into the broker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique; letters, digits, `_`, `-` and `.` (its session in the broker is
+    /// `$source/<name>`).
+    pub name: String,
+    pub kind: SourceKind,
+    /// The remote broker, `host:port`.
+    pub server: String,
+    /// The client id of the persistent remote session.
+    pub client_id: String,
+    /// `5` (default) or `3.1.1`.
+    #[serde(default)]
+    pub protocol_version: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    pub topics: Vec<SourceTopic>,
+    /// The local topic template over the remote message (`topic`, `payload`, `qos`,
+    /// `retain`); default `${topic}`.
+    #[serde(default = "default_local_topic")]
+    pub local_topic: String,
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u16,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn default_local_topic() -> String {
+    "${topic}".into()
+}
+
+fn default_keepalive() -> u16 {
+    60
+}
+
+impl SourceSpec {
+    /// The password from `password_file` or `password_env`, if one is set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        password(&self.password_file, &self.password_env)
+    }
+}
+
+fn password(file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("environment variable {var} is not set"));
+    }
+    Ok(None)
+}
+
+/// Checks every source: unique names, the remote's address, filters and QoS, templates.
+pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), ConfigError> {
+    let bad = |i: usize, field: &str, problem: String| ConfigError::Listener {
+        field: format!("sources[{i}].{field}"),
+        problem,
+    };
+    let mut names = HashSet::new();
+    for (i, s) in sources.iter().enumerate() {
+        crate::rules::validate_name(&s.name).map_err(|p| bad(i, "name", p))?;
+        if !names.insert(s.name.as_str()) {
+            return Err(bad(i, "name", format!("`{}` is used twice", s.name)));
+        }
+        if s.server
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(bad(i, "server", format!("`{}`: host:port", s.server)));
+        }
+        if s.client_id.is_empty() || s.client_id.len() > 256 {
+            return Err(bad(i, "client_id", "must be 1 to 256 characters".into()));
+        }
+        if s.topics.is_empty() {
+            return Err(bad(i, "topics", "at least one { filter, qos }".into()));
+        }
+        for (j, t) in s.topics.iter().enumerate() {
+            if !keelmq_rules::sources::valid_filter(&t.filter) {
+                return Err(bad(
+                    i,
+                    &format!("topics[{j}].filter"),
+                    format!("`{}`", t.filter),
+                ));
+            }
+            if t.qos > 2 {
+                return Err(bad(
+                    i,
+                    &format!("topics[{j}].qos"),
+                    format!("{} is not a QoS", t.qos),
+                ));
+            }
+        }
+        keelmq_rules::template::Template::parse(&s.local_topic)
+            .map_err(|e| bad(i, "local_topic", e.to_string()))?;
+        if let Some(v) = &s.protocol_version {
+            if v != "5" && v != "3.1.1" {
+                return Err(bad(i, "protocol_version", format!("`{v}`: 5 or 3.1.1")));
+            }
+        }
+        if s.password_file.is_some() && s.password_env.is_some() {
+            return Err(bad(
+                i,
+                "password_env",
+                "set password_file or password_env, not both".into(),
+            ));
+        }
+        if s.retry.initial_ms == 0 || s.retry.max_ms < s.retry.initial_ms {
+            return Err(bad(i, "retry", "needs 0 < initial_ms <= max_ms".into()));
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ pub use auth::{
     AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, LdapSpec,
     NoMatch,
 };
-pub use bridges::{RetrySpec, SinkAck, SinkKind, SinkSpec};
+pub use bridges::{RetrySpec, SinkAck, SinkKind, SinkSpec, SourceKind, SourceSpec, SourceTopic};
 pub use listeners::{ListenerKind, ListenerSpec, PeerCertAs, TlsVersion};
 pub use rules::{ActionSpec, RepublishSpec, RuleSpec, TemplateOr, REPUBLISH_PROPERTIES};
 
@@ -50,6 +50,8 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// `[[sinks]]`: data bridges (see [`SinkSpec`]).
     pub sinks: Vec<SinkSpec>,
+    /// `[[sources]]`: remote brokers whose messages enter this one (see [`SourceSpec`]).
+    pub sources: Vec<SourceSpec>,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             authz: AuthzConfig::default(),
             rules: Vec::new(),
             sinks: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -328,6 +331,7 @@ impl Config {
         rules::validate(&self.rules)?;
         bridges::validate(&self.sinks)?;
         bridges::validate_rule_sinks(&self.rules, &self.sinks)?;
+        bridges::validate_sources(&self.sources)?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod postgres;
 pub mod redis;
+pub mod source;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap};
@@ -82,8 +83,9 @@ struct Inner {
     sinks: Mutex<BTreeMap<String, Arc<Sink>>>,
     /// By session client id.
     feeds: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// The event-rule writers and the sources.
     event_tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Stops the event tasks' retries at shutdown.
+    /// Stops the event writers and the sources at shutdown.
     stop: watch::Sender<bool>,
 }
 
@@ -91,7 +93,11 @@ impl Bridges {
     /// Opens the enabled sinks of `specs` (a password that cannot be read, a URL or template
     /// that does not parse: an error naming the sink). Connections are made at the first
     /// write; feeds start with [`Self::set_rules`].
-    pub fn start(broker: Broker, specs: &[SinkSpec]) -> Result<Bridges, String> {
+    pub fn start(
+        broker: Broker,
+        specs: &[SinkSpec],
+        sources: &[crate::config::SourceSpec],
+    ) -> Result<Bridges, String> {
         let (stop, _) = watch::channel(false);
         let bridges = Bridges {
             inner: Arc::new(Inner {
@@ -104,6 +110,16 @@ impl Bridges {
         };
         for spec in specs {
             bridges.open(spec)?;
+        }
+        for spec in sources.iter().filter(|s| s.enabled) {
+            spec.password()
+                .map_err(|e| format!("source `{}`: {e}", spec.name))?;
+            let run = source::run(
+                bridges.inner.broker.clone(),
+                spec.clone(),
+                bridges.inner.stop.subscribe(),
+            );
+            bridges.inner.event_tasks.lock().push(tokio::spawn(run));
         }
         Ok(bridges)
     }
@@ -312,8 +328,15 @@ impl Bridges {
         for r in feeds {
             stop(r).await;
         }
-        for task in self.inner.event_tasks.lock().drain(..) {
-            task.abort();
+        // Event writers and sources stop at the signal (a source after the message in hand).
+        let tasks: Vec<_> = self.inner.event_tasks.lock().drain(..).collect();
+        for mut task in tasks {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
@@ -348,7 +371,14 @@ async fn write_events(
     mut stop: watch::Receiver<bool>,
 ) {
     let max = sink.spec.batch_size;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
         let mut batch = vec![first];
         while batch.len() < max {
             match rx.try_recv() {

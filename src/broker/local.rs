@@ -542,6 +542,36 @@ impl LocalSession {
         done.ok_or(LocalError::TakenOver)
     }
 
+    /// Publishes `p` as a QoS 2 message this session received under `packet_id` (a bridge
+    /// source forwarding a remote broker's message): the id is marked as awaiting release in
+    /// the message's own commit (`InboundQos2`), so the same id sent again (the remote's DUP
+    /// after a restart) is recognised and not published twice. `Ok(false)`: such a re-send.
+    /// [`Self::release_inbound`] ends the exchange.
+    pub async fn publish_qos2(&self, p: LocalPublish, packet_id: u16) -> Result<bool, LocalError> {
+        let claimed = self
+            .broker
+            .claim_inbound_qos2(&self.slot, self.conn, packet_id)
+            .ok_or(LocalError::TakenOver)?;
+        let claim = match claimed {
+            Claimed::Duplicate => return Ok(false),
+            Claimed::New(claim) => claim,
+        };
+        let name = Some(self.slot.client_id.clone());
+        publish_claimed(&self.broker, name, p, Some(claim)).await?;
+        Ok(true)
+    }
+
+    /// The PUBREL of an id [`Self::publish_qos2`] marked: its release is durable when this
+    /// returns (then PUBCOMP may go).
+    pub async fn release_inbound(&self, packet_id: u16) -> Result<(), LocalError> {
+        let (_, mut pending) = self
+            .broker
+            .inbound_pubrel(&self.slot, self.conn, packet_id)?
+            .ok_or(LocalError::TakenOver)?;
+        self.broker.wait_pending(&mut pending).await?;
+        Ok(())
+    }
+
     /// Publishes `p` as this session's client.
     pub async fn publish(&self, p: LocalPublish) -> Result<Published, LocalError> {
         let name = Some(self.slot.client_id.clone());

@@ -30,10 +30,18 @@ pub struct Admission {
 pub const RESERVED_CLIENT_ID_PREFIX: &str = "$rule/";
 /// The same for the durable subscribers of data bridges (sinks).
 pub const SINK_CLIENT_ID_PREFIX: &str = "$sink/";
+/// The same for the sessions bridge sources publish through.
+pub const SOURCE_CLIENT_ID_PREFIX: &str = "$source/";
 
-/// Whether `client_id` is one of the broker's own durable consumers (a rule's or a sink's).
+/// Whether `client_id` is one of the broker's own sessions (a rule's, a sink's, a source's).
 pub fn is_reserved_client_id(client_id: &str) -> bool {
-    client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) || client_id.starts_with(SINK_CLIENT_ID_PREFIX)
+    [
+        RESERVED_CLIENT_ID_PREFIX,
+        SINK_CLIENT_ID_PREFIX,
+        SOURCE_CLIENT_ID_PREFIX,
+    ]
+    .iter()
+    .any(|p| client_id.starts_with(p))
 }
 
 pub fn admit(

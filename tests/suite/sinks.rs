@@ -635,3 +635,97 @@ actions = [{{ kind = "republish", topic = "copied", qos = 1 }}]
     assert_eq!(sink_stats(&server, "all").dropped, 2);
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An MQTT source: a persistent QoS 2 session on a real Mosquitto whose messages enter the
+/// broker under `remote/<topic>`, byte for byte, once each, also across a broker restart
+/// (what Mosquitto queued for the source meanwhile arrives after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_source_brings_a_remote_brokers_messages_in_once() {
+    let Some(remote) = servers::mosquitto(100) else {
+        return;
+    };
+    let text = format!(
+        r#"
+[[sources]]
+name = "plant_broker"
+kind = "mqtt"
+server = "127.0.0.1:{}"
+client_id = "keelmq-source-1"
+topics = [{{ filter = "plant/#", qos = 2 }}]
+local_topic = "remote/${{topic}}"
+retry = {{ initial_ms = 50, max_ms = 200 }}
+"#,
+        remote.port
+    );
+    let parsed = Config::parse(&text).expect("parses");
+    parsed.validate().expect("valid");
+    let mut config = common::test_config();
+    config.sources = parsed.sources;
+    let server = common::start(config.clone()).await;
+    let port = server.local_addr().port();
+    let mut local = connect(port, "local-sub", false, None).await;
+    subscribe(&local, "remote/#", QoS::ExactlyOnce).await;
+    let far = connect(remote.port, "plant-device", true, None).await;
+    // The source subscribes once connected: wait for its first message to come through.
+    let mut seen: BTreeMap<usize, u32> = BTreeMap::new();
+    let send = |i: usize| {
+        let c = far.client.clone();
+        async move {
+            // Probes (i >= 1000) are marked `p`, counted messages `m`.
+            let mark = if i >= 1000 { b'p' } else { b'm' };
+            let payload = vec![mark, i as u8, 0xff];
+            c.publish(
+                format!("plant/line{}", i % 3),
+                QoS::ExactlyOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut first = None;
+    for attempt in 0..50 {
+        send(1000 + attempt).await;
+        if let Ok(Some(p)) =
+            tokio::time::timeout(Duration::from_millis(200), local.publishes.recv()).await
+        {
+            first = Some(p);
+            break;
+        }
+    }
+    assert!(first.is_some(), "the source brings messages in");
+    for i in 0..50 {
+        send(i).await;
+    }
+    while seen.len() < 50 {
+        let p = next(&mut local).await;
+        if p.payload[0] != b'm' {
+            continue;
+        }
+        assert!(p.topic.starts_with("remote/plant/line"), "{}", p.topic);
+        assert_eq!(p.payload.len(), 3);
+        *seen.entry(usize::from(p.payload[1])).or_insert(0) += 1;
+    }
+    // The broker stops; Mosquitto queues for the source; it comes back and gets them.
+    server.shutdown(Duration::from_secs(5)).await;
+    for i in 50..80 {
+        send(i).await;
+    }
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let mut local = connect(port, "local-sub", false, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.keys().filter(|i| **i < 80).count() < 80 && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(p)) =
+            tokio::time::timeout(Duration::from_millis(500), local.publishes.recv()).await
+        {
+            *seen.entry(usize::from(p.payload[1])).or_insert(0) += 1;
+        }
+    }
+    let missing: Vec<usize> = (0..80).filter(|i| !seen.contains_key(i)).collect();
+    assert!(missing.is_empty(), "missing {missing:?}");
+    let twice: Vec<_> = seen.iter().filter(|(i, n)| **i < 80 && **n > 1).collect();
+    assert!(twice.is_empty(), "twice: {twice:?}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
