@@ -114,11 +114,10 @@ impl Bridges {
         for spec in sources.iter().filter(|s| s.enabled) {
             spec.password()
                 .map_err(|e| format!("source `{}`: {e}", spec.name))?;
-            let run = source::run(
-                bridges.inner.broker.clone(),
-                spec.clone(),
-                bridges.inner.stop.subscribe(),
-            );
+            let stats = Arc::new(SinkStats::new(&spec.name, "mqtt"));
+            bridges.inner.broker.add_source_stats(stats.clone());
+            let broker = bridges.inner.broker.clone();
+            let run = source::run(broker, spec.clone(), stats, bridges.inner.stop.subscribe());
             bridges.inner.event_tasks.lock().push(tokio::spawn(run));
         }
         Ok(bridges)

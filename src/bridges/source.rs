@@ -15,8 +15,11 @@ use keelmq_tools::client::{Client, Recv};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::broker::local::{LocalError, LocalPublish, LocalSession};
-use crate::broker::Broker;
+use crate::broker::metrics::{SinkStats, SinkStatus};
+use crate::broker::{Broker, Metrics};
 use crate::codec::{
     Connect, Packet, ProtocolVersion, PubAck, Publish, QoS, Subscribe, SubscriptionOptions,
 };
@@ -25,7 +28,12 @@ use crate::protocol::admission::SOURCE_CLIENT_ID_PREFIX;
 use crate::rules::consumer::pause;
 
 /// Runs a source until `stop` says so or the broker shuts down.
-pub async fn run(broker: Broker, spec: SourceSpec, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    broker: Broker,
+    spec: SourceSpec,
+    stats: Arc<SinkStats>,
+    mut stop: watch::Receiver<bool>,
+) {
     let local_topic = match Template::parse(&spec.local_topic) {
         Ok(t) => t,
         Err(e) => {
@@ -52,12 +60,18 @@ pub async fn run(broker: Broker, spec: SourceSpec, mut stop: watch::Receiver<boo
             spec: &spec,
             local_topic: &local_topic,
             password: password.clone(),
+            stats: &stats,
         };
         match source.connect().await {
             Ok(mut conn) => {
+                stats.set_status(SinkStatus::Connected, "");
                 wait = Duration::from_millis(spec.retry.initial_ms);
                 let ended = source.forward(&session, &mut conn, &mut stop).await;
                 session.close().await;
+                stats.set_status(
+                    SinkStatus::Disconnected,
+                    "the remote broker closed the connection",
+                );
                 match ended {
                     Ok(true) => {}
                     Ok(false) | Err(LocalError::ShuttingDown) => return,
@@ -66,7 +80,11 @@ pub async fn run(broker: Broker, spec: SourceSpec, mut stop: watch::Receiver<boo
             }
             Err(e) => {
                 session.close().await;
-                tracing::warn!(source = %spec.name, error = %e, "source cannot reach its remote");
+                Metrics::add(&stats.failed, 1);
+                if stats.status().0 != SinkStatus::Disconnected {
+                    tracing::warn!(source = %spec.name, error = %e, "source cannot reach its remote");
+                }
+                stats.set_status(SinkStatus::Disconnected, &e);
             }
         }
         if pause(&mut stop, wait).await {
@@ -80,6 +98,7 @@ struct Source<'a> {
     spec: &'a SourceSpec,
     local_topic: &'a Template,
     password: Option<String>,
+    stats: &'a SinkStats,
 }
 
 impl Source<'_> {
@@ -174,16 +193,20 @@ impl Source<'_> {
                 let (qos, packet_id) = (p.qos, p.packet_id);
                 let local = self.local(p);
                 let topic = local.topic.clone();
+                Metrics::add(&self.stats.matched, 1);
                 let published = match qos {
                     QoS::AtMostOnce | QoS::AtLeastOnce => session.publish(local).await.map(|_| ()),
                     // A re-send of an id awaiting release is acknowledged, not published.
                     QoS::ExactlyOnce => session.publish_qos2(local, packet_id).await.map(|_| ()),
                 };
                 match published {
-                    Ok(()) => {}
+                    Ok(()) => Metrics::add(&self.stats.success, 1),
                     // It never will be: acknowledged (the remote would send it forever).
-                    Err(LocalError::InvalidTopic) => tracing::warn!(source = %self.spec.name,
-                        %topic, "the local topic is not a topic name; message dropped"),
+                    Err(LocalError::InvalidTopic) => {
+                        Metrics::add(&self.stats.dropped, 1);
+                        tracing::warn!(source = %self.spec.name, %topic,
+                            "the local topic is not a topic name; message dropped")
+                    }
                     Err(e) => return Err(e),
                 }
                 match qos {

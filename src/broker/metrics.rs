@@ -318,6 +318,9 @@ pub struct MetricsSnapshot {
     pub rules: Vec<RuleSnapshot>,
     /// Per sink (data bridge), in the order they were added.
     pub sinks: Vec<SinkSnapshot>,
+    /// Per source (`matched`: messages received from the remote, `success`: published here,
+    /// `dropped`: refused here, `failed`: failed connection attempts).
+    pub sources: Vec<SinkSnapshot>,
 }
 
 impl Metrics {

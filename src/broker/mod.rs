@@ -302,6 +302,7 @@ pub(crate) struct Shared {
     /// Every rule's counters (see `crate::rules`).
     rules: RwLock<Vec<Arc<metrics::RuleStats>>>,
     sinks: RwLock<Vec<Arc<metrics::SinkStats>>>,
+    sources: RwLock<Vec<Arc<metrics::SinkStats>>>,
     /// The inline topic rules, if any (see [`crate::hooks::PublishRules`]).
     publish_rules: RwLock<Option<Arc<dyn crate::hooks::PublishRules>>>,
     /// Whether `publish_rules` holds rules: a publish without them takes no lock.
@@ -357,6 +358,7 @@ impl Broker {
                 listeners: RwLock::new(Vec::new()),
                 rules: RwLock::new(Vec::new()),
                 sinks: RwLock::new(Vec::new()),
+                sources: RwLock::new(Vec::new()),
                 publish_rules: RwLock::new(None),
                 has_publish_rules: AtomicBool::new(false),
             }),

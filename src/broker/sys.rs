@@ -79,8 +79,29 @@ impl Broker {
                     s.status.name().to_string(),
                 )])
         });
+        let sources = m.sources.iter().flat_map(|s| {
+            [
+                (
+                    format!("sources/{}/received", s.name),
+                    s.matched.to_string(),
+                ),
+                (
+                    format!("sources/{}/published", s.name),
+                    s.success.to_string(),
+                ),
+                (
+                    format!("sources/{}/status", s.name),
+                    s.status.name().to_string(),
+                ),
+            ]
+        });
         let stats = stats.into_iter().map(|(n, v)| (n.to_string(), v));
-        for (name, value) in stats.chain(listeners).chain(rules).chain(sinks) {
+        let all = stats
+            .chain(listeners)
+            .chain(rules)
+            .chain(sinks)
+            .chain(sources);
+        for (name, value) in all {
             let topic = format!("$SYS/broker/{name}");
             let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);
             message.retain = true;
@@ -110,6 +131,13 @@ impl Broker {
         let mut sinks = self.shared.sinks.write();
         sinks.retain(|s| s.name != stats.name);
         sinks.push(stats);
+    }
+
+    /// Registers a source's counters.
+    pub fn add_source_stats(&self, stats: Arc<metrics::SinkStats>) {
+        let mut sources = self.shared.sources.write();
+        sources.retain(|s| s.name != stats.name);
+        sources.push(stats);
     }
 
     /// Forgets a removed sink's counters.
@@ -164,6 +192,13 @@ impl Broker {
                 .map(|r| r.snapshot())
                 .collect(),
             sinks: self.sink_snapshots(),
+            sources: self
+                .shared
+                .sources
+                .read()
+                .iter()
+                .map(|s| s.snapshot())
+                .collect(),
             ..self.shared.metrics.counters()
         }
     }

@@ -723,6 +723,12 @@ retry = {{ initial_ms = 50, max_ms = 200 }}
             *seen.entry(usize::from(p.payload[1])).or_insert(0) += 1;
         }
     }
+    let stats = server.broker().metrics_snapshot().sources;
+    assert_eq!(
+        (stats[0].name.as_str(), stats[0].status.name()),
+        ("plant_broker", "connected")
+    );
+    assert!(stats[0].success >= 30, "{stats:?}");
     let missing: Vec<usize> = (0..80).filter(|i| !seen.contains_key(i)).collect();
     assert!(missing.is_empty(), "missing {missing:?}");
     let twice: Vec<_> = seen.iter().filter(|(i, n)| **i < 80 && **n > 1).collect();
