@@ -443,6 +443,7 @@ pub fn validate_rule_sinks(
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Mqtt,
+    Kafka,
 }
 
 /// A topic filter a source subscribes to on the remote broker.
@@ -466,9 +467,11 @@ pub struct SourceSpec {
     /// `$source/<name>`).
     pub name: String,
     pub kind: SourceKind,
-    /// The remote broker, `host:port`.
+    /// mqtt: the remote broker, `host:port`.
+    #[serde(default)]
     pub server: String,
-    /// The client id of the persistent remote session.
+    /// mqtt: the client id of the persistent remote session.
+    #[serde(default)]
     pub client_id: String,
     /// `5` (default) or `3.1.1`.
     #[serde(default)]
@@ -479,9 +482,22 @@ pub struct SourceSpec {
     pub password_file: Option<PathBuf>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// mqtt: the remote filters and their QoS.
+    #[serde(default)]
     pub topics: Vec<SourceTopic>,
+    /// kafka: bootstrap brokers, `host:port[,host:port…]`.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    /// kafka: the topic read (every partition, from the offsets the source stored, or from
+    /// the start).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: the QoS of the messages published here (default 1).
+    #[serde(default)]
+    pub qos: Option<u8>,
     /// The local topic template over the remote message (`topic`, `payload`, `qos`,
-    /// `retain`); default `${topic}`.
+    /// `retain`; Kafka: `topic`, `key`, `payload`, `partition`, `offset`, `headers`); default
+    /// `${topic}`.
     #[serde(default = "default_local_topic")]
     pub local_topic: String,
     #[serde(default = "default_keepalive")]
@@ -523,6 +539,47 @@ fn password(file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<Strin
     Ok(None)
 }
 
+fn validate_mqtt_source(i: usize, s: &SourceSpec) -> Result<(), ConfigError> {
+    let bad = |field: &str, problem: String| ConfigError::Listener {
+        field: format!("sources[{i}].{field}"),
+        problem,
+    };
+    if s.server
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(bad("server", format!("`{}`: host:port", s.server)));
+    }
+    if s.client_id.is_empty() || s.client_id.len() > 256 {
+        return Err(bad("client_id", "must be 1 to 256 characters".into()));
+    }
+    if s.topics.is_empty() {
+        return Err(bad("topics", "at least one { filter, qos }".into()));
+    }
+    for (j, t) in s.topics.iter().enumerate() {
+        if !keelmq_rules::sources::valid_filter(&t.filter) {
+            return Err(bad(
+                &format!("topics[{j}].filter"),
+                format!("`{}`", t.filter),
+            ));
+        }
+        if t.qos > 2 {
+            return Err(bad(
+                &format!("topics[{j}].qos"),
+                format!("{} is not a QoS", t.qos),
+            ));
+        }
+    }
+    if s.bootstrap.is_some() || s.topic.is_some() || s.qos.is_some() {
+        return Err(bad(
+            "bootstrap",
+            "bootstrap, topic and qos are for kafka sources".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every source: unique names, the remote's address, filters and QoS, templates.
 pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), ConfigError> {
     let bad = |i: usize, field: &str, problem: String| ConfigError::Listener {
@@ -535,33 +592,18 @@ pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), ConfigError> {
         if !names.insert(s.name.as_str()) {
             return Err(bad(i, "name", format!("`{}` is used twice", s.name)));
         }
-        if s.server
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(bad(i, "server", format!("`{}`: host:port", s.server)));
-        }
-        if s.client_id.is_empty() || s.client_id.len() > 256 {
-            return Err(bad(i, "client_id", "must be 1 to 256 characters".into()));
-        }
-        if s.topics.is_empty() {
-            return Err(bad(i, "topics", "at least one { filter, qos }".into()));
-        }
-        for (j, t) in s.topics.iter().enumerate() {
-            if !keelmq_rules::sources::valid_filter(&t.filter) {
-                return Err(bad(
-                    i,
-                    &format!("topics[{j}].filter"),
-                    format!("`{}`", t.filter),
-                ));
-            }
-            if t.qos > 2 {
-                return Err(bad(
-                    i,
-                    &format!("topics[{j}].qos"),
-                    format!("{} is not a QoS", t.qos),
-                ));
+        match s.kind {
+            SourceKind::Mqtt => validate_mqtt_source(i, s)?,
+            SourceKind::Kafka => {
+                if s.bootstrap.is_none() {
+                    return Err(bad(i, "bootstrap", "required for kafka sources".into()));
+                }
+                if s.topic.as_deref().is_none_or(str::is_empty) {
+                    return Err(bad(i, "topic", "required for kafka sources".into()));
+                }
+                if s.qos.is_some_and(|q| q > 2) {
+                    return Err(bad(i, "qos", "not a QoS (0, 1 or 2)".into()));
+                }
             }
         }
         keelmq_rules::template::Template::parse(&s.local_topic)

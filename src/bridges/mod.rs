@@ -16,6 +16,7 @@
 pub mod feed;
 pub mod http;
 pub mod kafka;
+pub mod kafka_source;
 pub mod mqtt;
 pub mod postgres;
 pub mod redis;
@@ -114,11 +115,22 @@ impl Bridges {
         for spec in sources.iter().filter(|s| s.enabled) {
             spec.password()
                 .map_err(|e| format!("source `{}`: {e}", spec.name))?;
-            let stats = Arc::new(SinkStats::new(&spec.name, "mqtt"));
+            let kind = match spec.kind {
+                crate::config::SourceKind::Mqtt => "mqtt",
+                crate::config::SourceKind::Kafka => "kafka",
+            };
+            let stats = Arc::new(SinkStats::new(&spec.name, kind));
             bridges.inner.broker.add_source_stats(stats.clone());
-            let broker = bridges.inner.broker.clone();
-            let run = source::run(broker, spec.clone(), stats, bridges.inner.stop.subscribe());
-            bridges.inner.event_tasks.lock().push(tokio::spawn(run));
+            let (broker, stop) = (bridges.inner.broker.clone(), bridges.inner.stop.subscribe());
+            let task = match spec.kind {
+                crate::config::SourceKind::Mqtt => {
+                    tokio::spawn(source::run(broker, spec.clone(), stats, stop))
+                }
+                crate::config::SourceKind::Kafka => {
+                    tokio::spawn(kafka_source::run(broker, spec.clone(), stats, stop))
+                }
+            };
+            bridges.inner.event_tasks.lock().push(task);
         }
         Ok(bridges)
     }

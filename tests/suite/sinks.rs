@@ -735,3 +735,98 @@ retry = {{ initial_ms = 50, max_ms = 200 }}
     assert!(twice.is_empty(), "twice: {twice:?}");
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A Kafka source (Tansu): every partition's records enter the broker with the record's
+/// place as user properties; after a restart of the broker it goes on from the offsets it
+/// stored (the records read before are not read again, the new ones arrive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_brings_records_in_and_resumes_from_its_offsets() {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let Some(kafka) = servers::kafka() else {
+        return;
+    };
+    let bootstrap = format!("127.0.0.1:{}", kafka.port);
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .expect("kafka client");
+    client
+        .controller_client()
+        .unwrap()
+        .create_topic("plant-events", 2, 1, 5_000)
+        .await
+        .expect("topic created");
+    let produce = |from: u32, to: u32| {
+        let client = &client;
+        async move {
+            for partition in 0..2 {
+                let pc = client
+                    .partition_client("plant-events", partition, UnknownTopicHandling::Error)
+                    .await
+                    .unwrap();
+                let records = (from..to)
+                    .filter(|i| *i as i32 % 2 == partition)
+                    .map(|i| rskafka::record::Record {
+                        key: None,
+                        value: Some(format!("event {i}").into_bytes()),
+                        headers: Default::default(),
+                        timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
+                    })
+                    .collect();
+                pc.produce(records, Compression::NoCompression)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    produce(0, 20).await;
+    let text = format!(
+        r#"
+[[sources]]
+name = "plant_kafka"
+kind = "kafka"
+bootstrap = "{bootstrap}"
+topic = "plant-events"
+local_topic = "kafka/${{topic}}/${{partition}}"
+"#
+    );
+    let parsed = Config::parse(&text).expect("parses");
+    parsed.validate().expect("valid");
+    // A persistent subscriber first (on a broker without the source), so nothing the source
+    // publishes misses it.
+    let mut config = common::test_config();
+    let server = common::start(config.clone()).await;
+    let reader = connect(server.local_addr().port(), "kafka-reader", false, None).await;
+    subscribe(&reader, "kafka/#", QoS::AtLeastOnce).await;
+    drop(reader);
+    server.shutdown(Duration::from_secs(5)).await;
+    config.sources = parsed.sources;
+    let mut seen = std::collections::BTreeSet::new();
+    for (run, total) in [(0, 20), (1, 30)] {
+        if run == 1 {
+            produce(20, 30).await;
+        }
+        let server = common::start(config.clone()).await;
+        let mut local = connect(server.local_addr().port(), "kafka-reader", false, None).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < total && tokio::time::Instant::now() < deadline {
+            let got = tokio::time::timeout(Duration::from_millis(500), local.publishes.recv());
+            if let Ok(Some(p)) = got.await {
+                let text = String::from_utf8_lossy(&p.payload).to_string();
+                assert!(p.topic.starts_with("kafka/plant-events/"), "{}", p.topic);
+                assert!(seen.insert(text.clone()), "{text} twice");
+            }
+        }
+        assert_eq!(seen.len(), total, "run {run}: {seen:?}");
+        let stats = server.broker().metrics_snapshot().sources;
+        assert_eq!(
+            stats[0].success,
+            (total - run * 20) as u64,
+            "run {run}: {stats:?}"
+        );
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+    let expected: std::collections::BTreeSet<String> =
+        (0..30).map(|i| format!("event {i}")).collect();
+    assert_eq!(seen, expected);
+}
