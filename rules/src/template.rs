@@ -144,6 +144,17 @@ impl SqlTemplate {
         Ok(SqlTemplate { statement, params })
     }
 
+    /// The first name of every parameter's path.
+    pub fn roots(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter_map(|e| match e {
+                Expr::Path(name, _) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The parameters' values for `output`, in order (a missing field is `null`).
     pub fn values(&self, env: &mut Env) -> Vec<Value> {
         self.params

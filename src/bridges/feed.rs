@@ -75,15 +75,27 @@ async fn consume(
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
+    // The next batch, taken and made into items while the one before is being written.
+    let mut ready: Vec<LocalDelivery> = Vec::new();
     let result = loop {
-        let batch = match next_batch(&mut session, &feed.sink, stop).await {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+        let batch = match ready.is_empty() {
+            false => std::mem::take(&mut ready),
+            true => match next_batch(&mut session, &feed.sink, stop).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
         };
         let items = feed.items(broker, &batch);
-        if !deliver(broker, &feed.sink, items, stop).await {
-            break Ok(()); // stopped: the batch stays in flight, written again later
+        let mut stop_write = stop.clone();
+        let write = deliver(broker, &feed.sink, items, &mut stop_write);
+        let (written, taken) = tokio::join!(write, take_ready(&mut session, &feed.sink));
+        match taken {
+            Ok(taken) => ready = taken,
+            Err(e) => break Err(e),
+        }
+        if !written {
+            break Ok(()); // stopped: the batches stay in flight, written again later
         }
         if let Err(e) = session.ack_many(&batch).await {
             break Err(e);
@@ -91,6 +103,19 @@ async fn consume(
     };
     session.close().await;
     result
+}
+
+/// Takes what the session can give at once, up to a batch (never waits).
+async fn take_ready(
+    session: &mut LocalSession,
+    sink: &Sink,
+) -> Result<Vec<LocalDelivery>, LocalError> {
+    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW) / 2);
+    let mut taken = Vec::new();
+    while taken.len() < max && !session.is_idle() {
+        taken.push(session.next().await?);
+    }
+    Ok(taken)
 }
 
 /// The next batch: the first delivery, then as many as come within `batch_time_ms`, up to
@@ -104,7 +129,8 @@ async fn next_batch(
         d = session.next() => d?,
         _ = stop.changed() => return Ok(None),
     };
-    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW));
+    // Half the window: the batch in writing and the next one taken fit in it together.
+    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW) / 2);
     let deadline = Instant::now() + Duration::from_millis(sink.spec.batch_time_ms);
     let mut batch = vec![first];
     while batch.len() < max {
@@ -125,10 +151,16 @@ impl Feed {
     /// the message's, unless the rule selects an `id` of its own).
     fn items(&self, broker: &Broker, batch: &[LocalDelivery]) -> Vec<Item> {
         let mut items = Vec::with_capacity(batch.len());
+        let reads = self.sink.target.reads();
+        let wanted = |f: &str| {
+            reads
+                .as_ref()
+                .is_none_or(|r| f == "id" || r.iter().any(|n| n == f))
+        };
         for d in batch {
             let message = &d.delivery.message;
             let Some((rule, stats)) = &self.rule else {
-                let fields = fields::message(broker, message, d.dup);
+                let fields = fields::message_for(broker, message, d.dup, &wanted);
                 items.push(Item {
                     id: message.id,
                     index: 0,

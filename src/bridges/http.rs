@@ -97,6 +97,13 @@ impl HttpTarget {
 }
 
 impl Target for HttpTarget {
+    fn reads(&self) -> Option<Vec<String>> {
+        // Without a body template the body is every field.
+        let body = self.body.as_ref()?;
+        let headers = self.headers.iter().map(|(_, t)| t);
+        Some(super::target::roots(headers.chain([&self.url, body])))
+    }
+
     fn write<'a>(&'a self, items: &'a [Item]) -> WriteFuture<'a> {
         Box::pin(async move {
             let sends = items.iter().map(|item| self.send(item));

@@ -239,6 +239,16 @@ impl Target for KafkaTarget {
         Box::pin(self.write_all(items))
     }
 
+    fn reads(&self) -> Option<Vec<String>> {
+        let all = [
+            Some(&self.topic),
+            self.key.as_ref(),
+            self.value.as_ref(),
+            self.partition.as_ref(),
+        ];
+        Some(super::target::roots(all.into_iter().flatten()))
+    }
+
     fn reset(&self) {
         if let Ok(mut state) = self.state.try_lock() {
             *state = None;

@@ -118,6 +118,10 @@ impl Target for PgTarget {
         Box::pin(self.write_all(items))
     }
 
+    fn reads(&self) -> Option<Vec<String>> {
+        Some(self.sql.roots().into_iter().map(String::from).collect())
+    }
+
     fn reset(&self) {
         if let Ok(mut conn) = self.conn.try_lock() {
             *conn = None;

@@ -104,6 +104,10 @@ impl Target for RedisTarget {
         Box::pin(self.write_all(items))
     }
 
+    fn reads(&self) -> Option<Vec<String>> {
+        Some(super::target::roots(&self.words))
+    }
+
     fn reset(&self) {
         if let Ok(mut conn) = self.conn.try_lock() {
             *conn = None;

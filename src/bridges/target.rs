@@ -41,6 +41,21 @@ impl Item {
     }
 }
 
+/// The first names of the paths of `templates`' placeholders, each once.
+pub fn roots<'a>(
+    templates: impl IntoIterator<Item = &'a keelmq_rules::template::Template>,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for t in templates {
+        for r in t.roots() {
+            if !names.iter().any(|n| n == r) {
+                names.push(r.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// What became of one item of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,6 +77,12 @@ pub trait Target: Send + Sync {
     /// Drops the connection (a write timed out: it may hang on a dead socket); the next
     /// write connects anew.
     fn reset(&self) {}
+
+    /// The message fields its templates read (`None`: all of them), so a message's other
+    /// fields are never built.
+    fn reads(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// The target of `spec`; connections are made at the first write (a target that is down

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The PostgreSQL sink against its physical limit, in one run on the same machine and the same
+throwaway PostgreSQL cluster (Debian's, fsync on, started here on a loopback port):
+
+1. the limit: `benches/pg_loop.rs`, a plain tokio-postgres loop inserting N rows with the
+   sink's statement shape (ON CONFLICT DO NOTHING on the id), 100 per transaction of pipelined
+   executes of one prepared statement;
+2. the sink: KeelMQ (release build, its defaults: fsync before every acknowledgement) with a
+   PostgreSQL sink on `bench/#` (batch_size 100), loaded by `keelmq bench pub` (10 publishers,
+   QoS 1, JSON payloads, unpaced) for --duration seconds while the sink's table does not exist
+   yet (the sink retries, the messages wait in its queue); then the table is created and the
+   sink's rate is the backlog over the time it takes to drain into the table. (Measured while
+   the publishers run, the sink keeps up with them: the broker's durable ingest bounds it.)
+
+Prints both rates and their ratio (the target is >= 0.7x), and whether every acknowledged
+message has its row, once.
+
+Usage: scripts/sinks_bench.py --keelmq target/release/keelmq [--duration 10]
+(the pg_loop bench is built with `cargo bench --bench pg_loop --no-run` beforehand, or here)
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import Broker, bench  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(cmd):
+    if os.geteuid() == 0:
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"] + cmd
+    return cmd
+
+
+class Postgres:
+    """A throwaway cluster, stopped by PID (SIGQUIT) at the end."""
+
+    def __init__(self, work):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            sys.exit("PostgreSQL is not installed (scripts/setup.sh installs it)")
+        self.bin = bins[-1]
+        self.dir = tempfile.mkdtemp(prefix="pg-", dir=work)
+        self.port = free_port()
+
+    def __enter__(self):
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "postgres:postgres", self.dir], check=True)
+        data = os.path.join(self.dir, "data")
+        subprocess.run(as_postgres([f"{self.bin}/initdb", "-D", data, "-U", "keelmq",
+                                    "--auth=trust", "-E", "UTF8"]),
+                       check=True, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(as_postgres([
+            f"{self.bin}/postgres", "-D", data, "-p", str(self.port),
+            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.psql("SELECT 1", db="postgres", check=False) == "1":
+                break
+            time.sleep(0.2)
+        self.psql("CREATE DATABASE bench", db="postgres")
+        self.psql(TABLE.format(name="loop_rows"))
+        return self
+
+    def psql(self, sql, db="bench", check=True):
+        out = subprocess.run(as_postgres([f"{self.bin}/psql", "-h", "127.0.0.1", "-p",
+                                          str(self.port), "-U", "keelmq", "-d", db, "-At",
+                                          "-c", sql]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        return out.stdout.strip()
+
+    def url(self):
+        return f"postgres://keelmq@127.0.0.1:{self.port}/bench"
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(3)  # SIGQUIT: immediate shutdown, backends included
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def pg_loop(rows, url, root):
+    env = dict(os.environ, PG_LOOP_URL=url, PG_LOOP_ROWS=str(rows), PG_LOOP_BATCH="100")
+    # The build directory scripts/test.sh uses, unless one is set.
+    env.setdefault("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/keelmq-target"))
+    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "pg_loop"], cwd=root, env=env,
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+
+
+TABLE = "CREATE TABLE {name}(id bigint PRIMARY KEY, topic text, body text)"
+
+SINK = """
+[[sinks]]
+name = "bench"
+kind = "postgresql"
+url = "{url}"
+topics = ["bench/#"]
+sql = "INSERT INTO sink_rows(id, topic, body) VALUES (${{id}}, ${{topic}}, ${{payload}}) ON CONFLICT DO NOTHING"
+batch_size = 100
+retry = {{ initial_ms = 20, max_ms = 50 }}
+"""
+
+
+def sink_run(args, pg):
+    args.keelmq_config = os.path.join(args.work, "sink.toml")
+    with open(args.keelmq_config, "w") as f:
+        f.write(SINK.format(url=pg.url()))
+    with Broker("keelmq", args, args.work, args.port):
+        ingest_started = time.monotonic()
+        p = bench(args, "pub", args.port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 128,
+                                           "-d", args.duration, "-F", 32, "--json",
+                                           "--prefix", "pub"])
+        acked = p["acked"]
+        ingest = acked / (time.monotonic() - ingest_started)
+        pg.psql(TABLE.format(name="sink_rows"))
+        started = time.monotonic()
+        deadline = time.monotonic() + 600
+        rows = 0
+        while time.monotonic() < deadline:
+            rows = int(pg.psql("SELECT count(*) FROM sink_rows"))
+            if rows >= acked:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    return {"acked": acked, "rows": rows, "secs": round(elapsed, 3),
+            "rate": round(acked / elapsed, 1), "ingest_rate": round(ingest, 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keelmq", required=True)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    args.port = args.port or free_port()
+    args.mosquitto = None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args.work = tempfile.mkdtemp(prefix="sinks-bench-")
+    os.chmod(args.work, 0o755)  # the postgres user reaches its cluster below it
+    try:
+        with Postgres(args.work) as pg:
+            sink = sink_run(args, pg)
+            print("sink:", json.dumps(sink), file=sys.stderr)
+            limit = pg_loop(sink["acked"], pg.url(), root)
+            distinct = int(pg.psql("SELECT count(DISTINCT id) FROM sink_rows"))
+        print(json.dumps({"sink": sink, "pg_loop": limit,
+                          "ratio": round(sink["rate"] / limit["rate"], 2),
+                          # Every acknowledged message has its row (the bench counts only the
+                          # acknowledgements it saw; a message stored as it stopped may add one).
+                          "none_missing": sink["rows"] >= sink["acked"],
+                          "one_row_per_message": sink["rows"] == distinct}))
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
