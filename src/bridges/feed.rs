@@ -76,20 +76,27 @@ async fn consume(
         let _ = ready.send(());
     }
     // The next batch, taken and made into items while the one before is being written.
-    let mut ready: Vec<LocalDelivery> = Vec::new();
+    let mut ready: Option<(Vec<LocalDelivery>, Vec<Item>)> = None;
     let result = loop {
-        let batch = match ready.is_empty() {
-            false => std::mem::take(&mut ready),
-            true => match next_batch(&mut session, &feed.sink, stop).await {
-                Ok(Some(batch)) => batch,
+        let (batch, items) = match ready.take() {
+            Some(ready) => ready,
+            None => match next_batch(&mut session, &feed.sink, stop).await {
+                Ok(Some(batch)) => {
+                    let items = feed.items(broker, &batch);
+                    (batch, items)
+                }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
         };
-        let items = feed.items(broker, &batch);
         let mut stop_write = stop.clone();
         let write = deliver(broker, &feed.sink, items, &mut stop_write);
-        let (written, taken) = tokio::join!(write, take_ready(&mut session, &feed.sink));
+        let take = async {
+            let taken = take_ready(&mut session, &feed.sink).await?;
+            let items = feed.items(broker, &taken);
+            Ok::<_, LocalError>((!taken.is_empty()).then_some((taken, items)))
+        };
+        let (written, taken) = tokio::join!(write, take);
         match taken {
             Ok(taken) => ready = taken,
             Err(e) => break Err(e),
