@@ -51,6 +51,53 @@ pub fn persistence_options(config: &Config) -> PersistenceOptions {
     }
 }
 
+/// Logs what recovery found.
+fn log_recovery(
+    broker: &Broker,
+    persistence: &Persistence,
+    report: &crate::persistence::RecoveryReport,
+    restore: std::time::Duration,
+) {
+    let [sessions, subscriptions, deliveries, inbound, _] = persistence.with_image(|i| i.counts());
+    tracing::info!(
+        sessions,
+        subscriptions,
+        queued = deliveries,
+        inbound_qos2 = inbound,
+        checkpoint_seq = report.checkpoint_seq,
+        replayed = report.replayed_records,
+        torn_tail = report.torn_tail.as_deref().unwrap_or("none"),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        load_ms = report.load.as_millis() as u64,
+        restore_ms = restore.as_millis() as u64,
+        "recovered state from {}",
+        broker.config().data_dir.display()
+    );
+}
+
+/// What [`serve_all`] started: each listener's name, kind and address, the TLS listeners'
+/// reloadable configurations, and the accept tasks.
+type Serving = (
+    Vec<(String, transport::ListenerKind, SocketAddr)>,
+    Vec<(String, Arc<transport::tls::Reloadable>)>,
+    Vec<JoinHandle<()>>,
+);
+
+/// Starts accepting on every bound listener.
+fn serve_all(broker: &Broker, bound: Vec<transport::Listener>) -> Serving {
+    let (mut listeners, mut tls, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+    for l in bound {
+        let (name, kind, local_addr) = (l.name().to_string(), l.kind(), l.local_addr());
+        tracing::info!(listener = %name, kind = kind.name(), %local_addr, "KeelMQ listening");
+        if let Some(reloadable) = l.tls() {
+            tls.push((name.clone(), reloadable));
+        }
+        listeners.push((name, kind, local_addr));
+        tasks.push(tokio::spawn(l.serve(broker.clone())));
+    }
+    (listeners, tls, tasks)
+}
+
 impl Server {
     /// Validates the configuration, recovers the data directory, binds the listener and starts
     /// serving.
@@ -71,24 +118,7 @@ impl Server {
         if let Some(acl) = &acl {
             broker.set_authorizer(acl.clone());
         }
-        let restore_ms = restoring.elapsed().as_millis() as u64;
-        let [sessions, subscriptions, deliveries, inbound, _] =
-            persistence.with_image(|i| i.counts());
-
-        tracing::info!(
-            sessions,
-            subscriptions,
-            queued = deliveries,
-            inbound_qos2 = inbound,
-            checkpoint_seq = report.checkpoint_seq,
-            replayed = report.replayed_records,
-            torn_tail = report.torn_tail.as_deref().unwrap_or("none"),
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            load_ms = report.load.as_millis() as u64,
-            restore_ms,
-            "recovered state from {}",
-            broker.config().data_dir.display()
-        );
+        log_recovery(&broker, &persistence, &report, restoring.elapsed());
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         // Before any client connects: every rule's consumer is subscribed.
@@ -103,18 +133,7 @@ impl Server {
         )
         .await?;
         let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
-        let mut listeners = Vec::new();
-        let mut tls = Vec::new();
-        let mut listener_tasks = Vec::new();
-        for l in bound {
-            let (name, kind, local_addr) = (l.name().to_string(), l.kind(), l.local_addr());
-            tracing::info!(listener = %name, kind = kind.name(), %local_addr, "KeelMQ listening");
-            if let Some(reloadable) = l.tls() {
-                tls.push((name.clone(), reloadable));
-            }
-            listeners.push((name, kind, local_addr));
-            listener_tasks.push(tokio::spawn(l.serve(broker.clone())));
-        }
+        let (listeners, tls, listener_tasks) = serve_all(&broker, bound);
         let local_addr = listeners
             .first()
             .map(|l| l.2)

@@ -3,6 +3,45 @@
 use super::local::LocalPublish;
 use super::*;
 
+/// The `$SYS/broker/…` statistics of listeners, rules, sinks and sources: (name, value).
+fn sys_parts(m: &metrics::MetricsSnapshot) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for l in &m.listeners {
+        let prefix = format!("listeners/{}", l.name);
+        out.push((format!("{prefix}/connections"), l.current.to_string()));
+        out.push((format!("{prefix}/connections/total"), l.total.to_string()));
+    }
+    for r in &m.rules {
+        for (name, n) in metrics::RuleStats::named(r) {
+            out.push((format!("rules/{}/{name}", r.id), n.to_string()));
+        }
+    }
+    for s in &m.sinks {
+        for (name, n) in metrics::SinkStats::named(s) {
+            out.push((format!("sinks/{}/{name}", s.name), n.to_string()));
+        }
+        out.push((
+            format!("sinks/{}/status", s.name),
+            s.status.name().to_string(),
+        ));
+    }
+    for s in &m.sources {
+        out.push((
+            format!("sources/{}/received", s.name),
+            s.matched.to_string(),
+        ));
+        out.push((
+            format!("sources/{}/published", s.name),
+            s.success.to_string(),
+        ));
+        out.push((
+            format!("sources/{}/status", s.name),
+            s.status.name().to_string(),
+        ));
+    }
+    out
+}
+
 impl Broker {
     /// Starts the session-expiry and `$SYS` tasks; they stop at shutdown.
     pub fn spawn_background(&self) {
@@ -59,48 +98,8 @@ impl Broker {
             ("store/messages/bytes", m.queued_bytes.to_string()),
         ];
         let client = self.system_client();
-        let listeners = m.listeners.iter().flat_map(|l| {
-            let prefix = format!("listeners/{}", l.name);
-            [
-                (format!("{prefix}/connections"), l.current.to_string()),
-                (format!("{prefix}/connections/total"), l.total.to_string()),
-            ]
-        });
-        let rules = m.rules.iter().flat_map(|r| {
-            metrics::RuleStats::named(r)
-                .map(|(name, n)| (format!("rules/{}/{name}", r.id), n.to_string()))
-        });
-        let sinks = m.sinks.iter().flat_map(|s| {
-            metrics::SinkStats::named(s)
-                .map(|(name, n)| (format!("sinks/{}/{name}", s.name), n.to_string()))
-                .into_iter()
-                .chain([(
-                    format!("sinks/{}/status", s.name),
-                    s.status.name().to_string(),
-                )])
-        });
-        let sources = m.sources.iter().flat_map(|s| {
-            [
-                (
-                    format!("sources/{}/received", s.name),
-                    s.matched.to_string(),
-                ),
-                (
-                    format!("sources/{}/published", s.name),
-                    s.success.to_string(),
-                ),
-                (
-                    format!("sources/{}/status", s.name),
-                    s.status.name().to_string(),
-                ),
-            ]
-        });
         let stats = stats.into_iter().map(|(n, v)| (n.to_string(), v));
-        let all = stats
-            .chain(listeners)
-            .chain(rules)
-            .chain(sinks)
-            .chain(sources);
+        let all = stats.chain(sys_parts(&m));
         for (name, value) in all {
             let topic = format!("$SYS/broker/{name}");
             let mut message = LocalPublish::new(topic, value.into_bytes(), QoS::AtMostOnce);

@@ -164,14 +164,24 @@ async fn consume(
         }
     };
     session.ack_many(&acks).await?;
-    // What was logged is waited for and acknowledged before the session goes.
+    finish(session, to_complete, done, completer).await?;
+    result
+}
+
+/// Waits for what was logged and acknowledges it, then detaches the session.
+async fn finish(
+    mut session: LocalSession,
+    to_complete: mpsc::Sender<Processed>,
+    mut done: mpsc::Receiver<Result<LocalDelivery, LocalError>>,
+    completer: tokio::task::JoinHandle<()>,
+) -> Result<(), LocalError> {
     drop(to_complete);
     while let Some(Ok(d)) = done.recv().await {
         session.ack_many(std::slice::from_ref(&d)).await?;
     }
     let _ = completer.await;
     session.close().await;
-    result
+    Ok(())
 }
 
 /// Subscribes the consumer to `topics` and drops the filters it no longer reads.

@@ -62,18 +62,7 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
     ) else {
         return;
     };
-    let far: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
-    let mut far_sub = connect(mosquitto.port, "far", true, None).await;
-    subscribe(&far_sub, "far/#", QoS::ExactlyOnce).await;
-    let far_seen = far.clone();
-    tokio::spawn(async move {
-        while let Some(p) = far_sub.publishes.recv().await {
-            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-            if let Some(seq) = v["seq"].as_u64() {
-                *far_seen.lock().entry(seq).or_insert(0) += 1;
-            }
-        }
-    });
+    let far = far_subscriber(mosquitto.port).await;
     servers::psql(
         &pg,
         "CREATE TABLE rows(id bigint PRIMARY KEY, seq bigint NOT NULL, writes int NOT NULL DEFAULT 1)",
@@ -113,62 +102,112 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
         acked.len()
     );
 
-    // Everything acknowledged reaches both targets (the last broker keeps running meanwhile).
-    let in_pg = || -> BTreeSet<u64> {
-        let out = servers::psql(&pg, "SELECT seq FROM rows");
-        out.lines().filter_map(|l| l.parse().ok()).collect()
+    let targets = Targets {
+        pg: &pg,
+        redis: &redis,
+        far: &far,
     };
-    let in_redis = || -> BTreeSet<u64> {
-        let keys = servers::redis_cli(&redis, &["KEYS", "msg:*"]);
-        keys.lines()
-            .filter_map(|k| servers::redis_cli(&redis, &["GET", k]).parse().ok())
-            .collect()
-    };
+    // Everything acknowledged reaches every target (the last broker keeps running meanwhile).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let in_far = || -> BTreeSet<u64> { far.lock().keys().copied().collect() };
-    while !(acked.is_subset(&in_pg()) && acked.is_subset(&in_redis()) && acked.is_subset(&in_far()))
-        && tokio::time::Instant::now() < deadline
-    {
+    while !targets.have(&acked) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(broker);
-    let rows: u64 = servers::psql(&pg, "SELECT count(*) FROM rows")
-        .parse()
-        .unwrap();
-    let seqs: u64 = servers::psql(&pg, "SELECT count(DISTINCT seq) FROM rows")
-        .parse()
-        .unwrap();
-    let rewritten = servers::psql(&pg, "SELECT count(*) FROM rows WHERE writes > 1");
-    let keys: u64 = servers::redis_cli(&redis, &["DBSIZE"]).parse().unwrap();
-    let lost_pg: Vec<_> = acked.difference(&in_pg()).copied().collect();
-    let lost_redis: Vec<_> = acked.difference(&in_redis()).copied().collect();
-    let lost_far: Vec<_> = acked.difference(&in_far()).copied().collect();
-    let twice_far: Vec<_> = far
-        .lock()
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(s, n)| (*s, *n))
-        .collect();
-    eprintln!(
-        "sinks crash test: {} acknowledged, {rows} rows ({rewritten} written more than once), \
-         {keys} redis keys, {} at the remote subscriber, {} packets sent",
-        acked.len(),
-        far.lock().len(),
-        shared.sent.load(Ordering::Relaxed)
-    );
-    assert!(lost_pg.is_empty(), "lost in PostgreSQL: {lost_pg:?}");
-    assert!(lost_redis.is_empty(), "lost in Redis: {lost_redis:?}");
-    assert!(
-        lost_far.is_empty(),
-        "lost on the way to the remote broker: {lost_far:?}"
-    );
-    assert!(
-        twice_far.is_empty(),
-        "forwarded twice (seq, times): {twice_far:?}"
-    );
-    // One row and one key per message; a message is one sequence number (QoS 2 publisher), so
-    // a second row for a sequence number would be a message written twice under two ids.
-    assert_eq!(rows, seqs, "a sequence number in two rows");
-    assert_eq!(keys, rows, "Redis and PostgreSQL disagree");
+    targets.check(&acked, shared.sent.load(Ordering::Relaxed));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sequence numbers a subscriber of the remote Mosquitto received, with how often.
+type Far = Arc<Mutex<BTreeMap<u64, u32>>>;
+
+async fn far_subscriber(port: u16) -> Far {
+    let far: Far = Arc::default();
+    let mut sub = connect(port, "far", true, None).await;
+    subscribe(&sub, "far/#", QoS::ExactlyOnce).await;
+    let seen = far.clone();
+    tokio::spawn(async move {
+        while let Some(p) = sub.publishes.recv().await {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            if let Some(seq) = v["seq"].as_u64() {
+                *seen.lock().entry(seq).or_insert(0) += 1;
+            }
+        }
+    });
+    far
+}
+
+/// The three targets, read with their own clients.
+struct Targets<'a> {
+    pg: &'a servers::Server,
+    redis: &'a servers::Server,
+    far: &'a Far,
+}
+
+impl Targets<'_> {
+    fn in_pg(&self) -> BTreeSet<u64> {
+        let out = servers::psql(self.pg, "SELECT seq FROM rows");
+        out.lines().filter_map(|l| l.parse().ok()).collect()
+    }
+
+    fn in_redis(&self) -> BTreeSet<u64> {
+        let keys = servers::redis_cli(self.redis, &["KEYS", "msg:*"]);
+        keys.lines()
+            .filter_map(|k| servers::redis_cli(self.redis, &["GET", k]).parse().ok())
+            .collect()
+    }
+
+    fn in_far(&self) -> BTreeSet<u64> {
+        self.far.lock().keys().copied().collect()
+    }
+
+    fn have(&self, acked: &BTreeSet<u64>) -> bool {
+        acked.is_subset(&self.in_pg())
+            && acked.is_subset(&self.in_redis())
+            && acked.is_subset(&self.in_far())
+    }
+
+    /// Nothing acknowledged missing anywhere, nothing twice.
+    fn check(&self, acked: &BTreeSet<u64>, sent: u64) {
+        let count = |sql: &str| -> u64 { servers::psql(self.pg, sql).parse().unwrap_or(0) };
+        let rows = count("SELECT count(*) FROM rows");
+        let seqs = count("SELECT count(DISTINCT seq) FROM rows");
+        let rewritten = count("SELECT count(*) FROM rows WHERE writes > 1");
+        let keys: u64 = servers::redis_cli(self.redis, &["DBSIZE"])
+            .parse()
+            .unwrap_or(0);
+        let lost = |got: BTreeSet<u64>| -> Vec<u64> { acked.difference(&got).copied().collect() };
+        let (lost_pg, lost_redis, lost_far) = (
+            lost(self.in_pg()),
+            lost(self.in_redis()),
+            lost(self.in_far()),
+        );
+        let twice_far: Vec<_> = self
+            .far
+            .lock()
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, n)| (*s, *n))
+            .collect();
+        eprintln!(
+            "sinks crash test: {} acknowledged, {rows} rows ({rewritten} written more than once), \
+             {keys} redis keys, {} at the remote subscriber, {sent} packets sent",
+            acked.len(),
+            self.far.lock().len(),
+        );
+        assert!(lost_pg.is_empty(), "lost in PostgreSQL: {lost_pg:?}");
+        assert!(lost_redis.is_empty(), "lost in Redis: {lost_redis:?}");
+        assert!(
+            lost_far.is_empty(),
+            "lost on the way to the remote broker: {lost_far:?}"
+        );
+        assert!(
+            twice_far.is_empty(),
+            "forwarded twice (seq, times): {twice_far:?}"
+        );
+        // One row and one key per message; a message is one sequence number (QoS 2
+        // publisher), so a second row for a sequence number would be a message written twice
+        // under two ids.
+        assert_eq!(rows, seqs, "a sequence number in two rows");
+        assert_eq!(keys, rows, "Redis and PostgreSQL disagree");
+    }
 }
