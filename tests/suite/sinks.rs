@@ -743,7 +743,12 @@ async fn count_marked(
         if p.payload.first() == Some(&b'm') {
             assert!(p.topic.starts_with("remote/plant/line"), "{}", p.topic);
             assert_eq!(p.payload.len(), 3);
-            *seen.entry(usize::from(p.payload[1])).or_insert(0) += 1;
+            let count = seen.entry(usize::from(p.payload[1])).or_insert(0);
+            // A re-send (DUP) of a delivery this subscriber's previous connection took but had
+            // not acknowledged is not a second message.
+            if *count == 0 || !p.dup {
+                *count += 1;
+            }
         }
     }
 }
@@ -773,7 +778,7 @@ async fn produce_events(client: &rskafka::client::Client, from: u32, to: u32) {
 
 /// A Kafka source (Tansu): every partition's records enter the broker with the record's
 /// place as user properties; after a restart of the broker it goes on from the offsets it
-/// stored (the records read before are not read again, the new ones arrive).
+/// stored (its counters show it read only the new records; all arrive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_brings_records_in_and_resumes_from_its_offsets() {
     let Some(kafka) = servers::kafka() else {
@@ -825,7 +830,9 @@ local_topic = "kafka/${{topic}}/${{partition}}"
             if let Ok(Some(p)) = got.await {
                 let text = String::from_utf8_lossy(&p.payload).to_string();
                 assert!(p.topic.starts_with("kafka/plant-events/"), "{}", p.topic);
-                assert!(seen.insert(text.clone()), "{text} twice");
+                // A QoS 1 re-delivery to this subscriber may repeat one; what the source read
+                // again shows in its counters below.
+                seen.insert(text);
             }
         }
         assert_eq!(seen.len(), total, "run {run}: {seen:?}");
