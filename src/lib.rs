@@ -49,10 +49,12 @@
 //!   sink (`$events/…`, best effort); republish and console actions, EMQX's per-rule metrics,
 //!   changes at run time. Its language, EMQX rule SQL and `${…}` templates
 //!   (parser, printer, evaluator), is `keelmq-rules` (crate in `rules/`, no tokio, no RocksDB).
-//! - [`bridges`]: data bridges — each sink (`[[sinks]]`: HTTP, PostgreSQL, Redis) reads its
-//!   topics and the topic rules that name it through durable sessions of its own
+//! - [`bridges`]: data bridges — each sink (`[[sinks]]`: HTTP, PostgreSQL, Redis, Kafka, MQTT)
+//!   reads its topics and the topic rules that name it through durable sessions of its own
 //!   (`$sink/<name>/…`), writes batches with retries that never give up, and acknowledges a
-//!   delivery only once the target has it; refusals go to a dead-letter topic.
+//!   delivery only once the target has it; refusals go to a dead-letter topic. Sources
+//!   (`[[sources]]`: MQTT, Kafka) publish another system's messages in through
+//!   `$source/<name>`.
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
