@@ -15,6 +15,12 @@ throwaway PostgreSQL cluster (Debian's, fsync on, started here on a loopback por
 Prints both rates and their ratio (the target is >= 0.7x), and whether every acknowledged
 message has its row, once.
 
+With --mqtt it measures the MQTT sink instead: 10 QoS 1 publishers for --duration seconds
+into KeelMQ, whose MQTT sink (qos 1) forwards `bench/#` to a Mosquitto (the comparison's
+configuration) where a persistent QoS 1 subscriber counts what arrives, against the same
+publishers publishing to that Mosquitto directly; rates are what the subscriber received per
+second.
+
 Usage: scripts/sinks_bench.py --keelmq target/release/keelmq [--duration 10]
 (the pg_loop bench is built with `cargo bench --bench pg_loop --no-run` beforehand, or here)
 """
@@ -31,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Broker, bench  # noqa: E402
+from compare import Broker, bench, summary_of, wait_ready  # noqa: E402
 
 
 def free_port():
@@ -145,19 +151,63 @@ def sink_run(args, pg):
             "rate": round(acked / elapsed, 1), "ingest_rate": round(ingest, 1)}
 
 
+MQTT_SINK = """
+[[sinks]]
+name = "bench"
+kind = "mqtt"
+server = "127.0.0.1:{port}"
+client_id = "keelmq-bench-bridge"
+qos = 1
+topics = ["bench/#"]
+"""
+
+
+def received_at_mosquitto(args, mosquitto_port, publish_port):
+    """Publishes to `publish_port` while a subscriber on Mosquitto counts; its summary."""
+    sub = bench(args, "sub", mosquitto_port, ["-c", 1, "-t", "bench/#", "-q", 1,
+                                              "--idle-exit", 3, "-d", args.duration + 60,
+                                              "--prefix", "far", "--persistent"],
+                background=True)
+    wait_ready(sub)
+    p = bench(args, "pub", publish_port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 128,
+                                          "-d", args.duration, "-F", 32, "--prefix", "pub"])
+    out, err = sub.communicate(timeout=args.duration + 300)
+    s = summary_of(out, err, ["bench", "sub"])
+    return {"acked": p["acked"], "received": s["unique"], "duplicated": s["duplicated"],
+            "rate": round(s["unique"] / s["elapsed_s"], 1) if s["unique"] else 0.0}
+
+
+def mqtt_runs(args):
+    """The MQTT sink against publishing to Mosquitto directly, one after the other."""
+    mosquitto_port = free_port()
+    with Broker("mosquitto", args, args.work, mosquitto_port):
+        direct = received_at_mosquitto(args, mosquitto_port, mosquitto_port)
+    with Broker("mosquitto", args, args.work, mosquitto_port):
+        args.keelmq_config = os.path.join(args.work, "mqtt-sink.toml")
+        with open(args.keelmq_config, "w") as f:
+            f.write(MQTT_SINK.format(port=mosquitto_port))
+        with Broker("keelmq", args, args.work, args.port):
+            sink = received_at_mosquitto(args, mosquitto_port, args.port)
+    return {"direct": direct, "sink": sink, "ratio": round(sink["rate"] / direct["rate"], 2)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keelmq", required=True)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mqtt", action="store_true", help="measure the MQTT sink instead")
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     args.port = args.port or free_port()
-    args.mosquitto = None
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args.work = tempfile.mkdtemp(prefix="sinks-bench-")
     os.chmod(args.work, 0o755)  # the postgres user reaches its cluster below it
     try:
+        if args.mqtt:
+            print(json.dumps(mqtt_runs(args)))
+            return
         with Postgres(args.work) as pg:
             sink = sink_run(args, pg)
             print("sink:", json.dumps(sink), file=sys.stderr)
