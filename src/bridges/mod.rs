@@ -231,12 +231,7 @@ impl Bridges {
             let (stop, stopped) = watch::channel(false);
             let (tx, rx) = oneshot::channel();
             let broker = self.inner.broker.clone();
-            let task = match feed.sink.spec.kind {
-                crate::config::SinkKind::Mqtt => {
-                    tokio::spawn(mqtt::run(broker, feed.clone(), stopped, tx))
-                }
-                _ => tokio::spawn(feed::run(broker, feed.clone(), stopped, tx)),
-            };
+            let task = tokio::spawn(supervise(broker, feed.clone(), stopped, tx));
             ready.push(rx);
             feeds.insert(
                 session.clone(),
@@ -348,6 +343,33 @@ impl Bridges {
             {
                 task.abort();
             }
+        }
+    }
+}
+
+/// Runs a feed, and runs it again (after a second) if it panics: a bug in one item's
+/// handling must not stop the sink for good (its deliveries stay in flight, taken again).
+async fn supervise(
+    broker: Broker,
+    feed: Arc<Feed>,
+    stopped: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        // A second run's readiness nobody awaits.
+        let tx = ready.take().unwrap_or_else(|| oneshot::channel().0);
+        let (broker, run_feed, stop) = (broker.clone(), feed.clone(), stopped.clone());
+        let run = match feed.sink.spec.kind {
+            crate::config::SinkKind::Mqtt => tokio::spawn(mqtt::run(broker, run_feed, stop, tx)),
+            _ => tokio::spawn(feed::run(broker, run_feed, stop, tx)),
+        };
+        match run.await {
+            Err(e) if e.is_panic() && !*stopped.borrow() => {
+                tracing::error!(session = %feed.session, "sink subscriber panicked; restarting");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            _ => return,
         }
     }
 }
