@@ -369,42 +369,95 @@ fn validate_mqtt(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_templates(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
-    let template = |field: &str, text: &str| {
-        keelmq_rules::template::Template::parse(text)
-            .map(|_| ())
-            .map_err(|e| bad(i, field, e.to_string()))
-    };
-    if s.kind == SinkKind::Http {
-        if let Some(url) = &s.url {
-            template("url", url)?;
-        }
-    }
-    if let Some(sql) = &s.sql {
-        keelmq_rules::template::SqlTemplate::parse(sql).map_err(|e| bad(i, "sql", e))?;
-    }
-    if let Some(command) = &s.command {
-        if command.split_whitespace().next().is_none() {
-            return Err(bad(i, "command", "is empty"));
-        }
-        template("command", command)?;
-    }
-    if let Some(body) = &s.body {
-        template("body", body)?;
-    }
-    for (field, text) in [
-        ("remote_topic", &s.remote_topic),
-        ("retain", &s.retain),
-        ("payload", &s.payload),
-    ] {
+/// The fields of a message, as a sink's topics feed gives them to its templates (EMQX's names).
+pub const MESSAGE_FIELDS: [&str; 14] = [
+    "id",
+    "clientid",
+    "username",
+    "payload",
+    "peerhost",
+    "topic",
+    "qos",
+    "flags",
+    "retain",
+    "pub_props",
+    "timestamp",
+    "publish_received_at",
+    "node",
+    "event",
+];
+
+/// Every template of a sink, with the field that holds it.
+fn templates(s: &SinkSpec) -> Vec<(String, &str)> {
+    let mut out: Vec<(String, &str)> = Vec::new();
+    let optional = [
+        ("url", s.url.as_deref().filter(|_| s.kind == SinkKind::Http)),
+        ("command", s.command.as_deref()),
+        ("body", s.body.as_deref()),
+        ("remote_topic", s.remote_topic.as_deref()),
+        ("retain", s.retain.as_deref()),
+        ("payload", s.payload.as_deref()),
+        ("topic", s.topic.as_deref()),
+        ("key", s.key.as_deref()),
+        ("value", s.value.as_deref()),
+        ("partition", s.partition.as_deref()),
+    ];
+    for (field, text) in optional {
         if let Some(text) = text {
-            template(field, text)?;
+            out.push((field.to_string(), text));
         }
     }
     for (name, value) in &s.headers {
-        template(&format!("headers.{name}"), value)?;
+        out.push((format!("headers.{name}"), value.as_str()));
     }
-    Ok(())
+    out
+}
+
+/// Templates parse (the SQL one into parameters); a sink with `topics` names only message
+/// fields in them (its topics feed writes messages, whose other fields would be empty).
+fn validate_templates(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
+    let mut roots: Vec<(String, String)> = Vec::new();
+    for (field, text) in templates(s) {
+        let t = keelmq_rules::template::Template::parse(text)
+            .map_err(|e| bad(i, &field, e.to_string()))?;
+        roots.extend(
+            t.roots()
+                .into_iter()
+                .map(|r| (field.clone(), r.to_string())),
+        );
+    }
+    if let Some(sql) = &s.sql {
+        let t = keelmq_rules::template::SqlTemplate::parse(sql).map_err(|e| bad(i, "sql", e))?;
+        roots.extend(
+            t.roots()
+                .into_iter()
+                .map(|r| ("sql".to_string(), r.to_string())),
+        );
+    }
+    if s.command
+        .as_deref()
+        .is_some_and(|c| c.split_whitespace().next().is_none())
+    {
+        return Err(bad(i, "command", "is empty"));
+    }
+    if s.topics.is_empty() {
+        return Ok(());
+    }
+    match roots
+        .iter()
+        .find(|(_, r)| !MESSAGE_FIELDS.contains(&r.as_str()))
+    {
+        Some((field, root)) => Err(bad(
+            i,
+            field,
+            format!(
+                "`${{{root}…}}` is not a field of a message ({}), which the sink's topics are \
+                 written as",
+                MESSAGE_FIELDS.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Checks the `sink` actions of rules: each names a sink of `sinks`.
