@@ -652,6 +652,19 @@ impl Session {
     /// queue room [MQTT-3.3.2-5]. Their removal is to be logged (see [`Self::take_removed`]).
     pub fn purge_expired(&mut self, now: Instant) {
         let expired = |at: Option<Instant>| at.is_some_and(|t| now >= t);
+        // Most queues hold nothing that expires: look before rebuilding (a long backlog is
+        // scanned, not moved, every period).
+        let any_queued = self
+            .queue
+            .iter()
+            .any(|q| expired(q.delivery.message.expires_at));
+        let any_paged = self
+            .paged
+            .iter()
+            .any(|p| expired(p.expires_at) && !p.awaiting_pubcomp);
+        if !any_queued && !any_paged {
+            return;
+        }
         let mut gone = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {

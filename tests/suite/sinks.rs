@@ -423,7 +423,10 @@ fn bad_sinks_are_refused_naming_the_field() {
     );
     let unknown = format!("{pg}topics = [\"t/#\"]\nsql = \"INSERT INTO t VALUES (${{t}})\"\n");
     let e = error(&unknown);
-    assert!(e.contains("sinks[0].sql") && e.contains("not a field of a message"), "{e}");
+    assert!(
+        e.contains("sinks[0].sql") && e.contains("not a field of a message"),
+        "{e}"
+    );
     let kafka = "[[sinks]]\nname = \"k\"\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n\
                  topic = \"events/${clientid\"\n";
     assert!(error(kafka).contains("sinks[0].topic"), "{}", error(kafka));
