@@ -244,35 +244,7 @@ impl Image {
                 self.sessions.entry(client).or_default().record = Some(r);
             }
             Record::SessionRemove { client } => self.remove_session(&client),
-            Record::Subscribe {
-                client,
-                filter,
-                subscription,
-            } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.subscriptions.insert(filter.clone(), subscription);
-                    self.dirty.insert(Key::Subscription(client, filter));
-                }
-            }
-            Record::Unsubscribe { client, filter } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    if s.subscriptions.remove(&filter).is_some() {
-                        self.dirty.insert(Key::Subscription(client, filter));
-                    }
-                }
-            }
-            Record::Message(m) => {
-                let id = m.id;
-                self.see_id(id);
-                // A body known already (in memory, or written by a checkpoint) stays as it is.
-                if let std::collections::hash_map::Entry::Vacant(v) = self.bodies.entry(id) {
-                    v.insert(Body {
-                        message: Some(Box::new(m)),
-                        refs: 0,
-                    });
-                    self.dirty.insert(Key::Message(id));
-                }
-            }
+            Record::Message(m) => self.apply_message(m),
             Record::Enqueue {
                 client,
                 packet_id,
@@ -282,34 +254,17 @@ impl Image {
                 subscription_ids,
                 shared_group,
             } => {
-                self.see_id(message_id);
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                let Some(body) = self.bodies.get_mut(&message_id) else {
-                    self.inconsistencies += 1;
-                    return;
-                };
-                body.refs += 1;
-                s.next_order += 1;
                 let d = StoredDelivery {
-                    order: s.next_order,
+                    order: 0,
                     message_id,
                     qos,
                     retain,
                     subscription_ids,
                     shared_group,
                     awaiting_pubcomp: false,
-                    expires_at_ms: body.message.as_ref().and_then(|m| m.expires_at_ms),
+                    expires_at_ms: None,
                 };
-                let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
-                if let Some(old) = replaced {
-                    self.forget_outputs(&client, old);
-                }
-                self.dirty.insert(Key::Delivery(client, packet_id));
-                if let Some(old) = replaced {
-                    self.unref(old);
-                }
+                self.apply_enqueue(client, packet_id, d)
             }
             Record::Dequeue { client, packet_id } => self.dequeue(client, packet_id, None),
             Record::DequeueMessage {
@@ -317,28 +272,6 @@ impl Image {
                 packet_id,
                 message_id,
             } => self.dequeue(client, packet_id, Some(message_id)),
-            Record::PubRec { client, packet_id } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                if let Some(d) = s.deliveries.get_mut(&packet_id) {
-                    d.awaiting_pubcomp = true;
-                    self.dirty.insert(Key::Delivery(client, packet_id));
-                }
-            }
-            Record::InboundQos2 { client, packet_id } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.inbound.insert(packet_id);
-                    self.dirty.insert(Key::Inbound(client, packet_id));
-                }
-            }
-            Record::InboundRelease { client, packet_id } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    if s.inbound.remove(&packet_id) {
-                        self.dirty.insert(Key::Inbound(client, packet_id));
-                    }
-                }
-            }
             Record::RetainSet(m) => {
                 self.see_id(m.id);
                 self.dirty.insert(Key::Retained(m.topic.clone()));
@@ -349,36 +282,158 @@ impl Image {
                 self.dirty.insert(Key::Retained(topic.clone()));
                 self.retained.insert(topic, None);
             }
-            Record::WillSet { client, will } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.will = Some(will);
-                    self.dirty.insert(Key::Will(client));
+            other => self.apply_to_session(other),
+        }
+    }
+
+    /// A message body; one known already (in memory, or written by a checkpoint) stays as it
+    /// is.
+    fn apply_message(&mut self, m: StoredMessage) {
+        let id = m.id;
+        self.see_id(id);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.bodies.entry(id) {
+            v.insert(Body {
+                message: Some(Box::new(m)),
+                refs: 0,
+            });
+            self.dirty.insert(Key::Message(id));
+        }
+    }
+
+    /// A delivery queued under `packet_id` (its order and expiry filled in here); a delivery
+    /// it replaces is released with its output marks.
+    fn apply_enqueue(&mut self, client: String, packet_id: u16, mut d: StoredDelivery) {
+        let message_id = d.message_id;
+        self.see_id(message_id);
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let Some(body) = self.bodies.get_mut(&message_id) else {
+            self.inconsistencies += 1;
+            return;
+        };
+        body.refs += 1;
+        s.next_order += 1;
+        d.order = s.next_order;
+        d.expires_at_ms = body.message.as_ref().and_then(|m| m.expires_at_ms);
+        let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
+        if let Some(old) = replaced {
+            self.forget_outputs(&client, old);
+        }
+        self.dirty.insert(Key::Delivery(client, packet_id));
+        if let Some(old) = replaced {
+            self.unref(old);
+        }
+    }
+
+    /// The records that change one held session's subscriptions, QoS 2 states, will, owner or
+    /// output marks (nothing if the image does not hold the session).
+    fn apply_to_session(&mut self, record: Record) {
+        let key = match record {
+            Record::Subscribe {
+                client,
+                filter,
+                subscription,
+            } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.subscriptions.insert(filter.clone(), subscription);
+                Key::Subscription(client, filter)
+            }
+            Record::Unsubscribe { client, filter } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                if s.subscriptions.remove(&filter).is_none() {
+                    return;
                 }
+                Key::Subscription(client, filter)
+            }
+            Record::PubRec { client, packet_id } => {
+                let Some(d) = self
+                    .sessions
+                    .get_mut(&client)
+                    .and_then(|s| s.deliveries.get_mut(&packet_id))
+                else {
+                    return;
+                };
+                d.awaiting_pubcomp = true;
+                Key::Delivery(client, packet_id)
+            }
+            other => return self.apply_session_state(other),
+        };
+        self.dirty.insert(key);
+    }
+
+    /// Inbound QoS 2 ids, the waiting will, the owner, output marks.
+    fn apply_session_state(&mut self, record: Record) {
+        let key = match record {
+            Record::InboundQos2 { client, packet_id } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.inbound.insert(packet_id);
+                Key::Inbound(client, packet_id)
+            }
+            Record::InboundRelease { client, packet_id } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                if !s.inbound.remove(&packet_id) {
+                    return;
+                }
+                Key::Inbound(client, packet_id)
+            }
+            Record::WillSet { client, will } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.will = Some(will);
+                Key::Will(client)
+            }
+            Record::WillClear { client } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                if s.will.take().is_none() {
+                    return;
+                }
+                Key::Will(client)
             }
             Record::SessionOwner { client, username } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.owner = Some(username);
-                    self.dirty.insert(Key::Owner(client));
-                }
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.owner = Some(username);
+                Key::Owner(client)
             }
             Record::Produced {
                 client,
                 message_id,
                 index,
             } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.produced.insert((message_id, index));
-                    self.dirty.insert(Key::Produced(client, message_id, index));
-                }
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.produced.insert((message_id, index));
+                Key::Produced(client, message_id, index)
             }
-            Record::WillClear { client } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    if s.will.take().is_some() {
-                        self.dirty.insert(Key::Will(client));
-                    }
-                }
-            }
-        }
+            // Applied by `apply` and `apply_to_session` (listed so that a new record type
+            // must be placed).
+            Record::Session(_)
+            | Record::SessionRemove { .. }
+            | Record::Message(_)
+            | Record::Enqueue { .. }
+            | Record::Dequeue { .. }
+            | Record::DequeueMessage { .. }
+            | Record::RetainSet(_)
+            | Record::RetainDelete { .. }
+            | Record::Subscribe { .. }
+            | Record::Unsubscribe { .. }
+            | Record::PubRec { .. } => return,
+        };
+        self.dirty.insert(key);
     }
 
     /// A canonical listing of the whole state, for comparing two images in tests.
