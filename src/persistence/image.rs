@@ -655,6 +655,16 @@ impl Image {
                 value: self.retained.get(&t)?.as_ref().map(encode_value),
                 key: t.into_bytes(),
             },
+            key @ (Key::Will(_) | Key::Produced(..) | Key::Owner(_)) => {
+                self.meta_change_for(key)?
+            }
+        })
+    }
+
+    /// [`Self::change_for`] of the keys kept in the meta table: waiting wills, output marks,
+    /// owners.
+    fn meta_change_for(&self, key: Key) -> Option<Change> {
+        Some(match key {
             Key::Will(c) => Change {
                 table: Table::Meta,
                 value: self
@@ -682,6 +692,7 @@ impl Image {
                     .map(encode_value),
                 key: [OWNER_KEY_PREFIX, c.as_bytes()].concat(),
             },
+            _ => return None,
         })
     }
 
