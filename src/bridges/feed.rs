@@ -62,19 +62,31 @@ pub async fn run(
     }
 }
 
+/// Attaches a feed's session (its queue limited to the sink's), subscribes it to the feed's
+/// topics at `qos`, and says it is ready.
+pub(crate) async fn attach(
+    broker: &Broker,
+    feed: &Feed,
+    qos: QoS,
+    ready: &mut Option<oneshot::Sender<()>>,
+) -> Result<LocalSession, LocalError> {
+    let client = broker.local_client(feed.session.clone());
+    let (session, _) = client.consumer_session().await?;
+    session.set_queue_limit(feed.sink.spec.max_queued_messages)?;
+    subscribe_at(&session, &feed.topics, qos).await?;
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
+    Ok(session)
+}
+
 async fn consume(
     broker: &Broker,
     feed: &Feed,
     stop: &mut watch::Receiver<bool>,
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), LocalError> {
-    let client = broker.local_client(feed.session.clone());
-    let (mut session, _) = client.consumer_session().await?;
-    session.set_queue_limit(feed.sink.spec.max_queued_messages)?;
-    subscribe_at(&session, &feed.topics, QoS::AtLeastOnce).await?;
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
+    let mut session = attach(broker, feed, QoS::AtLeastOnce, ready).await?;
     // The next batch, taken and made into items while the one before is being written.
     let mut ready: Option<(Vec<LocalDelivery>, Vec<Item>)> = None;
     let result = loop {
@@ -272,12 +284,10 @@ async fn attempt(
 }
 
 fn fail(sink: &Sink, n: usize, error: &str) {
-    Metrics::add(&sink.stats.failed, n as u64);
-    if sink.stats.status().0 != SinkStatus::Disconnected {
+    if sink.stats.disconnected(n as u64, error) {
         tracing::warn!(sink = %sink.spec.name, kind = sink.spec.kind.name(), error,
             "sink cannot write; retrying");
     }
-    sink.stats.set_status(SinkStatus::Disconnected, error);
 }
 
 /// Counts what the target took, publishes what it refused to the dead-letter topic, and

@@ -65,11 +65,9 @@ pub async fn run(
         match source.read(&mut stop).await {
             Ok(()) => return,
             Err(e) => {
-                Metrics::add(&stats.failed, 1);
-                if stats.status().0 != SinkStatus::Disconnected {
+                if stats.disconnected(1, &e) {
                     tracing::warn!(source = %spec.name, error = %e, "Kafka source cannot read; retrying");
                 }
-                stats.set_status(SinkStatus::Disconnected, &e);
             }
         }
         if pause(&mut stop, wait).await {

@@ -32,7 +32,7 @@ use crate::broker::metrics::SinkStatus;
 use crate::broker::{Broker, Metrics};
 use crate::codec::{Connect, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
 use crate::config::SinkSpec;
-use crate::rules::consumer::{pause, subscribe_at};
+use crate::rules::consumer::pause;
 use crate::rules::fields;
 
 /// How the sink forwards, compiled from its configuration.
@@ -185,13 +185,7 @@ async fn forward(
     stop: &mut watch::Receiver<bool>,
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), LocalError> {
-    let client = broker.local_client(feed.session.clone());
-    let (mut session, _) = client.consumer_session().await?;
-    session.set_queue_limit(feed.sink.spec.max_queued_messages)?;
-    subscribe_at(&session, &feed.topics, remote.qos).await?;
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
+    let mut session = feed::attach(broker, feed, remote.qos, ready).await?;
     let mut inflight: BTreeMap<u16, Exchange> = BTreeMap::new();
     let (spec, stats) = (&feed.sink.spec, &feed.sink.stats);
     // One remote session per feed: the sink's topics use `client_id`, a rule's feed
@@ -239,11 +233,9 @@ async fn forward(
 }
 
 fn fail(feed: &Feed, error: &str) {
-    let stats = &feed.sink.stats;
-    if stats.status().0 != SinkStatus::Disconnected {
+    if feed.sink.stats.disconnected(0, error) {
         tracing::warn!(sink = %feed.sink.spec.name, error, "MQTT sink cannot reach its remote; retrying");
     }
-    stats.set_status(SinkStatus::Disconnected, error);
 }
 
 /// Sends again what is in flight after a reconnect: PUBLISH with DUP, or PUBREL.

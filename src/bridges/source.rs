@@ -80,11 +80,9 @@ pub async fn run(
             }
             Err(e) => {
                 session.close().await;
-                Metrics::add(&stats.failed, 1);
-                if stats.status().0 != SinkStatus::Disconnected {
+                if stats.disconnected(1, &e) {
                     tracing::warn!(source = %spec.name, error = %e, "source cannot reach its remote");
                 }
-                stats.set_status(SinkStatus::Disconnected, &e);
             }
         }
         if pause(&mut stop, wait).await {

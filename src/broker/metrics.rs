@@ -201,6 +201,16 @@ impl SinkStats {
         }
     }
 
+    /// Records a failed attempt (`failed` += `n`) and the disconnected status with `error`;
+    /// `true` when it was not disconnected before (the caller logs the change once).
+    pub fn disconnected(&self, n: u64, error: &str) -> bool {
+        Metrics::add(&self.failed, n);
+        let mut s = self.status.lock();
+        let changed = s.0 != SinkStatus::Disconnected;
+        *s = (SinkStatus::Disconnected, error.to_string());
+        changed
+    }
+
     pub fn status(&self) -> (SinkStatus, String) {
         self.status.lock().clone()
     }

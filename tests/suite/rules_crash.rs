@@ -124,6 +124,26 @@ fn source(seq: u64, dup: bool) -> Packet {
     })
 }
 
+/// SIGKILLs `broker` `cycles` times at varied moments under load, starting it again each time
+/// (the clients follow `shared.addr`); the broker running at the end.
+pub(crate) async fn kill_cycles(
+    shared: &Shared,
+    mut broker: common::BrokerProcess,
+    binary: &std::path::Path,
+    args: &[&str],
+    cycles: u32,
+) -> common::BrokerProcess {
+    for cycle in 0..cycles {
+        let run = 300 + u64::from(cycle * 97 % 500);
+        tokio::time::sleep(Duration::from_millis(run)).await;
+        drop(broker); // SIGKILL
+        *shared.addr.lock() = None;
+        broker = common::BrokerProcess::start_with(binary, args);
+        *shared.addr.lock() = Some(broker.addr);
+    }
+    broker
+}
+
 /// A persistent QoS 2 publisher of `{"seq": n}` to `src/a`, one message in flight (packet id
 /// 1): PUBLISH until PUBREC (then the message is acknowledged), PUBREL until PUBCOMP, across
 /// reconnects.
@@ -183,18 +203,11 @@ async fn rules_republish_exactly_once_across_sigkill() {
     let args = ["--data-dir", data_arg, "--config", config_arg];
     let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
     let shared = Arc::new(Shared::default());
-    let mut broker = common::BrokerProcess::start_with(&binary, &args);
+    let broker = common::BrokerProcess::start_with(&binary, &args);
     *shared.addr.lock() = Some(broker.addr);
     let sub = tokio::spawn(subscriber(shared.clone()));
     let publ = tokio::spawn(publisher(shared.clone()));
-    for cycle in 0..cycles {
-        let run = 300 + u64::from(cycle * 97 % 500);
-        tokio::time::sleep(Duration::from_millis(run)).await;
-        drop(broker); // SIGKILL
-        *shared.addr.lock() = None;
-        broker = common::BrokerProcess::start_with(&binary, &args);
-        *shared.addr.lock() = Some(broker.addr);
-    }
+    let broker = kill_cycles(&shared, broker, &binary, &args, cycles).await;
     shared.stop_publishing.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), publ).await;
     let acked: Vec<u64> = shared.acked.lock().iter().copied().collect();

@@ -23,6 +23,7 @@ fn config_with(text: &str) -> Config {
     let mut config = common::test_config();
     config.rules = parsed.rules;
     config.sinks = parsed.sinks;
+    config.sources = parsed.sources;
     config
 }
 
@@ -672,10 +673,7 @@ retry = {{ initial_ms = 50, max_ms = 200 }}
 "#,
         remote.port
     );
-    let parsed = Config::parse(&text).expect("parses");
-    parsed.validate().expect("valid");
-    let mut config = common::test_config();
-    config.sources = parsed.sources;
+    let config = config_with(&text);
     let server = common::start(config.clone()).await;
     let port = server.local_addr().port();
     let mut local = connect(port, "local-sub", false, None).await;
@@ -822,17 +820,17 @@ topic = "plant-events"
 local_topic = "kafka/${{topic}}/${{partition}}"
 "#
     );
-    let parsed = Config::parse(&text).expect("parses");
-    parsed.validate().expect("valid");
-    // A persistent subscriber first (on a broker without the source), so nothing the source
-    // publishes misses it.
-    let mut config = common::test_config();
+    let with_source = config_with(&text);
+    // A persistent subscriber first (on a broker without the source, same data directory), so
+    // nothing the source publishes misses it.
+    let mut config = with_source.clone();
+    config.sources.clear();
     let server = common::start(config.clone()).await;
     let reader = connect(server.local_addr().port(), "kafka-reader", false, None).await;
     subscribe(&reader, "kafka/#", QoS::AtLeastOnce).await;
     drop(reader);
     server.shutdown(Duration::from_secs(5)).await;
-    config.sources = parsed.sources;
+    let config = with_source;
     let mut seen = std::collections::BTreeSet::new();
     for (run, total) in [(0, 20), (1, 30)] {
         if run == 1 {

@@ -19,7 +19,7 @@ use rumqttc::QoS;
 
 use crate::common::{self, servers};
 use crate::interop_rumqttc::v311::{connect, subscribe};
-use crate::rules_crash::{publisher, Shared};
+use crate::rules_crash::{kill_cycles, publisher, Shared};
 
 fn config(pg_port: u16, redis_port: u16, mqtt_port: u16) -> String {
     format!(
@@ -81,17 +81,10 @@ async fn sinks_write_every_acknowledged_message_once_across_sigkill() {
     let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
     let shared = Arc::new(Shared::default());
     shared.subscribed.store(true, Ordering::Relaxed);
-    let mut broker = common::BrokerProcess::start_with(&binary, &args);
+    let broker = common::BrokerProcess::start_with(&binary, &args);
     *shared.addr.lock() = Some(broker.addr);
     let publ = tokio::spawn(publisher(shared.clone()));
-    for cycle in 0..cycles {
-        let run = 300 + u64::from(cycle * 97 % 500);
-        tokio::time::sleep(Duration::from_millis(run)).await;
-        drop(broker); // SIGKILL
-        *shared.addr.lock() = None;
-        broker = common::BrokerProcess::start_with(&binary, &args);
-        *shared.addr.lock() = Some(broker.addr);
-    }
+    let broker = kill_cycles(&shared, broker, &binary, &args, cycles).await;
     shared.stop_publishing.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), publ).await;
     shared.stop_all.store(true, Ordering::Relaxed);

@@ -41,6 +41,23 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a server in `dir` on a free port and waits until it listens.
+    fn launch(dir: PathBuf, start: Starter, what: &str, stop_signal: &'static str) -> Server {
+        let port = free_port();
+        let child = start(&dir, port);
+        assert!(
+            wait_until(Duration::from_secs(30), || listening(port)),
+            "{what} listens"
+        );
+        Server {
+            port,
+            dir,
+            child: Some(child),
+            start,
+            stop_signal,
+        }
+    }
+
     /// Stops the server at once (no clean shutdown) and waits until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -197,19 +214,7 @@ pub fn postgres() -> Option<Server> {
             .spawn()
             .expect("postgres starts")
     };
-    let port = free_port();
-    let child = start(&dir, port);
-    assert!(
-        wait_until(Duration::from_secs(30), || listening(port)),
-        "postgres listens"
-    );
-    let server = Server {
-        port,
-        dir: dir.clone(),
-        child: Some(child),
-        start: Box::new(start),
-        stop_signal: "-QUIT",
-    };
+    let server = Server::launch(dir, Box::new(start), "postgres", "-QUIT");
     let created = psql_as(&bin, &server, "postgres", "CREATE DATABASE keelmq");
     assert!(created.is_some(), "database created");
     Some(server)
@@ -278,19 +283,7 @@ pub fn redis() -> Option<Server> {
             .spawn()
             .expect("redis-server starts")
     };
-    let port = free_port();
-    let child = start(&dir, port);
-    assert!(
-        wait_until(Duration::from_secs(30), || listening(port)),
-        "redis listens"
-    );
-    Some(Server {
-        port,
-        dir,
-        child: Some(child),
-        start: Box::new(start),
-        stop_signal: "-KILL",
-    })
+    Some(Server::launch(dir, Box::new(start), "redis", "-KILL"))
 }
 
 /// Runs a command with `redis-cli` (an independent client); its raw output.
@@ -328,19 +321,7 @@ pub fn mosquitto(max_inflight: u16) -> Option<Server> {
             .spawn()
             .expect("mosquitto starts")
     };
-    let port = free_port();
-    let child = start(&dir, port);
-    assert!(
-        wait_until(Duration::from_secs(30), || listening(port)),
-        "mosquitto listens"
-    );
-    Some(Server {
-        port,
-        dir,
-        child: Some(child),
-        start: Box::new(start),
-        stop_signal: "-KILL",
-    })
+    Some(Server::launch(dir, Box::new(start), "mosquitto", "-KILL"))
 }
 
 /// A Kafka-protocol broker: Tansu (`scripts/setup.sh` installs it), memory storage, run from
@@ -379,17 +360,5 @@ pub fn kafka() -> Option<Server> {
             .spawn()
             .expect("tansu starts")
     };
-    let port = free_port();
-    let child = start(&dir, port);
-    assert!(
-        wait_until(Duration::from_secs(30), || listening(port)),
-        "tansu listens"
-    );
-    Some(Server {
-        port,
-        dir,
-        child: Some(child),
-        start: Box::new(start),
-        stop_signal: "-KILL",
-    })
+    Some(Server::launch(dir, Box::new(start), "tansu", "-KILL"))
 }
