@@ -211,32 +211,7 @@ impl Persistence {
         };
         let (wal, recovery) = Wal::open_with_fs(fs, wal_dir, wal_options)?;
         check_wal_covers(&wal, wal_dir, persisted_seq)?;
-        let mut replayed = 0;
-        for record in wal.read_from(checkpoint_seq + 1)? {
-            let record = record?;
-            let decoded =
-                Record::decode_batch(record.record_type, &record.payload).map_err(|e| {
-                    Error::Record {
-                        seq: record.seq,
-                        what: e.to_string(),
-                    }
-                })?;
-            for r in decoded {
-                image.apply(r);
-            }
-            replayed += 1;
-            // A long tail is written to the store as it is replayed, so that the bodies and
-            // retained messages it carries leave memory. Unflushed: until the next checkpoint
-            // flushes it (and only then truncates the WAL), a crash replays it again.
-            if image.dirty_len() >= RECOVERY_CHECKPOINT_KEYS {
-                let changes = image.take_changes();
-                // Before the write, which then takes the changes: a failed write stops the
-                // start anyway.
-                image.checkpointed(&changes);
-                store.write_unflushed(changes, record.seq)?;
-                checkpoint_seq = record.seq;
-            }
-        }
+        let replayed = replay(&wal, &mut image, &*store, &mut checkpoint_seq)?;
         if image.inconsistencies > 0 {
             tracing::warn!(
                 count = image.inconsistencies,
@@ -605,4 +580,39 @@ impl PendingDurable {
     pub fn is_ready(&self) -> bool {
         self.0.is_none()
     }
+}
+
+/// Applies the WAL's records after `checkpoint_seq` to `image`; returns how many were
+/// replayed. A long tail is written to the store as it is replayed (moving `checkpoint_seq`),
+/// so that the bodies and retained messages it carries leave memory. Unflushed: until the
+/// next checkpoint flushes it (and only then truncates the WAL), a crash replays it again.
+fn replay(
+    wal: &Wal,
+    image: &mut Image,
+    store: &dyn Store,
+    checkpoint_seq: &mut u64,
+) -> Result<u64, Error> {
+    let mut replayed = 0;
+    for record in wal.read_from(*checkpoint_seq + 1)? {
+        let record = record?;
+        let decoded = Record::decode_batch(record.record_type, &record.payload).map_err(|e| {
+            Error::Record {
+                seq: record.seq,
+                what: e.to_string(),
+            }
+        })?;
+        for r in decoded {
+            image.apply(r);
+        }
+        replayed += 1;
+        if image.dirty_len() >= RECOVERY_CHECKPOINT_KEYS {
+            let changes = image.take_changes();
+            // Before the write, which then takes the changes: a failed write stops the start
+            // anyway.
+            image.checkpointed(&changes);
+            store.write_unflushed(changes, record.seq)?;
+            *checkpoint_seq = record.seq;
+        }
+    }
+    Ok(replayed)
 }
