@@ -41,6 +41,9 @@ pub enum SinkAck {
     /// Once the message is durable in the broker's log (and so in the sink's queue).
     #[default]
     Queued,
+    /// Once the target has it (or refused it for good), within `ack_timeout_ms`: for a
+    /// network client's QoS 1/2 message read through the sink's `topics`.
+    Delivered,
 }
 
 /// Exponential back-off between attempts; retries never give up.
@@ -73,6 +76,11 @@ pub struct SinkSpec {
     pub topics: Vec<String>,
     #[serde(default)]
     pub ack: SinkAck,
+    /// With `ack = "delivered"`: how long a publisher's acknowledgement waits for the target;
+    /// then a v5 client gets reason 0x80 and a 3.x client is disconnected (the message stays
+    /// queued for the sink either way).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
     /// At most this many messages per write to the target.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -182,6 +190,10 @@ fn default_request_timeout_ms() -> u64 {
     15_000
 }
 
+fn default_ack_timeout_ms() -> u64 {
+    10_000
+}
+
 fn enabled() -> bool {
     true
 }
@@ -248,6 +260,16 @@ fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     }
     if s.request_timeout_ms == 0 {
         return Err(bad(i, "request_timeout_ms", "must be at least 1"));
+    }
+    if !(1..=3_600_000).contains(&s.ack_timeout_ms) {
+        return Err(bad(i, "ack_timeout_ms", "must be 1 to 3600000"));
+    }
+    if s.ack == SinkAck::Delivered && s.topics.is_empty() {
+        return Err(bad(
+            i,
+            "ack",
+            "\"delivered\" needs `topics`: a publisher waits only for the sink reading its message itself, not a rule's output",
+        ));
     }
     if s.password_file.is_some() && s.password_env.is_some() {
         return Err(bad(

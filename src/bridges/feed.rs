@@ -302,7 +302,10 @@ pub(crate) async fn settle(
     let mut again = Vec::new();
     for (item, outcome) in items.into_iter().zip(outcomes) {
         match outcome {
-            Outcome::Done => Metrics::add(&sink.stats.success, 1),
+            Outcome::Done => {
+                Metrics::add(&sink.stats.success, 1);
+                sink.confirm(broker, &item, true);
+            }
             Outcome::Retry(why) => {
                 Metrics::add(&sink.stats.failed, 1);
                 tracing::debug!(sink = %sink.spec.name, id = %item.key(), why, "retrying an item");
@@ -313,6 +316,7 @@ pub(crate) async fn settle(
                     return None;
                 }
                 Metrics::add(&sink.stats.dropped, 1);
+                sink.confirm(broker, &item, false);
             }
         }
     }

@@ -51,6 +51,16 @@ pub struct Sink {
     events: mpsc::Sender<Item>,
 }
 
+impl Sink {
+    /// The target has `item` (`delivered`) or refused it for good: with `ack = "delivered"`,
+    /// a publisher waiting for the message (read through `topics`) may be acknowledged.
+    pub(crate) fn confirm(&self, broker: &Broker, item: &Item, delivered: bool) {
+        if self.spec.ack == keelmq_config::SinkAck::Delivered && item.rule.is_none() {
+            broker.confirm_delivery(item.id, &topics_session(&self.spec.name), delivered);
+        }
+    }
+}
+
 /// The session of a sink's `topics` feed.
 pub fn topics_session(sink: &str) -> String {
     format!("{SINK_CLIENT_ID_PREFIX}{sink}/$topics")

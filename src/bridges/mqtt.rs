@@ -336,6 +336,7 @@ async fn send(
     conn.send(&Packet::Publish(publish.clone())).await;
     if qos == QoS::AtMostOnce {
         Metrics::add(&feed.sink.stats.success, 1);
+        feed.sink.confirm(broker, &item, true);
         return session.ack(&d).await;
     }
     inflight.insert(d.packet_id, Exchange::Published(Box::new((publish, item))));
@@ -399,9 +400,11 @@ async fn answer(
             session.received(r.packet_id, true).await?;
         }
         Packet::PubRec(r) => {
-            if !matches!(inflight.get(&r.packet_id), Some(Exchange::Published(_))) {
+            let Some(Exchange::Published(sent)) = inflight.get(&r.packet_id) else {
                 return Ok(true);
-            }
+            };
+            // The remote has it, once: a publisher waiting for the sink may be acknowledged.
+            feed.sink.confirm(broker, &sent.1, true);
             // Durable before PUBREL: a restart then releases instead of sending again.
             session.received(r.packet_id, false).await?;
             inflight.insert(r.packet_id, Exchange::Released);
@@ -422,6 +425,7 @@ async fn answer(
 async fn settle(broker: &Broker, feed: &Feed, item: &Item, reason: ReasonCode) -> bool {
     if reason.0 < 0x80 {
         Metrics::add(&feed.sink.stats.success, 1);
+        feed.sink.confirm(broker, item, true);
         return true;
     }
     let why = format!("the remote broker refused it ({:#04x})", reason.0);

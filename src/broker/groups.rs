@@ -55,6 +55,7 @@ impl Broker {
                 self.wait_and_reveal(Logged {
                     reserved: placement,
                     durable,
+                    confirm: None,
                 })
                 .await
             }

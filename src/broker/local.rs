@@ -143,7 +143,11 @@ async fn publish_claimed(
         return Err(LocalError::InvalidTopic);
     };
     let released = claim.clone();
-    let published = publish_held(broker, Arc::new(message), claim, !system).await;
+    let origin = match system {
+        true => Origin::Broker,
+        false => Origin::Local,
+    };
+    let published = publish_held(broker, Arc::new(message), claim, origin).await;
     if let (Err(_), Some(claim)) = (&published, &released) {
         broker.release_claim(claim);
     }
@@ -186,9 +190,9 @@ async fn publish_held(
     broker: &Broker,
     message: Arc<Message>,
     claim: Option<InboundClaim>,
-    qos0_may_wait: bool,
+    origin: Origin,
 ) -> Result<Published, LocalError> {
-    let mut outcome = broker.publish(message, claim, qos0_may_wait).await?;
+    let mut outcome = broker.publish(message, claim, origin).await?;
     let retained_refused = outcome.retained_refused;
     let shutdown = broker.shutdown_signal();
     while let Some(held) = outcome.held.take() {
@@ -633,7 +637,8 @@ impl LocalSession {
             broker.release_claim(&claim);
             return Err(LocalError::InvalidTopic);
         };
-        let outcome = broker.publish_pipelined(Arc::new(message), Some(claim.clone()), true);
+        let outcome =
+            broker.publish_pipelined(Arc::new(message), Some(claim.clone()), Origin::Local);
         match outcome {
             Ok(ReserveOutcome::Logged(logged)) => Ok(Some(PendingOutput {
                 broker: broker.clone(),

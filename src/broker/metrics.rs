@@ -283,6 +283,8 @@ pub struct Metrics {
     pub events_dropped: AtomicU64,
     /// PUBLISH and SUBSCRIBE refused by the authorizer.
     pub not_authorized: AtomicU64,
+    /// Acknowledgements whose `ack = "delivered"` sinks did not confirm (refused or late).
+    pub not_confirmed: AtomicU64,
 }
 
 impl Metrics {
@@ -322,6 +324,7 @@ pub struct MetricsSnapshot {
     pub protocol_errors: u64,
     pub events_dropped: u64,
     pub not_authorized: u64,
+    pub not_confirmed: u64,
     /// Per listener, in configuration order.
     pub listeners: Vec<ListenerSnapshot>,
     /// Per rule of the rule engine, in the order they were added.
@@ -355,6 +358,7 @@ impl Metrics {
             protocol_errors: get(&self.protocol_errors),
             events_dropped: get(&self.events_dropped),
             not_authorized: get(&self.not_authorized),
+            not_confirmed: get(&self.not_confirmed),
             ..MetricsSnapshot::default()
         }
     }

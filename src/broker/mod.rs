@@ -42,6 +42,7 @@
 //! the new CONNACK's commit covers them, and no re-sent PUBLISH or PUBREL can overtake them.
 
 mod acks;
+mod confirm;
 pub mod connection;
 mod durability;
 mod events;
@@ -58,9 +59,10 @@ mod sys;
 mod tests;
 mod wills;
 
+use confirm::*;
 use placement::*;
 use publish::*;
-pub use publish::{PlannedPublish, PublishOutcome};
+pub use publish::{Origin, PlannedPublish, PublishOutcome};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -307,6 +309,8 @@ pub(crate) struct Shared {
     publish_rules: RwLock<Option<Arc<dyn crate::hooks::PublishRules>>>,
     /// Whether `publish_rules` holds rules: a publish without them takes no lock.
     has_publish_rules: AtomicBool,
+    /// Publishers waiting for `ack = "delivered"` sinks (see `confirm`).
+    confirmations: Arc<Confirmations>,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -361,6 +365,7 @@ impl Broker {
                 sources: RwLock::new(Vec::new()),
                 publish_rules: RwLock::new(None),
                 has_publish_rules: AtomicBool::new(false),
+                confirmations: Arc::default(),
             }),
         }
     }

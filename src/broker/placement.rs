@@ -64,6 +64,8 @@ pub(super) type ReserveResult = (Option<Logged>, Vec<(Arc<SessionSlot>, Delivery
 pub(crate) struct Logged {
     pub(crate) reserved: Reserved,
     pub(crate) durable: PendingDurable,
+    /// What the publisher's acknowledgement waits for once visible (see `confirm`).
+    pub(crate) confirm: Option<Confirm>,
 }
 
 /// Retained updates become visible in the order of their records in the log, not in the order
@@ -186,6 +188,7 @@ impl Broker {
                 Some(Logged {
                     reserved: placement,
                     durable,
+                    confirm: None,
                 }),
                 full,
             )),

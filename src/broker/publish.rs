@@ -15,6 +15,9 @@ pub struct PublishOutcome {
     pub held: Option<PlannedPublish>,
     /// The retained store was full: the message was delivered but not retained (counted).
     pub retained_refused: bool,
+    /// What the acknowledgement waits for once the message is visible: `ack = "delivered"`
+    /// sinks that read it (see `confirm`).
+    pub(crate) confirm: Option<Confirm>,
 }
 
 /// A publish waiting for queue room, with everything needed to place it whole later.
@@ -32,6 +35,23 @@ pub struct PlannedPublish {
     /// A QoS 0 target's full queue holds the message too, while that subscriber drains it
     /// (a client's publish can wait; a will or `$SYS` message cannot).
     pub(super) qos0_may_wait: bool,
+    /// A network client publishes it: its acknowledgement waits for `ack = "delivered"`
+    /// sinks.
+    pub(super) confirm: bool,
+}
+
+/// Who publishes a message, which decides whether it may wait for a draining QoS 0
+/// subscriber's full queue and whether its acknowledgement waits for `ack = "delivered"`
+/// sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A network client: it may wait, and its acknowledgement waits for delivered-mode sinks.
+    Client,
+    /// Broker code through the in-process client (rules, bridges): it may wait; nothing
+    /// waits for sinks (its own acknowledgement is its durability).
+    Local,
+    /// The broker itself (wills, `$SYS`): never waits.
+    Broker,
 }
 
 /// A QoS 2 packet id a connection marked as received in its session, in one step with the
@@ -91,16 +111,17 @@ impl Broker {
     /// publisher's packet id to remember until PUBREL) are durable. All or nothing: if a QoS 1/2
     /// target's queue is full, nothing is placed or logged and the outcome holds the message.
     /// `Err` means persistence failed: the publisher must get no acknowledgement.
-    /// With `qos0_may_wait`, a QoS 0 message also waits (is held) for the full queue of a
-    /// subscriber that is connected and draining, instead of being dropped for it.
+    /// A QoS 0 message from a client or the in-process client ([`Origin`]) also waits (is held)
+    /// for the full queue of a subscriber that is connected and draining, instead of being
+    /// dropped for it.
     pub(crate) async fn publish(
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<InboundClaim>,
-        qos0_may_wait: bool,
+        origin: Origin,
     ) -> Result<PublishOutcome, NotDurable> {
         let _gate = self.retain_gate_for(message.retain).await;
-        let (pending, retained_refused) = self.plan_publish(message, inbound_qos2, qos0_may_wait);
+        let (pending, retained_refused) = self.plan_publish(message, inbound_qos2, origin);
         let mut outcome = self.publish_planned(pending).await?;
         outcome.retained_refused = retained_refused;
         Ok(outcome)
@@ -116,13 +137,13 @@ impl Broker {
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<InboundClaim>,
-        qos0_may_wait: bool,
+        origin: Origin,
     ) -> Result<ReserveOutcome, NotDurable> {
         debug_assert!(
             !message.retain,
             "retained messages go through the retain gate"
         );
-        let (pending, _) = self.plan_publish(message, inbound_qos2, qos0_may_wait);
+        let (pending, _) = self.plan_publish(message, inbound_qos2, origin);
         self.reserve_and_log(pending)
     }
 
@@ -132,7 +153,7 @@ impl Broker {
         &self,
         message: Arc<Message>,
         inbound_qos2: Option<InboundClaim>,
-        qos0_may_wait: bool,
+        origin: Origin,
     ) -> (PlannedPublish, bool) {
         let mut records = Vec::new();
         let mut retained = Vec::new();
@@ -146,7 +167,8 @@ impl Broker {
             records,
             retained,
             inbound_qos2,
-            qos0_may_wait: qos0_may_wait && message_qos0,
+            qos0_may_wait: origin != Origin::Broker && message_qos0,
+            confirm: origin == Origin::Client && !message_qos0,
         };
         (pending, retained_refused)
     }
@@ -239,12 +261,17 @@ impl Broker {
                 delivered: 0,
                 held: Some(p),
                 retained_refused: false,
+                confirm: None,
             }),
-            ReserveOutcome::Logged(logged) => Ok(PublishOutcome {
-                delivered: self.wait_and_reveal(logged).await?,
-                held: None,
-                retained_refused: false,
-            }),
+            ReserveOutcome::Logged(mut logged) => {
+                let confirm = logged.confirm.take();
+                Ok(PublishOutcome {
+                    delivered: self.wait_and_reveal(logged).await?,
+                    held: None,
+                    retained_refused: false,
+                    confirm,
+                })
+            }
         }
     }
 
@@ -271,6 +298,9 @@ impl Broker {
             }
         }
         drop(order);
+        if p.confirm {
+            logged.confirm = self.confirmation_for(&p.message, &logged.reserved);
+        }
         Ok(ReserveOutcome::Logged(logged))
     }
 

@@ -16,7 +16,7 @@ async fn a_held_retained_publish_is_retried_through_the_retain_gate() {
         publisher: None,
         rules: Default::default(),
     });
-    let (pending, refused) = broker.plan_publish(message, None, false);
+    let (pending, refused) = broker.plan_publish(message, None, Origin::Broker);
     assert!(!refused);
     let retry = tokio::spawn({
         let broker = broker.clone();
@@ -69,8 +69,8 @@ async fn retained_updates_become_visible_in_log_order() {
     type Round = (&'static [u8], &'static [u8], Option<&'static [u8]>);
     let rounds: [Round; 2] = [(b"older", b"newer", Some(b"newer")), (b"older", b"", None)];
     for (older, newer, expected) in rounds {
-        let (older, _) = broker.plan_publish(retained(&broker, older), None, false);
-        let (newer, _) = broker.plan_publish(retained(&broker, newer), None, false);
+        let (older, _) = broker.plan_publish(retained(&broker, older), None, Origin::Broker);
+        let (newer, _) = broker.plan_publish(retained(&broker, newer), None, Origin::Broker);
         let (Ok(ReserveOutcome::Logged(a)), Ok(ReserveOutcome::Logged(b))) =
             (broker.reserve_and_log(older), broker.reserve_and_log(newer))
         else {
@@ -81,7 +81,7 @@ async fn retained_updates_become_visible_in_log_order() {
         assert_eq!(retained_payload(&broker).as_deref(), expected);
     }
     assert!(broker.shared.retain_order.lock().in_flight.is_empty());
-    let (only, _) = broker.plan_publish(retained(&broker, b"again"), None, false);
+    let (only, _) = broker.plan_publish(retained(&broker, b"again"), None, Origin::Broker);
     let Ok(ReserveOutcome::Logged(only)) = broker.reserve_and_log(only) else {
         panic!("placed");
     };
@@ -95,7 +95,7 @@ async fn retained_updates_become_visible_in_log_order() {
 async fn retained_messages_do_not_pin_read_buffers() {
     let broker = Broker::new(Config::default());
     let message = retained(&broker, b"payload");
-    let (pending, _) = broker.plan_publish(message.clone(), None, false);
+    let (pending, _) = broker.plan_publish(message.clone(), None, Origin::Broker);
     let Ok(ReserveOutcome::Logged(logged)) = broker.reserve_and_log(pending) else {
         panic!("placed");
     };
@@ -182,7 +182,7 @@ async fn a_clean_start_does_not_inherit_a_claimed_qos2_id() {
         panic!("a new id");
     };
     let pending = broker
-        .plan_publish(qos2_message(&broker), Some(claim), true)
+        .plan_publish(qos2_message(&broker), Some(claim), Origin::Client)
         .0;
     // The old connection is still between its check and its log when a Clean Start
     // takes the session over.

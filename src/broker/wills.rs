@@ -124,7 +124,7 @@ impl Broker {
         let message = Arc::new(message);
         let outcome = {
             let _gate = self.retain_gate_for(message.retain).await;
-            let (mut pending, _) = self.plan_publish(message, None, false);
+            let (mut pending, _) = self.plan_publish(message, None, Origin::Broker);
             pending.records.extend(extra.clone());
             self.publish_planned(pending).await
         };

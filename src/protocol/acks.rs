@@ -9,7 +9,8 @@
 //! waits for nothing, so that acknowledgements leave in the order of their PUBLISH packets
 //! [MQTT-4.6.0-2, MQTT-4.6.0-3].
 //!
-//! Generic over the wait `W` and the deliveries `T` it carries, so it is tested without a WAL.
+//! Generic over the wait `W`, the deliveries `T` and the acknowledgements `A` it carries, so it
+//! is tested without a WAL.
 //!
 //! # Bounds
 //! Inbound QoS 1/2 PUBLISHes are bounded by the Receive Maximum ([`AckFifo::inbound`] counts
@@ -30,13 +31,13 @@ pub const MAX_PENDING_ACKS: usize = 3 * 65_536;
 
 /// One acknowledgement, and the deliveries of one inbound message, waiting for durability.
 #[derive(Debug)]
-pub struct Pending<W, T> {
+pub struct Pending<W, T, A = Packet> {
     /// Completes when the records this entry depends on are durable.
     pub wait: W,
     /// Deliveries to make visible once `wait` completes (an inbound message).
     pub reserved: Option<T>,
     /// The packet to send once `wait` completes.
-    pub ack: Option<Packet>,
+    pub ack: Option<A>,
     /// Counted in [`AckFifo::inbound`].
     inbound: bool,
     /// A QoS 0 message's deliveries (counted in `AckFifo::holding`).
@@ -45,14 +46,14 @@ pub struct Pending<W, T> {
 
 /// The FIFO (see the module documentation).
 #[derive(Debug)]
-pub struct AckFifo<W, T> {
-    entries: VecDeque<Pending<W, T>>,
+pub struct AckFifo<W, T, A = Packet> {
+    entries: VecDeque<Pending<W, T, A>>,
     inbound: usize,
     /// QoS 0 messages waiting to be revealed: a later QoS 0 message may not overtake them.
     holding: usize,
 }
 
-impl<W, T> Default for AckFifo<W, T> {
+impl<W, T, A> Default for AckFifo<W, T, A> {
     fn default() -> Self {
         AckFifo {
             entries: VecDeque::new(),
@@ -62,7 +63,7 @@ impl<W, T> Default for AckFifo<W, T> {
     }
 }
 
-impl<W, T> AckFifo<W, T> {
+impl<W, T, A> AckFifo<W, T, A> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -78,7 +79,7 @@ impl<W, T> AckFifo<W, T> {
 
     /// Queues an entry behind every other. `inbound`: it acknowledges a PUBLISH the session
     /// does not count as awaiting PUBREL, so it counts against the Receive Maximum.
-    pub fn push(&mut self, wait: W, reserved: Option<T>, ack: Option<Packet>, inbound: bool) {
+    pub fn push(&mut self, wait: W, reserved: Option<T>, ack: Option<A>, inbound: bool) {
         self.inbound += usize::from(inbound);
         self.entries.push_back(Pending {
             wait,
@@ -90,7 +91,7 @@ impl<W, T> AckFifo<W, T> {
     }
 
     /// Adds a message of QoS `qos` waiting to be revealed, with its acknowledgement.
-    pub fn push_message(&mut self, wait: W, reserved: T, ack: Option<Packet>, qos: QoS) {
+    pub fn push_message(&mut self, wait: W, reserved: T, ack: Option<A>, qos: QoS) {
         let qos0 = qos == QoS::AtMostOnce;
         self.push(wait, Some(reserved), ack, qos == QoS::AtLeastOnce);
         if let (true, Some(last)) = (qos0, self.entries.back_mut()) {
@@ -101,12 +102,7 @@ impl<W, T> AckFifo<W, T> {
 
     /// An acknowledgement that waits for nothing: returned to be sent now if nothing waits,
     /// else queued behind what waits (with the wait `ready()` makes) and `None` returned.
-    pub fn in_order(
-        &mut self,
-        ack: Packet,
-        inbound: bool,
-        ready: impl FnOnce() -> W,
-    ) -> Option<Packet> {
+    pub fn in_order(&mut self, ack: A, inbound: bool, ready: impl FnOnce() -> W) -> Option<A> {
         if self.entries.is_empty() {
             return Some(ack);
         }
@@ -128,7 +124,7 @@ impl<W, T> AckFifo<W, T> {
     }
 
     /// Takes the oldest entry once its wait completed.
-    pub fn pop_front(&mut self) -> Option<Pending<W, T>> {
+    pub fn pop_front(&mut self) -> Option<Pending<W, T, A>> {
         let entry = self.entries.pop_front()?;
         self.inbound -= usize::from(entry.inbound);
         self.holding -= usize::from(entry.qos0);

@@ -48,6 +48,9 @@ pub enum Refusal {
     KeepAliveTimeout,
     /// More acknowledgements waiting than packet identifiers (a client repeating them).
     AckBacklog,
+    /// An `ack = "delivered"` sink's target did not confirm a 3.x client's message within
+    /// `ack_timeout_ms` (a v5 client gets reason 0x80 on its acknowledgement instead).
+    NotConfirmed,
     /// A Subscription Identifier while they are not available.
     SubscriptionIdsUnsupported,
     /// A Session Expiry Interval on DISCONNECT after 0 on CONNECT [MQTT-3.14.2-2].
@@ -94,6 +97,7 @@ impl Refusal {
             RetainedWillUnsupported | RetainUnsupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             WillTopicReserved | WillTopicTooDeep | TopicTooDeep => ReasonCode::TOPIC_NAME_INVALID,
             ConnackUnencodable | NotStored => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            NotConfirmed => ReasonCode::UNSPECIFIED_ERROR,
             TooManyConnections => ReasonCode::SERVER_BUSY,
             TooManySessions => ReasonCode::QUOTA_EXCEEDED,
             SessionNotStored => ReasonCode::SERVER_UNAVAILABLE,
@@ -157,6 +161,7 @@ impl Refusal {
             Malformed(_) => "malformed",
             KeepAliveTimeout => "keep_alive_timeout",
             AckBacklog => "ack_backlog",
+            NotConfirmed => "not_confirmed",
             SubscriptionIdsUnsupported => "subscription_ids_unsupported",
             SessionExpiryAfterZero => "session_expiry_after_zero",
             SecondConnect => "second_connect",
@@ -196,6 +201,7 @@ impl Refusal {
             Malformed(_) => "malformed packet",
             KeepAliveTimeout => "keep alive timeout",
             AckBacklog => "more acknowledgements waiting than packet identifiers",
+            NotConfirmed => "a sink's target did not confirm the message in time",
             SubscriptionIdsUnsupported => "subscription identifiers are not supported",
             SessionExpiryAfterZero => "session expiry set on DISCONNECT after 0 on CONNECT",
             SecondConnect => "second CONNECT",

@@ -6,6 +6,7 @@
 //! the queue growing and draining; configuration errors naming the sink.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ use parking_lot::Mutex;
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::common::raw::{RawClient, Recv};
 use crate::common::{self, servers};
 use crate::interop_rumqttc::v311::{connect, next, subscribe};
+use keelmq::codec::{Packet, ProtocolVersion, PubAck, QoS as Q, ReasonCode};
 use keelmq::config::Config;
 
 fn config_with(text: &str) -> Config {
@@ -479,6 +482,7 @@ client_id = "keelmq-bridge-1"
 remote_topic = "from-keelmq/${{topic}}"
 qos = 2
 topics = ["cmd/#"]
+ack = "delivered"
 
 [[rules]]
 id = "summary"
@@ -534,6 +538,8 @@ actions = [{{ kind = "sink", name = "plant" }}]
     assert!(extra.is_err(), "nothing twice: {extra:?}");
     let stats = settled(&server, "plant", N as u64 + 1).await;
     assert_eq!(stats.status.name(), "connected", "{stats:?}");
+    // Every PUBREC waited for the remote's (ack = "delivered"), none timed out.
+    assert_eq!(server.broker().metrics_snapshot().not_confirmed, 0);
     server.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -868,4 +874,88 @@ local_topic = "kafka/${{topic}}/${{partition}}"
     let expected: std::collections::BTreeSet<String> =
         (0..30).map(|i| format!("event {i}")).collect();
     assert_eq!(seen, expected);
+}
+
+/// The next packet of a raw client, which must be an acknowledgement: (kind, id, reason).
+async fn next_ack(c: &mut RawClient) -> (&'static str, u16, ReasonCode) {
+    match c.next().await {
+        Packet::PubAck(a) => ("PUBACK", a.packet_id, a.reason),
+        Packet::PubRec(a) => ("PUBREC", a.packet_id, a.reason),
+        Packet::PubComp(a) => ("PUBCOMP", a.packet_id, a.reason),
+        other => panic!("expected an acknowledgement, got {other:?}"),
+    }
+}
+
+/// `ack = "delivered"`: a publisher's PUBACK/PUBREC leaves only once the target has the
+/// message. A target that does not take it within `ack_timeout_ms` gets a v5 publisher reason
+/// 0x80 (a QoS 2 packet id is free again) and a 3.x publisher disconnected; the message stays
+/// queued and arrives once the target answers. Acknowledgements keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_sink_holds_the_acknowledgement_until_the_target_has_it() {
+    let status = Arc::new(AtomicU16::new(200));
+    let answer = status.clone();
+    let (http, seen) = http_receiver(move |_, _| answer.load(Ordering::SeqCst)).await;
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "hook"
+kind = "http"
+url = "http://127.0.0.1:{http}/in"
+topics = ["cmd/#"]
+ack = "delivered"
+ack_timeout_ms = 1500
+batch_time_ms = 0
+retry = {{ initial_ms = 50, max_ms = 100 }}
+"#
+    ));
+    let server = common::start(config).await;
+    let addr = server.local_addr();
+    let (mut v5, _) = RawClient::connect(addr, ProtocolVersion::V5, "pub5", true, |_| {}).await;
+    let arrived = |topic: &str| seen.lock().iter().any(|(_, body)| body.contains(topic));
+
+    // The target answers: the PUBACK follows its answer (a retained message's too).
+    v5.publish("cmd/1", b"one", Q::AtLeastOnce, 1, false).await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBACK", 1, ReasonCode::SUCCESS));
+    assert!(arrived("cmd/1"));
+    v5.publish("cmd/kept", b"kept", Q::AtLeastOnce, 1, true)
+        .await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBACK", 1, ReasonCode::SUCCESS));
+    assert!(arrived("cmd/kept"));
+
+    // The target refuses for now (503, retried): no answer until the timeout, then 0x80; a
+    // later message no sink reads is acknowledged behind it, never before.
+    status.store(503, Ordering::SeqCst);
+    v5.publish("cmd/2", b"two", Q::AtLeastOnce, 2, false).await;
+    v5.publish("other/x", b"x", Q::AtLeastOnce, 3, false).await;
+    v5.expect_silence(Duration::from_millis(1000)).await;
+    let late = ReasonCode::UNSPECIFIED_ERROR;
+    assert_eq!(next_ack(&mut v5).await, ("PUBACK", 2, late));
+    let none = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+    assert_eq!(next_ack(&mut v5).await, ("PUBACK", 3, none));
+
+    // QoS 2: PUBREC 0x80 ends the exchange, and the packet id is free for a new message.
+    v5.publish("cmd/3", b"three", Q::ExactlyOnce, 4, false)
+        .await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBREC", 4, late));
+    status.store(200, Ordering::SeqCst);
+    v5.publish("cmd/4", b"four", Q::ExactlyOnce, 4, false).await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBREC", 4, ReasonCode::SUCCESS));
+    assert!(arrived("cmd/4"), "PUBREC after the target has it");
+    v5.send(&Packet::PubRel(PubAck::new(4))).await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBCOMP", 4, ReasonCode::SUCCESS));
+    // What timed out was still queued, and arrived.
+    assert!(eventually(10, || arrived("cmd/2") && arrived("cmd/3")).await);
+
+    // A 3.x publisher cannot be told: disconnected at the timeout, nothing acknowledged.
+    status.store(503, Ordering::SeqCst);
+    let v3 = ProtocolVersion::V3_1_1;
+    let (mut old, _) = RawClient::connect(addr, v3, "pub3", true, |_| {}).await;
+    old.publish("cmd/5", b"five", Q::AtLeastOnce, 1, false)
+        .await;
+    assert_eq!(old.recv_within(Duration::from_secs(5)).await, Recv::Closed);
+    status.store(200, Ordering::SeqCst);
+    assert!(eventually(10, || arrived("cmd/5")).await);
+    let not_confirmed = server.broker().metrics_snapshot().not_confirmed;
+    assert_eq!(not_confirmed, 3, "cmd/2, cmd/3, cmd/5");
+    server.shutdown(Duration::from_secs(5)).await;
 }

@@ -283,6 +283,7 @@ impl Connection {
             held: None,
             deferred: VecDeque::new(),
             pending_acks: AckFifo::default(),
+            confirming: None,
             alive: Some(attached.alive),
         }
     }

@@ -19,7 +19,8 @@ impl Connection {
             self.held = Some(Box::new(HeldBack { publish, ..*held }));
             return Ok(());
         }
-        self.ack_inbound(&mut io.wbuf, held.packet_id, held.qos, ReasonCode::SUCCESS);
+        let (id, qos, confirm) = (held.packet_id, held.qos, outcome.confirm);
+        self.ack_inbound_confirmed(&mut io.wbuf, id, qos, ReasonCode::SUCCESS, confirm);
         while let Some(p) = self.deferred.pop_front() {
             self.handle(p, &mut io.wbuf).await?;
             if self.held.is_some() {
@@ -50,7 +51,7 @@ impl Connection {
             self.broker.reveal(p);
         }
         if let Some(ack) = entry.ack {
-            self.send(wbuf, &ack);
+            self.emit_ack(wbuf, ack);
         }
         Ok(())
     }
@@ -72,8 +73,20 @@ impl Connection {
         qos: QoS,
         reason: ReasonCode,
     ) {
-        if let Some(ack) = publish::inbound_ack(self.version, packet_id, qos, reason) {
-            self.send_in_order(wbuf, ack, true);
+        self.ack_inbound_confirmed(wbuf, packet_id, qos, reason, None);
+    }
+
+    /// [`Self::ack_inbound`] for a message whose acknowledgement also waits for `confirm`.
+    pub(super) fn ack_inbound_confirmed(
+        &mut self,
+        wbuf: &mut BytesMut,
+        packet_id: u16,
+        qos: QoS,
+        reason: ReasonCode,
+        confirm: Option<crate::broker::confirm::Confirm>,
+    ) {
+        if let Some(packet) = publish::inbound_ack(self.version, packet_id, qos, reason) {
+            self.send_in_order(wbuf, Ack { packet, confirm }, true);
         }
     }
 
@@ -81,18 +94,18 @@ impl Connection {
     /// Maximum as awaiting PUBREL.
     fn ack_duplicate(&mut self, wbuf: &mut BytesMut, packet_id: u16) {
         let ack = PubAck::new(packet_id);
-        self.send_in_order(wbuf, Packet::PubRec(ack), false);
+        self.send_in_order(wbuf, Packet::PubRec(ack).into(), false);
     }
 
     /// Sends an acknowledgement that waits for nothing: now, or behind those still pending.
     /// `counts`: it acknowledges a PUBLISH the session does not count as awaiting PUBREL, so
     /// it counts against the Receive Maximum while it waits.
-    pub(super) fn send_in_order(&mut self, wbuf: &mut BytesMut, ack: Packet, counts: bool) {
+    pub(super) fn send_in_order(&mut self, wbuf: &mut BytesMut, ack: Ack, counts: bool) {
         if let Some(ack) = self
             .pending_acks
             .in_order(ack, counts, PendingDurable::ready)
         {
-            self.send(wbuf, &ack);
+            self.emit_ack(wbuf, ack);
         }
     }
 
@@ -177,8 +190,10 @@ impl Connection {
         if !self.may_publish(&p) {
             return self.deny_inbound(wbuf, &p);
         }
-        let in_flight =
-            inflight_in + usize::from(self.held.is_some()) + self.pending_acks.inbound();
+        let in_flight = inflight_in
+            + usize::from(self.held.is_some())
+            + self.pending_acks.inbound()
+            + confirming::inbound(&self.confirming);
         publish::check_receive_maximum(cfg, p.qos, in_flight).map_err(Close::Refused)?;
         match publish::check_content(cfg, self.version, &p) {
             Verdict::Route => {}
@@ -234,13 +249,17 @@ impl Connection {
             // Retained updates are ordered by the retain gate, inside `publish`: the earlier
             // messages of this publisher become visible first.
             self.drain_pending(wbuf).await?;
-            self.broker.publish(message, claim, true).await?
+            self.broker.publish(message, claim, Origin::Client).await?
         } else {
-            match self.broker.publish_pipelined(message, claim, true)? {
+            match self
+                .broker
+                .publish_pipelined(message, claim, Origin::Client)?
+            {
                 ReserveOutcome::Held(publish) => crate::broker::PublishOutcome {
                     delivered: 0,
                     held: Some(publish),
                     retained_refused: false,
+                    confirm: None,
                 },
                 ReserveOutcome::Logged(logged) => {
                     self.acknowledge_when_durable(logged, packet_id, qos, wbuf);
@@ -284,12 +303,14 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        let ack = publish::inbound_ack(self.version, packet_id, qos, reason);
+        let confirm = logged.confirm;
+        let ack = publish::inbound_ack(self.version, packet_id, qos, reason)
+            .map(|packet| Ack { packet, confirm });
         // A QoS 0 message needs no order with the acknowledged ones: it never enters the FIFO.
         if self.pending_acks.may_bypass(logged.durable.is_ready(), qos) {
             self.broker.reveal(logged.reserved);
             if let Some(ack) = ack {
-                self.send(wbuf, &ack);
+                self.emit_ack(wbuf, ack);
             }
         } else {
             self.pending_acks
@@ -339,7 +360,7 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        self.ack_inbound(wbuf, packet_id, qos, reason);
+        self.ack_inbound_confirmed(wbuf, packet_id, qos, reason, outcome.confirm);
         true
     }
 
@@ -355,10 +376,10 @@ impl Connection {
         }
         // PUBCOMP leaves once the release is durable (an unknown id logged nothing).
         if pending.is_ready() {
-            self.send_in_order(wbuf, Packet::PubComp(comp), false);
+            self.send_in_order(wbuf, Packet::PubComp(comp).into(), false);
         } else {
             self.pending_acks
-                .push(pending, None, Some(Packet::PubComp(comp)), false);
+                .push(pending, None, Some(Packet::PubComp(comp).into()), false);
         }
         Ok(())
     }

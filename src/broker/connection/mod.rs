@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, PlannedPublish, ReserveOutcome,
-    Reserved, SessionSlot,
+    Broker, Claimed, ConnId, ConnectRefusal, InboundClaim, Metrics, Origin, PlannedPublish,
+    ReserveOutcome, Reserved, SessionSlot,
 };
 use crate::codec::*;
 use crate::hooks::{self, Event, EventKinds, Identity};
@@ -48,9 +48,12 @@ use crate::router::ClientId;
 use crate::session::{Message, Outgoing, PubRecOutcome};
 use crate::transport::ConnInfo;
 
+mod confirming;
 mod connect;
 mod inbound;
 mod outbound;
+
+use confirming::{Ack, Confirming};
 
 use connect::{accept, read_connect};
 
@@ -298,12 +301,15 @@ struct Connection {
     /// Acknowledgements and inbound messages waiting for durability, in log order (see
     /// [`crate::protocol::acks`]).
     pending_acks: PendingAcks,
+    /// Acknowledgements of visible messages waiting for `ack = "delivered"` sinks, and those
+    /// behind them (see `confirming`). Boxed: rare, and idle connections carry the field.
+    confirming: Option<Box<Confirming>>,
     /// Dropped when this connection has finished with the session (see `Attached::alive`).
     alive: Option<oneshot::Sender<()>>,
 }
 
 /// A connection's acknowledgement FIFO: durability waits, and the deliveries they reveal.
-type PendingAcks = AckFifo<PendingDurable, Reserved>;
+type PendingAcks = AckFifo<PendingDurable, Reserved, Ack>;
 
 /// Waits until the oldest pending acknowledgement may be sent.
 async fn next_pending_ack(
@@ -347,6 +353,9 @@ impl Connection {
                 // that keeps the socket busy cannot starve them.
                 r = next_pending_ack(&self.broker, &mut self.pending_acks), if !self.pending_acks.is_empty() => {
                     self.complete_front(r, &mut io.wbuf)
+                }
+                a = confirming::next_answer(&self.broker, &mut self.confirming), if self.confirming.is_some() => {
+                    self.complete_confirmed(a, &mut io.wbuf)
                 }
                 r = io.reader.read_buf(&mut io.rbuf), if reading => match r {
                     Ok(0) | Err(_) => Err(Close::Network),
@@ -443,6 +452,7 @@ impl Connection {
             }
             self.handle(packet, &mut io.wbuf).await?;
             self.pending_acks.check_bound().map_err(Close::Refused)?;
+            self.check_confirming_bound()?;
         }
         Ok(())
     }

@@ -105,14 +105,14 @@ impl Connection {
             PubRecOutcome::Release => {
                 let rel = Packet::PubRel(PubAck::new(a.packet_id));
                 match pending {
-                    Some(p) => self.pending_acks.push(p, None, Some(rel), false),
+                    Some(p) => self.pending_acks.push(p, None, Some(rel.into()), false),
                     None => self.send(wbuf, &rel),
                 }
             }
             // Behind whatever waits, so it never overtakes the first PUBREL's record.
             PubRecOutcome::ReleaseAgain => {
                 let rel = Packet::PubRel(PubAck::new(a.packet_id));
-                self.send_in_order(wbuf, rel, false);
+                self.send_in_order(wbuf, rel.into(), false);
             }
             PubRecOutcome::Unknown => {
                 let mut rel = PubAck::new(a.packet_id);
