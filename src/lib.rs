@@ -18,7 +18,8 @@
 //!   reason code, spec clause, metrics label) a connection answers with.
 //! - [`broker`]: shared broker state (session registry, router, retained store, metrics), the
 //!   per-connection task ([`broker::connection`]), the in-process client
-//!   ([`broker::local::LocalClient`]) and the background tasks (expiry, wills, `$SYS`).
+//!   ([`broker::local::LocalClient`]), the registry of publishers waiting for
+//!   `ack = "delivered"` sinks, and the background tasks (expiry, wills, `$SYS`).
 //! - [`transport`]: the `[[listeners]]` — TCP, TLS ([`transport::tls`], rustls), WebSocket and
 //!   secure WebSocket ([`transport::ws`]), optional PROXY header — each connection a byte stream
 //!   with its [`transport::ConnInfo`].

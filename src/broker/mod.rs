@@ -17,6 +17,8 @@
 //!   in-process client);
 //! - `local`: the in-process client ([`local::LocalClient`], [`local::LocalSession`]): broker
 //!   code that publishes and subscribes like a client, under the same durability contract;
+//! - `confirm`: publishers waiting for `ack = "delivered"` sinks (registered with the
+//!   reservation, confirmed by the sinks' feeds);
 //! - `connection`: one task per network connection (the `select!` loop, buffers, and the
 //!   calls into `crate::protocol`).
 //!

@@ -3,7 +3,8 @@
 //! connections share it.
 //!
 //! The task's loop waits on, in priority order: a takeover by another connection, broker
-//! shutdown, the fdatasync of the oldest pending acknowledgement, bytes from the client, room
+//! shutdown, the fdatasync of the oldest pending acknowledgement, the `ack = "delivered"`
+//! sinks' answer for the oldest acknowledgement waiting for them, bytes from the client, room
 //! in the socket for buffered bytes, a wake-up from the router (a delivery was queued), the
 //! keep-alive deadline, and — while a 3.x publisher is held back by a full queue — room in the
 //! queues.
