@@ -445,6 +445,15 @@ fn bad_sinks_are_refused_naming_the_field() {
     let kafka = "[[sinks]]\nname = \"k\"\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n\
                  topic = \"events/${clientid\"\n";
     assert!(error(kafka).contains("sinks[0].topic"), "{}", error(kafka));
+    let delivered = format!("{pg}sql = \"SELECT 1\"\nack = \"delivered\"\n");
+    let e = error(&delivered);
+    assert!(e.contains("sinks[0].ack") && e.contains("topics"), "{e}");
+    let never = format!("{pg}sql = \"SELECT 1\"\ntopics = [\"t\"]\nack_timeout_ms = 0\n");
+    assert!(
+        error(&never).contains("sinks[0].ack_timeout_ms"),
+        "{}",
+        error(&never)
+    );
     let foreign = format!("{pg}sql = \"SELECT 1\"\ncommand = \"GET x\"\n");
     assert!(
         error(&foreign).contains("sinks[0].command"),
