@@ -514,12 +514,52 @@ pub fn validate_rule_sinks(
     Ok(())
 }
 
+/// Checks the rules' `FROM "$bridges/<kind>:<name>"`: each names a source of that kind.
+pub fn validate_rule_sources(
+    rules: &[crate::RuleSpec],
+    sources: &[SourceSpec],
+) -> Result<(), ConfigError> {
+    use keelmq_rules::sources::Source;
+    for (i, rule) in rules.iter().enumerate() {
+        let Ok(compiled) = keelmq_rules::Rule::compile(&rule.sql) else {
+            continue; // reported by the rule's own check
+        };
+        for source in compiled.sources() {
+            let Source::Bridge { kind, name } = source else {
+                continue;
+            };
+            let found = sources
+                .iter()
+                .any(|s| &s.name == name && s.kind.name() == *kind);
+            if !found {
+                return Err(ConfigError::Listener {
+                    field: format!("rules[{i}].sql"),
+                    problem: format!(
+                        "FROM \"$bridges/{kind}:{name}\": no {kind} source is named `{name}`"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a source reads from.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Mqtt,
     Kafka,
+}
+
+impl SourceKind {
+    /// As configured (`mqtt`, `kafka`), and in `$bridges/<kind>:<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Mqtt => "mqtt",
+            SourceKind::Kafka => "kafka",
+        }
+    }
 }
 
 /// A topic filter a source subscribes to on the remote broker.

@@ -332,6 +332,7 @@ impl Config {
         bridges::validate(&self.sinks)?;
         bridges::validate_rule_sinks(&self.rules, &self.sinks)?;
         bridges::validate_sources(&self.sources)?;
+        bridges::validate_rule_sources(&self.rules, &self.sources)?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

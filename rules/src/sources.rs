@@ -1,5 +1,6 @@
-//! What a rule's `FROM` names: topic filters (messages) or `$events/…` (client and message
-//! events), with EMQX 5's names and the later slash forms (`$events/client/connected`).
+//! What a rule's `FROM` names: topic filters (messages), `$events/…` (client and message
+//! events, with EMQX 5's names and the later slash forms such as `$events/client/connected`),
+//! or `$bridges/<kind>:<name>` (the messages a data bridge source brings in).
 
 /// The events a rule can read: `(EMQX 5 name, slash form, the `event` field's value)`.
 pub const EVENTS: [(&str, &str, &str); 12] = [
@@ -52,6 +53,19 @@ pub enum Source {
     Topic(String),
     /// An event, by its EMQX 5 name (`client_connected`).
     Event(&'static str),
+    /// The messages source `name` of kind `kind` (`mqtt`, `kafka`) brings in, read through
+    /// the topic [`bridge_topic`] names.
+    Bridge { kind: &'static str, name: String },
+}
+
+/// The kinds of data bridge sources a rule can read.
+pub const BRIDGE_KINDS: [&str; 2] = ["mqtt", "kafka"];
+
+/// The topic under which rules read what source `name` of `kind` brings in
+/// (`$bridges/mqtt:plant`): besides its local topic, the broker routes each message the
+/// source publishes to the subscribers of this topic.
+pub fn bridge_topic(kind: &str, name: &str) -> String {
+    format!("$bridges/{kind}:{name}")
 }
 
 /// The source `from` names, or why it names none.
@@ -63,10 +77,28 @@ pub fn parse(from: &str) -> Result<Source, String> {
             .map(|(under, _, _)| Source::Event(under))
             .ok_or_else(|| format!("unknown event source \"{from}\""));
     }
-    if from.starts_with("$bridges/") {
-        return Err(format!(
-            "\"{from}\": data bridge sources are not available in this version"
-        ));
+    if let Some(bridge) = from.strip_prefix("$bridges/") {
+        let unknown = || {
+            format!(
+                "\"{from}\": a bridge source is `$bridges/mqtt:<name>` or `$bridges/kafka:<name>`"
+            )
+        };
+        let (kind, name) = bridge.split_once(':').ok_or_else(unknown)?;
+        let kind = BRIDGE_KINDS
+            .iter()
+            .find(|k| **k == kind)
+            .ok_or_else(unknown)?;
+        let named = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !named {
+            return Err(unknown());
+        }
+        return Ok(Source::Bridge {
+            kind,
+            name: name.to_string(),
+        });
     }
     valid_filter(from)
         .then(|| Source::Topic(from.to_string()))
@@ -111,7 +143,22 @@ mod tests {
             Ok(Source::Event("client_connected"))
         );
         assert!(parse("$events/nope").is_err());
-        assert!(parse("$bridges/mqtt:x").is_err());
+        assert_eq!(
+            parse("$bridges/mqtt:plant_1"),
+            Ok(Source::Bridge {
+                kind: "mqtt",
+                name: "plant_1".into()
+            })
+        );
+        assert_eq!(bridge_topic("kafka", "k"), "$bridges/kafka:k");
+        for bad in [
+            "$bridges/mqtt:",
+            "$bridges/http:x",
+            "$bridges/mqtt",
+            "$bridges/mqtt:a/b",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
         assert!(parse("a/#/b").is_err());
         assert!(parse("a/b+").is_err());
         assert!(parse("").is_err());

@@ -331,8 +331,9 @@ impl Broker {
     ) -> Vec<(Arc<SessionSlot>, Delivery)> {
         let mut direct: HashMap<*const SessionSlot, usize> = HashMap::new();
         let mut out: Vec<(Arc<SessionSlot>, Delivery)> = Vec::new();
+        let bridge = self.bridge_topic(message);
         let router = self.shared.router.read();
-        router.matches(&message.topic, |m| match m {
+        let mut visit = |m: Match<'_, Arc<SessionSlot>>| match m {
             Match::Direct(sub) => {
                 if sub.options.no_local && message.publisher.as_ref() == Some(&sub.client) {
                     return; // [MQTT-3.8.3-3]
@@ -388,8 +389,21 @@ impl Broker {
                     ));
                 }
             }
-        });
+        };
+        router.matches(&message.topic, &mut visit);
+        if let Some(bridge) = &bridge {
+            router.matches(bridge, &mut visit);
+        }
         out
+    }
+
+    /// For a message a data bridge source publishes (publisher `$source/<name>`), the topic
+    /// rules read it under: `$bridges/<kind>:<name>` (`FROM "$bridges/mqtt:<name>"`).
+    pub(crate) fn bridge_topic(&self, message: &Message) -> Option<String> {
+        let publisher = message.publisher.as_deref()?;
+        let name = publisher.strip_prefix(crate::protocol::admission::SOURCE_CLIENT_ID_PREFIX)?;
+        let spec = self.shared.config.sources.iter().find(|s| s.name == name)?;
+        Some(keelmq_rules::sources::bridge_topic(spec.kind.name(), name))
     }
 
     /// Logs a publish's `records` with the publisher's `InboundQos2`, holding the publisher's

@@ -68,23 +68,27 @@ impl InlineRules {
         InlineRules { trie }
     }
 
-    /// The rules whose filters match `topic`, each once.
-    fn matching(&self, topic: &str) -> Vec<InlineRule> {
+    /// The rules whose filters match `topics`, each once.
+    fn matching<'t>(&self, topics: impl IntoIterator<Item = &'t str>) -> Vec<InlineRule> {
         let mut found: Vec<InlineRule> = Vec::new();
-        self.trie.matches(topic, |m| {
-            if let Match::Direct(sub) = m {
-                if !found.iter().any(|f| Arc::ptr_eq(&f.rule, &sub.target.rule)) {
-                    found.push(sub.target.clone());
+        for topic in topics {
+            self.trie.matches(topic, |m| {
+                if let Match::Direct(sub) = m {
+                    if !found.iter().any(|f| Arc::ptr_eq(&f.rule, &sub.target.rule)) {
+                        found.push(sub.target.clone());
+                    }
                 }
-            }
-        });
+            });
+        }
         found
     }
 }
 
 impl crate::hooks::PublishRules for InlineRules {
     fn outputs(&self, broker: &Broker, message: &Message, queued_for: &[ClientId]) -> Vec<Message> {
-        let mut rules = self.matching(&message.topic);
+        // A source's message is also read under `$bridges/<kind>:<name>`.
+        let bridge = broker.bridge_topic(message);
+        let mut rules = self.matching([&*message.topic].into_iter().chain(bridge.as_deref()));
         // A rule still subscribed through its consumer session reads the message there.
         rules.retain(|r| !queued_for.iter().any(|c| is_consumer_of(c, &r.rule.id)));
         if rules.is_empty() {

@@ -116,6 +116,9 @@ impl Compiled {
             match source {
                 Source::Topic(t) => topics.push(t.clone()),
                 Source::Event(e) => events.push(*e),
+                Source::Bridge { kind, name } => {
+                    topics.push(keelmq_rules::sources::bridge_topic(kind, name));
+                }
             }
         }
         Ok(Compiled {
@@ -492,6 +495,7 @@ impl RuleEngine {
         let config = crate::config::Config {
             rules: vec![spec.clone()],
             sinks: self.inner.bridges.specs(),
+            sources: self.inner.broker.config().sources.clone(),
             ..Default::default()
         };
         config
