@@ -412,6 +412,97 @@ retry = {{ initial_ms = 50, max_ms = 500 }}
     server.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The issue's outage: PostgreSQL stopped for 30 s, then hung (SIGSTOP) for 30 s, while a
+/// publisher goes on. The queue grows meanwhile, and drains once the target answers; every
+/// message is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_waits_out_a_stopped_then_hung_target() {
+    let Some(mut pg) = servers::postgres() else {
+        return;
+    };
+    servers::psql(&pg, "CREATE TABLE outage(id bigint PRIMARY KEY, n text)");
+    let config = config_with(&format!(
+        r#"
+[[sinks]]
+name = "outage"
+kind = "postgresql"
+url = "postgres://keelmq:secret@127.0.0.1:{}/keelmq"
+topics = ["outage/#"]
+sql = "INSERT INTO outage(id, n) VALUES (${{id}}, ${{payload}}) ON CONFLICT DO NOTHING"
+request_timeout_ms = 1000
+retry = {{ initial_ms = 100, max_ms = 1000 }}
+"#,
+        pg.port
+    ));
+    let server = common::start(config).await;
+    let port = server.local_addr().port();
+    let publisher = connect(port, "steady", true, None).await;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let load = {
+        let (c, sent) = (publisher.client.clone(), sent.clone());
+        tokio::spawn(async move {
+            // 20 messages a second until told to stop.
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !*stopped.borrow_and_update() {
+                tick.tick().await;
+                let n = sent.fetch_add(1, Ordering::SeqCst);
+                c.publish(
+                    format!("outage/{}", n % 4),
+                    QoS::AtLeastOnce,
+                    false,
+                    n.to_string(),
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let count = |pg: &servers::Server| servers::psql(pg, "SELECT count(*) FROM outage");
+    assert!(
+        eventually(10, || count(&pg) != "0").await,
+        "the sink writes"
+    );
+    pg.stop();
+    let mut most_queued = most_queued_within(&server, 30).await;
+    let stopped_stats = sink_stats(&server, "outage");
+    assert_eq!(
+        stopped_stats.status.name(),
+        "disconnected",
+        "{stopped_stats:?}"
+    );
+    pg.restart();
+    pg.hang();
+    most_queued = most_queued.max(most_queued_within(&server, 30).await);
+    let hung_stats = sink_stats(&server, "outage");
+    pg.resume();
+    let _ = stop.send(true);
+    load.await.unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        most_queued >= 500,
+        "the queue grew: {most_queued}, {hung_stats:?}"
+    );
+    let all = eventually(60, || count(&pg) == total.to_string()).await;
+    let stats = sink_stats(&server, "outage");
+    assert!(all, "{} of {total} rows; {stats:?}", count(&pg));
+    let stats = settled(&server, "outage", total as u64).await;
+    assert_eq!(stats.queuing, 0, "drained: {stats:?}");
+    let distinct = servers::psql(&pg, "SELECT count(DISTINCT n) FROM outage");
+    assert_eq!(distinct, total.to_string(), "every message once");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The most messages the sink `outage` had queued, sampled twice a second for `secs`.
+async fn most_queued_within(server: &keelmq::server::Server, secs: u64) -> u64 {
+    let mut most = 0;
+    for _ in 0..secs * 2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        most = most.max(sink_stats(server, "outage").queuing);
+    }
+    most
+}
+
 /// Configuration errors name the sink's field.
 #[test]
 fn bad_sinks_are_refused_naming_the_field() {
