@@ -465,10 +465,15 @@ impl LocalSession {
     /// Moves the session's next delivery into the outbox; `false` if there is none.
     fn take_next(&mut self) -> Result<bool, LocalError> {
         let now = Instant::now();
-        let next = self
+        let (next, refill) = self
             .broker
-            .session_op(&self.slot, self.conn, |s| s.next_publish(now))
+            .session_op(&self.slot, self.conn, |s| {
+                (s.next_publish(now), s.wants_page_in(REFILL_BELOW))
+            })
             .ok_or(LocalError::TakenOver)?;
+        if refill {
+            self.broker.refill(&self.slot);
+        }
         let Some(out) = next else {
             return Ok(false);
         };

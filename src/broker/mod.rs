@@ -65,6 +65,7 @@ use confirm::*;
 use placement::*;
 use publish::*;
 pub use publish::{Origin, PlannedPublish, PublishOutcome};
+use restore::REFILL_BELOW;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -322,8 +322,10 @@ impl Broker {
                     st.session.cancel(packet_id, bytes);
                     false
                 } else {
-                    if st.owner.is_none() && st.in_store && packet_id != 0 {
-                        // Offline persistent session: the body is durable, keep only metadata.
+                    let pages =
+                        st.owner.is_none() || st.session.pages_new(super::restore::IN_MEMORY_QUEUE);
+                    if st.in_store && packet_id != 0 && pages {
+                        // Offline, or a long backlog: the body is durable, keep only metadata.
                         st.session.commit_paged(packet_id, &d);
                     } else {
                         st.session.commit(packet_id, d);

@@ -5,6 +5,15 @@
 use super::*;
 use crate::persistence::StoredMessage;
 
+/// The QoS 1/2 deliveries a persistent session keeps in memory at most: later ones are queued
+/// paged out (their bodies are durable in the log and the store) and paged in by batches of
+/// [`PAGE_IN_BATCH`] once fewer than half of these are left, so a backlog of any length costs
+/// memory for its metadata only (about 100 bytes a delivery).
+pub(crate) const IN_MEMORY_QUEUE: usize = 2048;
+pub(crate) const PAGE_IN_BATCH: usize = 1024;
+/// The queue length in memory under which the next batch is paged in.
+pub(crate) const REFILL_BELOW: usize = IN_MEMORY_QUEUE / 2;
+
 impl Broker {
     /// A broker over recovered persistent state: sessions, subscriptions and (paged-out)
     /// queues are restored before this returns; retained messages are read from the store on
@@ -168,18 +177,47 @@ impl Broker {
         }
     }
 
-    /// Loads the bodies of a resumed session's paged-out deliveries from the store and puts
-    /// them back in front of its queue, before its connection sends anything. A body the store
-    /// does not have (damaged data) is reported and its delivery removed.
+    /// Loads the bodies of a resumed session's first paged-out deliveries (a batch) from the
+    /// store before its connection sends anything; the rest follow as the queue drains
+    /// ([`Self::refill`]). A body the store does not have (damaged data) is reported and its
+    /// delivery removed.
     pub(super) async fn page_in(&self, slot: &Arc<SessionSlot>) {
+        let taken = self.with_slot(slot, |st| {
+            let s = &mut st.session;
+            s.wants_page_in(usize::MAX)
+                .then(|| (s.take_paged_front(PAGE_IN_BATCH), st.generation))
+        });
+        if let Some((paged, generation)) = taken {
+            self.load_paged(slot, paged, generation).await;
+        }
+    }
+
+    /// Pages the next batch of `slot`'s paged-out deliveries in (in the background) if its
+    /// queue in memory runs low: called as a connected session's queue drains.
+    pub(crate) fn refill(&self, slot: &Arc<SessionSlot>) {
+        let taken = self.with_slot(slot, |st| {
+            let s = &mut st.session;
+            s.wants_page_in(REFILL_BELOW)
+                .then(|| (s.take_paged_front(PAGE_IN_BATCH), st.generation))
+        });
+        if let Some((paged, generation)) = taken {
+            let (broker, slot) = (self.clone(), slot.clone());
+            tokio::spawn(async move { broker.load_paged(&slot, paged, generation).await });
+        }
+    }
+
+    /// Loads the bodies of deliveries taken from the front of `slot`'s paged-out ones and
+    /// queues them behind those in memory; if the session went offline meanwhile, pages its
+    /// queue out again. A failed load puts them back (they stay on disk).
+    async fn load_paged(
+        &self,
+        slot: &Arc<SessionSlot>,
+        paged: Vec<PagedDelivery>,
+        generation: u64,
+    ) {
         let Some(p) = self.shared.persistence.clone() else {
             return;
         };
-        let (paged, generation) =
-            self.with_slot(slot, |st| (st.session.take_paged(), st.generation));
-        if paged.is_empty() {
-            return;
-        }
         let ids: Vec<u64> = paged.iter().map(|d| d.message_id).collect();
         let loaded = tokio::task::spawn_blocking(move || p.load_messages(&ids)).await;
         let bodies = match loaded {
@@ -190,12 +228,10 @@ impl Broker {
                     Err(e) => e.to_string(),
                     Ok(Ok(_)) => String::new(),
                 };
-                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the offline queue; it stays on disk");
+                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the queue; it stays on disk");
                 self.with_slot(slot, |st| {
                     if st.generation == generation {
-                        for d in paged {
-                            st.session.restore_paged(d);
-                        }
+                        st.session.unpage(paged);
                     }
                 });
                 return;
@@ -208,11 +244,15 @@ impl Broker {
                 return (Vec::new(), false); // replaced by a Clean Start meanwhile
             }
             st.session.restore_paged_in(loaded);
+            if st.owner.is_none() && st.in_store && st.session.expiry_interval != 0 {
+                st.session.page_out();
+            }
             (st.session.take_removed(), st.in_store)
         });
         if in_store {
             self.log(journal::dequeued_all(&slot.client_id, removed));
         }
+        slot.wake.notify_one();
     }
 }
 

@@ -296,9 +296,13 @@ pub struct Session {
     /// Filter (as subscribed, share prefix included) → options.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
     queue: VecDeque<Queued>,
-    /// Deliveries whose bodies are not in memory; they precede `queue` (which then holds only
-    /// QoS 0 deliveries, or deliveries queued since a connection resumed the session).
+    /// QoS 1/2 deliveries whose bodies are not in memory. They follow the QoS 1/2 deliveries
+    /// of `queue`: while any is paged (or being paged in), every new QoS 1/2 delivery of a
+    /// persistent session is paged too ([`Self::pages_new`]), and bodies paged in join the
+    /// back of `queue` ([`Self::take_paged_front`], [`Self::restore_paged_in`]).
     paged: VecDeque<PagedDelivery>,
+    /// Deliveries taken from the front of `paged` whose bodies are being loaded.
+    paging_in: usize,
     /// Their payload bytes as far as known.
     paged_bytes: usize,
     queued_bytes: usize,
@@ -335,6 +339,7 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             paged: VecDeque::new(),
+            paging_in: 0,
             paged_bytes: 0,
             queued_bytes: 0,
             reserved_messages: 0,
@@ -361,9 +366,9 @@ impl Session {
         self.window = window.max(1);
     }
 
-    /// Deliveries waiting to be sent, paged out ones included.
+    /// Deliveries waiting to be sent, paged out ones (and those being paged in) included.
     pub fn queued_len(&self) -> usize {
-        self.queue.len() + self.paged.len()
+        self.queue.len() + self.paged.len() + self.paging_in
     }
 
     /// Payload bytes queued or reserved.
@@ -466,12 +471,18 @@ impl Session {
     }
 
     /// Pages out the queued QoS 1/2 deliveries (a persistent session whose connection went
-    /// away; every one of them is durable), keeping their order; QoS 0 ones stay queued.
-    pub fn page_out(&mut self) {
+    /// away; every one of them is durable) in front of those already paged, keeping their
+    /// order; QoS 0 ones stay queued. Not while bodies are being paged in: `false` then, and
+    /// the page-in pages out when it ends.
+    pub fn page_out(&mut self) -> bool {
+        if self.paging_in > 0 {
+            return false;
+        }
         if self.queue.iter().all(|q| q.packet_id == 0) {
-            return;
+            return true;
         }
         let mut kept = VecDeque::new();
+        let mut out = VecDeque::with_capacity(self.queue.len() + self.paged.len());
         for q in self.queue.drain(..) {
             if q.packet_id == 0 {
                 kept.push_back(q);
@@ -480,10 +491,35 @@ impl Session {
             let bytes = q.delivery.accounted_bytes();
             self.queued_bytes -= bytes;
             self.paged_bytes += bytes;
-            self.paged
-                .push_back(PagedDelivery::of(q.packet_id, &q.delivery, q.resend));
+            out.push_back(PagedDelivery::of(q.packet_id, &q.delivery, q.resend));
         }
+        out.extend(self.paged.drain(..));
+        self.paged = out;
         self.queue = kept;
+        true
+    }
+
+    /// Whether a new QoS 1/2 delivery of this (persistent) session is to be queued paged out:
+    /// some are paged already or being paged in (it must follow them), or `in_memory`
+    /// deliveries are queued in memory already.
+    pub fn pages_new(&self, in_memory: usize) -> bool {
+        !self.paged.is_empty() || self.paging_in > 0 || self.queue.len() >= in_memory
+    }
+
+    /// Whether the next paged-out deliveries should be paged in: some are, none is being
+    /// loaded, and fewer than `low` deliveries are queued in memory.
+    pub fn wants_page_in(&self, low: usize) -> bool {
+        !self.paged.is_empty() && self.paging_in == 0 && self.queue.len() < low
+    }
+
+    /// Takes up to `n` paged-out deliveries from the front, in queue order, to load their
+    /// bodies; they stay counted against the limits, and new deliveries are paged, until
+    /// [`Self::restore_paged_in`].
+    pub fn take_paged_front(&mut self, n: usize) -> Vec<PagedDelivery> {
+        let n = n.min(self.paged.len());
+        let taken: Vec<PagedDelivery> = self.paged.drain(..n).collect();
+        self.paging_in += taken.len();
+        taken
     }
 
     /// Makes room for `n` more paged-out deliveries at once (recovery knows how many).
@@ -496,18 +532,13 @@ impl Session {
         !self.paged.is_empty()
     }
 
-    /// Takes the paged-out deliveries, in queue order, to load their bodies. Their packet
-    /// identifiers stay in use until [`Self::restore_paged_in`].
-    pub fn take_paged(&mut self) -> Vec<PagedDelivery> {
-        self.paged_bytes = 0;
-        self.paged.drain(..).collect()
-    }
-
-    /// Puts paged-in deliveries back in front of the queue, in the order given (`None`: the
-    /// body could not be loaded and the delivery is dropped, its packet id freed).
+    /// Puts deliveries taken by [`Self::take_paged_front`] back at the back of the queue
+    /// (behind the QoS 1/2 deliveries still in memory, which are older), in the order given
+    /// (`None`: the body could not be loaded and the delivery is dropped, its packet id freed).
     pub fn restore_paged_in(&mut self, loaded: Vec<(PagedDelivery, Option<Delivery>)>) {
-        let mut front = Vec::with_capacity(loaded.len());
+        self.paging_in = self.paging_in.saturating_sub(loaded.len());
         for (p, delivery) in loaded {
+            self.paged_bytes = self.paged_bytes.saturating_sub(p.bytes);
             let Some(delivery) = delivery else {
                 self.remove(p.packet_id, p.message_id);
                 continue;
@@ -520,15 +551,21 @@ impl Session {
                 });
             } else {
                 self.queued_bytes += delivery.accounted_bytes();
-                front.push(Queued {
+                self.queue.push_back(Queued {
                     packet_id: p.packet_id,
                     delivery,
                     resend: p.resend,
                 });
             }
         }
-        for q in front.into_iter().rev() {
-            self.queue.push_front(q);
+    }
+
+    /// Puts deliveries taken by [`Self::take_paged_front`] back in front of the paged ones
+    /// (their bodies could not be loaded now).
+    pub fn unpage(&mut self, taken: Vec<PagedDelivery>) {
+        self.paging_in = self.paging_in.saturating_sub(taken.len());
+        for d in taken.into_iter().rev() {
+            self.paged.push_front(d);
         }
     }
 

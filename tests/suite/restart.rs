@@ -201,6 +201,88 @@ async fn offline_queues_are_paged_in_on_resume_in_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A backlog longer than a session keeps in memory (2,048 deliveries) is queued paged out
+/// while its subscriber is connected but not reading, and paged in by batches as it reads:
+/// every message in order, across a `kill -9` and more messages queued while it is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_longer_than_memory_comes_back_in_order() {
+    let dir = common::temp_dir("long-backlog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("keelmq.toml");
+    let text = "[storage]\ncheckpoint_interval_ms = 200\n[limits]\nmax_queued_messages = 10000\n";
+    std::fs::write(&config, text).unwrap();
+    let data = dir.join("data");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
+    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let slow = |c: &mut Connect| {
+        c.properties.session_expiry_interval = Some(3600);
+        c.properties.receive_maximum = Some(20);
+    };
+    let (mut sub, _) = RawClient::connect(broker.addr, V5, "long", true, slow).await;
+    sub.subscribe(1, "long/#", SubscriptionOptions::qos(QoS::AtLeastOnce))
+        .await;
+    let payload =
+        |i: u32| -> &'static [u8] { Box::leak(format!("{i:05}").into_boxed_str()).as_bytes() };
+    publish_pipelined(broker.addr, 0..5000, payload).await;
+    let mut next = 0;
+    read_in_order(&mut sub, &mut next, 1000).await;
+    drop(broker); // SIGKILL, with 4,000 queued (most of them paged out) and 20 in flight
+    drop(sub);
+    let broker = common::BrokerProcess::start_with(&binary, &args);
+    publish_pipelined(broker.addr, 5000..6000, payload).await;
+    let (mut sub, ack) = RawClient::connect(broker.addr, V5, "long", false, slow).await;
+    assert!(ack.session_present);
+    read_in_order(&mut sub, &mut next, 6000).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes `range` to `long/x` at QoS 1, 50 at a time before reading their PUBACKs.
+async fn publish_pipelined(
+    addr: std::net::SocketAddr,
+    range: std::ops::Range<u32>,
+    payload: impl Fn(u32) -> &'static [u8],
+) {
+    let (mut publ, _) = RawClient::connect(addr, V5, "long-pub", true, |_| {}).await;
+    let ids: Vec<u32> = range.collect();
+    for chunk in ids.chunks(50) {
+        for (k, i) in chunk.iter().enumerate() {
+            publ.publish("long/x", payload(*i), QoS::AtLeastOnce, k as u16 + 1, false)
+                .await;
+        }
+        for _ in chunk {
+            let ack = publ.next().await;
+            assert!(
+                matches!(&ack, Packet::PubAck(a) if a.reason == ReasonCode::SUCCESS),
+                "{ack:?}"
+            );
+        }
+    }
+}
+
+/// Reads and acknowledges messages until message `until - 1` arrived: each the next number
+/// (`next`), or a re-send (DUP) of one already read.
+async fn read_in_order(sub: &mut RawClient, next: &mut u32, until: u32) {
+    while *next < until {
+        let p = sub.next_publish().await;
+        let n: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        if n < *next {
+            assert!(p.dup, "message {n} again without DUP (expected {next})");
+        } else {
+            assert_eq!(n, *next, "out of order");
+            *next += 1;
+        }
+        sub.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_waiting_for_its_delay_survives_kill_9() {
     let dir = common::temp_dir("will");

@@ -2,6 +2,7 @@
 //! aliases and the client's Maximum Packet Size.
 
 use super::*;
+use crate::broker::REFILL_BELOW;
 
 impl Connection {
     /// Moves deliveries from the session into the write buffer while it has room.
@@ -11,11 +12,16 @@ impl Connection {
             let next = self.broker.session_op(&self.slot, self.id, |s| {
                 let expired = s.expired;
                 let next = s.next_publish(now);
-                (next, s.expired - expired)
+                (next, s.expired - expired, s.wants_page_in(REFILL_BELOW))
             });
-            let Some((next, expired)) = next else { return };
+            let Some((next, expired, refill)) = next else {
+                return;
+            };
             if expired > 0 {
                 Metrics::add(&self.broker.shared.metrics.expired, expired);
+            }
+            if refill {
+                self.broker.refill(&self.slot);
             }
             match next {
                 Some(out) => {
