@@ -69,9 +69,9 @@ fn delivery(qos: QoS) -> Delivery {
 struct Flow {
     session: Session,
     /// QoS 1 PUBLISHes awaiting PUBACK, or QoS 2 PUBLISHes awaiting PUBREC, oldest first.
-    awaiting_ack: VecDeque<u16>,
+    awaiting_ack: VecDeque<keelmq::session::PacketId>,
     /// QoS 2 deliveries PUBRECed and awaiting PUBCOMP, oldest first.
-    awaiting_comp: VecDeque<u16>,
+    awaiting_comp: VecDeque<keelmq::session::PacketId>,
     delivery: Delivery,
     now: Instant,
 }

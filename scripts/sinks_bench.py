@@ -21,7 +21,13 @@ configuration) where a persistent QoS 1 subscriber counts what arrives, against 
 publishers publishing to that Mosquitto directly; rates are what the subscriber received per
 second.
 
-Usage: scripts/sinks_bench.py --keelmq target/release/keelmq [--duration 10]
+With --backlog N it measures what a sink's backlog costs: 10 QoS 1 publishers put N messages
+(64-byte JSON payloads) into the PostgreSQL sink's queue while its table does not exist, the
+broker's resident memory (VmRSS) sampled twice a second from start to drained; then the table
+is created and the backlog drains. Prints the RSS at start, with the backlog, and at its
+peak, and the memory per queued message.
+
+Usage: scripts/sinks_bench.py --keelmq target/release/keelmq [--duration 10] [--backlog N]
 (the pg_loop bench is built with `cargo bench --bench pg_loop --no-run` beforehand, or here)
 """
 
@@ -151,6 +157,60 @@ def sink_run(args, pg):
             "rate": round(acked / elapsed, 1), "ingest_rate": round(ingest, 1)}
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def backlog_run(args, pg):
+    """N messages queued for the sink while its target refuses them, then drained."""
+    import threading
+    args.keelmq_config = os.path.join(args.work, "backlog.toml")
+    with open(args.keelmq_config, "w") as f:
+        f.write(SINK.format(url=pg.url()) + "max_queued_messages = 2000000\n"
+                "[limits]\nmax_queued_bytes = 1073741824\nmax_queued_bytes_total = 2147483648\n")
+    with Broker("keelmq", args, args.work, args.port) as broker:
+        time.sleep(1)
+        start_kib = rss_kib(broker.pid)
+        peak = [start_kib]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib(broker.pid))
+                time.sleep(0.5)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        per = args.backlog // 10
+        p = bench(args, "pub", args.port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 64,
+                                           "-L", per, "-d", 3600, "-F", 32, "--json",
+                                           "--prefix", "pub"])
+        acked = p["acked"]
+        time.sleep(2)
+        backlog_kib = rss_kib(broker.pid)
+        pg.psql(TABLE.format(name="sink_rows"))
+        started = time.monotonic()
+        rows = 0
+        while time.monotonic() < started + 1800:
+            rows = int(pg.psql("SELECT count(*) FROM sink_rows"))
+            if rows >= acked:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        stop.set()
+        sampler.join()
+        drained_kib = rss_kib(broker.pid)
+    return {"acked": acked, "rows": rows, "drain_secs": round(elapsed, 1),
+            "rss_start_mib": round(start_kib / 1024, 1),
+            "rss_backlog_mib": round(backlog_kib / 1024, 1),
+            "rss_peak_mib": round(peak[0] / 1024, 1),
+            "rss_drained_mib": round(drained_kib / 1024, 1),
+            "bytes_per_queued_message": round((backlog_kib - start_kib) * 1024 / max(acked, 1))}
+
+
 MQTT_SINK = """
 [[sinks]]
 name = "bench"
@@ -198,6 +258,8 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mqtt", action="store_true", help="measure the MQTT sink instead")
+    ap.add_argument("--backlog", type=int, default=0,
+                    help="measure the memory of a PostgreSQL sink's backlog of this many")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     args.port = args.port or free_port()
@@ -207,6 +269,13 @@ def main():
     try:
         if args.mqtt:
             print(json.dumps(mqtt_runs(args)))
+            return
+        if args.backlog:
+            with Postgres(args.work) as pg:
+                run = backlog_run(args, pg)
+                run["one_row_per_message"] = (
+                    run["rows"] == int(pg.psql("SELECT count(DISTINCT id) FROM sink_rows")))
+            print(json.dumps(run))
             return
         with Postgres(args.work) as pg:
             sink = sink_run(args, pg)

@@ -192,13 +192,13 @@ pub enum Event {
     Delivered {
         client_id: ClientId,
         message: Arc<Message>,
-        packet_id: u16,
+        packet_id: crate::session::PacketId,
         qos: QoS,
     },
     /// A QoS 1/2 delivery was acknowledged by its subscriber (PUBACK, or PUBCOMP).
     Acked {
         client_id: ClientId,
-        packet_id: u16,
+        packet_id: crate::session::PacketId,
         message: Arc<Message>,
     },
     /// A copy was not queued for a subscriber whose queue was full.

@@ -88,8 +88,9 @@ pub struct SinkSpec {
     #[serde(default = "default_batch_time_ms")]
     pub batch_time_ms: u64,
     /// Messages queued for the sink (per feed: its topics, each rule); beyond, publishers are
-    /// held back (v3) or refused with 0x97 (v5): never a silent loss. A session holds at most
-    /// 65,535 QoS 1/2 deliveries (their packet identifiers), whatever this says.
+    /// held back (v3) or refused with 0x97 (v5): never a silent loss. An MQTT sink's feeds
+    /// hold at most 65,535 QoS 1/2 deliveries (their packet identifiers are the remote's),
+    /// whatever this says.
     #[serde(default = "default_max_queued")]
     pub max_queued_messages: usize,
     #[serde(default)]

@@ -87,6 +87,8 @@ async fn consume(
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), LocalError> {
     let mut session = attach(broker, feed, QoS::AtLeastOnce, ready).await?;
+    // Its ids go to no MQTT peer: its backlog is bounded by `max_queued_messages` alone.
+    session.set_max_packet_id(crate::session::PacketId::MAX)?;
     // The next batch, taken and made into items while the one before is being written.
     let mut ready: Option<(Vec<LocalDelivery>, Vec<Item>)> = None;
     let result = loop {

@@ -27,7 +27,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::feed::{self, Feed};
 use super::target::{Item, Outcome, Target, WriteFuture};
-use crate::broker::local::{LocalDelivery, LocalError, LocalSession, Taken, CONSUMER_WINDOW};
+use crate::broker::local::{
+    mqtt_packet_id, LocalDelivery, LocalError, LocalSession, Taken, CONSUMER_WINDOW,
+};
 use crate::broker::metrics::SinkStatus;
 use crate::broker::{Broker, Metrics};
 use crate::codec::{Connect, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
@@ -312,6 +314,7 @@ async fn send(
 ) -> Result<(), LocalError> {
     let d = match taken {
         Taken::Release(packet_id) => {
+            let packet_id = mqtt_packet_id(packet_id)?;
             inflight.insert(packet_id, Exchange::Released);
             conn.send(&Packet::PubRel(PubAck::new(packet_id))).await;
             return Ok(());
@@ -324,7 +327,8 @@ async fn send(
     };
     Metrics::add(&feed.sink.stats.matched, 1);
     let qos = d.delivery.qos.min(remote.qos);
-    let publish = remote.publish(&item, &d.delivery.message.payload, qos, d.packet_id, d.dup);
+    let id = d.mqtt_packet_id()?;
+    let publish = remote.publish(&item, &d.delivery.message.payload, qos, id, d.dup);
     let topic = &*publish.topic;
     if topic.is_empty() || topic.contains(['+', '#', '\0']) || topic.len() > usize::from(u16::MAX) {
         let why = format!("remote topic `{topic}` is not a topic name");
@@ -339,7 +343,7 @@ async fn send(
         feed.sink.confirm(broker, &item, true);
         return session.ack(&d).await;
     }
-    inflight.insert(d.packet_id, Exchange::Published(Box::new((publish, item))));
+    inflight.insert(id, Exchange::Published(Box::new((publish, item))));
     Ok(())
 }
 
@@ -388,7 +392,7 @@ async fn answer(
             if !settle(broker, feed, &sent.1, a.reason).await {
                 return Ok(false);
             }
-            session.acknowledged(a.packet_id)?;
+            session.acknowledged(a.packet_id.into())?;
         }
         Packet::PubRec(r) if r.reason.0 >= 0x80 => {
             let Some(Exchange::Published(sent)) = inflight.remove(&r.packet_id) else {
@@ -397,7 +401,7 @@ async fn answer(
             if !settle(broker, feed, &sent.1, r.reason).await {
                 return Ok(false);
             }
-            session.received(r.packet_id, true).await?;
+            session.received(r.packet_id.into(), true).await?;
         }
         Packet::PubRec(r) => {
             let Some(Exchange::Published(sent)) = inflight.get(&r.packet_id) else {
@@ -406,13 +410,13 @@ async fn answer(
             // The remote has it, once: a publisher waiting for the sink may be acknowledged.
             feed.sink.confirm(broker, &sent.1, true);
             // Durable before PUBREL: a restart then releases instead of sending again.
-            session.received(r.packet_id, false).await?;
+            session.received(r.packet_id.into(), false).await?;
             inflight.insert(r.packet_id, Exchange::Released);
             conn.send(&Packet::PubRel(PubAck::new(r.packet_id))).await;
         }
         Packet::PubComp(c) => {
             if matches!(inflight.remove(&c.packet_id), Some(Exchange::Released)) {
-                session.released(c.packet_id)?;
+                session.released(c.packet_id.into())?;
                 Metrics::add(&stats.success, 1);
             }
         }

@@ -10,7 +10,7 @@ impl Broker {
         &self,
         slot: &SessionSlot,
         conn: ConnId,
-        packet_id: u16,
+        packet_id: PacketId,
         pubcomp: bool,
     ) -> Option<()> {
         let records = self.with_slot(slot, |st| {
@@ -52,7 +52,7 @@ impl Broker {
         &self,
         slot: &SessionSlot,
         conn: ConnId,
-        packet_ids: &[u16],
+        packet_ids: &[PacketId],
     ) -> Option<()> {
         let (acked, records) = self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
@@ -90,7 +90,7 @@ impl Broker {
         &self,
         slot: &SessionSlot,
         conn: ConnId,
-        packet_id: u16,
+        packet_id: PacketId,
         refused: bool,
     ) -> Result<Option<(PubRecOutcome, Option<PendingDurable>)>, NotDurable> {
         let result = self.with_slot(slot, |st| {

@@ -8,7 +8,11 @@ impl Broker {
     /// commit with the `Dequeue` of its old place, so that no crash can leave it in neither
     /// (nor, for a persistent departed member, in both). A delivery no other member can take
     /// (none, or every queue full) stays with the departed member under its packet id.
-    pub(super) async fn redispatch(&self, taken: Vec<(u16, Delivery)>, from: &Arc<SessionSlot>) {
+    pub(super) async fn redispatch(
+        &self,
+        taken: Vec<(PacketId, Delivery)>,
+        from: &Arc<SessionSlot>,
+    ) {
         if taken.is_empty() {
             return;
         }
@@ -75,8 +79,8 @@ impl Broker {
         &self,
         from: &SessionSlot,
         generation: u64,
-        moved: Vec<(u16, Delivery)>,
-        mut stays: Vec<(u16, Delivery)>,
+        moved: Vec<(PacketId, Delivery)>,
+        mut stays: Vec<(PacketId, Delivery)>,
         moved_ok: bool,
     ) {
         self.with_slot(from, |st| {

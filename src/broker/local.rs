@@ -49,6 +49,22 @@ pub enum LocalError {
     /// `limits.max_sessions` sessions exist already.
     #[error("too many sessions")]
     TooManySessions,
+    /// A delivery's packet identifier is above 65,535 where an MQTT peer needs it (a session
+    /// whose identifiers were widened with `set_max_packet_id`).
+    #[error("packet identifier {0} is above 65535")]
+    PacketIdRange(PacketId),
+}
+
+impl LocalDelivery {
+    /// The delivery's packet identifier as an MQTT packet identifier.
+    pub fn mqtt_packet_id(&self) -> Result<u16, LocalError> {
+        mqtt_packet_id(self.packet_id)
+    }
+}
+
+/// `id` as an MQTT packet identifier (for a peer that gets the session's ids as its own).
+pub fn mqtt_packet_id(id: PacketId) -> Result<u16, LocalError> {
+    u16::try_from(id).map_err(|_| LocalError::PacketIdRange(id))
 }
 
 impl From<NotDurable> for LocalError {
@@ -343,14 +359,14 @@ impl Drop for PendingOutput {
 pub enum Taken {
     Delivery(LocalDelivery),
     /// Finish the QoS 2 delivery under this packet id with PUBREL (its PUBREC is durable).
-    Release(u16),
+    Release(PacketId),
 }
 
 /// A delivery taken by a [`LocalSession`]; QoS 1/2 ones stay in flight until acknowledged.
 #[derive(Debug, Clone)]
 pub struct LocalDelivery {
     /// The packet id it is in flight under (0 for QoS 0).
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// Sent before, to this session's previous holder (it may have been processed).
     pub dup: bool,
     pub delivery: Delivery,
@@ -497,7 +513,7 @@ impl LocalSession {
 
     /// The first half of a QoS 2 acknowledgement: PUBREC, durable when this returns (the
     /// delivery is then the receiver's; [`Self::released`] finishes it).
-    pub async fn received(&mut self, packet_id: u16, refused: bool) -> Result<(), LocalError> {
+    pub async fn received(&mut self, packet_id: PacketId, refused: bool) -> Result<(), LocalError> {
         let (_, pending) = self
             .broker
             .outbound_pubrec(&self.slot, self.conn, packet_id, refused)?
@@ -509,12 +525,12 @@ impl LocalSession {
     }
 
     /// Completes a QoS 1 delivery (PUBACK).
-    pub fn acknowledged(&mut self, packet_id: u16) -> Result<(), LocalError> {
+    pub fn acknowledged(&mut self, packet_id: PacketId) -> Result<(), LocalError> {
         self.complete(packet_id, false)
     }
 
     /// The second half: PUBCOMP.
-    pub fn released(&mut self, packet_id: u16) -> Result<(), LocalError> {
+    pub fn released(&mut self, packet_id: PacketId) -> Result<(), LocalError> {
         self.complete(packet_id, true)
     }
 
@@ -528,7 +544,7 @@ impl LocalSession {
     /// Acknowledges several deliveries: the QoS 1 ones in one step (one log append for all),
     /// the others one by one as [`Self::ack`] does.
     pub async fn ack_many(&mut self, ds: &[LocalDelivery]) -> Result<(), LocalError> {
-        let qos1: Vec<u16> = ds
+        let qos1: Vec<PacketId> = ds
             .iter()
             .filter(|d| d.delivery.qos == QoS::AtLeastOnce)
             .map(|d| d.packet_id)
@@ -544,7 +560,7 @@ impl LocalSession {
         Ok(())
     }
 
-    fn complete(&self, packet_id: u16, pubcomp: bool) -> Result<(), LocalError> {
+    fn complete(&self, packet_id: PacketId, pubcomp: bool) -> Result<(), LocalError> {
         let done = self
             .broker
             .outbound_complete(&self.slot, self.conn, packet_id, pubcomp);
@@ -594,6 +610,15 @@ impl LocalSession {
         limits.max_queued_messages = messages;
         self.broker
             .session_op(&self.slot, self.conn, |s| s.set_limits(limits))
+            .ok_or(LocalError::TakenOver)
+    }
+
+    /// Lets the session's deliveries take packet identifiers up to `max` (see
+    /// [`PacketId`]): for a reader that never hands them to an MQTT peer, so that its backlog
+    /// is bounded by its queue limit rather than by 65,535.
+    pub fn set_max_packet_id(&self, max: PacketId) -> Result<(), LocalError> {
+        self.broker
+            .session_op(&self.slot, self.conn, |s| s.set_max_packet_id(max))
             .ok_or(LocalError::TakenOver)
     }
 

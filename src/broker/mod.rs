@@ -91,8 +91,8 @@ use crate::persistence::{self, journal, PendingDurable, Persistence};
 use crate::router::retained::RetainedStore;
 use crate::router::{ClientId, Match, Router, Subscription};
 use crate::session::{
-    Delivery, Enqueued, Message, PagedDelivery, PubRecOutcome, RuleReach, Session, SessionLimits,
-    SubscriptionRecord,
+    Delivery, Enqueued, Message, PacketId, PagedDelivery, PubRecOutcome, RuleReach, Session,
+    SessionLimits, SubscriptionRecord,
 };
 
 pub use metrics::{Metrics, MetricsSnapshot};

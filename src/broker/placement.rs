@@ -11,7 +11,7 @@ use super::*;
 #[must_use]
 pub(crate) struct Reserved {
     /// Target, packet id, delivery, and the session generation the reservation was made in.
-    pub(super) deliveries: Vec<(Arc<SessionSlot>, u16, Delivery, u64)>,
+    pub(super) deliveries: Vec<(Arc<SessionSlot>, PacketId, Delivery, u64)>,
     /// Retained updates to apply with the deliveries (the message's, and those of rule
     /// outputs), each with its place in log order.
     pub(super) retain: Vec<(Arc<Message>, u64)>,
@@ -31,7 +31,7 @@ impl Reserved {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TargetReservation {
     Queued {
-        packet_id: u16,
+        packet_id: PacketId,
         generation: u64,
     },
     /// The session's queue (or the broker-wide cap) has no room for a QoS 1/2 delivery, or a

@@ -21,7 +21,7 @@
 //! | sessions | client id (UTF-8) | `SessionRecord` |
 //! | subscriptions | u16 BE client-id length, client id, filter | `StoredSubscription` |
 //! | messages | u64 BE message id | `StoredMessage` |
-//! | queues | u16 BE client-id length, client id, u16 BE packet id | `StoredDelivery` |
+//! | queues | u16 BE client-id length, client id, packet id: u16 BE up to 65,535, else u32 BE | `StoredDelivery` |
 //! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty |
 //! | retained | topic (UTF-8) | `StoredMessage` |
 //! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use keelmq_storage::{Change, Store, Table};
 
 use super::records::*;
+use crate::session::PacketId;
 
 /// A persistent session in the image.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +44,7 @@ pub struct SessionImage {
     pub record: Option<SessionRecord>,
     pub subscriptions: BTreeMap<String, StoredSubscription>,
     /// Outbound deliveries by packet id.
-    pub deliveries: HashMap<u16, StoredDelivery>,
+    pub deliveries: HashMap<PacketId, StoredDelivery>,
     pub inbound: BTreeSet<u16>,
     /// The will waiting for its delay since the session's connection closed.
     pub will: Option<StoredWill>,
@@ -70,7 +71,7 @@ enum Key {
     Session(String),
     Subscription(String, String),
     Message(u64),
-    Delivery(String, u16),
+    Delivery(String, PacketId),
     Inbound(String, u16),
     Retained(String),
     Will(String),
@@ -177,7 +178,7 @@ impl Image {
 
     /// Removes the delivery under `packet_id`, if it is of `message_id` (any message for the
     /// old `Dequeue`, which does not name one).
-    fn dequeue(&mut self, client: String, packet_id: u16, message_id: Option<u64>) {
+    fn dequeue(&mut self, client: String, packet_id: PacketId, message_id: Option<u64>) {
         let Some(s) = self.sessions.get_mut(&client) else {
             return;
         };
@@ -302,7 +303,7 @@ impl Image {
 
     /// A delivery queued under `packet_id` (its order and expiry filled in here); a delivery
     /// it replaces is released with its output marks.
-    fn apply_enqueue(&mut self, client: String, packet_id: u16, mut d: StoredDelivery) {
+    fn apply_enqueue(&mut self, client: String, packet_id: PacketId, mut d: StoredDelivery) {
         let message_id = d.message_id;
         self.see_id(message_id);
         let Some(s) = self.sessions.get_mut(&client) else {
@@ -580,7 +581,7 @@ impl Image {
             Table::Messages => Key::Message(u64::from_be_bytes(key.try_into().ok()?)),
             Table::Queues => {
                 let (c, rest) = split_client_key(key)?;
-                Key::Delivery(c, pid(rest)?)
+                Key::Delivery(c, delivery_id(rest)?)
             }
             Table::Inbound => {
                 let (c, rest) = split_client_key(key)?;
@@ -639,7 +640,7 @@ impl Image {
                     .get(&c)
                     .and_then(|s| s.deliveries.get(&pid))
                     .map(encode_delivery),
-                key: client_key(&c, &pid.to_be_bytes()),
+                key: client_key(&c, &delivery_id_bytes(pid)),
             },
             Key::Inbound(c, pid) => Change {
                 table: Table::Inbound,
@@ -727,8 +728,9 @@ impl Image {
         let max_id = &mut image.max_id;
         scan(Table::Queues, &mut |k, v| {
             let d = decode_delivery(v).map_err(|e| corrupt(Table::Queues, k, e))?;
-            let (s, pid) =
-                session_of(sessions, k).ok_or_else(|| corrupt(Table::Queues, k, "bad key"))?;
+            let (s, pid) = session_of(sessions, k)
+                .and_then(|(s, rest)| Some((s, delivery_id(rest)?)))
+                .ok_or_else(|| corrupt(Table::Queues, k, "bad key"))?;
             let body = bodies.entry(d.message_id).or_insert(Body {
                 message: None,
                 refs: 0,
@@ -740,8 +742,9 @@ impl Image {
             Ok(())
         })?;
         scan(Table::Inbound, &mut |k, _| {
-            let (s, pid) =
-                session_of(sessions, k).ok_or_else(|| corrupt(Table::Inbound, k, "bad key"))?;
+            let (s, pid) = session_of(sessions, k)
+                .and_then(|(s, rest)| Some((s, u16::from_be_bytes(rest.try_into().ok()?))))
+                .ok_or_else(|| corrupt(Table::Inbound, k, "bad key"))?;
             s.inbound.insert(pid);
             Ok(())
         })?;
@@ -843,18 +846,37 @@ fn scan(
     })
 }
 
-/// The session of a client-prefixed key, without allocating when it exists already.
-fn session_of<'a>(
+/// The session of a client-prefixed key, without allocating when it exists already, and the
+/// rest of the key.
+fn session_of<'a, 'k>(
     sessions: &'a mut HashMap<String, SessionImage>,
-    key: &[u8],
-) -> Option<(&'a mut SessionImage, u16)> {
+    key: &'k [u8],
+) -> Option<(&'a mut SessionImage, &'k [u8])> {
     let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
     let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
-    let pid = u16::from_be_bytes(key.get(2 + len..)?.try_into().ok()?);
+    let rest = key.get(2 + len..)?;
     if !sessions.contains_key(client) {
         sessions.insert(client.to_string(), SessionImage::default());
     }
-    Some((sessions.get_mut(client)?, pid))
+    Some((sessions.get_mut(client)?, rest))
+}
+
+/// A queue key's packet id: two bytes up to 65,535 (the only form before ids could be
+/// larger), four beyond.
+fn delivery_id_bytes(pid: PacketId) -> Vec<u8> {
+    match u16::try_from(pid) {
+        Ok(short) => short.to_be_bytes().to_vec(),
+        Err(_) => pid.to_be_bytes().to_vec(),
+    }
+}
+
+/// The packet id [`delivery_id_bytes`] wrote.
+fn delivery_id(rest: &[u8]) -> Option<PacketId> {
+    match rest.len() {
+        2 => Some(PacketId::from(u16::from_be_bytes(rest.try_into().ok()?))),
+        4 => Some(PacketId::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// The largest message id: stored in the meta table, or found the slow way (once) in a store
@@ -1037,7 +1059,7 @@ mod tests {
         })
     }
 
-    fn enqueue(packet_id: u16, message_id: u64) -> Record {
+    fn enqueue(packet_id: PacketId, message_id: u64) -> Record {
         Record::Enqueue {
             client: "sub".into(),
             packet_id,
@@ -1049,7 +1071,7 @@ mod tests {
         }
     }
 
-    fn dequeue(packet_id: u16, message_id: u64) -> Record {
+    fn dequeue(packet_id: PacketId, message_id: u64) -> Record {
         Record::DequeueMessage {
             client: "sub".into(),
             packet_id,
@@ -1063,6 +1085,40 @@ mod tests {
             message_id,
             index,
         }
+    }
+
+    /// Packet ids above 65,535 (a broker-internal reader's) survive a checkpoint and a reload
+    /// next to ordinary ones (keys of four bytes and of two), and leave with their dequeue;
+    /// a log written when ids were u16 reads the same (postcard writes both as a varint).
+    #[test]
+    fn wide_packet_ids_round_trip_through_the_store() {
+        assert_eq!(
+            postcard::to_allocvec(&65_535u16).unwrap(),
+            postcard::to_allocvec(&65_535u32).unwrap()
+        );
+        let store = MemStore::new();
+        let mut image = Image::default();
+        for r in [
+            session("sub", None),
+            body(1),
+            enqueue(9, 1),
+            body(2),
+            enqueue(70_000, 2),
+        ] {
+            image.apply(r);
+        }
+        store.write_checkpoint(image.take_changes(), 5).unwrap();
+        let mut loaded = Image::load(&store).unwrap();
+        let ids = |i: &Image| {
+            let mut ids: Vec<PacketId> = i.sessions["sub"].deliveries.keys().copied().collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&loaded), [9, 70_000]);
+        assert_eq!(loaded.sessions["sub"].deliveries[&70_000].message_id, 2);
+        loaded.apply(dequeue(70_000, 2));
+        store.write_checkpoint(loaded.take_changes(), 6).unwrap();
+        assert_eq!(ids(&Image::load(&store).unwrap()), [9]);
     }
 
     /// A consumer's output marks survive a checkpoint and a restart while their delivery is

@@ -5,7 +5,7 @@
 //! contract as built").
 
 use crate::codec::{LastWill, SubscriptionOptions};
-use crate::session::{Delivery, Message};
+use crate::session::{Delivery, Message, PacketId};
 
 use super::convert::{store_message, store_subscription, store_will};
 use super::records::{Record, SessionRecord};
@@ -58,7 +58,7 @@ pub fn session_owner(client: &str, username: Option<&str>) -> Record {
 
 /// A delivery queued for a persistent session under `packet_id` (its body in the same commit
 /// or an earlier one).
-pub fn enqueued(client: &str, packet_id: u16, delivery: &Delivery) -> Record {
+pub fn enqueued(client: &str, packet_id: PacketId, delivery: &Delivery) -> Record {
     Record::Enqueue {
         client: client.to_string(),
         packet_id,
@@ -73,7 +73,7 @@ pub fn enqueued(client: &str, packet_id: u16, delivery: &Delivery) -> Record {
 /// The delivery of `message_id` under `packet_id` left a session's queue (acknowledged,
 /// expired, refused, moved or undeliverable). Naming the message keeps a later delivery that
 /// reused the packet id — its `Enqueue` may reach the log first — from being removed with it.
-pub fn dequeued(client: &str, packet_id: u16, message_id: u64) -> Record {
+pub fn dequeued(client: &str, packet_id: PacketId, message_id: u64) -> Record {
     Record::DequeueMessage {
         client: client.to_string(),
         packet_id,
@@ -82,7 +82,10 @@ pub fn dequeued(client: &str, packet_id: u16, message_id: u64) -> Record {
 }
 
 /// [`dequeued`] for each `(packet id, message id)` of `removed`.
-pub fn dequeued_all(client: &str, removed: impl IntoIterator<Item = (u16, u64)>) -> Vec<Record> {
+pub fn dequeued_all(
+    client: &str,
+    removed: impl IntoIterator<Item = (PacketId, u64)>,
+) -> Vec<Record> {
     removed
         .into_iter()
         .map(|(packet_id, message_id)| dequeued(client, packet_id, message_id))
@@ -90,7 +93,7 @@ pub fn dequeued_all(client: &str, removed: impl IntoIterator<Item = (u16, u64)>)
 }
 
 /// The subscriber sent PUBREC for `packet_id`: a restart re-sends PUBREL, never the PUBLISH.
-pub fn pubrec_received(client: &str, packet_id: u16) -> Record {
+pub fn pubrec_received(client: &str, packet_id: PacketId) -> Record {
     Record::PubRec {
         client: client.to_string(),
         packet_id,

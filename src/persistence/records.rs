@@ -132,7 +132,9 @@ pub enum Record {
     /// A delivery queued for a session under `packet_id` (its order is assigned on apply).
     Enqueue {
         client: String,
-        packet_id: u16,
+        /// A [`crate::session::PacketId`]: postcard writes u16 and u32 alike (varint), so
+        /// logs written when it was a u16 read the same.
+        packet_id: u32,
         message_id: u64,
         qos: u8,
         retain: bool,
@@ -143,12 +145,12 @@ pub enum Record {
     /// older builds; [`Record::DequeueMessage`] replaces it.
     Dequeue {
         client: String,
-        packet_id: u16,
+        packet_id: u32,
     },
     /// The client PUBRECed the delivery under `packet_id`.
     PubRec {
         client: String,
-        packet_id: u16,
+        packet_id: u32,
     },
     /// Inbound QoS 2 `packet_id` was accepted and awaits PUBREL.
     InboundQos2 {
@@ -181,7 +183,7 @@ pub enum Record {
     /// reached the log first.
     DequeueMessage {
         client: String,
-        packet_id: u16,
+        packet_id: u32,
         message_id: u64,
     },
     /// (Format 3.) The username the session belongs to (`None`: a client without one). While
@@ -356,7 +358,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn records_round_trip(m in message(), pid in any::<u16>(), client in "[a-z0-9]{0,12}") {
+        fn records_round_trip(m in message(), pid in any::<u32>(), client in "[a-z0-9]{0,12}") {
             for r in [
                 Record::Message(m.clone()),
                 Record::RetainSet(m.clone()),

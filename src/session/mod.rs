@@ -24,6 +24,14 @@ use tokio::time::Instant;
 use crate::codec::{ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
 use crate::router::ClientId;
 
+/// The identifier of an outbound delivery: its MQTT packet identifier (at most 65,535) for a
+/// network client's session; broker-internal readers (sinks, rules) may use larger ones,
+/// so that their backlog is bounded by their queue limits rather than by 65,535.
+pub type PacketId = u32;
+
+/// The largest packet identifier of a network client's session [MQTT-2.2.1].
+pub const MAX_MQTT_PACKET_ID: PacketId = u16::MAX as PacketId;
+
 /// An application message as the broker holds it: shared by every delivery (`Arc`), payload
 /// zero-copy from the publisher's packet.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +175,7 @@ pub enum OutboundState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inflight {
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     pub delivery: Delivery,
     pub state: OutboundState,
 }
@@ -177,12 +185,12 @@ pub struct Inflight {
 pub enum Outgoing {
     /// A PUBLISH (`packet_id` 0 for QoS 0).
     Publish {
-        packet_id: u16,
+        packet_id: PacketId,
         delivery: Delivery,
         dup: bool,
     },
     /// A PUBREL for a delivery the client has PUBRECed.
-    PubRel { packet_id: u16 },
+    PubRel { packet_id: PacketId },
 }
 
 /// A delivery waiting in the session queue. QoS 1/2 deliveries get their packet identifier
@@ -191,7 +199,7 @@ pub enum Outgoing {
 /// identifier and the receiver's own de-duplication applies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     pub delivery: Delivery,
     /// The delivery may already have been sent (it was recovered from disk): send with DUP.
     pub resend: bool,
@@ -205,7 +213,7 @@ pub struct Queued {
 /// costs memory for its metadata only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PagedDelivery {
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     pub message_id: u64,
     pub qos: QoS,
     pub retain: bool,
@@ -223,7 +231,7 @@ pub struct PagedDelivery {
 }
 
 impl PagedDelivery {
-    fn of(packet_id: u16, d: &Delivery, resend: bool) -> PagedDelivery {
+    fn of(packet_id: PacketId, d: &Delivery, resend: bool) -> PagedDelivery {
         PagedDelivery {
             packet_id,
             message_id: d.message.id,
@@ -243,10 +251,10 @@ impl PagedDelivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     /// Room was reserved or the delivery queued, under this packet identifier (0 for QoS 0).
-    Queued(u16),
+    Queued(PacketId),
     /// A QoS 0 delivery found the queue full and was dropped.
     DroppedQos0,
-    /// A QoS 1/2 delivery found the queue full (or all 65,535 packet identifiers in use); it
+    /// A QoS 1/2 delivery found the queue full (or all its packet identifiers in use); it
     /// was not queued and the publisher must be told (v5 0x97) or held back.
     Full,
 }
@@ -269,7 +277,7 @@ pub enum PubRecOutcome {
 /// A client acknowledged a packet identifier that is not in flight in the right state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("packet identifier {0} is not in flight in a state that accepts this acknowledgement")]
-pub struct UnknownPacketId(pub u16);
+pub struct UnknownPacketId(pub PacketId);
 
 /// Per-session limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -312,13 +320,15 @@ pub struct Session {
     reserved_bytes: usize,
     inflight: VecDeque<Inflight>,
     window: u16,
-    next_packet_id: u16,
+    next_packet_id: PacketId,
+    /// Identifiers go up to this (see [`PacketId`]).
+    max_packet_id: PacketId,
     /// Packet identifiers of queued QoS 1/2 deliveries, in-flight deliveries and reservations.
-    used_packet_ids: HashSet<u16>,
+    used_packet_ids: HashSet<PacketId>,
     /// Packet identifiers (with message ids) of outbound deliveries removed without an
     /// acknowledgement (expired, too large for the client, undeliverable), for the persistence
     /// layer to log. Drained by [`Self::take_removed`].
-    removed: Vec<(u16, u64)>,
+    removed: Vec<(PacketId, u64)>,
     inbound_awaiting_rel: HashSet<u16>,
     /// Outputs a durable consumer (a rule) published for messages it has not acknowledged
     /// yet: (message id, output index). Empty for every other session.
@@ -347,6 +357,7 @@ impl Session {
             inflight: VecDeque::new(),
             window: 1,
             next_packet_id: 1,
+            max_packet_id: MAX_MQTT_PACKET_ID,
             used_packet_ids: HashSet::new(),
             removed: Vec::new(),
             inbound_awaiting_rel: HashSet::new(),
@@ -364,6 +375,12 @@ impl Session {
 
     pub fn set_window(&mut self, window: u16) {
         self.window = window.max(1);
+    }
+
+    /// Lets a broker-internal reader's deliveries take identifiers up to `max` (at least
+    /// 65,535; see [`PacketId`]).
+    pub fn set_max_packet_id(&mut self, max: PacketId) {
+        self.max_packet_id = max.max(MAX_MQTT_PACKET_ID);
     }
 
     /// Deliveries waiting to be sent, paged out ones (and those being paged in) included.
@@ -419,7 +436,7 @@ impl Session {
     }
 
     /// Queues a delivery whose room was reserved under `packet_id`.
-    pub fn commit(&mut self, packet_id: u16, delivery: Delivery) {
+    pub fn commit(&mut self, packet_id: PacketId, delivery: Delivery) {
         let bytes = delivery.accounted_bytes();
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
@@ -432,7 +449,7 @@ impl Session {
     }
 
     /// Releases a reservation that will not be committed.
-    pub fn cancel(&mut self, packet_id: u16, bytes: usize) {
+    pub fn cancel(&mut self, packet_id: PacketId, bytes: usize) {
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
         if packet_id != 0 {
@@ -461,7 +478,7 @@ impl Session {
     /// Queues a durable delivery whose room was reserved under `packet_id` (QoS 1/2) paged
     /// out: for a persistent session with no connection, whose body the durable image or the
     /// store holds.
-    pub fn commit_paged(&mut self, packet_id: u16, delivery: &Delivery) {
+    pub fn commit_paged(&mut self, packet_id: PacketId, delivery: &Delivery) {
         let bytes = delivery.accounted_bytes();
         self.reserved_messages = self.reserved_messages.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(bytes);
@@ -572,7 +589,7 @@ impl Session {
     /// Puts back a delivery recovered from disk: one that awaited PUBCOMP goes straight into
     /// the in-flight window (PUBREL is re-sent on resume), any other is queued to be sent again
     /// with DUP, in the order given.
-    pub fn restore(&mut self, packet_id: u16, delivery: Delivery, awaiting_pubcomp: bool) {
+    pub fn restore(&mut self, packet_id: PacketId, delivery: Delivery, awaiting_pubcomp: bool) {
         if packet_id != 0 {
             self.used_packet_ids.insert(packet_id);
         }
@@ -595,7 +612,7 @@ impl Session {
 
     /// `(packet id, message id)` of deliveries removed without acknowledgement since the last
     /// call.
-    pub fn take_removed(&mut self) -> Vec<(u16, u64)> {
+    pub fn take_removed(&mut self) -> Vec<(PacketId, u64)> {
         std::mem::take(&mut self.removed)
     }
 
@@ -609,14 +626,18 @@ impl Session {
         }
     }
 
-    /// A free packet identifier, or `None` when all 65,535 are in use.
-    fn allocate_packet_id(&mut self) -> Option<u16> {
-        if self.used_packet_ids.len() >= usize::from(u16::MAX) {
+    /// A free packet identifier, or `None` when all of them (up to `max_packet_id`) are in
+    /// use.
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        if self.used_packet_ids.len() >= self.max_packet_id as usize {
             return None;
         }
         loop {
             let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            self.next_packet_id = match id >= self.max_packet_id {
+                true => 1,
+                false => id + 1,
+            };
             if self.used_packet_ids.insert(id) {
                 return Some(id);
             }
@@ -624,7 +645,7 @@ impl Session {
     }
 
     /// Frees a packet identifier whose delivery completed (the caller logs that).
-    fn release(&mut self, packet_id: u16) {
+    fn release(&mut self, packet_id: PacketId) {
         if packet_id != 0 {
             self.used_packet_ids.remove(&packet_id);
         }
@@ -632,7 +653,7 @@ impl Session {
 
     /// Frees the packet identifier of a delivery of `message_id` removed without an
     /// acknowledgement, and keeps the removal for [`Self::take_removed`].
-    fn remove(&mut self, packet_id: u16, message_id: u64) {
+    fn remove(&mut self, packet_id: PacketId, message_id: u64) {
         if packet_id != 0 {
             self.used_packet_ids.remove(&packet_id);
             self.removed.push((packet_id, message_id));
@@ -735,7 +756,7 @@ impl Session {
         !self.queue.is_empty() || !self.paged.is_empty()
     }
 
-    fn take_inflight(&mut self, packet_id: u16, state: OutboundState) -> Option<Inflight> {
+    fn take_inflight(&mut self, packet_id: PacketId, state: OutboundState) -> Option<Inflight> {
         let pos = self
             .inflight
             .iter()
@@ -745,7 +766,7 @@ impl Session {
 
     /// PUBACK from the client: the QoS 1 delivery is complete.
     /// The packet identifier is free again; the caller logs the removal.
-    pub fn on_puback(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
+    pub fn on_puback(&mut self, packet_id: PacketId) -> Result<Delivery, UnknownPacketId> {
         let done = self
             .take_inflight(packet_id, OutboundState::AwaitingPubAck)
             .ok_or(UnknownPacketId(packet_id))?;
@@ -754,7 +775,7 @@ impl Session {
     }
 
     /// PUBREC from the client, with its reason code.
-    pub fn on_pubrec(&mut self, packet_id: u16, refused: bool) -> PubRecOutcome {
+    pub fn on_pubrec(&mut self, packet_id: PacketId, refused: bool) -> PubRecOutcome {
         let Some(entry) = self
             .inflight
             .iter_mut()
@@ -784,7 +805,7 @@ impl Session {
 
     /// PUBCOMP from the client: the QoS 2 delivery is complete.
     /// The packet identifier is free again; the caller logs the removal.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> Result<Delivery, UnknownPacketId> {
+    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> Result<Delivery, UnknownPacketId> {
         let done = self
             .take_inflight(packet_id, OutboundState::AwaitingPubComp)
             .ok_or(UnknownPacketId(packet_id))?;
@@ -794,7 +815,7 @@ impl Session {
 
     /// Drops an in-flight delivery as if it completed: used when a PUBLISH exceeds the client's
     /// Maximum Packet Size, which the spec says to treat as sent and acknowledged.
-    pub fn discard_inflight(&mut self, packet_id: u16) {
+    pub fn discard_inflight(&mut self, packet_id: PacketId) {
         let pos = self.inflight.iter().position(|i| i.packet_id == packet_id);
         if let Some(gone) = pos.and_then(|pos| self.inflight.remove(pos)) {
             self.remove(packet_id, gone.delivery.message.id);
@@ -825,7 +846,7 @@ impl Session {
     /// [MQTT-4.8.2-4]. The identifiers stay in use until each delivery is either moved
     /// ([`Self::release_moved`]) or given back ([`Self::give_back`]): until another session
     /// durably has a delivery, this one's record of it stands.
-    pub fn take_shared_for_redispatch(&mut self) -> Vec<(u16, Delivery)> {
+    pub fn take_shared_for_redispatch(&mut self) -> Vec<(PacketId, Delivery)> {
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for q in self.queue.drain(..) {
@@ -851,14 +872,14 @@ impl Session {
 
     /// Frees the identifier of a delivery taken by [`Self::take_shared_for_redispatch`] that
     /// another session now durably holds (the caller logged its removal in that commit).
-    pub fn release_moved(&mut self, packet_id: u16) {
+    pub fn release_moved(&mut self, packet_id: PacketId) {
         self.release(packet_id);
     }
 
     /// Puts back a delivery taken by [`Self::take_shared_for_redispatch`] that no other member
     /// could take, under its identifier: paged out if `paged` (an offline persistent
     /// session), otherwise queued to be sent again.
-    pub fn give_back(&mut self, packet_id: u16, delivery: Delivery, paged: bool) {
+    pub fn give_back(&mut self, packet_id: PacketId, delivery: Delivery, paged: bool) {
         if paged && packet_id != 0 {
             self.paged_bytes += delivery.accounted_bytes();
             self.paged

@@ -61,7 +61,7 @@ fn outbound_qos2_survives_a_disconnect_at_every_step() {
         ));
         let mut packet_id = 0;
         let mut completed = 0;
-        let mut run = |s: &mut Session, step: OutStep, packet_id: &mut u16| match step {
+        let mut run = |s: &mut Session, step: OutStep, packet_id: &mut PacketId| match step {
             OutStep::Send => {
                 let Some(Outgoing::Publish {
                     packet_id: id, dup, ..
@@ -284,19 +284,19 @@ fn packet_ids_are_assigned_at_enqueue_skip_those_in_use_and_wrap() {
     let now = Instant::now();
     let mut s = session();
     s.set_window(u16::MAX);
-    s.next_packet_id = u16::MAX;
+    s.next_packet_id = MAX_MQTT_PACKET_ID;
     let ids: Vec<Enqueued> = (0..3)
         .map(|_| s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true))
         .collect();
     assert_eq!(
         ids,
         [
-            Enqueued::Queued(u16::MAX),
+            Enqueued::Queued(MAX_MQTT_PACKET_ID),
             Enqueued::Queued(1),
             Enqueued::Queued(2)
         ]
     );
-    let sent: Vec<u16> = (0..3)
+    let sent: Vec<PacketId> = (0..3)
         .map(|_| match s.next_publish(now) {
             Some(Outgoing::Publish { packet_id, .. }) => packet_id,
             other => panic!("{other:?}"),
@@ -304,7 +304,7 @@ fn packet_ids_are_assigned_at_enqueue_skip_those_in_use_and_wrap() {
         .collect();
     assert_eq!(
         sent,
-        [u16::MAX, 1, 2],
+        [MAX_MQTT_PACKET_ID, 1, 2],
         "sent under the identifiers they were queued with"
     );
     s.next_packet_id = 1;
@@ -529,6 +529,38 @@ fn paged_out_deliveries_keep_their_order_bytes_and_ids() {
     assert_eq!(sent, vec![(0, 4, false), (p1, 3, false), (p2, 4, false)]);
 }
 
+/// A broker-internal reader's session may hold more than 65,535 QoS 1/2 deliveries once its
+/// identifiers are widened; a network client's may not.
+#[test]
+fn widened_packet_ids_let_a_backlog_pass_65535() {
+    let limits = SessionLimits {
+        max_queued_messages: 100_000,
+        max_queued_bytes: usize::MAX,
+    };
+    let mut s = Session::new("c".into(), ProtocolVersion::V5, limits);
+    let fill = |s: &mut Session, n: usize| {
+        (0..n)
+            .filter(|_| {
+                matches!(
+                    s.enqueue(delivery(QoS::AtLeastOnce, b"a"), true),
+                    Enqueued::Queued(_)
+                )
+            })
+            .count()
+    };
+    assert_eq!(
+        fill(&mut s, 70_000),
+        65_535,
+        "an MQTT session stops at 65,535"
+    );
+    s.set_max_packet_id(PacketId::MAX);
+    assert_eq!(fill(&mut s, 4_465), 4_465);
+    assert_eq!(s.queued_len(), 70_000);
+    let ids: HashSet<PacketId> = s.queued().map(|q| q.packet_id).collect();
+    assert_eq!(ids.len(), 70_000, "every id distinct");
+    assert!(ids.iter().any(|&id| id > MAX_MQTT_PACKET_ID));
+}
+
 /// A connected persistent session keeps at most `in_memory` deliveries in memory: later ones
 /// are queued paged out and paged in by batches as the queue drains, in their order; a
 /// disconnect while a batch loads pages out after it, in front of the rest.
@@ -557,7 +589,7 @@ fn a_long_backlog_is_paged_and_comes_back_in_order() {
     assert_eq!((s.queue.len(), s.paged.len(), s.queued_len()), (4, 6, 10));
     let load = |s: &mut Session, n: usize| {
         let taken = s.take_paged_front(n);
-        let by_id: HashMap<u16, Delivery> = ids.iter().cloned().collect();
+        let by_id: HashMap<PacketId, Delivery> = ids.iter().cloned().collect();
         let loaded = taken
             .into_iter()
             .map(|p| {

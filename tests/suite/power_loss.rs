@@ -106,7 +106,7 @@ fn workload() -> Vec<Vec<Record>> {
         }],
     ];
     for i in 1..=40u64 {
-        let pid = (i % 20) as u16 + 1;
+        let pid = (i % 20) as u32 + 1;
         let mut b = vec![
             Record::Message(message(i, "t/x")),
             Record::Enqueue {
@@ -120,7 +120,7 @@ fn workload() -> Vec<Vec<Record>> {
             },
             Record::InboundQos2 {
                 client: "pub".into(),
-                packet_id: pid,
+                packet_id: pid as u16,
             },
         ];
         if i % 5 == 0 {
@@ -165,7 +165,7 @@ fn workload() -> Vec<Vec<Record>> {
             },
             Record::InboundRelease {
                 client: "pub".into(),
-                packet_id: pid,
+                packet_id: pid as u16,
             },
         ]);
         if i == 25 {

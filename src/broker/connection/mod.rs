@@ -486,13 +486,13 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(p, wbuf).await,
             Packet::PubAck(a) => self
                 .broker
-                .outbound_complete(&self.slot, self.id, a.packet_id, false)
+                .outbound_complete(&self.slot, self.id, a.packet_id.into(), false)
                 .ok_or(Close::TakenOver),
             Packet::PubRec(a) => self.on_pubrec(a, wbuf),
             Packet::PubRel(a) => self.on_pubrel(a, wbuf),
             Packet::PubComp(a) => self
                 .broker
-                .outbound_complete(&self.slot, self.id, a.packet_id, true)
+                .outbound_complete(&self.slot, self.id, a.packet_id.into(), true)
                 .ok_or(Close::TakenOver),
             Packet::Subscribe(s) => self.on_subscribe(s, wbuf).await,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, wbuf).await,

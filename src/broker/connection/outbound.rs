@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::broker::REFILL_BELOW;
+use crate::session::PacketId;
 
 impl Connection {
     /// Moves deliveries from the session into the write buffer while it has room.
@@ -35,10 +36,23 @@ impl Connection {
         self.slot.wake.notify_one();
     }
 
+    /// The MQTT packet identifier of a delivery of this (network client's) session, whose ids
+    /// never exceed 65,535; a larger one (a broker-internal session's) is reported and not
+    /// sent.
+    fn wire_id(&self, id: PacketId) -> Option<u16> {
+        let wire = u16::try_from(id).ok();
+        if wire.is_none() {
+            tracing::error!(client_id = %self.client_id, id, "packet identifier above 65535 for a network client; not sent");
+        }
+        wire
+    }
+
     pub(super) fn encode_outgoing(&mut self, wbuf: &mut BytesMut, out: Outgoing, now: Instant) {
-        let (packet_id, delivery, dup) = match out {
+        let (id, delivery, dup) = match out {
             Outgoing::PubRel { packet_id } => {
-                self.send(wbuf, &Packet::PubRel(PubAck::new(packet_id)));
+                if let Some(id) = self.wire_id(packet_id) {
+                    self.send(wbuf, &Packet::PubRel(PubAck::new(id)));
+                }
                 return;
             }
             Outgoing::Publish {
@@ -46,6 +60,9 @@ impl Connection {
                 delivery,
                 dup,
             } => (packet_id, delivery, dup),
+        };
+        let Some(packet_id) = self.wire_id(id) else {
+            return;
         };
         let m = &delivery.message;
         let mut publish = Publish {
@@ -82,16 +99,16 @@ impl Connection {
                     .emit(EventKinds::DELIVERED, || Event::Delivered {
                         client_id: self.client_id.clone(),
                         message: delivery.message.clone(),
-                        packet_id,
+                        packet_id: id,
                         qos: delivery.qos,
                     });
             }
             _ => {
                 // [MQTT-3.1.2-25]: discard as if sent and acknowledged.
                 Metrics::add(&self.broker.shared.metrics.dropped_too_large, 1);
-                if packet_id != 0 {
+                if id != 0 {
                     self.broker
-                        .session_op(&self.slot, self.id, |s| s.discard_inflight(packet_id));
+                        .session_op(&self.slot, self.id, |s| s.discard_inflight(id));
                 }
             }
         }
@@ -103,7 +120,7 @@ impl Connection {
         let refused = a.reason.is_error();
         let (outcome, pending) = self
             .broker
-            .outbound_pubrec(&self.slot, self.id, a.packet_id, refused)?
+            .outbound_pubrec(&self.slot, self.id, a.packet_id.into(), refused)?
             .ok_or(Close::TakenOver)?;
         match outcome {
             // PUBREL leaves once the PubRec record is durable; meanwhile the next
