@@ -19,7 +19,9 @@ PYTHON="${PYTHON:-python3}"
 export KEELMQ_PYTHON="$PYTHON"
 
 echo "== cargo test --workspace (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace --locked "$@"
+# Bounded: a cold build takes about 12 minutes and the tests about 5; a test that hangs fails
+# the run instead of holding it for ever.
+timeout -s KILL 3600 cargo test --workspace --locked "$@"
 
 # The fuzz targets depend on the codec, config, auth, rules and WAL crates only (no RocksDB); keep them
 # compiling. Running them needs cargo-fuzz and a nightly toolchain (see README.md).
