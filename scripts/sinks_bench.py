@@ -22,7 +22,7 @@ publishers publishing to that Mosquitto directly; rates are what the subscriber 
 second.
 
 With --backlog N it measures what a sink's backlog costs: 10 QoS 1 publishers put N messages
-(64-byte JSON payloads) into the PostgreSQL sink's queue while its table does not exist, the
+(JSON payloads of --size bytes, default 64) into the PostgreSQL sink's queue while its table does not exist, the
 broker's resident memory (VmRSS) sampled twice a second from start to drained; then the table
 is created and the backlog drains. Prints the RSS at start, with the backlog, and at its
 peak, and the memory per queued message.
@@ -185,8 +185,8 @@ def backlog_run(args, pg):
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         per = args.backlog // 10
-        p = bench(args, "pub", args.port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 64,
-                                           "-L", per, "-d", 3600, "-F", 32, "--json",
+        p = bench(args, "pub", args.port, ["-c", 10, "-t", "bench/%i", "-q", 1,
+                                           "-s", args.size, "-L", per, "-d", 3600, "-F", 32, "--json",
                                            "--prefix", "pub"])
         acked = p["acked"]
         time.sleep(2)
@@ -203,7 +203,8 @@ def backlog_run(args, pg):
         stop.set()
         sampler.join()
         drained_kib = rss_kib(broker.pid)
-    return {"acked": acked, "rows": rows, "drain_secs": round(elapsed, 1),
+    return {"acked": acked, "payload_bytes": args.size, "rows": rows,
+            "drain_secs": round(elapsed, 1),
             "rss_start_mib": round(start_kib / 1024, 1),
             "rss_backlog_mib": round(backlog_kib / 1024, 1),
             "rss_peak_mib": round(peak[0] / 1024, 1),
@@ -260,6 +261,7 @@ def main():
     ap.add_argument("--mqtt", action="store_true", help="measure the MQTT sink instead")
     ap.add_argument("--backlog", type=int, default=0,
                     help="measure the memory of a PostgreSQL sink's backlog of this many")
+    ap.add_argument("--size", type=int, default=64, help="payload bytes (--backlog)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     args.port = args.port or free_port()
