@@ -129,13 +129,14 @@ topics = ["bench/#"]
 sql = "INSERT INTO sink_rows(id, topic, body) VALUES (${{id}}, ${{topic}}, ${{payload}}) ON CONFLICT DO NOTHING"
 batch_size = 100
 retry = {{ initial_ms = 20, max_ms = 50 }}
+inflight_batches = {inflight}
 """
 
 
 def sink_run(args, pg):
     args.keelmq_config = os.path.join(args.work, "sink.toml")
     with open(args.keelmq_config, "w") as f:
-        f.write(SINK.format(url=pg.url()))
+        f.write(SINK.format(url=pg.url(), inflight=args.inflight))
     with Broker("keelmq", args, args.work, args.port):
         ingest_started = time.monotonic()
         p = bench(args, "pub", args.port, ["-c", 10, "-t", "bench/%i", "-q", 1, "-s", 128,
@@ -170,7 +171,7 @@ def backlog_run(args, pg):
     import threading
     args.keelmq_config = os.path.join(args.work, "backlog.toml")
     with open(args.keelmq_config, "w") as f:
-        f.write(SINK.format(url=pg.url()) + "max_queued_messages = 2000000\n"
+        f.write(SINK.format(url=pg.url(), inflight=args.inflight) + "max_queued_messages = 2000000\n"
                 "[limits]\nmax_queued_bytes = 1073741824\nmax_queued_bytes_total = 2147483648\n")
     with Broker("keelmq", args, args.work, args.port) as broker:
         time.sleep(1)
@@ -262,6 +263,8 @@ def main():
     ap.add_argument("--backlog", type=int, default=0,
                     help="measure the memory of a PostgreSQL sink's backlog of this many")
     ap.add_argument("--size", type=int, default=64, help="payload bytes (--backlog)")
+    ap.add_argument("--inflight", type=int, default=1,
+                    help="the PostgreSQL sink's inflight_batches (batches written at once)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     args.port = args.port or free_port()

@@ -98,6 +98,11 @@ pub struct SinkSpec {
     /// A write that has not answered by then counts as failed and is retried.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Batches being written at once (PostgreSQL: each on a connection of its own). With more
+    /// than one, a batch may reach the target before an earlier one (the order across batches
+    /// is not kept; acknowledgements still are).
+    #[serde(default = "one")]
+    pub inflight_batches: usize,
     #[serde(default = "enabled")]
     pub enabled: bool,
     /// The target's password, read from this file (trailing newline dropped)…
@@ -199,6 +204,10 @@ fn enabled() -> bool {
     true
 }
 
+fn one() -> usize {
+    1
+}
+
 impl SinkSpec {
     /// The topic that requests refused for good are published to.
     pub fn dead_letter_topic(&self) -> String {
@@ -261,6 +270,9 @@ fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     }
     if s.request_timeout_ms == 0 {
         return Err(bad(i, "request_timeout_ms", "must be at least 1"));
+    }
+    if !(1..=16).contains(&s.inflight_batches) {
+        return Err(bad(i, "inflight_batches", "must be 1 to 16"));
     }
     if !(1..=3_600_000).contains(&s.ack_timeout_ms) {
         return Err(bad(i, "ack_timeout_ms", "must be 1 to 3600000"));

@@ -6,9 +6,11 @@
 //! A crash, a stop or a change of the rule before that leaves them in flight in the session:
 //! they are written again (at least once; exactly once where the target deduplicates on `id`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -80,6 +82,9 @@ pub(crate) async fn attach(
     Ok(session)
 }
 
+/// A batch being written, and whether it was (`false`: stopped first).
+type Writing<'a> = std::pin::Pin<Box<dyn Future<Output = (Vec<LocalDelivery>, bool)> + Send + 'a>>;
+
 async fn consume(
     broker: &Broker,
     feed: &Feed,
@@ -89,32 +94,55 @@ async fn consume(
     let mut session = attach(broker, feed, QoS::AtLeastOnce, ready).await?;
     // Its ids go to no MQTT peer: its backlog is bounded by `max_queued_messages` alone.
     session.set_max_packet_id(crate::session::PacketId::MAX)?;
-    // The next batch, taken and made into items while the one before is being written.
+    let sink = &*feed.sink;
+    let window = sink.spec.inflight_batches.max(1);
+    // Up to `window` batches being written (acknowledged in order), and the next batch,
+    // taken and made into items while they are written.
+    let mut writing: FuturesOrdered<Writing<'_>> = FuturesOrdered::new();
     let mut ready: Option<(Vec<LocalDelivery>, Vec<Item>)> = None;
     let result = loop {
-        let (batch, items) = match ready.take() {
-            Some(ready) => ready,
-            None => match next_batch(&mut session, &feed.sink, stop).await {
-                Ok(Some(batch)) => {
-                    let items = feed.items(broker, &batch);
-                    (batch, items)
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            },
-        };
-        let mut stop_write = stop.clone();
-        let write = deliver(broker, &feed.sink, items, &mut stop_write);
+        while writing.len() < window {
+            let next = match ready.take() {
+                Some(r) => Some(r),
+                None if writing.is_empty() => match next_batch(&mut session, sink, stop).await {
+                    Ok(batch) => batch.map(|b| {
+                        let items = feed.items(broker, &b);
+                        (b, items)
+                    }),
+                    Err(e) => return close(session, Err(e)).await,
+                },
+                None => None,
+            };
+            let Some((batch, items)) = next else {
+                break;
+            };
+            let mut stop_write = stop.clone();
+            writing.push_back(Box::pin(async move {
+                let written = deliver(broker, sink, items, &mut stop_write).await;
+                (batch, written)
+            }));
+        }
+        if writing.is_empty() {
+            break Ok(()); // stopped while waiting for a batch
+        }
+        let holding = ready.is_some();
         let take = async {
-            let taken = take_ready(&mut session, &feed.sink).await?;
+            if holding {
+                return Ok(None);
+            }
+            let taken = take_ready(&mut session, sink).await?;
             let items = feed.items(broker, &taken);
             Ok::<_, LocalError>((!taken.is_empty()).then_some((taken, items)))
         };
-        let (written, taken) = tokio::join!(write, take);
+        let (done, taken) = tokio::join!(writing.next(), take);
         match taken {
-            Ok(taken) => ready = taken,
+            Ok(Some(taken)) => ready = Some(taken),
+            Ok(None) => {}
             Err(e) => break Err(e),
         }
+        let Some((batch, written)) = done else {
+            continue;
+        };
         if !written {
             break Ok(()); // stopped: the batches stay in flight, written again later
         }
@@ -122,8 +150,21 @@ async fn consume(
             break Err(e);
         }
     };
+    close(session, result).await
+}
+
+async fn close(session: LocalSession, result: Result<(), LocalError>) -> Result<(), LocalError> {
     session.close().await;
     result
+}
+
+/// The most deliveries in a batch: the batches being written and the next one taken fit in
+/// the session's window together.
+fn batch_max(sink: &Sink) -> usize {
+    let batches = sink.spec.inflight_batches.max(1) + 1;
+    sink.spec
+        .batch_size
+        .min(usize::from(CONSUMER_WINDOW) / batches)
 }
 
 /// Takes what the session can give at once, up to a batch (never waits).
@@ -131,7 +172,7 @@ async fn take_ready(
     session: &mut LocalSession,
     sink: &Sink,
 ) -> Result<Vec<LocalDelivery>, LocalError> {
-    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW) / 2);
+    let max = batch_max(sink);
     let mut taken = Vec::new();
     while taken.len() < max && !session.is_idle() {
         taken.push(session.next().await?);
@@ -150,8 +191,7 @@ async fn next_batch(
         d = session.next() => d?,
         _ = stop.changed() => return Ok(None),
     };
-    // Half the window: the batch in writing and the next one taken fit in it together.
-    let max = sink.spec.batch_size.min(usize::from(CONSUMER_WINDOW) / 2);
+    let max = batch_max(sink);
     let deadline = Instant::now() + Duration::from_millis(sink.spec.batch_time_ms);
     let mut batch = vec![first];
     while batch.len() < max {

@@ -27,9 +27,9 @@ use crate::config::SinkSpec;
 pub struct PgTarget {
     config: tokio_postgres::Config,
     sql: SqlTemplate,
-    /// The connection and the prepared statement; `None` until the first write and after one
-    /// failed.
-    conn: Mutex<Option<(Client, Statement)>>,
+    /// One connection and prepared statement per batch in flight (`inflight_batches`);
+    /// `None` until its first write and after one failed.
+    conns: Vec<Mutex<Option<(Client, Statement)>>>,
 }
 
 impl PgTarget {
@@ -42,11 +42,10 @@ impl PgTarget {
         config.connect_timeout(Duration::from_millis(spec.request_timeout_ms));
         let sql = SqlTemplate::parse(spec.sql.as_deref().unwrap_or_default())
             .map_err(|e| format!("sql: {e}"))?;
-        Ok(PgTarget {
-            config,
-            sql,
-            conn: Mutex::new(None),
-        })
+        let conns = (0..spec.inflight_batches.max(1))
+            .map(|_| Mutex::new(None))
+            .collect();
+        Ok(PgTarget { config, sql, conns })
     }
 
     async fn connect(&self) -> Result<(Client, Statement), String> {
@@ -74,8 +73,18 @@ impl PgTarget {
             .collect()
     }
 
+    /// A free connection slot, or (all busy) the first once it is free.
+    async fn slot(&self) -> tokio::sync::MutexGuard<'_, Option<(Client, Statement)>> {
+        for c in &self.conns {
+            if let Ok(free) = c.try_lock() {
+                return free;
+            }
+        }
+        self.conns[0].lock().await
+    }
+
     async fn write_all(&self, items: &[Item]) -> Result<Vec<Outcome>, String> {
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.slot().await;
         if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             *conn = Some(self.connect().await?);
         }
@@ -123,8 +132,10 @@ impl Target for PgTarget {
     }
 
     fn reset(&self) {
-        if let Ok(mut conn) = self.conn.try_lock() {
-            *conn = None;
+        for c in &self.conns {
+            if let Ok(mut conn) = c.try_lock() {
+                *conn = None;
+            }
         }
     }
 }

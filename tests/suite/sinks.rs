@@ -81,6 +81,7 @@ url = "{url}"
 password_file = "{pw}"
 topics = ["data/#"]
 sql = "INSERT INTO msgs(id, topic, body, q) VALUES (${{id}}, ${{topic}}, ${{payload}}, ${{qos}}) ON CONFLICT DO NOTHING"
+inflight_batches = 2
 
 [[sinks]]
 name = "pg_alerts"

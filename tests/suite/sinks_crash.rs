@@ -31,6 +31,7 @@ url = "postgres://keelmq:secret@127.0.0.1:{pg_port}/keelmq"
 topics = ["src/#"]
 sql = "INSERT INTO rows(id, seq) VALUES (${{id}}, ${{payload.seq}}) ON CONFLICT (id) DO UPDATE SET writes = rows.writes + 1"
 retry = {{ initial_ms = 20, max_ms = 200 }}
+inflight_batches = 2
 
 [[sinks]]
 name = "cache"
