@@ -366,29 +366,7 @@ impl Broker {
                     }
                 }
             }
-            Match::Shared(group) => {
-                let mut first = None;
-                let mut chosen = None;
-                for member in group.rotation() {
-                    first.get_or_insert(member);
-                    if member.target.is_connected() {
-                        chosen = Some(member);
-                        break;
-                    }
-                }
-                if let Some(member) = chosen.or(first) {
-                    out.push((
-                        member.target.clone(),
-                        Delivery {
-                            message: message.clone(),
-                            qos: message.qos.min(member.options.qos),
-                            retain: message.retain && member.options.retain_as_published,
-                            subscription_ids: member.identifier.into_iter().collect(),
-                            shared_group: Some(Arc::from(&*group.name)),
-                        },
-                    ));
-                }
-            }
+            Match::Shared(group) => out.extend(shared_target(group, message)),
         };
         router.matches(&message.topic, &mut visit);
         if let Some(bridge) = &bridge {
@@ -506,4 +484,32 @@ fn consumers_among(targets: &[(Arc<SessionSlot>, Delivery)]) -> Vec<ClientId> {
         .filter(|(slot, _)| slot.role == SlotRole::RuleReader)
         .map(|(slot, _)| slot.client_id.clone())
         .collect()
+}
+
+/// The member of a shared group that gets `message`: the next connected one in rotation, or
+/// the first if none is connected.
+fn shared_target(
+    group: &crate::router::SharedGroup<Arc<SessionSlot>>,
+    message: &Arc<Message>,
+) -> Option<(Arc<SessionSlot>, Delivery)> {
+    let mut first = None;
+    let mut chosen = None;
+    for member in group.rotation() {
+        first.get_or_insert(member);
+        if member.target.is_connected() {
+            chosen = Some(member);
+            break;
+        }
+    }
+    let member = chosen.or(first)?;
+    Some((
+        member.target.clone(),
+        Delivery {
+            message: message.clone(),
+            qos: message.qos.min(member.options.qos),
+            retain: message.retain && member.options.retain_as_published,
+            subscription_ids: member.identifier.into_iter().collect(),
+            shared_group: Some(Arc::from(&*group.name)),
+        },
+    ))
 }

@@ -129,21 +129,9 @@ impl Broker {
             options: opts,
             identifier,
         };
-        // Owner checked again with the session locked: a takeover can happen on another
-        // thread at any moment, and must never find a SUBSCRIBE of the old connection half
-        // applied.
-        let inserted = self.with_slot(slot, |st| {
-            if st.owner != Some(conn) {
-                return None;
-            }
-            let subs = &mut st.session.subscriptions;
-            if !subs.contains_key(filter) && subs.len() >= cfg.limits.max_subscriptions_per_client {
-                return Some(None);
-            }
-            Some(Some(subs.insert(filter.to_string(), record)))
-        })?;
-        let Some(previous) = inserted else {
-            return Some(ReasonCode::QUOTA_EXCEEDED);
+        let previous = match self.insert_subscription(slot, conn, filter, record)? {
+            Ok(previous) => previous,
+            Err(refused) => return Some(refused),
         };
         applied.undo.push((filter.to_string(), previous));
         let existed = self.shared.router.write().subscribe(
@@ -175,6 +163,31 @@ impl Broker {
             qos: opts.qos,
         });
         Some(ReasonCode(granted as u8))
+    }
+
+    /// Adds a subscription to the session, the owner checked again with the session locked (a
+    /// takeover can happen on another thread at any moment, and must never find a SUBSCRIBE
+    /// of the old connection half applied): `None` if `conn` no longer owns it,
+    /// `Some(Err(QUOTA_EXCEEDED))` at `limits.max_subscriptions_per_client`, else the
+    /// subscription it replaces.
+    fn insert_subscription(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn: ConnId,
+        filter: &str,
+        record: SubscriptionRecord,
+    ) -> Option<Result<Option<SubscriptionRecord>, ReasonCode>> {
+        let max = self.shared.config.limits.max_subscriptions_per_client;
+        self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let subs = &mut st.session.subscriptions;
+            if !subs.contains_key(filter) && subs.len() >= max {
+                return Some(Err(ReasonCode::QUOTA_EXCEEDED));
+            }
+            Some(Ok(subs.insert(filter.to_string(), record)))
+        })
     }
 
     /// The one place a SUBSCRIBE filter is authorized, for the identity of the connection

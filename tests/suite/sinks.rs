@@ -439,26 +439,8 @@ retry = {{ initial_ms = 100, max_ms = 1000 }}
     let port = server.local_addr().port();
     let publisher = connect(port, "steady", true, None).await;
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let load = {
-        let (c, sent) = (publisher.client.clone(), sent.clone());
-        tokio::spawn(async move {
-            // 20 messages a second until told to stop.
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            while !*stopped.borrow_and_update() {
-                tick.tick().await;
-                let n = sent.fetch_add(1, Ordering::SeqCst);
-                c.publish(
-                    format!("outage/{}", n % 4),
-                    QoS::AtLeastOnce,
-                    false,
-                    n.to_string(),
-                )
-                .await
-                .unwrap();
-            }
-        })
-    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = steady_load(publisher.client.clone(), sent.clone(), stopped);
     let count = |pg: &servers::Server| servers::psql(pg, "SELECT count(*) FROM outage");
     assert!(
         eventually(10, || count(&pg) != "0").await,
@@ -492,6 +474,26 @@ retry = {{ initial_ms = 100, max_ms = 1000 }}
     let distinct = servers::psql(&pg, "SELECT count(DISTINCT n) FROM outage");
     assert_eq!(distinct, total.to_string(), "every message once");
     server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Publishes `outage/<n % 4>` at QoS 1, 20 messages a second, counting them in `sent`, until
+/// `stopped` says so.
+fn steady_load(
+    c: rumqttc::AsyncClient,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while !*stopped.borrow_and_update() {
+            tick.tick().await;
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            let topic = format!("outage/{}", n % 4);
+            c.publish(topic, QoS::AtLeastOnce, false, n.to_string())
+                .await
+                .unwrap();
+        }
+    })
 }
 
 /// The most messages the sink `outage` had queued, sampled twice a second for `secs`.
@@ -862,15 +864,10 @@ retry = {{ initial_ms = 50, max_ms = 200 }}
     server.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Rules read a source's messages with `FROM "$bridges/mqtt:<name>"`: an inline rule and one
-/// on a durable consumer (its republish may set RETAIN) each give one output per message the
-/// source brings in, and none for a local client's message to the same local topic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_read_a_source_through_its_bridge_topic() {
-    let Some(remote) = servers::mosquitto(100) else {
-        return;
-    };
-    let config = config_with(&format!(
+/// An MQTT source `plant` from the remote on `port`, read by an inline rule and by a rule on
+/// a durable consumer (its republish may set RETAIN).
+fn source_rules_config(port: u16) -> Config {
+    config_with(&format!(
         r#"
 [[sources]]
 name = "plant"
@@ -891,8 +888,19 @@ id = "consumed_copy"
 sql = 'SELECT payload, topic FROM "$bridges/mqtt:plant" WHERE qos > 0'
 actions = [{{ kind = "republish", topic = "consumed/${{topic}}", qos = 1, retain = true, payload = "${{payload}}" }}]
 "#,
-        remote.port
-    ));
+        port
+    ))
+}
+
+/// Rules read a source's messages with `FROM "$bridges/mqtt:<name>"`: an inline rule and one
+/// on a durable consumer (its republish may set RETAIN) each give one output per message the
+/// source brings in, and none for a local client's message to the same local topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_read_a_source_through_its_bridge_topic() {
+    let Some(remote) = servers::mosquitto(100) else {
+        return;
+    };
+    let config = source_rules_config(remote.port);
     let server = common::start(config).await;
     let port = server.local_addr().port();
     let mut local = connect(port, "rule-watcher", true, None).await;
