@@ -277,6 +277,13 @@ fn validate_common(i: usize, s: &SinkSpec) -> Result<(), ConfigError> {
     if !(1..=3_600_000).contains(&s.ack_timeout_ms) {
         return Err(bad(i, "ack_timeout_ms", "must be 1 to 3600000"));
     }
+    if s.ack == SinkAck::Delivered && s.kind == SinkKind::Mqtt && s.qos == Some(0) {
+        return Err(bad(
+            i,
+            "ack",
+            "\"delivered\" needs qos 1 or 2: the remote confirms nothing at QoS 0",
+        ));
+    }
     if s.ack == SinkAck::Delivered && s.topics.is_empty() {
         return Err(bad(
             i,

@@ -111,7 +111,15 @@ async fn consume(
                     }),
                     Err(e) => return close(session, Err(e)).await,
                 },
-                None => None,
+                // Another batch while the window has room: what the session gives at once.
+                None => match take_ready(&mut session, sink).await {
+                    Ok(taken) if taken.is_empty() => None,
+                    Ok(taken) => {
+                        let items = feed.items(broker, &taken);
+                        Some((taken, items))
+                    }
+                    Err(e) => return close(session, Err(e)).await,
+                },
             };
             let Some((batch, items)) = next else {
                 break;

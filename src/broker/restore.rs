@@ -11,6 +11,9 @@ use crate::persistence::StoredMessage;
 /// memory for its metadata only (about 100 bytes a delivery).
 pub(crate) const IN_MEMORY_QUEUE: usize = 2048;
 pub(crate) const PAGE_IN_BATCH: usize = 1024;
+/// How long a failed page-in waits before it is tried again.
+const PAGE_IN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The queue length in memory under which the next batch is paged in.
 pub(crate) const REFILL_BELOW: usize = IN_MEMORY_QUEUE / 2;
 
@@ -228,11 +231,16 @@ impl Broker {
                     Err(e) => e.to_string(),
                     Ok(Ok(_)) => String::new(),
                 };
-                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the queue; it stays on disk");
+                tracing::error!(client_id = %slot.client_id, error = %what, "cannot page in the queue; it stays on disk, tried again in a second");
                 self.with_slot(slot, |st| {
                     if st.generation == generation {
                         st.session.unpage(paged);
                     }
+                });
+                let (broker, slot) = (self.clone(), slot.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(PAGE_IN_RETRY).await;
+                    broker.refill(&slot);
                 });
                 return;
             }

@@ -311,6 +311,9 @@ pub struct Session {
     paged: VecDeque<PagedDelivery>,
     /// Deliveries taken from the front of `paged` whose bodies are being loaded.
     paging_in: usize,
+    /// Paged in after the connection resumed the session, awaiting PUBCOMP: their PUBREL is
+    /// sent again by [`Self::next_publish`] ([`Self::resume`] sends those in flight then).
+    rel_due: VecDeque<PacketId>,
     /// Their payload bytes as far as known.
     paged_bytes: usize,
     queued_bytes: usize,
@@ -350,6 +353,7 @@ impl Session {
             queue: VecDeque::new(),
             paged: VecDeque::new(),
             paging_in: 0,
+            rel_due: VecDeque::new(),
             paged_bytes: 0,
             queued_bytes: 0,
             reserved_messages: 0,
@@ -566,6 +570,7 @@ impl Session {
                     delivery,
                     state: OutboundState::AwaitingPubComp,
                 });
+                self.rel_due.push_back(p.packet_id);
             } else {
                 self.queued_bytes += delivery.accounted_bytes();
                 self.queue.push_back(Queued {
@@ -664,6 +669,14 @@ impl Session {
     /// ones enter the in-flight window under the packet identifier they were queued with.
     /// Deliveries whose message expired while queued are dropped on the way [MQTT-3.3.2-5].
     pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
+        while let Some(packet_id) = self.rel_due.pop_front() {
+            let due = self.inflight.iter().any(|i| {
+                i.packet_id == packet_id && i.state == OutboundState::AwaitingPubComp
+            });
+            if due {
+                return Some(Outgoing::PubRel { packet_id });
+            }
+        }
         loop {
             let front = self.queue.front()?;
             if front.delivery.qos != QoS::AtMostOnce && self.inflight.len() >= self.window as usize
@@ -824,7 +837,8 @@ impl Session {
 
     /// What to re-send when a connection resumes this session: every PUBLISH not yet
     /// acknowledged, with DUP, and a PUBREL for every delivery already PUBRECed (§4.4).
-    pub fn resume(&self) -> Vec<Outgoing> {
+    pub fn resume(&mut self) -> Vec<Outgoing> {
+        self.rel_due.clear();
         self.inflight
             .iter()
             .map(|i| match i.state {
@@ -893,6 +907,8 @@ impl Session {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.paged.clear();
+        self.paging_in = 0;
+        self.rel_due.clear();
         self.paged_bytes = 0;
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();

@@ -561,6 +561,28 @@ fn widened_packet_ids_let_a_backlog_pass_65535() {
     assert!(ids.iter().any(|&id| id > MAX_MQTT_PACKET_ID));
 }
 
+/// A delivery awaiting PUBCOMP that is paged in after the connection resumed gets its PUBREL
+/// sent again (the resume sent those in flight then); one completed meanwhile does not.
+#[test]
+fn a_paged_in_delivery_awaiting_pubcomp_gets_its_pubrel() {
+    let mut s = session();
+    s.set_window(10);
+    let d = delivery(QoS::ExactlyOnce, b"q2");
+    let paged = |id: PacketId| PagedDelivery {
+        awaiting_pubcomp: true,
+        ..PagedDelivery::of(id, &d, true)
+    };
+    for id in [5, 6] {
+        s.restore_paged(paged(id));
+    }
+    assert!(s.resume().is_empty(), "nothing in flight yet");
+    let taken = s.take_paged_front(2);
+    s.restore_paged_in(taken.into_iter().map(|p| (p, Some(d.clone()))).collect());
+    s.on_pubcomp(6).unwrap();
+    assert_eq!(s.next_publish(Instant::now()), Some(Outgoing::PubRel { packet_id: 5 }));
+    assert_eq!(s.next_publish(Instant::now()), None);
+}
+
 /// A connected persistent session keeps at most `in_memory` deliveries in memory: later ones
 /// are queued paged out and paged in by batches as the queue drains, in their order; a
 /// disconnect while a batch loads pages out after it, in front of the rest.
