@@ -276,6 +276,7 @@ impl Broker {
         reason: &'static str,
     ) {
         let mut redispatch = Vec::new();
+        let mut shared_paged = Vec::new();
         let mut will_now = None;
         let mut delayed = None;
         let mut records = Vec::new();
@@ -289,6 +290,7 @@ impl Broker {
             self.detach(slot, st, expiry_override);
             let will = st.will.take();
             redispatch = st.session.take_shared_for_redispatch();
+            shared_paged = st.session.take_shared_paged();
             if was_persistent && st.session.expiry_interval != 0 {
                 // Offline, the backlog costs no body memory: the image or the store has them.
                 st.session.page_out();
@@ -322,6 +324,7 @@ impl Broker {
             });
         }
         self.log(records);
+        redispatch.extend(self.load_shared(slot, shared_paged).await);
         self.redispatch(redispatch, slot).await;
         if let Some(w) = will_now {
             self.publish_will(slot.client_id.clone(), *w).await;

@@ -264,6 +264,54 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// The bodies of a departing member's paged-out shared deliveries, for them to be moved
+    /// to other members (`redispatch`). Those whose body cannot be loaded now go back paged;
+    /// one the store does not have (reported) is removed.
+    pub(super) async fn load_shared(
+        &self,
+        slot: &Arc<SessionSlot>,
+        paged: Vec<PagedDelivery>,
+    ) -> Vec<(PacketId, Delivery)> {
+        let Some(p) = self
+            .shared
+            .persistence
+            .clone()
+            .filter(|_| !paged.is_empty())
+        else {
+            return Vec::new();
+        };
+        let ids: Vec<u64> = paged.iter().map(|d| d.message_id).collect();
+        let Ok(Ok(bodies)) = tokio::task::spawn_blocking(move || p.load_messages(&ids)).await
+        else {
+            self.with_slot(slot, |st| {
+                paged.into_iter().for_each(|d| st.session.restore_paged(d))
+            });
+            return Vec::new();
+        };
+        let mut moving = Vec::new();
+        let mut missing = Vec::new();
+        for (d, delivery) in with_bodies(&slot.client_id, paged, bodies) {
+            match delivery {
+                Some(delivery) => moving.push((d.packet_id, delivery)),
+                None => missing.push((d.packet_id, d.message_id)),
+            }
+        }
+        if !missing.is_empty() {
+            let in_store = self.with_slot(slot, |st| {
+                missing
+                    .iter()
+                    .for_each(|(id, _)| st.session.release_moved(*id));
+                st.in_store
+            });
+            if in_store {
+                self.log(journal::dequeued_all(&slot.client_id, missing));
+            }
+        }
+        moving
+    }
+}
+
 /// Pairs paged-out deliveries with their loaded bodies (one `Message` per body, shared by its
 /// deliveries); `None` for a body the store did not have, which is reported.
 fn with_bodies(

@@ -670,9 +670,10 @@ impl Session {
     /// Deliveries whose message expired while queued are dropped on the way [MQTT-3.3.2-5].
     pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
         while let Some(packet_id) = self.rel_due.pop_front() {
-            let due = self.inflight.iter().any(|i| {
-                i.packet_id == packet_id && i.state == OutboundState::AwaitingPubComp
-            });
+            let due = self
+                .inflight
+                .iter()
+                .any(|i| i.packet_id == packet_id && i.state == OutboundState::AwaitingPubComp);
             if due {
                 return Some(Outgoing::PubRel { packet_id });
             }
@@ -881,6 +882,28 @@ impl Session {
             }
         }
         self.inflight = kept;
+        out
+    }
+
+    /// Takes out the paged-out deliveries of shared subscriptions (those not awaiting PUBCOMP),
+    /// for their bodies to be loaded and the deliveries moved like those of
+    /// [`Self::take_shared_for_redispatch`]; their identifiers stay in use likewise.
+    pub fn take_shared_paged(&mut self) -> Vec<PagedDelivery> {
+        let movable = |p: &PagedDelivery| p.shared_group.is_some() && !p.awaiting_pubcomp;
+        if !self.paged.iter().any(movable) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.paged.len());
+        for p in self.paged.drain(..) {
+            if movable(&p) {
+                self.paged_bytes = self.paged_bytes.saturating_sub(p.bytes);
+                out.push(p);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        self.paged = kept;
         out
     }
 

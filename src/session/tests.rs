@@ -579,7 +579,10 @@ fn a_paged_in_delivery_awaiting_pubcomp_gets_its_pubrel() {
     let taken = s.take_paged_front(2);
     s.restore_paged_in(taken.into_iter().map(|p| (p, Some(d.clone()))).collect());
     s.on_pubcomp(6).unwrap();
-    assert_eq!(s.next_publish(Instant::now()), Some(Outgoing::PubRel { packet_id: 5 }));
+    assert_eq!(
+        s.next_publish(Instant::now()),
+        Some(Outgoing::PubRel { packet_id: 5 })
+    );
     assert_eq!(s.next_publish(Instant::now()), None);
 }
 

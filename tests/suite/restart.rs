@@ -244,6 +244,62 @@ async fn a_backlog_longer_than_memory_comes_back_in_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A shared-subscription member that stops reading queues its share past what it keeps in
+/// memory (paged); when it goes, every delivery it held — paged ones too — moves to the other
+/// member: each message reaches the group once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departing_members_paged_shared_deliveries_move_to_another() {
+    let dir = common::temp_dir("shared-paged");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("keelmq.toml");
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 10000\n").unwrap();
+    let data = dir.join("data");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
+    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let slow = |c: &mut Connect| {
+        c.properties.session_expiry_interval = Some(3600);
+        c.properties.receive_maximum = Some(10);
+    };
+    let group = SubscriptionOptions::qos(QoS::AtLeastOnce);
+    let (mut a, _) = RawClient::connect(broker.addr, V5, "member-a", true, slow).await;
+    a.subscribe(1, "$share/g/long/#", group).await;
+    let (mut b, _) = RawClient::connect(broker.addr, V5, "member-b", true, |_| {}).await;
+    b.subscribe(1, "$share/g/long/#", group).await;
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 6000 {
+            let p = match b.recv_within(Duration::from_secs(10)).await {
+                common::raw::Recv::Packet(Packet::Publish(p)) => p,
+                _ => break,
+            };
+            let n: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            seen.insert(n);
+            b.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+        }
+        seen
+    });
+    let payload =
+        |i: u32| -> &'static [u8] { Box::leak(format!("{i:05}").into_boxed_str()).as_bytes() };
+    publish_pipelined(broker.addr, 0..6000, payload).await;
+    drop(a); // about 3,000 queued for it, most of them paged
+    let seen = reader.await.unwrap();
+    let missing: Vec<u32> = (0..6000).filter(|i| !seen.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Publishes `range` to `long/x` at QoS 1, 50 at a time before reading their PUBACKs.
 async fn publish_pipelined(
     addr: std::net::SocketAddr,
