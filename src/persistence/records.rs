@@ -400,7 +400,7 @@ mod tests {
             prop_assert_eq!(Record::decode_batch(RECORD_V3, &encoded).unwrap(), batch);
             prop_assert!(Record::decode_batch(RECORD_V2, &encoded).is_err(), "format 2 has no DequeueMessage");
             let batch = vec![
-                Record::Produced { client: client.clone(), message_id: m.id, index: u32::from(pid) },
+                Record::Produced { client: client.clone(), message_id: m.id, index: pid },
                 Record::Message(m.clone()),
                 Record::DequeueMessage { client: client.clone(), packet_id: pid, message_id: m.id },
             ];
