@@ -11,7 +11,8 @@
 //!   encode/decode of every MQTT packet of every version, with v5 properties and reason codes.
 //!   Decoding never panics and names the spec clause it rejects.
 //! - [`session`]: the I/O-free session state machine (queue, in-flight window, QoS 2 states,
-//!   deliveries recovered paged out until the session resumes).
+//!   a backlog beyond 2,048 durable deliveries — or an offline session's — paged out, its
+//!   bodies on disk, paged in by batches; packet ids up to u32 for broker-internal readers).
 //! - [`router`]: the subscription trie with shared groups, and the retained-message trie.
 //! - [`protocol`]: protocol policy without I/O — CONNECT admission, PUBLISH checks, topic
 //!   aliases, the pending-acknowledgement FIFO, and the typed refusals ([`protocol::Refusal`]:

@@ -2,6 +2,8 @@
 //!
 //! A session outlives its network connections (unless its expiry is 0) and holds:
 //! - the offline/pending queue of deliveries, bounded by message count and payload bytes;
+//!   durable deliveries beyond what it keeps in memory (and all of them while offline) are
+//!   paged out, their bodies left to the store, and come back in order by batches;
 //! - the outbound in-flight window: deliveries sent with a packet identifier and not yet
 //!   completed, bounded by the client's Receive Maximum (v5) or the configured window (3.x);
 //! - the inbound QoS 2 packet identifiers that were PUBRECed and await PUBREL, so that a
