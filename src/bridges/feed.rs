@@ -95,40 +95,13 @@ async fn consume(
     // Its ids go to no MQTT peer: its backlog is bounded by `max_queued_messages` alone.
     session.set_max_packet_id(crate::session::PacketId::MAX)?;
     let sink = &*feed.sink;
-    let window = sink.spec.inflight_batches.max(1);
-    // Up to `window` batches being written (acknowledged in order), and the next batch,
+    // Up to `inflight_batches` batches being written (acknowledged in order), and the next batch,
     // taken and made into items while they are written.
     let mut writing: FuturesOrdered<Writing<'_>> = FuturesOrdered::new();
     let mut ready: Option<(Vec<LocalDelivery>, Vec<Item>)> = None;
     let result = loop {
-        while writing.len() < window {
-            let next = match ready.take() {
-                Some(r) => Some(r),
-                None if writing.is_empty() => match next_batch(&mut session, sink, stop).await {
-                    Ok(batch) => batch.map(|b| {
-                        let items = feed.items(broker, &b);
-                        (b, items)
-                    }),
-                    Err(e) => return close(session, Err(e)).await,
-                },
-                // Another batch while the window has room: what the session gives at once.
-                None => match take_ready(&mut session, sink).await {
-                    Ok(taken) if taken.is_empty() => None,
-                    Ok(taken) => {
-                        let items = feed.items(broker, &taken);
-                        Some((taken, items))
-                    }
-                    Err(e) => return close(session, Err(e)).await,
-                },
-            };
-            let Some((batch, items)) = next else {
-                break;
-            };
-            let mut stop_write = stop.clone();
-            writing.push_back(Box::pin(async move {
-                let written = deliver(broker, sink, items, &mut stop_write).await;
-                (batch, written)
-            }));
+        if let Err(e) = fill(broker, feed, &mut session, stop, &mut writing, &mut ready).await {
+            break Err(e);
         }
         if writing.is_empty() {
             break Ok(()); // stopped while waiting for a batch
@@ -159,6 +132,44 @@ async fn consume(
         }
     };
     close(session, result).await
+}
+
+/// Starts writes until `inflight_batches` are being written or nothing more is at hand: the
+/// batch taken ahead, a batch waited for when nothing is being written, or what the session
+/// gives at once. Returns with nothing being written only when stopped.
+async fn fill<'a>(
+    broker: &'a Broker,
+    feed: &'a Feed,
+    session: &mut LocalSession,
+    stop: &mut watch::Receiver<bool>,
+    writing: &mut FuturesOrdered<Writing<'a>>,
+    ready: &mut Option<(Vec<LocalDelivery>, Vec<Item>)>,
+) -> Result<(), LocalError> {
+    let sink = &*feed.sink;
+    while writing.len() < sink.spec.inflight_batches.max(1) {
+        let next = match ready.take() {
+            Some(r) => Some(r),
+            None => {
+                let batch = match writing.is_empty() {
+                    true => next_batch(session, sink, stop).await?,
+                    false => Some(take_ready(session, sink).await?).filter(|t| !t.is_empty()),
+                };
+                batch.map(|b| {
+                    let items = feed.items(broker, &b);
+                    (b, items)
+                })
+            }
+        };
+        let Some((batch, items)) = next else {
+            return Ok(());
+        };
+        let mut stop_write = stop.clone();
+        writing.push_back(Box::pin(async move {
+            let written = deliver(broker, sink, items, &mut stop_write).await;
+            (batch, written)
+        }));
+    }
+    Ok(())
 }
 
 async fn close(session: LocalSession, result: Result<(), LocalError>) -> Result<(), LocalError> {
