@@ -155,6 +155,30 @@ impl Broker {
         Ok(Some((found, pending)))
     }
 
+    /// The publisher's QoS 2 `packet_id` is answered PUBREC 0x80 (a delivered-mode sink did
+    /// not confirm its message): logged, and durable before the caller sends it, so that the
+    /// id is free for a new message and a DUP re-send is still recognised, across a restart.
+    /// `Ok(None)` if `conn` no longer owns the session.
+    pub(crate) fn inbound_refuse(
+        &self,
+        slot: &SessionSlot,
+        conn: ConnId,
+        packet_id: u16,
+    ) -> Result<Option<PendingDurable>, NotDurable> {
+        let record = self.with_slot(slot, |st| {
+            if st.owner != Some(conn) {
+                return None;
+            }
+            let found = st.session.inbound_refuse(packet_id);
+            let client = &slot.client_id;
+            Some((found && st.in_store).then(|| journal::inbound_qos2_refused(client, packet_id)))
+        });
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        Ok(Some(self.log_pending(record.into_iter().collect())?))
+    }
+
     /// Runs `f` on the session if `conn` is still attached to it.
     pub(crate) fn session_op<R>(
         &self,

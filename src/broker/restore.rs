@@ -145,6 +145,9 @@ impl Broker {
         for pid in &si.inbound {
             session.inbound_qos2_received(*pid);
         }
+        for pid in &si.refused {
+            session.restore_inbound_refused(*pid);
+        }
         for (message_id, index) in &si.produced {
             session.claim_output(*message_id, *index);
         }

@@ -22,7 +22,7 @@
 //! | subscriptions | u16 BE client-id length, client id, filter | `StoredSubscription` |
 //! | messages | u64 BE message id | `StoredMessage` |
 //! | queues | u16 BE client-id length, client id, packet id: u16 BE up to 65,535, else u32 BE | `StoredDelivery` |
-//! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty |
+//! | inbound | u16 BE client-id length, client id, u16 BE packet id | empty: awaits PUBREL; one byte 1: refused (`InboundRefused`) |
 //! | retained | topic (UTF-8) | `StoredMessage` |
 //! | meta | `max_message_id` ([`MAX_MESSAGE_ID_KEY`]) | u64 LE (`applied_seq` is the store's) |
 //! | meta | `will/` ([`WILL_KEY_PREFIX`]) + client id | `StoredWill`: a will waiting for its delay |
@@ -46,6 +46,9 @@ pub struct SessionImage {
     /// Outbound deliveries by packet id.
     pub deliveries: HashMap<PacketId, StoredDelivery>,
     pub inbound: BTreeSet<u16>,
+    /// Inbound QoS 2 ids answered PUBREC 0x80 (`Record::InboundRefused`): a DUP re-send
+    /// under one is that message again.
+    pub refused: BTreeSet<u16>,
     /// The will waiting for its delay since the session's connection closed.
     pub will: Option<StoredWill>,
     /// The username the session belongs to (`Some(None)`: a client without one); `None`:
@@ -64,6 +67,9 @@ struct Body {
     message: Option<Box<StoredMessage>>,
     refs: u32,
 }
+
+/// The inbound table's value of a refused id (after [`VALUE_V1`]).
+const REFUSED: u8 = 1;
 
 /// A key that changed since the last checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -221,7 +227,7 @@ impl Image {
             self.dirty.insert(Key::Delivery(client.to_string(), *pid));
             self.unref(d.message_id);
         }
-        for pid in &s.inbound {
+        for pid in s.inbound.iter().chain(&s.refused) {
             self.dirty.insert(Key::Inbound(client.to_string(), *pid));
         }
         if s.will.is_some() {
@@ -375,6 +381,15 @@ impl Image {
                     return;
                 };
                 s.inbound.insert(packet_id);
+                s.refused.remove(&packet_id);
+                Key::Inbound(client, packet_id)
+            }
+            Record::InboundRefused { client, packet_id } => {
+                let Some(s) = self.sessions.get_mut(&client) else {
+                    return;
+                };
+                s.inbound.remove(&packet_id);
+                s.refused.insert(packet_id);
                 Key::Inbound(client, packet_id)
             }
             Record::InboundRelease { client, packet_id } => {
@@ -459,6 +474,9 @@ impl Image {
             }
             for pid in &s.inbound {
                 out.push(format!("inbound {c} {pid}"));
+            }
+            for pid in &s.refused {
+                out.push(format!("refused {c} {pid}"));
             }
             if let Some(w) = &s.will {
                 out.push(format!("will {c} {w:?}"));
@@ -644,11 +662,13 @@ impl Image {
             },
             Key::Inbound(c, pid) => Change {
                 table: Table::Inbound,
-                value: self
-                    .sessions
-                    .get(&c)
-                    .filter(|s| s.inbound.contains(&pid))
-                    .map(|_| vec![VALUE_V1]),
+                value: self.sessions.get(&c).and_then(|s| {
+                    match (s.inbound.contains(&pid), s.refused.contains(&pid)) {
+                        (true, _) => Some(vec![VALUE_V1]),
+                        (false, true) => Some(vec![VALUE_V1, REFUSED]),
+                        (false, false) => None,
+                    }
+                }),
                 key: client_key(&c, &pid.to_be_bytes()),
             },
             Key::Retained(t) => Change {
@@ -741,11 +761,14 @@ impl Image {
             s.deliveries.insert(pid, d);
             Ok(())
         })?;
-        scan(Table::Inbound, &mut |k, _| {
+        scan(Table::Inbound, &mut |k, v| {
             let (s, pid) = session_of(sessions, k)
                 .and_then(|(s, rest)| Some((s, u16::from_be_bytes(rest.try_into().ok()?))))
                 .ok_or_else(|| corrupt(Table::Inbound, k, "bad key"))?;
-            s.inbound.insert(pid);
+            match v.get(1) {
+                Some(&REFUSED) => s.refused.insert(pid),
+                _ => s.inbound.insert(pid),
+            };
             Ok(())
         })?;
         load_meta(store, &mut image)?;
@@ -1119,6 +1142,38 @@ mod tests {
         loaded.apply(dequeue(70_000, 2));
         store.write_checkpoint(loaded.take_changes(), 6).unwrap();
         assert_eq!(ids(&Image::load(&store).unwrap()), [9]);
+    }
+
+    /// An inbound id answered PUBREC 0x80 is kept as refused (not awaiting PUBREL) across a
+    /// checkpoint and a reload, until a new message takes the id again.
+    #[test]
+    fn refused_inbound_ids_survive_a_checkpoint_until_reused() {
+        let store = MemStore::new();
+        let mut image = Image::default();
+        let refused = |packet_id| Record::InboundRefused {
+            client: "sub".into(),
+            packet_id,
+        };
+        let received = |packet_id| Record::InboundQos2 {
+            client: "sub".into(),
+            packet_id,
+        };
+        for r in [session("sub", None), received(4), received(5), refused(4)] {
+            image.apply(r);
+        }
+        store.write_checkpoint(image.take_changes(), 4).unwrap();
+        let mut loaded = Image::load(&store).unwrap();
+        let ids = |i: &Image| {
+            let s = &i.sessions["sub"];
+            (s.inbound.clone(), s.refused.clone())
+        };
+        assert_eq!(ids(&loaded), ([5].into(), [4].into()));
+        loaded.apply(received(4));
+        store.write_checkpoint(loaded.take_changes(), 5).unwrap();
+        assert_eq!(
+            ids(&Image::load(&store).unwrap()),
+            ([4, 5].into(), [].into())
+        );
     }
 
     /// A consumer's output marks survive a checkpoint and a restart while their delivery is

@@ -108,6 +108,14 @@ pub fn inbound_qos2_received(client: &str, packet_id: u16) -> Record {
     }
 }
 
+/// The publisher's QoS 2 `packet_id` was answered PUBREC 0x80 (see `Record::InboundRefused`).
+pub fn inbound_qos2_refused(client: &str, packet_id: u16) -> Record {
+    Record::InboundRefused {
+        client: client.to_string(),
+        packet_id,
+    }
+}
+
 /// The publisher released its QoS 2 `packet_id` (PUBREL).
 pub fn inbound_qos2_released(client: &str, packet_id: u16) -> Record {
     Record::InboundRelease {

@@ -27,6 +27,9 @@ pub const RECORD_V3: u8 = 3;
 /// Format 4: format 3 plus [`Record::Produced`]. Only a commit that holds one is written as
 /// format 4.
 pub const RECORD_V4: u8 = 4;
+/// Format 5: format 4 plus [`Record::InboundRefused`], and packet ids of queue entries above
+/// 65,535 (a broker-internal reader's). Only a commit that holds one is written as format 5.
+pub const RECORD_V5: u8 = 5;
 /// First byte of every state-store value: format 1.
 pub const VALUE_V1: u8 = 1;
 
@@ -202,6 +205,14 @@ pub enum Record {
         message_id: u64,
         index: u32,
     },
+    /// (Format 5.) Inbound QoS 2 `packet_id` was answered PUBREC 0x80 (an `ack = "delivered"`
+    /// sink did not confirm its message): it no longer awaits PUBREL, and a re-send of it
+    /// with DUP is that message again (answered 0x80 again, never routed); a PUBLISH under it
+    /// without DUP is a new message.
+    InboundRefused {
+        client: String,
+        packet_id: u16,
+    },
 }
 
 /// A record or value that does not decode.
@@ -225,9 +236,18 @@ impl Record {
     /// The format a record needs.
     fn version(&self) -> u8 {
         match self {
+            Record::Enqueue { packet_id, .. }
+            | Record::Dequeue { packet_id, .. }
+            | Record::PubRec { packet_id, .. }
+            | Record::DequeueMessage { packet_id, .. }
+                if *packet_id > u32::from(u16::MAX) =>
+            {
+                RECORD_V5
+            }
             Record::WillSet { .. } | Record::WillClear { .. } => RECORD_V2,
             Record::DequeueMessage { .. } | Record::SessionOwner { .. } => RECORD_V3,
             Record::Produced { .. } => RECORD_V4,
+            Record::InboundRefused { .. } => RECORD_V5,
             _ => RECORD_V1,
         }
     }
@@ -245,7 +265,7 @@ impl Record {
     /// its added variants, so one decoder reads all; a record holding a variant newer than its
     /// format is refused.
     pub fn decode_batch(record_type: u8, payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
-        if !(RECORD_V1..=RECORD_V4).contains(&record_type) {
+        if !(RECORD_V1..=RECORD_V5).contains(&record_type) {
             return Err(DecodeError::Version(record_type));
         }
         let records: Vec<Record> = postcard::from_bytes(payload)?;
@@ -301,6 +321,40 @@ pub fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Dec
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn refusals_and_wide_packet_ids_need_format_5() {
+        let refused = Record::InboundRefused {
+            client: "c".into(),
+            packet_id: 4,
+        };
+        let wide = Record::DequeueMessage {
+            client: "c".into(),
+            packet_id: 70_000,
+            message_id: 1,
+        };
+        let narrow = Record::DequeueMessage {
+            client: "c".into(),
+            packet_id: 7,
+            message_id: 1,
+        };
+        assert_eq!(
+            Record::batch_version(std::slice::from_ref(&refused)),
+            RECORD_V5
+        );
+        assert_eq!(
+            Record::batch_version(std::slice::from_ref(&wide)),
+            RECORD_V5
+        );
+        assert_eq!(
+            Record::batch_version(std::slice::from_ref(&narrow)),
+            RECORD_V3
+        );
+        let batch = vec![refused, wide];
+        let encoded = Record::encode_batch(&batch);
+        assert_eq!(Record::decode_batch(RECORD_V5, &encoded).unwrap(), batch);
+        assert!(Record::decode_batch(RECORD_V4, &encoded).is_err());
+    }
 
     proptest! {
         /// A queue entry's expiry trailer round-trips, a value written without it (by a build
@@ -358,7 +412,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn records_round_trip(m in message(), pid in any::<u32>(), client in "[a-z0-9]{0,12}") {
+        fn records_round_trip(m in message(), pid in 0u32..=65_535, client in "[a-z0-9]{0,12}") {
             for r in [
                 Record::Message(m.clone()),
                 Record::RetainSet(m.clone()),
@@ -428,8 +482,8 @@ mod tests {
     #[test]
     fn versions_are_checked() {
         assert!(matches!(
-            Record::decode_batch(5, &[]),
-            Err(DecodeError::Version(5))
+            Record::decode_batch(6, &[]),
+            Err(DecodeError::Version(6))
         ));
         assert!(matches!(
             decode_value::<SessionRecord>(&[9, 0]),

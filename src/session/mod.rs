@@ -315,7 +315,9 @@ pub struct Session {
     paging_in: usize,
     /// Paged in after the connection resumed the session, awaiting PUBCOMP: their PUBREL is
     /// sent again by [`Self::next_publish`] ([`Self::resume`] sends those in flight then).
-    rel_due: VecDeque<PacketId>,
+    /// Boxed, as `inbound_refused`: rare, and every session (idle connections too) carries
+    /// the field.
+    rel_due: Option<Box<VecDeque<PacketId>>>,
     /// Their payload bytes as far as known.
     paged_bytes: usize,
     queued_bytes: usize,
@@ -335,6 +337,9 @@ pub struct Session {
     /// layer to log. Drained by [`Self::take_removed`].
     removed: Vec<(PacketId, u64)>,
     inbound_awaiting_rel: HashSet<u16>,
+    /// Inbound QoS 2 ids answered PUBREC 0x80 (a delivered-mode sink did not confirm): a
+    /// re-send with DUP is that message again, a PUBLISH without DUP a new one.
+    inbound_refused: Option<Box<HashSet<u16>>>,
     /// Outputs a durable consumer (a rule) published for messages it has not acknowledged
     /// yet: (message id, output index). Empty for every other session.
     produced: BTreeSet<(u64, u32)>,
@@ -355,7 +360,7 @@ impl Session {
             queue: VecDeque::new(),
             paged: VecDeque::new(),
             paging_in: 0,
-            rel_due: VecDeque::new(),
+            rel_due: None,
             paged_bytes: 0,
             queued_bytes: 0,
             reserved_messages: 0,
@@ -367,6 +372,7 @@ impl Session {
             used_packet_ids: HashSet::new(),
             removed: Vec::new(),
             inbound_awaiting_rel: HashSet::new(),
+            inbound_refused: None,
             produced: BTreeSet::new(),
             limits,
             dropped_qos0: 0,
@@ -572,7 +578,7 @@ impl Session {
                     delivery,
                     state: OutboundState::AwaitingPubComp,
                 });
-                self.rel_due.push_back(p.packet_id);
+                self.rel_due.get_or_insert_default().push_back(p.packet_id);
             } else {
                 self.queued_bytes += delivery.accounted_bytes();
                 self.queue.push_back(Queued {
@@ -671,7 +677,7 @@ impl Session {
     /// ones enter the in-flight window under the packet identifier they were queued with.
     /// Deliveries whose message expired while queued are dropped on the way [MQTT-3.3.2-5].
     pub fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
-        while let Some(packet_id) = self.rel_due.pop_front() {
+        while let Some(packet_id) = self.rel_due.as_mut().and_then(|r| r.pop_front()) {
             let due = self
                 .inflight
                 .iter()
@@ -841,7 +847,7 @@ impl Session {
     /// What to re-send when a connection resumes this session: every PUBLISH not yet
     /// acknowledged, with DUP, and a PUBREL for every delivery already PUBRECed (§4.4).
     pub fn resume(&mut self) -> Vec<Outgoing> {
-        self.rel_due.clear();
+        self.rel_due = None;
         self.inflight
             .iter()
             .map(|i| match i.state {
@@ -933,10 +939,11 @@ impl Session {
         self.queue.clear();
         self.paged.clear();
         self.paging_in = 0;
-        self.rel_due.clear();
+        self.rel_due = None;
         self.paged_bytes = 0;
         self.inflight.clear();
         self.inbound_awaiting_rel.clear();
+        self.inbound_refused = None;
         self.produced.clear();
         self.used_packet_ids.clear();
         self.removed.clear();
@@ -953,7 +960,35 @@ impl Session {
 
     /// Records that the inbound QoS 2 PUBLISH `packet_id` was accepted and PUBREC is due.
     pub fn inbound_qos2_received(&mut self, packet_id: u16) {
+        if let Some(refused) = self.inbound_refused.as_mut() {
+            refused.remove(&packet_id);
+        }
         self.inbound_awaiting_rel.insert(packet_id);
+    }
+
+    /// The inbound QoS 2 `packet_id` is answered PUBREC 0x80: it no longer awaits PUBREL, and
+    /// a re-send of it with DUP is recognised ([`Self::inbound_qos2_refused`]). `false` if it
+    /// was not awaiting PUBREL.
+    pub fn inbound_refuse(&mut self, packet_id: u16) -> bool {
+        let found = self.inbound_awaiting_rel.remove(&packet_id);
+        if found {
+            self.restore_inbound_refused(packet_id);
+        }
+        found
+    }
+
+    /// Whether `packet_id` was answered PUBREC 0x80 and not used for a new message since.
+    pub fn inbound_qos2_refused(&self, packet_id: u16) -> bool {
+        self.inbound_refused
+            .as_ref()
+            .is_some_and(|r| r.contains(&packet_id))
+    }
+
+    /// Restores an id [`Self::inbound_refuse`] marked (from the log).
+    pub fn restore_inbound_refused(&mut self, packet_id: u16) {
+        self.inbound_refused
+            .get_or_insert_default()
+            .insert(packet_id);
     }
 
     /// PUBREL from the client: returns whether `packet_id` was awaiting it (PUBCOMP 0x00), or

@@ -1143,14 +1143,31 @@ retry = {{ initial_ms = 50, max_ms = 100 }}
     v5.publish("cmd/3", b"three", Q::ExactlyOnce, 4, false)
         .await;
     assert_eq!(next_ack(&mut v5).await, ("PUBREC", 4, late));
+    // Sent again (DUP, as after a lost PUBREC): the same message, answered alike, not routed.
+    let mut again = common::raw::publish_packet("cmd/3", b"three", Q::ExactlyOnce, 4, false);
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    v5.send(&again).await;
+    assert_eq!(next_ack(&mut v5).await, ("PUBREC", 4, late));
     status.store(200, Ordering::SeqCst);
     v5.publish("cmd/4", b"four", Q::ExactlyOnce, 4, false).await;
     assert_eq!(next_ack(&mut v5).await, ("PUBREC", 4, ReasonCode::SUCCESS));
     assert!(arrived("cmd/4"), "PUBREC after the target has it");
     v5.send(&Packet::PubRel(PubAck::new(4))).await;
     assert_eq!(next_ack(&mut v5).await, ("PUBCOMP", 4, ReasonCode::SUCCESS));
-    // What timed out was still queued, and arrived.
+    // What timed out was still queued, and arrived; the re-sent one as one message.
     assert!(eventually(10, || arrived("cmd/2") && arrived("cmd/3")).await);
+    let keys = |topic: &str| {
+        let seen = seen.lock();
+        let keys: std::collections::BTreeSet<&String> = seen
+            .iter()
+            .filter(|(_, body)| body.contains(topic))
+            .map(|(key, _)| key)
+            .collect();
+        keys.len()
+    };
+    assert_eq!(keys("cmd/3"), 1, "one Idempotency-Key for cmd/3");
 
     // A 3.x publisher cannot be told: disconnected at the timeout, nothing acknowledged.
     status.store(503, Ordering::SeqCst);

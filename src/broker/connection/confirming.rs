@@ -176,9 +176,9 @@ impl Connection {
             }
             _ => return Ok(true),
         };
-        let (_, pending) = self
+        let pending = self
             .broker
-            .inbound_pubrel(&self.slot, self.id, packet_id)?
+            .inbound_refuse(&self.slot, self.id, packet_id)?
             .ok_or(Close::TakenOver)?;
         if pending.is_ready() {
             return Ok(true);

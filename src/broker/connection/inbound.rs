@@ -90,10 +90,11 @@ impl Connection {
         }
     }
 
-    /// PUBREC again for a re-sent QoS 2 PUBLISH; its id already counts against the Receive
-    /// Maximum as awaiting PUBREL.
-    fn ack_duplicate(&mut self, wbuf: &mut BytesMut, packet_id: u16) {
-        let ack = PubAck::new(packet_id);
+    /// PUBREC again for a re-sent QoS 2 PUBLISH (with 0x80 for one answered so before); its
+    /// id already counts against the Receive Maximum as awaiting PUBREL, or awaits nothing.
+    fn ack_duplicate(&mut self, wbuf: &mut BytesMut, packet_id: u16, reason: ReasonCode) {
+        let mut ack = PubAck::new(packet_id);
+        ack.reason = reason;
         self.send_in_order(wbuf, Packet::PubRec(ack).into(), false);
     }
 
@@ -156,13 +157,19 @@ impl Connection {
         Ok(())
     }
 
-    /// The inbound QoS 2 identifiers awaiting PUBREL, and whether `p` is a re-send of one.
-    fn inbound_state(&self, p: &Publish) -> Result<(usize, bool), Close> {
+    /// The inbound QoS 2 identifiers awaiting PUBREL, and whether `p` is a re-send of one
+    /// (`Some(0x00)`) or, with DUP, of one answered PUBREC 0x80 (`Some(0x80)`).
+    fn inbound_state(&self, p: &Publish) -> Result<(usize, Option<ReasonCode>), Close> {
         let state = self.broker.session_op(&self.slot, self.id, |s| {
-            (
-                s.inbound_awaiting_rel(),
-                p.qos == QoS::ExactlyOnce && !s.inbound_qos2_is_new(p.packet_id),
-            )
+            let resent = match p.qos == QoS::ExactlyOnce {
+                false => None,
+                true if !s.inbound_qos2_is_new(p.packet_id) => Some(ReasonCode::SUCCESS),
+                true if p.dup && s.inbound_qos2_refused(p.packet_id) => {
+                    Some(ReasonCode::UNSPECIFIED_ERROR)
+                }
+                true => None,
+            };
+            (s.inbound_awaiting_rel(), resent)
         });
         state.ok_or(Close::TakenOver)
     }
@@ -179,12 +186,12 @@ impl Connection {
         self.aliases_in
             .resolve(&mut p.topic, alias)
             .map_err(Close::Refused)?;
-        let (inflight_in, duplicate) = self.inbound_state(&p)?;
-        if duplicate {
+        let (inflight_in, resent) = self.inbound_state(&p)?;
+        if let Some(reason) = resent {
             // A re-sent QoS 2 PUBLISH already PUBRECed: acknowledge again, never route twice.
             // Before authorization: its first PUBREC accepted it, and a decision that changed
             // since (a reload) must not refuse what is already stored and acknowledged.
-            self.ack_duplicate(wbuf, p.packet_id);
+            self.ack_duplicate(wbuf, p.packet_id, reason);
             return Ok(());
         }
         if !self.may_publish(&p) {
@@ -212,7 +219,7 @@ impl Connection {
                 {
                     None => return Err(Close::TakenOver),
                     Some(Claimed::Duplicate) => {
-                        self.ack_duplicate(wbuf, p.packet_id);
+                        self.ack_duplicate(wbuf, p.packet_id, ReasonCode::SUCCESS);
                         return Ok(());
                     }
                     Some(Claimed::New(claim)) => Some(claim),
