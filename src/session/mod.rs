@@ -317,6 +317,7 @@ pub struct Session {
     /// sent again by [`Self::next_publish`] ([`Self::resume`] sends those in flight then).
     /// Boxed, as `inbound_refused`: rare, and every session (idle connections too) carries
     /// the field.
+    #[allow(clippy::box_collection)] // one pointer instead of a whole collection per session
     rel_due: Option<Box<VecDeque<PacketId>>>,
     /// Their payload bytes as far as known.
     paged_bytes: usize,
@@ -339,6 +340,7 @@ pub struct Session {
     inbound_awaiting_rel: HashSet<u16>,
     /// Inbound QoS 2 ids answered PUBREC 0x80 (a delivered-mode sink did not confirm): a
     /// re-send with DUP is that message again, a PUBLISH without DUP a new one.
+    #[allow(clippy::box_collection)] // as `rel_due`
     inbound_refused: Option<Box<HashSet<u16>>>,
     /// Outputs a durable consumer (a rule) published for messages it has not acknowledged
     /// yet: (message id, output index). Empty for every other session.
