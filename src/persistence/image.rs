@@ -68,6 +68,13 @@ struct Body {
     refs: u32,
 }
 
+/// What a record does to an inbound QoS 2 id.
+enum Inbound {
+    Received,
+    Refused,
+    Released,
+}
+
 /// The inbound table's value of a refused id (after [`VALUE_V1`]).
 const REFUSED: u8 = 1;
 
@@ -373,68 +380,43 @@ impl Image {
         self.dirty.insert(key);
     }
 
-    /// Inbound QoS 2 ids, the waiting will, the owner, output marks.
+    /// Inbound QoS 2 ids, the waiting will, the owner, output marks (of a session the image
+    /// has; a record for another changes nothing).
     fn apply_session_state(&mut self, record: Record) {
         let key = match record {
             Record::InboundQos2 { client, packet_id } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                s.inbound.insert(packet_id);
-                s.refused.remove(&packet_id);
-                Key::Inbound(client, packet_id)
+                self.apply_inbound(client, packet_id, Inbound::Received)
             }
             Record::InboundRefused { client, packet_id } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                s.inbound.remove(&packet_id);
-                s.refused.insert(packet_id);
-                Key::Inbound(client, packet_id)
+                self.apply_inbound(client, packet_id, Inbound::Refused)
             }
             Record::InboundRelease { client, packet_id } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                if !s.inbound.remove(&packet_id) {
-                    return;
-                }
-                Key::Inbound(client, packet_id)
+                self.apply_inbound(client, packet_id, Inbound::Released)
             }
-            Record::WillSet { client, will } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                s.will = Some(will);
-                Key::Will(client)
-            }
-            Record::WillClear { client } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                if s.will.take().is_none() {
-                    return;
-                }
-                Key::Will(client)
-            }
-            Record::SessionOwner { client, username } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                s.owner = Some(username);
-                Key::Owner(client)
-            }
+            Record::WillSet { client, will } => self
+                .sessions
+                .get_mut(&client)
+                .map(|s| s.will = Some(will))
+                .map(|_| Key::Will(client)),
+            Record::WillClear { client } => self
+                .sessions
+                .get_mut(&client)
+                .and_then(|s| s.will.take())
+                .map(|_| Key::Will(client)),
+            Record::SessionOwner { client, username } => self
+                .sessions
+                .get_mut(&client)
+                .map(|s| s.owner = Some(username))
+                .map(|_| Key::Owner(client)),
             Record::Produced {
                 client,
                 message_id,
                 index,
-            } => {
-                let Some(s) = self.sessions.get_mut(&client) else {
-                    return;
-                };
-                s.produced.insert((message_id, index));
-                Key::Produced(client, message_id, index)
-            }
+            } => self
+                .sessions
+                .get_mut(&client)
+                .map(|s| s.produced.insert((message_id, index)))
+                .map(|_| Key::Produced(client, message_id, index)),
             // Applied by `apply` and `apply_to_session` (listed so that a new record type
             // must be placed).
             Record::Session(_)
@@ -447,9 +429,31 @@ impl Image {
             | Record::RetainDelete { .. }
             | Record::Subscribe { .. }
             | Record::Unsubscribe { .. }
-            | Record::PubRec { .. } => return,
+            | Record::PubRec { .. } => None,
         };
-        self.dirty.insert(key);
+        if let Some(key) = key {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// An inbound QoS 2 id received (awaits PUBREL), refused (PUBREC 0x80) or released; the
+    /// key to write, if anything changed.
+    fn apply_inbound(&mut self, client: String, packet_id: u16, change: Inbound) -> Option<Key> {
+        let s = self.sessions.get_mut(&client)?;
+        let changed = match change {
+            Inbound::Received => {
+                s.refused.remove(&packet_id);
+                s.inbound.insert(packet_id);
+                true
+            }
+            Inbound::Refused => {
+                s.inbound.remove(&packet_id);
+                s.refused.insert(packet_id);
+                true
+            }
+            Inbound::Released => s.inbound.remove(&packet_id),
+        };
+        changed.then_some(Key::Inbound(client, packet_id))
     }
 
     /// A canonical listing of the whole state, for comparing two images in tests.
