@@ -16,6 +16,34 @@ fn start(dir: &std::path::Path) -> common::BrokerProcess {
     common::BrokerProcess::start_with(&binary, &["--data-dir", dir.to_str().unwrap()])
 }
 
+/// The broker binary with a configuration file and a data directory under `dir`, started
+/// (and started again after a kill) with the same arguments.
+struct Configured {
+    args: Vec<String>,
+}
+
+impl Configured {
+    fn new(dir: &std::path::Path, config: &str) -> Configured {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join("keelmq.toml");
+        std::fs::write(&file, config).unwrap();
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+        let args = vec![
+            "--config".to_string(),
+            path(file),
+            "--data-dir".to_string(),
+            path(dir.join("data")),
+        ];
+        Configured { args }
+    }
+
+    fn start(&self) -> common::BrokerProcess {
+        let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        common::BrokerProcess::start_with(&binary, &args)
+    }
+}
+
 fn inspect(dir: &std::path::Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelmq"))
         .arg("inspect")
@@ -141,19 +169,9 @@ async fn a_clean_session_leaves_nothing_on_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_queues_are_paged_in_on_resume_in_order() {
     let dir = common::temp_dir("paged");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("keelmq.toml");
     // Frequent checkpoints: the first messages' bodies leave memory before the kill.
-    std::fs::write(&config, "[storage]\ncheckpoint_interval_ms = 100\n").unwrap();
-    let data = dir.join("data");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
-    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let run = Configured::new(&dir, "[storage]\ncheckpoint_interval_ms = 100\n");
+    let broker = run.start();
     let persistent = |c: &mut Connect| c.properties.session_expiry_interval = Some(3600);
     let (mut sub, _) = RawClient::connect(broker.addr, V5, "pager", true, persistent).await;
     sub.subscribe(1, "pg/#", SubscriptionOptions::qos(QoS::AtLeastOnce))
@@ -178,10 +196,10 @@ async fn offline_queues_are_paged_in_on_resume_in_order() {
     // These stay in the WAL tail.
     publish_range(broker.addr, 20..30).await;
     drop(broker); // SIGKILL
-    let report = inspect(&data);
+    let report = inspect(&dir.join("data"));
     assert!(report.contains("queued messages: 30"), "{report}");
     assert!(!report.contains("PROBLEM"), "{report}");
-    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let broker = run.start();
     // Queued after the restart, while the session is offline: after the recovered ones.
     publish_range(broker.addr, 30..35).await;
     let (mut sub, ack) = RawClient::connect(broker.addr, V5, "pager", false, persistent).await;
@@ -207,19 +225,9 @@ async fn offline_queues_are_paged_in_on_resume_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_longer_than_memory_comes_back_in_order() {
     let dir = common::temp_dir("long-backlog");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("keelmq.toml");
     let text = "[storage]\ncheckpoint_interval_ms = 200\n[limits]\nmax_queued_messages = 10000\n";
-    std::fs::write(&config, text).unwrap();
-    let data = dir.join("data");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
-    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let run = Configured::new(&dir, text);
+    let broker = run.start();
     let slow = |c: &mut Connect| {
         c.properties.session_expiry_interval = Some(3600);
         c.properties.receive_maximum = Some(20);
@@ -234,7 +242,7 @@ async fn a_backlog_longer_than_memory_comes_back_in_order() {
     read_in_order(&mut sub, &mut next, 1000).await;
     drop(broker); // SIGKILL, with 4,000 queued (most of them paged out) and 20 in flight
     drop(sub);
-    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let broker = run.start();
     publish_pipelined(broker.addr, 5000..6000, payload).await;
     let (mut sub, ack) = RawClient::connect(broker.addr, V5, "long", false, slow).await;
     assert!(ack.session_present);
@@ -250,18 +258,8 @@ async fn a_backlog_longer_than_memory_comes_back_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departing_members_paged_shared_deliveries_move_to_another() {
     let dir = common::temp_dir("shared-paged");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("keelmq.toml");
-    std::fs::write(&config, "[limits]\nmax_queued_messages = 10000\n").unwrap();
-    let data = dir.join("data");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
-    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let run = Configured::new(&dir, "[limits]\nmax_queued_messages = 10000\n");
+    let broker = run.start();
     let slow = |c: &mut Connect| {
         c.properties.session_expiry_interval = Some(3600);
         c.properties.receive_maximum = Some(10);
