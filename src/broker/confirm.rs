@@ -10,12 +10,18 @@
 //! every later acknowledgement behind it (their order is the PUBLISH packets'). A sink's feed
 //! confirms each message it wrote or dead-lettered ([`Broker::confirm_delivery`]).
 //!
+//! A QoS 2 message's wait survives its publisher's connection: when a 3.x publisher is
+//! disconnected on a timeout (or any publisher reconnects) and re-sends the PUBLISH, the
+//! re-send's PUBREC waits for the same confirmation ([`Broker::resume_confirmation`]).
+//!
 //! # Bounds
 //! An entry lives until every sink confirmed, or its [`Confirm`] is dropped (the connection
-//! gave up waiting or closed): at most one per QoS 1/2 message a connection has in flight, so
-//! the registry is bounded by the connections' Receive Maximums. A restart forgets every entry:
-//! a re-sent QoS 2 message is then a duplicate, acknowledged at once (it is durable and queued
-//! for the sink); a re-sent QoS 1 message is a new one (at least once).
+//! gave up waiting or closed) for a QoS 1 message, or answered 0x80 for a QoS 2 one: at most
+//! one per QoS 1/2 message a connection has in flight plus one per QoS 2 message still queued
+//! for a delivered-mode sink, which every sink confirms in the end (its retries never give up).
+//! A restart forgets every entry: a re-sent QoS 2 message is then a duplicate, acknowledged at
+//! once (it is durable and queued for the sink); a re-sent QoS 1 message is a new one (at
+//! least once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,9 +52,16 @@ pub(crate) enum Confirmed {
 /// The messages waiting for sinks, by message id.
 #[derive(Debug, Default)]
 pub(crate) struct Confirmations {
-    waiting: Mutex<HashMap<u64, Waiting>>,
-    /// Entries in `waiting`: a feed's confirmation takes no lock while nobody waits.
+    inner: Mutex<Registry>,
+    /// Entries in `inner.waiting`: a feed's confirmation takes no lock while nobody waits.
     len: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    waiting: HashMap<u64, Waiting>,
+    /// The publishers' QoS 2 exchanges (client id, packet id) waiting, to their message ids.
+    exchanges: HashMap<(ClientId, u16), u64>,
 }
 
 #[derive(Debug)]
@@ -56,11 +69,29 @@ struct Waiting {
     /// The feed sessions (`$sink/<name>/$topics`) that have not confirmed yet.
     sinks: Vec<ClientId>,
     refused: bool,
-    tx: oneshot::Sender<Confirmed>,
+    /// The publishers' waits: one, plus one per re-send of a QoS 2 message (closed senders
+    /// are pruned when another joins).
+    txs: Vec<oneshot::Sender<Confirmed>>,
+    /// The publisher's QoS 2 exchange: the entry outlives its waits, so that a re-send
+    /// (after a reconnect) waits again instead of being acknowledged at once.
+    exchange: Option<(ClientId, u16)>,
+    timeout: Duration,
 }
 
-/// A publisher's wait for the sinks (see the module documentation); dropping it forgets the
-/// message's entry.
+impl Registry {
+    fn remove(&mut self, message_id: u64) -> Option<Waiting> {
+        let entry = self.waiting.remove(&message_id)?;
+        if let Some(key) = &entry.exchange {
+            if self.exchanges.get(key) == Some(&message_id) {
+                self.exchanges.remove(key);
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// A publisher's wait for the sinks (see the module documentation). Dropping it forgets the
+/// message's entry, unless the message is a QoS 2 exchange a re-send may resume.
 #[derive(Debug)]
 pub(crate) struct Confirm {
     registry: Arc<Confirmations>,
@@ -78,16 +109,16 @@ impl Confirm {
             Ok(Err(_)) | Err(_) => Confirmed::TimedOut,
         }
     }
+
+    /// Forgets the message's entry, QoS 2 exchange or not: the publisher was answered 0x80.
+    pub(crate) fn forget(self) {
+        self.registry.forget(self.message_id, true);
+    }
 }
 
 impl Drop for Confirm {
     fn drop(&mut self) {
-        if self.registry.len.load(Ordering::Relaxed) > 0 {
-            let mut waiting = self.registry.waiting.lock();
-            if waiting.remove(&self.message_id).is_some() {
-                self.registry.len.store(waiting.len(), Ordering::Relaxed);
-            }
-        }
+        self.registry.forget(self.message_id, false);
     }
 }
 
@@ -97,21 +128,70 @@ impl Confirmations {
         message_id: u64,
         sinks: Vec<ClientId>,
         timeout: Duration,
+        exchange: Option<(ClientId, u16)>,
     ) -> Confirm {
         let (tx, rx) = oneshot::channel();
-        let mut waiting = self.waiting.lock();
+        let mut inner = self.inner.lock();
+        if let Some(key) = &exchange {
+            inner.exchanges.insert(key.clone(), message_id);
+        }
         let entry = Waiting {
             sinks,
             refused: false,
-            tx,
+            txs: vec![tx],
+            exchange,
+            timeout,
         };
-        waiting.insert(message_id, entry);
-        self.len.store(waiting.len(), Ordering::Relaxed);
+        inner.waiting.insert(message_id, entry);
+        self.len.store(inner.waiting.len(), Ordering::Relaxed);
+        self.confirm_handle(message_id, timeout, rx)
+    }
+
+    fn confirm_handle(
+        self: &Arc<Self>,
+        message_id: u64,
+        timeout: Duration,
+        rx: oneshot::Receiver<Confirmed>,
+    ) -> Confirm {
         Confirm {
             registry: self.clone(),
             message_id,
             deadline: Instant::now() + timeout,
             rx,
+        }
+    }
+
+    /// A new wait for the QoS 2 exchange `(client, packet_id)` if its message still waits for
+    /// sinks (a re-send of it): `None` if it does not.
+    fn resume(self: &Arc<Self>, client: &str, packet_id: u16) -> Option<Confirm> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        let message_id = *inner.exchanges.get(&(ClientId::from(client), packet_id))?;
+        let entry = inner.waiting.get_mut(&message_id)?;
+        let (tx, rx) = oneshot::channel();
+        entry.txs.retain(|tx| !tx.is_closed());
+        entry.txs.push(tx);
+        let timeout = entry.timeout;
+        drop(inner);
+        Some(self.confirm_handle(message_id, timeout, rx))
+    }
+
+    /// A wait for `message_id` ended: its entry goes unless it is a QoS 2 exchange and not
+    /// `always`.
+    fn forget(&self, message_id: u64, always: bool) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let resumable = inner
+            .waiting
+            .get(&message_id)
+            .is_some_and(|e| e.exchange.is_some());
+        if always || !resumable {
+            inner.remove(message_id);
+            self.len.store(inner.waiting.len(), Ordering::Relaxed);
         }
     }
 
@@ -121,21 +201,23 @@ impl Confirmations {
         if self.len.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut waiting = self.waiting.lock();
-        let Some(entry) = waiting.get_mut(&message_id) else {
+        let mut inner = self.inner.lock();
+        let Some(entry) = inner.waiting.get_mut(&message_id) else {
             return;
         };
         entry.sinks.retain(|s| &**s != sink);
         entry.refused |= !delivered;
         if entry.sinks.is_empty() {
-            if let Some(entry) = waiting.remove(&message_id) {
+            if let Some(entry) = inner.remove(message_id) {
                 let answer = match entry.refused {
                     true => Confirmed::Refused,
                     false => Confirmed::Delivered,
                 };
-                let _ = entry.tx.send(answer);
+                for tx in entry.txs {
+                    let _ = tx.send(answer);
+                }
             }
-            self.len.store(waiting.len(), Ordering::Relaxed);
+            self.len.store(inner.waiting.len(), Ordering::Relaxed);
         }
     }
 }
@@ -156,6 +238,7 @@ impl Broker {
         &self,
         message: &Arc<Message>,
         reserved: &Reserved,
+        exchange: Option<(ClientId, u16)>,
     ) -> Option<Confirm> {
         let config = &self.shared.config;
         let mut sinks = Vec::new();
@@ -176,7 +259,14 @@ impl Broker {
             return None;
         }
         let registry = &self.shared.confirmations;
-        Some(registry.register(message.id, sinks, timeout))
+        Some(registry.register(message.id, sinks, timeout, exchange))
+    }
+
+    /// A new wait for the sinks for a re-sent QoS 2 PUBLISH (packet `packet_id` of `client`)
+    /// whose first wait ended without an answer (the publisher reconnected): `None` if its
+    /// message waits for no sink.
+    pub(crate) fn resume_confirmation(&self, client: &str, packet_id: u16) -> Option<Confirm> {
+        self.shared.confirmations.resume(client, packet_id)
     }
 
     /// A sink's feed (session `sink`) wrote message `message_id` to its target (`delivered`)
@@ -199,7 +289,7 @@ mod tests {
             ClientId::from("$sink/a/$topics"),
             ClientId::from("$sink/b/$topics"),
         ];
-        let mut confirm = registry.register(7, sinks, Duration::from_secs(5));
+        let mut confirm = registry.register(7, sinks, Duration::from_secs(5), None);
         registry.confirm(7, "$sink/a/$topics", true);
         // Twice from one sink (a re-delivery) still waits for the other.
         registry.confirm(7, "$sink/a/$topics", true);
@@ -214,14 +304,35 @@ mod tests {
     async fn a_refusal_or_the_deadline_answers_and_dropping_forgets() {
         let registry = Arc::new(Confirmations::default());
         let one = || vec![ClientId::from("$sink/a/$topics")];
-        let mut refused = registry.register(1, one(), Duration::from_secs(5));
+        let mut refused = registry.register(1, one(), Duration::from_secs(5), None);
         registry.confirm(1, "$sink/a/$topics", false);
         assert_eq!(refused.wait().await, Confirmed::Refused);
-        let mut late = registry.register(2, one(), Duration::from_millis(10));
+        let mut late = registry.register(2, one(), Duration::from_millis(10), None);
         assert_eq!(late.wait().await, Confirmed::TimedOut);
-        assert_eq!(registry.waiting.lock().len(), 1);
+        assert_eq!(registry.inner.lock().waiting.len(), 1);
         drop(late);
         assert_eq!(registry.len.load(Ordering::Relaxed), 0);
-        assert!(registry.waiting.lock().is_empty());
+        assert!(registry.inner.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_qos2_exchange_outlives_its_wait_until_the_sinks_answer() {
+        let registry = Arc::new(Confirmations::default());
+        let one = || vec![ClientId::from("$sink/a/$topics")];
+        let exchange = Some((ClientId::from("pub"), 9));
+        let first = registry.register(3, one(), Duration::from_secs(5), exchange);
+        assert!(registry.resume("pub", 8).is_none());
+        drop(first); // the publisher's connection closed
+        let mut again = registry.resume("pub", 9).expect("the exchange still waits");
+        let mut twice = registry.resume("pub", 9).expect("every re-send waits");
+        registry.confirm(3, "$sink/a/$topics", true);
+        assert_eq!(again.wait().await, Confirmed::Delivered);
+        assert_eq!(twice.wait().await, Confirmed::Delivered);
+        assert!(registry.resume("pub", 9).is_none());
+        let refused = registry.register(4, one(), Duration::from_secs(5), Some(("pub".into(), 9)));
+        refused.forget(); // answered 0x80: a re-send is refused again, not resumed
+        assert!(registry.resume("pub", 9).is_none());
+        assert!(registry.inner.lock().exchanges.is_empty());
+        assert_eq!(registry.len.load(Ordering::Relaxed), 0);
     }
 }

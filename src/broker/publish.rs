@@ -299,7 +299,11 @@ impl Broker {
         }
         drop(order);
         if p.confirm {
-            logged.confirm = self.confirmation_for(&p.message, &logged.reserved);
+            let exchange = p.inbound_qos2.as_ref().and_then(|c| match c.key {
+                ClaimKey::Inbound(id) => Some((c.slot.client_id.clone(), id)),
+                ClaimKey::Output { .. } => None,
+            });
+            logged.confirm = self.confirmation_for(&p.message, &logged.reserved, exchange);
         }
         Ok(ReserveOutcome::Logged(logged))
     }

@@ -1095,7 +1095,8 @@ async fn next_ack(c: &mut RawClient) -> (&'static str, u16, ReasonCode) {
 /// `ack = "delivered"`: a publisher's PUBACK/PUBREC leaves only once the target has the
 /// message. A target that does not take it within `ack_timeout_ms` gets a v5 publisher reason
 /// 0x80 (a QoS 2 packet id is free again) and a 3.x publisher disconnected; the message stays
-/// queued and arrives once the target answers. Acknowledgements keep their order.
+/// queued and arrives once the target answers; a QoS 2 re-send after the disconnect waits for
+/// the same confirmation. Acknowledgements keep their order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_sink_holds_the_acknowledgement_until_the_target_has_it() {
     let status = Arc::new(AtomicU16::new(200));
@@ -1178,7 +1179,25 @@ retry = {{ initial_ms = 50, max_ms = 100 }}
     assert_eq!(old.recv_within(Duration::from_secs(5)).await, Recv::Closed);
     status.store(200, Ordering::SeqCst);
     assert!(eventually(10, || arrived("cmd/5")).await);
+
+    // A 3.x QoS 2 publisher with a session re-sends after that disconnect: the re-send's
+    // PUBREC waits for the same confirmation, not acknowledged at once as a duplicate.
+    status.store(503, Ordering::SeqCst);
+    let (mut old, _) = RawClient::connect(addr, v3, "pub3q2", false, |_| {}).await;
+    old.publish("cmd/6", b"six", Q::ExactlyOnce, 1, false).await;
+    assert_eq!(old.recv_within(Duration::from_secs(5)).await, Recv::Closed);
+    let (mut old, _) = RawClient::connect(addr, v3, "pub3q2", false, |_| {}).await;
+    let mut again = common::raw::publish_packet("cmd/6", b"six", Q::ExactlyOnce, 1, false);
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    old.send(&again).await;
+    old.expect_silence(Duration::from_millis(600)).await;
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(next_ack(&mut old).await, ("PUBREC", 1, ReasonCode::SUCCESS));
+    assert!(arrived("cmd/6"), "PUBREC after the target has it");
+    assert_eq!(keys("cmd/6"), 1, "one Idempotency-Key for cmd/6");
     let not_confirmed = server.broker().metrics_snapshot().not_confirmed;
-    assert_eq!(not_confirmed, 3, "cmd/2, cmd/3, cmd/5");
+    assert_eq!(not_confirmed, 4, "cmd/2, cmd/3, cmd/5, cmd/6");
     server.shutdown(Duration::from_secs(5)).await;
 }

@@ -164,7 +164,9 @@ impl Connection {
         let Some(front) = self.confirming.as_mut().and_then(|c| c.queue.front_mut()) else {
             return Ok(true);
         };
-        front.confirm = None;
+        if let Some(confirm) = front.confirm.take() {
+            confirm.forget();
+        }
         let packet_id = match &mut front.packet {
             Packet::PubAck(a) => {
                 a.reason = ReasonCode::UNSPECIFIED_ERROR;

@@ -95,7 +95,13 @@ impl Connection {
     fn ack_duplicate(&mut self, wbuf: &mut BytesMut, packet_id: u16, reason: ReasonCode) {
         let mut ack = PubAck::new(packet_id);
         ack.reason = reason;
-        self.send_in_order(wbuf, Packet::PubRec(ack).into(), false);
+        // Its message may still wait for `ack = "delivered"` sinks: the PUBREC waits again.
+        let confirm = match reason {
+            ReasonCode::SUCCESS => self.broker.resume_confirmation(&self.client_id, packet_id),
+            _ => None,
+        };
+        let packet = Packet::PubRec(ack);
+        self.send_in_order(wbuf, Ack { packet, confirm }, false);
     }
 
     /// Sends an acknowledgement that waits for nothing: now, or behind those still pending.
