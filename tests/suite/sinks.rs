@@ -242,10 +242,12 @@ retry = {{ initial_ms = 50, max_ms = 200 }}
 }
 
 /// What the HTTP receiver saw: (Idempotency-Key, body) per request.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
 /// An HTTP/1.1 receiver on a loopback port answering each request with `status(key, body)`.
-async fn http_receiver(status: impl Fn(&str, &str) -> u16 + Send + Sync + 'static) -> (u16, Seen) {
+pub(crate) async fn http_receiver(
+    status: impl Fn(&str, &str) -> u16 + Send + Sync + 'static,
+) -> (u16, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
