@@ -31,6 +31,11 @@
 //!   chain semantics, per-address failure delays, hashing on blocking threads); the file
 //!   formats and hashes live in `keelmq-auth` (crate in `auth/`, no tokio, no RocksDB), which
 //!   `keelmq passwd` uses too.
+//! - [`api`]: the operations surface on axum (`[api]`, port 18083 by default): the HTTP
+//!   management API on EMQX's v5 paths (clients, subscriptions, publish, retained, rules,
+//!   sinks, `/durability`), API keys and the admin login, and Prometheus metrics
+//!   (`/metrics`). It reads the broker through snapshots ([`broker`]'s admin views) and
+//!   atomic counters, and changes it through the same calls a client or the rule engine uses.
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`] (crate `keelmq-config` in `config/`): the TOML configuration with its defaults
 //!   and validation.
@@ -60,6 +65,7 @@
 //!
 //! ARCHITECTURE.md describes the data flow and the durability contract as built.
 
+pub mod api;
 pub mod auth;
 pub mod bridges;
 pub mod broker;

@@ -329,6 +329,9 @@ struct ServeArgs {
     /// Data directory, overriding `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Address of the HTTP API, Prometheus metrics and dashboard, overriding `api.bind`.
+    #[arg(long)]
+    api_bind: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -441,6 +444,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(bind) = args.api_bind {
+        config.api.bind = Some(bind);
     }
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -29,6 +29,8 @@ pub struct Server {
     checkpointer: JoinHandle<()>,
     rules: crate::rules::RuleEngine,
     bridges: crate::bridges::Bridges,
+    /// The HTTP API, if it is served.
+    api: Option<crate::api::Api>,
 }
 
 /// The persistence options a configuration asks for.
@@ -118,7 +120,8 @@ impl Server {
         if let Some(acl) = &acl {
             broker.set_authorizer(acl.clone());
         }
-        log_recovery(&broker, &persistence, &report, restoring.elapsed());
+        let restored = restoring.elapsed();
+        log_recovery(&broker, &persistence, &report, restored);
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         // Before any client connects: every rule's consumer is subscribed.
@@ -138,6 +141,14 @@ impl Server {
             .first()
             .map(|l| l.2)
             .ok_or_else(|| anyhow::anyhow!("no listener configured"))?;
+        let api = crate::api::Api::start(crate::api::ApiParts {
+            broker: broker.clone(),
+            rules: rules.clone(),
+            bridges: bridges.clone(),
+            listeners: listeners.clone(),
+            recovery: Some((report, restored)),
+        })
+        .await?;
         Ok(Server {
             broker,
             local_addr,
@@ -149,7 +160,13 @@ impl Server {
             checkpointer,
             rules,
             bridges,
+            api,
         })
+    }
+
+    /// The HTTP API's address, if it is served.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|a| a.local_addr())
     }
 
     /// The first listener's address.
@@ -192,9 +209,16 @@ impl Server {
     /// Re-reads the authenticators' files and the ACL (SIGHUP). One whose file fails keeps
     /// what it had, and the error says why. Returns how many failed.
     pub async fn reload_auth(&self) -> usize {
+        let mut failed = 0;
+        if let Some(api) = &self.api {
+            if let Err(e) = api.reload_auth().await {
+                failed += 1;
+                tracing::error!(error = %e, "API credentials reload failed; the old ones stay");
+            }
+        }
         let (chain, acl) = (self.auth.clone(), self.acl.clone());
         if chain.is_none() && acl.is_none() {
-            return 0;
+            return failed;
         }
         let problems = tokio::task::spawn_blocking(move || {
             let mut problems = chain.map(|c| c.reload()).unwrap_or_default();
@@ -211,7 +235,7 @@ impl Server {
         if problems.is_empty() {
             tracing::info!("authentication files reloaded");
         }
-        problems.len()
+        failed + problems.len()
     }
 
     /// The data bridges (sinks), their feeds and status.
@@ -238,6 +262,9 @@ impl Server {
         self.broker.retained_loaded().await;
         for task in self.listener_tasks {
             let _ = task.await;
+        }
+        if let Some(api) = self.api {
+            api.stop().await;
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod api;
 mod auth;
 mod bridges;
 mod listeners;
 mod rules;
+pub use api::{ApiConfig, DEFAULT_API_BIND};
 pub use auth::{
     AuthConfig, AuthenticatorSpec, AuthzConfig, DenyAction, HttpSpec, JwtFrom, JwtSpec, LdapSpec,
     NoMatch,
@@ -52,6 +54,8 @@ pub struct Config {
     pub sinks: Vec<SinkSpec>,
     /// `[[sources]]`: remote brokers whose messages enter this one (see [`SourceSpec`]).
     pub sources: Vec<SourceSpec>,
+    /// `[api]`: the HTTP management API, Prometheus metrics and the dashboard.
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             rules: Vec::new(),
             sinks: Vec::new(),
             sources: Vec::new(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -333,6 +338,7 @@ impl Config {
         bridges::validate_rule_sinks(&self.rules, &self.sinks)?;
         bridges::validate_sources(&self.sources)?;
         bridges::validate_rule_sources(&self.rules, &self.sources)?;
+        self.api.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

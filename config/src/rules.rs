@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 
 /// One `[[rules]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Unique; letters, digits, `_`, `-` and `.` (it names the rule's metrics and its durable
@@ -33,7 +33,7 @@ fn enabled() -> bool {
 }
 
 /// An action of a rule.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionSpec {
     /// Publish every output as a message, through the broker's in-process client (durable
@@ -47,7 +47,7 @@ pub enum ActionSpec {
 }
 
 /// `{ kind = "republish", … }`: every text field is a `${…}` template over the rule's output.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RepublishSpec {
     pub topic: String,
@@ -86,7 +86,7 @@ fn default_payload() -> String {
 }
 
 /// A fixed value or a `${…}` template that gives one.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum TemplateOr<T> {
     Value(T),

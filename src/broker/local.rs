@@ -101,6 +101,8 @@ impl LocalPublish {
 /// What a publish did, as its acknowledgement would tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
+    /// The broker's id of the message (0 for a `$` topic, which is never stored).
+    pub message_id: u64,
     /// Sessions the message was queued for.
     pub delivered: usize,
     /// The retained store was full: delivered but not retained.
@@ -208,6 +210,7 @@ async fn publish_held(
     claim: Option<InboundClaim>,
     origin: Origin,
 ) -> Result<Published, LocalError> {
+    let message_id = message.id;
     let mut outcome = broker.publish(message, claim, origin).await?;
     let retained_refused = outcome.retained_refused;
     let shutdown = broker.shutdown_signal();
@@ -219,6 +222,7 @@ async fn publish_held(
         outcome = broker.retry_planned(held).await?;
     }
     Ok(Published {
+        message_id,
         delivered: outcome.delivered,
         retained_refused,
     })
@@ -378,7 +382,7 @@ pub struct LocalSession {
     broker: Broker,
     conn: ConnId,
     slot: Arc<SessionSlot>,
-    kicked: oneshot::Receiver<()>,
+    kicked: oneshot::Receiver<super::Kick>,
     alive: Option<oneshot::Sender<()>>,
     /// What the session gave out and this client has not taken yet (re-sends first).
     outbox: VecDeque<Outgoing>,

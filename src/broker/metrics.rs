@@ -283,6 +283,9 @@ pub struct Metrics {
     pub events_dropped: AtomicU64,
     /// PUBLISH and SUBSCRIBE refused by the authorizer.
     pub not_authorized: AtomicU64,
+    /// CONNECTs the authenticator accepted and refused.
+    pub auth_success: AtomicU64,
+    pub auth_failure: AtomicU64,
     /// Acknowledgements whose `ack = "delivered"` sinks did not confirm (refused or late).
     pub not_confirmed: AtomicU64,
 }
@@ -325,6 +328,8 @@ pub struct MetricsSnapshot {
     pub events_dropped: u64,
     pub not_authorized: u64,
     pub not_confirmed: u64,
+    pub auth_success: u64,
+    pub auth_failure: u64,
     /// Per listener, in configuration order.
     pub listeners: Vec<ListenerSnapshot>,
     /// Per rule of the rule engine, in the order they were added.
@@ -359,6 +364,8 @@ impl Metrics {
             events_dropped: get(&self.events_dropped),
             not_authorized: get(&self.not_authorized),
             not_confirmed: get(&self.not_confirmed),
+            auth_success: get(&self.auth_success),
+            auth_failure: get(&self.auth_failure),
             ..MetricsSnapshot::default()
         }
     }

@@ -44,6 +44,7 @@
 //! the new CONNACK's commit covers them, and no re-sent PUBLISH or PUBREL can overtake them.
 
 mod acks;
+mod admin;
 mod confirm;
 pub mod connection;
 mod durability;
@@ -95,6 +96,7 @@ use crate::session::{
     SessionLimits, SubscriptionRecord,
 };
 
+pub use admin::{ClientView, ConnMeta, QueuedView, SubscriptionView};
 pub use metrics::{Metrics, MetricsSnapshot};
 
 /// How long a connection taking a session over waits for the connection it replaces to
@@ -168,7 +170,7 @@ struct SlotState {
     /// The connection attached to the session, if any.
     owner: Option<ConnId>,
     /// Tells the attached connection it has been taken over.
-    kick: Option<oneshot::Sender<()>>,
+    kick: Option<oneshot::Sender<Kick>>,
     /// Closes when the attached (or last attached) connection has finished (`Attached::alive`).
     owner_alive: Option<oneshot::Receiver<()>>,
     /// The will of the attached connection.
@@ -191,6 +193,8 @@ struct SlotState {
     /// known (a fresh slot, or restored from a log that did not record owners). See
     /// `Broker::foreign_owner`.
     belongs_to: Option<Option<String>>,
+    /// What the last connection told about itself (for the HTTP API); boxed, as rare reads.
+    conn: Option<Box<ConnMeta>>,
 }
 
 impl SessionSlot {
@@ -225,6 +229,7 @@ impl SessionSlot {
                 generation: 0,
                 identity: Arc::default(),
                 belongs_to: None,
+                conn: None,
             }),
             wake: Notify::new(),
             connected: AtomicBool::new(false),
@@ -246,12 +251,21 @@ impl Broker {
     }
 }
 
+/// Why a connection is told to close by the broker while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection took the session over.
+    TakenOver,
+    /// An operator kicked the client (the HTTP API); its session is discarded after.
+    Administrative,
+}
+
 /// Result of attaching a connection to a session.
 pub struct Attached {
     pub slot: Arc<SessionSlot>,
     pub session_present: bool,
     /// Notified when another connection takes the session over.
-    pub kicked: oneshot::Receiver<()>,
+    pub kicked: oneshot::Receiver<Kick>,
     /// Held by the connection while it may still log or change the session; dropped once it
     /// has finished (its pending acknowledgements drained). A connection taking the session
     /// over waits for that before its CONNACK, so everything the old one logged is covered by

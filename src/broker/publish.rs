@@ -175,7 +175,7 @@ impl Broker {
 
     /// Adds `message`'s retained update to a plan if it has RETAIN; `false` if the retained
     /// store refused it (counted).
-    fn plan_retained(
+    pub(super) fn plan_retained(
         &self,
         message: &Arc<Message>,
         retained: &mut Vec<Arc<Message>>,

@@ -207,7 +207,7 @@ impl Broker {
         let fresh = new.connect.clean_start || st.session.expiry_interval == 0 || expired;
         // Take over from a connection still attached [MQTT-3.1.4-3].
         if let Some(kick) = st.kick.take() {
-            let _ = kick.send(());
+            let _ = kick.send(Kick::TakenOver);
         }
         let previous_owner = st.owner_alive.replace(new.alive);
         let (wills_to_publish, cancelled_will) = Self::previous_will(st, fresh);
@@ -419,7 +419,7 @@ struct NewOwner<'a> {
     conn: ConnId,
     connect: &'a Connect,
     expiry_interval: u32,
-    kick: oneshot::Sender<()>,
+    kick: oneshot::Sender<Kick>,
     alive: oneshot::Receiver<()>,
 }
 

@@ -135,6 +135,34 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
+/// Checkpoint counters (see [`Persistence::checkpoint_stats`]).
+#[derive(Debug, Default)]
+struct CheckpointCounters {
+    written: AtomicU64,
+    failed: AtomicU64,
+    last_at_ms: AtomicU64,
+    last_micros: AtomicU64,
+    last_changes: AtomicU64,
+    total_micros: AtomicU64,
+}
+
+/// What the checkpoints did since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub written: u64,
+    pub failed: u64,
+    /// When the last one was written (ms since the Unix epoch; 0: none yet).
+    pub last_at_ms: u64,
+    /// How long the last one took, in microseconds.
+    pub last_micros: u64,
+    /// Changed keys the last one wrote.
+    pub last_changes: u64,
+    /// Time spent in every checkpoint, in microseconds.
+    pub total_micros: u64,
+    /// The WAL sequence number the last one covers.
+    pub seq: u64,
+}
+
 /// The persistence layer of one broker.
 pub struct Persistence {
     wal: Wal,
@@ -149,6 +177,8 @@ pub struct Persistence {
     /// WAL bytes written when the last checkpoint started.
     bytes_at_checkpoint: AtomicU64,
     checkpoint_lock: Mutex<()>,
+    /// Checkpoints written and failed, and the last one's time and duration.
+    checkpoint_stats: CheckpointCounters,
     /// Held for the life of the process: one broker per data directory.
     _lock: Option<File>,
 }
@@ -238,6 +268,7 @@ impl Persistence {
             checkpointed_seq: AtomicU64::new(persisted_seq),
             bytes_at_checkpoint: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
+            checkpoint_stats: CheckpointCounters::default(),
             _lock: lock,
         };
         Ok((p, report))
@@ -482,6 +513,7 @@ impl Persistence {
     /// a blocking thread.
     pub fn checkpoint(&self) -> Result<u64, Error> {
         let _one_at_a_time = self.checkpoint_lock.lock();
+        let started = std::time::Instant::now();
         // After a failure the image may hold what the log lost: the log is the truth, and the
         // next start recovers from it.
         if self.has_failed() {
@@ -516,14 +548,41 @@ impl Persistence {
             Ok(seq) => {
                 self.image.lock().checkpointed(&changes);
                 self.checkpointed_seq.store(*seq, Ordering::Relaxed);
+                self.count_checkpoint(started.elapsed(), changes.len());
                 tracing::debug!(seq, changes = changes.len(), "checkpoint written");
             }
             Err(e) => {
+                self.checkpoint_stats.failed.fetch_add(1, Ordering::Relaxed);
                 self.image.lock().restore_dirty(&changes);
                 tracing::error!(error = %e, "checkpoint failed; the WAL keeps everything");
             }
         }
         result
+    }
+
+    fn count_checkpoint(&self, took: Duration, changes: usize) {
+        let c = &self.checkpoint_stats;
+        let micros = took.as_micros() as u64;
+        c.written.fetch_add(1, Ordering::Relaxed);
+        c.total_micros.fetch_add(micros, Ordering::Relaxed);
+        c.last_micros.store(micros, Ordering::Relaxed);
+        c.last_changes.store(changes as u64, Ordering::Relaxed);
+        c.last_at_ms
+            .store(convert::wall_clock_ms(), Ordering::Relaxed);
+    }
+
+    /// What the checkpoints did since the start.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        let c = &self.checkpoint_stats;
+        CheckpointStats {
+            written: c.written.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            last_at_ms: c.last_at_ms.load(Ordering::Relaxed),
+            last_micros: c.last_micros.load(Ordering::Relaxed),
+            last_changes: c.last_changes.load(Ordering::Relaxed),
+            total_micros: c.total_micros.load(Ordering::Relaxed),
+            seq: self.checkpointed_seq.load(Ordering::Relaxed),
+        }
     }
 
     pub fn wal(&self) -> &Wal {

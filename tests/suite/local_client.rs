@@ -37,11 +37,14 @@ async fn a_local_client_publishes_and_consumes_durably() {
             QoS::ExactlyOnce,
         ))
         .await;
+    let sent = sent.expect("published");
+    assert!(sent.message_id > 0, "a stored message has an id");
     let expected = Published {
+        message_id: sent.message_id,
         delivered: 1,
         retained_refused: false,
     };
-    assert_eq!(sent, Ok(expected));
+    assert_eq!(sent, expected);
     let p = net_sub.next_publish().await;
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),

@@ -5,6 +5,7 @@
 mod common;
 
 mod acl;
+mod api;
 mod auth;
 mod auth_http;
 mod auth_ldap;

@@ -68,6 +68,7 @@ mod durable;
 mod error;
 pub mod format;
 pub mod fs;
+pub mod histogram;
 mod options;
 mod queue;
 mod reader;

@@ -6,7 +6,7 @@
 //! The writer drains up to a whole batch under one lock acquisition.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,9 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     /// Mirrors `!state.items.is_empty()`, so the spinning writer can poll without the lock.
     has_items: AtomicBool,
+    /// Mirrors `state.next_seq - 1` (the last sequence number assigned), for monitoring
+    /// without the lock.
+    assigned: AtomicU64,
     /// The writer waits here for work.
     work: Condvar,
     /// Appenders wait here for space.
@@ -84,6 +87,7 @@ impl Queue {
                 blocked_appenders: 0,
             }),
             has_items: AtomicBool::new(false),
+            assigned: AtomicU64::new(next_seq.saturating_sub(1)),
             work: Condvar::new(),
             space: Condvar::new(),
             capacity,
@@ -142,6 +146,7 @@ impl Queue {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
+        self.assigned.store(seq, Ordering::Relaxed);
         state.queued_bytes += payload.len();
         state.appends += 1;
         state.items.push_back(Item::Append {
@@ -184,6 +189,12 @@ impl Queue {
         self.has_items.store(true, Ordering::Release);
         self.wake_writer(&mut state);
         Ok(durable)
+    }
+
+    /// The last sequence number handed out, without the lock (monitoring: it may lag by a
+    /// record being assigned).
+    pub(crate) fn assigned_seq(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
     }
 
     /// The last sequence number handed out (0 if none).
@@ -298,6 +309,8 @@ impl Queue {
         state.items = kept;
         state.appends = 0;
         state.queued_bytes = 0;
+        self.assigned
+            .store(next_seq.saturating_sub(1), Ordering::Relaxed);
         state.next_seq = next_seq;
         if state.blocked_appenders > 0 {
             self.space.notify_all();

@@ -51,6 +51,10 @@ pub struct WalStats {
     /// `None` if it kept the priority it inherited (not asked, not permitted, or not started
     /// yet).
     pub writer_nice: Option<i32>,
+    /// Segment fdatasync latencies, in microseconds.
+    pub sync_latency: crate::histogram::HistogramSnapshot,
+    /// Records each segment fdatasync made durable.
+    pub records_per_sync: crate::histogram::HistogramSnapshot,
 }
 
 /// A write-ahead log open for appending. `Send + Sync`: share it behind an `Arc`.
@@ -247,6 +251,12 @@ impl Wal {
         self.shared.queue.last_seq()
     }
 
+    /// The last sequence number assigned, read without taking the submission queue's lock
+    /// (for monitoring; it may lag by a record being assigned).
+    pub fn assigned_seq(&self) -> u64 {
+        self.shared.queue.assigned_seq()
+    }
+
     /// The highest sequence number covered by a completed fdatasync.
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)
@@ -289,6 +299,8 @@ impl Wal {
             write_micros: c.write_micros.load(Ordering::Relaxed),
             writer_nice: Some(c.writer_nice.load(Ordering::Relaxed))
                 .filter(|&n| n != NICE_UNCHANGED),
+            sync_latency: c.sync_latency.snapshot(),
+            records_per_sync: c.records_per_sync.snapshot(),
         }
     }
 

@@ -25,6 +25,7 @@
 //!   fdatasync), the batch and everything queued behind it fail with [`Error::NoSpace`], and the
 //!   sequence number is rewound so the log stays gap-free. Acknowledged records are untouched.
 
+use crate::histogram::Histogram;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -89,6 +90,10 @@ pub(crate) struct Counters {
     pub write_micros: AtomicU64,
     /// The niceness the writer thread set for itself, or [`NICE_UNCHANGED`].
     pub writer_nice: AtomicI32,
+    /// Segment fdatasync latencies, in microseconds.
+    pub sync_latency: Histogram,
+    /// Records each segment fdatasync made durable.
+    pub records_per_sync: Histogram,
 }
 
 /// [`Counters::writer_nice`] when the writer kept its inherited priority.
@@ -106,6 +111,8 @@ impl Default for Counters {
             sync_micros: AtomicU64::new(0),
             write_micros: AtomicU64::new(0),
             writer_nice: AtomicI32::new(NICE_UNCHANGED),
+            sync_latency: Histogram::new(&crate::histogram::SYNC_MICROS_BOUNDS),
+            records_per_sync: Histogram::new(&crate::histogram::RECORDS_PER_SYNC_BOUNDS),
         }
     }
 }
@@ -651,10 +658,11 @@ impl Writer {
         let started = Instant::now();
         let result = self.active.file.sync_data();
         let micros = started.elapsed().as_micros() as u64;
-        self.shared
-            .counters
-            .sync_micros
-            .fetch_add(micros, Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        counters.sync_micros.fetch_add(micros, Ordering::Relaxed);
+        counters.sync_latency.observe(micros);
+        let records = self.written_seq.saturating_sub(self.durable_seq);
+        counters.records_per_sync.observe(records);
         if let Err(e) = result {
             return Err(Failure::Poison(Error::poisoned(
                 "fdatasync",

@@ -169,6 +169,11 @@ async fn admit_and_attach(
         allowed: authenticated.is_ok(),
         superuser: authenticated.as_ref().is_ok_and(|i| i.superuser),
     });
+    let counter = match authenticated.is_ok() {
+        true => &broker.shared.metrics.auth_success,
+        false => &broker.shared.metrics.auth_failure,
+    };
+    Metrics::add(counter, 1);
     let identity = Identity {
         peerhost: Some(info.peer.ip()),
         ..authenticated?
@@ -254,6 +259,14 @@ impl Connection {
             let left = at.duration_since(std::time::SystemTime::now());
             Instant::now() + left.unwrap_or_default()
         });
+        let meta = crate::broker::ConnMeta {
+            peer: info.peer,
+            listener: info.listener.clone(),
+            keepalive: admitted.keep_alive,
+            clean_start: connect.clean_start,
+            connected_at_ms: crate::persistence::convert::wall_clock_ms(),
+        };
+        broker.note_connection(&attached.slot, conn_id, meta);
         Connection {
             peer: info.peer,
             listener: info.listener.clone(),

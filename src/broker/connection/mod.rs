@@ -102,6 +102,8 @@ enum Close {
     Refused(Refusal),
     /// Another connection took the session over.
     TakenOver,
+    /// An operator kicked the client (v5: DISCONNECT 0x98).
+    Kicked,
     /// The broker is shutting down.
     Shutdown,
 }
@@ -279,7 +281,7 @@ struct Connection {
     version: ProtocolVersion,
     client_id: ClientId,
     slot: Arc<SessionSlot>,
-    kicked: oneshot::Receiver<()>,
+    kicked: oneshot::Receiver<crate::broker::Kick>,
     keep_alive: Duration,
     last_received: Instant,
     /// Last read or write, for releasing the buffers of an idle connection.
@@ -348,7 +350,10 @@ impl Connection {
                 .min();
             let step = tokio::select! {
                 biased;
-                _ = &mut self.kicked => Err(Close::TakenOver),
+                kick = &mut self.kicked => Err(match kick {
+                    Ok(crate::broker::Kick::Administrative) => Close::Kicked,
+                    _ => Close::TakenOver,
+                }),
                 _ = shutdown.changed() => Err(Close::Shutdown),
                 // Before reading more: completed acknowledgements go out first, so a client
                 // that keeps the socket busy cannot starve them.
@@ -573,6 +578,7 @@ impl Connection {
         let server_reason = match &close {
             Close::Refused(r) => Some((r.reason_code(), Some(r.to_string()))),
             Close::TakenOver => Some((ReasonCode::SESSION_TAKEN_OVER, None)),
+            Close::Kicked => Some((ReasonCode::ADMINISTRATIVE_ACTION, None)),
             Close::Shutdown => Some((ReasonCode::SERVER_SHUTTING_DOWN, None)),
             Close::Client { .. } | Close::Network => None,
         };
@@ -593,6 +599,7 @@ impl Connection {
             Close::Client { .. } => "normal",
             Close::Network => "sock_closed",
             Close::TakenOver => "takenover",
+            Close::Kicked => "kicked",
             Close::Shutdown => "shutdown",
             Close::Refused(r) => r.name(),
         };
@@ -601,7 +608,7 @@ impl Connection {
                 (reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, expiry)
             }
             Close::Shutdown => (false, None),
-            Close::Network | Close::Refused(_) | Close::TakenOver => (true, None),
+            Close::Network | Close::Refused(_) | Close::TakenOver | Close::Kicked => (true, None),
         };
         self.broker
             .disconnect(self.id, &self.slot, publish_will, expiry, reason)

@@ -15,11 +15,12 @@ pub mod certs;
 pub mod raw;
 pub mod servers;
 
-/// A configuration for tests: an ephemeral loopback port, `$SYS` every second, and a fresh
-/// data directory of its own.
+/// A configuration for tests: an ephemeral loopback port, `$SYS` every second, a fresh
+/// data directory of its own, and no HTTP API (the API's tests turn it on).
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.listener.bind = "127.0.0.1:0".parse().unwrap();
+    c.api.enabled = false;
     c.sys.interval_secs = 1;
     c.data_dir = temp_dir("broker");
     // Small WAL segments: a test writes little, and each broker has its own directory.
@@ -110,8 +111,8 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    /// Starts `keelmq serve --listen 127.0.0.1:0` with extra arguments and waits until it
-    /// reports its address.
+    /// Starts `keelmq serve --listen 127.0.0.1:0 --api-bind 127.0.0.1:0` with extra arguments
+    /// and waits until it reports its address (the API's: `listener_addr("api")`).
     pub fn start(extra_args: &[&str]) -> BrokerProcess {
         let dir = temp_dir("process");
         let dir_arg = dir.to_str().expect("utf-8 temp dir").to_string();
@@ -125,7 +126,7 @@ impl BrokerProcess {
     pub fn start_with(binary: &Path, extra_args: &[&str]) -> BrokerProcess {
         let mut child = Command::new(binary)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--api-bind", "127.0.0.1:0"])
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -140,6 +141,12 @@ impl BrokerProcess {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("api_addr=").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").parse();
+                    if let Ok(a) = addr {
+                        found.lock().insert("api".to_string(), a);
+                    }
+                }
                 if let Some(addr) = line.split("local_addr=").nth(1) {
                     let addr = addr
                         .split_whitespace()

@@ -1,0 +1,177 @@
+//! The HTTP management API (`[api]`): EMQX v5 paths under `/api/v5` so existing scripts keep
+//! working, Prometheus metrics at `/metrics` and `/api/v5/prometheus/stats`, on axum.
+//!
+//! - [`auth`]: API keys (HTTP Basic), the admin login (Bearer tokens), failure throttling.
+//! - `stats`: status, nodes, stats, metrics, listeners and KeelMQ's own `/durability`.
+//! - `clients`: clients (list with EMQX's filters, read, kick), their subscriptions and
+//!   queues, every subscription, the topics.
+//! - `messages`: publish (answered once the message is durable) and retained messages.
+//! - `manage`: rules (CRUD, `rule_test`), sinks and sources with status and metrics.
+//! - `prometheus`: the text exposition format.
+//!
+//! Handlers read the broker through snapshots (`crate::broker::admin`) and its atomic
+//! counters; a scrape takes no lock on the message path. Errors are EMQX's `{code, message}`
+//! ([`error::ApiError`]); no handler panics on input.
+
+pub mod auth;
+mod clients;
+pub mod error;
+mod manage;
+mod messages;
+pub mod prometheus;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::persistence::RecoveryReport;
+use crate::transport::ListenerKind;
+
+pub use auth::ApiAuth;
+
+/// What the API serves.
+pub struct ApiParts {
+    pub broker: Broker,
+    pub rules: crate::rules::RuleEngine,
+    pub bridges: crate::bridges::Bridges,
+    /// Every MQTT listener: name, kind, bound address.
+    pub listeners: Vec<(String, ListenerKind, SocketAddr)>,
+    /// What recovery found at this start, and how long restoring the broker state took.
+    pub recovery: Option<(RecoveryReport, std::time::Duration)>,
+}
+
+/// What the handlers work on.
+pub struct ApiContext {
+    pub broker: Broker,
+    pub rules: crate::rules::RuleEngine,
+    /// Kept for the sinks' and sources' run-time changes.
+    #[allow(dead_code)]
+    pub bridges: crate::bridges::Bridges,
+    pub listeners: Vec<(String, ListenerKind, SocketAddr)>,
+    pub auth: ApiAuth,
+    pub recovery: Option<(RecoveryReport, std::time::Duration)>,
+}
+
+pub(crate) type Ctx = Arc<ApiContext>;
+
+/// The node name the API reports (EMQX's `name@host` form).
+pub fn node_name() -> String {
+    "keelmq@127.0.0.1".to_string()
+}
+
+/// A running API server.
+pub struct Api {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+    ctx: Ctx,
+}
+
+impl Api {
+    /// Binds `[api] bind` and serves. `Ok(None)` if the API is disabled, or if the default
+    /// address (no `bind` configured) is taken — logged, the broker runs without it.
+    pub async fn start(parts: ApiParts) -> anyhow::Result<Option<Api>> {
+        let api = &parts.broker.config().api;
+        if !api.enabled {
+            return Ok(None);
+        }
+        let (addr, configured) = api.bind_addr();
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if !configured => {
+                tracing::warn!(%addr, error = %e, "HTTP API not started: its default address is taken (set [api] bind)");
+                return Ok(None);
+            }
+            Err(e) => anyhow::bail!("config field `api.bind`: cannot listen on {addr}: {e}"),
+        };
+        let addr = listener.local_addr()?;
+        let config = parts.broker.config().clone();
+        let auth = tokio::task::spawn_blocking(move || ApiAuth::load(&config)).await??;
+        let ctx = Arc::new(ApiContext {
+            broker: parts.broker,
+            rules: parts.rules,
+            bridges: parts.bridges,
+            listeners: parts.listeners,
+            auth,
+            recovery: parts.recovery,
+        });
+        let app = router(ctx.clone());
+        let mut shutdown = app.1;
+        let service = app.0.into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, service)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+        tracing::info!(api_addr = %addr, "HTTP API and dashboard listening");
+        Ok(Some(Api { addr, task, ctx }))
+    }
+
+    /// Re-reads the API key file and the admin password file (SIGHUP); a file that fails
+    /// keeps the old state.
+    pub async fn reload_auth(&self) -> anyhow::Result<()> {
+        let ctx = self.ctx.clone();
+        tokio::task::spawn_blocking(move || ctx.auth.reload()).await?
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (the broker's shutdown signal ends it; this waits for it).
+    pub async fn stop(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Every route, and the broker's shutdown signal that stops the server.
+fn router(ctx: Ctx) -> (Router, tokio::sync::watch::Receiver<bool>) {
+    let shutdown = ctx.broker.shutdown_signal();
+    let protected = Router::new()
+        .merge(stats::routes())
+        .merge(clients::routes())
+        .merge(messages::routes())
+        .merge(manage::routes())
+        .route("/logout", post(auth::logout))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require,
+        ));
+    let open = Router::new()
+        .route("/login", post(auth::login))
+        .route("/status", get(stats::status))
+        .route("/prometheus/stats", get(prometheus::scrape));
+    let app = Router::new()
+        .nest("/api/v5", protected.merge(open))
+        .route("/status", get(stats::status))
+        .route("/metrics", get(prometheus::scrape))
+        .fallback(not_found)
+        .with_state(ctx);
+    (app, shutdown)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("NOT_FOUND", "no such path")
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

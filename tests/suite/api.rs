@@ -1,0 +1,606 @@
+//! The HTTP management API and Prometheus metrics against a real broker, with a real HTTP
+//! client (`reqwest`), MQTT clients (`rumqttc`) and `promtool`: credentials (none, wrong,
+//! right; API keys and the admin login; throttling), every endpoint with good and bad input,
+//! paging, kicking, publishing (answered once durable, and surviving a SIGKILL right after),
+//! retained messages, rules, and a Prometheus scrape `promtool check metrics` accepts whose
+//! values move with the traffic.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::common;
+use crate::interop_rumqttc::v311::{connect, next, subscribe};
+use keelmq::config::Config;
+
+const KEY: &str = "ops";
+const SECRET: &str = "s3cret:with-colon";
+const ADMIN_PASSWORD: &str = "correct horse";
+
+/// A broker config with the API on an ephemeral port, an API key file and an admin password.
+fn api_config(dir: &Path) -> Config {
+    std::fs::create_dir_all(dir).unwrap();
+    let keys = dir.join("api_keys");
+    std::fs::write(&keys, format!("# scripts\n{KEY}:{SECRET}\n")).unwrap();
+    let admin = dir.join("admin");
+    let hash = keelmq_auth::Hash::new_argon2id(ADMIN_PASSWORD.as_bytes()).unwrap();
+    std::fs::write(&admin, format!("admin:{}\n", hash.render())).unwrap();
+    let mut c = common::test_config();
+    c.api.enabled = true;
+    c.api.bind = Some("127.0.0.1:0".parse().unwrap());
+    c.api.api_key_file = Some(keys);
+    c.api.admin_password_file = Some(admin);
+    c.api.max_auth_failures_per_minute = 5;
+    c
+}
+
+/// The API's base URL and a client that sends the API key.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(addr: std::net::SocketAddr) -> Api {
+        // reqwest is built without a default TLS provider (the broker installs ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Api {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req
+            .basic_auth(KEY, Some(SECRET))
+            .send()
+            .await
+            .expect("answer");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.put(self.url(path)).json(&body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.delete(self.url(path))).await
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    common::temp_dir(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_required_and_checked() {
+    let d = dir("api-auth");
+    let server = common::start(api_config(&d)).await;
+    let api = Api::new(server.api_addr().expect("the API is served"));
+    let http = &api.http;
+    let clients = api.url("/api/v5/clients");
+
+    // No credentials, a wrong secret, a malformed header: 401 with EMQX's code.
+    let none = http.get(&clients).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert!(none.headers().contains_key("www-authenticate"));
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["code"], "BAD_API_KEY_OR_SECRET");
+    let wrong = http
+        .get(&clients)
+        .basic_auth(KEY, Some("nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let right = http
+        .get(&clients)
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::OK);
+
+    // The admin login gives a Bearer token; a wrong password does not.
+    let login = api.url("/api/v5/login");
+    let bad = json!({"username": "admin", "password": "guess"});
+    let r = http.post(&login).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "BAD_USERNAME_OR_PWD"
+    );
+    let good = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let r = http.post(&login).json(&good).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http.get(&clients).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(api.url("/api/v5/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http.get(&clients).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "logged out");
+
+    // Failures from one address are throttled (5 a minute here): even right credentials
+    // get 429 until the minute ends.
+    for _ in 0..5 {
+        let _ = http
+            .get(&clients)
+            .basic_auth(KEY, Some("x"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = http
+        .get(&clients)
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "TOO_MANY_REQUESTS"
+    );
+
+    // Open without credentials: the status and the Prometheus scrape.
+    let r = http.get(api.url("/api/v5/status")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("is running"));
+    let r = http.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Unknown paths: 404 in EMQX's form.
+    let r = http.get(api.url("/api/v5/nope")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_creates_an_admin_password() {
+    let d = dir("api-admin");
+    let mut config = api_config(&d);
+    config.api.admin_password_file = None;
+    let data = config.data_dir.clone();
+    let server = common::start(config).await;
+    let file = data.join("dashboard_admin");
+    let text = std::fs::read_to_string(&file).expect("created in the data directory");
+    assert!(text.starts_with("admin:$argon2id$"), "{text}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Clients: listed with filters and paging, read, subscribed and unsubscribed through the API,
+/// sent a message published through the API, kicked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_listed_subscribed_and_kicked() {
+    let d = dir("api-clients");
+    let server = common::start(api_config(&d)).await;
+    let api = Api::new(server.api_addr().unwrap());
+    let port = server.local_addr().port();
+    let mut alpha = connect(port, "alpha", true, None).await;
+    subscribe(&alpha, "cmd/alpha/#", QoS::AtLeastOnce).await;
+    let _beta = connect(port, "beta", false, None).await;
+
+    let (s, v) = api.get("/api/v5/clients").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["meta"]["count"], 2, "{v}");
+    let first = &v["data"][0];
+    assert_eq!(first["clientid"], "alpha");
+    assert_eq!(first["connected"], true);
+    assert_eq!(first["ip_address"], "127.0.0.1");
+    assert_eq!(first["proto_ver"], 4);
+    assert_eq!(first["subscriptions_cnt"], 1);
+    assert!(
+        first["connected_at"].as_str().unwrap().ends_with('Z'),
+        "{first}"
+    );
+    let (_, v) = api.get("/api/v5/clients?like_clientid=bet").await;
+    assert_eq!(v["meta"]["count"], 1);
+    assert_eq!(v["data"][0]["clientid"], "beta");
+    let (_, v) = api.get("/api/v5/clients?clean_start=false").await;
+    assert_eq!(v["data"][0]["clientid"], "beta");
+    let (_, v) = api.get("/api/v5/clients?limit=1&page=2").await;
+    assert_eq!(v["data"][0]["clientid"], "beta");
+    assert_eq!(v["meta"]["hasnext"], false);
+    for bad in [
+        "limit=100000",
+        "limit=0",
+        "page=0",
+        "page=x",
+        "conn_state=maybe",
+        "proto_ver=9",
+    ] {
+        let (s, v) = api.get(&format!("/api/v5/clients?{bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["code"], "BAD_REQUEST");
+    }
+    let (s, v) = api.get("/api/v5/clients/nobody").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("CLIENTID_NOT_FOUND"))
+    );
+    let (s, v) = api.get("/api/v5/clients/alpha/subscriptions").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v[0]["topic"], "cmd/alpha/#");
+    assert_eq!(v[0]["qos"], 1);
+
+    // Subscribed through the API, then sent a message published through the API.
+    let (s, v) = api
+        .post(
+            "/api/v5/clients/alpha/subscribe",
+            json!({"topic": "extra/+", "qos": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .post(
+            "/api/v5/clients/alpha/subscribe",
+            json!({"topic": "bad/#/x", "qos": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = api
+        .post(
+            "/api/v5/publish",
+            json!({"topic": "extra/one", "payload": "hello", "qos": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"].as_str().unwrap().len(), 16);
+    let p = next(&mut alpha).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("extra/one", &b"hello"[..])
+    );
+    let (_, v) = api.get("/api/v5/subscriptions?clientid=alpha").await;
+    assert_eq!(v["meta"]["count"], 2, "{v}");
+    let (_, v) = api.get("/api/v5/subscriptions?match_topic=extra/zzz").await;
+    assert_eq!(v["data"][0]["topic"], "extra/+", "{v}");
+    let (_, v) = api.get("/api/v5/topics").await;
+    let topics: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["topic"].as_str())
+        .collect();
+    assert_eq!(topics, ["cmd/alpha/#", "extra/+"]);
+    let (s, _) = api
+        .post(
+            "/api/v5/clients/alpha/unsubscribe",
+            json!({"topic": "extra/+"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .post(
+            "/api/v5/clients/alpha/unsubscribe",
+            json!({"topic": "extra/+"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no longer subscribed");
+    let (s, _) = api
+        .post(
+            "/api/v5/clients/nobody/subscribe",
+            json!({"topic": "a", "qos": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Queued and in-flight lists answer for a known client.
+    let (s, v) = api.get("/api/v5/clients/alpha/mqueue_messages").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = api
+        .get("/api/v5/clients/alpha/inflight_messages?limit=5")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Kicked: the connection is closed and the session gone.
+    let (s, _) = api.delete("/api/v5/clients/alpha").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.get("/api/v5/clients/alpha").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.delete("/api/v5/clients/alpha").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = api.get("/api/v5/clients").await;
+    assert_eq!(v["meta"]["count"], 1);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Publish and bulk publish with bad input, retained messages listed, read and deleted,
+/// rules created, tested, changed and removed, and the node's statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_retained_rules_and_statistics() {
+    let d = dir("api-publish");
+    let server = common::start(api_config(&d)).await;
+    let api = Api::new(server.api_addr().unwrap());
+
+    for (bad, why) in [
+        (json!({"topic": "a/#", "payload": "x"}), "wildcard"),
+        (json!({"topic": "a", "payload": "x", "qos": 3}), "qos"),
+        (
+            json!({"topic": "a", "payload": "%%%", "payload_encoding": "base64"}),
+            "base64",
+        ),
+        (json!({"payload": "x"}), "no topic"),
+        (json!({"topic": "a", "bogus": 1}), "unknown field"),
+    ] {
+        let (s, v) = api.post("/api/v5/publish", bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{why}: {v}");
+        assert_eq!(v["code"], "BAD_REQUEST", "{why}");
+    }
+    let raw = api
+        .http
+        .post(api.url("/api/v5/publish"))
+        .basic_auth(KEY, Some(SECRET))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(raw.json::<Value>().await.unwrap()["code"], "BAD_REQUEST");
+
+    // No subscriber: 202 with reason code 16, as EMQX answers; the retained copy is kept.
+    let (s, v) = api
+        .post(
+            "/api/v5/publish",
+            json!({"topic": "kept/one", "payload": "AAEC", "payload_encoding": "base64", "qos": 1, "retain": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["reason_code"], 16);
+    let (s, v) = api
+        .post(
+            "/api/v5/publish/bulk",
+            json!([{"topic": "kept/two", "payload": "2", "retain": true, "qos": 1}, {"topic": "x/#"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["reason_code"], 16);
+    assert_eq!(v[1]["code"], "BAD_REQUEST");
+    let (s, _) = api.post("/api/v5/publish/bulk", json!([])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (_, v) = api
+        .get("/api/v5/mqtt/retainer/messages?topic=kept/%2B")
+        .await;
+    assert_eq!(v["meta"]["count"], 2, "{v}");
+    let (s, v) = api.get("/api/v5/mqtt/retainer/message/kept%2Fone").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["payload"], "AAEC");
+    let (s, _) = api.delete("/api/v5/mqtt/retainer/message/kept/one").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = api.get("/api/v5/mqtt/retainer/message/kept%2Fone").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (_, v) = api.get("/api/v5/mqtt/retainer/messages").await;
+    assert_eq!(v["meta"]["count"], 1);
+
+    // Rules: created (201), listed with metrics, tested, changed, removed.
+    let rule = json!({"id": "r1", "sql": "SELECT payload.v AS v FROM \"t/#\" WHERE payload.v > 1", "actions": [{"kind": "console"}]});
+    let (s, v) = api.post("/api/v5/rules", rule.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["metrics"]["matched"], 0);
+    let (s, v) = api.post("/api/v5/rules", rule).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ALREADY_EXISTS"))
+    );
+    let (s, v) = api
+        .post("/api/v5/rules", json!({"id": "r2", "sql": "SELEKT"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, _) = api
+        .post(
+            "/api/v5/publish",
+            json!({"topic": "t/1", "payload": "{\"v\": 5}"}),
+        )
+        .await;
+    let (_, v) = api.get("/api/v5/rules").await;
+    assert_eq!(v["data"][0]["id"], "r1");
+    assert_eq!(v["data"][0]["metrics"]["matched"], 1, "{v}");
+    let test = json!({"sql": "SELECT payload.v * 2 AS d FROM \"t/#\"", "context": {"payload": "{\"v\": 21}", "topic": "t/1"}});
+    let (s, v) = api.post("/api/v5/rule_test", test).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["d"], 42);
+    let (s, v) = api
+        .put(
+            "/api/v5/rules/r1",
+            json!({"sql": "SELECT 1 AS one FROM \"u/#\"", "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["enable"], false);
+    let (s, _) = api
+        .put("/api/v5/rules/zz", json!({"sql": "SELECT 1 FROM \"u\""}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.delete("/api/v5/rules/r1").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.get("/api/v5/rules/r1").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Node, statistics, metrics, listeners, durability.
+    let (_, v) = api.get("/api/v5/nodes").await;
+    assert_eq!(v[0]["node_status"], "running");
+    let (_, v) = api.get("/api/v5/stats?aggregate=true").await;
+    assert!(v["retained.count"].as_u64() >= Some(1), "{v}");
+    let (_, v) = api.get("/api/v5/metrics").await;
+    assert!(v[0]["messages.received"].is_u64(), "{v}");
+    let (s, _) = api.get("/api/v5/stats?aggregate=maybe").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, v) = api.get("/api/v5/listeners").await;
+    assert_eq!(v[0]["type"], "tcp");
+    let (_, v) = api.get("/api/v5/durability").await;
+    assert!(v["wal"]["fsyncs"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["wal"]["fsync_latency_us"]["count"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(v["recovery"]["replay_ms"].is_u64(), "{v}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The scrape passes `promtool check metrics`, and its values move as clients connect and
+/// publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_pass_promtool_and_move() {
+    let Some(promtool) = common::tool("promtool") else {
+        return;
+    };
+    let d = dir("api-prom");
+    let mut config = api_config(&d);
+    config.rules = Config::parse(
+        "[[rules]]\nid = \"count\"\nsql = 'SELECT * FROM \"m/#\"'\nactions = [{ kind = \"console\" }]\n",
+    )
+    .unwrap()
+    .rules;
+    let server = common::start(config).await;
+    let api = Api::new(server.api_addr().unwrap());
+    let scrape = || async {
+        api.http
+            .get(api.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series}"))
+    };
+    let before = scrape().await;
+    let port = server.local_addr().port();
+    // A persistent subscriber: its queue is logged, so the messages cost fdatasyncs.
+    let keeper = connect(port, "keeper", false, None).await;
+    subscribe(&keeper, "m/#", QoS::AtLeastOnce).await;
+    let publisher = connect(port, "pub", true, None).await;
+    for i in 0..5u8 {
+        publisher
+            .client
+            .publish("m/x", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = scrape().await;
+    assert_eq!(value(&after, "emqx_live_connections_count"), 2.0);
+    let received =
+        value(&after, "emqx_messages_received") - value(&before, "emqx_messages_received");
+    assert_eq!(received, 5.0);
+    assert_eq!(value(&after, "emqx_rule_matched{rule=\"count\"}"), 5.0);
+    assert!(
+        value(&after, "keelmq_wal_fsync_seconds_count")
+            > value(&before, "keelmq_wal_fsync_seconds_count")
+    );
+    let checked = run_promtool(&promtool, &after);
+    assert!(checked.0, "promtool check metrics:\n{}\n{after}", checked.1);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+fn run_promtool(promtool: &Path, text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.trim().is_empty(), said)
+}
+
+/// `POST /publish` answers only once the message is durable: a broker SIGKILLed right after
+/// the answers gives every answered message to a persistent subscriber after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_message_survives_sigkill_right_after_the_answer() {
+    let data = common::temp_dir("api-kill");
+    std::fs::create_dir_all(&data).unwrap();
+    let keys = data.join("keys");
+    std::fs::write(&keys, format!("{KEY}:{SECRET}\n")).unwrap();
+    let config = data.join("keelmq.toml");
+    let text = format!("[api]\napi_key_file = {:?}\n", keys.to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let (data_arg, config_arg) = (data.join("d"), config.to_str().unwrap().to_string());
+    let data_arg = data_arg.to_str().unwrap().to_string();
+    let args = [
+        "--data-dir",
+        data_arg.as_str(),
+        "--config",
+        config_arg.as_str(),
+    ];
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_keelmq"));
+    let broker = common::BrokerProcess::start_with(&binary, &args);
+    {
+        let sub = connect(broker.port(), "keeper", false, None).await;
+        subscribe(&sub, "durable/#", QoS::AtLeastOnce).await;
+        sub.client.disconnect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let api = Api::new(broker.listener_addr("api"));
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        let body = json!({"topic": format!("durable/{i}"), "payload": format!("m{i}"), "qos": 1});
+        let (s, v) = api.post("/api/v5/publish", body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        answered.push(format!("m{i}"));
+    }
+    drop(broker); // SIGKILL right after the last answer
+    let broker = common::BrokerProcess::start_with(&binary, &args);
+    let mut sub = connect(broker.port(), "keeper", false, None).await;
+    let mut got = Vec::new();
+    while got.len() < answered.len() {
+        let p = next(&mut sub).await;
+        got.push(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    assert_eq!(got, answered, "every answered message, in order");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&data);
+}
