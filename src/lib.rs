@@ -72,6 +72,7 @@ pub mod broker;
 pub mod hooks;
 pub mod persistence;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod server;

@@ -453,7 +453,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let server = Server::start_from(config, args.config.clone()).await?;
         let mut stopped = server.broker().shutdown_signal();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
@@ -462,10 +462,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 // The broker stops itself when persistence fails.
                 _ = stopped.changed() => break,
                 _ = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading TLS certificates, authentication files and rules");
-                    server.reload_tls().await;
-                    server.reload_auth().await;
-                    reload_rules(&server, args.config.as_deref()).await;
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged by the reload itself.
+                    let _ = server.reload().await;
                 }
             }
         }
@@ -475,28 +474,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Re-reads `[[rules]]` from the configuration file (SIGHUP); a file or rule that fails keeps
-/// the rules as they are.
-async fn reload_rules(server: &Server, path: Option<&std::path::Path>) {
-    let Some(path) = path else {
-        return;
-    };
-    let path = path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-    match loaded {
-        Ok(Ok(config)) => match server.rules().reload(&config.rules).await {
-            Ok(()) => tracing::info!(rules = config.rules.len(), "rules reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "rule reload failed; the rules stay as they were")
-            }
-        },
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "config reload failed; the rules stay as they were")
-        }
-        Err(e) => tracing::error!(error = %e, "config reload failed"),
-    }
 }
 
 /// `--listen`: the address of the first TCP listener (`[listener] bind` without

@@ -3,6 +3,7 @@
 //! run real brokers on ephemeral loopback ports.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::config::{Config, SyncMode};
-use crate::persistence::{Persistence, PersistenceOptions};
+use crate::persistence::{Persistence, PersistenceOptions, RecoveryReport};
+use crate::reload::{ReloadReport, Reloader};
 use crate::transport;
 
 /// A running broker.
@@ -19,12 +21,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// Every listener's name, kind and bound address, in configuration order.
     listeners: Vec<(String, transport::ListenerKind, SocketAddr)>,
-    /// The TLS configurations to reload on SIGHUP, by listener name.
-    tls: Vec<(String, Arc<transport::tls::Reloadable>)>,
-    /// The `[auth]` chain, if one is configured (its files are re-read on SIGHUP).
-    auth: Option<Arc<crate::auth::Chains>>,
-    /// The `[authz]` ACL, if one is configured (re-read on SIGHUP).
-    acl: Option<Arc<crate::auth::acl::AclAuthorizer>>,
+    /// Hot reload and run-time changes (certificates, auth, ACL, rules, sinks).
+    reloader: Arc<Reloader>,
     listener_tasks: Vec<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
     rules: crate::rules::RuleEngine,
@@ -104,24 +102,16 @@ impl Server {
     /// Validates the configuration, recovers the data directory, binds the listener and starts
     /// serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        Self::start_from(config, None).await
+    }
+
+    /// [`Self::start`], with the file the configuration was read from: reloads (SIGHUP,
+    /// `POST /api/v5/configs/reload`) re-read it.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Server> {
         config.validate()?;
         // Before any recovery work: a bad password file stops the start at once.
         let (auth, acl) = load_auth(&config).await?;
-        let dir = config.data_dir.clone();
-        let options = persistence_options(&config);
-        let (persistence, report) =
-            tokio::task::spawn_blocking(move || Persistence::open(&dir, options)).await??;
-        let persistence = Arc::new(persistence);
-        let restoring = std::time::Instant::now();
-        let broker = Broker::with_persistence(config, persistence.clone());
-        if let Some(chain) = &auth {
-            broker.set_authenticator(chain.clone());
-        }
-        if let Some(acl) = &acl {
-            broker.set_authorizer(acl.clone());
-        }
-        let restored = restoring.elapsed();
-        log_recovery(&broker, &persistence, &report, restored);
+        let (broker, persistence, recovery) = open_broker(config, &auth, &acl).await?;
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
         // Before any client connects: every rule's consumer is subscribed.
@@ -129,33 +119,38 @@ impl Server {
         let bridges =
             crate::bridges::Bridges::start(broker.clone(), &config.sinks, &config.sources)
                 .map_err(|e| anyhow::anyhow!(e))?;
-        let rules = crate::rules::RuleEngine::start(
-            broker.clone(),
-            &broker.config().rules,
-            bridges.clone(),
-        )
-        .await?;
+        let rules =
+            crate::rules::RuleEngine::start(broker.clone(), &config.rules, bridges.clone()).await?;
         let checkpointer = tokio::spawn(run_checkpoints(broker.clone(), persistence));
         let (listeners, tls, listener_tasks) = serve_all(&broker, bound);
         let local_addr = listeners
             .first()
             .map(|l| l.2)
             .ok_or_else(|| anyhow::anyhow!("no listener configured"))?;
+        let reloader = Arc::new(Reloader::new(
+            broker.clone(),
+            rules.clone(),
+            bridges.clone(),
+            tls,
+            path,
+            (auth, acl),
+        ));
         let api = crate::api::Api::start(crate::api::ApiParts {
             broker: broker.clone(),
             rules: rules.clone(),
-            bridges: bridges.clone(),
+            reloader: reloader.clone(),
             listeners: listeners.clone(),
-            recovery: Some((report, restored)),
+            recovery: Some(recovery),
         })
         .await?;
+        if let Some(api) = &api {
+            reloader.set_api_auth(api.auth());
+        }
         Ok(Server {
             broker,
             local_addr,
             listeners,
-            tls,
-            auth,
-            acl,
+            reloader,
             listener_tasks,
             checkpointer,
             rules,
@@ -184,58 +179,27 @@ impl Server {
         &self.listeners
     }
 
-    /// Re-reads every TLS listener's certificate, key, CA and CRL files (SIGHUP). New
-    /// handshakes use the new files; existing connections keep theirs. A listener whose files
-    /// fail keeps its old configuration, and the error says why. Returns how many failed.
+    /// Re-reads every TLS listener's certificate, key, CA and CRL files. New connections
+    /// use the new ones; a listener whose files fail keeps its old ones. Returns how many
+    /// failed.
     pub async fn reload_tls(&self) -> usize {
-        let mut failed = 0;
-        for (name, reloadable) in &self.tls {
-            let r = reloadable.clone();
-            match tokio::task::spawn_blocking(move || r.reload()).await {
-                Ok(Ok(())) => tracing::info!(listener = %name, "TLS certificates reloaded"),
-                Ok(Err(e)) => {
-                    failed += 1;
-                    tracing::error!(listener = %name, error = %e, "TLS reload failed; the old certificates stay");
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::error!(listener = %name, error = %e, "TLS reload failed");
-                }
-            }
-        }
-        failed
+        let mut report = ReloadReport::default();
+        self.reloader.reload_tls(&mut report).await;
+        report.errors.len()
     }
 
-    /// Re-reads the authenticators' files and the ACL (SIGHUP). One whose file fails keeps
-    /// what it had, and the error says why. Returns how many failed.
+    /// Re-reads the authenticators' files, the ACL and the API's credentials. One whose file
+    /// fails keeps what it had, and the error says why. Returns how many failed.
     pub async fn reload_auth(&self) -> usize {
-        let mut failed = 0;
-        if let Some(api) = &self.api {
-            if let Err(e) = api.reload_auth().await {
-                failed += 1;
-                tracing::error!(error = %e, "API credentials reload failed; the old ones stay");
-            }
-        }
-        let (chain, acl) = (self.auth.clone(), self.acl.clone());
-        if chain.is_none() && acl.is_none() {
-            return failed;
-        }
-        let problems = tokio::task::spawn_blocking(move || {
-            let mut problems = chain.map(|c| c.reload()).unwrap_or_default();
-            if let Some(Err(e)) = acl.map(|a| a.reload()) {
-                problems.push(format!("authz.acl_file: {e}"));
-            }
-            problems
-        })
-        .await;
-        let problems = problems.unwrap_or_else(|e| vec![e.to_string()]);
-        for p in &problems {
-            tracing::error!(error = %p, "authentication reload failed; the old state stays");
-        }
-        if problems.is_empty() {
-            tracing::info!("authentication files reloaded");
-        }
-        failed + problems.len()
+        let mut report = ReloadReport::default();
+        self.reloader.reload_auth_files(&mut report).await;
+        report.errors.len()
+    }
+
+    /// Hot reload (SIGHUP): the configuration file if the broker started from one, else the
+    /// files of the running configuration.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        self.reloader.reload().await
     }
 
     /// The data bridges (sinks), their feeds and status.
@@ -290,6 +254,31 @@ impl Server {
         tracing::info!("KeelMQ stopped");
         failed
     }
+}
+
+/// Recovers the data directory and builds the broker on it, with its hooks; what recovery
+/// found and how long restoring took.
+async fn open_broker(
+    config: Config,
+    auth: &Option<Arc<crate::auth::Chains>>,
+    acl: &Option<Arc<crate::auth::acl::AclAuthorizer>>,
+) -> anyhow::Result<(Broker, Arc<Persistence>, (RecoveryReport, Duration))> {
+    let dir = config.data_dir.clone();
+    let options = persistence_options(&config);
+    let (persistence, report) =
+        tokio::task::spawn_blocking(move || Persistence::open(&dir, options)).await??;
+    let persistence = Arc::new(persistence);
+    let restoring = std::time::Instant::now();
+    let broker = Broker::with_persistence(config, persistence.clone());
+    if let Some(chain) = auth {
+        broker.set_authenticator(chain.clone());
+    }
+    if let Some(acl) = acl {
+        broker.set_authorizer(acl.clone());
+    }
+    let restored = restoring.elapsed();
+    log_recovery(&broker, &persistence, &report, restored);
+    Ok((broker, persistence, (report, restored)))
 }
 
 /// The authenticator and the ACL the configuration asks for, their files read on a blocking

@@ -7,6 +7,8 @@
 //!   queues, every subscription, the topics.
 //! - `messages`: publish (answered once the message is durable) and retained messages.
 //! - `manage`: rules (CRUD, `rule_test`), sinks and sources with status and metrics.
+//! - `config`: `POST /configs/reload`, the ACL as text, the password file's users, enabling,
+//!   disabling and restarting sinks (through `crate::reload`).
 //! - `prometheus`: the text exposition format.
 //!
 //! Handlers read the broker through snapshots (`crate::broker::admin`) and its atomic
@@ -15,6 +17,7 @@
 
 pub mod auth;
 mod clients;
+mod config;
 pub mod error;
 mod manage;
 mod messages;
@@ -38,7 +41,8 @@ pub use auth::ApiAuth;
 pub struct ApiParts {
     pub broker: Broker,
     pub rules: crate::rules::RuleEngine,
-    pub bridges: crate::bridges::Bridges,
+    /// Hot reload and the run-time changes of the ACL, the password file and the sinks.
+    pub reloader: Arc<crate::reload::Reloader>,
     /// Every MQTT listener: name, kind, bound address.
     pub listeners: Vec<(String, ListenerKind, SocketAddr)>,
     /// What recovery found at this start, and how long restoring the broker state took.
@@ -49,11 +53,9 @@ pub struct ApiParts {
 pub struct ApiContext {
     pub broker: Broker,
     pub rules: crate::rules::RuleEngine,
-    /// Kept for the sinks' and sources' run-time changes.
-    #[allow(dead_code)]
-    pub bridges: crate::bridges::Bridges,
+    pub reloader: Arc<crate::reload::Reloader>,
     pub listeners: Vec<(String, ListenerKind, SocketAddr)>,
-    pub auth: ApiAuth,
+    pub auth: Arc<ApiAuth>,
     pub recovery: Option<(RecoveryReport, std::time::Duration)>,
 }
 
@@ -90,11 +92,11 @@ impl Api {
         };
         let addr = listener.local_addr()?;
         let config = parts.broker.config().clone();
-        let auth = tokio::task::spawn_blocking(move || ApiAuth::load(&config)).await??;
+        let auth = Arc::new(tokio::task::spawn_blocking(move || ApiAuth::load(&config)).await??);
         let ctx = Arc::new(ApiContext {
             broker: parts.broker,
             rules: parts.rules,
-            bridges: parts.bridges,
+            reloader: parts.reloader,
             listeners: parts.listeners,
             auth,
             recovery: parts.recovery,
@@ -117,11 +119,9 @@ impl Api {
         Ok(Some(Api { addr, task, ctx }))
     }
 
-    /// Re-reads the API key file and the admin password file (SIGHUP); a file that fails
-    /// keeps the old state.
-    pub async fn reload_auth(&self) -> anyhow::Result<()> {
-        let ctx = self.ctx.clone();
-        tokio::task::spawn_blocking(move || ctx.auth.reload()).await?
+    /// The API's credentials (re-read by reloads).
+    pub fn auth(&self) -> Arc<ApiAuth> {
+        self.ctx.auth.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -142,6 +142,7 @@ fn router(ctx: Ctx) -> (Router, tokio::sync::watch::Receiver<bool>) {
         .merge(clients::routes())
         .merge(messages::routes())
         .merge(manage::routes())
+        .merge(config::routes())
         .route("/logout", post(auth::logout))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),

@@ -41,6 +41,11 @@ impl AclAuthorizer {
         })))
     }
 
+    /// The ACL file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Re-reads the file (blocking); on an error the old rules stay.
     pub fn reload(&self) -> Result<(), String> {
         let acl = read(&self.path)?;

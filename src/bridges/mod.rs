@@ -120,8 +120,10 @@ impl Bridges {
             }),
         };
         for spec in specs {
-            bridges.open(spec)?;
+            let sink = bridges.prepare(spec, None)?;
+            bridges.install(sink);
         }
+        bridges.publish_delivered();
         for spec in sources.iter().filter(|s| s.enabled) {
             spec.password()
                 .map_err(|e| format!("source `{}`: {e}", spec.name))?;
@@ -145,10 +147,17 @@ impl Bridges {
         Ok(bridges)
     }
 
-    fn open(&self, spec: &SinkSpec) -> Result<(), String> {
+    /// Opens a sink's target (nothing started yet): an error names the sink. `stats`: the
+    /// counters of the sink it replaces, kept across a change.
+    fn prepare(
+        &self,
+        spec: &SinkSpec,
+        stats: Option<Arc<SinkStats>>,
+    ) -> Result<(Arc<Sink>, mpsc::Receiver<Item>), String> {
         let target = target::open(spec).map_err(|e| format!("sink `{}`: {e}", spec.name))?;
-        let stats = Arc::new(SinkStats::new(&spec.name, spec.kind.name()));
-        self.inner.broker.add_sink_stats(stats.clone());
+        let stats = stats
+            .filter(|s| s.kind == spec.kind.name())
+            .unwrap_or_else(|| Arc::new(SinkStats::new(&spec.name, spec.kind.name())));
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let sink = Arc::new(Sink {
             spec: spec.clone(),
@@ -156,7 +165,13 @@ impl Bridges {
             target,
             events,
         });
-        if spec.enabled {
+        Ok((sink, rx))
+    }
+
+    /// Makes a prepared sink the one of its name and starts its event writer.
+    fn install(&self, (sink, rx): (Arc<Sink>, mpsc::Receiver<Item>)) {
+        self.inner.broker.add_sink_stats(sink.stats.clone());
+        if sink.spec.enabled {
             let task = write_events(
                 self.inner.broker.clone(),
                 sink.clone(),
@@ -165,8 +180,50 @@ impl Bridges {
             );
             self.inner.event_tasks.lock().push(tokio::spawn(task));
         }
-        self.inner.sinks.lock().insert(spec.name.clone(), sink);
-        Ok(())
+        self.inner.sinks.lock().insert(sink.spec.name.clone(), sink);
+    }
+
+    /// Tells the broker which sinks hold their publishers' acknowledgements
+    /// (`ack = "delivered"`, enabled) and for how long.
+    fn publish_delivered(&self) {
+        let delivered = self
+            .inner
+            .sinks
+            .lock()
+            .values()
+            .filter(|s| s.spec.enabled && s.spec.ack == crate::config::SinkAck::Delivered)
+            .map(|s| (s.spec.name.clone(), s.spec.ack_timeout_ms))
+            .collect();
+        self.inner.broker.set_delivered_sinks(delivered);
+    }
+
+    /// Makes the sinks those of `specs` (hot reload, enabling, disabling, restarting): the
+    /// targets of new and changed sinks are opened first (an error changes nothing), then
+    /// changed sinks replace the old (keeping their counters), removed ones go. Their feeds
+    /// follow at the next [`Self::set_rules`]. Returns the names added, changed or removed.
+    pub fn reload(&self, specs: &[SinkSpec], restart: Option<&str>) -> Result<Vec<String>, String> {
+        let current = self.inner.sinks.lock().clone();
+        let mut prepared = Vec::new();
+        for spec in specs {
+            let old = current.get(&spec.name);
+            let same = old.is_some_and(|o| o.spec == *spec) && restart != Some(spec.name.as_str());
+            if !same {
+                prepared.push(self.prepare(spec, old.map(|o| o.stats.clone()))?);
+            }
+        }
+        let mut changed: Vec<String> = prepared.iter().map(|(s, _)| s.spec.name.clone()).collect();
+        for name in current.keys() {
+            if !specs.iter().any(|s| &s.name == name) {
+                self.inner.sinks.lock().remove(name);
+                self.inner.broker.remove_sink_stats(name);
+                changed.push(name.clone());
+            }
+        }
+        for p in prepared {
+            self.install(p);
+        }
+        self.publish_delivered();
+        Ok(changed)
     }
 
     /// Every sink's configuration, in name order.
@@ -306,7 +363,17 @@ impl Bridges {
     }
 
     /// Removes `$sink/` sessions no feed reads (sinks or rules removed since the last run).
+    /// Those of a disabled sink stay, unsubscribed: what they hold was acknowledged to the
+    /// sink and is written once it is enabled again.
     async fn remove_stale_sessions(&self, wanted: &HashMap<String, Arc<Feed>>) {
+        let disabled: Vec<String> = self
+            .inner
+            .sinks
+            .lock()
+            .values()
+            .filter(|s| !s.spec.enabled)
+            .map(|s| format!("{SINK_CLIENT_ID_PREFIX}{}/", s.spec.name))
+            .collect();
         for client in self
             .inner
             .broker
@@ -314,6 +381,13 @@ impl Bridges {
         {
             if wanted.contains_key(&*client) || !client[SINK_CLIENT_ID_PREFIX.len()..].contains('/')
             {
+                continue;
+            }
+            if disabled
+                .iter()
+                .any(|prefix| client.starts_with(prefix.as_str()))
+            {
+                pause_session(&self.inner.broker, &client).await;
                 continue;
             }
             tracing::info!(session = %client, "removing the subscriber of a sink feed that is gone");
@@ -355,6 +429,26 @@ impl Bridges {
             }
         }
     }
+}
+
+/// Unsubscribes the session of a disabled sink's feed, keeping its queue.
+async fn pause_session(broker: &Broker, client: &str) {
+    let local = broker.local_client(client.to_string());
+    let session = match local.consumer_session().await {
+        Ok((session, _)) => session,
+        Err(e) => {
+            tracing::warn!(session = %client, error = %e, "disabled sink's subscriber not paused");
+            return;
+        }
+    };
+    let filters = session.filters().unwrap_or_default();
+    if !filters.is_empty() {
+        if let Err(e) = session.unsubscribe(&filters).await {
+            tracing::warn!(session = %client, error = %e, "disabled sink's subscriber not paused");
+        }
+        tracing::info!(session = %client, "sink disabled: its subscriber keeps its queue, unsubscribed");
+    }
+    session.close().await;
 }
 
 /// Runs a feed, and runs it again (after a second) if it panics: a bug in one item's

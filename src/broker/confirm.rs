@@ -34,7 +34,6 @@ use tokio::time::Instant;
 
 use super::{Broker, Reserved, SlotRole};
 use crate::codec::QoS;
-use crate::config::{Config, SinkAck};
 use crate::router::ClientId;
 use crate::session::Message;
 
@@ -52,6 +51,9 @@ pub(crate) enum Confirmed {
 /// The messages waiting for sinks, by message id.
 #[derive(Debug, Default)]
 pub(crate) struct Confirmations {
+    /// The enabled `ack = "delivered"` sinks and their `ack_timeout_ms`, by name (set by the
+    /// bridges at start and at every change).
+    delivered: parking_lot::RwLock<HashMap<String, u64>>,
     inner: Mutex<Registry>,
     /// Entries in `inner.waiting`: a feed's confirmation takes no lock while nobody waits.
     len: AtomicUsize,
@@ -222,13 +224,11 @@ impl Confirmations {
     }
 }
 
-/// The delivered-mode sink reading through feed session `client_id`, if it is one.
-fn delivered_sink<'a>(config: &'a Config, client_id: &str) -> Option<&'a crate::config::SinkSpec> {
+/// The `ack_timeout_ms` of the delivered-mode sink reading through feed session
+/// `client_id`, if it is one.
+fn delivered_sink(delivered: &HashMap<String, u64>, client_id: &str) -> Option<u64> {
     let name = client_id.strip_prefix("$sink/")?.strip_suffix("/$topics")?;
-    config
-        .sinks
-        .iter()
-        .find(|s| s.name == name && s.ack == SinkAck::Delivered && s.enabled)
+    delivered.get(name).copied()
 }
 
 impl Broker {
@@ -240,7 +240,10 @@ impl Broker {
         reserved: &Reserved,
         exchange: Option<(ClientId, u16)>,
     ) -> Option<Confirm> {
-        let config = &self.shared.config;
+        let delivered = self.shared.confirmations.delivered.read();
+        if delivered.is_empty() {
+            return None;
+        }
         let mut sinks = Vec::new();
         let mut timeout = Duration::ZERO;
         for (slot, _, d, _) in &reserved.deliveries {
@@ -250,16 +253,22 @@ impl Broker {
             {
                 continue;
             }
-            if let Some(spec) = delivered_sink(config, &slot.client_id) {
+            if let Some(ms) = delivered_sink(&delivered, &slot.client_id) {
                 sinks.push(slot.client_id.clone());
-                timeout = timeout.max(Duration::from_millis(spec.ack_timeout_ms));
+                timeout = timeout.max(Duration::from_millis(ms));
             }
         }
+        drop(delivered);
         if sinks.is_empty() {
             return None;
         }
         let registry = &self.shared.confirmations;
         Some(registry.register(message.id, sinks, timeout, exchange))
+    }
+
+    /// The enabled `ack = "delivered"` sinks and their `ack_timeout_ms`, by name.
+    pub(crate) fn set_delivered_sinks(&self, delivered: HashMap<String, u64>) {
+        *self.shared.confirmations.delivered.write() = delivered;
     }
 
     /// A new wait for the sinks for a re-sent QoS 2 PUBLISH (packet `packet_id` of `client`)

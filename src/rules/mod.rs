@@ -232,6 +232,13 @@ impl RuleEngine {
         Ok(engine)
     }
 
+    /// Makes the sinks' feeds follow the rules and the sinks as they are now (after the sinks
+    /// changed).
+    pub async fn resync_sinks(&self) {
+        let _changing = self.inner.changing.lock().await;
+        self.sync_sinks().await;
+    }
+
     /// Hands the enabled rules to the sinks, whose subscribers follow the rules that name them.
     async fn sync_sinks(&self) {
         let rules: Vec<Arc<Compiled>> = self

@@ -604,3 +604,193 @@ async fn a_published_message_survives_sigkill_right_after_the_answer() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Whether `user` / `password` may connect (rumqttc, MQTT 3.1.1).
+async fn mqtt_login(port: u16, user: &str, password: &str) -> bool {
+    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
+    let mut options = MqttOptions::new(format!("login-{user}"), "127.0.0.1", port);
+    options.set_credentials(user, password);
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let connack = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    return a.code == ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), connack)
+        .await
+        .expect("an answer in time")
+}
+
+/// The configuration file of the reload test: a password file, an ACL, a webhook sink.
+fn reload_file(d: &Path, http_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+data_dir = {data:?}
+[listener]
+bind = "127.0.0.1:0"
+[api]
+bind = "127.0.0.1:0"
+api_key_file = {keys:?}
+[auth]
+allow_anonymous = true
+[[auth.chain]]
+kind = "password_file"
+path = {passwd:?}
+[authz]
+acl_file = {acl:?}
+[[sinks]]
+name = "hook"
+kind = "http"
+url = "http://127.0.0.1:{http_port}/in"
+topics = ["hook/#"]
+body = "${{payload}}"
+batch_time_ms = 0
+{extra}
+"#,
+        data = d.join("data").to_str().unwrap(),
+        keys = d.join("api_keys").to_str().unwrap(),
+        passwd = d.join("passwd").to_str().unwrap(),
+        acl = d.join("acl").to_str().unwrap(),
+    )
+}
+
+/// Run-time changes through the API: password-file users, the ACL as text (checked before it
+/// is swapped in), a sink disabled, enabled and restarted, and `POST /configs/reload` applying
+/// a new rule while reporting what needs a restart, and refusing a bad file untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_acl_sinks_and_reload_change_a_running_broker() {
+    let d = dir("api-reload");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("api_keys"), format!("{KEY}:{SECRET}\n")).unwrap();
+    std::fs::write(d.join("passwd"), "").unwrap();
+    std::fs::write(d.join("acl"), "topic readwrite #\n").unwrap();
+    let (http, seen) = crate::sinks::http_receiver(|_, _| 200).await;
+    let file = d.join("keelmq.toml");
+    std::fs::write(&file, reload_file(&d, http, "")).unwrap();
+    let config = Config::load(&file).unwrap();
+    let server = keelmq::server::Server::start_from(config, Some(file.clone()))
+        .await
+        .unwrap();
+    let api = Api::new(server.api_addr().unwrap());
+    let port = server.local_addr().port();
+    let users = "/api/v5/authentication/password_based:password_file/users";
+
+    // Users: added (hashed), listed, password changed, removed; logins follow at once.
+    let (s, v) = api
+        .post(users, json!({"user_id": "dev", "password": "pw1"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = api
+        .post(users, json!({"user_id": "dev", "password": "pw1"}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(std::fs::read_to_string(d.join("passwd"))
+        .unwrap()
+        .starts_with("dev:$argon2id$"));
+    assert!(mqtt_login(port, "dev", "pw1").await);
+    let (_, v) = api.get(users).await;
+    assert_eq!(v["data"][0]["user_id"], "dev");
+    let (s, _) = api
+        .put(&format!("{users}/dev"), json!({"password": "pw2"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!mqtt_login(port, "dev", "pw1").await);
+    assert!(mqtt_login(port, "dev", "pw2").await);
+    let (s, _) = api.delete(&format!("{users}/dev")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.get(&format!("{users}/dev")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api
+        .get("/api/v5/authentication/password_based:other/users")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The ACL: read, a bad one refused with its line (nothing changes), a good one swapped in.
+    let acl = "/api/v5/authorization/sources/file";
+    let (_, v) = api.get(acl).await;
+    assert_eq!(v["rules"], "topic readwrite #\n");
+    let (s, v) = api
+        .put(acl, json!({"rules": "topic readwrite #\nfrobnicate x\n"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("line 2"), "{v}");
+    let (_, v) = api.get(acl).await;
+    assert_eq!(v["rules"], "topic readwrite #\n", "unchanged");
+    let (s, _) = api
+        .put(acl, json!({"rules": "topic readwrite hook/#\n"}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        std::fs::read_to_string(d.join("acl")).unwrap(),
+        "topic readwrite hook/#\n"
+    );
+
+    // A sink disabled writes nothing (its subscriber unsubscribed), enabled again writes.
+    let publish = |topic: &'static str| {
+        let api = &api;
+        async move {
+            let (s, v) = api
+                .post(
+                    "/api/v5/publish",
+                    json!({"topic": topic, "payload": topic, "qos": 1}),
+                )
+                .await;
+            assert!(s.is_success(), "{v}");
+        }
+    };
+    publish("hook/1").await;
+    assert!(common::wait_until(Duration::from_secs(10), || seen
+        .lock()
+        .len()
+        == 1));
+    let (s, _) = api
+        .put("/api/v5/sinks/hook/enable/false", json!(null))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    publish("hook/2").await;
+    let (s, _) = api.put("/api/v5/sinks/hook/enable/true", json!(null)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    publish("hook/3").await;
+    assert!(common::wait_until(Duration::from_secs(10), || seen
+        .lock()
+        .len()
+        == 2));
+    let bodies: Vec<String> = seen.lock().iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(bodies, ["hook/1", "hook/3"]);
+    let (s, _) = api.post("/api/v5/sinks/hook/restart", json!(null)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.put("/api/v5/sinks/nope/enable/true", json!(null)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = api.get("/api/v5/sinks/hook").await;
+    assert_eq!(v["metrics"]["success"], 2, "{v}");
+
+    // Reload: a new rule applied, a limit reported as needing a restart.
+    let rule = "[[rules]]\nid = \"late\"\nsql = 'SELECT * FROM \"x/#\"'\nactions = [{ kind = \"console\" }]\n[limits]\nmax_connections = 77\n";
+    std::fs::write(&file, reload_file(&d, http, rule)).unwrap();
+    let (s, v) = api.post("/api/v5/configs/reload", json!(null)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["applied"].as_array().unwrap().contains(&json!("rules")),
+        "{v}"
+    );
+    assert_eq!(v["restart_required"], json!(["limits"]), "{v}");
+    let (s, _) = api.get("/api/v5/rules/late").await;
+    assert_eq!(s, StatusCode::OK);
+    // A file that does not parse changes nothing and says why.
+    std::fs::write(&file, "[limits\n").unwrap();
+    let (s, v) = api.post("/api/v5/configs/reload", json!(null)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BAD_CONFIG")),
+        "{v}"
+    );
+    let (s, _) = api.get("/api/v5/rules/late").await;
+    assert_eq!(s, StatusCode::OK, "still there");
+    server.shutdown(Duration::from_secs(5)).await;
+}
