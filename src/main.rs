@@ -439,26 +439,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(listen) = args.listen {
-        set_tcp_bind(&mut config, listen)?;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(bind) = args.api_bind {
-        config.api.bind = Some(bind);
-    }
+    let overrides = keelmq::reload::Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        api_bind: args.api_bind,
+    };
+    overrides.apply(&mut config).map_err(anyhow::Error::msg)?;
     config.validate()?;
+    let source = args.config.clone().map(|path| (path, overrides));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = Server::start_from(config, args.config.clone()).await?;
+        // Before the start: a signal while starting is handled (SIGHUP as a reload, SIGTERM and
+        // SIGINT as a shutdown once started), not given its default action (termination).
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        let server = Server::start_from(config, source).await?;
         let mut stopped = server.broker().shutdown_signal();
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
-                r = wait_for_signal() => break r?,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
                 // The broker stops itself when persistence fails.
                 _ = stopped.changed() => break,
                 _ = hangup.recv() => {
@@ -474,33 +480,4 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// `--listen`: the address of the first TCP listener (`[listener] bind` without
-/// `[[listeners]]`).
-fn set_tcp_bind(config: &mut Config, listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    if config.listeners.is_empty() {
-        config.listener.bind = listen;
-        return Ok(());
-    }
-    let tcp = config
-        .listeners
-        .iter_mut()
-        .find(|l| l.kind == keelmq::config::ListenerKind::Tcp);
-    match tcp {
-        Some(l) => l.bind = Some(listen),
-        None => anyhow::bail!("--listen: the configuration has no listener of kind \"tcp\""),
-    }
-    Ok(())
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

@@ -22,6 +22,46 @@ use crate::broker::Broker;
 use crate::config::{AuthenticatorSpec, Config, SinkSpec};
 use crate::transport::tls::Reloadable;
 
+/// Command-line settings that override the file (`keelmq serve --listen`, `--data-dir`,
+/// `--api-bind`), applied again to every file a reload reads.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The first TCP listener's address (`[listener] bind` without `[[listeners]]`).
+    pub listen: Option<std::net::SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub api_bind: Option<std::net::SocketAddr>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) -> Result<(), String> {
+        if let Some(listen) = self.listen {
+            if config.listeners.is_empty() {
+                config.listener.bind = listen;
+            } else {
+                let tcp = config
+                    .listeners
+                    .iter_mut()
+                    .find(|l| l.kind == crate::config::ListenerKind::Tcp);
+                match tcp {
+                    Some(l) => l.bind = Some(listen),
+                    None => {
+                        return Err(
+                            "--listen: the configuration has no listener of kind \"tcp\"".into(),
+                        )
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(bind) = self.api_bind {
+            config.api.bind = Some(bind);
+        }
+        Ok(())
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
@@ -39,7 +79,8 @@ pub struct Reloader {
     rules: crate::rules::RuleEngine,
     bridges: crate::bridges::Bridges,
     tls: Vec<(String, Arc<Reloadable>)>,
-    path: Option<PathBuf>,
+    /// The configuration file and the command line's overrides of it.
+    source: Option<(PathBuf, Overrides)>,
     applied: tokio::sync::Mutex<Applied>,
     api_auth: Mutex<Option<Arc<crate::api::ApiAuth>>>,
 }
@@ -84,7 +125,7 @@ impl Reloader {
         rules: crate::rules::RuleEngine,
         bridges: crate::bridges::Bridges,
         tls: Vec<(String, Arc<Reloadable>)>,
-        path: Option<PathBuf>,
+        source: Option<(PathBuf, Overrides)>,
         hooks: Hooks,
     ) -> Reloader {
         let config = broker.config().clone();
@@ -93,7 +134,7 @@ impl Reloader {
             rules,
             bridges,
             tls,
-            path,
+            source,
             applied: tokio::sync::Mutex::new(Applied {
                 config,
                 auth: hooks.0,
@@ -110,8 +151,8 @@ impl Reloader {
     /// SIGHUP: the configuration file if the broker was started from one, else the files
     /// the running configuration names.
     pub async fn reload(&self) -> Result<ReloadReport, String> {
-        match &self.path {
-            Some(path) => self.reload_config(path).await,
+        match &self.source {
+            Some((path, overrides)) => self.reload_config(path, overrides).await,
             None => Ok(self.reload_files().await),
         }
     }
@@ -167,9 +208,13 @@ impl Reloader {
     }
 
     /// Reads and checks `path`, then applies what can change (see the module documentation).
-    pub async fn reload_config(&self, path: &Path) -> Result<ReloadReport, String> {
-        let owned = path.to_path_buf();
-        let (new, hooks) = tokio::task::spawn_blocking(move || load_checked(&owned))
+    pub async fn reload_config(
+        &self,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<ReloadReport, String> {
+        let (owned, overrides) = (path.to_path_buf(), overrides.clone());
+        let (new, hooks) = tokio::task::spawn_blocking(move || load_checked(&owned, &overrides))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| {
@@ -376,8 +421,10 @@ impl Reloader {
 }
 
 /// Reads, validates and checks everything a configuration file names; builds its hooks.
-fn load_checked(path: &Path) -> Result<(Config, Hooks), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+fn load_checked(path: &Path, overrides: &Overrides) -> Result<(Config, Hooks), String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    overrides.apply(&mut config)?;
+    config.validate().map_err(|e| e.to_string())?;
     crate::transport::check_files(&config).map_err(|e| e.to_string())?;
     let auth = crate::auth::authenticator(&config).map_err(|e| format!("{e:#}"))?;
     let acl = AclAuthorizer::from_config(&config.authz).map_err(|e| format!("{e:#}"))?;

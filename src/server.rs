@@ -105,9 +105,12 @@ impl Server {
         Self::start_from(config, None).await
     }
 
-    /// [`Self::start`], with the file the configuration was read from: reloads (SIGHUP,
-    /// `POST /api/v5/configs/reload`) re-read it.
-    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Server> {
+    /// [`Self::start`], with the file the configuration was read from and the command line's
+    /// overrides of it: reloads (SIGHUP, `POST /api/v5/configs/reload`) re-read it.
+    pub async fn start_from(
+        config: Config,
+        source: Option<(PathBuf, crate::reload::Overrides)>,
+    ) -> anyhow::Result<Server> {
         config.validate()?;
         // Before any recovery work: a bad password file stops the start at once.
         let (auth, acl) = load_auth(&config).await?;
@@ -132,7 +135,7 @@ impl Server {
             rules.clone(),
             bridges.clone(),
             tls,
-            path,
+            source,
             (auth, acl),
         ));
         let api = crate::api::Api::start(crate::api::ApiParts {

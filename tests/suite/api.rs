@@ -674,7 +674,8 @@ async fn users_acl_sinks_and_reload_change_a_running_broker() {
     let file = d.join("keelmq.toml");
     std::fs::write(&file, reload_file(&d, http, "")).unwrap();
     let config = Config::load(&file).unwrap();
-    let server = keelmq::server::Server::start_from(config, Some(file.clone()))
+    let source = Some((file.clone(), keelmq::reload::Overrides::default()));
+    let server = keelmq::server::Server::start_from(config, source)
         .await
         .unwrap();
     let api = Api::new(server.api_addr().unwrap());
