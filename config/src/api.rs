@@ -32,6 +32,8 @@ pub struct ApiConfig {
     /// Failed logins (or API key checks) from one address per minute before it is refused
     /// with 429 for the rest of that minute.
     pub max_auth_failures_per_minute: u32,
+    /// Seconds between the samples of the dashboard's charts (`GET /api/v5/monitor`).
+    pub monitor_interval_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +45,7 @@ impl Default for ApiConfig {
             admin_password_file: None,
             session_secs: 3600,
             max_auth_failures_per_minute: 10,
+            monitor_interval_secs: 10,
         }
     }
 }
@@ -64,6 +67,9 @@ impl ApiConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.session_secs == 0 || self.session_secs > 7 * 24 * 3600 {
             return bad("api.session_secs", "must be between 1 and 604800");
+        }
+        if !(1..=3600).contains(&self.monitor_interval_secs) {
+            return bad("api.monitor_interval_secs", "must be between 1 and 3600");
         }
         if self.max_auth_failures_per_minute == 0 {
             return bad("api.max_auth_failures_per_minute", "must be at least 1");

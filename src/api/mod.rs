@@ -10,6 +10,8 @@
 //! - `config`: `POST /configs/reload`, the ACL as text, the password file's users, enabling,
 //!   disabling and restarting sinks (through `crate::reload`).
 //! - `prometheus`: the text exposition format.
+//! - `monitor`: the dashboard's history (a ring of 10-second samples).
+//! - `dashboard`: the web dashboard, embedded (`/`).
 //!
 //! Handlers read the broker through snapshots (`crate::broker::admin`) and its atomic
 //! counters; a scrape takes no lock on the message path. Errors are EMQX's `{code, message}`
@@ -18,9 +20,11 @@
 pub mod auth;
 mod clients;
 mod config;
+mod dashboard;
 pub mod error;
 mod manage;
 mod messages;
+pub mod monitor;
 pub mod prometheus;
 mod stats;
 
@@ -57,6 +61,8 @@ pub struct ApiContext {
     pub listeners: Vec<(String, ListenerKind, SocketAddr)>,
     pub auth: Arc<ApiAuth>,
     pub recovery: Option<(RecoveryReport, std::time::Duration)>,
+    /// The dashboard's history.
+    pub monitor: Arc<monitor::Monitor>,
 }
 
 pub(crate) type Ctx = Arc<ApiContext>;
@@ -100,7 +106,11 @@ impl Api {
             listeners: parts.listeners,
             auth,
             recovery: parts.recovery,
+            monitor: Arc::default(),
         });
+        let interval =
+            std::time::Duration::from_secs(ctx.broker.config().api.monitor_interval_secs);
+        tokio::spawn(ctx.monitor.clone().run(ctx.broker.clone(), interval));
         let app = router(ctx.clone());
         let mut shutdown = app.1;
         let service = app.0.into_make_service_with_connect_info::<SocketAddr>();
@@ -143,6 +153,7 @@ fn router(ctx: Ctx) -> (Router, tokio::sync::watch::Receiver<bool>) {
         .merge(messages::routes())
         .merge(manage::routes())
         .merge(config::routes())
+        .merge(monitor::routes())
         .route("/logout", post(auth::logout))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
@@ -156,6 +167,7 @@ fn router(ctx: Ctx) -> (Router, tokio::sync::watch::Receiver<bool>) {
         .nest("/api/v5", protected.merge(open))
         .route("/status", get(stats::status))
         .route("/metrics", get(prometheus::scrape))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(ctx);
     (app, shutdown)

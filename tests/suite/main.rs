@@ -16,6 +16,7 @@ mod config_props;
 mod crash_paho;
 mod crash_recovery;
 mod crash_torture;
+mod dashboard;
 mod hooks;
 mod hostile_clients;
 mod interop_mosquitto;
