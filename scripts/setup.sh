@@ -56,6 +56,11 @@ if ! "$PYTHON" -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "== installing PyJWT with cryptography (pip)"
   "$PYTHON" -m pip install --quiet 'pyjwt[crypto]>=2,<3'
 fi
+# openapi-spec-validator checks the API's OpenAPI document (an independent validator).
+if ! "$PYTHON" -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  echo "== installing openapi-spec-validator (pip)"
+  "$PYTHON" -m pip install --quiet 'openapi-spec-validator>=0.7,<1'
+fi
 # Selenium drives the headless Chromium of the dashboard's tests.
 if ! "$PYTHON" -c 'import selenium' >/dev/null 2>&1; then
   echo "== installing selenium (pip)"

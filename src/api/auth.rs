@@ -290,6 +290,9 @@ pub struct Login {
 }
 
 /// `POST /api/v5/login`: the admin password for a Bearer token.
+#[utoipa::path(post, path = "/login", tag = "auth",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"), (status = 429, description = "Too many failed attempts"))
+)]
 pub async fn login(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -327,6 +330,9 @@ pub async fn login(
 }
 
 /// `POST /api/v5/logout`: ends the caller's login (a Bearer token).
+#[utoipa::path(post, path = "/logout", tag = "auth",
+    responses((status = 204, description = "Done"))
+)]
 pub async fn logout(State(ctx): State<Ctx>, req: Request) -> StatusCode {
     let header = req
         .headers()

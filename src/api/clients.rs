@@ -5,27 +5,27 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Body, Paging, Path, Query};
 use super::{node_name, rfc3339, Ctx};
 use crate::broker::{ClientView, QueuedView, SubscriptionView};
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/clients", get(list))
-        .route("/clients/{clientid}", get(one).delete(kick))
-        .route("/clients/{clientid}/subscriptions", get(subscriptions))
-        .route("/clients/{clientid}/subscribe", post(subscribe))
-        .route("/clients/{clientid}/unsubscribe", post(unsubscribe))
-        .route("/clients/{clientid}/mqueue_messages", get(mqueue))
-        .route("/clients/{clientid}/inflight_messages", get(inflight))
-        .route("/subscriptions", get(all_subscriptions))
-        .route("/topics", get(topics))
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one, kick))
+        .routes(routes!(subscriptions))
+        .routes(routes!(subscribe))
+        .routes(routes!(unsubscribe))
+        .routes(routes!(mqueue))
+        .routes(routes!(inflight))
+        .routes(routes!(all_subscriptions))
+        .routes(routes!(topics))
 }
 
 fn unknown_client(id: &str) -> ApiError {
@@ -146,6 +146,10 @@ impl Filter {
 }
 
 /// `GET /clients`: filtered, paged, by client id.
+#[utoipa::path(get, path = "/clients", tag = "clients",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000"), ("clientid" = Option<String>, Query, description = "Exact client id"), ("username" = Option<String>, Query, description = "Exact username"), ("ip_address" = Option<String>, Query, description = "Exact address"), ("conn_state" = Option<String>, Query, description = "connected or disconnected"), ("clean_start" = Option<bool>, Query, description = "Clean Start of the last connection"), ("proto_ver" = Option<String>, Query, description = "v3, v4 or v5"), ("like_clientid" = Option<String>, Query, description = "Client id contains"), ("like_username" = Option<String>, Query, description = "Username contains"), ("like_ip_address" = Option<String>, Query, description = "Address contains")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn list(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -165,6 +169,10 @@ async fn list(
     Ok(Json(paging.page(clients)))
 }
 
+#[utoipa::path(get, path = "/clients/{clientid}", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn one(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let c = ctx.broker.client(&id).ok_or_else(|| unknown_client(&id))?;
     Ok(Json(client_json(&c)))
@@ -172,6 +180,10 @@ async fn one(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<V
 
 /// `DELETE /clients/:id`: closes its connection (v5: DISCONNECT 0x98) and discards its
 /// session.
+#[utoipa::path(delete, path = "/clients/{clientid}", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn kick(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     match ctx.broker.kick(&id).await {
         true => Ok(StatusCode::NO_CONTENT),
@@ -193,6 +205,10 @@ fn subscription_json(s: &SubscriptionView) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/clients/{clientid}/subscriptions", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn subscriptions(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let subs = ctx
         .broker
@@ -244,6 +260,10 @@ fn check_filter(filter: &str) -> ApiResult<()> {
 
 /// `POST /clients/:id/subscribe` (`{topic, qos, nl, rap, rh}`) for a connected client: answered
 /// once the subscription is durable.
+#[utoipa::path(post, path = "/clients/{clientid}/subscribe", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn subscribe(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -269,6 +289,10 @@ struct UnsubscribeBody {
     topic: String,
 }
 
+#[utoipa::path(post, path = "/clients/{clientid}/unsubscribe", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn unsubscribe(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -317,6 +341,10 @@ async fn messages(
     Ok(Json(paging.page(list.iter().map(message_json).collect())))
 }
 
+#[utoipa::path(get, path = "/clients/{clientid}/mqueue_messages", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id"), ("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn mqueue(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -325,6 +353,10 @@ async fn mqueue(
     messages(ctx, id, false, q).await
 }
 
+#[utoipa::path(get, path = "/clients/{clientid}/inflight_messages", tag = "clients",
+    params(("clientid" = String, Path, description = "Client id"), ("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn inflight(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -335,6 +367,10 @@ async fn inflight(
 
 /// `GET /subscriptions`: every client's, filtered by `clientid`, `topic`, `qos`,
 /// `match_topic` (filters matching that topic) and `share_group`; paged.
+#[utoipa::path(get, path = "/subscriptions", tag = "subscriptions",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000"), ("clientid" = Option<String>, Query, description = "Client id"), ("topic" = Option<String>, Query, description = "Filter as subscribed"), ("qos" = Option<u8>, Query, description = "QoS"), ("match_topic" = Option<String>, Query, description = "Filters matching this topic"), ("share_group" = Option<String>, Query, description = "Shared subscription group")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn all_subscriptions(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -378,6 +414,10 @@ fn plain(filter: &str) -> &str {
 }
 
 /// `GET /topics`: the filters subscribed to (the routes), paged, filtered by `topic`.
+#[utoipa::path(get, path = "/topics", tag = "subscriptions",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000"), ("topic" = Option<String>, Query, description = "Exact filter")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn topics(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,

@@ -3,9 +3,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Body, Path};
 use super::Ctx;
@@ -13,21 +13,21 @@ use super::Ctx;
 /// The id of the password-file authenticator in EMQX's `/authentication/{id}` paths.
 pub const PASSWORD_FILE_ID: &str = "password_based:password_file";
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/configs/reload", post(reload))
-        .route("/authorization/sources/file", get(acl).put(set_acl))
-        .route("/authentication/{id}/users", get(users).post(add_user))
-        .route(
-            "/authentication/{id}/users/{user}",
-            get(user).put(set_password).delete(delete_user),
-        )
-        .route("/sinks/{name}/enable/{enable}", put(enable_sink))
-        .route("/sinks/{name}/restart", post(restart_sink))
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(reload))
+        .routes(routes!(acl, set_acl))
+        .routes(routes!(users, add_user))
+        .routes(routes!(user, set_password, delete_user))
+        .routes(routes!(enable_sink))
+        .routes(routes!(restart_sink))
 }
 
 /// `POST /configs/reload`: the file re-read and checked; 200 with what was applied and what
 /// needs a restart, or 400 with why nothing changed.
+#[utoipa::path(post, path = "/configs/reload", tag = "configuration",
+    responses((status = 200, description = "OK"), (status = 400, description = "The file does not load; nothing changed"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn reload(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
     let report = ctx
         .reloader
@@ -42,6 +42,9 @@ fn no_acl() -> ApiError {
 }
 
 /// `GET /authorization/sources/file`: the ACL file's text (EMQX's shape).
+#[utoipa::path(get, path = "/authorization/sources/file", tag = "authorization",
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn acl(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
     let text = ctx.reloader.acl_text().await.ok_or_else(no_acl)?;
     let text =
@@ -58,6 +61,9 @@ struct AclBody {
 
 /// `PUT /authorization/sources/file` (`{rules}`): checked first (a bad ACL changes nothing
 /// and says which line), then the file is replaced and every later decision uses it.
+#[utoipa::path(put, path = "/authorization/sources/file", tag = "authorization",
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn set_acl(State(ctx): State<Ctx>, Body(body): Body<AclBody>) -> ApiResult<StatusCode> {
     match ctx.reloader.set_acl_text(body.rules).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
@@ -85,6 +91,10 @@ fn no_user(user: &str) -> ApiError {
 }
 
 /// `GET /authentication/password_based:password_file/users`.
+#[utoipa::path(get, path = "/authentication/{id}/users", tag = "authentication",
+    params(("id" = String, Path, description = "Authenticator id: password_based:password_file")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn users(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     check_id(&id)?;
     let file = ctx
@@ -102,6 +112,10 @@ async fn users(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json
     })))
 }
 
+#[utoipa::path(get, path = "/authentication/{id}/users/{user}", tag = "authentication",
+    params(("id" = String, Path, description = "Authenticator id: password_based:password_file"), ("user" = String, Path, description = "User name")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn user(
     State(ctx): State<Ctx>,
     Path((id, user)): Path<(String, String)>,
@@ -126,6 +140,10 @@ struct NewUser {
 }
 
 /// `POST …/users` (`{user_id, password}`): hashed (Argon2id) into the password file.
+#[utoipa::path(post, path = "/authentication/{id}/users", tag = "authentication",
+    params(("id" = String, Path, description = "Authenticator id: password_based:password_file")),
+    responses((status = 201, description = "Created"), (status = 400, description = "Bad input: {code, message}"), (status = 409, description = "Exists"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn add_user(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -166,6 +184,10 @@ struct NewPassword {
     password: String,
 }
 
+#[utoipa::path(put, path = "/authentication/{id}/users/{user}", tag = "authentication",
+    params(("id" = String, Path, description = "Authenticator id: password_based:password_file"), ("user" = String, Path, description = "User name")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn set_password(
     State(ctx): State<Ctx>,
     Path((id, user)): Path<(String, String)>,
@@ -193,6 +215,10 @@ async fn set_password(
     }
 }
 
+#[utoipa::path(delete, path = "/authentication/{id}/users/{user}", tag = "authentication",
+    params(("id" = String, Path, description = "Authenticator id: password_based:password_file"), ("user" = String, Path, description = "User name")),
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn delete_user(
     State(ctx): State<Ctx>,
     Path((id, user)): Path<(String, String)>,
@@ -217,6 +243,10 @@ fn no_sink(name: &str) -> ApiError {
 
 /// `PUT /sinks/:name/enable/:bool`: a disabled sink writes nothing; its subscribers keep
 /// what they hold (acknowledged to it), unsubscribed, until it is enabled again.
+#[utoipa::path(put, path = "/sinks/{name}/enable/{enable}", tag = "bridges",
+    params(("name" = String, Path, description = "Sink name"), ("enable" = bool, Path, description = "true or false")),
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn enable_sink(
     State(ctx): State<Ctx>,
     Path((name, enable)): Path<(String, String)>,
@@ -234,6 +264,10 @@ async fn enable_sink(
 }
 
 /// `POST /sinks/:name/restart`: its target reopened, its feeds restarted (queues kept).
+#[utoipa::path(post, path = "/sinks/{name}/restart", tag = "bridges",
+    params(("name" = String, Path, description = "Sink name")),
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn restart_sink(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     match ctx.reloader.change_sink(&name, None).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),

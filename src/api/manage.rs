@@ -4,9 +4,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Body, Path};
 use super::{node_name, Ctx};
@@ -14,19 +14,16 @@ use crate::broker::metrics::{RuleSnapshot, RuleStats, SinkSnapshot, SinkStats};
 use crate::config::RuleSpec;
 use crate::rules::RuleError;
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/rules", get(list_rules).post(create_rule))
-        .route(
-            "/rules/{id}",
-            get(get_rule).put(update_rule).delete(delete_rule),
-        )
-        .route("/rules/{id}/metrics", get(rule_metrics))
-        .route("/rule_test", post(rule_test))
-        .route("/sinks", get(sinks))
-        .route("/sinks/{name}", get(sink))
-        .route("/sources", get(sources))
-        .route("/sources/{name}", get(source))
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rules, create_rule))
+        .routes(routes!(get_rule, update_rule, delete_rule))
+        .routes(routes!(rule_metrics))
+        .routes(routes!(rule_test))
+        .routes(routes!(sinks))
+        .routes(routes!(sink))
+        .routes(routes!(sources))
+        .routes(routes!(source))
 }
 
 fn rule_error(e: RuleError) -> ApiError {
@@ -60,6 +57,9 @@ fn rule_json(ctx: &Ctx, spec: &RuleSpec) -> Value {
     v
 }
 
+#[utoipa::path(get, path = "/rules", tag = "rules",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn list_rules(State(ctx): State<Ctx>) -> Json<Value> {
     let rules: Vec<Value> = ctx
         .rules
@@ -74,6 +74,10 @@ async fn list_rules(State(ctx): State<Ctx>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/rules/{id}", tag = "rules",
+    params(("id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn get_rule(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let spec = ctx
         .rules
@@ -83,6 +87,9 @@ async fn get_rule(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<J
 }
 
 /// `POST /rules`: a `[[rules]]` entry as JSON; 201 with the rule once it reads messages.
+#[utoipa::path(post, path = "/rules", tag = "rules",
+    responses((status = 201, description = "Created; the rule reads messages"), (status = 400, description = "Bad input: {code, message}"), (status = 409, description = "Exists"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn create_rule(
     State(ctx): State<Ctx>,
     Body(spec): Body<RuleSpec>,
@@ -92,6 +99,10 @@ async fn create_rule(
 }
 
 /// `PUT /rules/:id`: replaces the rule (its `id` in the body, if given, must match).
+#[utoipa::path(put, path = "/rules/{id}", tag = "rules",
+    params(("id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn update_rule(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -115,11 +126,19 @@ async fn update_rule(
     Ok(Json(rule_json(&ctx, &spec)))
 }
 
+#[utoipa::path(delete, path = "/rules/{id}", tag = "rules",
+    params(("id" = String, Path, description = "Rule id")),
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn delete_rule(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     ctx.rules.remove(&id).await.map_err(rule_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/rules/{id}/metrics", tag = "rules",
+    params(("id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn rule_metrics(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     if ctx.rules.get(&id).is_none() {
         return Err(rule_error(RuleError::NotFound(id)));
@@ -142,6 +161,9 @@ struct RuleTest {
 
 /// `POST /rule_test` (`{sql, context}`): the outputs the statement gives for that input, or
 /// 400 with why it does not compile or fails.
+#[utoipa::path(post, path = "/rule_test", tag = "rules",
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn rule_test(Body(t): Body<RuleTest>) -> ApiResult<Json<Value>> {
     let outputs = crate::rules::rule_test(&t.sql, &t.context)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "SQL_ERROR", e))?;
@@ -173,11 +195,18 @@ fn bridge_json(s: &SinkSnapshot) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/sinks", tag = "bridges",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn sinks(State(ctx): State<Ctx>) -> Json<Value> {
     let all = ctx.broker.metrics_snapshot().sinks;
     Json(json!(all.iter().map(bridge_json).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(get, path = "/sinks/{name}", tag = "bridges",
+    params(("name" = String, Path, description = "Sink name")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn sink(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let all = ctx.broker.metrics_snapshot().sinks;
     let s = all
@@ -187,11 +216,18 @@ async fn sink(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Jso
     Ok(Json(bridge_json(s)))
 }
 
+#[utoipa::path(get, path = "/sources", tag = "bridges",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn sources(State(ctx): State<Ctx>) -> Json<Value> {
     let all = ctx.broker.metrics_snapshot().sources;
     Json(json!(all.iter().map(bridge_json).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(get, path = "/sources/{name}", tag = "bridges",
+    params(("name" = String, Path, description = "Source name")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn source(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let all = ctx.broker.metrics_snapshot().sources;
     let s = all

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Body, Paging, Path, Query};
 use super::Ctx;
@@ -23,15 +23,12 @@ pub const MAX_BULK: usize = 1000;
 /// The client id the API's messages carry.
 const API_CLIENT: &str = "http_api";
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/publish", post(publish))
-        .route("/publish/bulk", post(publish_bulk))
-        .route("/mqtt/retainer/messages", get(retained_list))
-        .route(
-            "/mqtt/retainer/message/{*topic}",
-            get(retained_one).delete(retained_delete),
-        )
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(publish))
+        .routes(routes!(publish_bulk))
+        .routes(routes!(retained_list))
+        .routes(routes!(retained_one, retained_delete))
 }
 
 #[derive(serde::Deserialize)]
@@ -133,6 +130,9 @@ async fn publish_one(ctx: &Ctx, body: PublishBody) -> ApiResult<(StatusCode, Val
 }
 
 /// `POST /publish`: answered once the message is durable (and queued for its subscribers).
+#[utoipa::path(post, path = "/publish", tag = "publish",
+    responses((status = 200, description = "OK"), (status = 202, description = "Stored; no subscriber matched (reason code 16)"), (status = 400, description = "Bad input: {code, message}"), (status = 503, description = "Not durable: not published"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn publish(State(ctx): State<Ctx>, Body(body): Body<PublishBody>) -> ApiResult<Response> {
     let (status, v) = publish_one(&ctx, body).await?;
     Ok((status, Json(v)).into_response())
@@ -140,6 +140,9 @@ async fn publish(State(ctx): State<Ctx>, Body(body): Body<PublishBody>) -> ApiRe
 
 /// `POST /publish/bulk`: each message in order, each answered as `/publish` would (an error
 /// as `{code, message}` in its place; later ones are still published).
+#[utoipa::path(post, path = "/publish/bulk", tag = "publish",
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn publish_bulk(
     State(ctx): State<Ctx>,
     Body(bodies): Body<Vec<PublishBody>>,
@@ -175,6 +178,10 @@ fn retained_json(m: &crate::session::Message, with_payload: bool) -> Value {
 
 /// `GET /mqtt/retainer/messages`: paged, by topic; `topic` filters with a topic filter (the
 /// `$SYS` topics appear only for a filter that names them).
+#[utoipa::path(get, path = "/mqtt/retainer/messages", tag = "retained",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Items per page, 1 to 10000"), ("topic" = Option<String>, Query, description = "Topic filter")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn retained_list(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -205,8 +212,12 @@ fn no_retained(topic: &str) -> ApiError {
     ApiError::not_found("NOT_FOUND", format!("no retained message on {topic:?}"))
 }
 
-/// `GET /mqtt/retainer/message/:topic` (the topic percent-encoded, or as further path
-/// segments): with its payload, base64.
+/// `GET /mqtt/retainer/message/:topic` (the topic percent-encoded, as EMQX takes it): with
+/// its payload, base64.
+#[utoipa::path(get, path = "/mqtt/retainer/message/{topic}", tag = "retained",
+    params(("topic" = String, Path, description = "Topic, percent-encoded (a/b as a%2Fb)")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn retained_one(State(ctx): State<Ctx>, Path(topic): Path<String>) -> ApiResult<Json<Value>> {
     let m = ctx
         .broker
@@ -217,6 +228,10 @@ async fn retained_one(State(ctx): State<Ctx>, Path(topic): Path<String>) -> ApiR
 
 /// `DELETE /mqtt/retainer/message/:topic`: removed durably before the answer; nothing is
 /// published.
+#[utoipa::path(delete, path = "/mqtt/retainer/message/{topic}", tag = "retained",
+    params(("topic" = String, Path, description = "Topic, percent-encoded (a/b as a%2Fb)")),
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn retained_delete(
     State(ctx): State<Ctx>,
     Path(topic): Path<String>,

@@ -31,9 +31,10 @@ mod stats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::task::JoinHandle;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::broker::Broker;
 use crate::persistence::RecoveryReport;
@@ -144,33 +145,68 @@ impl Api {
     }
 }
 
-/// Every route, and the broker's shutdown signal that stops the server.
+/// Every route, and the broker's shutdown signal that stops the server. The OpenAPI document
+/// (`/api-docs`) is built from the same registrations as the routes under `/api/v5`.
 fn router(ctx: Ctx) -> (Router, tokio::sync::watch::Receiver<bool>) {
     let shutdown = ctx.broker.shutdown_signal();
-    let protected = Router::new()
+    let protected = OpenApiRouter::new()
         .merge(stats::routes())
         .merge(clients::routes())
         .merge(messages::routes())
         .merge(manage::routes())
         .merge(config::routes())
         .merge(monitor::routes())
-        .route("/logout", post(auth::logout))
+        .routes(routes!(auth::logout))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             auth::require,
         ));
-    let open = Router::new()
-        .route("/login", post(auth::login))
-        .route("/status", get(stats::status))
-        .route("/prometheus/stats", get(prometheus::scrape));
-    let app = Router::new()
+    let open = OpenApiRouter::new()
+        .routes(routes!(auth::login))
+        .routes(routes!(stats::status))
+        .routes(routes!(prometheus::scrape));
+    let (api, mut doc) = OpenApiRouter::new()
         .nest("/api/v5", protected.merge(open))
+        .split_for_parts();
+    describe(&mut doc);
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    let app = api
+        .route("/api-docs", get(move || openapi(doc.clone())))
         .route("/status", get(stats::status))
         .route("/metrics", get(prometheus::scrape))
         .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(ctx);
     (app, shutdown)
+}
+
+/// The document's title and its two ways in (HTTP Basic API keys, Bearer login tokens).
+fn describe(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    doc.info.title = "KeelMQ HTTP API".into();
+    doc.info.description = Some(
+        "EMQX v5 paths. Errors are {code, message}. Log in with an API key (HTTP Basic) or a \
+         token from POST /api/v5/login (Bearer); /status, /login and /prometheus/stats are open."
+            .into(),
+    );
+    let components = doc.components.get_or_insert_with(Default::default);
+    let basic = HttpBuilder::new().scheme(HttpAuthScheme::Basic).build();
+    let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+    components.add_security_scheme("api_key", SecurityScheme::Http(basic));
+    components.add_security_scheme("login_token", SecurityScheme::Http(bearer));
+    doc.security = Some(vec![
+        SecurityRequirement::new("api_key", Vec::<String>::new()),
+        SecurityRequirement::new("login_token", Vec::<String>::new()),
+    ]);
+}
+
+async fn openapi(doc: Arc<String>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        (*doc).clone(),
+    )
 }
 
 async fn not_found() -> error::ApiError {

@@ -7,10 +7,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Query};
 use super::Ctx;
@@ -116,13 +116,17 @@ impl Monitor {
     }
 }
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/monitor", get(monitor))
-        .route("/monitor_current", get(current))
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(monitor))
+        .routes(routes!(current))
 }
 
 /// `GET /monitor?latest=SECONDS`: the samples of the last SECONDS (all by default).
+#[utoipa::path(get, path = "/monitor", tag = "monitor",
+    params(("latest" = Option<u64>, Query, description = "Seconds of history")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn monitor(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -141,6 +145,9 @@ async fn monitor(
 }
 
 /// `GET /monitor_current`: the gauges now and the rates of the last sample, per second.
+#[utoipa::path(get, path = "/monitor_current", tag = "monitor",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn current(State(ctx): State<Ctx>) -> Json<Value> {
     let m = ctx.broker.metrics_snapshot();
     let last = ctx

@@ -21,6 +21,9 @@ use crate::broker::MetricsSnapshot;
 use keelmq_wal::histogram::{HistogramSnapshot, RECORDS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/prometheus/stats", tag = "metrics",
+    responses((status = 200, description = "Prometheus text format (no login)"))
+)]
 pub(super) async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
     let text = render(&ctx);
     (

@@ -4,25 +4,28 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, Path, Query};
 use super::{node_name, rfc3339, Ctx};
 use crate::broker::MetricsSnapshot;
 
-pub(super) fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/nodes", get(nodes))
-        .route("/nodes/{node}", get(node))
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .route("/listeners", get(listeners))
-        .route("/durability", get(durability))
+pub(super) fn routes() -> OpenApiRouter<Ctx> {
+    OpenApiRouter::new()
+        .routes(routes!(nodes))
+        .routes(routes!(node))
+        .routes(routes!(stats))
+        .routes(routes!(metrics))
+        .routes(routes!(listeners))
+        .routes(routes!(durability))
 }
 
 /// `GET /status` (no login): for load balancers and scripts waiting for the start.
+#[utoipa::path(get, path = "/status", tag = "node",
+    responses((status = 200, description = "Running (no login)"))
+)]
 pub(super) async fn status() -> String {
     format!("Node {} is started\nkeelmq is running\n", node_name())
 }
@@ -42,10 +45,17 @@ fn node_view(ctx: &Ctx) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/nodes", tag = "node",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn nodes(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!([node_view(&ctx)]))
 }
 
+#[utoipa::path(get, path = "/nodes/{node}", tag = "node",
+    params(("node" = String, Path, description = "Node name")),
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn node(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     if name != node_name() {
         return Err(ApiError::not_found(
@@ -83,6 +93,10 @@ fn per_node(mut v: Value, query: &HashMap<String, String>) -> ApiResult<Json<Val
     }
 }
 
+#[utoipa::path(get, path = "/stats", tag = "node",
+    params(("aggregate" = Option<bool>, Query, description = "One object instead of one per node")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn stats(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -115,6 +129,10 @@ fn metrics_of(m: &MetricsSnapshot) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    params(("aggregate" = Option<bool>, Query, description = "One object instead of one per node")),
+    responses((status = 200, description = "OK"), (status = 400, description = "Bad input: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn metrics(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
@@ -122,6 +140,9 @@ async fn metrics(
     per_node(metrics_of(&ctx.broker.metrics_snapshot()), &q)
 }
 
+#[utoipa::path(get, path = "/listeners", tag = "node",
+    responses((status = 200, description = "OK"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn listeners(State(ctx): State<Ctx>) -> Json<Value> {
     let counts = ctx.broker.metrics_snapshot().listeners;
     let list: Vec<Value> = ctx
@@ -158,6 +179,9 @@ fn histogram(h: &keelmq_wal::histogram::HistogramSnapshot, bounds: &[u64]) -> Va
 
 /// `GET /durability`: the log's fdatasyncs (latency histogram in microseconds, records per
 /// fdatasync), records not yet durable, the checkpoints, and what recovery found at start.
+#[utoipa::path(get, path = "/durability", tag = "durability",
+    responses((status = 200, description = "OK"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
 async fn durability(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
     use keelmq_wal::histogram::{RECORDS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
     let Some(p) = ctx.broker.persistence() else {

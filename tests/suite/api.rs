@@ -401,7 +401,7 @@ async fn publish_retained_rules_and_statistics() {
     let (s, v) = api.get("/api/v5/mqtt/retainer/message/kept%2Fone").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["payload"], "AAEC");
-    let (s, _) = api.delete("/api/v5/mqtt/retainer/message/kept/one").await;
+    let (s, _) = api.delete("/api/v5/mqtt/retainer/message/kept%2Fone").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = api.get("/api/v5/mqtt/retainer/message/kept%2Fone").await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
@@ -793,5 +793,60 @@ async fn users_acl_sinks_and_reload_change_a_running_broker() {
     );
     let (s, _) = api.get("/api/v5/rules/late").await;
     assert_eq!(s, StatusCode::OK, "still there");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `/api-docs`: an OpenAPI document generated from the routes, which an independent validator
+/// (`openapi-spec-validator`) accepts, naming every endpoint with its methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid_and_complete() {
+    let d = dir("api-docs");
+    let server = common::start(api_config(&d)).await;
+    let api = Api::new(server.api_addr().unwrap());
+    let r = api.http.get(api.url("/api-docs")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "open without a login");
+    let text = r.text().await.unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/v5/clients", "get"),
+        ("/api/v5/clients/{clientid}", "delete"),
+        ("/api/v5/publish", "post"),
+        ("/api/v5/mqtt/retainer/message/{topic}", "delete"),
+        ("/api/v5/rules/{id}", "put"),
+        ("/api/v5/rule_test", "post"),
+        ("/api/v5/configs/reload", "post"),
+        ("/api/v5/authorization/sources/file", "put"),
+        ("/api/v5/authentication/{id}/users", "post"),
+        ("/api/v5/sinks/{name}/restart", "post"),
+        ("/api/v5/durability", "get"),
+        ("/api/v5/prometheus/stats", "get"),
+        ("/api/v5/login", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path}"
+        );
+    }
+    assert!(paths.len() >= 35, "{} paths", paths.len());
+    let Some(python) = common::paho_python() else {
+        return;
+    };
+    let file = d.join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let check = "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))\nprint('valid')";
+    let out = std::process::Command::new(python)
+        .args(["-c", check, file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    if said.contains("No module named 'openapi_spec_validator'") {
+        assert!(
+            !common::interop_required(),
+            "openapi-spec-validator is required but missing"
+        );
+        return;
+    }
+    assert!(out.status.success(), "openapi-spec-validator: {said}");
     server.shutdown(Duration::from_secs(5)).await;
 }
