@@ -482,11 +482,13 @@ async fn prometheus_metrics_pass_promtool_and_move() {
     };
     let d = dir("api-prom");
     let mut config = api_config(&d);
-    config.rules = Config::parse(
-        "[[rules]]\nid = \"count\"\nsql = 'SELECT * FROM \"m/#\"'\nactions = [{ kind = \"console\" }]\n",
+    let parsed = Config::parse(
+        "[[rules]]\nid = \"count\"\nsql = 'SELECT * FROM \"m/#\"'\nactions = [{ kind = \"console\" }]\n\
+         [[sinks]]\nname = \"nowhere\"\nkind = \"http\"\nurl = \"http://127.0.0.1:1/x\"\ntopics = [\"none/#\"]\n",
     )
-    .unwrap()
-    .rules;
+    .unwrap();
+    config.rules = parsed.rules;
+    config.sinks = parsed.sinks;
     let server = common::start(config).await;
     let api = Api::new(server.api_addr().unwrap());
     let scrape = || async {
@@ -530,6 +532,24 @@ async fn prometheus_metrics_pass_promtool_and_move() {
     );
     let checked = run_promtool(&promtool, &after);
     assert!(checked.0, "promtool check metrics:\n{}\n{after}", checked.1);
+    // Every series the shipped Grafana dashboard queries is in the scrape.
+    let grafana = include_str!("../../scripts/grafana-dashboard.json");
+    let mut names: Vec<&str> = grafana
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("emqx_") || w.starts_with("keelmq_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 15, "{names:?}");
+    for name in names {
+        let exposed = after
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
+        assert!(
+            exposed,
+            "the Grafana dashboard queries {name}, which /metrics lacks"
+        );
+    }
     server.shutdown(Duration::from_secs(5)).await;
 }
 
