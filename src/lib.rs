@@ -36,6 +36,8 @@
 //!   sinks, `/durability`), API keys and the admin login, and Prometheus metrics
 //!   (`/metrics`). It reads the broker through snapshots ([`broker`]'s admin views) and
 //!   atomic counters, and changes it through the same calls a client or the rule engine uses.
+//! - [`reload`]: hot reload (SIGHUP, `POST /api/v5/configs/reload`) and run-time changes of
+//!   the ACL, the password file and the sinks — everything checked before anything changes.
 //! - [`server`]: starting and stopping a whole broker.
 //! - [`config`] (crate `keelmq-config` in `config/`): the TOML configuration with its defaults
 //!   and validation.
