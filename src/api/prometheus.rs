@@ -1,7 +1,9 @@
 //! The Prometheus text exposition format (0.0.4) at `/metrics` and
-//! `/api/v5/prometheus/stats`, built from the metrics snapshot (atomic counters), the WAL's
-//! lock-free histograms and the checkpoint counters: a scrape takes no lock on the message
-//! path.
+//! `/api/v5/prometheus/stats`, built from the metrics snapshot (atomic counters; the
+//! subscription and retained counts kept by their locks' writers, each session's queue length
+//! kept by its changes), the WAL's lock-free histograms and the checkpoint counters: a scrape
+//! takes no lock on the message path (only the session registry's, to count sessions and find
+//! the sinks' sessions, which connects and disconnects take).
 //!
 //! EMQX's names are kept where EMQX has one (`emqx_connections_count`,
 //! `emqx_messages_received`, `emqx_rule_matched{rule=…}`, …) so existing dashboards work; they

@@ -47,6 +47,7 @@ mod acks;
 mod admin;
 mod confirm;
 pub mod connection;
+mod counted;
 mod durability;
 mod events;
 mod groups;
@@ -63,6 +64,7 @@ mod tests;
 mod wills;
 
 use confirm::*;
+use counted::CountedLock;
 use placement::*;
 use publish::*;
 pub use publish::{Origin, PlannedPublish, PublishOutcome};
@@ -126,6 +128,9 @@ pub struct SessionSlot {
     consumer: AtomicBool,
     /// What it reads for, by its client id.
     role: SlotRole,
+    /// Deliveries queued and in flight, as of the last change through `Broker::with_slot`:
+    /// read by metrics without the slot's lock.
+    held: AtomicUsize,
 }
 
 /// What a session reads messages for, which decides the messages it is routed
@@ -213,6 +218,7 @@ impl SessionSlot {
         // attaches); network clients cannot take such an id.
         let consumer = crate::protocol::admission::is_reserved_client_id(&client_id);
         let role = SlotRole::of(&client_id);
+        let held = AtomicUsize::new(session.queued_len() + session.inflight_len());
         SessionSlot {
             client_id,
             state: Mutex::new(SlotState {
@@ -236,6 +242,7 @@ impl SessionSlot {
             last_drain_ms: AtomicU64::new(0),
             consumer: AtomicBool::new(consumer),
             role,
+            held,
         }
     }
 
@@ -288,8 +295,8 @@ pub enum ConnectRefusal {
 pub(crate) struct Shared {
     pub config: Config,
     sessions: Mutex<HashMap<ClientId, Arc<SessionSlot>>>,
-    router: RwLock<Router<Arc<SessionSlot>>>,
-    retained: RwLock<RetainedStore<Arc<Message>>>,
+    router: CountedLock<Router<Arc<SessionSlot>>>,
+    retained: CountedLock<RetainedStore<Arc<Message>>>,
     pub metrics: Metrics,
     /// Payload bytes queued across all sessions, for `limits.max_queued_bytes_total`.
     queued_bytes_total: AtomicUsize,
@@ -360,8 +367,8 @@ impl Broker {
             shared: Arc::new(Shared {
                 config,
                 sessions: Mutex::new(HashMap::new()),
-                router: RwLock::new(Router::new()),
-                retained: RwLock::new(RetainedStore::new()),
+                router: CountedLock::new(Router::new()),
+                retained: CountedLock::new(RetainedStore::new()),
                 metrics: Metrics::default(),
                 queued_bytes_total: AtomicUsize::new(0),
                 room: Notify::new(),
@@ -477,13 +484,8 @@ impl Broker {
                 .map(|(_, s)| s.clone())
                 .collect()
         };
-        slots
-            .iter()
-            .map(|s| {
-                let st = s.state.lock();
-                st.session.queued_len() + st.session.inflight_len()
-            })
-            .sum()
+        // Without the slots' locks (the message path's): each slot's count as of its last change.
+        slots.iter().map(|s| s.held.load(Ordering::Relaxed)).sum()
     }
 
     /// Who the connection attached (or last attached) to `client_id`'s session is.
@@ -493,12 +495,14 @@ impl Broker {
         Some(identity)
     }
 
+    /// Subscriptions, read without the router's lock.
     pub fn subscription_count(&self) -> usize {
-        self.shared.router.read().len()
+        self.shared.router.count()
     }
 
+    /// Retained messages, read without the retained store's lock.
     pub fn retained_count(&self) -> usize {
-        self.shared.retained.read().len()
+        self.shared.retained.count()
     }
 
     pub fn queued_bytes_total(&self) -> usize {
@@ -520,7 +524,9 @@ impl Broker {
         let before = st.session.queued_bytes();
         let r = f(&mut st);
         let after = st.session.queued_bytes();
+        let held = st.session.queued_len() + st.session.inflight_len();
         drop(st);
+        slot.held.store(held, Ordering::Relaxed);
         if after > before {
             self.shared
                 .queued_bytes_total

@@ -889,7 +889,9 @@ async fn reloads_under_load_change_rules_without_dropping_a_message() {
     std::fs::write(&file, reload_file(&d, 1, keep)).unwrap();
     let config = Config::load(&file).unwrap();
     let source = Some((file.clone(), keelmq::reload::Overrides::default()));
-    let server = keelmq::server::Server::start_from(config, source).await.unwrap();
+    let server = keelmq::server::Server::start_from(config, source)
+        .await
+        .unwrap();
     let api = Api::new(server.api_addr().unwrap());
     let port = server.local_addr().port();
     let mut sub = connect(port, "keeper", false, None).await;
@@ -933,6 +935,9 @@ async fn reloads_under_load_change_rules_without_dropping_a_message() {
         let p = next(&mut outputs).await;
         republished.insert(String::from_utf8_lossy(&p.payload).to_string());
     }
-    assert_eq!(got, republished, "the rule present throughout saw every message");
+    assert_eq!(
+        got, republished,
+        "the rule present throughout saw every message"
+    );
     server.shutdown(Duration::from_secs(5)).await;
 }
