@@ -6,9 +6,10 @@
 //! answer says why). Then what can change on a running broker is applied: the listeners'
 //! certificates (re-read), the `[auth]` chain, the `[authz]` ACL, `[[sinks]]` (targets opened
 //! first; changed sinks restart their feeds keeping their queues), `[[rules]]`, and the API's
-//! credentials files. What cannot (`data_dir`, `[storage]`, the listeners' addresses, `[mqtt]`,
-//! `[limits]`, `[sys]`, `[[sources]]`, `[api]`, `authz.deny_action`) is reported as needing
-//! a restart, and the running values stay. Reloads are serialised.
+//! credentials files, `[[sources]]` (changed ones restart, resuming from their durable state).
+//! What cannot (`data_dir`, `[storage]`, the listeners' addresses, `[mqtt]`, `[limits]`,
+//! `[sys]`, `[api]`, `authz.deny_action`) is reported as needing a restart, and the running
+//! values stay. Reloads are serialised.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,7 +98,7 @@ type Hooks = (Option<Arc<Chains>>, Option<Arc<AclAuthorizer>>);
 
 /// The sections that need a restart when they change: name and whether they differ.
 fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
-    let checks: [(&str, bool); 10] = [
+    let checks: [(&str, bool); 9] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("storage", old.storage != new.storage),
         ("listener", old.listener != new.listener),
@@ -105,7 +106,6 @@ fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
         ("mqtt", old.mqtt != new.mqtt),
         ("limits", old.limits != new.limits),
         ("sys", old.sys != new.sys),
-        ("sources", old.sources != new.sources),
         ("api", old.api != new.api),
         (
             "authz.deny_action",
@@ -301,6 +301,17 @@ impl Reloader {
             }
             Err(e) => report.errors.push(e),
         }
+        match self.bridges.reload_sources(&new.sources, None).await {
+            Ok(changed) => {
+                if !changed.is_empty() {
+                    report
+                        .applied
+                        .push(format!("sources: {}", changed.join(", ")));
+                }
+                applied.config.sources = new.sources.clone();
+            }
+            Err(e) => report.errors.push(e),
+        }
         match self.rules.reload(&new.rules).await {
             Ok(()) => {
                 if applied.config.rules != new.rules {
@@ -397,6 +408,24 @@ impl Reloader {
     /// Every sink's configuration as in effect.
     pub async fn sinks(&self) -> Vec<SinkSpec> {
         self.applied.lock().await.config.sinks.clone()
+    }
+
+    /// Enables or disables source `name`, or restarts it (`enabled` `None`): a stopped source
+    /// keeps its durable state and resumes from it. `Ok(false)` for an unknown source.
+    pub async fn change_source(&self, name: &str, enabled: Option<bool>) -> Result<bool, String> {
+        let mut applied = self.applied.lock().await;
+        let mut specs = applied.config.sources.clone();
+        let Some(spec) = specs.iter_mut().find(|s| s.name == name) else {
+            return Ok(false);
+        };
+        if let Some(enabled) = enabled {
+            spec.enabled = enabled;
+        }
+        let restart = enabled.is_none().then_some(name);
+        self.bridges.reload_sources(&specs, restart).await?;
+        applied.config.sources = specs;
+        tracing::info!(source = %name, ?enabled, "source changed through the API");
+        Ok(true)
     }
 
     /// Enables or disables sink `name` (a disabled sink's subscribers keep their queues,

@@ -121,6 +121,7 @@ impl Server {
         let config = broker.config();
         let bridges =
             crate::bridges::Bridges::start(broker.clone(), &config.sinks, &config.sources)
+                .await
                 .map_err(|e| anyhow::anyhow!(e))?;
         let rules =
             crate::rules::RuleEngine::start(broker.clone(), &config.rules, bridges.clone()).await?;

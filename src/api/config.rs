@@ -21,6 +21,8 @@ pub(super) fn routes() -> OpenApiRouter<Ctx> {
         .routes(routes!(user, set_password, delete_user))
         .routes(routes!(enable_sink))
         .routes(routes!(restart_sink))
+        .routes(routes!(enable_source))
+        .routes(routes!(restart_source))
 }
 
 /// `POST /configs/reload`: the file re-read and checked; 200 with what was applied and what
@@ -272,6 +274,45 @@ async fn restart_sink(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiRe
     match ctx.reloader.change_sink(&name, None).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(no_sink(&name)),
+        Err(e) => Err(ApiError::bad_request(e)),
+    }
+}
+
+fn no_source(name: &str) -> ApiError {
+    ApiError::not_found("NOT_FOUND", format!("no source {name:?}"))
+}
+
+/// `PUT /sources/:name/enable/:bool`: a disabled source stops after the message in hand,
+/// keeping its durable state (remote session, stored offsets) for when it is enabled again.
+#[utoipa::path(put, path = "/sources/{name}/enable/{enable}", tag = "bridges",
+    params(("name" = String, Path, description = "Source name"), ("enable" = bool, Path, description = "true or false")),
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
+async fn enable_source(
+    State(ctx): State<Ctx>,
+    Path((name, enable)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let enable = match enable.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => return Err(ApiError::bad_request("enable must be true or false")),
+    };
+    match ctx.reloader.change_source(&name, Some(enable)).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(no_source(&name)),
+        Err(e) => Err(ApiError::bad_request(e)),
+    }
+}
+
+/// `POST /sources/:name/restart`: stopped after the message in hand and started again.
+#[utoipa::path(post, path = "/sources/{name}/restart", tag = "bridges",
+    params(("name" = String, Path, description = "Source name")),
+    responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
+)]
+async fn restart_source(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    match ctx.reloader.change_source(&name, None).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(no_source(&name)),
         Err(e) => Err(ApiError::bad_request(e)),
     }
 }

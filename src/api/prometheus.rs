@@ -340,6 +340,13 @@ fn durability_families(out: &mut Text, ctx: &Ctx) {
         out.family(name, Some("gauge"), help);
         out.sample(name, &[], value);
     }
+    let name = "keelmq_wal_bytes_not_durable";
+    out.family(
+        name,
+        Some("gauge"),
+        "Bytes appended to the write-ahead log and not yet fdatasynced (acknowledgements waiting).",
+    );
+    out.sample(name, &[], p.wal().bytes_not_durable());
     let name = "keelmq_wal_records_not_durable";
     out.family(
         name,

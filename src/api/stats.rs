@@ -220,6 +220,7 @@ async fn durability(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
             "last_seq": wal.assigned_seq(),
             "durable_seq": durable,
             "records_not_durable": wal.assigned_seq().saturating_sub(durable),
+            "bytes_not_durable": wal.bytes_not_durable(),
         },
         "checkpoint": {
             "written": c.written,

@@ -20,6 +20,7 @@ pub mod kafka_source;
 pub mod mqtt;
 pub mod postgres;
 pub mod redis;
+mod running_sources;
 pub mod source;
 pub mod target;
 
@@ -94,8 +95,10 @@ struct Inner {
     sinks: Mutex<BTreeMap<String, Arc<Sink>>>,
     /// By session client id.
     feeds: tokio::sync::Mutex<HashMap<String, Running>>,
-    /// The event-rule writers and the sources.
+    /// The event-rule writers.
     event_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The running sources, by name.
+    sources: tokio::sync::Mutex<BTreeMap<String, running_sources::SourceRun>>,
     /// Stops the event writers and the sources at shutdown.
     stop: watch::Sender<bool>,
 }
@@ -104,7 +107,7 @@ impl Bridges {
     /// Opens the enabled sinks of `specs` (a password that cannot be read, a URL or template
     /// that does not parse: an error naming the sink). Connections are made at the first
     /// write; feeds start with [`Self::set_rules`].
-    pub fn start(
+    pub async fn start(
         broker: Broker,
         specs: &[SinkSpec],
         sources: &[crate::config::SourceSpec],
@@ -116,6 +119,7 @@ impl Bridges {
                 sinks: Mutex::new(BTreeMap::new()),
                 feeds: tokio::sync::Mutex::new(HashMap::new()),
                 event_tasks: Mutex::new(Vec::new()),
+                sources: tokio::sync::Mutex::new(BTreeMap::new()),
                 stop,
             }),
         };
@@ -124,26 +128,7 @@ impl Bridges {
             bridges.install(sink);
         }
         bridges.publish_delivered();
-        for spec in sources.iter().filter(|s| s.enabled) {
-            spec.password()
-                .map_err(|e| format!("source `{}`: {e}", spec.name))?;
-            let kind = match spec.kind {
-                crate::config::SourceKind::Mqtt => "mqtt",
-                crate::config::SourceKind::Kafka => "kafka",
-            };
-            let stats = Arc::new(SinkStats::new(&spec.name, kind));
-            bridges.inner.broker.add_source_stats(stats.clone());
-            let (broker, stop) = (bridges.inner.broker.clone(), bridges.inner.stop.subscribe());
-            let task = match spec.kind {
-                crate::config::SourceKind::Mqtt => {
-                    tokio::spawn(source::run(broker, spec.clone(), stats, stop))
-                }
-                crate::config::SourceKind::Kafka => {
-                    tokio::spawn(kafka_source::run(broker, spec.clone(), stats, stop))
-                }
-            };
-            bridges.inner.event_tasks.lock().push(task);
-        }
+        bridges.reload_sources(sources, None).await?;
         Ok(bridges)
     }
 
@@ -418,7 +403,8 @@ impl Bridges {
         for r in feeds {
             stop(r).await;
         }
-        // Event writers and sources stop at the signal (a source after the message in hand).
+        self.stop_sources().await;
+        // Event writers stop at the signal.
         let tasks: Vec<_> = self.inner.event_tasks.lock().drain(..).collect();
         for mut task in tasks {
             if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)

@@ -139,6 +139,17 @@ impl Broker {
         sources.push(stats);
     }
 
+    /// A source's counters.
+    pub fn source_stats(&self, name: &str) -> Option<Arc<metrics::SinkStats>> {
+        let sources = self.shared.sources.read();
+        sources.iter().find(|s| s.name == name).cloned()
+    }
+
+    /// Forgets a removed source's counters.
+    pub fn remove_source_stats(&self, name: &str) {
+        self.shared.sources.write().retain(|s| s.name != name);
+    }
+
     /// Forgets a removed sink's counters.
     pub fn remove_sink_stats(&self, name: &str) {
         self.shared.sinks.write().retain(|s| s.name != name);

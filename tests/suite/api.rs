@@ -941,3 +941,91 @@ async fn reloads_under_load_change_rules_without_dropping_a_message() {
     );
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The next message `local` receives within `ms`, as text.
+async fn recv(local: &mut crate::interop_rumqttc::v311::Client, ms: u64) -> Option<String> {
+    tokio::time::timeout(Duration::from_millis(ms), local.publishes.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| String::from_utf8_lossy(&p.payload).to_string())
+}
+
+/// A source disabled through the API stops (status "disconnected", reason "disabled"); what
+/// the remote broker queued for its persistent session meanwhile arrives once it is enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_disabled_and_enabled_through_the_api_resumes_its_remote_session() {
+    let Some(remote) = common::servers::mosquitto(20) else {
+        return;
+    };
+    let d = dir("api-source");
+    let mut config = api_config(&d);
+    let text = format!(
+        "[[sources]]\nname = \"plant\"\nkind = \"mqtt\"\nserver = \"127.0.0.1:{}\"\n\
+         client_id = \"keelmq-api-source\"\ntopics = [{{ filter = \"plant/#\", qos = 1 }}]\n\
+         local_topic = \"remote/${{topic}}\"\n",
+        remote.port
+    );
+    config.sources = Config::parse(&text).unwrap().sources;
+    let server = common::start(config).await;
+    let api = Api::new(server.api_addr().unwrap());
+    let mut local = connect(server.local_addr().port(), "local-sub", false, None).await;
+    subscribe(&local, "remote/#", QoS::AtLeastOnce).await;
+    let far = connect(remote.port, "plant-device", true, None).await;
+    let send = |payload: &'static str| {
+        let c = far.client.clone();
+        async move {
+            c.publish("plant/a", QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap()
+        }
+    };
+    let mut through = false;
+    for _ in 0..50 {
+        send("probe").await;
+        if recv(&mut local, 200).await.is_some() {
+            through = true;
+            break;
+        }
+    }
+    assert!(through, "the source brings messages in");
+    while recv(&mut local, 300).await.is_some() {} // late probes
+
+    let (s, _) = api
+        .put("/api/v5/sources/plant/enable/false", json!(null))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = api.get("/api/v5/sources/plant").await;
+    assert_eq!(
+        (v["status"].as_str(), v["status_reason"].as_str()),
+        (Some("disconnected"), Some("disabled")),
+        "{v}"
+    );
+    send("while-off").await;
+    assert_eq!(
+        recv(&mut local, 700).await,
+        None,
+        "a disabled source brings nothing in"
+    );
+    let (s, _) = api
+        .put("/api/v5/sources/plant/enable/true", json!(null))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        recv(&mut local, 10_000).await.as_deref(),
+        Some("while-off"),
+        "queued remotely, resumed"
+    );
+    let (s, _) = api.post("/api/v5/sources/plant/restart", json!(null)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    send("after-restart").await;
+    assert_eq!(
+        recv(&mut local, 10_000).await.as_deref(),
+        Some("after-restart")
+    );
+    let (s, _) = api
+        .put("/api/v5/sources/nope/enable/true", json!(null))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    server.shutdown(Duration::from_secs(5)).await;
+}

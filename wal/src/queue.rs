@@ -58,6 +58,8 @@ pub(crate) struct Queue {
     /// Mirrors `state.next_seq - 1` (the last sequence number assigned), for monitoring
     /// without the lock.
     assigned: AtomicU64,
+    /// Mirrors `state.queued_bytes`, for monitoring without the lock.
+    bytes: AtomicU64,
     /// The writer waits here for work.
     work: Condvar,
     /// Appenders wait here for space.
@@ -88,6 +90,7 @@ impl Queue {
             }),
             has_items: AtomicBool::new(false),
             assigned: AtomicU64::new(next_seq.saturating_sub(1)),
+            bytes: AtomicU64::new(0),
             work: Condvar::new(),
             space: Condvar::new(),
             capacity,
@@ -148,6 +151,8 @@ impl Queue {
         state.next_seq += 1;
         self.assigned.store(seq, Ordering::Relaxed);
         state.queued_bytes += payload.len();
+        self.bytes
+            .store(state.queued_bytes as u64, Ordering::Relaxed);
         state.appends += 1;
         state.items.push_back(Item::Append {
             seq,
@@ -191,6 +196,11 @@ impl Queue {
         Ok(durable)
     }
 
+    /// Payload bytes waiting in the queue, without the lock (monitoring).
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// The last sequence number handed out, without the lock (monitoring: it may lag by a
     /// record being assigned).
     pub(crate) fn assigned_seq(&self) -> u64 {
@@ -224,6 +234,8 @@ impl Queue {
                 std::mem::swap(&mut state.items, out);
                 state.appends = 0;
                 state.queued_bytes = 0;
+                self.bytes
+                    .store(state.queued_bytes as u64, Ordering::Relaxed);
                 self.has_items.store(false, Ordering::Release);
                 if state.blocked_appenders > 0 {
                     self.space.notify_all();
@@ -248,6 +260,8 @@ impl Queue {
                 }
                 state.appends -= records;
                 state.queued_bytes -= bytes;
+                self.bytes
+                    .store(state.queued_bytes as u64, Ordering::Relaxed);
                 self.has_items
                     .store(!state.items.is_empty(), Ordering::Release);
                 if state.blocked_appenders > 0 {
@@ -309,6 +323,8 @@ impl Queue {
         state.items = kept;
         state.appends = 0;
         state.queued_bytes = 0;
+        self.bytes
+            .store(state.queued_bytes as u64, Ordering::Relaxed);
         self.assigned
             .store(next_seq.saturating_sub(1), Ordering::Relaxed);
         state.next_seq = next_seq;
@@ -346,6 +362,8 @@ impl Queue {
             .collect();
         state.appends = 0;
         state.queued_bytes = 0;
+        self.bytes
+            .store(state.queued_bytes as u64, Ordering::Relaxed);
         self.has_items.store(false, Ordering::Release);
         self.space.notify_all();
         failed

@@ -257,6 +257,13 @@ impl Wal {
         self.shared.queue.assigned_seq()
     }
 
+    /// Bytes appended and not yet durable: waiting in the submission queue, or written and
+    /// not yet covered by an fdatasync. Read without locks (monitoring).
+    pub fn bytes_not_durable(&self) -> u64 {
+        let unsynced = self.shared.counters.unsynced_bytes.load(Ordering::Relaxed);
+        self.shared.queue.queued_bytes() + unsynced
+    }
+
     /// The highest sequence number covered by a completed fdatasync.
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)

@@ -94,6 +94,8 @@ pub(crate) struct Counters {
     pub sync_latency: Histogram,
     /// Records each segment fdatasync made durable.
     pub records_per_sync: Histogram,
+    /// Bytes written to the active segment and not yet covered by an fdatasync.
+    pub unsynced_bytes: AtomicU64,
 }
 
 /// [`Counters::writer_nice`] when the writer kept its inherited priority.
@@ -113,6 +115,7 @@ impl Default for Counters {
             writer_nice: AtomicI32::new(NICE_UNCHANGED),
             sync_latency: Histogram::new(&crate::histogram::SYNC_MICROS_BOUNDS),
             records_per_sync: Histogram::new(&crate::histogram::RECORDS_PER_SYNC_BOUNDS),
+            unsynced_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -607,6 +610,9 @@ impl Writer {
         counters
             .bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        counters
+            .unsynced_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.active.len += self.buf.len() as u64;
         self.buf.clear();
         if let Some((last, _)) = self.pending.last() {
@@ -671,6 +677,10 @@ impl Writer {
             )));
         }
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .unsynced_bytes
+            .store(0, Ordering::Relaxed);
         self.note_synced(self.written_seq);
         Ok(())
     }
@@ -760,6 +770,10 @@ impl Writer {
             .rotations
             .fetch_add(1, Ordering::Relaxed);
         self.shared.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
+        self.shared
+            .counters
+            .unsynced_bytes
+            .store(0, Ordering::Relaxed);
         Ok(())
     }
 
