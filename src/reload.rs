@@ -7,7 +7,9 @@
 //! certificates (re-read), the `[auth]` chain, the `[authz]` ACL, `[[sinks]]` (targets opened
 //! first; changed sinks restart their feeds keeping their queues), `[[rules]]`, and the API's
 //! credentials files, `[[sources]]` (changed ones restart, resuming from their durable state).
-//! What cannot (`data_dir`, `[storage]`, the listeners' addresses, `[mqtt]`, `[limits]`,
+//! the broker-wide `[limits]` (`max_connections`, `max_sessions`, `max_queued_bytes_total`,
+//! `max_retained_messages`, `max_subscriptions_per_client`, `stalled_subscriber_ms`). What
+//! cannot (`data_dir`, `[storage]`, the listeners' addresses, `[mqtt]`, the other limits,
 //! `[sys]`, `[api]`, `authz.deny_action`) is reported as needing a restart, and the running
 //! values stay. Reloads are serialised.
 
@@ -98,13 +100,12 @@ type Hooks = (Option<Arc<Chains>>, Option<Arc<AclAuthorizer>>);
 
 /// The sections that need a restart when they change: name and whether they differ.
 fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
-    let checks: [(&str, bool); 9] = [
+    let checks: [(&str, bool); 8] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("storage", old.storage != new.storage),
         ("listener", old.listener != new.listener),
         ("listeners", old.listeners != new.listeners),
         ("mqtt", old.mqtt != new.mqtt),
-        ("limits", old.limits != new.limits),
         ("sys", old.sys != new.sys),
         ("api", old.api != new.api),
         (
@@ -112,10 +113,12 @@ fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
             old.authz.deny_action != new.authz.deny_action,
         ),
     ];
+    let (_, fixed) = crate::broker::live_limits::changed_limits(&old.limits, &new.limits);
     checks
         .into_iter()
         .filter(|(_, changed)| *changed)
         .map(|(name, _)| name.to_string())
+        .chain(fixed.into_iter().map(|f| format!("limits.{f}")))
         .collect()
 }
 
@@ -234,6 +237,7 @@ impl Reloader {
             self.reload_tls(&mut report).await;
         }
         self.apply_hooks(&mut applied, &new, hooks, &mut report);
+        self.apply_limits(&mut applied, &new, &mut report);
         self.apply_sinks_and_rules(&mut applied, &new, &mut report)
             .await;
         let api = self.api_auth.lock().clone();
@@ -282,6 +286,26 @@ impl Reloader {
         applied.config.auth = new.auth.clone();
         applied.config.authz.acl_file = new.authz.acl_file.clone();
         applied.config.authz.no_match = new.authz.no_match;
+    }
+
+    /// The broker-wide limits a running broker can change; the rest stay as started.
+    fn apply_limits(&self, applied: &mut Applied, new: &Config, report: &mut ReloadReport) {
+        let (live, _) =
+            crate::broker::live_limits::changed_limits(&applied.config.limits, &new.limits);
+        if live.is_empty() {
+            return;
+        }
+        let mut limits = applied.config.limits.clone();
+        limits.max_connections = new.limits.max_connections;
+        limits.max_sessions = new.limits.max_sessions;
+        limits.max_queued_bytes_total = new.limits.max_queued_bytes_total;
+        limits.max_retained_messages = new.limits.max_retained_messages;
+        limits.max_subscriptions_per_client = new.limits.max_subscriptions_per_client;
+        limits.stalled_subscriber_ms = new.limits.stalled_subscriber_ms;
+        self.broker.apply_limits(&limits);
+        applied.config.limits = limits;
+        let names: Vec<String> = live.iter().map(|f| format!("limits.{f}")).collect();
+        report.applied.push(names.join(", "));
     }
 
     async fn apply_sinks_and_rules(

@@ -51,6 +51,7 @@ mod counted;
 mod durability;
 mod events;
 mod groups;
+pub mod live_limits;
 pub mod local;
 pub mod metrics;
 mod placement;
@@ -335,6 +336,8 @@ pub(crate) struct Shared {
     has_publish_rules: AtomicBool,
     /// Publishers waiting for `ack = "delivered"` sinks (see `confirm`).
     confirmations: Arc<Confirmations>,
+    /// The `[limits]` a reload changes (see `live_limits`).
+    live: live_limits::LiveLimits,
 }
 
 /// Persistence failed; the operation must not be acknowledged.
@@ -363,6 +366,7 @@ impl Broker {
                 p.next_message_id()
             });
         let pending_connections = config.limits.max_pending_connections;
+        let live = live_limits::LiveLimits::new(&config.limits);
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -390,6 +394,7 @@ impl Broker {
                 publish_rules: RwLock::new(None),
                 has_publish_rules: AtomicBool::new(false),
                 confirmations: Arc::default(),
+                live,
             }),
         }
     }

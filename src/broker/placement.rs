@@ -121,7 +121,7 @@ impl Broker {
     /// Whether a QoS 0 message meeting `slot`'s full queue should wait for room (the
     /// subscriber is connected and draining) rather than be dropped.
     pub(super) fn qos0_waits_for(&self, slot: &SessionSlot) -> bool {
-        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        let stall = self.shared.live.stalled_subscriber_ms();
         stall > 0
             && slot.is_connected()
             && self
@@ -209,7 +209,7 @@ impl Broker {
         logged: (&mut Vec<u64>, &mut Vec<Record>),
     ) -> TargetReservation {
         let bytes = delivery.accounted_bytes();
-        let max_total = self.shared.config.limits.max_queued_bytes_total;
+        let max_total = self.shared.live.max_queued_bytes_total();
         let global_room =
             self.shared.queued_bytes_total.load(Ordering::Relaxed) + bytes <= max_total;
         let qos0_waits =
@@ -258,7 +258,7 @@ impl Broker {
         if slot.consumer.load(Ordering::Relaxed) {
             return true;
         }
-        let stall = self.shared.config.limits.stalled_subscriber_ms;
+        let stall = self.shared.live.stalled_subscriber_ms();
         if stall == 0 {
             return slot.is_connected();
         }

@@ -313,7 +313,7 @@ impl Broker {
     /// The broker's own `$SYS` topics neither count nor are refused.
     pub(super) fn retained_has_room(&self, message: &Message) -> bool {
         let retained = self.shared.retained.read();
-        let max = self.shared.config.limits.max_retained_messages;
+        let max = self.shared.live.max_retained_messages();
         if message.payload.is_empty()
             || retained.len() < max
             || retained.contains(&message.topic)

@@ -40,13 +40,12 @@ impl Broker {
         expiry_interval: u32,
         identity: &crate::hooks::Identity,
     ) -> Result<Attached, ConnectRefusal> {
-        let cfg = &self.shared.config;
         let connections = self
             .shared
             .metrics
             .connections_current
             .load(Ordering::Relaxed);
-        if connections > cfg.limits.max_connections as u64 {
+        if connections > self.shared.live.max_connections() as u64 {
             return Err(ConnectRefusal::ServerBusy);
         }
         let (kick_tx, kicked) = oneshot::channel();
@@ -166,7 +165,7 @@ impl Broker {
         client_id: &ClientId,
         connect: &Connect,
     ) -> Result<Arc<SessionSlot>, ConnectRefusal> {
-        let max = self.shared.config.limits.max_sessions;
+        let max = self.shared.live.max_sessions();
         let mut sessions = self.shared.sessions.lock();
         if let Some(slot) = sessions.get(client_id) {
             return Ok(slot.clone());

@@ -177,7 +177,7 @@ impl Broker {
         filter: &str,
         record: SubscriptionRecord,
     ) -> Option<Result<Option<SubscriptionRecord>, ReasonCode>> {
-        let max = self.shared.config.limits.max_subscriptions_per_client;
+        let max = self.shared.live.max_subscriptions_per_client();
         self.with_slot(slot, |st| {
             if st.owner != Some(conn) {
                 return None;

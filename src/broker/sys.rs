@@ -139,6 +139,11 @@ impl Broker {
         sources.push(stats);
     }
 
+    /// Applies the broker-wide `[limits]` a reload may change (see `live_limits`).
+    pub fn apply_limits(&self, limits: &crate::config::LimitsConfig) {
+        self.shared.live.apply(limits);
+    }
+
     /// A source's counters.
     pub fn source_stats(&self, name: &str) -> Option<Arc<metrics::SinkStats>> {
         let sources = self.shared.sources.read();
@@ -182,7 +187,7 @@ impl Broker {
     pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
         metrics::MetricsSnapshot {
             uptime_secs: self.uptime().as_secs(),
-            connections_maximum: self.shared.config.limits.max_connections as u64,
+            connections_maximum: self.shared.live.max_connections() as u64,
             sessions: self.session_count() as u64,
             subscriptions: self.subscription_count() as u64,
             retained: self.retained_count() as u64,

@@ -682,7 +682,8 @@ batch_time_ms = 0
 
 /// Run-time changes through the API: password-file users, the ACL as text (checked before it
 /// is swapped in), a sink disabled, enabled and restarted, and `POST /configs/reload` applying
-/// a new rule while reporting what needs a restart, and refusing a bad file untouched.
+/// a new rule and a broker-wide limit while reporting the limit that needs a restart, and
+/// refusing a bad file untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_acl_sinks_and_reload_change_a_running_broker() {
     let d = dir("api-reload");
@@ -792,15 +793,20 @@ async fn users_acl_sinks_and_reload_change_a_running_broker() {
     assert_eq!(v["metrics"]["success"], 2, "{v}");
 
     // Reload: a new rule applied, a limit reported as needing a restart.
-    let rule = "[[rules]]\nid = \"late\"\nsql = 'SELECT * FROM \"x/#\"'\nactions = [{ kind = \"console\" }]\n[limits]\nmax_connections = 77\n";
+    let rule = "[[rules]]\nid = \"late\"\nsql = 'SELECT * FROM \"x/#\"'\nactions = [{ kind = \"console\" }]\n[limits]\nmax_connections = 77\nmax_topic_levels = 9\n";
     std::fs::write(&file, reload_file(&d, http, rule)).unwrap();
     let (s, v) = api.post("/api/v5/configs/reload", json!(null)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(
-        v["applied"].as_array().unwrap().contains(&json!("rules")),
+    let applied = v["applied"].as_array().unwrap();
+    assert!(applied.contains(&json!("rules")), "{v}");
+    assert!(applied.contains(&json!("limits.max_connections")), "{v}");
+    assert_eq!(
+        v["restart_required"],
+        json!(["limits.max_topic_levels"]),
         "{v}"
     );
-    assert_eq!(v["restart_required"], json!(["limits"]), "{v}");
+    let (_, v) = api.get("/api/v5/nodes").await;
+    assert_eq!(v[0]["max_connections"], 77, "applied at once: {v}");
     let (s, _) = api.get("/api/v5/rules/late").await;
     assert_eq!(s, StatusCode::OK);
     // A file that does not parse changes nothing and says why.
