@@ -327,6 +327,13 @@ async fn clients_are_listed_subscribed_and_kicked() {
         .await;
     assert_eq!(s, StatusCode::OK);
 
+    // A 5.0 client kicked gets DISCONNECT 0x98 (Administrative action).
+    let mut gamma = crate::interop_rumqttc::v5::connect(port, "gamma", true, 0, None).await;
+    let (s, _) = api.delete("/api/v5/clients/gamma").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let reason = tokio::time::timeout(Duration::from_secs(5), gamma.disconnects.recv()).await;
+    assert_eq!(reason.ok().flatten(), Some(0x98));
+
     // Kicked: the connection is closed and the session gone.
     let (s, _) = api.delete("/api/v5/clients/alpha").await;
     assert_eq!(s, StatusCode::NO_CONTENT);

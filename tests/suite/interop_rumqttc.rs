@@ -84,7 +84,7 @@ pub(crate) mod v311 {
     }
 }
 
-mod v5 {
+pub(crate) mod v5 {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS;
