@@ -109,80 +109,75 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// EMQX's families: name, help, value.
+type Family = (&'static str, &'static str, fn(&MetricsSnapshot) -> u64);
+
+const EMQX_FAMILIES: [Family; 16] = [
+    (
+        "emqx_connections_count",
+        "Sessions (connected or not).",
+        |m| m.sessions,
+    ),
+    ("emqx_live_connections_count", "Connected clients.", |m| {
+        m.connections_current
+    }),
+    ("emqx_connections_max", "The connection limit.", |m| {
+        m.connections_maximum
+    }),
+    ("emqx_sessions_count", "Sessions.", |m| m.sessions),
+    ("emqx_subscriptions_count", "Subscriptions.", |m| {
+        m.subscriptions
+    }),
+    ("emqx_retained_count", "Retained messages.", |m| m.retained),
+    (
+        "emqx_messages_received",
+        "PUBLISH packets received from clients.",
+        |m| m.messages_received,
+    ),
+    (
+        "emqx_messages_sent",
+        "PUBLISH packets sent to clients.",
+        |m| m.messages_sent,
+    ),
+    (
+        "emqx_messages_dropped",
+        "Deliveries dropped (queue full, too large, expired).",
+        |m| m.dropped_qos0 + m.dropped_queue_full + m.dropped_too_large + m.expired,
+    ),
+    (
+        "emqx_messages_dropped_expired",
+        "Deliveries whose message expired.",
+        |m| m.expired,
+    ),
+    ("emqx_bytes_received", "Bytes received from clients.", |m| {
+        m.bytes_received
+    }),
+    ("emqx_bytes_sent", "Bytes sent to clients.", |m| {
+        m.bytes_sent
+    }),
+    ("emqx_client_connected", "Connections accepted.", |m| {
+        m.connections_total
+    }),
+    (
+        "emqx_authentication_success",
+        "CONNECTs the authenticator accepted.",
+        |m| m.auth_success,
+    ),
+    (
+        "emqx_authentication_failure",
+        "CONNECTs the authenticator refused.",
+        |m| m.auth_failure,
+    ),
+    (
+        "emqx_authorization_deny",
+        "PUBLISH and SUBSCRIBE the authorizer refused.",
+        |m| m.not_authorized,
+    ),
+];
+
 fn emqx_families(out: &mut Text, m: &MetricsSnapshot) {
-    let dropped = m.dropped_qos0 + m.dropped_queue_full + m.dropped_too_large + m.expired;
-    let families: [(&str, &str, u64); 16] = [
-        (
-            "emqx_connections_count",
-            "Sessions (connected or not).",
-            m.sessions,
-        ),
-        (
-            "emqx_live_connections_count",
-            "Connected clients.",
-            m.connections_current,
-        ),
-        (
-            "emqx_connections_max",
-            "The connection limit.",
-            m.connections_maximum,
-        ),
-        ("emqx_sessions_count", "Sessions.", m.sessions),
-        (
-            "emqx_subscriptions_count",
-            "Subscriptions.",
-            m.subscriptions,
-        ),
-        ("emqx_retained_count", "Retained messages.", m.retained),
-        (
-            "emqx_messages_received",
-            "PUBLISH packets received from clients.",
-            m.messages_received,
-        ),
-        (
-            "emqx_messages_sent",
-            "PUBLISH packets sent to clients.",
-            m.messages_sent,
-        ),
-        (
-            "emqx_messages_dropped",
-            "Deliveries dropped (queue full, too large, expired).",
-            dropped,
-        ),
-        (
-            "emqx_messages_dropped_expired",
-            "Deliveries whose message expired.",
-            m.expired,
-        ),
-        (
-            "emqx_bytes_received",
-            "Bytes received from clients.",
-            m.bytes_received,
-        ),
-        ("emqx_bytes_sent", "Bytes sent to clients.", m.bytes_sent),
-        (
-            "emqx_client_connected",
-            "Connections accepted.",
-            m.connections_total,
-        ),
-        (
-            "emqx_authentication_success",
-            "CONNECTs the authenticator accepted.",
-            m.auth_success,
-        ),
-        (
-            "emqx_authentication_failure",
-            "CONNECTs the authenticator refused.",
-            m.auth_failure,
-        ),
-        (
-            "emqx_authorization_deny",
-            "PUBLISH and SUBSCRIBE the authorizer refused.",
-            m.not_authorized,
-        ),
-    ];
-    for (name, help, value) in families {
-        out.emqx(name, help, value);
+    for (name, help, value) in EMQX_FAMILIES {
+        out.emqx(name, help, value(m));
     }
 }
 
@@ -268,40 +263,10 @@ fn durability_families(out: &mut Text, ctx: &Ctx) {
     let Some(p) = ctx.broker.persistence() else {
         return;
     };
-    let wal = p.wal().stats();
-    out.histogram(
-        "keelmq_wal_fsync_seconds",
-        "Latency of the write-ahead log's fdatasync calls.",
-        &wal.sync_latency,
-        &SYNC_MICROS_BOUNDS,
-        1e6,
-    );
-    out.histogram(
-        "keelmq_wal_records_per_fsync",
-        "Records each fdatasync of the write-ahead log made durable (group commit).",
-        &wal.records_per_sync,
-        &RECORDS_PER_SYNC_BOUNDS,
-        1.0,
-    );
-    let counters: [(&str, &str, u64); 3] = [
-        (
-            "keelmq_wal_records_total",
-            "Records written to the write-ahead log.",
-            wal.records,
-        ),
-        (
-            "keelmq_wal_bytes_total",
-            "Bytes written to the write-ahead log.",
-            wal.bytes,
-        ),
-        (
-            "keelmq_wal_fsyncs_total",
-            "fdatasync calls of the write-ahead log.",
-            wal.fsyncs,
-        ),
-    ];
+    wal_families(out, p.wal());
     let c = p.checkpoint_stats();
-    let more: [(&str, &str, u64); 2] = [
+    let recovery = ctx.recovery.as_ref();
+    let counters: [(&str, &str, u64); 2] = [
         (
             "keelmq_checkpoints_total",
             "Checkpoints written to the store.",
@@ -313,7 +278,7 @@ fn durability_families(out: &mut Text, ctx: &Ctx) {
             c.failed,
         ),
     ];
-    for (name, help, value) in counters.into_iter().chain(more) {
+    for (name, help, value) in counters {
         out.family(name, Some("counter"), help);
         out.sample(name, &[], value);
     }
@@ -331,28 +296,52 @@ fn durability_families(out: &mut Text, ctx: &Ctx) {
         (
             "keelmq_recovery_seconds",
             "How long recovery took at this start.",
-            ctx.recovery
-                .as_ref()
-                .map_or(0.0, |(r, restore)| (r.elapsed + *restore).as_secs_f64()),
+            recovery.map_or(0.0, |(r, restore)| (r.elapsed + *restore).as_secs_f64()),
         ),
     ];
     for (name, help, value) in gauges {
         out.family(name, Some("gauge"), help);
         out.sample(name, &[], value);
     }
-    let name = "keelmq_wal_bytes_not_durable";
-    out.family(
-        name,
-        Some("gauge"),
-        "Bytes appended to the write-ahead log and not yet fdatasynced (acknowledgements waiting).",
+}
+
+/// The write-ahead log's histograms, counters and what waits for an fdatasync.
+fn wal_families(out: &mut Text, wal: &keelmq_wal::Wal) {
+    let stats = wal.stats();
+    out.histogram(
+        "keelmq_wal_fsync_seconds",
+        "Latency of the write-ahead log's fdatasync calls.",
+        &stats.sync_latency,
+        &SYNC_MICROS_BOUNDS,
+        1e6,
     );
-    out.sample(name, &[], p.wal().bytes_not_durable());
-    let name = "keelmq_wal_records_not_durable";
-    out.family(
-        name,
-        Some("gauge"),
-        "Records appended to the write-ahead log and not yet fdatasynced.",
+    out.histogram(
+        "keelmq_wal_records_per_fsync",
+        "Records each fdatasync of the write-ahead log made durable (group commit).",
+        &stats.records_per_sync,
+        &RECORDS_PER_SYNC_BOUNDS,
+        1.0,
     );
-    let pending = p.wal().assigned_seq().saturating_sub(p.wal().durable_seq());
-    out.sample(name, &[], pending);
+    let pending = wal.assigned_seq().saturating_sub(wal.durable_seq());
+    let families: [(&str, &str, &str, u64); 5] = [
+        ("keelmq_wal_records_total", "counter", "Records written to the write-ahead log.", stats.records),
+        ("keelmq_wal_bytes_total", "counter", "Bytes written to the write-ahead log.", stats.bytes),
+        ("keelmq_wal_fsyncs_total", "counter", "fdatasync calls of the write-ahead log.", stats.fsyncs),
+        (
+            "keelmq_wal_bytes_not_durable",
+            "gauge",
+            "Bytes appended to the write-ahead log and not yet fdatasynced (acknowledgements waiting).",
+            wal.bytes_not_durable(),
+        ),
+        (
+            "keelmq_wal_records_not_durable",
+            "gauge",
+            "Records appended to the write-ahead log and not yet fdatasynced.",
+            pending,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, Some(kind), help);
+        out.sample(name, &[], value);
+    }
 }
