@@ -77,8 +77,11 @@ class Broker:
                     "log_dest none\n"
                 )
             cmd = [self.args.mosquitto, "-c", conf]
-        self.log = open(os.path.join(self.dir, "broker.log"), "w")
-        env = dict(os.environ, RUST_LOG="warn")
+        self.log_path = os.path.join(self.dir, "broker.log")
+        self.log = open(self.log_path, "w")
+        # KeelMQ logs each checkpoint (debug, keelmq::persistence): their times go in the
+        # latency timeline.
+        env = dict(os.environ, RUST_LOG="warn,keelmq::persistence=debug")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
         wait_port(self.port, self.proc)
         return self
@@ -86,6 +89,20 @@ class Broker:
     @property
     def pid(self):
         return self.proc.pid
+
+    def checkpoints(self):
+        """Wall-clock times (epoch seconds) of the checkpoints the broker logged."""
+        times = []
+        try:
+            with open(self.log_path) as f:
+                for line in f:
+                    if "checkpoint written" in line:
+                        stamp = line.split()[0].rstrip("Z")
+                        t = datetime.datetime.fromisoformat(stamp[:26])
+                        times.append(t.replace(tzinfo=datetime.timezone.utc).timestamp())
+        except (OSError, ValueError):
+            pass
+        return times
 
     def __exit__(self, *exc):
         if self.proc.poll() is None:
@@ -99,8 +116,10 @@ class Broker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def bench(args, mode, port, extra, background=False):
-    cmd = [args.keelmq, "bench", mode, "-p", str(port), "--quiet", "--threads", str(args.threads)]
+def bench(args, mode, port, extra, background=False, live=False):
+    cmd = [args.keelmq, "bench", mode, "-p", str(port), "--threads", str(args.threads)]
+    if not live:
+        cmd.append("--quiet")
     cmd += [str(x) for x in extra]
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -134,8 +153,10 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
                     "-d", args.duration + 60, "--prefix", f"sub-{name}"]
         if qos > 0:
             sub_args.append("--persistent")
-        sub = bench(args, "sub", port, sub_args, background=True)
+        # Paced runs keep the subscriber's live line: a latency timeline, second by second.
+        sub = bench(args, "sub", port, sub_args, background=True, live=bool(rate))
         ready = wait_ready(sub)
+        started = time.time()
         cpu0 = cpu_seconds(b.pid)
         pub_args = ["-c", pubs, "-t", "bench/%i", "-q", qos, "-s", 64, "-d", args.duration,
                     "-F", 32, "--prefix", f"pub-{name}"]
@@ -146,6 +167,8 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         s = summary_of(out, err, ["bench", "sub"])
         cpu = cpu_seconds(b.pid) - cpu0
         hwm = status_kb(b.pid, "VmHWM")
+        checkpoints = [round(t - started, 1) for t in b.checkpoints() if t >= started]
+    timeline = [l.strip() for l in err.splitlines() if " sub conns " in l and "latency" in l]
     expected = (p["acked"] if qos > 0 else p["sent"]) * subs
     row = {
         "broker": kind, "scenario": name, "ready": ready,
@@ -155,6 +178,7 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         "lost": max(0, expected - s["unique"]),
         "delivered_per_s": s["unique"] / s["elapsed_s"] if s["unique"] else 0.0,
         "p50_us": s["latency"]["p50_us"], "p99_us": s["latency"]["p99_us"],
+        "max_us": s["latency"]["max_us"], "checkpoints_s": checkpoints, "timeline": timeline,
         "ack_p99_us": p["ack_latency"]["p99_us"],
         "cpu_us_per_msg": 1e6 * cpu / s["unique"] if s["unique"] else 0.0,
         "peak_rss_mb": hwm / 1024.0,
@@ -163,6 +187,10 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
     log(f"{kind:9} {name:22} delivered {row['delivered']:>9} of {expected:>9} "
         f"({row['delivered_pct']:.1f}%) {row['delivered_per_s']:>9.0f}/s p99 {row['p99_us']} µs "
         f"cpu {row['cpu_us_per_msg']:.2f} µs/msg rss {row['peak_rss_mb']:.0f} MB")
+    if rate and args.timeline:
+        log(f"{kind} {name} checkpoints at s {checkpoints}")
+        for line in timeline:
+            log(f"  {line}")
     return row
 
 
@@ -217,8 +245,11 @@ def table(rows, idle):
                    f"{k['delivered']:,} / {k['expected']:,} ({k['delivered_pct']:.1f}%) | |")
         if m["duplicated"] or k["duplicated"]:
             out.append(f"| | duplicated | {m['duplicated']:,} | {k['duplicated']:,} | |")
-        out.append(f"| | latency p50 / p99 (µs) | {m['p50_us']:,} / {m['p99_us']:,} | "
-                   f"{k['p50_us']:,} / {k['p99_us']:,} | {ratio(k['p99_us'], m['p99_us'])} (p99) |")
+        out.append(f"| | latency p50 / p99 / max (µs) | {m['p50_us']:,} / {m['p99_us']:,} / {m['max_us']:,} | "
+                   f"{k['p50_us']:,} / {k['p99_us']:,} / {k['max_us']:,} | {ratio(k['p99_us'], m['p99_us'])} (p99) |")
+        if k["checkpoints_s"]:
+            out.append(f"| | KeelMQ checkpoints (s into the run) | | "
+                       f"{', '.join(str(c) for c in k['checkpoints_s'])} | |")
         out.append(f"| | broker CPU µs per delivered msg | {m['cpu_us_per_msg']:.2f} | "
                    f"{k['cpu_us_per_msg']:.2f} | {ratio(k['cpu_us_per_msg'], m['cpu_us_per_msg'])} |")
         out.append(f"| | broker peak RSS (MB) | {m['peak_rss_mb']:.0f} | {k['peak_rss_mb']:.0f} | "
@@ -245,6 +276,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="load generator worker threads")
     ap.add_argument("--port", type=int, default=21883)
     ap.add_argument("--json", help="write every raw result here")
+    ap.add_argument("--timeline", action="store_true",
+                    help="log the paced runs' per-second latency and the checkpoint times")
     args = ap.parse_args()
     args.work = tempfile.mkdtemp(prefix="keelmq-compare-")
     only = set(filter(None, args.only.split(",")))

@@ -46,6 +46,13 @@ pub fn render(ctx: &Ctx) -> String {
     bridge_families(&mut out, "sink", &m.sinks);
     bridge_families(&mut out, "source", &m.sources);
     listener_families(&mut out, &m);
+    out.histogram(
+        "keelmq_ack_delay_seconds",
+        "Time from a QoS 1/2 PUBLISH's arrival to its PUBACK or PUBREC going out.",
+        &m.ack_delay,
+        &keelmq_wal::histogram::ACK_MICROS_BOUNDS,
+        1e6,
+    );
     durability_families(&mut out, ctx);
     out.0
 }

@@ -232,6 +232,10 @@ async fn durability(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
             "total_ms": c.total_micros as f64 / 1000.0,
         },
         "queued_bytes": ctx.broker.metrics_snapshot().queued_bytes,
+        "ack_delay_us": histogram(
+            &ctx.broker.metrics_snapshot().ack_delay,
+            &keelmq_wal::histogram::ACK_MICROS_BOUNDS,
+        ),
         "recovery": recovery,
     })))
 }

@@ -288,6 +288,20 @@ pub struct Metrics {
     pub auth_failure: AtomicU64,
     /// Acknowledgements whose `ack = "delivered"` sinks did not confirm (refused or late).
     pub not_confirmed: AtomicU64,
+    /// Microseconds from a QoS 1/2 PUBLISH's arrival to its PUBACK or PUBREC going out.
+    pub ack_delay: AckDelay,
+}
+
+/// The acknowledgement-delay histogram (microseconds; see [`Metrics::ack_delay`]).
+#[derive(Debug)]
+pub struct AckDelay(pub keelmq_wal::histogram::Histogram);
+
+impl Default for AckDelay {
+    fn default() -> Self {
+        AckDelay(keelmq_wal::histogram::Histogram::new(
+            &keelmq_wal::histogram::ACK_MICROS_BOUNDS,
+        ))
+    }
 }
 
 impl Metrics {
@@ -330,6 +344,11 @@ pub struct MetricsSnapshot {
     pub not_confirmed: u64,
     pub auth_success: u64,
     pub auth_failure: u64,
+    /// Microseconds from a QoS 1/2 PUBLISH's arrival to its acknowledgement
+    /// (`keelmq_wal::histogram::ACK_MICROS_BOUNDS`).
+    pub ack_delay: keelmq_wal::histogram::HistogramSnapshot,
+    /// Microseconds of each WAL fdatasync (`keelmq_wal::histogram::SYNC_MICROS_BOUNDS`).
+    pub wal_fsync: keelmq_wal::histogram::HistogramSnapshot,
     /// Per listener, in configuration order.
     pub listeners: Vec<ListenerSnapshot>,
     /// Per rule of the rule engine, in the order they were added.
@@ -366,6 +385,7 @@ impl Metrics {
             not_confirmed: get(&self.not_confirmed),
             auth_success: get(&self.auth_success),
             auth_failure: get(&self.auth_failure),
+            ack_delay: self.ack_delay.0.snapshot(),
             ..MetricsSnapshot::default()
         }
     }

@@ -207,6 +207,10 @@ impl Broker {
                 .map(|r| r.snapshot())
                 .collect(),
             sinks: self.sink_snapshots(),
+            wal_fsync: self
+                .persistence()
+                .map(|p| p.wal().stats().sync_latency)
+                .unwrap_or_default(),
             sources: self
                 .shared
                 .sources

@@ -102,6 +102,10 @@ pub struct Image {
     /// The largest message id seen, so that new ids never collide after a restart.
     max_id: u64,
     dirty: HashSet<Key>,
+    /// Bodies added since the last checkpoint, which may have no delivery referring to them:
+    /// the only candidates for [`Self::take_changes`]' orphan sweep (a body whose last delivery
+    /// goes is removed there and then), so a checkpoint never walks every body.
+    new_bodies: Vec<u64>,
     /// Records that referred to state the image does not have (a delivery for an unknown
     /// message). They mean a bug or damaged data; they are counted and reported.
     pub inconsistencies: u64,
@@ -311,6 +315,7 @@ impl Image {
                 refs: 0,
             });
             self.dirty.insert(Key::Message(id));
+            self.new_bodies.push(id);
         }
     }
 
@@ -528,16 +533,12 @@ impl Image {
     /// checkpoint. On a failed checkpoint, give the changes back with [`Self::restore_dirty`].
     pub fn take_changes(&mut self) -> Vec<Change> {
         // Bodies no delivery refers to (every target session ended) are dropped here, so they
-        // never reach the store.
-        let orphans: Vec<u64> = self
-            .bodies
-            .iter()
-            .filter(|(_, b)| b.refs == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphans {
-            self.bodies.remove(&id);
-            self.dirty.insert(Key::Message(id));
+        // never reach the store. Only bodies added since the last checkpoint can be such.
+        for id in std::mem::take(&mut self.new_bodies) {
+            if self.bodies.get(&id).is_some_and(|b| b.refs == 0) {
+                self.bodies.remove(&id);
+                self.dirty.insert(Key::Message(id));
+            }
         }
         let dirty: Vec<Key> = self.dirty.drain().collect();
         let mut changes: Vec<Change> = dirty

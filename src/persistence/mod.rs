@@ -523,6 +523,11 @@ impl Persistence {
             let mut image = self.image.lock();
             (image.take_changes(), self.wal.last_seq())
         };
+        // Appends wait for the image while it is locked: the part of a checkpoint the
+        // message path feels.
+        let locked = started.elapsed();
+        let mut store_time = Duration::ZERO;
+        let mut truncate_time = Duration::ZERO;
         self.bytes_at_checkpoint
             .store(self.wal.stats().bytes, Ordering::Relaxed);
         let result = (|| {
@@ -533,7 +538,9 @@ impl Persistence {
             if durable < seq {
                 return Err(self.failed_with(Error::CheckpointAhead { durable, seq }));
             }
+            let writing = Instant::now();
             self.store.write_checkpoint(changes.clone(), seq)?;
+            store_time = writing.elapsed();
             let persisted = self.store.persisted_applied_seq()?;
             if persisted != seq {
                 return Err(Error::CheckpointMismatch {
@@ -541,15 +548,27 @@ impl Persistence {
                     written: seq,
                 });
             }
+            let truncating = Instant::now();
             self.wal.truncate_through(seq)?;
+            truncate_time = truncating.elapsed();
             Ok(seq)
         })();
         match &result {
             Ok(seq) => {
+                let releasing = Instant::now();
                 self.image.lock().checkpointed(&changes);
+                let released = releasing.elapsed();
                 self.checkpointed_seq.store(*seq, Ordering::Relaxed);
                 self.count_checkpoint(started.elapsed(), changes.len());
-                tracing::debug!(seq, changes = changes.len(), "checkpoint written");
+                tracing::debug!(
+                    seq,
+                    changes = changes.len(),
+                    take_us = locked.as_micros() as u64,
+                    store_us = store_time.as_micros() as u64,
+                    truncate_us = truncate_time.as_micros() as u64,
+                    release_us = released.as_micros() as u64,
+                    "checkpoint written"
+                );
             }
             Err(e) => {
                 self.checkpoint_stats.failed.fetch_add(1, Ordering::Relaxed);

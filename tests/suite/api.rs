@@ -454,6 +454,9 @@ async fn publish_retained_rules_and_statistics() {
         .put("/api/v5/rules/zz", json!({"sql": "SELECT 1 FROM \"u\""}))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = api.get("/api/v5/rules/r1/metrics").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["metrics"]["matched"].is_u64(), "{v}");
     let (s, _) = api.delete("/api/v5/rules/r1").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = api.get("/api/v5/rules/r1").await;
@@ -462,6 +465,25 @@ async fn publish_retained_rules_and_statistics() {
     // Node, statistics, metrics, listeners, durability.
     let (_, v) = api.get("/api/v5/nodes").await;
     assert_eq!(v[0]["node_status"], "running");
+    let node = v[0]["node"].as_str().unwrap().to_string();
+    let (s, v) = api.get(&format!("/api/v5/nodes/{node}")).await;
+    assert_eq!(
+        (s, v["node"].as_str()),
+        (StatusCode::OK, Some(node.as_str()))
+    );
+    let (s, _) = api.get("/api/v5/nodes/other@host").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = api.get("/api/v5/monitor?latest=3600").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!v.as_array().unwrap().is_empty(), "a sample at start: {v}");
+    let (s, _) = api.get("/api/v5/monitor?latest=soon").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, v) = api.get("/api/v5/monitor_current").await;
+    assert!(v["received_msg_rate"].is_number(), "{v}");
+    let (_, v) = api.get("/api/v5/sources").await;
+    assert_eq!(v, json!([]));
+    let (s, _) = api.get("/api/v5/sinks/none").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, v) = api.get("/api/v5/stats?aggregate=true").await;
     assert!(v["retained.count"].as_u64() >= Some(1), "{v}");
     let (_, v) = api.get("/api/v5/metrics").await;

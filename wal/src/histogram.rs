@@ -9,6 +9,11 @@ pub const SYNC_MICROS_BOUNDS: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
+/// Upper bounds (inclusive) of latency buckets for acknowledgement delays, in microseconds.
+pub const ACK_MICROS_BOUNDS: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
 /// Upper bounds (inclusive) of the records-per-fdatasync buckets.
 pub const RECORDS_PER_SYNC_BOUNDS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 
@@ -43,16 +48,17 @@ impl HistogramSnapshot {
     }
 }
 
-/// The live histogram.
+/// The live histogram: updated with relaxed atomics, read as a [`HistogramSnapshot`].
 #[derive(Debug)]
-pub(crate) struct Histogram {
+pub struct Histogram {
     bounds: &'static [u64; BUCKETS - 1],
     counts: [AtomicU64; BUCKETS],
     sum: AtomicU64,
 }
 
 impl Histogram {
-    pub(crate) fn new(bounds: &'static [u64; BUCKETS - 1]) -> Histogram {
+    /// A histogram with `bounds` (inclusive upper bounds, ascending).
+    pub fn new(bounds: &'static [u64; BUCKETS - 1]) -> Histogram {
         Histogram {
             bounds,
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -60,13 +66,15 @@ impl Histogram {
         }
     }
 
-    pub(crate) fn observe(&self, value: u64) {
+    /// Counts one observation.
+    pub fn observe(&self, value: u64) {
         let i = self.bounds.partition_point(|&b| b < value);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+    /// The counts now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
             sum: self.sum.load(Ordering::Relaxed),

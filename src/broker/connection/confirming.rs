@@ -22,6 +22,8 @@ use crate::protocol::acks::MAX_PENDING_ACKS;
 pub(super) struct Ack {
     pub(super) packet: Packet,
     pub(super) confirm: Option<Confirm>,
+    /// When the PUBLISH it acknowledges arrived (for the acknowledgement-delay histogram).
+    pub(super) received: Option<Instant>,
 }
 
 impl From<Packet> for Ack {
@@ -29,6 +31,7 @@ impl From<Packet> for Ack {
         Ack {
             packet,
             confirm: None,
+            received: None,
         }
     }
 }
@@ -45,6 +48,7 @@ pub(super) struct Confirming {
 struct Waiting {
     packet: Packet,
     confirm: Option<Confirm>,
+    received: Option<Instant>,
     /// A QoS 2 message the sinks did not confirm: the release of its packet id, which must
     /// be durable before PUBREC 0x80 ends the exchange.
     release: Option<PendingDurable>,
@@ -87,7 +91,7 @@ impl Connection {
     pub(super) fn emit_ack(&mut self, wbuf: &mut BytesMut, ack: Ack) {
         let unordered = matches!(ack.packet, Packet::PubRel(_) | Packet::PubComp(_));
         if ack.confirm.is_none() && (self.confirming.is_none() || unordered) {
-            self.send(wbuf, &ack.packet);
+            self.send_ack(wbuf, &ack.packet, ack.received);
             return;
         }
         let confirming = self.confirming.get_or_insert_with(Box::default);
@@ -95,6 +99,7 @@ impl Connection {
         confirming.queue.push_back(Waiting {
             packet: ack.packet,
             confirm: ack.confirm,
+            received: ack.received,
             release: None,
         });
     }
@@ -154,8 +159,17 @@ impl Connection {
             if confirming.queue.is_empty() {
                 self.confirming = None;
             }
-            self.send(wbuf, &next.packet);
+            self.send_ack(wbuf, &next.packet, next.received);
         }
+    }
+
+    /// Sends an acknowledgement, counting its delay since its PUBLISH arrived.
+    fn send_ack(&mut self, wbuf: &mut BytesMut, packet: &Packet, received: Option<Instant>) {
+        if let Some(at) = received {
+            let delay = at.elapsed().as_micros() as u64;
+            self.broker.shared.metrics.ack_delay.0.observe(delay);
+        }
+        self.send(wbuf, packet);
     }
 
     /// Gives the front entry reason 0x80 (v5). A PUBREC's packet id is released first (logged):

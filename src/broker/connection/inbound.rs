@@ -86,7 +86,16 @@ impl Connection {
         confirm: Option<crate::broker::confirm::Confirm>,
     ) {
         if let Some(packet) = publish::inbound_ack(self.version, packet_id, qos, reason) {
-            self.send_in_order(wbuf, Ack { packet, confirm }, true);
+            let received = Some(self.last_received);
+            self.send_in_order(
+                wbuf,
+                Ack {
+                    packet,
+                    confirm,
+                    received,
+                },
+                true,
+            );
         }
     }
 
@@ -101,7 +110,16 @@ impl Connection {
             _ => None,
         };
         let packet = Packet::PubRec(ack);
-        self.send_in_order(wbuf, Ack { packet, confirm }, false);
+        let received = Some(self.last_received);
+        self.send_in_order(
+            wbuf,
+            Ack {
+                packet,
+                confirm,
+                received,
+            },
+            false,
+        );
     }
 
     /// Sends an acknowledgement that waits for nothing: now, or behind those still pending.
@@ -316,9 +334,12 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        let confirm = logged.confirm;
-        let ack = publish::inbound_ack(self.version, packet_id, qos, reason)
-            .map(|packet| Ack { packet, confirm });
+        let (confirm, received) = (logged.confirm, Some(self.last_received));
+        let ack = publish::inbound_ack(self.version, packet_id, qos, reason).map(|packet| Ack {
+            packet,
+            confirm,
+            received,
+        });
         // A QoS 0 message needs no order with the acknowledged ones: it never enters the FIFO.
         if self.pending_acks.may_bypass(logged.durable.is_ready(), qos) {
             self.broker.reveal(logged.reserved);
