@@ -91,8 +91,9 @@ class Broker:
         return self.proc.pid
 
     def checkpoints(self):
-        """Wall-clock times (epoch seconds) of the checkpoints the broker logged."""
-        times = []
+        """Wall-clock times (epoch seconds) of the checkpoints the broker logged, and the
+        lines (with how long the image was locked, the store write, the truncation)."""
+        times, lines = [], []
         try:
             with open(self.log_path) as f:
                 for line in f:
@@ -100,9 +101,10 @@ class Broker:
                         stamp = line.split()[0].rstrip("Z")
                         t = datetime.datetime.fromisoformat(stamp[:26])
                         times.append(t.replace(tzinfo=datetime.timezone.utc).timestamp())
+                        lines.append(line.split("checkpoint written", 1)[1].strip())
         except (OSError, ValueError):
             pass
-        return times
+        return times, lines
 
     def __exit__(self, *exc):
         if self.proc.poll() is None:
@@ -167,7 +169,8 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         s = summary_of(out, err, ["bench", "sub"])
         cpu = cpu_seconds(b.pid) - cpu0
         hwm = status_kb(b.pid, "VmHWM")
-        checkpoints = [round(t - started, 1) for t in b.checkpoints() if t >= started]
+        times, checkpoint_lines = b.checkpoints()
+        checkpoints = [round(t - started, 1) for t in times if t >= started]
     timeline = [l.strip() for l in err.splitlines() if " sub conns " in l and "latency" in l]
     expected = (p["acked"] if qos > 0 else p["sent"]) * subs
     row = {
@@ -189,6 +192,8 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         f"cpu {row['cpu_us_per_msg']:.2f} µs/msg rss {row['peak_rss_mb']:.0f} MB")
     if rate and args.timeline:
         log(f"{kind} {name} checkpoints at s {checkpoints}")
+        for line in checkpoint_lines:
+            log(f"  checkpoint {line}")
         for line in timeline:
             log(f"  {line}")
     return row

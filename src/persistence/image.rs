@@ -102,6 +102,12 @@ pub struct Image {
     /// The largest message id seen, so that new ids never collide after a restart.
     max_id: u64,
     dirty: HashSet<Key>,
+    /// Dirty keys of bodies and queue entries created since the last checkpoint that the
+    /// store does not hold: one removed again before the next checkpoint (a message delivered
+    /// and acknowledged meanwhile, the usual case with an online subscriber) leaves nothing to
+    /// write — not a write of it, nor a delete — so a checkpoint, and the image lock it holds
+    /// while it takes the changes, is as small as what is really waiting.
+    unstored: HashSet<Key>,
     /// Bodies added since the last checkpoint, which may have no delivery referring to them:
     /// the only candidates for [`Self::take_changes`]' orphan sweep (a body whose last delivery
     /// goes is removed there and then), so a checkpoint never walks every body.
@@ -188,8 +194,27 @@ impl Image {
             body.refs = body.refs.saturating_sub(1);
             if body.refs == 0 {
                 self.bodies.remove(&message_id);
-                self.dirty.insert(Key::Message(message_id));
+                self.removed(Key::Message(message_id));
             }
+        }
+    }
+
+    /// `key` (a body or a queue entry) now exists in the image and did not: a write is due,
+    /// and the store does not hold the key unless a delete of an older value is pending.
+    fn created(&mut self, key: Key) {
+        if !self.dirty.contains(&key) {
+            self.unstored.insert(key.clone());
+        }
+        self.dirty.insert(key);
+    }
+
+    /// `key` (a body or a queue entry) left the image: nothing to write if the store never
+    /// had it, else its delete is due.
+    fn removed(&mut self, key: Key) {
+        if self.unstored.remove(&key) {
+            self.dirty.remove(&key);
+        } else {
+            self.dirty.insert(key);
         }
     }
 
@@ -208,7 +233,7 @@ impl Image {
         let gone = d.message_id;
         s.deliveries.remove(&packet_id);
         self.forget_outputs(&client, gone);
-        self.dirty.insert(Key::Delivery(client, packet_id));
+        self.removed(Key::Delivery(client, packet_id));
         self.unref(gone);
     }
 
@@ -235,7 +260,7 @@ impl Image {
                 .insert(Key::Subscription(client.to_string(), filter.clone()));
         }
         for (pid, d) in &s.deliveries {
-            self.dirty.insert(Key::Delivery(client.to_string(), *pid));
+            self.removed(Key::Delivery(client.to_string(), *pid));
             self.unref(d.message_id);
         }
         for pid in s.inbound.iter().chain(&s.refused) {
@@ -314,7 +339,7 @@ impl Image {
                 message: Some(Box::new(m)),
                 refs: 0,
             });
-            self.dirty.insert(Key::Message(id));
+            self.created(Key::Message(id));
             self.new_bodies.push(id);
         }
     }
@@ -338,8 +363,11 @@ impl Image {
         let replaced = s.deliveries.insert(packet_id, d).map(|old| old.message_id);
         if let Some(old) = replaced {
             self.forget_outputs(&client, old);
+            // Replaced in place: stored or not, as the entry it replaces.
+            self.dirty.insert(Key::Delivery(client, packet_id));
+        } else {
+            self.created(Key::Delivery(client, packet_id));
         }
-        self.dirty.insert(Key::Delivery(client, packet_id));
         if let Some(old) = replaced {
             self.unref(old);
         }
@@ -537,9 +565,12 @@ impl Image {
         for id in std::mem::take(&mut self.new_bodies) {
             if self.bodies.get(&id).is_some_and(|b| b.refs == 0) {
                 self.bodies.remove(&id);
-                self.dirty.insert(Key::Message(id));
+                self.removed(Key::Message(id));
             }
         }
+        // What is taken now is in the store once this checkpoint is written (if it fails, the
+        // keys are dirty again and a later removal writes a delete: harmless).
+        self.unstored.clear();
         let dirty: Vec<Key> = self.dirty.drain().collect();
         let mut changes: Vec<Change> = dirty
             .into_iter()
@@ -1147,6 +1178,70 @@ mod tests {
         loaded.apply(dequeue(70_000, 2));
         store.write_checkpoint(loaded.take_changes(), 6).unwrap();
         assert_eq!(ids(&Image::load(&store).unwrap()), [9]);
+    }
+
+    /// A message queued and dequeued between two checkpoints costs the next one nothing (no
+    /// write, no delete of what the store never had); one the store has is deleted; a queue
+    /// entry whose stored predecessor left and whose packet id came back is written over it.
+    /// The store ends as a reload of every step would see it.
+    #[test]
+    fn entries_created_and_removed_between_checkpoints_are_not_written() {
+        let store = MemStore::new();
+        let mut image = Image::default();
+        for r in [session("sub", None), body(1), enqueue(1, 1)] {
+            image.apply(r);
+        }
+        store.write_checkpoint(image.take_changes(), 3).unwrap();
+        for r in [body(2), enqueue(2, 2), dequeue(2, 2)] {
+            image.apply(r);
+        }
+        let keys = |changes: &[Change]| -> Vec<(Table, bool)> {
+            let mut k: Vec<_> = changes
+                .iter()
+                .map(|c| (c.table, c.value.is_some()))
+                .collect();
+            k.sort_by_key(|(t, v)| (format!("{t:?}"), *v));
+            k
+        };
+        let transient = image.take_changes();
+        assert_eq!(
+            keys(&transient),
+            [(Table::Meta, true)],
+            "only the id high-water mark"
+        );
+        store.write_checkpoint(transient, 6).unwrap();
+        // The stored entry leaves and its packet id is taken by a new message: one write of
+        // the entry over the stored one, one write of the new body, one delete of the old.
+        for r in [dequeue(1, 1), body(3), enqueue(1, 3)] {
+            image.apply(r);
+        }
+        let changes = image.take_changes();
+        assert_eq!(
+            keys(&changes),
+            [
+                (Table::Messages, false),
+                (Table::Messages, true),
+                (Table::Meta, true),
+                (Table::Queues, true)
+            ]
+        );
+        store.write_checkpoint(changes, 9).unwrap();
+        let loaded = Image::load(&store).unwrap();
+        let d = &loaded.sessions["sub"].deliveries;
+        assert_eq!((d.len(), d[&1].message_id), (1, 3));
+        assert!(store
+            .get_many(Table::Messages, &[1u64.to_be_bytes().to_vec()])
+            .unwrap()[0]
+            .is_none());
+        // A stored entry removed and not replaced is deleted.
+        image.apply(dequeue(1, 3));
+        let gone = image.take_changes();
+        assert!(gone
+            .iter()
+            .any(|c| c.table == Table::Queues && c.value.is_none()));
+        assert!(gone
+            .iter()
+            .any(|c| c.table == Table::Messages && c.value.is_none()));
     }
 
     /// An inbound id answered PUBREC 0x80 is kept as refused (not awaiting PUBREL) across a
