@@ -81,7 +81,7 @@ class Broker:
         self.log = open(self.log_path, "w")
         # KeelMQ logs each checkpoint (debug, keelmq::persistence): their times go in the
         # latency timeline.
-        env = dict(os.environ, RUST_LOG="warn,keelmq::persistence=debug")
+        env = dict(os.environ, RUST_LOG="warn,keelmq::persistence=debug,keelmq_wal=debug")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
         wait_port(self.port, self.proc)
         return self
@@ -97,11 +97,15 @@ class Broker:
         try:
             with open(self.log_path) as f:
                 for line in f:
-                    if "checkpoint written" in line:
+                    for what in ("checkpoint written", "WAL segment rotated"):
+                        if what not in line:
+                            continue
                         stamp = line.split()[0].rstrip("Z")
                         t = datetime.datetime.fromisoformat(stamp[:26])
-                        times.append(t.replace(tzinfo=datetime.timezone.utc).timestamp())
-                        lines.append(line.split("checkpoint written", 1)[1].strip())
+                        t = t.replace(tzinfo=datetime.timezone.utc).timestamp()
+                        if what == "checkpoint written":
+                            times.append(t)
+                        lines.append((t, f"{what}: {line.split(what, 1)[1].strip()}"))
         except (OSError, ValueError):
             pass
         return times, lines
@@ -169,8 +173,9 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         s = summary_of(out, err, ["bench", "sub"])
         cpu = cpu_seconds(b.pid) - cpu0
         hwm = status_kb(b.pid, "VmHWM")
-        times, checkpoint_lines = b.checkpoints()
+        times, events = b.checkpoints()
         checkpoints = [round(t - started, 1) for t in times if t >= started]
+        checkpoint_lines = [f"at {t - started:.1f} s {what}" for t, what in events if t >= started]
     timeline = [l.strip() for l in err.splitlines() if " sub conns " in l and "latency" in l]
     expected = (p["acked"] if qos > 0 else p["sent"]) * subs
     row = {

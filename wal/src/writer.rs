@@ -542,7 +542,14 @@ impl Writer {
         let used = self.active.len + self.buf.len() as u64;
         let holds_records = used > SEGMENT_HEADER_LEN as u64;
         if holds_records && used + frame_len > self.options().segment_size_bytes {
-            if let Err(failure) = self.commit(true).and_then(|()| self.rotate(seq)) {
+            let rotating = Instant::now();
+            let rotated = self.commit(true).and_then(|()| self.rotate(seq));
+            tracing::debug!(
+                micros = rotating.elapsed().as_micros() as u64,
+                segment = self.active.info.segment_seq,
+                "WAL segment rotated"
+            );
+            if let Err(failure) = rotated {
                 self.pending.push((seq, completer));
                 return Err(failure);
             }
