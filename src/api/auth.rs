@@ -171,26 +171,11 @@ impl ApiAuth {
     }
 }
 
-/// Lines `key:secret`; `#` comments and blank lines skipped.
+/// The API key file (`keelmq_auth::api_keys`), its errors naming the field and the line.
 fn read_keys(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("api.api_key_file {}", path.display()))?;
-    let mut keys = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.split_once(':') {
-            Some((k, s)) if !k.is_empty() && !s.is_empty() => keys.push((k.into(), s.into())),
-            _ => anyhow::bail!(
-                "api.api_key_file {} line {}: expected `key:secret`",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    Ok(keys)
+    let what = || format!("api.api_key_file {}", path.display());
+    let text = std::fs::read_to_string(path).with_context(what)?;
+    keelmq_auth::api_keys::parse(&text).with_context(what)
 }
 
 fn read_admin(path: &Path) -> anyhow::Result<Hash> {
