@@ -112,8 +112,9 @@ impl Server {
         source: Option<(PathBuf, crate::reload::Overrides)>,
     ) -> anyhow::Result<Server> {
         config.validate()?;
-        // Before any recovery work: a bad password file stops the start at once.
+        // Before any recovery work: a bad password file or API address stops the start at once.
         let (auth, acl) = load_auth(&config).await?;
+        let api_listener = crate::api::bind(&config.api).await?;
         let (broker, persistence, recovery) = open_broker(config, &auth, &acl).await?;
         let bound = transport::bind_all(broker.config(), &broker).await?;
         broker.spawn_background();
@@ -139,14 +140,17 @@ impl Server {
             source,
             (auth, acl),
         ));
-        let api = crate::api::Api::start(crate::api::ApiParts {
+        let parts = crate::api::ApiParts {
             broker: broker.clone(),
             rules: rules.clone(),
             reloader: reloader.clone(),
             listeners: listeners.clone(),
             recovery: Some(recovery),
-        })
-        .await?;
+        };
+        let api = match api_listener {
+            Some(listener) => Some(crate::api::Api::start(parts, listener).await?),
+            None => None,
+        };
         if let Some(api) = &api {
             reloader.set_api_auth(api.auth());
         }

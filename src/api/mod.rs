@@ -80,23 +80,29 @@ pub struct Api {
     ctx: Ctx,
 }
 
-impl Api {
-    /// Binds `[api] bind` and serves. `Ok(None)` if the API is disabled, or if the default
-    /// address (no `bind` configured) is taken — logged, the broker runs without it.
-    pub async fn start(parts: ApiParts) -> anyhow::Result<Option<Api>> {
-        let api = &parts.broker.config().api;
-        if !api.enabled {
-            return Ok(None);
+/// Binds `[api] bind` (before the broker starts, so that an address that cannot be bound
+/// stops the start at once). `Ok(None)` if the API is disabled, or if the default address (no
+/// `bind` configured) is taken — logged, the broker runs without it.
+pub async fn bind(
+    api: &crate::config::ApiConfig,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if !api.enabled {
+        return Ok(None);
+    }
+    let (addr, configured) = api.bind_addr();
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !configured => {
+            tracing::warn!(%addr, error = %e, "HTTP API not started: its default address is taken (set [api] bind)");
+            Ok(None)
         }
-        let (addr, configured) = api.bind_addr();
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) if !configured => {
-                tracing::warn!(%addr, error = %e, "HTTP API not started: its default address is taken (set [api] bind)");
-                return Ok(None);
-            }
-            Err(e) => anyhow::bail!("config field `api.bind`: cannot listen on {addr}: {e}"),
-        };
+        Err(e) => anyhow::bail!("config field `api.bind`: cannot listen on {addr}: {e}"),
+    }
+}
+
+impl Api {
+    /// Serves the API on `listener` (from [`bind`]).
+    pub async fn start(parts: ApiParts, listener: tokio::net::TcpListener) -> anyhow::Result<Api> {
         let addr = listener.local_addr()?;
         let config = parts.broker.config().clone();
         let auth = Arc::new(tokio::task::spawn_blocking(move || ApiAuth::load(&config)).await??);
@@ -127,7 +133,7 @@ impl Api {
             }
         });
         tracing::info!(api_addr = %addr, "HTTP API and dashboard listening");
-        Ok(Some(Api { addr, task, ctx }))
+        Ok(Api { addr, task, ctx })
     }
 
     /// The API's credentials (re-read by reloads).
