@@ -20,8 +20,9 @@ pub struct ApiConfig {
     /// warning when that port is taken (a second broker on one machine); an address given
     /// here must be bound or the start fails.
     pub bind: Option<SocketAddr>,
-    /// Lines `key:secret` (secrets plain or as hashes `keelmq passwd` writes): HTTP Basic
-    /// credentials for scripts. Empty: only the dashboard's admin login opens the API.
+    /// Lines `key:secret`, the secret as written (compared in constant time; the file should
+    /// be readable by the broker's user only): HTTP Basic credentials for scripts. Left out:
+    /// only the dashboard's admin login opens the API.
     pub api_key_file: Option<PathBuf>,
     /// The dashboard's admin password (user `admin`), as a password-file line. Empty:
     /// `<data_dir>/dashboard_admin`. Created on first start with a random password that is
