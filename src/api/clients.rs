@@ -154,10 +154,7 @@ async fn list(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let paging = Paging::parse(
-        q.get("page").map(|s| s.as_str()),
-        q.get("limit").map(|s| s.as_str()),
-    )?;
+    let paging = Paging::of(&q)?;
     let filter = Filter::parse(&q)?;
     let clients: Vec<Value> = ctx
         .broker
@@ -330,10 +327,7 @@ async fn messages(
     inflight: bool,
     q: HashMap<String, String>,
 ) -> ApiResult<Json<Value>> {
-    let paging = Paging::parse(
-        q.get("page").map(|s| s.as_str()),
-        q.get("limit").map(|s| s.as_str()),
-    )?;
+    let paging = Paging::of(&q)?;
     let list = ctx
         .broker
         .client_messages(&id, inflight)
@@ -375,10 +369,7 @@ async fn all_subscriptions(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let paging = Paging::parse(
-        q.get("page").map(|s| s.as_str()),
-        q.get("limit").map(|s| s.as_str()),
-    )?;
+    let paging = Paging::of(&q)?;
     let qos = match q.get("qos") {
         None => None,
         Some(v) => Some(
@@ -422,10 +413,7 @@ async fn topics(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let paging = Paging::parse(
-        q.get("page").map(|s| s.as_str()),
-        q.get("limit").map(|s| s.as_str()),
-    )?;
+    let paging = Paging::of(&q)?;
     let mut routes: Vec<String> = ctx
         .broker
         .all_subscriptions()

@@ -239,6 +239,27 @@ async fn delete_user(
     }
 }
 
+/// `true` or `false` from a path.
+fn enable_flag(text: &str) -> ApiResult<bool> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::bad_request("enable must be true or false")),
+    }
+}
+
+/// The answer to a sink's or source's change: 204, 404 for an unknown one, 400 with why.
+fn changed(
+    result: Result<bool, String>,
+    unknown: impl FnOnce() -> ApiError,
+) -> ApiResult<StatusCode> {
+    match result {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(unknown()),
+        Err(e) => Err(ApiError::bad_request(e)),
+    }
+}
+
 fn no_sink(name: &str) -> ApiError {
     ApiError::not_found("NOT_FOUND", format!("no sink {name:?}"))
 }
@@ -253,16 +274,10 @@ async fn enable_sink(
     State(ctx): State<Ctx>,
     Path((name, enable)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let enable = match enable.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => return Err(ApiError::bad_request("enable must be true or false")),
-    };
-    match ctx.reloader.change_sink(&name, Some(enable)).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(no_sink(&name)),
-        Err(e) => Err(ApiError::bad_request(e)),
-    }
+    let enable = enable_flag(&enable)?;
+    changed(ctx.reloader.change_sink(&name, Some(enable)).await, || {
+        no_sink(&name)
+    })
 }
 
 /// `POST /sinks/:name/restart`: its target reopened, its feeds restarted (queues kept).
@@ -271,11 +286,9 @@ async fn enable_sink(
     responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
 )]
 async fn restart_sink(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    match ctx.reloader.change_sink(&name, None).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(no_sink(&name)),
-        Err(e) => Err(ApiError::bad_request(e)),
-    }
+    changed(ctx.reloader.change_sink(&name, None).await, || {
+        no_sink(&name)
+    })
 }
 
 fn no_source(name: &str) -> ApiError {
@@ -292,16 +305,11 @@ async fn enable_source(
     State(ctx): State<Ctx>,
     Path((name, enable)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let enable = match enable.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => return Err(ApiError::bad_request("enable must be true or false")),
-    };
-    match ctx.reloader.change_source(&name, Some(enable)).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(no_source(&name)),
-        Err(e) => Err(ApiError::bad_request(e)),
-    }
+    let enable = enable_flag(&enable)?;
+    changed(
+        ctx.reloader.change_source(&name, Some(enable)).await,
+        || no_source(&name),
+    )
 }
 
 /// `POST /sources/:name/restart`: stopped after the message in hand and started again.
@@ -310,9 +318,7 @@ async fn enable_source(
     responses((status = 204, description = "Done"), (status = 400, description = "Bad input: {code, message}"), (status = 404, description = "Not found: {code, message}"), (status = 401, description = "No or wrong credentials"))
 )]
 async fn restart_source(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    match ctx.reloader.change_source(&name, None).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(no_source(&name)),
-        Err(e) => Err(ApiError::bad_request(e)),
-    }
+    changed(ctx.reloader.change_source(&name, None).await, || {
+        no_source(&name)
+    })
 }

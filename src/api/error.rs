@@ -133,6 +133,12 @@ impl Paging {
         Ok(Paging { page, limit })
     }
 
+    /// From a request's query parameters.
+    pub fn of(query: &std::collections::HashMap<String, String>) -> ApiResult<Paging> {
+        let get = |name: &str| query.get(name).map(String::as_str);
+        Self::parse(get("page"), get("limit"))
+    }
+
     /// One page of `items` and its `meta` (EMQX's `{page, limit, count, hasnext}`).
     pub fn page<T: serde::Serialize>(&self, items: Vec<T>) -> serde_json::Value {
         let count = items.len();

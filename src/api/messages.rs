@@ -186,10 +186,7 @@ async fn retained_list(
     State(ctx): State<Ctx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let paging = Paging::parse(
-        q.get("page").map(|s| s.as_str()),
-        q.get("limit").map(|s| s.as_str()),
-    )?;
+    let paging = Paging::of(&q)?;
     if let Some(f) = q.get("topic") {
         crate::codec::topic::validate_topic_filter(f)
             .map_err(|e| ApiError::bad_request(format!("`topic` {f:?}: {e}")))?;

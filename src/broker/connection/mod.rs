@@ -108,6 +108,16 @@ enum Close {
     Shutdown,
 }
 
+impl Close {
+    /// How a connection told to close by the broker closes (a dropped sender: taken over).
+    fn of_kick(kick: Option<crate::broker::Kick>) -> Close {
+        match kick {
+            Some(crate::broker::Kick::Administrative) => Close::Kicked,
+            _ => Close::TakenOver,
+        }
+    }
+}
+
 impl From<super::NotDurable> for Close {
     /// What was to be acknowledged could not be made durable: close without acknowledging
     /// (the client re-sends on its next connection). After a fatal failure the broker stops.
@@ -350,10 +360,7 @@ impl Connection {
                 .min();
             let step = tokio::select! {
                 biased;
-                kick = &mut self.kicked => Err(match kick {
-                    Ok(crate::broker::Kick::Administrative) => Close::Kicked,
-                    _ => Close::TakenOver,
-                }),
+                kick = &mut self.kicked => Err(Close::of_kick(kick.ok())),
                 _ = shutdown.changed() => Err(Close::Shutdown),
                 // Before reading more: completed acknowledgements go out first, so a client
                 // that keeps the socket busy cannot starve them.
