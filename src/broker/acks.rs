@@ -97,6 +97,7 @@ impl Broker {
             if st.owner != Some(conn) {
                 return None;
             }
+            let window_bound = st.session.window_bound();
             let outcome = st.session.on_pubrec(packet_id, refused);
             let client = &slot.client_id;
             let mut records = Vec::new();
@@ -109,14 +110,18 @@ impl Broker {
                 }
                 _ => {}
             };
-            Some((outcome, records))
+            Some((outcome, records, window_bound))
         });
-        let Some((outcome, records)) = result else {
+        let Some((outcome, records, window_bound)) = result else {
             return Ok(None);
         };
         match outcome {
             PubRecOutcome::Release => {
                 let pending = self.log_pending(records)?;
+                if window_bound {
+                    // The subscriber waits for this PUBREL to free room in its window.
+                    self.expedite();
+                }
                 Ok(Some((outcome, Some(pending))))
             }
             _ => {

@@ -94,6 +94,14 @@ impl Broker {
         }
     }
 
+    /// Ends the WAL writer's commit window now: a client is held up by what was just logged
+    /// (see `keelmq_wal::WalOptions::commit_window`).
+    pub(crate) fn expedite(&self) {
+        if let Some(p) = &self.shared.persistence {
+            p.wal().expedite();
+        }
+    }
+
     pub(super) fn fatal(&self, e: &persistence::Error) {
         if !self.shared.failed.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, "persistence failed; stopping the broker");

@@ -74,6 +74,8 @@ pub struct PersistenceOptions {
     pub segment_bytes: u64,
     /// Niceness for the WAL writer thread (`WalOptions::writer_nice`).
     pub wal_writer_nice: Option<i32>,
+    /// The WAL's group-commit window (`WalOptions::commit_window`; zero: none).
+    pub commit_window: Duration,
     pub checkpoint_interval: Duration,
     pub checkpoint_wal_bytes: u64,
     pub store: StoreOptions,
@@ -234,6 +236,7 @@ impl Persistence {
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_record_bytes: MAX_COMMIT_BYTES,
             writer_nice: options.wal_writer_nice,
+            commit_window: options.commit_window,
             // An empty log (a new directory, or one moved aside) goes on above what the store
             // applied: records reusing lower numbers would be skipped by the next recovery.
             first_seq: persisted_seq + 1,

@@ -411,6 +411,12 @@ impl Session {
         self.inflight.len()
     }
 
+    /// Deliveries wait for room in the in-flight window: the client's throughput is bound by
+    /// how fast in-flight deliveries complete.
+    pub fn window_bound(&self) -> bool {
+        self.inflight.len() >= usize::from(self.window) && self.queued_len() > 0
+    }
+
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
     }

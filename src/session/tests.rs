@@ -174,7 +174,9 @@ fn window_limits_inflight_and_qos0_bypasses_it() {
         panic!()
     };
     assert_ne!(pa, pb);
+    assert!(s.window_bound(), "full window with a delivery waiting");
     assert_eq!(s.on_puback(pa).unwrap().qos, QoS::AtLeastOnce);
+    assert!(!s.window_bound(), "room in the window");
     assert_eq!(
         s.on_puback(pa),
         Err(UnknownPacketId(pa)),

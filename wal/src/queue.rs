@@ -48,6 +48,9 @@ struct State {
     closed: bool,
     poisoned: Option<Error>,
     writer_idle: bool,
+    /// While the writer holds a small batch: the number of queued appends at which it wants
+    /// to be woken early.
+    hold_until_appends: Option<usize>,
     blocked_appenders: usize,
 }
 
@@ -58,6 +61,8 @@ pub(crate) struct Queue {
     /// Mirrors `state.next_seq - 1` (the last sequence number assigned), for monitoring
     /// without the lock.
     assigned: AtomicU64,
+    /// Set by [`Queue::expedite`]: the writer ends (or does not start) its commit window.
+    expedited: AtomicBool,
     /// Mirrors `state.queued_bytes`, for monitoring without the lock.
     bytes: AtomicU64,
     /// The writer waits here for work.
@@ -86,9 +91,11 @@ impl Queue {
                 closed: false,
                 poisoned: None,
                 writer_idle: false,
+                hold_until_appends: None,
                 blocked_appenders: 0,
             }),
             has_items: AtomicBool::new(false),
+            expedited: AtomicBool::new(false),
             assigned: AtomicU64::new(next_seq.saturating_sub(1)),
             bytes: AtomicU64::new(0),
             work: Condvar::new(),
@@ -114,6 +121,11 @@ impl Queue {
     }
 
     fn wake_writer(&self, state: &mut State) {
+        if state.hold_until_appends.is_some_and(|n| state.appends >= n) {
+            state.hold_until_appends = None;
+            self.work.notify_one();
+            return;
+        }
         if state.writer_idle {
             state.writer_idle = false;
             self.work.notify_one();
@@ -295,15 +307,68 @@ impl Queue {
                         state.writer_idle = false;
                         return Take::Timeout;
                     }
-                    state = self
-                        .work
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    state = self.wait_work(state, deadline - now);
                 }
             }
             state.writer_idle = false;
         }
+    }
+
+    /// Writer side: sleeps on the work condition variable for at most `timeout`.
+    fn wait_work<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.work
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    /// Asks the writer to end its commit window now.
+    pub(crate) fn expedite(&self) {
+        if self.expedited.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut state = self.lock();
+        if state.hold_until_appends.take().is_some() {
+            self.work.notify_one();
+        }
+    }
+
+    /// Writer side: whether an expedite was asked for since the last call.
+    pub(crate) fn take_expedited(&self) -> bool {
+        self.expedited.swap(false, Ordering::AcqRel)
+    }
+
+    /// Writer side, holding a batch for its commit window: waits until `until`, until `room`
+    /// appends are queued or until [`Self::expedite`], without being woken by each append,
+    /// then takes what is queued (or times out).
+    pub(crate) fn take_held(
+        &self,
+        out: &mut VecDeque<Item>,
+        max_records: usize,
+        max_bytes: usize,
+        until: Instant,
+        room: usize,
+    ) -> Take {
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            let expedited = self.expedited.load(Ordering::Acquire);
+            if now >= until || state.appends >= room || state.closed || expedited {
+                break;
+            }
+            state.hold_until_appends = Some(room);
+            state = self.wait_work(state, until - now);
+        }
+        state.hold_until_appends = None;
+        drop(state);
+        // Expedited or full: take what is there without waiting (the expedite stays set, so
+        // the writer does not hold what it takes).
+        let until = until.min(Instant::now());
+        self.take(out, max_records, max_bytes, Some(until), false)
     }
 
     /// Writer side, after a rolled-back batch: removes every queued append (their sequence

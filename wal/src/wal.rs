@@ -169,6 +169,13 @@ impl Wal {
         self.append_inner(record_type, payload.into(), true, true)
     }
 
+    /// Ends the writer's current commit window at once (see [`WalOptions::commit_window`]):
+    /// someone is waiting on the records already appended, and waiting longer would only
+    /// slow them. Cheap when the writer is not holding a batch.
+    pub fn expedite(&self) {
+        self.shared.queue.expedite();
+    }
+
     /// [`Wal::append_lazy`] that fails with [`Error::Full`] instead of blocking.
     pub fn try_append_lazy(
         &self,

@@ -56,6 +56,11 @@ pub const LAZY_SYNC_DELAY: Duration = Duration::from_millis(10);
 /// latency than completing inline.
 const INLINE_COMPLETION_MAX: usize = 4;
 
+/// A commit window starts only after an fdatasync that covered at least this many records
+/// asking for one: a lone appender that waits for each record before appending the next never
+/// fills more than one, and holding its batch would only delay it.
+const HOLD_MIN_SYNC_RECORDS: usize = 2;
+
 /// A batch of durable records to complete, in sequence order.
 pub(crate) type CompletionBatch = Vec<(u64, Completer)>;
 
@@ -182,6 +187,13 @@ pub(crate) struct Writer {
     spent: Vec<Vec<u8>>,
     /// Records in the last batch written.
     last_batch_len: usize,
+    /// While a batch is held for its commit window (see [`WalOptions::commit_window`]): when
+    /// it must be written.
+    hold_deadline: Option<Instant>,
+    /// Records that asked for an fdatasync in the batch being gathered, and in the last one
+    /// written: at least [`HOLD_MIN_SYNC_RECORDS`] there means others are appending.
+    batch_sync_records: usize,
+    prev_sync_records: usize,
     /// Hand-off to the completion thread, and the number of batches it has not finished.
     completions: SyncSender<Handoff>,
     completions_in_flight: Arc<AtomicUsize>,
@@ -284,6 +296,9 @@ impl Writer {
             pending: Vec::new(),
             spent: Vec::new(),
             last_batch_len: 0,
+            hold_deadline: None,
+            batch_sync_records: 0,
+            prev_sync_records: 0,
             completions,
             completions_in_flight,
         })
@@ -333,29 +348,38 @@ impl Writer {
         loop {
             let max_records = self.options().max_batch_records;
             let max_bytes = self.options().max_batch_bytes;
-            let deadline = match (self.sync_deadline, self.lazy_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [self.sync_deadline, self.lazy_deadline, self.hold_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             // Poll before sleeping only while batches are small: then the next append follows
             // the last completion closely and a sleep would add a wake-up to every cycle.
             // Under load the queue is rarely empty, and polling at the writer's raised
             // priority would take the CPU from the threads producing the appends.
             let poll = self.last_batch_len <= INLINE_COMPLETION_MAX;
-            match self
-                .shared
-                .queue
-                .take(&mut items, max_records, max_bytes, deadline, poll)
-            {
+            let queue = &self.shared.queue;
+            let took = match self.hold_deadline {
+                // Holding a batch: appends do not wake the writer, the window's end does.
+                Some(until) => {
+                    let room = max_records.saturating_sub(self.pending.len()).max(1);
+                    queue.take_held(&mut items, max_records, max_bytes, until, room)
+                }
+                None => queue.take(&mut items, max_records, max_bytes, deadline, poll),
+            };
+            match took {
                 Take::Items => {
                     if let Err(err) = self.process(&mut items) {
                         self.poison(err, &mut items);
                         return;
                     }
                 }
-                Take::Timeout if self.lazy_deadline.is_some() => {
-                    // Lazy records waited long enough: write and sync them on their own.
+                Take::Timeout if self.lazy_deadline.is_some() || self.hold_deadline.is_some() => {
+                    // Lazy records waited long enough, or a commit window ended: write and
+                    // sync what is buffered.
                     self.lazy_deadline = None;
+                    self.hold_deadline = None;
+                    // An expedite that ended this window is spent.
+                    self.shared.queue.take_expedited();
                     if let Err(failure) = self.commit(false) {
                         if let Err(err) = self.handle_failure(failure) {
                             self.poison(err, &mut items);
@@ -401,8 +425,13 @@ impl Writer {
         // Whether this batch has anything but lazy appends (control items commit themselves).
         let mut needs_sync = false;
         while let Some(item) = items.pop_front() {
-            needs_sync |= !matches!(item, Item::Append { lazy: true, .. });
+            let sync = !matches!(item, Item::Append { lazy: true, .. });
+            needs_sync |= sync;
+            self.batch_sync_records += usize::from(sync);
             self.process_item(item, &mut no_space)?;
+        }
+        if needs_sync && self.holds() {
+            return Ok(());
         }
         let hold_lazy = !needs_sync
             && self.options().sync_policy == SyncPolicy::Always
@@ -417,10 +446,34 @@ impl Writer {
             return Ok(());
         }
         self.lazy_deadline = None;
+        self.hold_deadline = None;
         if let Err(failure) = self.commit(false) {
             self.handle_failure(failure)?;
         }
         Ok(())
+    }
+
+    /// Whether the batch gathered so far waits for more records (its commit window, see
+    /// [`WalOptions::commit_window`]), starting the window if the last fdatasync showed others
+    /// appending.
+    fn holds(&mut self) -> bool {
+        let window = self.options().commit_window;
+        if window.is_zero() || self.options().sync_policy != SyncPolicy::Always {
+            return false;
+        }
+        let full = self.pending.len() >= self.options().max_batch_records
+            || self.buf.len() >= self.options().max_batch_bytes;
+        if full || self.shared.queue.take_expedited() {
+            return false;
+        }
+        match self.hold_deadline {
+            Some(until) => Instant::now() < until,
+            None if self.prev_sync_records >= HOLD_MIN_SYNC_RECORDS => {
+                self.hold_deadline = Some(Instant::now() + window);
+                true
+            }
+            None => false,
+        }
     }
 
     fn process_item(&mut self, item: Item, no_space: &mut Option<Error>) -> Result<(), Error> {
@@ -645,6 +698,8 @@ impl Writer {
     /// completion thread.
     fn deliver(&mut self) {
         self.last_batch_len = self.pending.len();
+        self.prev_sync_records = std::mem::take(&mut self.batch_sync_records);
+        self.hold_deadline = None;
         let in_flight = self.completions_in_flight.load(Ordering::Acquire);
         if self.pending.len() <= INLINE_COMPLETION_MAX && in_flight == 0 {
             for (seq, completer) in self.pending.drain(..) {

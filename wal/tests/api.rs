@@ -611,3 +611,81 @@ fn a_spare_removed_by_hand_is_replaced_by_a_new_segment() {
     assert_eq!(records.last().map(|r| r.seq), Some(next - 1));
     wal.close().unwrap();
 }
+
+/// A log whose commit window (one second) is far longer than anything else a test waits for,
+/// so whether a record was held shows in how long its durability took.
+fn windowed(fs: Arc<dyn Fs>, dir: &Path) -> Wal {
+    let options = WalOptions {
+        commit_window: Duration::from_secs(1),
+        ..WalOptions::default()
+    };
+    Wal::open_with_fs(fs, dir, options).unwrap().0
+}
+
+/// Appends records back to back without waiting, so that fdatasyncs cover several: the
+/// writer then sees others appending and holds the next batch for its window.
+fn busy_appends(wal: &Wal, count: u64) {
+    let appended: Vec<_> = (0..count)
+        .map(|i| wal.append(0, payload_for(i)).unwrap())
+        .collect();
+    for a in appended {
+        assert_eq!(a.durable.wait().unwrap(), a.seq);
+    }
+}
+
+/// How long one append takes to become durable.
+fn one_append(wal: &Wal, id: u64) -> Duration {
+    let started = std::time::Instant::now();
+    let a = wal.append(0, payload_for(id)).unwrap();
+    assert_eq!(a.durable.wait().unwrap(), a.seq);
+    started.elapsed()
+}
+
+#[test]
+fn a_commit_window_holds_a_batch_while_others_append_and_never_a_lone_appender() {
+    on_both("window-hold", |fs, dir| {
+        let wal = windowed(fs, &dir);
+        // A lone appender that waits for each record is never held.
+        for id in 0..20 {
+            assert!(one_append(&wal, id) < Duration::from_millis(500));
+        }
+        // Once a sync covered several records, the next batch waits for its window...
+        busy_appends(&wal, 200);
+        let held = one_append(&wal, 1000);
+        assert!(held >= Duration::from_millis(900), "held for {held:?}");
+        // ...and after a sync that covered one record, the next is not held again.
+        assert!(one_append(&wal, 1001) < Duration::from_millis(500));
+        let records = read_all(&wal, 1);
+        assert_eq!(records.len(), 222);
+        assert!(records.iter().all(|r| check_payload(&r.payload).is_some()));
+    });
+}
+
+#[test]
+fn expedite_ends_a_commit_window_at_once() {
+    on_both("window-expedite", |fs, dir| {
+        let wal = Arc::new(windowed(fs, &dir));
+        busy_appends(&wal, 200);
+        let expediter = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                wal.expedite();
+            })
+        };
+        let took = one_append(&wal, 1000);
+        expediter.join().unwrap();
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+        assert_eq!(wal.stats().records, 201);
+    });
+}
+
+#[test]
+fn a_commit_window_longer_than_allowed_is_refused() {
+    let options = WalOptions {
+        commit_window: keelmq_wal::MAX_COMMIT_WINDOW + Duration::from_millis(1),
+        ..WalOptions::default()
+    };
+    let err = Wal::open_with_fs(Arc::new(MemFs::new()), "/wal", options).unwrap_err();
+    assert!(err.to_string().contains("commit_window"), "{err}");
+}
