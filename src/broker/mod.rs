@@ -416,14 +416,19 @@ impl Broker {
         self.shared.shutdown.subscribe()
     }
 
-    /// Tells every connection and background task to stop.
     /// Waits until the retained index is loaded (the loader released the retain gate).
     pub async fn retained_loaded(&self) {
         let _ = self.shared.retain_gate.write().await;
     }
 
+    /// Tells every connection and background task to stop. Parked connections do not watch the
+    /// signal (see `connection::Connection::park`): every session's connection is woken to
+    /// see it.
     pub fn begin_shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+        for slot in self.shared.sessions.lock().values() {
+            slot.wake.notify_one();
+        }
     }
 
     /// A permit for a new socket to wait for its CONNECT, or `None` (close it, counted) when

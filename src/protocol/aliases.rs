@@ -5,6 +5,9 @@
 //! Outbound, the broker assigns aliases 1..=the client's Topic Alias Maximum to the first
 //! topics it sends, and then sends those topics as the alias alone. An assignment counts only
 //! once the PUBLISH that carries it was really sent ([`OutboundAliases::sent`]).
+//!
+//! Both maps are allocated when the first alias is set: every connection carries the two
+//! fields, few use them.
 
 use std::collections::HashMap;
 
@@ -16,7 +19,8 @@ use super::Refusal;
 #[derive(Debug, Default)]
 pub struct InboundAliases {
     maximum: u16,
-    topics: HashMap<u16, ByteStr>,
+    #[allow(clippy::box_collection)] // one pointer in every connection instead of a map
+    topics: Option<Box<HashMap<u16, ByteStr>>>,
 }
 
 impl InboundAliases {
@@ -24,7 +28,7 @@ impl InboundAliases {
     pub fn new(maximum: u16) -> InboundAliases {
         InboundAliases {
             maximum,
-            topics: HashMap::new(),
+            topics: None,
         }
     }
 
@@ -39,12 +43,13 @@ impl InboundAliases {
             return Err(Refusal::TopicAliasAboveMaximum);
         }
         if topic.is_empty() {
-            match self.topics.get(&alias) {
+            match self.topics.as_ref().and_then(|m| m.get(&alias)) {
                 Some(t) => *topic = t.clone(),
                 None => return Err(Refusal::UnknownTopicAlias),
             }
         } else {
-            self.topics.insert(alias, ByteStr::from_str_copy(topic));
+            let topics = self.topics.get_or_insert_with(Default::default);
+            topics.insert(alias, ByteStr::from_str_copy(topic));
         }
         Ok(())
     }
@@ -65,7 +70,8 @@ pub enum OutboundTopic {
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
     maximum: u16,
-    aliases: HashMap<ByteStr, u16>,
+    #[allow(clippy::box_collection)] // as `InboundAliases::topics`
+    aliases: Option<Box<HashMap<ByteStr, u16>>>,
 }
 
 impl OutboundAliases {
@@ -73,18 +79,23 @@ impl OutboundAliases {
     pub fn new(maximum: u16) -> OutboundAliases {
         OutboundAliases {
             maximum,
-            aliases: HashMap::new(),
+            aliases: None,
         }
     }
 
     /// How to send `topic`: by its alias, setting a new one while there are free ones, or
     /// in full.
     pub fn choose(&self, topic: &ByteStr) -> OutboundTopic {
-        if let Some(&alias) = self.aliases.get(topic) {
+        if self.maximum == 0 {
+            return OutboundTopic::Full;
+        }
+        let assigned = self.aliases.as_deref();
+        if let Some(&alias) = assigned.and_then(|m| m.get(topic)) {
             return OutboundTopic::Alias(alias);
         }
-        if self.aliases.len() < usize::from(self.maximum) {
-            return OutboundTopic::SetAlias(self.aliases.len() as u16 + 1);
+        let used = assigned.map_or(0, HashMap::len);
+        if used < usize::from(self.maximum) {
+            return OutboundTopic::SetAlias(used as u16 + 1);
         }
         OutboundTopic::Full
     }
@@ -92,7 +103,8 @@ impl OutboundAliases {
     /// The PUBLISH chosen with `choice` was sent: a new alias now stands for `topic`.
     pub fn sent(&mut self, topic: &ByteStr, choice: OutboundTopic) {
         if let OutboundTopic::SetAlias(alias) = choice {
-            self.aliases.insert(topic.clone(), alias);
+            let aliases = self.aliases.get_or_insert_with(Default::default);
+            aliases.insert(topic.clone(), alias);
         }
     }
 }

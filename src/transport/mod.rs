@@ -201,10 +201,7 @@ impl Listener {
             // connection's memory is this task).
             let local = stream.local_addr().unwrap_or(shared.local_addr);
             let info = ConnInfo::tcp(peer, local, shared.name.clone());
-            tokio::spawn(async move {
-                connection::serve(broker, stream, info, permit).await;
-                drop(guard);
-            });
+            tokio::spawn(connection::serve(broker, stream, info, permit, guard));
             return;
         }
         let shared = shared.clone();
@@ -276,7 +273,7 @@ async fn establish(
                 permit,
                 ..
             } = handshake;
-            connection::serve(broker, stream, info, permit).await
+            connection::serve(broker, stream, info, permit, ()).await
         }
         ListenerKind::Ws => Box::pin(handshake.websocket(stream)).await,
         ListenerKind::Tls | ListenerKind::Wss => Box::pin(handshake.tls(stream)).await,
@@ -309,7 +306,7 @@ impl Handshake {
         certificate_identity(stream.get_ref().1, &self.shared.spec, &mut self.info);
         match self.shared.spec.kind {
             ListenerKind::Wss => self.websocket(stream).await,
-            _ => connection::serve(self.broker, stream, self.info, self.permit).await,
+            _ => connection::serve(self.broker, stream, self.info, self.permit, ()).await,
         }
     }
 
@@ -324,7 +321,7 @@ impl Handshake {
         let upgraded = tokio::time::timeout_at(self.deadline, upgrade).await;
         if let Some(ws) = finish_upgrade(upgraded, spec, &mut self.info) {
             let stream = ws::WsStream::new(ws);
-            connection::serve(self.broker, stream, self.info, self.permit).await;
+            connection::serve(self.broker, stream, self.info, self.permit, ()).await;
         }
     }
 }

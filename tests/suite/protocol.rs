@@ -1079,3 +1079,36 @@ async fn retained_limit_counts_client_topics_only() {
     sub.expect_silence(Duration::from_millis(300)).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A connection idle for two seconds with nothing pending parks (gives its buffers back and
+/// waits in a small future): deliveries, pings, its keep-alive deadline and the broker's
+/// shutdown still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_still_gets_deliveries_pings_keep_alive_and_shutdown() {
+    let server = common::start(common::test_config()).await;
+    let addr = server.local_addr();
+    let park = Duration::from_millis(2600);
+    let (mut sub, _) = RawClient::connect(addr, V5, "parked-sub", true, |_| {}).await;
+    sub.subscribe(1, "park/#", opts(QoS::AtLeastOnce)).await;
+    // Keep-alive 2 s: the deadline (3 s) comes while the connection is parked.
+    let (mut lapsing, _) =
+        RawClient::connect(addr, V5, "parked-lapse", true, |c| c.keep_alive = 2).await;
+    tokio::time::sleep(park).await;
+    let (mut publisher, _) = RawClient::connect(addr, V5, "parked-pub", true, |_| {}).await;
+    publisher
+        .publish("park/a", b"woken", QoS::AtLeastOnce, 1, false)
+        .await;
+    let m = sub.next_publish().await;
+    assert_eq!(&m.payload[..], b"woken");
+    sub.send(&Packet::PubAck(PubAck::new(m.packet_id))).await;
+    lapsing
+        .expect_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT)
+        .await;
+    tokio::time::sleep(park).await;
+    sub.send(&Packet::PingReq).await;
+    assert_eq!(sub.next().await, Packet::PingResp);
+    tokio::time::sleep(park).await;
+    server.shutdown(Duration::from_secs(2)).await;
+    sub.expect_disconnect(ReasonCode::SERVER_SHUTTING_DOWN)
+        .await;
+}

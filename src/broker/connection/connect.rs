@@ -58,8 +58,8 @@ where
 pub(super) async fn accept<S>(
     broker: &Broker,
     io: &mut Io<S>,
-    connect: Connect,
-    info: Box<ConnInfo>,
+    connect: Box<Connect>,
+    info: &ConnInfo,
 ) -> Option<Connection>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -73,7 +73,7 @@ where
     if let Some(client_id) = &info.client_id_from_cert {
         connect.client_id = client_id.clone();
     }
-    let accepted = match admit_and_attach(broker, &connect, &info).await {
+    let accepted = match admit_and_attach(broker, &connect, info).await {
         Ok(a) => a,
         Err(refusal) => {
             Metrics::add(&broker.shared.metrics.connections_refused, 1);
@@ -96,7 +96,7 @@ where
         session_present,
         ..accepted.ack.clone()
     };
-    let mut conn = Connection::new(broker, &connect, &info, accepted);
+    let mut conn = Connection::new(broker, &connect, info, accepted);
     let window = match v.is_v5() {
         true => connect.properties.receive_maximum.unwrap_or(u16::MAX),
         false => broker.config().mqtt.max_inflight,
@@ -104,7 +104,7 @@ where
     broker.session_op(&conn.slot, conn.id, |s| s.set_window(window));
     broker.set_identity(&conn.slot, conn.id, conn.identity.clone());
     broker.emit(EventKinds::CONNECTED, || {
-        connected_event(&conn, &connect, &info)
+        connected_event(&conn, &connect, info)
     });
     broker.emit(EventKinds::CONNACK, || Event::ConnAck {
         client_id: Arc::from(&*conn.client_id),

@@ -17,10 +17,15 @@
 //!   beyond that the task stops taking deliveries from the session (they stay queued, counted
 //!   against the session's limits) and stops reading the client, so a client that does not
 //!   read cannot grow the broker's memory.
-//! - Both buffers are released after [`IDLE_BUFFER_RELEASE`] without traffic (an idle
-//!   connection keeps only its task and socket), and the larger futures of the task (CONNECT
-//!   handling, packet handling, closing) are boxed while they run, so they do not enlarge every
-//!   idle task.
+//!
+//! # What an idle connection holds
+//! After [`IDLE_BUFFER_RELEASE`] without traffic and with nothing pending, a connection
+//! *parks*: both buffers are released and the task leaves its active loop (a boxed future,
+//! freed) for a small one that waits for bytes from the client, a wake-up of its session, a
+//! close or its keep-alive deadline. Opening (reading and accepting the CONNECT), packet
+//! handling and closing are boxed while they run too, so none of them enlarges every idle
+//! task. An idle connection keeps its task (the connection state and the parked future), its
+//! socket and the session's slot; ARCHITECTURE.md lists the bytes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -69,10 +74,13 @@ const READ_BUFFER_INITIAL: usize = 4 * 1024;
 /// Read buffer for the CONNECT packet (grows if the CONNECT is larger).
 const READ_BUFFER_CONNECT: usize = 256;
 
-/// A connection that has neither read nor written anything for this long gives its (empty)
-/// buffers back, so that an idle connection costs no buffer memory; the first read after that
-/// is a small one and the buffer is grown again.
+/// A connection that has neither read nor written anything for this long, with nothing
+/// pending, parks: it gives its (empty) buffers back and waits in a small future, so that an
+/// idle connection costs no buffer memory and little task memory.
 const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(2);
+
+/// The most a parked connection reads before it becomes active (into a buffer on its stack).
+const PARKED_READ: usize = 32;
 
 /// How long a 3.x publisher held back by a full queue waits between retries when no room
 /// notification arrives.
@@ -135,26 +143,57 @@ impl Drop for ConnectionGuard<'_> {
     }
 }
 
-/// Serves one client until its connection ends.
+/// Serves one client until its connection ends; `guard` is dropped then.
 ///
 /// The task's future is allocated at its largest state for the connection's whole life, idle
-/// or not; so every step that only begins or ends a connection (reading the CONNECT, accepting
-/// it, finishing, closing) is boxed and holds its memory only while it runs.
-/// `permit` counts the connection among those that have not sent CONNECT yet
-/// (`limits.max_pending_connections`); it is given back once the CONNECT has arrived.
-pub async fn serve<S>(
+/// or not. So the returned future holds only the established connection and the step it is
+/// in: opening the connection (the stream, what the transport knew, reading and accepting
+/// the CONNECT) is a boxed future freed once the connection is established, and so are the
+/// steps that end it (finishing, closing). `permit` counts the connection among those that
+/// have not sent CONNECT yet (`limits.max_pending_connections`); it is given back once the
+/// CONNECT has arrived.
+pub fn serve<S, G>(
     broker: Broker,
     stream: S,
     info: ConnInfo,
     permit: tokio::sync::OwnedSemaphorePermit,
-) where
+    guard: G,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
+    let opening = Box::pin(open(broker.clone(), stream, info, permit));
+    async move {
+        let _guard = guard;
+        let metrics = &broker.shared.metrics;
+        metrics.connections_current.fetch_add(1, Ordering::Relaxed);
+        Metrics::add(&metrics.connections_total, 1);
+        let _count = ConnectionGuard(metrics);
+        let Some((mut io, mut conn)) = opening.await else {
+            return;
+        };
+        let close = conn.run(&mut io).await;
+        let drain = Box::pin(conn.finish(&mut io, close)).await;
+        drop(conn);
+        if drain {
+            Box::pin(io.drain_input()).await;
+        }
+    }
+}
+
+/// Reads and accepts the CONNECT: the connection established, or `None` once a refused or
+/// failed one is closed.
+async fn open<S>(
+    broker: Broker,
+    stream: S,
+    info: ConnInfo,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(Io<S>, Connection)>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let metrics = &broker.shared.metrics;
-    metrics.connections_current.fetch_add(1, Ordering::Relaxed);
-    Metrics::add(&metrics.connections_total, 1);
-    let _guard = ConnectionGuard(metrics);
     let (reader, writer) = tokio::io::split(stream);
     let max = broker.config().mqtt.max_packet_size;
     let mut io = Io {
@@ -167,27 +206,21 @@ pub async fn serve<S>(
         flushes: info.kind != crate::transport::ListenerKind::Tcp,
         unflushed: false,
     };
-    let connect = Box::pin(read_connect(&broker, &mut io)).await;
+    let connect = read_connect(&broker, &mut io).await;
     drop(permit);
-    let connect = match connect {
-        Ok(c) => c,
+    let accepted = match connect {
+        Ok(connect) => accept(&broker, &mut io, connect, &info).await,
         Err(why) => {
             tracing::debug!(%peer, why, "connection closed before CONNECT was accepted");
-            Box::pin(io.close_gracefully()).await;
-            return;
+            None
         }
     };
-    // Boxed: the connection keeps only the peer and the listener of it.
-    let info = Box::new(info);
-    let Some(mut conn) = Box::pin(accept(&broker, &mut io, *connect, info)).await else {
-        Box::pin(io.close_gracefully()).await;
-        return;
-    };
-    let close = conn.run(&mut io).await;
-    let drain = Box::pin(conn.finish(&mut io, close)).await;
-    drop(conn);
-    if drain {
-        Box::pin(io.drain_input()).await;
+    match accepted {
+        Some(conn) => Some((io, conn)),
+        None => {
+            io.close_gracefully().await;
+            None
+        }
     }
 }
 
@@ -336,6 +369,9 @@ async fn next_pending_ack(
 }
 
 impl Connection {
+    /// Serves the connection until it closes: active while there is traffic or anything
+    /// pending (the large future of [`Self::active`], boxed), parked while idle (the small
+    /// future of [`Self::park`]), so an idle connection's task holds only the latter.
     async fn run<S>(&mut self, io: &mut Io<S>) -> Close
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -344,21 +380,41 @@ impl Connection {
         if *shutdown.borrow() {
             return Close::Shutdown;
         }
-        self.fill_outgoing(&mut io.wbuf);
-        // Packets that arrived in the same reads as the CONNECT are handled now, not after the
-        // next read (a device that connects, publishes and waits sends them all at once).
-        if let Err(close) = self.process_buffered(io).await {
-            return close;
+        loop {
+            if let Err(close) = Box::pin(self.active(io, &mut shutdown)).await {
+                return close;
+            }
+            io.release_buffers();
+            if let Err(close) = self.park(io).await {
+                return close;
+            }
         }
+    }
+
+    /// Handles what is buffered, then serves the connection until it has been idle for
+    /// [`IDLE_BUFFER_RELEASE`] with nothing pending (`Ok`), or closes.
+    async fn active<S>(
+        &mut self,
+        io: &mut Io<S>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.fill_outgoing(&mut io.wbuf);
+        // Packets that arrived with the CONNECT, or while the connection was parked, are
+        // handled now, not after the next read (a device that connects, publishes and waits
+        // sends them all at once).
+        self.process_buffered(io).await?;
         loop {
             let reading = self.deferred.is_empty() && io.wbuf.len() < WRITE_BUFFER_HIGH;
-            let (keep_alive_deadline, release_at) = self.deadlines(io);
+            let (keep_alive_deadline, park_at) = self.deadlines(io);
             // One timer for every deadline.
-            let timer = [keep_alive_deadline, release_at, self.expires_at]
+            let timer = [keep_alive_deadline, park_at, self.expires_at]
                 .into_iter()
                 .flatten()
                 .min();
-            let step = tokio::select! {
+            tokio::select! {
                 biased;
                 kick = &mut self.kicked => Err(Close::of_kick(kick.ok())),
                 _ = shutdown.changed() => Err(Close::Shutdown),
@@ -384,39 +440,76 @@ impl Connection {
                 },
                 _ = self.slot.wake.notified(), if io.wbuf.len() < WRITE_BUFFER_HIGH => Ok(()),
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
-                    let now = Instant::now();
-                    if self.expires_at.is_some_and(|d| now >= d) {
-                        Err(Close::Refused(Refusal::CredentialsExpired))
-                    } else if keep_alive_deadline.is_some_and(|d| now >= d) {
-                        Err(Close::Refused(Refusal::KeepAliveTimeout))
-                    } else {
-                        if release_at.is_some_and(|r| now >= r) {
-                            io.release_buffers();
-                        }
-                        Ok(())
+                    match self.check_deadlines(keep_alive_deadline) {
+                        Ok(()) if park_at.is_some_and(|at| Instant::now() >= at) => return Ok(()),
+                        r => r,
                     }
                 }
                 _ = self.broker.wait_for_room(HELD_BACK_RETRY), if self.held.is_some() => {
                     Box::pin(self.retry_held(io)).await
                 }
-            };
-            if let Err(close) = step {
-                return close;
-            }
+            }?;
             self.fill_outgoing(&mut io.wbuf);
         }
     }
 
+    /// Waits, holding no buffer, for what ends an idle connection's rest: bytes from the
+    /// client (the first few are read into the read buffer), a wake-up of the session (a
+    /// delivery, or the broker's shutdown: [`Broker::begin_shutdown`] wakes every session, so
+    /// the parked future need not watch the signal), or a close.
+    async fn park<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (keep_alive_deadline, _) = self.deadlines(io);
+        let timer = keep_alive_deadline.into_iter().chain(self.expires_at).min();
+        let mut first = [0u8; PARKED_READ];
+        tokio::select! {
+            biased;
+            kick = &mut self.kicked => Err(Close::of_kick(kick.ok())),
+            r = io.reader.read(&mut first) => match r {
+                Ok(0) | Err(_) => Err(Close::Network),
+                Ok(n) => {
+                    Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
+                    self.last_io = Instant::now();
+                    io.rbuf.reserve(READ_BUFFER_INITIAL);
+                    io.rbuf.extend_from_slice(&first[..n]);
+                    Ok(())
+                }
+            },
+            _ = self.slot.wake.notified() => Ok(()),
+            _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
+                self.check_deadlines(keep_alive_deadline)
+            }
+        }
+    }
+
+    /// Closes a connection whose credentials expired or whose keep-alive ran out.
+    fn check_deadlines(&self, keep_alive_deadline: Option<Instant>) -> Result<(), Close> {
+        let now = Instant::now();
+        if self.expires_at.is_some_and(|d| now >= d) {
+            Err(Close::Refused(Refusal::CredentialsExpired))
+        } else if keep_alive_deadline.is_some_and(|d| now >= d) {
+            Err(Close::Refused(Refusal::KeepAliveTimeout))
+        } else {
+            Ok(())
+        }
+    }
+
     /// When the keep-alive runs out ([MQTT-3.1.2-22]: one and a half times the keep-alive
-    /// without a packet), and when an idle connection's empty buffers are given back.
+    /// without a packet), and, if nothing is pending, when the connection parks.
     fn deadlines<S>(&self, io: &Io<S>) -> (Option<Instant>, Option<Instant>) {
         let keep_alive_deadline =
             (!self.keep_alive.is_zero()).then(|| self.last_received + self.keep_alive.mul_f32(1.5));
-        let holds_buffers = io.rbuf.is_empty()
+        let idle = io.rbuf.is_empty()
             && io.wbuf.is_empty()
-            && (io.rbuf.capacity() > 0 || io.wbuf.capacity() > 0);
-        let release_at = holds_buffers.then(|| self.last_io + IDLE_BUFFER_RELEASE);
-        (keep_alive_deadline, release_at)
+            && !io.unflushed
+            && self.pending_acks.is_empty()
+            && self.confirming.is_none()
+            && self.held.is_none()
+            && self.deferred.is_empty();
+        let park_at = idle.then(|| self.last_io + IDLE_BUFFER_RELEASE);
+        (keep_alive_deadline, park_at)
     }
 
     /// `n` bytes were read: handles the whole packets among what is buffered.
