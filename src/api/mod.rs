@@ -230,3 +230,31 @@ pub fn rfc3339(ms: u64) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configured address that cannot be bound stops the start, naming the field; the
+    /// default address taken (a second broker on the machine) only leaves the API off.
+    #[tokio::test]
+    async fn binding_a_taken_address() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut api = crate::config::ApiConfig {
+            bind: Some(taken.local_addr().unwrap()),
+            ..Default::default()
+        };
+        let err = bind(&api).await.unwrap_err().to_string();
+        assert!(err.contains("config field `api.bind`"), "{err}");
+        api.bind = None;
+        // Held here unless something else on the machine already holds it: taken either way.
+        let _default = tokio::net::TcpListener::bind(api.bind_addr().0).await;
+        assert!(bind(&api).await.unwrap().is_none());
+        api.enabled = false;
+        api.bind = Some("127.0.0.1:0".parse().unwrap());
+        assert!(bind(&api).await.unwrap().is_none());
+        api.enabled = true;
+        let bound = bind(&api).await.unwrap().expect("a free configured address is bound");
+        assert_ne!(bound.local_addr().unwrap().port(), 0);
+    }
+}
