@@ -254,7 +254,10 @@ mod tests {
         api.bind = Some("127.0.0.1:0".parse().unwrap());
         assert!(bind(&api).await.unwrap().is_none());
         api.enabled = true;
-        let bound = bind(&api).await.unwrap().expect("a free configured address is bound");
+        let bound = bind(&api)
+            .await
+            .unwrap()
+            .expect("a free configured address is bound");
         assert_ne!(bound.local_addr().unwrap().port(), 0);
     }
 }
