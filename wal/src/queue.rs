@@ -224,6 +224,61 @@ impl Queue {
         self.lock().next_seq - 1
     }
 
+    /// Moves up to one batch of what is queued into `out`.
+    fn move_batch(
+        &self,
+        state: &mut State,
+        out: &mut VecDeque<Item>,
+        max_records: usize,
+        max_bytes: usize,
+    ) {
+        if out.is_empty() && state.appends <= max_records && state.queued_bytes <= max_bytes {
+            // The common case: everything queued fits in one batch. Swap the buffers rather
+            // than moving items one by one, to keep appenders off the lock.
+            std::mem::swap(&mut state.items, out);
+            state.appends = 0;
+            state.queued_bytes = 0;
+        } else {
+            let mut bytes = 0usize;
+            let mut records = 0usize;
+            while let Some(item) = state.items.front() {
+                if let Item::Append { payload, .. } = item {
+                    let over = records >= max_records || bytes + payload.len() > max_bytes;
+                    if over && records > 0 {
+                        break;
+                    }
+                    records += 1;
+                    bytes += payload.len();
+                }
+                if let Some(item) = state.items.pop_front() {
+                    out.push_back(item);
+                }
+            }
+            state.appends -= records;
+            state.queued_bytes -= bytes;
+        }
+        self.bytes
+            .store(state.queued_bytes as u64, Ordering::Relaxed);
+        self.has_items
+            .store(!state.items.is_empty(), Ordering::Release);
+        if state.blocked_appenders > 0 {
+            self.space.notify_all();
+        }
+    }
+
+    /// Writer side, before sleeping: waits briefly (until `deadline` at the latest) for an
+    /// append, without the lock.
+    fn spin(&self, deadline: Option<Instant>) {
+        let until = Instant::now() + WRITER_SPIN;
+        let until = deadline.map_or(until, |d| d.min(until));
+        while !self.has_items.load(Ordering::Acquire) && Instant::now() < until {
+            // Yield, not a busy loop: the thread about to append is often the one the writer
+            // just woke, queued on this very CPU, and (with the writer's raised priority) a
+            // busy loop would keep it off until the spin ends.
+            std::thread::yield_now();
+        }
+    }
+
     /// Writer side: moves up to one batch into `out`, waiting for work until `deadline`.
     pub(crate) fn take(
         &self,
@@ -236,49 +291,8 @@ impl Queue {
         let mut spun = !poll;
         let mut state = self.lock();
         loop {
-            if !state.items.is_empty()
-                && out.is_empty()
-                && state.appends <= max_records
-                && state.queued_bytes <= max_bytes
-            {
-                // The common case: everything queued fits in one batch. Swap the buffers
-                // rather than moving items one by one, to keep appenders off the lock.
-                std::mem::swap(&mut state.items, out);
-                state.appends = 0;
-                state.queued_bytes = 0;
-                self.bytes
-                    .store(state.queued_bytes as u64, Ordering::Relaxed);
-                self.has_items.store(false, Ordering::Release);
-                if state.blocked_appenders > 0 {
-                    self.space.notify_all();
-                }
-                return Take::Items;
-            }
             if !state.items.is_empty() {
-                let mut bytes = 0usize;
-                let mut records = 0usize;
-                while let Some(item) = state.items.front() {
-                    if let Item::Append { payload, .. } = item {
-                        let over = records >= max_records || bytes + payload.len() > max_bytes;
-                        if over && records > 0 {
-                            break;
-                        }
-                        records += 1;
-                        bytes += payload.len();
-                    }
-                    if let Some(item) = state.items.pop_front() {
-                        out.push_back(item);
-                    }
-                }
-                state.appends -= records;
-                state.queued_bytes -= bytes;
-                self.bytes
-                    .store(state.queued_bytes as u64, Ordering::Relaxed);
-                self.has_items
-                    .store(!state.items.is_empty(), Ordering::Release);
-                if state.blocked_appenders > 0 {
-                    self.space.notify_all();
-                }
+                self.move_batch(&mut state, out, max_records, max_bytes);
                 return Take::Items;
             }
             if state.closed {
@@ -287,14 +301,7 @@ impl Queue {
             if !spun {
                 spun = true;
                 drop(state);
-                let until = Instant::now() + WRITER_SPIN;
-                let until = deadline.map_or(until, |d| d.min(until));
-                while !self.has_items.load(Ordering::Acquire) && Instant::now() < until {
-                    // Yield, not a busy loop: the thread about to append is often the one
-                    // the writer just woke, queued on this very CPU, and (with the writer's
-                    // raised priority) a busy loop would keep it off until the spin ends.
-                    std::thread::yield_now();
-                }
+                self.spin(deadline);
                 state = self.lock();
                 continue;
             }

@@ -165,6 +165,15 @@ enum Failure {
     Failed(Error),
 }
 
+impl Failure {
+    /// The error, whatever the kind (where any failure poisons the log).
+    fn into_error(self) -> Error {
+        match self {
+            Failure::NoSpace(err) | Failure::Poison(err) | Failure::Failed(err) => err,
+        }
+    }
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Active,
@@ -338,82 +347,80 @@ impl Writer {
         // (Not in the strict and skip-corrupt modes, which inspection tools use.)
         let repairs = self.options().recovery_mode == RecoveryMode::TolerateTornTail;
         if repairs && !self.spares.is_empty() {
-            if let Err(Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err)) =
-                self.rotate(self.written_seq + 1)
-            {
-                self.poison(err, &mut items);
+            if let Err(failure) = self.rotate(self.written_seq + 1) {
+                self.poison(failure.into_error(), &mut items);
                 return;
             }
         }
         loop {
-            let max_records = self.options().max_batch_records;
-            let max_bytes = self.options().max_batch_bytes;
-            let deadline = [self.sync_deadline, self.lazy_deadline, self.hold_deadline]
-                .into_iter()
-                .flatten()
-                .min();
-            // Poll before sleeping only while batches are small: then the next append follows
-            // the last completion closely and a sleep would add a wake-up to every cycle.
-            // Under load the queue is rarely empty, and polling at the writer's raised
-            // priority would take the CPU from the threads producing the appends.
-            let poll = self.last_batch_len <= INLINE_COMPLETION_MAX;
-            let queue = &self.shared.queue;
-            let took = match self.hold_deadline {
-                // Holding a batch: appends do not wake the writer, the window's end does.
-                Some(until) => {
-                    let room = max_records.saturating_sub(self.pending.len()).max(1);
-                    queue.take_held(&mut items, max_records, max_bytes, until, room)
-                }
-                None => queue.take(&mut items, max_records, max_bytes, deadline, poll),
-            };
-            match took {
-                Take::Items => {
-                    if let Err(err) = self.process(&mut items) {
-                        self.poison(err, &mut items);
-                        return;
-                    }
-                }
-                Take::Timeout if self.lazy_deadline.is_some() || self.hold_deadline.is_some() => {
-                    // Lazy records waited long enough, or a commit window ended: write and
-                    // sync what is buffered.
-                    self.lazy_deadline = None;
-                    self.hold_deadline = None;
-                    // An expedite that ended this window is spent.
-                    self.shared.queue.take_expedited();
-                    if let Err(failure) = self.commit(false) {
-                        if let Err(err) = self.handle_failure(failure) {
-                            self.poison(err, &mut items);
-                            return;
-                        }
-                    }
-                }
-                Take::Timeout => {
-                    if let Err(
-                        Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
-                    ) = self.sync()
-                    {
-                        self.poison(err, &mut items);
-                        return;
-                    }
-                }
-                Take::Closed => {
-                    // Clean shutdown: write what is buffered and make everything durable,
-                    // whatever the policy.
-                    let result = if !self.buf.is_empty() || self.durable_seq < self.written_seq {
-                        self.commit(true)
-                    } else {
-                        Ok(())
-                    };
-                    if let Err(
-                        Failure::Poison(err) | Failure::NoSpace(err) | Failure::Failed(err),
-                    ) = result.and_then(|()| self.cut_active())
-                    {
-                        self.poison(err, &mut items);
-                    }
+            let took = self.take_next(&mut items);
+            match self.step(took, &mut items) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    self.poison(err, &mut items);
                     return;
                 }
             }
         }
+    }
+
+    /// Waits for the next batch of items (or a deadline, or the close).
+    fn take_next(&mut self, items: &mut VecDeque<Item>) -> Take {
+        let max_records = self.options().max_batch_records;
+        let max_bytes = self.options().max_batch_bytes;
+        let deadline = [self.sync_deadline, self.lazy_deadline, self.hold_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        // Poll before sleeping only while batches are small: then the next append follows
+        // the last completion closely and a sleep would add a wake-up to every cycle.
+        // Under load the queue is rarely empty, and polling at the writer's raised
+        // priority would take the CPU from the threads producing the appends.
+        let poll = self.last_batch_len <= INLINE_COMPLETION_MAX;
+        let queue = &self.shared.queue;
+        match self.hold_deadline {
+            // Holding a batch: appends do not wake the writer, the window's end does.
+            Some(until) => {
+                let room = max_records.saturating_sub(self.pending.len()).max(1);
+                queue.take_held(items, max_records, max_bytes, until, room)
+            }
+            None => queue.take(items, max_records, max_bytes, deadline, poll),
+        }
+    }
+
+    /// Acts on what [`Self::take_next`] returned: `Ok(false)` once the log is closed, `Err`
+    /// when it must be poisoned.
+    fn step(&mut self, took: Take, items: &mut VecDeque<Item>) -> Result<bool, Error> {
+        match took {
+            Take::Items => self.process(items)?,
+            Take::Timeout if self.lazy_deadline.is_some() || self.hold_deadline.is_some() => {
+                // Lazy records waited long enough, or a commit window ended: write and
+                // sync what is buffered.
+                self.lazy_deadline = None;
+                self.hold_deadline = None;
+                // An expedite that ended this window is spent.
+                self.shared.queue.take_expedited();
+                if let Err(failure) = self.commit(false) {
+                    self.handle_failure(failure)?;
+                }
+            }
+            Take::Timeout => self.sync().map_err(Failure::into_error)?,
+            Take::Closed => {
+                // Clean shutdown: write what is buffered and make everything durable,
+                // whatever the policy.
+                let result = if !self.buf.is_empty() || self.durable_seq < self.written_seq {
+                    self.commit(true)
+                } else {
+                    Ok(())
+                };
+                result
+                    .and_then(|()| self.cut_active())
+                    .map_err(Failure::into_error)?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Processes one batch. `Err` means the log is poisoned; the unprocessed rest of the
