@@ -307,6 +307,9 @@ pub(crate) struct Shared {
     next_assigned_id: AtomicU64,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// Wakes the parked connections at shutdown (they do not watch `shutdown`; see
+    /// `connection::Connection::park`).
+    parked_shutdown: Notify,
     /// `None` only for brokers built without a data directory (unit tests of routing).
     persistence: Option<Arc<Persistence>>,
     next_message_id: AtomicU64,
@@ -380,6 +383,7 @@ impl Broker {
                 next_assigned_id: AtomicU64::new(1),
                 started: Instant::now(),
                 shutdown,
+                parked_shutdown: Notify::new(),
                 persistence,
                 next_message_id: AtomicU64::new(first_id),
                 failed: AtomicBool::new(false),
@@ -421,14 +425,28 @@ impl Broker {
         let _ = self.shared.retain_gate.write().await;
     }
 
-    /// Tells every connection and background task to stop. Parked connections do not watch the
-    /// signal (see `connection::Connection::park`): every session's connection is woken to
-    /// see it.
+    /// Tells every connection and background task to stop. Takes no lock: it is called from
+    /// `fatal`, which may run under any of them.
     pub fn begin_shutdown(&self) {
         self.shared.shutdown.send_replace(true);
-        for slot in self.shared.sessions.lock().values() {
-            slot.wake.notify_one();
-        }
+        self.shared.parked_shutdown.notify_waiters();
+    }
+
+    /// Registers a parked connection for the shutdown's wake-up (`notify_waiters` reaches only
+    /// registered waiters), then tells whether the shutdown has begun already: a connection
+    /// that parks after [`Self::begin_shutdown`] sees the signal, one parked before it is
+    /// woken.
+    pub(crate) fn park_for_shutdown(
+        &self,
+        wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> bool {
+        wake.enable();
+        *self.shared.shutdown.borrow()
+    }
+
+    /// The future [`Self::park_for_shutdown`] registers.
+    pub(crate) fn parked_shutdown(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.parked_shutdown.notified()
     }
 
     /// A permit for a new socket to wait for its CONNECT, or `None` (close it, counted) when

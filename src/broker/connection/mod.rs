@@ -80,7 +80,7 @@ const READ_BUFFER_CONNECT: usize = 256;
 const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(2);
 
 /// The most a parked connection reads before it becomes active (into a buffer on its stack).
-const PARKED_READ: usize = 32;
+const PARKED_READ: usize = 16;
 
 /// How long a 3.x publisher held back by a full queue waits between retries when no room
 /// notification arrives.
@@ -455,18 +455,26 @@ impl Connection {
 
     /// Waits, holding no buffer, for what ends an idle connection's rest: bytes from the
     /// client (the first few are read into the read buffer), a wake-up of the session (a
-    /// delivery, or the broker's shutdown: [`Broker::begin_shutdown`] wakes every session, so
-    /// the parked future need not watch the signal), or a close.
+    /// delivery), the broker's shutdown (a plain wake-up, smaller than a watch of the signal:
+    /// [`Broker::park_for_shutdown`]), or a close.
     async fn park<S>(&mut self, io: &mut Io<S>) -> Result<(), Close>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (keep_alive_deadline, _) = self.deadlines(io);
-        let timer = keep_alive_deadline.into_iter().chain(self.expires_at).min();
+        let shutdown = self.broker.parked_shutdown();
+        tokio::pin!(shutdown);
+        if self.broker.park_for_shutdown(shutdown.as_mut()) {
+            return Err(Close::Shutdown);
+        }
         let mut first = [0u8; PARKED_READ];
+        let timer = {
+            let (keep_alive_deadline, _) = self.deadlines(io);
+            keep_alive_deadline.into_iter().chain(self.expires_at).min()
+        };
         tokio::select! {
             biased;
             kick = &mut self.kicked => Err(Close::of_kick(kick.ok())),
+            _ = &mut shutdown => Err(Close::Shutdown),
             r = io.reader.read(&mut first) => match r {
                 Ok(0) | Err(_) => Err(Close::Network),
                 Ok(n) => {
@@ -479,7 +487,7 @@ impl Connection {
             },
             _ = self.slot.wake.notified() => Ok(()),
             _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
-                self.check_deadlines(keep_alive_deadline)
+                self.check_deadlines(self.deadlines(io).0)
             }
         }
     }
