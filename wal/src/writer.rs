@@ -624,6 +624,28 @@ impl Writer {
         Ok(())
     }
 
+    /// What a failed write of the buffer at `start` means: a full disk rolls the partial frames
+    /// back (durably, so no half-written record can ever be read back) and leaves the log
+    /// usable; any other error, or a failed rollback, poisons it.
+    fn failed_write(&mut self, start: u64, err: std::io::Error) -> Failure {
+        let path = &self.active.info.path;
+        if !is_no_space(&err) {
+            return Failure::Poison(Error::poisoned("write", path, err));
+        }
+        let undo = self
+            .active
+            .file
+            .set_len(start)
+            .map_err(|e| ("truncate", e))
+            .and_then(|()| self.active.file.sync_data().map_err(|e| ("fdatasync", e)));
+        if let Err((op, e)) = undo {
+            return Failure::Poison(Error::poisoned(op, path, e));
+        }
+        let path = path.clone();
+        self.note_synced(self.written_seq);
+        Failure::NoSpace(Error::NoSpace { path })
+    }
+
     /// Writes the buffer, syncs if the policy (or `force_sync`) says so, and completes the
     /// pending records.
     fn commit(&mut self, force_sync: bool) -> Result<(), Failure> {
@@ -642,32 +664,7 @@ impl Writer {
             .write_micros
             .fetch_add(micros, Ordering::Relaxed);
         if let Err(err) = written {
-            if !is_no_space(&err) {
-                return Err(Failure::Poison(Error::poisoned(
-                    "write",
-                    &self.active.info.path,
-                    err,
-                )));
-            }
-            // Cut the partial frames off and make that durable, so no half-written record can
-            // ever be read back; only then report the failure.
-            let undo = self
-                .active
-                .file
-                .set_len(start)
-                .map_err(|e| ("truncate", e))
-                .and_then(|()| self.active.file.sync_data().map_err(|e| ("fdatasync", e)));
-            if let Err((op, e)) = undo {
-                return Err(Failure::Poison(Error::poisoned(
-                    op,
-                    &self.active.info.path,
-                    e,
-                )));
-            }
-            self.note_synced(self.written_seq);
-            return Err(Failure::NoSpace(Error::NoSpace {
-                path: self.active.info.path.clone(),
-            }));
+            return Err(self.failed_write(start, err));
         }
         let counters = &self.shared.counters;
         counters.batches.fetch_add(1, Ordering::Relaxed);
