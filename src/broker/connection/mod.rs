@@ -357,6 +357,14 @@ struct Connection {
 /// A connection's acknowledgement FIFO: durability waits, and the deliveries they reveal.
 type PendingAcks = AckFifo<PendingDurable, Reserved, Ack>;
 
+/// Counts `n` bytes read and when (a connection's `last_io`; borrowed apart from the rest of
+/// it). Keep-alive is refreshed per whole packet (in `process_input`), not per byte: a client
+/// trickling bytes cannot keep a connection alive.
+fn note_read(broker: &Broker, last_io: &mut Instant, n: usize) {
+    Metrics::add(&broker.shared.metrics.bytes_received, n as u64);
+    *last_io = Instant::now();
+}
+
 /// Waits until the oldest pending acknowledgement may be sent.
 async fn next_pending_ack(
     broker: &Broker,
@@ -478,8 +486,7 @@ impl Connection {
             r = io.reader.read(&mut first) => match r {
                 Ok(0) | Err(_) => Err(Close::Network),
                 Ok(n) => {
-                    Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
-                    self.last_io = Instant::now();
+                    note_read(&self.broker, &mut self.last_io, n);
                     io.rbuf.reserve(READ_BUFFER_INITIAL);
                     io.rbuf.extend_from_slice(&first[..n]);
                     Ok(())
@@ -525,10 +532,7 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        Metrics::add(&self.broker.shared.metrics.bytes_received, n as u64);
-        // Keep-alive is refreshed per whole packet (in `process_input`), not per byte: a
-        // client trickling bytes cannot keep a connection alive.
-        self.last_io = Instant::now();
+        note_read(&self.broker, &mut self.last_io, n);
         let r = Box::pin(self.process_input(io)).await;
         // After an idle release the first read was a small one.
         if io.rbuf.capacity() < READ_BUFFER_INITIAL {
