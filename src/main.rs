@@ -447,7 +447,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     overrides.apply(&mut config).map_err(anyhow::Error::msg)?;
     config.validate()?;
     let source = args.config.clone().map(|path| (path, overrides));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.workers(cores))
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -10,8 +10,8 @@
 //! the broker-wide `[limits]` (`max_connections`, `max_sessions`, `max_queued_bytes_total`,
 //! `max_retained_messages`, `max_subscriptions_per_client`, `stalled_subscriber_ms`). What
 //! cannot (`data_dir`, `[storage]`, the listeners' addresses, `[mqtt]`, the other limits,
-//! `[sys]`, `[api]`, `authz.deny_action`) is reported as needing a restart, and the running
-//! values stay. Reloads are serialised.
+//! `[sys]`, `[api]`, `[runtime]`, `authz.deny_action`) is reported as needing a restart, and the
+//! running values stay. Reloads are serialised.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,7 +100,7 @@ type Hooks = (Option<Arc<Chains>>, Option<Arc<AclAuthorizer>>);
 
 /// The sections that need a restart when they change: name and whether they differ.
 fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
-    let checks: [(&str, bool); 8] = [
+    let checks: [(&str, bool); 9] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("storage", old.storage != new.storage),
         ("listener", old.listener != new.listener),
@@ -108,6 +108,7 @@ fn restart_sections(old: &Config, new: &Config) -> Vec<String> {
         ("mqtt", old.mqtt != new.mqtt),
         ("sys", old.sys != new.sys),
         ("api", old.api != new.api),
+        ("runtime", old.runtime != new.runtime),
         (
             "authz.deny_action",
             old.authz.deny_action != new.authz.deny_action,

@@ -56,6 +56,8 @@ pub struct Config {
     pub sources: Vec<SourceSpec>,
     /// `[api]`: the HTTP management API, Prometheus metrics and the dashboard.
     pub api: ApiConfig,
+    /// `[runtime]`: the threads that serve connections.
+    pub runtime: RuntimeConfig,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             sinks: Vec::new(),
             sources: Vec::new(),
             api: ApiConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -288,6 +291,30 @@ impl Default for SysConfig {
     }
 }
 
+/// The async runtime that serves connections, the API, rules and bridges (the WAL writer, the
+/// checkpointer and the storage engine have threads of their own).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 (the default) means one per core but one, at least one: the core left
+    /// over runs the WAL writer's write and fdatasync and the storage engine's threads. Fewer
+    /// workers also mean fewer cross-thread wake-ups per message at ordinary load.
+    pub worker_threads: usize,
+}
+
+/// The most worker threads `runtime.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+impl RuntimeConfig {
+    /// The worker thread count to start, given the machine's `cores`.
+    pub fn workers(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            0 => cores.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+}
+
 /// A configuration problem, naming the file and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -345,6 +372,12 @@ impl Config {
         bridges::validate_sources(&self.sources)?;
         bridges::validate_rule_sources(&self.rules, &self.sources)?;
         self.api.validate()?;
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            return bad(
+                "runtime.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per core but one)"),
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
@@ -500,6 +533,22 @@ mod tests {
         assert!(e.contains("storage.commit_window_us"), "{e}");
         let c = Config::parse("[storage]\ncommit_window_us = 0\n").unwrap();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn runtime_section() {
+        let c = Config::default();
+        assert_eq!(c.runtime.workers(1), 1);
+        assert_eq!(c.runtime.workers(2), 1);
+        assert_eq!(c.runtime.workers(8), 7);
+        let c = Config::parse("[runtime]\nworker_threads = 3\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.runtime.workers(2), 3);
+        let c = Config::parse("[runtime]\nworker_threads = 5000\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("runtime.worker_threads"), "{e}");
+        let e = Config::parse("[runtime]\nworkers = 2\n").unwrap_err();
+        assert!(e.contains("workers"), "{e}");
     }
 
     #[test]

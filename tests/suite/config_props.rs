@@ -76,7 +76,7 @@ proptest! {
     #[test]
     fn arbitrary_toml_lines_never_panic(lines in proptest::collection::vec(
         ("[a-z_]{1,12}", value()).prop_map(|(k, v)| format!("{k} = {v}")), 0..6),
-        section in proptest::sample::select(vec!["", "[listener]", "[mqtt]", "[limits]", "[storage]", "[sys]"]),
+        section in proptest::sample::select(vec!["", "[listener]", "[mqtt]", "[limits]", "[storage]", "[sys]", "[runtime]"]),
     ) {
         let text = format!("{section}\n{}", lines.join("\n"));
         if let Err(message) = check(&text) {
