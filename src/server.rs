@@ -43,6 +43,7 @@ pub fn persistence_options(config: &Config) -> PersistenceOptions {
         segment_bytes: s.wal_segment_bytes,
         wal_writer_nice: Some(s.wal_writer_nice),
         commit_window: Duration::from_micros(s.commit_window_us),
+        commit_quiet: Duration::from_micros(s.commit_quiet_us),
         checkpoint_interval: Duration::from_millis(s.checkpoint_interval_ms),
         checkpoint_wal_bytes: s.checkpoint_wal_bytes,
         store: keelmq_storage::StoreOptions {

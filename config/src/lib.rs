@@ -113,6 +113,11 @@ pub struct StorageConfig {
     /// leaves before its fdatasync). Less CPU and disk work per message for at most this much
     /// more latency; 0 syncs each batch as soon as it is written.
     pub commit_window_us: u64,
+    /// The commit window ends early once no record that needs an fdatasync has come for this
+    /// many microseconds: every appender is then waiting for the batch (closed-loop clients
+    /// with all their messages in flight), and holding it longer only delays them. 0 (or a
+    /// value of at least `commit_window_us`): the window always runs its full length.
+    pub commit_quiet_us: u64,
     /// Checkpoint at least this often when anything changed... (these two bound the WAL tail a
     /// restart replays, hence the recovery time)
     pub checkpoint_interval_ms: u64,
@@ -131,7 +136,8 @@ impl Default for StorageConfig {
             sync_interval_ms: 10,
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_writer_nice: DEFAULT_WAL_WRITER_NICE,
-            commit_window_us: 2_000,
+            commit_window_us: 5_000,
+            commit_quiet_us: 1_500,
             checkpoint_interval_ms: 10_000,
             checkpoint_wal_bytes: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
@@ -465,6 +471,12 @@ impl Config {
                 "must be at most 100000 (100 ms)",
             );
         }
+        if st.commit_quiet_us > 100_000 {
+            return bad(
+                "storage.commit_quiet_us",
+                "must be at most 100000 (100 ms)",
+            );
+        }
         if !(-20..=19).contains(&st.wal_writer_nice) {
             return bad("storage.wal_writer_nice", "must be between -20 and 19");
         }
@@ -533,6 +545,9 @@ mod tests {
         assert!(e.contains("storage.commit_window_us"), "{e}");
         let c = Config::parse("[storage]\ncommit_window_us = 0\n").unwrap();
         assert!(c.validate().is_ok());
+        let c = Config::parse("[storage]\ncommit_quiet_us = 100001\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.commit_quiet_us"), "{e}");
     }
 
     #[test]

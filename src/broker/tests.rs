@@ -118,6 +118,7 @@ fn persistent_broker() -> (Broker, Arc<Persistence>) {
         segment_bytes: 1 << 20,
         wal_writer_nice: None,
         commit_window: Duration::ZERO,
+        commit_quiet: Duration::ZERO,
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_wal_bytes: u64::MAX,
         store: keelmq_storage::StoreOptions::default(),

@@ -76,6 +76,8 @@ pub struct PersistenceOptions {
     pub wal_writer_nice: Option<i32>,
     /// The WAL's group-commit window (`WalOptions::commit_window`; zero: none).
     pub commit_window: Duration,
+    /// Ends a window early once appends stop (`WalOptions::commit_quiet`; zero: never).
+    pub commit_quiet: Duration,
     pub checkpoint_interval: Duration,
     pub checkpoint_wal_bytes: u64,
     pub store: StoreOptions,
@@ -237,6 +239,7 @@ impl Persistence {
             max_record_bytes: MAX_COMMIT_BYTES,
             writer_nice: options.wal_writer_nice,
             commit_window: options.commit_window,
+            commit_quiet: options.commit_quiet,
             // An empty log (a new directory, or one moved aside) goes on above what the store
             // applied: records reusing lower numbers would be skipped by the next recovery.
             first_seq: persisted_seq + 1,

@@ -132,6 +132,11 @@ pub struct WalOptions {
     /// written at once. A lone appender that waits for each record before the next is never
     /// held. Zero (the default) turns it off; at most [`MAX_COMMIT_WINDOW`].
     pub commit_window: Duration,
+    /// Ends a commit window early once no record asking for an fdatasync has been appended
+    /// for this long: the appenders are then waiting for this batch (each has as many records
+    /// in flight as it may), and holding it longer gains nothing. Zero (the default), or at
+    /// least [`Self::commit_window`], turns it off; at most [`MAX_COMMIT_WINDOW`].
+    pub commit_quiet: Duration,
 }
 
 /// The longest [`WalOptions::commit_window`].
@@ -152,6 +157,7 @@ impl Default for WalOptions {
             spare_segments: DEFAULT_SPARE_SEGMENTS,
             first_seq: 1,
             commit_window: Duration::ZERO,
+            commit_quiet: Duration::ZERO,
         }
     }
 }
@@ -185,6 +191,9 @@ impl WalOptions {
         }
         if self.commit_window > MAX_COMMIT_WINDOW {
             return invalid("commit_window must be at most one second");
+        }
+        if self.commit_quiet > MAX_COMMIT_WINDOW {
+            return invalid("commit_quiet must be at most one second");
         }
         if let SyncPolicy::IntervalMs(0) = self.sync_policy {
             return invalid("SyncPolicy::IntervalMs needs a positive interval (use Always)");

@@ -51,6 +51,9 @@ struct State {
     /// While the writer holds a small batch: the number of queued appends at which it wants
     /// to be woken early.
     hold_until_appends: Option<usize>,
+    /// When the last append that asks for an fdatasync was queued (see
+    /// [`Queue::take_held`]'s `quiet`).
+    last_sync_append: Option<Instant>,
     blocked_appenders: usize,
 }
 
@@ -92,6 +95,7 @@ impl Queue {
                 poisoned: None,
                 writer_idle: false,
                 hold_until_appends: None,
+                last_sync_append: None,
                 blocked_appenders: 0,
             }),
             has_items: AtomicBool::new(false),
@@ -166,6 +170,9 @@ impl Queue {
         self.bytes
             .store(state.queued_bytes as u64, Ordering::Relaxed);
         state.appends += 1;
+        if !lazy {
+            state.last_sync_append = Some(Instant::now());
+        }
         state.items.push_back(Item::Append {
             seq,
             record_type,
@@ -350,31 +357,38 @@ impl Queue {
     }
 
     /// Writer side, holding a batch for its commit window: waits until `until`, until `room`
-    /// appends are queued or until [`Self::expedite`], without being woken by each append,
-    /// then takes what is queued (or times out).
+    /// appends are queued, until no append asking for an fdatasync has come for `quiet` (if
+    /// not zero: the appenders are waiting for this batch) or until [`Self::expedite`],
+    /// without being woken by each append, then takes what is queued (or times out).
     pub(crate) fn take_held(
         &self,
         out: &mut VecDeque<Item>,
-        max_records: usize,
-        max_bytes: usize,
+        (max_records, max_bytes): (usize, usize),
         until: Instant,
+        quiet: Duration,
         room: usize,
     ) -> Take {
         let mut state = self.lock();
+        let mut until = until;
         loop {
             let now = Instant::now();
             let expedited = self.expedited.load(Ordering::Acquire);
-            if now >= until || state.appends >= room || state.closed || expedited {
+            let quiet_end = match state.last_sync_append {
+                Some(last) if !quiet.is_zero() => last + quiet,
+                _ => until,
+            };
+            if now >= until.min(quiet_end) || state.appends >= room || state.closed || expedited
+            {
+                until = until.min(now);
                 break;
             }
             state.hold_until_appends = Some(room);
-            state = self.wait_work(state, until - now);
+            state = self.wait_work(state, until.min(quiet_end) - now);
         }
         state.hold_until_appends = None;
         drop(state);
-        // Expedited or full: take what is there without waiting (the expedite stays set, so
-        // the writer does not hold what it takes).
-        let until = until.min(Instant::now());
+        // Expedited, quiet or full: take what is there without waiting (the expedite stays
+        // set, so the writer does not hold what it takes).
         self.take(out, max_records, max_bytes, Some(until), false)
     }
 

@@ -383,7 +383,8 @@ impl Writer {
             // Holding a batch: appends do not wake the writer, the window's end does.
             Some(until) => {
                 let room = max_records.saturating_sub(self.pending.len()).max(1);
-                queue.take_held(items, max_records, max_bytes, until, room)
+                let quiet = self.options().commit_quiet;
+                queue.take_held(items, (max_records, max_bytes), until, quiet, room)
             }
             None => queue.take(items, max_records, max_bytes, deadline, poll),
         }

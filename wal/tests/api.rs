@@ -681,6 +681,43 @@ fn expedite_ends_a_commit_window_at_once() {
 }
 
 #[test]
+fn a_commit_window_ends_once_appends_stop_for_its_quiet_time() {
+    on_both("window-quiet", |fs, dir| {
+        let options = WalOptions {
+            commit_window: Duration::from_secs(1),
+            commit_quiet: Duration::from_millis(100),
+            ..WalOptions::default()
+        };
+        let wal = Arc::new(Wal::open_with_fs(fs, &dir, options).unwrap().0);
+        busy_appends(&wal, 200);
+        // Held, with nothing appended after it: written once the log was quiet for 100 ms.
+        let took = one_append(&wal, 1000);
+        assert!(took >= Duration::from_millis(90), "took {took:?}");
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+        // Appends that keep coming closer than the quiet time keep the window open: with a
+        // record every 20 ms for 300 ms, the held one waits until 100 ms after the last.
+        busy_appends(&wal, 200);
+        let appender = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                (0..15u64)
+                    .map(|i| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        wal.append(0, payload_for(2000 + i)).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let took = one_append(&wal, 1001);
+        assert!(took >= Duration::from_millis(290), "took {took:?}");
+        for a in appender.join().unwrap() {
+            assert_eq!(a.durable.wait().unwrap(), a.seq);
+        }
+        assert_eq!(wal.stats().records, 417);
+    });
+}
+
+#[test]
 fn a_commit_window_longer_than_allowed_is_refused() {
     let options = WalOptions {
         commit_window: keelmq_wal::MAX_COMMIT_WINDOW + Duration::from_millis(1),

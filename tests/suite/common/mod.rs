@@ -360,6 +360,7 @@ pub fn memfs_persistence_options() -> keelmq::persistence::PersistenceOptions {
         segment_bytes: 64 * 1024,
         wal_writer_nice: None,
         commit_window: std::time::Duration::ZERO,
+        commit_quiet: std::time::Duration::ZERO,
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_wal_bytes: u64::MAX,
         store: keelmq_storage::StoreOptions::default(),
