@@ -472,10 +472,7 @@ impl Config {
             );
         }
         if st.commit_quiet_us > 100_000 {
-            return bad(
-                "storage.commit_quiet_us",
-                "must be at most 100000 (100 ms)",
-            );
+            return bad("storage.commit_quiet_us", "must be at most 100000 (100 ms)");
         }
         if !(-20..=19).contains(&st.wal_writer_nice) {
             return bad("storage.wal_writer_nice", "must be between -20 and 19");

@@ -377,8 +377,7 @@ impl Queue {
                 Some(last) if !quiet.is_zero() => last + quiet,
                 _ => until,
             };
-            if now >= until.min(quiet_end) || state.appends >= room || state.closed || expedited
-            {
+            if now >= until.min(quiet_end) || state.appends >= room || state.closed || expedited {
                 until = until.min(now);
                 break;
             }
