@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from procstat import cpu_seconds, status_kb
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -60,7 +61,9 @@ class Broker:
 
     def __enter__(self):
         if self.kind == "keelmq":
+            # The API on the next port: its /metrics gives the fdatasync latency histogram.
             cmd = [self.args.keelmq, "serve", "--listen", f"127.0.0.1:{self.port}",
+                   "--api-bind", f"127.0.0.1:{self.port + 1}",
                    "--data-dir", os.path.join(self.dir, "data")]
             if self.args.keelmq_config:
                 cmd += ["--config", self.args.keelmq_config]
@@ -109,6 +112,29 @@ class Broker:
         except (OSError, ValueError):
             pass
         return times, lines
+
+    def fsyncs(self):
+        """KeelMQ's WAL fdatasyncs so far, from its /metrics histogram: how many, how many took
+        longer than 10 ms, and the upper bound (seconds) of the slowest one's bucket."""
+        if self.kind != "keelmq":
+            return None
+        try:
+            url = f"http://127.0.0.1:{self.port + 1}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except (OSError, ValueError):
+            return None
+        buckets = []
+        for line in text.splitlines():
+            if line.startswith('keelmq_wal_fsync_seconds_bucket{le="'):
+                le, n = line.split('le="', 1)[1].split('"}')
+                buckets.append((float(le), int(n)))
+        if not buckets:
+            return None
+        total = buckets[-1][1]
+        over_10ms = total - max((n for le, n in buckets if le <= 0.01), default=0)
+        slowest = next((le for le, n in buckets if n == total), float("inf"))
+        return {"count": total, "over_10ms": over_10ms, "slowest_le_s": slowest}
 
     def __exit__(self, *exc):
         if self.proc.poll() is None:
@@ -176,6 +202,7 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         times, events = b.checkpoints()
         checkpoints = [round(t - started, 1) for t in times if t >= started]
         checkpoint_lines = [f"at {t - started:.1f} s {what}" for t, what in events if t >= started]
+        fsyncs = b.fsyncs() if qos > 0 else None
     timeline = [l.strip() for l in err.splitlines() if " sub conns " in l and "latency" in l]
     expected = (p["acked"] if qos > 0 else p["sent"]) * subs
     row = {
@@ -187,6 +214,7 @@ def pubsub(args, kind, port, name, qos, pubs, subs, rate=None):
         "delivered_per_s": s["unique"] / s["elapsed_s"] if s["unique"] else 0.0,
         "p50_us": s["latency"]["p50_us"], "p99_us": s["latency"]["p99_us"],
         "max_us": s["latency"]["max_us"], "checkpoints_s": checkpoints, "timeline": timeline,
+        "fsyncs": fsyncs,
         "ack_p99_us": p["ack_latency"]["p99_us"],
         "cpu_us_per_msg": 1e6 * cpu / s["unique"] if s["unique"] else 0.0,
         "peak_rss_mb": hwm / 1024.0,
@@ -260,6 +288,10 @@ def table(rows, idle):
         if k["checkpoints_s"]:
             out.append(f"| | KeelMQ checkpoints (s into the run) | | "
                        f"{', '.join(str(c) for c in k['checkpoints_s'])} | |")
+        f = k.get("fsyncs")
+        if f:
+            out.append(f"| | KeelMQ fdatasyncs: all / over 10 ms / slowest under (ms) | | "
+                       f"{f['count']:,} / {f['over_10ms']:,} / {1000 * f['slowest_le_s']:g} | |")
         out.append(f"| | broker CPU µs per delivered msg | {m['cpu_us_per_msg']:.2f} | "
                    f"{k['cpu_us_per_msg']:.2f} | {ratio(k['cpu_us_per_msg'], m['cpu_us_per_msg'])} |")
         out.append(f"| | broker peak RSS (MB) | {m['peak_rss_mb']:.0f} | {k['peak_rss_mb']:.0f} | "
