@@ -74,6 +74,9 @@ pub(crate) struct Queue {
     space: Condvar,
     capacity: usize,
     capacity_bytes: usize,
+    /// Whether appends that ask for an fdatasync stamp `State::last_sync_append` (only a
+    /// commit window with a quiet end reads it; the clock is not read otherwise).
+    stamp_sync_appends: bool,
 }
 
 /// What [`Queue::take`] found.
@@ -84,7 +87,12 @@ pub(crate) enum Take {
 }
 
 impl Queue {
-    pub(crate) fn new(next_seq: u64, capacity: usize, capacity_bytes: usize) -> Queue {
+    pub(crate) fn new(
+        next_seq: u64,
+        capacity: usize,
+        capacity_bytes: usize,
+        stamp_sync_appends: bool,
+    ) -> Queue {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -106,6 +114,7 @@ impl Queue {
             space: Condvar::new(),
             capacity,
             capacity_bytes,
+            stamp_sync_appends,
         }
     }
 
@@ -145,8 +154,9 @@ impl Queue {
         block: bool,
         lazy: bool,
     ) -> Result<(u64, Durable)> {
-        // Allocate before taking the lock: the writer competes for it.
+        // Allocate and read the clock before taking the lock: the writer competes for it.
         let (durable, completer) = durable_pair();
+        let stamp = (self.stamp_sync_appends && !lazy).then(Instant::now);
         let mut state = self.lock();
         loop {
             Self::usable(&state)?;
@@ -170,8 +180,8 @@ impl Queue {
         self.bytes
             .store(state.queued_bytes as u64, Ordering::Relaxed);
         state.appends += 1;
-        if !lazy {
-            state.last_sync_append = Some(Instant::now());
+        if stamp.is_some() {
+            state.last_sync_append = stamp;
         }
         state.items.push_back(Item::Append {
             seq,

@@ -105,6 +105,8 @@ impl Wal {
                 log.next_seq,
                 options.channel_capacity,
                 options.channel_capacity_bytes,
+                // Only a commit window's quiet end reads when the last append came.
+                !options.commit_quiet.is_zero() && !options.commit_window.is_zero(),
             ),
             durable_seq: last_seq.into(),
             written_seq: last_seq.into(),
